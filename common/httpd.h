@@ -1,0 +1,96 @@
+/* httpd.h: a small HTTP/1.1 server on a libevent event_base.
+ *
+ * Both binaries serve HTTP through this module: cascaded (the gateway) and
+ * cascade-engine. It exists, rather than evhttp, because every failure a
+ * client can cause must come back as an OpenAI error object with the right
+ * status, which evhttp cannot do for an oversized body, and because the
+ * gateway needs to know at once when a client goes away mid-request.
+ *
+ * What it does: keep-alive and pipelined requests (answered in order),
+ * Content-Length and chunked request bodies, Expect: 100-continue, responses
+ * with a length or streamed with chunked encoding, and explicit limits:
+ *   - header bytes: over the limit -> 431 and close;
+ *   - header time: headers not complete within header_timeout_ms of the
+ *     connection going idle -> close, without a reply (a slow-loris client
+ *     holds one socket and nothing else);
+ *   - body bytes: over the limit -> 413 and close;
+ *   - body time: no body bytes for read_timeout_ms -> 408 and close;
+ *   - write time: a response that makes no progress for write_timeout_ms ->
+ *     close.
+ *
+ * Threads and ownership: one struct httpd per event_base (per worker thread);
+ * everything here runs on that thread. The handler receives a struct
+ * httpd_req and owns it until it calls httpd_reply() or httpd_stream_end(),
+ * which always releases it, even when the client has gone. If the client
+ * disconnects first, the on_close callback runs (once); the handler should
+ * then stop its work and still call httpd_reply()/httpd_stream_end(), which
+ * only free. Strings returned by accessors live as long as the request.
+ */
+#ifndef CASCADE_HTTPD_H
+#define CASCADE_HTTPD_H
+
+#include <stddef.h>
+
+struct event_base;
+
+struct httpd_limits {
+    size_t max_header_bytes;
+    size_t max_body_bytes;
+    unsigned header_timeout_ms;     /* also the keep-alive idle time */
+    unsigned read_timeout_ms;
+    unsigned write_timeout_ms;
+};
+
+struct httpd;
+struct httpd_req;
+
+typedef void (*httpd_handler)(struct httpd_req *req, void *arg);
+typedef void (*httpd_close_cb)(struct httpd_req *req, void *arg);
+/* Told when the server itself rejects a request (400, 408, 413, 431, 501),
+ * just before it replies: it may add response headers and log. The method
+ * and path may be NULL when the request line itself was bad. */
+typedef void (*httpd_reject_cb)(struct httpd_req *req, int status, void *arg);
+
+/* Serve connections accepted on listen_fd (already bound and listening; the
+ * server owns and closes it). reject may be NULL. NULL on failure. */
+struct httpd *httpd_new(struct event_base *base, int listen_fd, const struct httpd_limits *limits,
+                        httpd_handler handler, httpd_reject_cb reject, void *arg);
+/* Closes every connection at once; requests still held by handlers see on_close. */
+void httpd_free(struct httpd *h);
+/* Stop accepting; close idle connections now and the others after their
+ * current response (Connection: close). */
+void httpd_drain(struct httpd *h);
+/* Requests dispatched to the handler and not yet answered. */
+size_t httpd_inflight(const struct httpd *h);
+/* Open connections. */
+size_t httpd_connections(const struct httpd *h);
+
+const char *httpd_req_method(const struct httpd_req *r);
+const char *httpd_req_path(const struct httpd_req *r);      /* without the query */
+const char *httpd_req_query(const struct httpd_req *r);     /* after '?', or NULL */
+/* First header of that name (case-insensitive), or NULL. */
+const char *httpd_req_header(const struct httpd_req *r, const char *name);
+const char *httpd_req_body(const struct httpd_req *r, size_t *len);   /* NUL-terminated */
+const char *httpd_req_peer(const struct httpd_req *r);
+struct event_base *httpd_req_base(const struct httpd_req *r);
+int httpd_req_client_gone(const struct httpd_req *r);
+void httpd_req_on_close(struct httpd_req *r, httpd_close_cb cb, void *arg);
+
+/* Add a response header; call before httpd_reply or httpd_stream_begin. */
+void httpd_resp_header(struct httpd_req *r, const char *name, const char *value);
+/* Send a complete response and release the request. */
+void httpd_reply(struct httpd_req *r, int status, const char *content_type, const char *body, size_t len);
+/* Send an OpenAI error object {"error":{...}} and release the request. */
+void httpd_reply_error(struct httpd_req *r, int status, const char *type, const char *code,
+                       const char *param, const char *message);
+
+/* A streamed response: begin, write any number of times, end (releases). */
+void httpd_stream_begin(struct httpd_req *r, int status, const char *content_type);
+void httpd_stream_write(struct httpd_req *r, const char *data, size_t len);
+void httpd_stream_end(struct httpd_req *r);
+/* Bytes written but not yet sent to the client; lets a producer slow down. */
+size_t httpd_stream_backlog(const struct httpd_req *r);
+
+const char *httpd_status_text(int status);
+
+#endif

@@ -1,0 +1,111 @@
+/* engine.h: the seam between the gateway and whatever generates tokens.
+ *
+ * An engine turns one chat request into a stream of tokens. Implementations sit
+ * behind a table of operations (struct engine_ops), in the style of ggml's
+ * backends: remote/ talks to an OpenAI-compatible upstream over HTTP (vLLM,
+ * SGLang, llama.cpp's server, our own cascade-engine); native/ runs the model
+ * in this process. A test peer may be a third, in tests only.
+ *
+ * Threads and callbacks
+ *   engine_submit() and engine_cancel() are called from the thread that runs
+ *   req->base. Every callback of that request runs on that same thread, never
+ *   from inside engine_submit() itself (an error found at once is delivered on
+ *   the next loop turn), so a caller may hold no locks and fear no re-entry.
+ *   A request ends with exactly one of on_done or on_error. After
+ *   engine_cancel(id) returns, no callback of that request runs again.
+ *
+ * Ownership
+ *   The engine copies what it keeps from struct engine_request; the caller's
+ *   chat_request must stay valid until the request ends or is cancelled.
+ *   Pointers passed to callbacks are valid only during the call.
+ */
+#ifndef CASCADE_ENGINE_H
+#define CASCADE_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+struct chat_request;
+
+/* One alternative at a position, for OpenAI's top_logprobs. */
+struct engine_top_logprob {
+    const char *token;      /* UTF-8 text of the token, NUL-terminated */
+    double logprob;
+};
+
+/* One generated piece. text may be empty (a partial UTF-8 sequence held back). */
+struct engine_token {
+    const char *text;
+    size_t len;
+    int has_logprob;        /* logprob and top[] are meaningful only when set */
+    double logprob;
+    const struct engine_top_logprob *top;
+    size_t n_top;
+};
+
+/* Token counts as the model's own tokenizer counts them. */
+struct engine_usage {
+    int64_t prompt_tokens;
+    int64_t completion_tokens;
+};
+
+/* An error in OpenAI's terms: the HTTP status for the client and the error
+ * object's fields. type and message are always set; code may be NULL. */
+struct engine_error {
+    int status;
+    const char *type;
+    const char *code;
+    const char *message;
+};
+
+struct engine_callbacks {
+    void (*on_token)(void *ctx, const struct engine_token *tok);
+    void (*on_done)(void *ctx, const struct engine_usage *usage, const char *finish_reason);
+    void (*on_error)(void *ctx, const struct engine_error *err);
+};
+
+struct engine_request {
+    struct event_base *base;            /* callbacks run on this base's thread */
+    const struct chat_request *chat;    /* messages and sampling parameters */
+    const char *model;                  /* the model id this engine should run */
+    int stream;                         /* deliver tokens as they are generated */
+    const char *request_id;             /* for logs and the upstream's x-request-id */
+};
+
+struct engine;
+
+struct engine_ops {
+    const char *name;
+    /* Start generating; 0 and *id set, or a negative errno-style code when
+     * the engine cannot take work at all (then no callback will run). */
+    int (*submit)(struct engine *e, const struct engine_request *req,
+                  const struct engine_callbacks *cb, void *ctx, uint64_t *id);
+    /* Stop a request and free its slot at once; unknown ids are ignored. */
+    void (*cancel)(struct engine *e, uint64_t id);
+    /* 1 when the engine can serve now (a replica is reachable, the model is loaded). */
+    int (*health)(struct engine *e);
+    void (*destroy)(struct engine *e);
+};
+
+/* Every implementation's handle starts with this, so the wrappers below work. */
+struct engine {
+    const struct engine_ops *ops;
+};
+
+static inline int engine_submit(struct engine *e, const struct engine_request *req,
+                                const struct engine_callbacks *cb, void *ctx, uint64_t *id)
+{
+    return e->ops->submit(e, req, cb, ctx, id);
+}
+
+static inline void engine_cancel(struct engine *e, uint64_t id) { e->ops->cancel(e, id); }
+static inline int engine_health(struct engine *e) { return e->ops->health(e); }
+
+static inline void engine_destroy(struct engine *e)
+{
+    if (e)
+        e->ops->destroy(e);
+}
+
+#endif

@@ -1,0 +1,49 @@
+/* safetensors.h: read-only access to Hugging Face safetensors checkpoints.
+ *
+ * A checkpoint is one `.safetensors` file, or a sharded set described by
+ * `model.safetensors.index.json` (its weight_map names the shard of each
+ * tensor). Each file is mmapped read-only and its JSON header is checked in
+ * full before any tensor is handed out: offsets inside the file, byte counts
+ * that match dtype x shape, no overlaps past the end, elements aligned to
+ * their size. Every error names the file and, where there is one, the
+ * tensor; a bad file is an error, never a crash.
+ *
+ * Ownership: the struct safetensors owns its mappings; tensor data pointers
+ * stay valid until safetensors_free(). Read-only after open, so any thread
+ * may look tensors up.
+ */
+#ifndef CASCADE_NATIVE_SAFETENSORS_H
+#define CASCADE_NATIVE_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SAFETENSORS_MAX_DIMS 8
+
+struct st_tensor {
+    const char *name;
+    char dtype[16];             /* as written: "F32", "BF16", "I64", "F8_E4M3", ... */
+    int native_dtype;           /* enum native_dtype for F32/F16/BF16, else -1 */
+    int ndim;
+    int64_t shape[SAFETENSORS_MAX_DIMS];
+    int64_t numel;
+    const void *data;
+    size_t nbytes;
+    const char *file;           /* path of the file that holds it */
+};
+
+struct safetensors;
+
+/* path: a .safetensors file, a model.safetensors.index.json, or a folder
+ * holding either (index preferred). NULL and a message in err on failure. */
+struct safetensors *safetensors_open(const char *path, char *err, size_t errlen);
+void safetensors_free(struct safetensors *st);
+
+/* The tensor called name, or NULL. */
+const struct st_tensor *safetensors_find(const struct safetensors *st, const char *name);
+size_t safetensors_count(const struct safetensors *st);
+const struct st_tensor *safetensors_at(const struct safetensors *st, size_t i);
+/* What was opened, for messages: the file, or the index. */
+const char *safetensors_source(const struct safetensors *st);
+
+#endif

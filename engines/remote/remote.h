@@ -1,0 +1,50 @@
+/* remote.h: the `remote` engine, a client of OpenAI-compatible upstreams.
+ *
+ * A tier whose engine is {kind:"remote", urls:[...]} sends each request to one
+ * of its replicas: vLLM, SGLang, llama.cpp's server, or our cascade-engine.
+ * This module owns the upstream side of the gateway:
+ *   - per-worker keep-alive connection pools, one per replica;
+ *   - least-outstanding-requests balancing over the replicas (the counts are
+ *     shared by all workers), skipping replicas seen down;
+ *   - a connection failure before any response moves the request to the next
+ *     replica; after that, errors are final;
+ *   - streams are parsed incrementally as they arrive (common/sse.h) and
+ *     turned into engine callbacks; nothing buffers a whole streamed answer;
+ *   - timeouts: a total per request (timeout_ms) and one between reads of a
+ *     stream (chunk_timeout_ms);
+ *   - upstream 4xx pass through as OpenAI errors; 5xx become 502, timeouts 504;
+ *   - a background thread probes each replica's health_path, for /readyz.
+ *
+ * Threads: engine_submit/cancel from any worker thread (each has its own pools,
+ * found by its event_base); callbacks run on that worker's thread.
+ */
+#ifndef CASCADE_REMOTE_H
+#define CASCADE_REMOTE_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+struct engine;
+
+struct remote_config {
+    char **urls;                    /* "http://host:port[/prefix]"; requests go to prefix or /v1 */
+    size_t n_urls;
+    unsigned timeout_ms;            /* whole request, first byte to last */
+    unsigned chunk_timeout_ms;      /* between reads, and for connecting */
+    unsigned health_interval_ms;
+    char *health_path;              /* probed with GET; 2xx means up */
+    char *api_key;                  /* sent as Bearer to the upstream, or NULL */
+    size_t max_response_bytes;      /* non-stream body and each stream event */
+    unsigned max_idle_per_replica;  /* pooled keep-alive connections per worker */
+};
+
+/* Fill cfg from the engine object at config path `path` (for messages such as
+ * "tiers[0].engine.urls[1]: ..."). 0, or -1 with err set. */
+int remote_config_parse(json_t *engine, const char *path, struct remote_config *cfg, char *err,
+                        size_t errlen);
+void remote_config_free(struct remote_config *cfg);
+
+/* The engine copies cfg. NULL with err set on failure. */
+struct engine *remote_engine_new(const struct remote_config *cfg, char *err, size_t errlen);
+
+#endif

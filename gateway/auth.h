@@ -1,0 +1,20 @@
+/* auth.h: who is calling. A Bearer key maps to a tenant; the admin token to
+ * the operator.
+ *
+ * Keys are never stored: the config holds SHA-256 hex, we hash what the client
+ * presents and compare it with every stored hash in constant time, so neither
+ * the result nor the time taken tells an attacker how close a guess was.
+ * Thread-safe (reads the read-only config). */
+#ifndef CASCADE_AUTH_H
+#define CASCADE_AUTH_H
+
+#include "gateway/config.h"
+
+/* The bearer token of an Authorization header value, or NULL. */
+const char *auth_bearer(const char *authorization);
+/* The tenant owning this key, or NULL. */
+const struct tenant_config *auth_tenant(const struct config *cfg, const char *key);
+/* 1 when key is the admin token. */
+int auth_is_admin(const struct config *cfg, const char *key);
+
+#endif

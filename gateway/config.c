@@ -1,0 +1,369 @@
+#include "gateway/config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/cfgjson.h"
+#include "common/mem.h"
+
+#define MAX_WORKERS 256
+
+int config_parse_listen(const char *s, char **host, int *port)
+{
+    const char *colon;
+    const char *h = s;
+    size_t hl;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close[1] != ':')
+            return -1;
+        h = s + 1;
+        hl = (size_t)(close - h);
+        colon = close + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon)
+            return -1;
+        hl = (size_t)(colon - s);
+    }
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (hl == 0 || colon[1] == '\0' || *end || p < 0 || p > 65535)
+        return -1;
+    *host = xstrndup(h, hl);
+    *port = (int)p;
+    return 0;
+}
+
+int config_tier_index(const struct config *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->n_tiers; i++)
+        if (strcmp(cfg->tiers[i].name, name) == 0)
+            return (int)i;
+    for (size_t i = 0; i < cfg->n_tiers; i++)
+        if (strcmp(cfg->tiers[i].model, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+int config_tenant_allows(const struct tenant_config *t, int tier)
+{
+    for (size_t i = 0; i < t->n_allowed; i++)
+        if (t->allowed[i] == tier)
+            return 1;
+    return 0;
+}
+
+static int parse_key_hex(json_t *v, const char *path, uint8_t out[SHA256_LEN], char *err, size_t n)
+{
+    if (!json_is_string(v) || hash_unhex(json_string_value(v), out, SHA256_LEN) < 0)
+        return cfgj_fail(err, n, path, "not a sha256 hex string");
+    return 0;
+}
+
+static int parse_limits(json_t *root, struct limits_config *l, char *err, size_t n)
+{
+    static const char *const keys[] = {"max_body_bytes", "max_header_bytes", "header_timeout_ms",
+                                       "read_timeout_ms", "write_timeout_ms", "upstream_timeout_ms",
+                                       "drain_timeout_ms", NULL};
+    l->max_body_bytes = 1u << 20;
+    l->max_header_bytes = 16 * 1024;
+    l->header_timeout_ms = 10000;
+    l->read_timeout_ms = 30000;
+    l->write_timeout_ms = 30000;
+    l->upstream_timeout_ms = 120000;
+    l->drain_timeout_ms = 10000;
+    json_t *o;
+    if (cfgj_object(root, "", "limits", 0, &o, err, n) < 0)
+        return -1;
+    if (!o)
+        return 0;
+    if (cfgj_known_keys(o, "limits", keys, err, n) < 0)
+        return -1;
+    struct {
+        const char *key;
+        unsigned long long min, max;
+        size_t *sz;
+        unsigned *ms;
+    } f[] = {
+        {"max_body_bytes", 64, 1ull << 30, &l->max_body_bytes, NULL},
+        {"max_header_bytes", 256, 1u << 20, &l->max_header_bytes, NULL},
+        {"header_timeout_ms", 1, 3600000, NULL, &l->header_timeout_ms},
+        {"read_timeout_ms", 1, 3600000, NULL, &l->read_timeout_ms},
+        {"write_timeout_ms", 1, 3600000, NULL, &l->write_timeout_ms},
+        {"upstream_timeout_ms", 1, 86400000, NULL, &l->upstream_timeout_ms},
+        {"drain_timeout_ms", 0, 3600000, NULL, &l->drain_timeout_ms},
+    };
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+        unsigned long long v = f[i].sz ? *f[i].sz : *f[i].ms;
+        if (cfgj_uint(o, "limits", f[i].key, f[i].min, f[i].max, &v, err, n) < 0)
+            return -1;
+        if (f[i].sz)
+            *f[i].sz = (size_t)v;
+        else
+            *f[i].ms = (unsigned)v;
+    }
+    return 0;
+}
+
+static int parse_tier(json_t *t, const char *path, const struct limits_config *lim, struct tier_config *tc,
+                      char *err, size_t n)
+{
+    static const char *const keys[] = {"name", "model", "engine", "price", NULL};
+    static const char *const price_keys[] = {"input_per_1m", "output_per_1m", NULL};
+    char p[256];
+    if (!json_is_object(t))
+        return cfgj_fail(err, n, path, "must be an object");
+    if (cfgj_known_keys(t, path, keys, err, n) < 0)
+        return -1;
+    const char *name, *model;
+    if (cfgj_string(t, path, "name", 1, &name, err, n) < 0 || cfgj_string(t, path, "model", 1, &model, err, n) < 0)
+        return -1;
+    if (!*name || strcmp(name, "auto") == 0) {
+        cfgj_path(p, sizeof p, path, "name");
+        return cfgj_fail(err, n, p, "must be non-empty and not 'auto'");
+    }
+    tc->name = xstrdup(name);
+    tc->model = xstrdup(model);
+    json_t *price;
+    if (cfgj_object(t, path, "price", 1, &price, err, n) < 0)
+        return -1;
+    cfgj_path(p, sizeof p, path, "price");
+    if (cfgj_known_keys(price, p, price_keys, err, n) < 0 ||
+        cfgj_number(price, p, "input_per_1m", 0, 1e6, &tc->price_in_per_1m, err, n) < 0 ||
+        cfgj_number(price, p, "output_per_1m", 0, 1e6, &tc->price_out_per_1m, err, n) < 0)
+        return -1;
+    json_t *eng;
+    if (cfgj_object(t, path, "engine", 1, &eng, err, n) < 0)
+        return -1;
+    cfgj_path(p, sizeof p, path, "engine");
+    const char *kind;
+    if (cfgj_string(eng, p, "kind", 1, &kind, err, n) < 0)
+        return -1;
+    if (strcmp(kind, "remote") == 0) {
+        tc->kind = ENGINE_REMOTE;
+        if (remote_config_parse(eng, p, &tc->remote, err, n) < 0)
+            return -1;
+        if (!json_object_get(eng, "timeout_ms"))
+            tc->remote.timeout_ms = lim->upstream_timeout_ms;
+    } else if (strcmp(kind, "native") == 0) {
+        tc->kind = ENGINE_NATIVE;
+        const char *mp;
+        if (cfgj_string(eng, p, "model", 1, &mp, err, n) < 0)
+            return -1;
+        tc->native_json = json_dumps(eng, JSON_COMPACT);
+    } else {
+        char kp[280];
+        cfgj_path(kp, sizeof kp, p, "kind");
+        return cfgj_fail(err, n, kp, "must be \"remote\" or \"native\"");
+    }
+    return 0;
+}
+
+static int parse_tenant(json_t *t, const char *path, struct config *cfg, struct tenant_config *tc, char *err,
+                        size_t n)
+{
+    static const char *const keys[] = {"id", "keys", "allowed_tiers", "default_tier", NULL};
+    char p[256], ep[280];
+    if (!json_is_object(t))
+        return cfgj_fail(err, n, path, "must be an object");
+    if (cfgj_known_keys(t, path, keys, err, n) < 0)
+        return -1;
+    const char *id;
+    if (cfgj_string(t, path, "id", 1, &id, err, n) < 0)
+        return -1;
+    if (!*id || strpbrk(id, "{}:\"\\ ")) {
+        cfgj_path(p, sizeof p, path, "id");
+        return cfgj_fail(err, n, p, "must be non-empty without spaces, quotes, braces or colons");
+    }
+    tc->id = xstrdup(id);
+    json_t *arr;
+    if (cfgj_array(t, path, "keys", 1, &arr, err, n) < 0)
+        return -1;
+    cfgj_path(p, sizeof p, path, "keys");
+    if (json_array_size(arr) == 0)
+        return cfgj_fail(err, n, p, "must list at least one key");
+    tc->keys = xcalloc(json_array_size(arr), sizeof *tc->keys);
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v) {
+        cfgj_path_index(ep, sizeof ep, p, i);
+        if (parse_key_hex(v, ep, tc->keys[i], err, n) < 0)
+            return -1;
+        tc->n_keys++;
+    }
+    if (cfgj_array(t, path, "allowed_tiers", 1, &arr, err, n) < 0)
+        return -1;
+    cfgj_path(p, sizeof p, path, "allowed_tiers");
+    if (json_array_size(arr) == 0)
+        return cfgj_fail(err, n, p, "must list at least one tier");
+    tc->allowed = xcalloc(json_array_size(arr), sizeof *tc->allowed);
+    json_array_foreach(arr, i, v) {
+        cfgj_path_index(ep, sizeof ep, p, i);
+        int ti = json_is_string(v) ? config_tier_index(cfg, json_string_value(v)) : -1;
+        if (ti < 0 || strcmp(cfg->tiers[ti].name, json_string_value(v)) != 0)
+            return cfgj_fail(err, n, ep, "not the name of a tier");
+        tc->allowed[tc->n_allowed++] = ti;
+    }
+    const char *def = NULL;
+    if (cfgj_string(t, path, "default_tier", 0, &def, err, n) < 0)
+        return -1;
+    if (def) {
+        cfgj_path(p, sizeof p, path, "default_tier");
+        int ti = config_tier_index(cfg, def);
+        if (ti < 0 || strcmp(cfg->tiers[ti].name, def) != 0)
+            return cfgj_fail(err, n, p, "not the name of a tier");
+        if (!config_tenant_allows(tc, ti))
+            return cfgj_fail(err, n, p, "not one of this tenant's allowed_tiers");
+        tc->default_tier = ti;
+    } else {
+        tc->default_tier = tc->allowed[0];
+    }
+    return 0;
+}
+
+static int parse_root(json_t *root, struct config *cfg, char *err, size_t n)
+{
+    static const char *const keys[] = {"listen", "workers", "limits", "admin_token_sha256", "tiers", "tenants",
+                                       NULL};
+    char p[256];
+    if (!json_is_object(root))
+        return cfgj_fail(err, n, "", "the config must be a JSON object");
+    if (cfgj_known_keys(root, "", keys, err, n) < 0)
+        return -1;
+    const char *listen = "127.0.0.1:8080";
+    if (cfgj_string(root, "", "listen", 0, &listen, err, n) < 0)
+        return -1;
+    if (config_parse_listen(listen, &cfg->listen_host, &cfg->listen_port) < 0)
+        return cfgj_fail(err, n, "listen", "must be HOST:PORT");
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned long long w = cores > 0 ? (unsigned long long)cores : 1;
+    if (cfgj_uint(root, "", "workers", 1, MAX_WORKERS, &w, err, n) < 0)
+        return -1;
+    cfg->workers = (int)w;
+    if (parse_limits(root, &cfg->limits, err, n) < 0)
+        return -1;
+    json_t *admin = json_object_get(root, "admin_token_sha256");
+    if (admin) {
+        if (parse_key_hex(admin, "admin_token_sha256", cfg->admin_key, err, n) < 0)
+            return -1;
+        cfg->has_admin = 1;
+    }
+
+    json_t *arr;
+    if (cfgj_array(root, "", "tiers", 1, &arr, err, n) < 0)
+        return -1;
+    if (json_array_size(arr) == 0)
+        return cfgj_fail(err, n, "tiers", "must define at least one tier");
+    cfg->tiers = xcalloc(json_array_size(arr), sizeof *cfg->tiers);
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v) {
+        cfgj_path_index(p, sizeof p, "tiers", i);
+        /* Count the tier first so config_free releases a half-parsed one. */
+        cfg->n_tiers++;
+        if (parse_tier(v, p, &cfg->limits, &cfg->tiers[i], err, n) < 0)
+            return -1;
+        for (size_t k = 0; k < i; k++)
+            if (strcmp(cfg->tiers[k].name, cfg->tiers[i].name) == 0) {
+                char np[280];
+                cfgj_path(np, sizeof np, p, "name");
+                return cfgj_fail(err, n, np, "duplicate tier name '%s'", cfg->tiers[i].name);
+            }
+    }
+
+    if (cfgj_array(root, "", "tenants", 1, &arr, err, n) < 0)
+        return -1;
+    if (json_array_size(arr) == 0)
+        return cfgj_fail(err, n, "tenants", "must define at least one tenant");
+    cfg->tenants = xcalloc(json_array_size(arr), sizeof *cfg->tenants);
+    json_array_foreach(arr, i, v) {
+        cfgj_path_index(p, sizeof p, "tenants", i);
+        cfg->n_tenants++;
+        if (parse_tenant(v, p, cfg, &cfg->tenants[i], err, n) < 0)
+            return -1;
+        for (size_t k = 0; k < i; k++)
+            if (strcmp(cfg->tenants[k].id, cfg->tenants[i].id) == 0) {
+                char np[280];
+                cfgj_path(np, sizeof np, p, "id");
+                return cfgj_fail(err, n, np, "duplicate tenant id '%s'", cfg->tenants[i].id);
+            }
+    }
+    /* One key must name one tenant, or auth would depend on file order. */
+    for (size_t a = 0; a < cfg->n_tenants; a++)
+        for (size_t ka = 0; ka < cfg->tenants[a].n_keys; ka++)
+            for (size_t b = a; b < cfg->n_tenants; b++)
+                for (size_t kb = (b == a ? ka + 1 : 0); kb < cfg->tenants[b].n_keys; kb++)
+                    if (memcmp(cfg->tenants[a].keys[ka], cfg->tenants[b].keys[kb], SHA256_LEN) == 0) {
+                        snprintf(p, sizeof p, "tenants[%zu].keys[%zu]", b, kb);
+                        return cfgj_fail(err, n, p, "the same key is already used by tenant '%s'",
+                                         cfg->tenants[a].id);
+                    }
+    return 0;
+}
+
+int config_parse(const char *text, struct config *cfg, char *err, size_t errlen)
+{
+    memset(cfg, 0, sizeof *cfg);
+    json_error_t jerr;
+    json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        snprintf(err, errlen, "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column, jerr.text);
+        return -1;
+    }
+    int rc = parse_root(root, cfg, err, errlen);
+    json_decref(root);
+    if (rc < 0)
+        config_free(cfg);
+    return rc;
+}
+
+int config_load(const char *path, struct config *cfg, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "cannot open config %s", path);
+        memset(cfg, 0, sizeof *cfg);
+        return -1;
+    }
+    char *text = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len + 4096 + 1 > cap) {
+            cap = cap ? cap * 2 : 8192;
+            text = xrealloc(text, cap);
+        }
+        size_t got = fread(text + len, 1, cap - len - 1, f);
+        len += got;
+        if (got == 0)
+            break;
+    }
+    fclose(f);
+    text[len] = '\0';
+    int rc = config_parse(text, cfg, err, errlen);
+    free(text);
+    return rc;
+}
+
+void config_free(struct config *cfg)
+{
+    for (size_t i = 0; i < cfg->n_tiers; i++) {
+        struct tier_config *t = &cfg->tiers[i];
+        free(t->name);
+        free(t->model);
+        if (t->kind == ENGINE_REMOTE)
+            remote_config_free(&t->remote);
+        free(t->native_json);
+    }
+    free(cfg->tiers);
+    for (size_t i = 0; i < cfg->n_tenants; i++) {
+        free(cfg->tenants[i].id);
+        free(cfg->tenants[i].keys);
+        free(cfg->tenants[i].allowed);
+    }
+    free(cfg->tenants);
+    free(cfg->listen_host);
+    memset(cfg, 0, sizeof *cfg);
+}

@@ -1,0 +1,78 @@
+/* config.h: the gateway's configuration, one JSON file.
+ *
+ * config_load() reads and validates the whole file up front; any problem is
+ * reported with the path of the bad field, e.g.
+ *   tenants[1].keys[0]: not a sha256 hex string
+ * so an operator can fix it without guessing. After loading, a struct config
+ * is read-only and shared by all worker threads.
+ *
+ * Secrets are never in the file: API keys and the admin token are stored as
+ * the SHA-256 hex of the key. See deploy/local.json for an example and
+ * README.md for every field.
+ */
+#ifndef CASCADE_CONFIG_H
+#define CASCADE_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/hash.h"
+#include "engines/remote/remote.h"
+
+enum engine_kind { ENGINE_REMOTE, ENGINE_NATIVE };
+
+struct tier_config {
+    char *name;                 /* what clients may put in `model`, besides the model id */
+    char *model;                /* the model id the engine runs */
+    enum engine_kind kind;
+    struct remote_config remote;
+    char *native_json;          /* the native engine's own section, for its constructor */
+    double price_in_per_1m;     /* USD per 1M prompt tokens */
+    double price_out_per_1m;    /* USD per 1M completion tokens */
+};
+
+struct tenant_config {
+    char *id;
+    uint8_t (*keys)[SHA256_LEN];
+    size_t n_keys;
+    int *allowed;               /* tier indices */
+    size_t n_allowed;
+    int default_tier;
+};
+
+struct limits_config {
+    size_t max_body_bytes;
+    size_t max_header_bytes;
+    unsigned header_timeout_ms;
+    unsigned read_timeout_ms;
+    unsigned write_timeout_ms;
+    unsigned upstream_timeout_ms;   /* default for tiers that set none */
+    unsigned drain_timeout_ms;
+};
+
+struct config {
+    char *listen_host;
+    int listen_port;
+    int workers;
+    struct limits_config limits;
+    int has_admin;
+    uint8_t admin_key[SHA256_LEN];
+    struct tier_config *tiers;
+    size_t n_tiers;
+    struct tenant_config *tenants;
+    size_t n_tenants;
+};
+
+/* Load and validate path. 0, or -1 with a message in err. */
+int config_load(const char *path, struct config *cfg, char *err, size_t errlen);
+/* The same from a JSON text (for tests). */
+int config_parse(const char *text, struct config *cfg, char *err, size_t errlen);
+void config_free(struct config *cfg);
+
+/* Parse "host:port" (IPv4 name or [v6]:port). 0, or -1. host gets a malloc'd copy. */
+int config_parse_listen(const char *s, char **host, int *port);
+
+int config_tier_index(const struct config *cfg, const char *name_or_model);
+int config_tenant_allows(const struct tenant_config *t, int tier);
+
+#endif

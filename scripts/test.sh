@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# test.sh: the whole test suite. Builds twice, a normal build and one with
+# AddressSanitizer + UndefinedBehaviorSanitizer, and runs every CTest test
+# (unit, integration, end-to-end) against each.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BUILD_DIR=build scripts/setup.sh
+BUILD_DIR=build-asan CMAKE_ARGS="-DCASCADE_SANITIZE=ON" scripts/setup.sh
+
+# Leaks fail the sanitizer run, as do UB reports (-fno-sanitize-recover).
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
+
+status=0
+for dir in build build-asan; do
+  echo "== ctest in $dir"
+  ctest --test-dir "$dir" --output-on-failure -j2 --timeout 600 || status=1
+done
+exit $status

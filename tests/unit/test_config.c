@@ -1,0 +1,162 @@
+/* Config validation: a good config loads; each bad field is reported by its
+ * path, so operators can find it. */
+#include <jansson.h>
+
+#include "gateway/config.h"
+#include "tests/unit/test.h"
+
+#define KEY_A "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae" /* sha256("foo") */
+#define KEY_B "fcde2b2edba56bf408601fb721fe9b5c338d10ee429ea04fae5511b68fbf8fb9" /* sha256("bar") */
+
+static const char *base =
+    "{\"listen\":\"127.0.0.1:8080\",\"workers\":2,"
+    "\"limits\":{\"max_body_bytes\":1048576,\"max_header_bytes\":16384,\"header_timeout_ms\":10000,"
+    "\"read_timeout_ms\":30000,\"write_timeout_ms\":30000,\"upstream_timeout_ms\":60000,\"drain_timeout_ms\":5000},"
+    "\"admin_token_sha256\":\"" KEY_B "\","
+    "\"tiers\":[{\"name\":\"small\",\"model\":\"deepseek-coder-1.3b\","
+    "\"engine\":{\"kind\":\"remote\",\"urls\":[\"http://127.0.0.1:9001\",\"http://127.0.0.1:9002/v1\"],"
+    "\"timeout_ms\":1000,\"chunk_timeout_ms\":500},\"price\":{\"input_per_1m\":0.14,\"output_per_1m\":0.28}},"
+    "{\"name\":\"large\",\"model\":\"deepseek-v3\",\"engine\":{\"kind\":\"remote\",\"urls\":[\"http://10.0.0.1:8000\"]},"
+    "\"price\":{\"input_per_1m\":0.27,\"output_per_1m\":1.1}}],"
+    "\"tenants\":[{\"id\":\"acme\",\"keys\":[\"" KEY_A "\"],\"allowed_tiers\":[\"small\",\"large\"],"
+    "\"default_tier\":\"small\"},{\"id\":\"beta\",\"keys\":[\"" KEY_B "\"],\"allowed_tiers\":[\"large\"]}]}";
+
+/* Follow "a.b[1].c" to the parent of its last step, which is returned in
+ * *key (an object member) or *index (an array element). */
+static json_t *walk(json_t *cur, const char *p, char *key, size_t n, int *index)
+{
+    *index = -1;
+    key[0] = '\0';
+    for (;;) {
+        if (*p == '[') {
+            int i = atoi(p + 1);
+            p = strchr(p, ']') + 1;
+            if (!*p) {
+                *index = i;
+                return cur;
+            }
+            cur = json_array_get(cur, (size_t)i);
+        } else {
+            size_t len = strcspn(p, ".[");
+            char k[64];
+            snprintf(k, sizeof k, "%.*s", (int)len, p);
+            if (!p[len]) {
+                snprintf(key, n, "%s", k);
+                return cur;
+            }
+            cur = json_object_get(cur, k);
+            p += len;
+        }
+        if (*p == '.')
+            p++;
+    }
+}
+
+/* Set path (e.g. "tiers[0].engine.urls[1]") in the base config to value_json,
+ * or delete it when NULL; load the result and expect `want` as the error, or
+ * success when want is NULL. */
+static void expect(const char *path, const char *value_json, const char *want, int line)
+{
+    json_t *root = json_loads(base, 0, NULL);
+    char last[64];
+    int index;
+    json_t *parent = walk(root, path, last, sizeof last, &index);
+    json_t *v = value_json ? json_loads(value_json, JSON_DECODE_ANY, NULL) : NULL;
+    if (index >= 0) {
+        if (v)
+            json_array_set_new(parent, (size_t)index, v);
+        else
+            json_array_remove(parent, (size_t)index);
+    } else if (v) {
+        json_object_set_new(parent, last, v);
+    } else {
+        json_object_del(parent, last);
+    }
+    char *text = json_dumps(root, 0);
+    struct config cfg;
+    char err[512] = "";
+    int rc = config_parse(text, &cfg, err, sizeof err);
+    int ok = want ? (rc == -1 && strcmp(err, want) == 0) : rc == 0;
+    if (!ok)
+        fprintf(stderr, "line %d: set %s=%s: rc %d err '%s', want '%s'\n", line, path, value_json ? value_json : "(deleted)",
+                rc, err, want ? want : "(ok)");
+    CHECK(ok);
+    if (rc == 0)
+        config_free(&cfg);
+    free(text);
+    json_decref(root);
+}
+#define EXPECT(path, value, want) expect(path, value, want, __LINE__)
+
+int main(void)
+{
+    struct config cfg;
+    char err[512];
+    CHECK(config_parse(base, &cfg, err, sizeof err) == 0);
+    CHECK_STR(cfg.listen_host, "127.0.0.1");
+    CHECK(cfg.listen_port == 8080 && cfg.workers == 2);
+    CHECK(cfg.limits.max_body_bytes == 1048576 && cfg.limits.drain_timeout_ms == 5000);
+    CHECK(cfg.n_tiers == 2 && cfg.n_tenants == 2);
+    CHECK(cfg.tiers[0].remote.n_urls == 2 && cfg.tiers[0].remote.timeout_ms == 1000);
+    CHECK(cfg.tiers[1].remote.timeout_ms == 60000); /* from limits.upstream_timeout_ms */
+    CHECK(cfg.tiers[1].price_out_per_1m == 1.1);
+    CHECK(cfg.tenants[1].default_tier == 1); /* first allowed when not given */
+    CHECK(config_tier_index(&cfg, "deepseek-v3") == 1 && config_tier_index(&cfg, "small") == 0);
+    CHECK(config_tier_index(&cfg, "nope") == -1);
+    CHECK(cfg.has_admin);
+    config_free(&cfg);
+
+    CHECK(config_parse("{", &cfg, err, sizeof err) == -1 && strstr(err, "invalid JSON"));
+    CHECK(config_parse("[]", &cfg, err, sizeof err) == -1 && strstr(err, "must be a JSON object"));
+
+    EXPECT("surprise", "1", "surprise: unknown field");
+    EXPECT("listen", "\"nope\"", "listen: must be HOST:PORT");
+    EXPECT("listen", "\"127.0.0.1:99999\"", "listen: must be HOST:PORT");
+    EXPECT("listen", "5", "listen: must be a string");
+    EXPECT("workers", "0", "workers: must be between 1 and 256");
+    EXPECT("workers", "\"2\"", "workers: must be a non-negative integer");
+    EXPECT("limits", "[]", "limits: must be an object");
+    EXPECT("limits.max_body_bytes", "10", "limits.max_body_bytes: must be between 64 and 1073741824");
+    EXPECT("limits.max_header_bytes", "-1", "limits.max_header_bytes: must be a non-negative integer");
+    EXPECT("limits.header_timeout_ms", "0", "limits.header_timeout_ms: must be between 1 and 3600000");
+    EXPECT("limits.read_timeout_ms", "1.5", "limits.read_timeout_ms: must be a non-negative integer");
+    EXPECT("limits.write_timeout_ms", "0", "limits.write_timeout_ms: must be between 1 and 3600000");
+    EXPECT("limits.upstream_timeout_ms", "0", "limits.upstream_timeout_ms: must be between 1 and 86400000");
+    EXPECT("limits.drain_timeout_ms", "true", "limits.drain_timeout_ms: must be a non-negative integer");
+    EXPECT("limits.bogus", "1", "limits.bogus: unknown field");
+    EXPECT("admin_token_sha256", "\"abc\"", "admin_token_sha256: not a sha256 hex string");
+    EXPECT("tiers", NULL, "tiers: required field is missing");
+    EXPECT("tiers", "[]", "tiers: must define at least one tier");
+    EXPECT("tiers[0]", "3", "tiers[0]: must be an object");
+    EXPECT("tiers[0].name", NULL, "tiers[0].name: required field is missing");
+    EXPECT("tiers[0].name", "\"auto\"", "tiers[0].name: must be non-empty and not 'auto'");
+    EXPECT("tiers[1].name", "\"small\"", "tiers[1].name: duplicate tier name 'small'");
+    EXPECT("tiers[0].model", "7", "tiers[0].model: must be a string");
+    EXPECT("tiers[0].color", "\"red\"", "tiers[0].color: unknown field");
+    EXPECT("tiers[0].price", NULL, "tiers[0].price: required field is missing");
+    EXPECT("tiers[0].price.input_per_1m", "-1", "tiers[0].price.input_per_1m: must be between 0 and 1e+06");
+    EXPECT("tiers[0].price.output_per_1m", "\"x\"", "tiers[0].price.output_per_1m: must be a number");
+    EXPECT("tiers[0].engine", NULL, "tiers[0].engine: required field is missing");
+    EXPECT("tiers[0].engine.kind", "\"magic\"", "tiers[0].engine.kind: must be \"remote\" or \"native\"");
+    EXPECT("tiers[0].engine.urls", "[]", "tiers[0].engine.urls: must list at least one replica URL");
+    EXPECT("tiers[0].engine.urls[1]", "\"ftp://x\"", "tiers[0].engine.urls[1]: not an http://host[:port][/prefix] URL");
+    EXPECT("tiers[0].engine.urls[0]", "1", "tiers[0].engine.urls[0]: must be a string");
+    EXPECT("tiers[0].engine.timeout_ms", "0", "tiers[0].engine.timeout_ms: must be between 1 and 86400000");
+    EXPECT("tiers[0].engine.chunk_timeout_ms", "-5", "tiers[0].engine.chunk_timeout_ms: must be a non-negative integer");
+    EXPECT("tiers[0].engine.health_path", "\"health\"", "tiers[0].engine.health_path: must start with '/'");
+    EXPECT("tiers[0].engine.retries", "3", "tiers[0].engine.retries: unknown field");
+    EXPECT("tiers[0].engine", "{\"kind\":\"native\"}", "tiers[0].engine.model: required field is missing");
+    EXPECT("tenants", "[]", "tenants: must define at least one tenant");
+    EXPECT("tenants[1].id", "\"a b\"", "tenants[1].id: must be non-empty without spaces, quotes, braces or colons");
+    EXPECT("tenants[1].id", "\"acme\"", "tenants[1].id: duplicate tenant id 'acme'");
+    EXPECT("tenants[1].keys", "[]", "tenants[1].keys: must list at least one key");
+    EXPECT("tenants[1].keys[0]", "\"not-hex\"", "tenants[1].keys[0]: not a sha256 hex string");
+    EXPECT("tenants[1].keys[0]", "\"" KEY_A "\"", "tenants[1].keys[0]: the same key is already used by tenant 'acme'");
+    EXPECT("tenants[0].allowed_tiers", "[\"small\",\"huge\"]", "tenants[0].allowed_tiers[1]: not the name of a tier");
+    EXPECT("tenants[0].allowed_tiers", "[]", "tenants[0].allowed_tiers: must list at least one tier");
+    EXPECT("tenants[0].default_tier", "\"huge\"", "tenants[0].default_tier: not the name of a tier");
+    EXPECT("tenants[1].default_tier", "\"small\"", "tenants[1].default_tier: not one of this tenant's allowed_tiers");
+    EXPECT("tenants[0].budget", "1", "tenants[0].budget: unknown field");
+    EXPECT("workers", NULL, NULL); /* optional: defaults to the core count */
+    TEST_MAIN_END();
+}
