@@ -110,7 +110,11 @@ void gateway_handle(struct httpd_req *r, void *arg)
         return; /* probes are not access-logged: they would drown the log */
     }
 
-    struct access_entry e = {.request_id = rid, .method = method, .path = path};
+    /* Replying frees the request, and its strings with it: keep copies. */
+    char method_copy[16], path_copy[128];
+    snprintf(method_copy, sizeof method_copy, "%s", method);
+    snprintf(path_copy, sizeof path_copy, "%s", path);
+    struct access_entry e = {.request_id = rid, .method = method_copy, .path = path_copy};
     int chat = strcmp(path, "/v1/chat/completions") == 0, models = strcmp(path, "/v1/models") == 0;
     if (!chat && !models) {
         char msg[160];
