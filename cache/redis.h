@@ -1,0 +1,60 @@
+/* redis.h: one asynchronous Redis connection per worker, that survives Redis.
+ *
+ * The response cache (cache.h) and the policies (budgets, rate limits, stats)
+ * talk to Redis through this module. It owns what they must not each get
+ * right on their own:
+ *   - the connection: hiredis async on the worker's event_base, AUTH and
+ *     SELECT from a redis:// or unix:// URL, pipelining (commands are written
+ *     back to back; replies come in order);
+ *   - a timeout per command: past it the caller gets REDIS_CALL_TIMEOUT and a
+ *     late reply is dropped;
+ *   - failure: when the connection drops or times out repeatedly, commands
+ *     fail at once (REDIS_CALL_DOWN) while it reconnects with backoff; the
+ *     outage is logged once when it starts and once when it ends.
+ *
+ * Threads: a struct redis_shared is made once (parsed URL, settings) and
+ * shared; each worker thread gets its own struct redis (redis_for_base) and
+ * uses it only on that thread. Callbacks run on that thread, never inside
+ * redis_call() itself.
+ */
+#ifndef CASCADE_REDIS_H
+#define CASCADE_REDIS_H
+
+#include <hiredis/hiredis.h>
+#include <stddef.h>
+
+struct event_base;
+struct redis_shared;
+struct redis;
+
+enum redis_call_status {
+    REDIS_CALL_OK = 0,          /* reply is set (it may be a Redis error reply) */
+    REDIS_CALL_TIMEOUT = -1,
+    REDIS_CALL_DOWN = -2,       /* not connected: failed without trying */
+};
+
+/* reply is valid only during the callback (NULL unless status is OK). */
+typedef void (*redis_reply_cb)(void *ctx, enum redis_call_status status, redisReply *reply);
+
+struct redis_settings {
+    const char *url;            /* redis://[:password@]host[:port][/db] or unix:///path[?db=N] */
+    unsigned timeout_ms;        /* per command, and for connecting */
+};
+
+/* Parse the URL and keep the settings. NULL with err set when the URL is bad. */
+struct redis_shared *redis_shared_new(const struct redis_settings *s, char *err, size_t errlen);
+void redis_shared_free(struct redis_shared *rs);
+/* Validate a URL without keeping anything (for config checks). */
+int redis_url_check(const char *url, char *err, size_t errlen);
+
+/* The calling worker's connection, created (and connecting) on first use. */
+struct redis *redis_for_base(struct redis_shared *rs, struct event_base *base);
+/* Send a command given as argv; cb runs later with the reply or a failure.
+ * argvlen may be NULL for NUL-terminated strings. */
+void redis_call(struct redis *r, redis_reply_cb cb, void *ctx, int argc, const char **argv, const size_t *argvlen);
+/* 1 when this worker's connection is up now. */
+int redis_connected(const struct redis *r);
+/* Close every worker's connection (at shutdown, after workers stopped). */
+void redis_shared_close_all(struct redis_shared *rs);
+
+#endif
