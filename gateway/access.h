@@ -17,6 +17,7 @@ struct access_entry {
     int64_t prompt_tokens;
     int64_t completion_tokens;
     int stream;
+    const char *cache;      /* hit | miss | bypass, or NULL */
 };
 
 void access_log(const struct access_entry *e);

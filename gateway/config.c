@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cache/redis.h"
 #include "common/cfgjson.h"
 #include "common/mem.h"
 
@@ -108,6 +109,74 @@ static int parse_limits(json_t *root, struct limits_config *l, char *err, size_t
     return 0;
 }
 
+static int parse_redis(json_t *root, struct redis_config *rc, char *err, size_t n)
+{
+    static const char *const keys[] = {"url", "timeout_ms", NULL};
+    rc->timeout_ms = 100;
+    json_t *o;
+    if (cfgj_object(root, "", "redis", 0, &o, err, n) < 0)
+        return -1;
+    if (!o)
+        return 0;
+    if (cfgj_known_keys(o, "redis", keys, err, n) < 0)
+        return -1;
+    const char *url;
+    if (cfgj_string(o, "redis", "url", 1, &url, err, n) < 0)
+        return -1;
+    char why[160];
+    if (redis_url_check(url, why, sizeof why) < 0)
+        return cfgj_fail(err, n, "redis.url", "%s", why);
+    rc->url = xstrdup(url);
+    unsigned long long v = rc->timeout_ms;
+    if (cfgj_uint(o, "redis", "timeout_ms", 1, 60000, &v, err, n) < 0)
+        return -1;
+    rc->timeout_ms = (unsigned)v;
+    return 0;
+}
+
+static int parse_cache(json_t *root, struct config *cfg, char *err, size_t n)
+{
+    static const char *const keys[] = {"backend", "ttl_s", "max_entry_bytes", "memory_max_bytes", NULL};
+    struct cache_config *cc = &cfg->cache;
+    cc->backend = cfg->redis.url ? CACHE_BACKEND_REDIS : CACHE_BACKEND_MEMORY;
+    cc->ttl_s = 3600;
+    cc->max_entry_bytes = 256 * 1024;
+    cc->memory_max_bytes = 64u << 20;
+    json_t *o;
+    if (cfgj_object(root, "", "cache", 0, &o, err, n) < 0)
+        return -1;
+    if (!o)
+        return 0;
+    if (cfgj_known_keys(o, "cache", keys, err, n) < 0)
+        return -1;
+    const char *backend = NULL;
+    if (cfgj_string(o, "cache", "backend", 0, &backend, err, n) < 0)
+        return -1;
+    if (backend) {
+        if (strcmp(backend, "memory") == 0)
+            cc->backend = CACHE_BACKEND_MEMORY;
+        else if (strcmp(backend, "redis") == 0 && cfg->redis.url)
+            cc->backend = CACHE_BACKEND_REDIS;
+        else if (strcmp(backend, "redis") == 0)
+            return cfgj_fail(err, n, "cache.backend", "\"redis\" needs redis.url");
+        else
+            return cfgj_fail(err, n, "cache.backend", "must be \"redis\" or \"memory\"");
+    }
+    unsigned long long v = cc->ttl_s;
+    if (cfgj_uint(o, "cache", "ttl_s", 1, 365ull * 86400, &v, err, n) < 0)
+        return -1;
+    cc->ttl_s = (unsigned)v;
+    v = cc->max_entry_bytes;
+    if (cfgj_uint(o, "cache", "max_entry_bytes", 64, 64ull << 20, &v, err, n) < 0)
+        return -1;
+    cc->max_entry_bytes = (size_t)v;
+    v = cc->memory_max_bytes;
+    if (cfgj_uint(o, "cache", "memory_max_bytes", 0, 64ull << 30, &v, err, n) < 0)
+        return -1;
+    cc->memory_max_bytes = (size_t)v;
+    return 0;
+}
+
 static int parse_tier(json_t *t, const char *path, const struct limits_config *lim, struct tier_config *tc,
                       char *err, size_t n)
 {
@@ -162,10 +231,40 @@ static int parse_tier(json_t *t, const char *path, const struct limits_config *l
     return 0;
 }
 
+static int parse_tenant_cache(json_t *t, const char *path, const struct config *cfg, struct tenant_config *tc,
+                              char *err, size_t n)
+{
+    static const char *const keys[] = {"mode", "ttl_s", NULL};
+    char p[256];
+    tc->cache_mode = CACHE_MODE_DETERMINISTIC;
+    tc->cache_ttl_s = cfg->cache.ttl_s;
+    json_t *o;
+    if (cfgj_object(t, path, "cache", 0, &o, err, n) < 0)
+        return -1;
+    if (!o)
+        return 0;
+    cfgj_path(p, sizeof p, path, "cache");
+    if (cfgj_known_keys(o, p, keys, err, n) < 0)
+        return -1;
+    const char *mode = NULL;
+    if (cfgj_string(o, p, "mode", 0, &mode, err, n) < 0)
+        return -1;
+    if (mode && cache_mode_parse(mode, &tc->cache_mode) < 0) {
+        char mp[280];
+        cfgj_path(mp, sizeof mp, p, "mode");
+        return cfgj_fail(err, n, mp, "must be \"off\", \"deterministic\" or \"always\"");
+    }
+    unsigned long long ttl = tc->cache_ttl_s;
+    if (cfgj_uint(o, p, "ttl_s", 1, 365ull * 86400, &ttl, err, n) < 0)
+        return -1;
+    tc->cache_ttl_s = (unsigned)ttl;
+    return 0;
+}
+
 static int parse_tenant(json_t *t, const char *path, struct config *cfg, struct tenant_config *tc, char *err,
                         size_t n)
 {
-    static const char *const keys[] = {"id", "keys", "allowed_tiers", "default_tier", NULL};
+    static const char *const keys[] = {"id", "keys", "allowed_tiers", "default_tier", "cache", NULL};
     char p[256], ep[280];
     if (!json_is_object(t))
         return cfgj_fail(err, n, path, "must be an object");
@@ -221,13 +320,13 @@ static int parse_tenant(json_t *t, const char *path, struct config *cfg, struct 
     } else {
         tc->default_tier = tc->allowed[0];
     }
-    return 0;
+    return parse_tenant_cache(t, path, cfg, tc, err, n);
 }
 
 static int parse_root(json_t *root, struct config *cfg, char *err, size_t n)
 {
-    static const char *const keys[] = {"listen", "workers", "limits", "admin_token_sha256", "tiers", "tenants",
-                                       NULL};
+    static const char *const keys[] = {"listen", "workers", "limits", "redis", "cache", "admin_token_sha256",
+                                       "tiers", "tenants", NULL};
     char p[256];
     if (!json_is_object(root))
         return cfgj_fail(err, n, "", "the config must be a JSON object");
@@ -243,7 +342,8 @@ static int parse_root(json_t *root, struct config *cfg, char *err, size_t n)
     if (cfgj_uint(root, "", "workers", 1, MAX_WORKERS, &w, err, n) < 0)
         return -1;
     cfg->workers = (int)w;
-    if (parse_limits(root, &cfg->limits, err, n) < 0)
+    if (parse_limits(root, &cfg->limits, err, n) < 0 || parse_redis(root, &cfg->redis, err, n) < 0 ||
+        parse_cache(root, cfg, err, n) < 0)
         return -1;
     json_t *admin = json_object_get(root, "admin_token_sha256");
     if (admin) {
@@ -365,5 +465,6 @@ void config_free(struct config *cfg)
     }
     free(cfg->tenants);
     free(cfg->listen_host);
+    free(cfg->redis.url);
     memset(cfg, 0, sizeof *cfg);
 }

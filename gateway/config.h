@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cache/cache.h"
+#include "cache/key.h"
 #include "common/hash.h"
 #include "engines/remote/remote.h"
 
@@ -38,6 +40,8 @@ struct tenant_config {
     int *allowed;               /* tier indices */
     size_t n_allowed;
     int default_tier;
+    enum cache_mode cache_mode;     /* which requests the cache may answer */
+    unsigned cache_ttl_s;
 };
 
 struct limits_config {
@@ -50,11 +54,25 @@ struct limits_config {
     unsigned drain_timeout_ms;
 };
 
+struct redis_config {
+    char *url;                  /* NULL: no Redis */
+    unsigned timeout_ms;        /* per command and for connecting */
+};
+
+struct cache_config {
+    enum cache_backend backend; /* redis when redis.url is set, else memory */
+    unsigned ttl_s;             /* default entry lifetime */
+    size_t max_entry_bytes;     /* larger answers are not stored */
+    size_t memory_max_bytes;    /* the memory backend's bound */
+};
+
 struct config {
     char *listen_host;
     int listen_port;
     int workers;
     struct limits_config limits;
+    struct redis_config redis;
+    struct cache_config cache;
     int has_admin;
     uint8_t admin_key[SHA256_LEN];
     struct tier_config *tiers;

@@ -18,8 +18,10 @@
 
 #include "gateway/config.h"
 
+struct cache;
 struct engine;
 struct event_base;
+struct redis_shared;
 struct event;
 struct httpd;
 struct httpd_req;
@@ -38,6 +40,8 @@ struct worker {
 struct gateway {
     struct config cfg;
     struct engine **engines;    /* one per tier, shared by all workers */
+    struct redis_shared *redis; /* NULL without redis.url */
+    struct cache *cache;
     struct worker *workers;
     int n_workers;
     int port;                   /* the port actually bound */

@@ -14,6 +14,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "cache/cache.h"
+#include "cache/redis.h"
 #include "common/clock.h"
 #include "common/httpd.h"
 #include "common/log.h"
@@ -233,6 +235,19 @@ void gateway_block_signals(sigset_t *set)
 int gateway_init(struct gateway *gw, char *err, size_t errlen)
 {
     struct config *cfg = &gw->cfg;
+    if (cfg->redis.url) {
+        struct redis_settings rs = {cfg->redis.url, cfg->redis.timeout_ms};
+        gw->redis = redis_shared_new(&rs, err, errlen);
+        if (!gw->redis)
+            return -1;
+    }
+    struct cache_settings cs = {
+        .backend = cfg->cache.backend,
+        .redis = gw->redis,
+        .memory_max_bytes = cfg->cache.memory_max_bytes,
+        .max_entry_bytes = cfg->cache.max_entry_bytes,
+    };
+    gw->cache = cache_new(&cs);
     gw->engines = xcalloc(cfg->n_tiers, sizeof *gw->engines);
     for (size_t i = 0; i < cfg->n_tiers; i++) {
         char e2[256];
@@ -334,6 +349,10 @@ void gateway_free(struct gateway *gw)
     }
     for (size_t i = 0; gw->engines && i < gw->cfg.n_tiers; i++)
         engine_destroy(gw->engines[i]);
+    /* Closing Redis answers pending commands (as failures) on their workers'
+     * state, so it goes before the event bases. */
+    redis_shared_free(gw->redis);
+    cache_free(gw->cache);
     for (int i = 0; gw->workers && i < gw->n_workers; i++)
         if (gw->workers[i].base)
             event_base_free(gw->workers[i].base);

@@ -1,0 +1,43 @@
+// redis.mjs: a real redis-server for tests, on a free port, with no
+// persistence. stop() kills it (as an outage would); start() brings it back
+// on the same port. cli(...args) runs redis-cli against it.
+import { spawn, execFileSync } from 'node:child_process';
+import { freePort } from './harness.mjs';
+
+export async function startRedis({ port } = {}) {
+  port = port || (await freePort());
+  const h = { port, url: `redis://127.0.0.1:${port}/0`, proc: null };
+  h.start = async () => {
+    const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '',
+      '--appendonly', 'no', '--protected-mode', 'no'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    h.proc = proc;
+    let out = '';
+    proc.stdout.setEncoding('utf8').on('data', (d) => (out += d));
+    await new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`redis-server not ready:\n${out}`)), 10000);
+      const check = () => {
+        if (/Ready to accept connections/.test(out)) {
+          clearTimeout(t);
+          resolve();
+        }
+      };
+      proc.stdout.on('data', check);
+      proc.on('exit', (code) => {
+        clearTimeout(t);
+        reject(new Error(`redis-server exited ${code}:\n${out}`));
+      });
+    });
+    proc.removeAllListeners('exit');
+  };
+  h.stop = async () => {
+    if (!h.proc || h.proc.exitCode !== null) return;
+    const p = h.proc;
+    const done = new Promise((r) => p.once('exit', r));
+    p.kill('SIGKILL');
+    await done;
+  };
+  h.cli = (...args) => execFileSync('redis-cli', ['-p', String(port), ...args], { encoding: 'utf8' }).trim();
+  await h.start();
+  process.on('exit', () => h.proc?.kill('SIGKILL'));
+  return h;
+}
