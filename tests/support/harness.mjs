@@ -69,6 +69,18 @@ export function cleanupAfterAll() {
   after(stopAll);
 }
 
+// reportCrash: a process that exits while still in `live` (nobody asked it
+// to stop) gets its output printed, so a crash mid-test explains itself.
+function reportCrash(handle, what, getText) {
+  handle.proc.on('exit', (code, signal) => {
+    if (live.has(handle)) {
+      live.delete(handle);
+      process.stderr.write(`harness: ${what} exited unexpectedly (code ${code}, signal ${signal}); ` +
+        `its output:\n${getText()}\n`);
+    }
+  });
+}
+
 // waitExit: resolves {code, signal} when the process has exited.
 function waitExit(proc) {
   if (proc.exitCode !== null || proc.signalCode !== null) {
@@ -147,6 +159,7 @@ export async function startPeer({ name = 'peer', models, apiKey, timeoutMs = 100
     },
   };
   live.add(handle);
+  reportCrash(handle, `peer ${name}`, () => out);
   const m = await waitForOutput(proc, () => out, /PEER_PORT=(\d+)/, timeoutMs, `peer ${name}`);
   handle.port = Number(m[1]);
   handle.url = `http://127.0.0.1:${handle.port}`;
@@ -178,6 +191,7 @@ export async function spawnReady(bin, args, ready, { name = path.basename(bin), 
     },
   };
   live.add(handle);
+  reportCrash(handle, name, () => out);
   handle.match = await waitForOutput(proc, () => out, ready, timeoutMs, name);
   return handle;
 }
@@ -322,6 +336,7 @@ export async function startGateway({ config, args = [], env = {}, binary, timeou
     },
   };
   live.add(handle);
+  reportCrash(handle, 'cascaded', () => err);
   if (spawnError) throw spawnError;
   const re = /"msg":"listening"[^\n]*"addr":"127\.0\.0\.1:(\d+)"|"addr":"127\.0\.0\.1:(\d+)"[^\n]*"msg":"listening"/;
   let m;

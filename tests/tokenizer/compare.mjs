@@ -6,6 +6,10 @@
 //                              without special tokens, plus decode round trips
 //   node compare.mjs chat      tests/tokenizer/chat_cases.json through the
 //                              chat template (JS: apply_chat_template)
+//   node compare.mjs fuzz [N] [SEED]
+//                              N random texts (default 3000) from a seeded
+//                              generator mixing the scripts, spaces, digits,
+//                              marks, emoji and added-token fragments above
 //
 // Reference ids are computed here, in the test, from node_modules; nothing
 // generated is committed. Like is compared with like: the C tokenizer adds no
@@ -190,8 +194,45 @@ if (mode === "routing") {
     console.log(`chat (generation prompt ${gen}): ${cases.length - bad}/${cases.length} equal`);
     failures += bad;
   }
+} else if (mode === "fuzz") {
+  const n = Number(process.argv[3] ?? 3000);
+  const seed = Number(process.argv[4] ?? 20240601);
+  // mulberry32: a small seeded PRNG, so a failure can be replayed by seed.
+  let st = seed >>> 0;
+  const rnd = () => {
+    st = (st + 0x6d2b79f5) >>> 0;
+    let t = st;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const pick = (a) => a[Math.floor(rnd() * a.length)];
+  const pieces = [
+    " ", "  ", "\t", "\n", "\r\n", "\r", "\u00a0", "\u3000", "\u2028", "\ufeff", "\u0085",
+    "a", "Z", "the", " the", "Hello", "don't", "'s", "x1", "42", "7", "3.14", "٣", "１", "½",
+    "中", "文字", "龥", "龦", "㐀", "𠀀", "ひら", "カナ", "ー", "ｶ", "한국", "ᄀ",
+    "\u0301", "\u0308", "\u093f", "न", "ม", "ع", "ש", "\u200f", "\u200d",
+    "😀", "👍🏽", "👨‍👩‍👧", "🇺🇸", "1️⃣", "❤️",
+    ".", ",", "!", "?", "...", "-", "_", "(", ")", "[", "]", "{", "}", "<", ">", "/", "\\", "#",
+    "@", "$", "%", "^", "&", "*", "+", "=", "|", "~", "`", "\"", "“", "”", "。", "、", "€", "∑",
+    "<｜", "｜>", "▁", "<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>",
+    "<｜begin▁of▁sentence｜>", "<|EOT|>", "<｜tool▁sep｜>", "\u0000",
+  ].map((p) => JSON.parse(`"${p}"`));
+  const texts = [];
+  for (let i = 0; i < n; i++) {
+    let t = "";
+    const len = Math.floor(rnd() * rnd() * 120);
+    for (let k = 0; k < len; k++) t += pick(pieces);
+    texts.push(t);
+  }
+  const names = texts.map((_, i) => `#${i} (seed ${seed})`);
+  const plain = cli([], texts);
+  compareIds("fuzz", names, texts, plain, (t) => jsPlain.encode(t, { add_special_tokens: false }));
+  compareIds("fuzz --allow-special", names, texts, cli(["--allow-special"], texts),
+             (t) => jsAll.encode(t, { add_special_tokens: false }));
+  roundTrip("fuzz", names, texts, plain);
 } else {
-  console.error("usage: node compare.mjs routing|edge|chat");
+  console.error("usage: node compare.mjs routing|edge|chat|fuzz [N] [SEED]");
   process.exit(2);
 }
 console.log(failures ? `FAIL: ${failures} differences` : "OK");
