@@ -5,6 +5,7 @@
 #include "cache/redis.h"
 
 #include <event2/event.h>
+#include <openssl/sha.h>
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <pthread.h>
@@ -17,6 +18,7 @@
 #include "common/mem.h"
 
 #define MAX_CONNS 256
+#define MAX_SCRIPTS 8
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
 #define MAX_CONSECUTIVE_TIMEOUTS 3
@@ -35,6 +37,9 @@ struct redis_shared {
     struct redis *conns[MAX_CONNS];
     atomic_size_t n_conns;
     atomic_int outage_logged;       /* one log line per outage, per process */
+    char *scripts[MAX_SCRIPTS];     /* Lua sources, loaded on every connect */
+    char script_sha[MAX_SCRIPTS][41];
+    int n_scripts;
 };
 
 struct op {
@@ -125,6 +130,8 @@ static int parse_url(const char *url, struct redis_shared *rs, char *err, size_t
 
 static void shared_fields_free(struct redis_shared *rs)
 {
+    for (int i = 0; i < rs->n_scripts; i++)
+        free(rs->scripts[i]);
     free(rs->host);
     free(rs->unix_path);
     free(rs->password);
@@ -264,6 +271,8 @@ static void start_connect(struct redis *r)
         redisAsyncCommand(ac, setup_reply_cb, NULL, "AUTH %s", rs->password);
     if (rs->db)
         redisAsyncCommand(ac, setup_reply_cb, NULL, "SELECT %d", rs->db);
+    for (int i = 0; i < rs->n_scripts; i++)
+        redisAsyncCommand(ac, setup_reply_cb, NULL, "SCRIPT LOAD %s", rs->scripts[i]);
     struct timeval tv = ms_tv(rs->timeout_ms);
     evtimer_add(r->connect_timer, &tv);
 }
@@ -404,4 +413,73 @@ void redis_shared_free(struct redis_shared *rs)
     pthread_mutex_destroy(&rs->mu);
     shared_fields_free(rs);
     free(rs);
+}
+
+void redis_shared_add_script(struct redis_shared *rs, const char *lua, char sha[41])
+{
+    unsigned char d[SHA_DIGEST_LENGTH];
+    SHA1((const unsigned char *)lua, strlen(lua), d);
+    for (int i = 0; i < SHA_DIGEST_LENGTH; i++)
+        snprintf(sha + 2 * i, 3, "%02x", d[i]);
+    if (rs->n_scripts < MAX_SCRIPTS) {
+        rs->scripts[rs->n_scripts] = xstrdup(lua);
+        memcpy(rs->script_sha[rs->n_scripts], sha, 41);
+        rs->n_scripts++;
+    }
+}
+
+/* EVALSHA, and on NOSCRIPT the same call as EVAL with the source. */
+struct eval_call {
+    struct redis *r;
+    redis_reply_cb cb;
+    void *ctx;
+    const char *lua;
+    int argc;
+    char **argv;                    /* "EVALSHA", sha, nkeys, keys..., args... */
+};
+
+static void eval_call_free(struct eval_call *e)
+{
+    for (int i = 0; i < e->argc; i++)
+        free(e->argv[i]);
+    free(e->argv);
+    free(e);
+}
+
+static void eval_reply_cb(void *ctx, enum redis_call_status st, redisReply *reply)
+{
+    struct eval_call *e = ctx;
+    if (st == REDIS_CALL_OK && reply->type == REDIS_REPLY_ERROR && e->lua &&
+        strncmp(reply->str, "NOSCRIPT", 8) == 0) {
+        free(e->argv[0]);
+        free(e->argv[1]);
+        e->argv[0] = xstrdup("EVAL");
+        e->argv[1] = xstrdup(e->lua);
+        e->lua = NULL; /* once */
+        redis_call(e->r, eval_reply_cb, e, e->argc, (const char **)e->argv, NULL);
+        return;
+    }
+    e->cb(e->ctx, st, reply);
+    eval_call_free(e);
+}
+
+void redis_eval(struct redis *r, redis_reply_cb cb, void *ctx, const char *sha, int nkeys, int argc, const char **argv)
+{
+    struct eval_call *e = xcalloc(1, sizeof *e);
+    e->r = r;
+    e->cb = cb;
+    e->ctx = ctx;
+    for (int i = 0; r && i < r->rs->n_scripts; i++)
+        if (strcmp(r->rs->script_sha[i], sha) == 0)
+            e->lua = r->rs->scripts[i];
+    e->argc = argc + 3;
+    e->argv = xcalloc((size_t)e->argc, sizeof *e->argv);
+    e->argv[0] = xstrdup("EVALSHA");
+    e->argv[1] = xstrdup(sha);
+    char nk[16];
+    snprintf(nk, sizeof nk, "%d", nkeys);
+    e->argv[2] = xstrdup(nk);
+    for (int i = 0; i < argc; i++)
+        e->argv[3 + i] = xstrdup(argv[i]);
+    redis_call(r, eval_reply_cb, e, e->argc, (const char **)e->argv, NULL);
 }

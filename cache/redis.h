@@ -54,6 +54,14 @@ struct redis *redis_for_base(struct redis_shared *rs, struct event_base *base);
 void redis_call(struct redis *r, redis_reply_cb cb, void *ctx, int argc, const char **argv, const size_t *argvlen);
 /* 1 when this worker's connection is up now. */
 int redis_connected(const struct redis *r);
+/* Register a Lua script to be loaded (SCRIPT LOAD) on every connection as it
+ * connects, so EVALSHA finds it; its SHA-1 hex goes to sha (41 bytes). Call
+ * before any worker connects. */
+void redis_shared_add_script(struct redis_shared *rs, const char *lua, char sha[41]);
+/* Run a registered script: EVALSHA, falling back to EVAL if the server lost
+ * it (a restart or SCRIPT FLUSH). argv holds the keys, then the arguments. */
+void redis_eval(struct redis *r, redis_reply_cb cb, void *ctx, const char *sha, int nkeys, int argc,
+                const char **argv);
 /* Close every worker's connection (at shutdown, after workers stopped). */
 void redis_shared_close_all(struct redis_shared *rs);
 

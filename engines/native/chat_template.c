@@ -23,6 +23,9 @@ enum marker {
     M_COUNT
 };
 
+/* The markers as the template writes them; their ids are looked up in the
+ * tokenizer at encode time, so the template works with any tokenizer that
+ * has DeepSeek-V3's added tokens and refuses one that lacks them. */
 static const char *const marker_text[M_COUNT] = {
     [M_BOS] = "<｜begin▁of▁sentence｜>",
     [M_EOS] = "<｜end▁of▁sentence｜>",
@@ -34,7 +37,8 @@ static const char *const marker_text[M_COUNT] = {
     [M_OUTPUT_END] = "<｜tool▁output▁end｜>",
 };
 
-/* A growable byte string. */
+/* A growable byte string: the rendered text, or the pending text between
+ * two markers. */
 struct text {
     char *p;
     size_t n, cap;
@@ -70,6 +74,8 @@ struct sink {
     struct text pending;
 };
 
+/* Encode the pending text as one piece (see the file comment for why it
+ * waits). In text mode there is nothing to flush: pending is the output. */
 static int sink_flush(struct sink *s)
 {
     if (!s->tok || s->pending.n == 0)
@@ -99,7 +105,11 @@ static int role_is(const struct chat_turn *t, const char *name)
     return t->role && strcmp(t->role, name) == 0;
 }
 
-/* The template, in the order of its Jinja source. */
+/* The template, in the order of its Jinja source. is_tool and
+ * is_output_first are the template's namespace variables of the same names;
+ * is_output_first is never reset, which is why only the first tool turn of
+ * a conversation opens with <｜tool▁outputs▁begin｜>. Roles are checked
+ * before anything is emitted, so a refused conversation emits nothing. */
 static int walk(struct sink *s, const struct chat_turn *turns, size_t n, int add_generation_prompt)
 {
     int rc, is_tool = 0, is_output_first = 1;
@@ -177,6 +187,9 @@ int chat_template_encode(const struct tokenizer *t, const struct chat_turn *turn
     return rc;
 }
 
+/* Counting encodes and throws the ids away: the count must be exactly the
+ * length the engine will see, and encoding is fast enough (tens of MB/s)
+ * that a separate counting path would only be a second thing to get right. */
 int chat_template_count(const struct tokenizer *t, const struct chat_turn *turns, size_t n,
                         int add_generation_prompt, unsigned flags, size_t *count)
 {

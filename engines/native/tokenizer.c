@@ -33,6 +33,8 @@ int tok_ids_reserve(struct tok_ids *ids, size_t extra)
     return TOK_OK;
 }
 
+/* The hot path of every encoder: one compare and a store while there is
+ * room. */
 int tok_ids_push(struct tok_ids *ids, int32_t id)
 {
     if (ids->n == ids->cap && tok_ids_reserve(ids, 1) < 0)
@@ -72,6 +74,8 @@ static size_t lead_len(uint8_t c)
     return 0;
 }
 
+/* RFC 3629 validation. The lead byte fixes the length and the allowed
+ * range of the second byte; later bytes need only be continuations. */
 int tok_utf8_valid(const char *str, size_t len)
 {
     const uint8_t *s = (const uint8_t *)str;
@@ -161,6 +165,8 @@ static void decode_byte(struct tok_decoder *d, uint8_t c, struct out_buf *o)
     }
 }
 
+/* prev starts at -1, "no previous token", which the llama2.c format needs
+ * to strip the space after BOS. */
 void tok_decoder_init(struct tok_decoder *d, const struct tokenizer *t)
 {
     memset(d, 0, sizeof(*d));
@@ -168,6 +174,9 @@ void tok_decoder_init(struct tok_decoder *d, const struct tokenizer *t)
     d->prev = -1;
 }
 
+/* Unknown ids (token_bytes NULL) add nothing: a sampler can in principle
+ * pick an id of the model's padded vocab that the tokenizer lacks, and the
+ * stream must go on. */
 size_t tok_decoder_push(struct tok_decoder *d, int32_t id, char *out, size_t cap)
 {
     struct out_buf o = { out, 0, cap };
@@ -202,6 +211,9 @@ size_t tok_decoder_flush(struct tok_decoder *d, char *out, size_t cap)
     return o.n;
 }
 
+/* Whole-sequence decode through the streaming decoder, so both paths give
+ * the same text by construction. The buffer grows before each token by the
+ * token's worst case, so no push can be cut short. */
 int tok_decode(const struct tokenizer *t, const int32_t *ids, size_t n, char **out, size_t *len)
 {
     struct tok_decoder d;

@@ -17,9 +17,7 @@
  * the decoder below never passes broken bytes on; it replaces each maximal
  * invalid subpart with U+FFFD, as the WHATWG decoder (and so the JavaScript
  * reference tokenizer) does.
- *
- * Encoding never adds BOS or EOS: callers that want them (the chat template)
- * push bos_id / eos_id themselves, so a count is always of the text alone.
+
  */
 #ifndef CASCADE_TOKENIZER_H
 #define CASCADE_TOKENIZER_H

@@ -8,7 +8,7 @@
  *   merges    (left id, right id) -> (rank, merged id), open-addressed;
  *   trie      the added tokens, for longest-first matching;
  *   re[]      the Split stages of the pre-tokenizer, compiled by PCRE2;
- *   cache     piece bytes -> ids, lock-striped (see tokenizer_bpe.h).
+ *   cache     piece bytes -> ids, seqlocked slots (see below).
  * BPE itself works on ids only: a piece starts as one symbol per byte (each
  * byte's byte-level character is a vocab entry) and merges replace ids.
  */
@@ -18,31 +18,41 @@
 
 #include <errno.h>
 #include <jansson.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <pcre2.h>
-#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* Split stages of one pre-tokenizer; DeepSeek's files use three. */
 #define MAX_STAGES 8
 
-/* Word cache geometry: 64 stripes of 1024 one-cache-line slots. A piece is
- * cached when it has at most CACHE_KEY_MAX bytes and CACHE_IDS_MAX ids, which
- * covers almost every word of prose; longer pieces are rare enough to redo. */
-#define CACHE_STRIPES 64
-#define CACHE_SLOTS 1024
+/* Word cache geometry: 65536 direct-mapped slots of one cache line each. A
+ * piece is cached when it has at most CACHE_KEY_MAX bytes and CACHE_IDS_MAX
+ * ids, which covers almost every word of prose; longer pieces are rare
+ * enough to redo. */
+#define CACHE_SLOTS 65536
 #define CACHE_KEY_MAX 24
 #define CACHE_IDS_MAX 8
+#define CACHE_WORDS 15
 
 /* Pieces up to this many bytes run BPE in stack scratch space. */
 #define SMALL_PIECE 256
 
+/* One name of a token. Strings live in one blob, not one malloc each: the
+ * DeepSeek file has 128k of them, and a blob loads and frees in one go. */
 struct str_entry {
     uint32_t off, len;
     int32_t id;
 };
 
+/* The merges table maps a pair of ids, packed into one 64-bit key, to the
+ * pair's rank and the id it merges into. BPE only ever asks "does this
+ * adjacent pair merge, at what rank", so ids (not strings) are the key. */
 struct merge_slot {
     uint64_t key;       /* left << 32 | right; MERGE_EMPTY when free */
     uint32_t rank;
@@ -50,6 +60,8 @@ struct merge_slot {
 };
 #define MERGE_EMPTY UINT64_MAX
 
+/* An entry of the file's added_tokens. special decides whether user text
+ * may produce it (TOK_ALLOW_SPECIAL). */
 struct added_tok {
     uint32_t off, len;  /* content in the strings blob */
     int32_t id;
@@ -63,19 +75,25 @@ struct trie_node {
     uint8_t byte;
 };
 
-struct cache_slot {
-    uint32_t tag;       /* high hash bits; a slot is empty while klen == 0 */
-    uint8_t klen, nids;
+/* What a cache slot holds, as plain data: 60 bytes, 15 words. */
+struct cache_entry {
+    uint32_t meta;      /* key length | id count << 8; 0 for an empty slot */
     char key[CACHE_KEY_MAX];
     int32_t ids[CACHE_IDS_MAX];
 };
 
-struct cache_stripe {
-    pthread_mutex_t mu;
-    struct cache_slot *slots;
-    /* Keep stripes on separate cache lines so threads do not share them. */
-    char pad[64 - (sizeof(pthread_mutex_t) + sizeof(void *)) % 64];
+/* The word cache is a seqlock per slot, so a hit costs a reader no lock and
+ * no write to shared memory, and threads on other cores never fight over a
+ * cache line they only read. seq is odd while a writer is inside; a reader
+ * copies the words and keeps the copy only if seq was even and unchanged
+ * around it. A writer claims a slot by moving seq from even to odd with a
+ * compare-and-swap and simply skips caching when another writer has it.
+ * Words are atomics (relaxed) so the racing copy is defined behaviour. */
+struct cache_slot {
+    _Atomic uint32_t seq;
+    _Atomic uint32_t w[CACHE_WORDS];
 };
+_Static_assert(sizeof(struct cache_entry) == CACHE_WORDS * 4, "cache entry is 15 words");
 
 struct bpe {
     struct tokenizer base;      /* first, so a struct tokenizer * is a struct bpe * */
@@ -108,11 +126,14 @@ struct bpe {
     int n_re;
 
     int cache_on;
-    struct cache_stripe *stripes;
+    struct cache_slot *cache;   /* 64-byte aligned inside cache_mem */
+    void *cache_mem;
 };
 
 /* ---- small helpers ---- */
 
+/* Load errors are reported as one line of text for the operator; callers
+ * may pass no buffer when they only want the code. */
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -126,7 +147,10 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-/* A fast 64-bit hash of short strings: 8 bytes at a time, multiply-mixed. */
+/* A fast 64-bit hash of short strings: 8 bytes at a time, multiply-mixed.
+ * Keys come from the tokenizer file and from user text, but the tables are
+ * open-addressed at load factor <= 1/2 and sized up front, so a poor spread
+ * costs time, never correctness; no seed is needed. */
 static uint64_t hash_bytes(const void *p, size_t n)
 {
     const uint8_t *s = p;
@@ -148,6 +172,9 @@ static uint64_t hash_bytes(const void *p, size_t n)
     return h;
 }
 
+/* Hash of an id pair for the merges table (Fibonacci hashing of the packed
+ * key, with the high bits folded down because the table mask keeps only
+ * the low ones). */
 static uint64_t hash_pair(int32_t a, int32_t b)
 {
     uint64_t h = ((uint64_t)(uint32_t)a << 32 | (uint32_t)b) * 0x9E3779B97F4A7C15ull;
@@ -178,6 +205,7 @@ static void byte_level_maps(uint32_t byte_cp[256], int16_t cp_byte[512])
     }
 }
 
+/* Encode code point cp (< 0x110000) as UTF-8 into out; returns its length. */
 static size_t utf8_put(uint32_t cp, char *out)
 {
     if (cp < 0x80) {
@@ -218,6 +246,8 @@ static uint32_t utf8_get(const uint8_t *s, size_t n, size_t *adv)
 
 /* ---- string table ---- */
 
+/* Append n bytes and a NUL (so names can be printed) to the blob. Offsets
+ * are 32-bit to halve the index; a blob past 4 GiB is refused. */
 static int blob_add(struct bpe *b, const char *s, size_t n, uint32_t *off)
 {
     if (b->blob_len + n + 1 > b->blob_cap) {
@@ -239,6 +269,8 @@ static int blob_add(struct bpe *b, const char *s, size_t n, uint32_t *off)
     return TOK_OK;
 }
 
+/* The id named by s[0..n), or -1. Linear probing: the index is at most half
+ * full, so a miss ends at an empty slot after a probe or two. */
 static int32_t str_find(const struct bpe *b, const char *s, size_t n)
 {
     size_t i = hash_bytes(s, n) & b->str_mask;
@@ -283,6 +315,8 @@ static int str_add(struct bpe *b, const char *s, size_t n, int32_t id, uint32_t 
 
 /* ---- merges table ---- */
 
+/* The merge of (l, r), or NULL when the pair never merges. This is the
+ * innermost lookup of BPE; the table is sized to at most half full. */
 static const struct merge_slot *merge_find(const struct bpe *b, int32_t l, int32_t r)
 {
     uint64_t key = (uint64_t)(uint32_t)l << 32 | (uint32_t)r;
@@ -308,7 +342,10 @@ static void merge_put(struct bpe *b, int32_t l, int32_t r, uint32_t rank, int32_
     b->merges[i].id = id;
 }
 
-/* ---- added-token trie ---- */
+/* ---- added-token trie ----
+ * Added tokens are matched byte by byte from each position where one could
+ * start, so the longest match is found in one walk however many tokens
+ * share a prefix (DeepSeek's 818 all start with "<"). */
 
 static int trie_node_new(struct bpe *b, uint8_t byte, int32_t *out)
 {
@@ -327,6 +364,8 @@ static int trie_node_new(struct bpe *b, uint8_t byte, int32_t *out)
     return TOK_OK;
 }
 
+/* Add added-token tok (index into added[]) for bytes s[0..n). A repeated
+ * content takes the later token, like the reference's Map. */
 static int trie_insert(struct bpe *b, const uint8_t *s, size_t n, int32_t tok)
 {
     int32_t node = 0;
@@ -347,7 +386,11 @@ static int trie_insert(struct bpe *b, const uint8_t *s, size_t n, int32_t tok)
     return TOK_OK;
 }
 
-/* Longest allowed added token at s[0..n): its index in added[], or -1. */
+/* Longest allowed added token at s[0..n): its index in added[], or -1.
+ * A special token that is not allowed is skipped but the walk goes on, so
+ * a longer allowed token beneath it still matches: the same result as a
+ * trie built from the allowed tokens alone, which is how the reference
+ * for TOK_ALLOW_SPECIAL off is built. */
 static int32_t trie_match(const struct bpe *b, const uint8_t *s, size_t n, unsigned flags)
 {
     int32_t node = 0, best = -1;
@@ -372,6 +415,8 @@ static int32_t trie_match(const struct bpe *b, const uint8_t *s, size_t n, unsig
 static const char JS_SPACE[] = "\\t\\n\\x{0B}\\f\\r\\x{20}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}"
                                "\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}\\x{FEFF}";
 
+/* A string builder for rewritten patterns. Running out of memory sets oom
+ * and later appends do nothing, so callers check once at the end. */
 struct sbuf {
     char *p;
     size_t n, cap;
@@ -498,6 +543,9 @@ static char *string_to_pcre2(const char *src, size_t n)
     return sb.p;
 }
 
+/* Compile one Split stage. PCRE2_UTF makes the pattern and the subject
+ * code points, not bytes; PCRE2_UCP makes \d, \w and the POSIX classes
+ * Unicode-aware as in the reference (\p{..} classes are Unicode either way). */
 static int add_stage(struct bpe *b, const char *pattern, char *err, size_t errlen)
 {
     if (b->n_re == MAX_STAGES) {
@@ -521,10 +569,15 @@ static int add_stage(struct bpe *b, const char *pattern, char *err, size_t errle
     return TOK_OK;
 }
 
-/* The regex of a ByteLevel pre-tokenizer with use_regex (GPT-2's). */
+/* The regex of a ByteLevel pre-tokenizer with use_regex (GPT-2's). The
+ * reference keeps only its matches, but its last alternatives match any
+ * character, so there are no gaps and Isolated splitting is the same. */
 static const char GPT2_REGEX[] =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
+/* Turn one pre_tokenizer object (recursively, for Sequence) into stages.
+ * ByteLevel must come last: it only changes how bytes are spelled, which
+ * BPE-on-ids does implicitly, so nothing may split after it. */
 static int add_pretokenizer(struct bpe *b, json_t *pt, int *saw_byte_level, char *err,
                             size_t errlen)
 {
@@ -603,8 +656,10 @@ static int add_pretokenizer(struct bpe *b, json_t *pt, int *saw_byte_level, char
 
 /* ---- encoding ---- */
 
-/* Per-encode scratch: BPE symbol arrays and heap, on the stack for short
- * pieces, on the heap (kept for the rest of the call) for long ones. */
+/* Per-encode scratch: BPE symbol arrays and heap, in fixed arrays for
+ * pieces up to SMALL_PIECE bytes and in one larger block (kept for the rest
+ * of the call) for longer ones, plus the PCRE2 match data. One per call, so
+ * encodes on different threads share nothing but the read-only tables. */
 struct scratch {
     int32_t *id, *next, *prev;
     uint64_t *heap;
@@ -615,6 +670,8 @@ struct scratch {
     pcre2_match_data *md;
 };
 
+/* Make the symbol arrays hold n symbols (and the heap 3n entries: n - 1
+ * initial pairs plus at most two pushes per merge). */
 static int scratch_fit(struct scratch *sc, size_t n)
 {
     if (n <= sc->cap)
@@ -704,6 +761,9 @@ static int bpe_merge(const struct bpe *b, const uint8_t *s, size_t n, struct scr
     for (size_t i = nh / 2; i-- > 0;)
         heap_down(heap, nh, i);
 
+    /* Symbols are merged in place: the left symbol takes the merged id, the
+     * right one is unlinked (id -1). Only the two pairs touching the new
+     * symbol can change, so only they are pushed. */
     while (nh) {
         uint64_t top = heap_pop(heap, &nh);
         int32_t p = (int32_t)(top & 0xFFFFFFFFu);
@@ -737,13 +797,45 @@ static int bpe_merge(const struct bpe *b, const uint8_t *s, size_t n, struct scr
     return TOK_OK;
 }
 
-/* The cache slot for a piece, and its stripe. */
-static struct cache_slot *cache_slot_of(const struct bpe *b, uint64_t h, struct cache_stripe **st)
+/* Copy slot into e; 1 when the copy is consistent (no writer overlapped).
+ * The acquire fence orders the word loads before the second seq load: if a
+ * writer's store reached any word, seq no longer reads s1. */
+static int cache_read(struct cache_slot *slot, struct cache_entry *e)
 {
-    *st = &b->stripes[h & (CACHE_STRIPES - 1)];
-    return &(*st)->slots[(h >> 6) & (CACHE_SLOTS - 1)];
+    uint32_t w[CACHE_WORDS];
+    uint32_t s1 = atomic_load_explicit(&slot->seq, memory_order_acquire);
+    if (s1 & 1)
+        return 0;
+    for (int i = 0; i < CACHE_WORDS; i++)
+        w[i] = atomic_load_explicit(&slot->w[i], memory_order_relaxed);
+    atomic_thread_fence(memory_order_acquire);
+    if (atomic_load_explicit(&slot->seq, memory_order_relaxed) != s1)
+        return 0;
+    memcpy(e, w, sizeof(*e));
+    return 1;
 }
 
+/* Store e in slot unless another writer holds it. The release fence keeps
+ * the odd seq visible before any new word, so a reader that sees a new word
+ * also sees seq changed and drops its copy. */
+static void cache_write(struct cache_slot *slot, const struct cache_entry *e)
+{
+    uint32_t w[CACHE_WORDS];
+    uint32_t s = atomic_load_explicit(&slot->seq, memory_order_relaxed);
+    if ((s & 1) || !atomic_compare_exchange_strong_explicit(&slot->seq, &s, s + 1,
+                                                            memory_order_relaxed,
+                                                            memory_order_relaxed))
+        return; /* another writer is in; the cache is best-effort */
+    atomic_thread_fence(memory_order_release);
+    memcpy(w, e, sizeof(w));
+    for (int i = 0; i < CACHE_WORDS; i++)
+        atomic_store_explicit(&slot->w[i], w[i], memory_order_relaxed);
+    atomic_store_explicit(&slot->seq, s + 2, memory_order_release);
+}
+
+/* Ids of one pre-tokenized piece: a single byte is its byte token, a short
+ * piece comes from the word cache when it is there, anything else runs
+ * BPE (and short results go into the cache). */
 static int encode_piece(const struct bpe *b, const uint8_t *s, size_t n, struct scratch *sc,
                         struct tok_ids *out)
 {
@@ -764,24 +856,15 @@ static int encode_piece(const struct bpe *b, const uint8_t *s, size_t n, struct 
     }
 
     int cacheable = b->cache_on && n <= CACHE_KEY_MAX;
-    uint64_t h = 0;
-    struct cache_stripe *st = NULL;
     struct cache_slot *slot = NULL;
+    struct cache_entry e;
     if (cacheable) {
-        h = hash_bytes(s, n);
-        slot = cache_slot_of(b, h, &st);
-        int32_t ids[CACHE_IDS_MAX];
-        size_t nids = 0;
-        pthread_mutex_lock(&st->mu);
-        if (slot->klen == n && slot->tag == (uint32_t)(h >> 32) && memcmp(slot->key, s, n) == 0) {
-            nids = slot->nids;
-            memcpy(ids, slot->ids, nids * sizeof(int32_t));
-        }
-        pthread_mutex_unlock(&st->mu);
-        if (nids) {
+        slot = &b->cache[hash_bytes(s, n) & (CACHE_SLOTS - 1)];
+        if (cache_read(slot, &e) && (e.meta & 0xFF) == n && memcmp(e.key, s, n) == 0) {
+            size_t nids = e.meta >> 8;
             if (tok_ids_reserve(out, nids) < 0)
                 return TOK_ENOMEM;
-            memcpy(out->v + out->n, ids, nids * sizeof(int32_t));
+            memcpy(out->v + out->n, e.ids, nids * sizeof(int32_t));
             out->n += nids;
             return TOK_OK;
         }
@@ -793,13 +876,11 @@ static int encode_piece(const struct bpe *b, const uint8_t *s, size_t n, struct 
         return rc;
     size_t nids = out->n - before;
     if (cacheable && nids <= CACHE_IDS_MAX) {
-        pthread_mutex_lock(&st->mu);
-        slot->tag = (uint32_t)(h >> 32);
-        slot->klen = (uint8_t)n;
-        slot->nids = (uint8_t)nids;
-        memcpy(slot->key, s, n);
-        memcpy(slot->ids, out->v + before, nids * sizeof(int32_t));
-        pthread_mutex_unlock(&st->mu);
+        memset(&e, 0, sizeof(e));
+        e.meta = (uint32_t)n | (uint32_t)nids << 8;
+        memcpy(e.key, s, n);
+        memcpy(e.ids, out->v + before, nids * sizeof(int32_t));
+        cache_write(slot, &e);
     }
     return TOK_OK;
 }
@@ -867,11 +948,14 @@ static int split_stage(const struct bpe *b, int k, const uint8_t *s, size_t n, s
     return TOK_OK;
 }
 
+/* The encode op (see tokenizer_bpe.h for the steps). On error, out is left
+ * as it was: a caller never sees half a text's ids. */
 static int bpe_encode(const struct tokenizer *t, const char *text, size_t len, unsigned flags,
                       struct tok_ids *out)
 {
     const struct bpe *b = (const struct bpe *)t;
     const uint8_t *s = (const uint8_t *)text;
+    size_t n0 = out->n;
     int rc = TOK_OK;
 
     if (len && !text)
@@ -897,7 +981,8 @@ static int bpe_encode(const struct tokenizer *t, const char *text, size_t len, u
     }
 
     /* Added tokens first: the text between two of them is a section that
-     * the pre-tokenizer sees on its own. */
+     * the pre-tokenizer sees on its own. Only bytes that can start an added
+     * token ("<" for DeepSeek) cost more than a table lookup. */
     size_t start = 0;
     for (size_t i = 0; i < len;) {
         if (!b->first_byte[s[i]]) {
@@ -922,11 +1007,14 @@ done:
     pcre2_match_data_free(sc->md);
     free(sc->big);
     free(sc);
+    if (rc < 0)
+        out->n = n0;
     return rc;
 }
 
 /* ---- the other ops ---- */
 
+/* Decoding is context-free for byte-level BPE, so prev is unused. */
 static const char *bpe_token_bytes(const struct tokenizer *t, int32_t prev, int32_t id,
                                    size_t *len)
 {
@@ -952,13 +1040,7 @@ static void bpe_free(struct tokenizer *t)
         return;
     for (int i = 0; i < b->n_re; i++)
         pcre2_code_free(b->re[i]);
-    if (b->stripes) {
-        for (size_t i = 0; i < CACHE_STRIPES; i++) {
-            pthread_mutex_destroy(&b->stripes[i].mu);
-            free(b->stripes[i].slots);
-        }
-        free(b->stripes);
-    }
+    free(b->cache_mem);
     free(b->trie);
     free(b->added);
     free(b->merges);
@@ -978,6 +1060,8 @@ static const struct tokenizer_ops bpe_ops = {
     .free = bpe_free,
 };
 
+/* The cache flag is read without synchronisation by encoders; the header
+ * says not to flip it while they run. */
 void tok_bpe_set_cache(struct tokenizer *t, int on)
 {
     ((struct bpe *)t)->cache_on = on;
@@ -987,6 +1071,18 @@ int tok_bpe_is_special(const struct tokenizer *t, int32_t id)
 {
     const struct bpe *b = (const struct bpe *)t;
     return id >= 0 && id < t->vocab_size && b->kind[id] == 2;
+}
+
+/* A scan rather than a field: it is asked once, when a decoder buffer is
+ * sized, and the decode table already holds every length. */
+size_t tok_bpe_max_token_bytes(const struct tokenizer *t)
+{
+    const struct bpe *b = (const struct bpe *)t;
+    size_t max = 0;
+    for (int32_t id = 0; id < t->vocab_size; id++)
+        if (b->dec_off[id + 1] - b->dec_off[id] > max)
+            max = b->dec_off[id + 1] - b->dec_off[id];
+    return max;
 }
 
 /* ---- loading ---- */
@@ -1001,6 +1097,10 @@ static const char *config_token(json_t *cfg, const char *key)
     return json_string_value(v);
 }
 
+/* BOS and EOS ids. tokenizer.json does not say which tokens they are; the
+ * config beside it does, and a directory from the Hugging Face hub always
+ * has one. A missing or unreadable config is not an error: the well-known
+ * DeepSeek names are tried, and the ids stay -1 when those are absent. */
 static void load_bos_eos(struct bpe *b, const char *path)
 {
     static const char *const bos_names[] = { "<｜begin▁of▁sentence｜>", NULL };
@@ -1125,6 +1225,10 @@ static int merge_parts(json_t *m, const char **a, size_t *al, const char **c, si
     return -1;
 }
 
+/* Build the merges table. Rank is the position in the file: lower ranks
+ * merge first. Every part and result must be a vocab entry, which is what
+ * lets BPE run on ids; a file that breaks this is refused at load time
+ * rather than producing unknown tokens later. */
 static int load_merges(struct bpe *b, json_t *merges, char *err, size_t errlen)
 {
     size_t n = json_array_size(merges);
@@ -1169,13 +1273,19 @@ static int load_merges(struct bpe *b, json_t *merges, char *err, size_t errlen)
     return TOK_OK;
 }
 
+/* Refuse BPE features this implementation does not have (see the header's
+ * supported subset), each with a message naming the feature. */
 static int check_model(json_t *model, json_t **vocab, json_t **merges, int *ignore_merges, char *err,
                        size_t errlen)
 {
     const char *type = json_string_value(json_object_get(model, "type"));
     *vocab = json_object_get(model, "vocab");
     *merges = json_object_get(model, "merges");
-    if (!json_is_object(model) || (type && strcmp(type, "BPE") != 0)) {
+    if (!json_is_object(model)) {
+        set_err(err, errlen, "no model object (is this a tokenizer.json?)");
+        return TOK_EFORMAT;
+    }
+    if (type && strcmp(type, "BPE") != 0) {
         set_err(err, errlen, "model type %s is unsupported (only BPE)", type ? type : "(none)");
         return TOK_EFORMAT;
     }
@@ -1204,6 +1314,9 @@ static int check_model(json_t *model, json_t **vocab, json_t **merges, int *igno
     return TOK_OK;
 }
 
+/* Only "no normalization" is supported; DeepSeek's files have an empty
+ * Sequence. A real normalizer (NFC, lowercase, ...) would change ids, so it
+ * is refused rather than ignored. */
 static int check_normalizer(json_t *norm, char *err, size_t errlen)
 {
     if (!norm || json_is_null(norm))
@@ -1216,7 +1329,9 @@ static int check_normalizer(json_t *norm, char *err, size_t errlen)
     return TOK_EFORMAT;
 }
 
-/* Read the added_tokens array into added[], kind[] and the trie. */
+/* Read the added_tokens array into added[], kind[] and the trie. Their text
+ * is also registered as a name of the id, so lookup() finds control tokens
+ * by the text the chat template uses. */
 static int load_added(struct bpe *b, json_t *list, char *err, size_t errlen)
 {
     size_t n = json_array_size(list), i;
@@ -1252,6 +1367,45 @@ static int load_added(struct bpe *b, json_t *list, char *err, size_t errlen)
     return TOK_OK;
 }
 
+/* The whole file at path in a malloc'd buffer, or NULL with err set. */
+static char *read_file(const char *path, size_t *len, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    if (!f) {
+        set_err(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    for (;;) {
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 1 << 20;
+            char *nb = realloc(buf, ncap);
+            if (!nb) {
+                set_err(err, errlen, "out of memory reading %s", path);
+                goto fail;
+            }
+            buf = nb;
+            cap = ncap;
+        }
+        size_t k = fread(buf + n, 1, cap - n, f);
+        n += k;
+        if (k == 0)
+            break;
+    }
+    if (ferror(f)) {
+        set_err(err, errlen, "cannot read %s: %s", path, strerror(errno));
+        goto fail;
+    }
+    fclose(f);
+    *len = n;
+    return buf;
+fail:
+    fclose(f);
+    free(buf);
+    return NULL;
+}
+
 int tok_bpe_load(const char *path, struct tokenizer **out, char *err, size_t errlen)
 {
     json_t *root = NULL;
@@ -1259,14 +1413,15 @@ int tok_bpe_load(const char *path, struct tokenizer **out, char *err, size_t err
     int rc;
 
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        set_err(err, errlen, "cannot open %s: %s", path, strerror(errno));
+    size_t text_len;
+    char *text = read_file(path, &text_len, err, errlen);
+    if (!text)
         return TOK_EIO;
-    }
+    /* Parse from memory: json_loadf reads a byte at a time through stdio,
+     * which showed up in load-time profiles of this 7.8 MB file. */
     json_error_t jerr;
-    root = json_loadf(f, JSON_ALLOW_NUL, &jerr);
-    fclose(f);
+    root = json_loadb(text, text_len, JSON_ALLOW_NUL, &jerr);
+    free(text);
     if (!root) {
         set_err(err, errlen, "%s is not valid JSON (line %d: %s)", path, jerr.line, jerr.text);
         return TOK_EFORMAT;
@@ -1321,6 +1476,8 @@ int tok_bpe_load(const char *path, struct tokenizer **out, char *err, size_t err
     }
     b->base.vocab_size = (int32_t)(max_id + 1);
 
+    /* The string index is sized once, at twice the names it will hold, so
+     * it never rehashes and probes stay short. */
     size_t n_strings = json_object_size(vocab) + json_array_size(added);
     rc = TOK_ENOMEM;
     b->strs_cap = n_strings;
@@ -1339,6 +1496,8 @@ int tok_bpe_load(const char *path, struct tokenizer **out, char *err, size_t err
             goto fail;
     }
 
+    /* BPE starts every piece from single-byte tokens, so all 256 must
+     * exist; a file without them is not byte-level BPE. */
     int16_t cp_byte[512];
     byte_level_maps(b->byte_cp, cp_byte);
     for (int c = 0; c < 256; c++) {
@@ -1376,23 +1535,27 @@ int tok_bpe_load(const char *path, struct tokenizer **out, char *err, size_t err
     }
 
     rc = TOK_ENOMEM;
-    b->stripes = calloc(CACHE_STRIPES, sizeof(*b->stripes));
-    if (!b->stripes)
+    /* calloc: all-zero is an empty slot (seq 0, meta 0), and untouched
+     * pages of the 4 MiB table cost no memory until a word lands there. */
+    b->cache_mem = calloc(1, CACHE_SLOTS * sizeof(*b->cache) + 64);
+    if (!b->cache_mem)
         goto fail;
-    for (size_t s = 0; s < CACHE_STRIPES; s++)
-        pthread_mutex_init(&b->stripes[s].mu, NULL);
-    for (size_t s = 0; s < CACHE_STRIPES; s++) {
-        b->stripes[s].slots = calloc(CACHE_SLOTS, sizeof(struct cache_slot));
-        if (!b->stripes[s].slots)
-            goto fail;
-    }
+    b->cache = (struct cache_slot *)(((uintptr_t)b->cache_mem + 63) & ~(uintptr_t)63);
 
     load_bos_eos(b, path);
     json_decref(root);
+#ifdef __GLIBC__
+    /* The parsed JSON tree was several times the size of the tables built
+     * from it; hand its freed pages back to the system rather than keep
+     * them resident for the life of the process. */
+    malloc_trim(0);
+#endif
     *out = &b->base;
     return TOK_OK;
 
 fail:
+    /* bpe_free() copes with a half-built tokenizer: every table it frees
+     * starts out NULL (calloc) and free(NULL) is a no-op. */
     if (rc == TOK_ENOMEM)
         set_err(err, errlen, "out of memory loading %s", path);
     json_decref(root);

@@ -11,8 +11,8 @@
  *      own id. Tokens marked "special" in the file take part only with
  *      TOK_ALLOW_SPECIAL; without it their text is ordinary text. Added
  *      tokens not marked special (DeepSeek-V3's <｜User｜>, <｜Assistant｜>
- *      and tool markers are such) always match, as in the reference and in
- *      Hugging Face's tokenizers with split_special_tokens.
+ *      and tool markers are such) always match, as in the reference, which
+ *      matches every added token.
  *   3. Pre-tokenizer: each Split regex of the file's Sequence, in order, run
  *      by PCRE2 (UTF, UCP, JIT) with the Isolated behaviour on the pieces of
  *      the stage before; then the ByteLevel byte-to-unicode mapping.
@@ -26,9 +26,10 @@
  * reverse, so \s and \S are rewritten into ECMAScript's explicit class before
  * compiling. (The Rust tokenizers put U+0085 in \s and U+FEFF out; only text
  * with those three code points can differ from it.) Unicode properties come
- * from the PCRE2 library's tables (Unicode 14 in PCRE2 10.42) and ECMAScript's
- * from Node's ICU (15.1 in Node 20): code points first assigned after
- * Unicode 14 may split differently.
+ * from the PCRE2 library's tables (Unicode 14 in PCRE2 10.42) and
+ * ECMAScript's from Node's ICU (Unicode 17 in Node 20.20): the 15,097 code
+ * points first assigned after Unicode 14 are unassigned here and may split
+ * differently; no older code point differs (bench/tokenizer/results.md).
  *
  * Supported tokenizer.json subset (anything else is TOK_EFORMAT with a
  * message): normalizer null or an empty Sequence; pre_tokenizer made of
@@ -37,15 +38,23 @@
  * model BPE without byte_fallback, dropout or affixes, merges as "a b"
  * strings or [a, b] pairs whose parts and results are all in the vocab.
  *
- * BOS and EOS come from tokenizer_config.json beside the file when there is
- * one (bos_token, eos_token), else from DeepSeek's well-known names; -1 when
- * neither is present.
+ * Encoding never adds BOS or EOS (nor does the reference with
+ * add_special_tokens false, nor, for this file, with true): callers that want
+ * them, like the chat template, push bos_id / eos_id themselves, so a count
+ * is of the text alone. BOS and EOS come from tokenizer_config.json beside
+ * the file when there is one (bos_token, eos_token), else from DeepSeek's
+ * well-known names; -1 when neither is present.
+ *
+ * tokenizer_lookup() takes a token as the file spells it: an added token's
+ * text, or a vocab entry in its byte-level form ("Ġthe" for " the").
  *
  * Threads: loading is single-threaded; the loaded tokenizer is immutable but
- * for the word cache, which is a fixed table split into 64 stripes, each
- * behind its own mutex, so any number of threads may encode at once with
- * little contention. Entries are copied in and out under the lock; the
- * cache's size is fixed at load time (about 5 MB, touched lazily).
+ * for the word cache, so any number of threads may encode at once. The cache
+ * is a fixed table of 65536 one-cache-line slots (4 MiB, touched lazily),
+ * each guarded by a sequence counter (a seqlock): a lookup takes no lock and
+ * writes nothing shared, so readers on different cores scale; an insert
+ * claims its slot with a compare-and-swap and is skipped if another thread
+ * is writing that slot. Entries are copied in and out, never shared.
  */
 #ifndef CASCADE_TOKENIZER_BPE_H
 #define CASCADE_TOKENIZER_BPE_H
@@ -68,5 +77,9 @@ void tok_bpe_set_cache(struct tokenizer *t, int on);
 /* 1 when id is an added token marked special in the file (BOS, EOS, ...),
  * so a decoder that shows text to people may skip it. */
 int tok_bpe_is_special(const struct tokenizer *t, int32_t id);
+
+/* The most bytes any one token decodes to, for sizing decoder buffers:
+ * TOK_DECODE_CAP(tok_bpe_max_token_bytes(t)) is always enough. */
+size_t tok_bpe_max_token_bytes(const struct tokenizer *t);
 
 #endif

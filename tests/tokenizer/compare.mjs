@@ -6,6 +6,7 @@
 //                              without special tokens, plus decode round trips
 //   node compare.mjs chat      tests/tokenizer/chat_cases.json through the
 //                              chat template (JS: apply_chat_template)
+//   node compare.mjs cli       the CLI's plain modes and its error messages
 //   node compare.mjs fuzz [N] [SEED]
 //                              N random texts (default 3000) from a seeded
 //                              generator mixing the scripts, spaces, digits,
@@ -25,7 +26,8 @@
 // Exit status: 0 all equal, 1 a mismatch, 77 skipped (reference missing).
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { createRequire } from "node:module";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -194,6 +196,55 @@ if (mode === "routing") {
     console.log(`chat (generation prompt ${gen}): ${cases.length - bad}/${cases.length} equal`);
     failures += bad;
   }
+} else if (mode === "cli") {
+  // Run the CLI on raw stdin bytes; returns {status, stdout, stderr}.
+  const run = (args, input) => spawnSync(CLI, args, { input, encoding: "buffer", maxBuffer: 1 << 26 });
+  const tk = ["--tokenizer", TOKENIZER_JSON];
+  let bad = 0;
+  const expect = (what, cond, r) => {
+    if (cond) return;
+    bad++;
+    console.error(`CLI ${what}: status ${r.status}, stderr ${JSON.stringify(String(r.stderr))}, ` +
+                  `stdout ${JSON.stringify(String(r.stdout).slice(0, 200))}`);
+  };
+  const text = "Line one\r\n\tindented 123456\n中文 <｜end▁of▁sentence｜>\n";
+  let r = run(tk, Buffer.from(text));
+  expect("plain stdin", r.status === 0 && String(r.stdout) ===
+         JSON.stringify(jsPlain.encode(text, { add_special_tokens: false })) + "\n", r);
+  r = run([...tk, "--allow-special"], Buffer.from(text));
+  expect("--allow-special", r.status === 0 && String(r.stdout) ===
+         JSON.stringify(jsAll.encode(text, { add_special_tokens: false })) + "\n", r);
+  r = run([...tk, "--count"], Buffer.from(text));
+  expect("--count", r.status === 0 && String(r.stdout) ===
+         `${jsPlain.encode(text, { add_special_tokens: false }).length}\n`, r);
+  r = run(tk, Buffer.alloc(0));
+  expect("empty stdin", r.status === 0 && String(r.stdout) === "[]\n", r);
+  r = run([...tk, "--decode"], Buffer.from(JSON.stringify(jsAll.encode(text, { add_special_tokens: false }))));
+  expect("--decode", r.status === 0 && String(r.stdout) === text, r);
+  const conv = [{ role: "system", content: "Be brief." }, { role: "user", content: "Hi" }];
+  r = run([...tk, "--chat", "--generation-prompt"], Buffer.from(JSON.stringify(conv)));
+  expect("--chat", r.status === 0 && String(r.stdout) === JSON.stringify(jsAll.apply_chat_template(conv, {
+    tokenize: true, add_generation_prompt: true, return_tensor: false })) + "\n", r);
+  // Errors: a clear message and a non-zero status, never a partial answer.
+  r = run(tk, Buffer.from([0x61, 0x62, 0x63, 0xff, 0x64]));
+  expect("invalid UTF-8", r.status === 1 && String(r.stdout) === "" &&
+         String(r.stderr).includes("not valid UTF-8 (first bad byte at offset 3)"), r);
+  r = run(["--tokenizer", "/nonexistent/tokenizer.json"], Buffer.from("x"));
+  expect("missing tokenizer", r.status === 2 && String(r.stderr).includes("cannot open /nonexistent/tokenizer.json"), r);
+  const dir = mkdtempSync(path.join(tmpdir(), "cascade-tok-"));
+  writeFileSync(path.join(dir, "tokenizer.json"), readFileSync(TOKENIZER_JSON).subarray(0, 100000));
+  r = run(["--tokenizer", path.join(dir, "tokenizer.json")], Buffer.from("x"));
+  expect("truncated tokenizer", r.status === 2 && String(r.stderr).includes("is not valid JSON"), r);
+  rmSync(dir, { recursive: true });
+  r = run([...tk, "--jsonl"], Buffer.from('"ok"\n{"not": "a string"}\n"never reached"\n'));
+  expect("bad --jsonl line", r.status === 1 && String(r.stderr).includes("line 2") &&
+         String(r.stdout).split("\n").length === 2, r);
+  r = run([...tk, "--chat"], Buffer.from('[{"role":"developer","content":"x"}]'));
+  expect("unknown role", r.status === 1 && String(r.stderr).includes("role"), r);
+  r = run([...tk, "--bogus"], Buffer.from(""));
+  expect("unknown option", r.status === 2 && String(r.stderr).includes("usage"), r);
+  console.log(`cli: ${bad} failed checks`);
+  failures += bad;
 } else if (mode === "fuzz") {
   const n = Number(process.argv[3] ?? 3000);
   const seed = Number(process.argv[4] ?? 20240601);
@@ -217,7 +268,7 @@ if (mode === "routing") {
     "@", "$", "%", "^", "&", "*", "+", "=", "|", "~", "`", "\"", "“", "”", "。", "、", "€", "∑",
     "<｜", "｜>", "▁", "<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>",
     "<｜begin▁of▁sentence｜>", "<|EOT|>", "<｜tool▁sep｜>", "\u0000",
-  ].map((p) => JSON.parse(`"${p}"`));
+  ];
   const texts = [];
   for (let i = 0; i < n; i++) {
     let t = "";
@@ -232,7 +283,7 @@ if (mode === "routing") {
              (t) => jsAll.encode(t, { add_special_tokens: false }));
   roundTrip("fuzz", names, texts, plain);
 } else {
-  console.error("usage: node compare.mjs routing|edge|chat|fuzz [N] [SEED]");
+  console.error("usage: node compare.mjs routing|edge|chat|cli|fuzz [N] [SEED]");
   process.exit(2);
 }
 console.log(failures ? `FAIL: ${failures} differences` : "OK");

@@ -287,6 +287,8 @@ static void test_known_ids(const struct tokenizer *t)
     CHECK(tokenizer_lookup(t, "<｜Assistant｜>") == 128804);
     CHECK(tok_bpe_is_special(t, 0) && tok_bpe_is_special(t, 1));
     CHECK(!tok_bpe_is_special(t, 128803) && !tok_bpe_is_special(t, 19923));
+    /* Longest decoded token: at least the longest added token (33 bytes). */
+    CHECK(tok_bpe_max_token_bytes(t) >= 33 && tok_bpe_max_token_bytes(t) <= 256);
 }
 
 static void test_policies(const struct tokenizer *t)

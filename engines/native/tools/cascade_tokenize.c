@@ -68,6 +68,8 @@ static void out_add(struct out *o, const char *s, size_t n)
     o->n += n;
 }
 
+/* Ids as a compact JSON array (no spaces), the form the tests compare, or
+ * just their number. */
 static void out_ids(struct out *o, const struct tok_ids *ids, int count)
 {
     char num[32];
@@ -109,7 +111,10 @@ static const char *tok_strerror(int rc)
     }
 }
 
-/* A conversation from JSON into turns (pointers borrowed from root). */
+/* A conversation from JSON into turns (pointers borrowed from root). The
+ * input's own add_generation_prompt wins over --generation-prompt, so one
+ * --jsonl batch can mix both. Content must be a string or null: OpenAI's
+ * content-part arrays are the gateway's to flatten, not this tool's. */
 static int parse_chat(json_t *root, int gen_default, struct chat_turn **turns, size_t *n,
                       int *gen, char *err, size_t errlen)
 {
@@ -235,6 +240,8 @@ static int run_one(const struct opts *op, const struct tokenizer *t, const char 
     return 0;
 }
 
+/* All of f (stdin) in one buffer: the tokenizer needs the whole text, since
+ * a piece can span any read boundary. */
 static char *read_all(FILE *f, size_t *len)
 {
     size_t cap = 1 << 16, n = 0;
@@ -304,6 +311,9 @@ int main(int argc, char **argv)
         return EXIT_SETUP;
     }
 
+    /* One load, then every input: load time (about 0.2 s) dominates a
+     * single short text, so batches should use --jsonl. A bad line stops the
+     * run with its line number rather than printing a misaligned answer. */
     struct out o = { 0 };
     int status = 0;
     if (op.jsonl) {
