@@ -9,12 +9,13 @@
 
 void access_log(const struct access_entry *e)
 {
-    json_t *o = json_pack("{s:s, s:s, s:s?, s:s?, s:s, s:s, s:i, s:f, s:I, s:I, s:b, s:s?}", "msg", "access",
+    json_t *o = json_pack("{s:s, s:s, s:s?, s:s?, s:s, s:s, s:i, s:f, s:I, s:I, s:b, s:s?, s:I, s:I}", "msg", "access",
                           "request_id", e->request_id, "tenant", e->tenant, "tier", e->tier, "method",
                           e->method, "path", e->path, "status", e->status, "latency_ms",
                           (double)e->latency_us / 1000.0, "prompt_tokens", (json_int_t)e->prompt_tokens,
                           "completion_tokens", (json_int_t)e->completion_tokens, "stream", e->stream,
-                          "cache", e->cache);
+                          "cache", e->cache, "cost_nano", (json_int_t)e->cost_nano, "saved_nano",
+                          (json_int_t)e->saved_nano);
     if (o)
         log_line_json(o);
     json_decref(o);

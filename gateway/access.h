@@ -18,6 +18,8 @@ struct access_entry {
     int64_t completion_tokens;
     int stream;
     const char *cache;      /* hit | miss | bypass, or NULL */
+    int64_t cost_nano;      /* what was charged, USD x 1e9 */
+    int64_t saved_nano;     /* saved by the cache and by routing */
 };
 
 void access_log(const struct access_entry *e);

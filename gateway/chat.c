@@ -1,19 +1,25 @@
 /* chat.c: see chat.h. The states of one request:
  *
- *   parse, route ──> cache lookup ──hit──────────────────────────> replay
- *        │                │ miss: lead ──> engine ──> answer, store, wake waiters
- *        │                │ miss: wait ──> leader's answer ──────> replay
- *        │                │               leader failed ─────────> engine
- *        │                └ Redis down/slow: bypass ─────────────> engine
- *        └ not cacheable, or the client said no-store: bypass ──> engine
+ *   parse, route, count ──> admit (policy) ──429──> reject
+ *        │                     │ ok (maybe downgraded to a cheaper tier)
+ *        │                     v
+ *        │               cache lookup ──hit──────────────────────────> replay
+ *        │                     │ miss: lead ──> engine ──> answer, store, wake waiters
+ *        │                     │ miss: wait ──> leader's answer ──────> replay
+ *        │                     │               leader failed ─────────> engine
+ *        │                     └ Redis down/slow: bypass ─────────────> engine
+ *        └ bad input: 4xx
+ * and at the end, always: settle the reservation with the real cost.
  *
  * The HTTP request and this state have separate lifetimes: a client that
- * goes away releases the HTTP request at once, but a pending cache lookup
- * still holds this state until its callback runs (`gone` says to drop it).
+ * goes away releases the HTTP request at once, but a pending admission or
+ * cache lookup still holds this state until its callback runs (`gone` then
+ * says to drop it).
  */
 #include "gateway/chat.h"
 
 #include <event2/buffer.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,8 +34,11 @@
 #include "common/mem.h"
 #include "common/openai.h"
 #include "engines/engine.h"
+#include "engines/native/chat_template.h"
 #include "gateway/access.h"
 #include "gateway/gateway.h"
+#include "policies/policy.h"
+#include "policies/price.h"
 
 enum cache_plan {
     PLAN_BYPASS,        /* neither read nor write the cache */
@@ -39,13 +48,17 @@ enum cache_plan {
 
 struct chat {
     struct worker *w;
+    struct config_snap *snap;       /* the config this request runs under */
+    const struct config *cfg;
     struct httpd_req *r;            /* NULL once released */
     const struct tenant_config *tenant;
     int tier;
+    int is_auto;
     struct chat_request req;
     struct engine *engine;
     uint64_t engine_id;
     int engine_running;
+    int engine_started;
     char id[48];                    /* chatcmpl-... */
     char request_id[80];
     int64_t created;
@@ -55,6 +68,14 @@ struct chat {
     json_t *logprobs;
     int stream_open;                /* stream headers sent */
     struct engine_usage usage;
+    int64_t tokens_received;        /* pieces from the engine: usage when it gives none */
+    /* policy */
+    int64_t prompt_tokens;          /* our count, for the estimate */
+    int64_t max_tokens;             /* the output bound the reservation covers */
+    struct reservation *resv;
+    int admit_pending;
+    int64_t cost_nano, saved_cache_nano, saved_routing_nano;
+    int hit_tier;                   /* the tier that produced a cache hit, or -1 */
     /* cache */
     enum cache_plan plan;
     const char *cache_header;       /* x-cascade-cache: hit|miss|bypass */
@@ -68,12 +89,18 @@ struct chat {
 
 static const char *tier_name(const struct chat *c)
 {
-    return c->tier >= 0 ? c->w->gw->cfg.tiers[c->tier].name : NULL;
+    return c->tier >= 0 ? c->cfg->tiers[c->tier].name : NULL;
 }
 
 static const char *model_name(const struct chat *c)
 {
-    return c->w->gw->cfg.tiers[c->tier].model;
+    return c->cfg->tiers[c->tier].model;
+}
+
+static int64_t tier_cost(const struct chat *c, int tier, int64_t prompt, int64_t completion)
+{
+    const struct tier_config *t = &c->cfg->tiers[tier];
+    return price_cost_nano(t->price_in_per_1m, t->price_out_per_1m, prompt, completion);
 }
 
 static void chat_free(struct chat *c)
@@ -82,7 +109,39 @@ static void chat_free(struct chat *c)
     if (c->content)
         evbuffer_free(c->content);
     json_decref(c->logprobs);
+    gateway_snap_release(c->snap);
     free(c);
+}
+
+/* Replace the reservation with what the request really cost. A hit costs
+ * nothing and saves what its producer cost; a generation costs its usage,
+ * from the engine, or our own count when the engine gave none (a cancelled
+ * stream is charged for the tokens that were generated). */
+static void settle(struct chat *c)
+{
+    if (!c->resv)
+        return;
+    int64_t prompt = 0, completion = 0;
+    if (c->hit_tier >= 0) {
+        c->saved_cache_nano = tier_cost(c, c->hit_tier, c->usage.prompt_tokens, c->usage.completion_tokens);
+    } else if (c->engine_started) {
+        prompt = c->usage.prompt_tokens > 0 ? c->usage.prompt_tokens : c->prompt_tokens;
+        completion = c->usage.completion_tokens > 0 ? c->usage.completion_tokens : c->tokens_received;
+        c->cost_nano = tier_cost(c, c->tier, prompt, completion);
+        int64_t reserved = tier_cost(c, c->tier, c->prompt_tokens, c->max_tokens);
+        if (c->cost_nano > reserved) {
+            /* The engine counted more prompt tokens than our tokenizer: the
+             * reservation is what the budget allowed, so it is the charge. */
+            log_warn("request %s used more than it reserved (%" PRId64 " > %" PRId64 " nano-USD); charged the reservation",
+                     c->request_id, c->cost_nano, reserved);
+            c->cost_nano = reserved;
+        }
+        int64_t largest = tier_cost(c, c->tenant->largest_tier, prompt, completion);
+        c->saved_routing_nano = largest > c->cost_nano ? largest - c->cost_nano : 0;
+    }
+    struct settle_info info = {c->cost_nano, prompt + completion, c->saved_cache_nano, c->saved_routing_nano};
+    policy_settle(c->w->gw->policy, c->w->base, c->resv, &info);
+    c->resv = NULL;
 }
 
 static void log_access(struct chat *c, int status)
@@ -99,6 +158,8 @@ static void log_access(struct chat *c, int status)
         .completion_tokens = c->usage.completion_tokens,
         .stream = c->req.stream,
         .cache = c->cache_header,
+        .cost_nano = c->cost_nano,
+        .saved_nano = c->saved_cache_nano + c->saved_routing_nano,
     };
     access_log(&e);
 }
@@ -113,16 +174,19 @@ static void finish_flight(struct chat *c, const char *value, size_t len)
     sf_finish(cache_flights(c->w->gw->cache), c->key, value, len);
 }
 
-/* The request is answered (or abandoned): log and free. */
+/* The request is answered (or abandoned): settle, log and free. */
 static void chat_done(struct chat *c, int status)
 {
     finish_flight(c, NULL, 0);
+    settle(c);
     log_access(c, status);
     chat_free(c);
 }
 
 static void set_headers(struct chat *c)
 {
+    if (!c->tenant->expose_headers)
+        return;
     httpd_resp_header(c->r, "x-cascade-tier", tier_name(c) ? tier_name(c) : "none");
     if (c->cache_header)
         httpd_resp_header(c->r, "x-cascade-cache", c->cache_header);
@@ -190,6 +254,13 @@ static void send_final(struct chat *c, const char *finish_reason)
                                           &u, lp);
         json_decref(lp);
         set_headers(c);
+        if (c->tenant->expose_headers) {
+            /* Known before the body goes out only for a non-stream answer. */
+            int64_t cost = c->hit_tier >= 0 ? 0 : tier_cost(c, c->tier, u.prompt_tokens, u.completion_tokens);
+            char usd[32];
+            snprintf(usd, sizeof usd, "%.9f", price_nano_to_usd(cost));
+            httpd_resp_header(c->r, "x-cascade-cost-usd", usd);
+        }
         httpd_reply(c->r, 200, "application/json", body, strlen(body));
         free(body);
     }
@@ -225,12 +296,15 @@ static int replay(struct chat *c, const char *value, size_t len)
     json_t *usage = json_object_get(o, "usage");
     json_t *fr = json_object_get(o, "finish_reason");
     json_t *lp = json_object_get(o, "logprobs");
+    json_t *tier = json_object_get(o, "tier");
     if (!json_is_string(content) || !json_is_object(usage) || !json_is_string(fr) || (c->req.logprobs && !lp)) {
         json_decref(o);
         return -1;
     }
     c->usage.prompt_tokens = json_integer_value(json_object_get(usage, "prompt_tokens"));
     c->usage.completion_tokens = json_integer_value(json_object_get(usage, "completion_tokens"));
+    int ht = json_is_string(tier) ? config_tier_index(c->cfg, json_string_value(tier)) : -1;
+    c->hit_tier = ht >= 0 ? ht : c->tier;
     const char *text = json_string_value(content);
     size_t tlen = json_string_length(content);
     if (c->req.stream) {
@@ -276,6 +350,7 @@ static json_t *logprob_entry(const struct engine_token *t)
 static void on_token(void *ctx, const struct engine_token *t)
 {
     struct chat *c = ctx;
+    c->tokens_received++;
     json_t *entry = (c->req.logprobs && t->has_logprob) ? logprob_entry(t) : NULL;
     if (c->req.stream && (t->len || entry))
         stream_piece(c, t->text, t->len, entry);
@@ -333,21 +408,22 @@ static const struct engine_callbacks chat_callbacks = {on_token, on_done, on_err
 
 static void start_engine(struct chat *c)
 {
-    struct gateway *gw = c->w->gw;
     if (!c->content)
         c->content = evbuffer_new();
     struct engine_request er = {
         .base = c->w->base,
         .chat = &c->req,
-        .model = gw->cfg.tiers[c->tier].model,
+        .model = model_name(c),
         .stream = c->req.stream,
         .request_id = c->request_id,
     };
+    c->engine = c->w->gw->engines[c->tier];
     if (engine_submit(c->engine, &er, &chat_callbacks, c, &c->engine_id) < 0) {
         reply_error(c, 503, "server_error", "engine_unavailable", NULL, "the engine cannot take requests now");
         return;
     }
     c->engine_running = 1;
+    c->engine_started = 1;
 }
 
 /* ---- the cache ---------------------------------------------------------- */
@@ -380,6 +456,7 @@ static void on_lookup(void *ctx, enum cache_status st, const char *value, size_t
             chat_done(c, 200);
             return;
         }
+        c->hit_tier = -1;
         log_warn("cache entry for tenant %s is unreadable; answering fresh", c->tenant->id);
     }
     if (st == CACHE_UNAVAILABLE) {
@@ -414,6 +491,133 @@ static enum cache_plan cache_plan(const struct chat *c)
     return PLAN_LOOKUP;
 }
 
+/* After admission: the cache, then the engine. */
+static void serve(struct chat *c)
+{
+    struct gateway *gw = c->w->gw;
+    c->plan = cache_plan(c);
+    if (c->plan == PLAN_BYPASS) {
+        c->cache_header = "bypass";
+        start_engine(c);
+        return;
+    }
+    /* The route selector: a tier by name (a model id maps to its tier), or
+     * auto with what auto means for this tenant now. */
+    char route[200];
+    snprintf(route, sizeof route, "%s:%s", c->is_auto ? "auto" : "tier", tier_name(c));
+    cache_key(c->tenant->id, route, &c->req, c->key);
+    if (c->plan == PLAN_REFRESH) {
+        c->cache_header = "miss";
+        c->store = 1;
+        start_engine(c);
+        return;
+    }
+    c->lookup_pending = 1;
+    cache_get(gw->cache, c->w->base, c->tenant->id, c->key, on_lookup, c);
+}
+
+/* ---- admission ---------------------------------------------------------- */
+
+static void ratelimit_headers(struct chat *c, const struct admit_result *res)
+{
+    char v[32];
+    if (res->limit_requests > 0) {
+        snprintf(v, sizeof v, "%" PRId64, res->limit_requests);
+        httpd_resp_header(c->r, "x-ratelimit-limit-requests", v);
+        snprintf(v, sizeof v, "%" PRId64, res->remaining_requests);
+        httpd_resp_header(c->r, "x-ratelimit-remaining-requests", v);
+        snprintf(v, sizeof v, "%.3fs", (double)res->reset_requests_ms / 1000.0);
+        httpd_resp_header(c->r, "x-ratelimit-reset-requests", v);
+    }
+    if (res->limit_tokens > 0) {
+        snprintf(v, sizeof v, "%" PRId64, res->limit_tokens);
+        httpd_resp_header(c->r, "x-ratelimit-limit-tokens", v);
+        snprintf(v, sizeof v, "%" PRId64, res->remaining_tokens);
+        httpd_resp_header(c->r, "x-ratelimit-remaining-tokens", v);
+        snprintf(v, sizeof v, "%.3fs", (double)res->reset_tokens_ms / 1000.0);
+        httpd_resp_header(c->r, "x-ratelimit-reset-tokens", v);
+    }
+}
+
+static void on_admit(void *ctx, const struct admit_result *res, struct reservation *resv)
+{
+    struct chat *c = ctx;
+    c->admit_pending = 0;
+    c->resv = resv;
+    if (c->gone) {
+        chat_done(c, 499); /* settles the reservation at 0 */
+        return;
+    }
+    ratelimit_headers(c, res);
+    if (res->status != ADMIT_OK && res->status != ADMIT_DOWNGRADED) {
+        char ra[24];
+        snprintf(ra, sizeof ra, "%" PRId64, res->retry_after_s);
+        httpd_resp_header(c->r, "Retry-After", ra);
+        switch (res->status) {
+        case ADMIT_LIMIT_REQUESTS:
+            reply_error(c, 429, "rate_limit_exceeded", "rate_limit_exceeded", NULL,
+                        "Rate limit reached for requests per minute");
+            return;
+        case ADMIT_LIMIT_TOKENS:
+            reply_error(c, 429, "rate_limit_exceeded", "rate_limit_exceeded", NULL,
+                        "Rate limit reached for tokens per minute");
+            return;
+        case ADMIT_LIMIT_CONCURRENCY:
+            reply_error(c, 429, "rate_limit_exceeded", "concurrency_limit_exceeded", NULL,
+                        "Too many concurrent requests for this tenant");
+            return;
+        default:
+            reply_error(c, 429, "insufficient_quota", "budget_exceeded", NULL,
+                        "The tenant's budget is exhausted");
+            return;
+        }
+    }
+    if (res->status == ADMIT_DOWNGRADED)
+        c->tier = c->tenant->cheapest_tier;
+    serve(c);
+}
+
+/* Prompt tokens as the DeepSeek tokenizer counts them through the chat
+ * template; without a tokenizer, a deliberately high estimate. */
+static int64_t count_prompt(const struct chat *c)
+{
+    const struct tokenizer *tok = c->w->gw->tokenizer;
+    if (tok) {
+        struct chat_turn *turns = xcalloc(c->req.n_messages, sizeof *turns);
+        for (size_t i = 0; i < c->req.n_messages; i++) {
+            const struct chat_message *m = &c->req.messages[i];
+            turns[i].role = m->role == ROLE_DEVELOPER ? "system" : chat_role_name(m->role);
+            turns[i].content = m->content;
+            turns[i].len = m->content_len;
+        }
+        size_t n = 0;
+        int rc = chat_template_count(tok, turns, c->req.n_messages, 1, 0, &n);
+        free(turns);
+        if (rc == TOK_OK)
+            return (int64_t)n;
+    }
+    int64_t bytes = 0;
+    for (size_t i = 0; i < c->req.n_messages; i++)
+        bytes += (int64_t)c->req.messages[i].content_len + 4;
+    return bytes / 2 + 8;
+}
+
+/* The output bound: the request's, else the tier's, within the tenant cap.
+ * It is written into the request so the engine honours what was reserved. */
+static void bound_max_tokens(struct chat *c)
+{
+    int64_t mt = c->req.max_tokens > 0 ? c->req.max_tokens : c->cfg->tiers[c->tier].max_output_tokens;
+    if (c->tenant->max_tokens_cap > 0 && mt > c->tenant->max_tokens_cap)
+        mt = c->tenant->max_tokens_cap;
+    if (mt != c->req.max_tokens) {
+        json_object_set_new(c->req.root, "max_tokens", json_integer(mt));
+        if (json_object_get(c->req.root, "max_completion_tokens"))
+            json_object_set_new(c->req.root, "max_completion_tokens", json_integer(mt));
+        c->req.max_tokens = mt;
+    }
+    c->max_tokens = mt;
+}
+
 /* ---- the client --------------------------------------------------------- */
 
 static void on_client_close(struct httpd_req *r, void *arg)
@@ -426,7 +630,8 @@ static void on_client_close(struct httpd_req *r, void *arg)
         httpd_reply(r, 499, NULL, NULL, 0);
     c->r = NULL;
     if (c->engine_running) {
-        /* A cancelled generation is never cached; waiters go on their own. */
+        /* A cancelled generation is never cached; waiters go on their own.
+         * The tokens generated so far are still charged. */
         engine_cancel(c->engine, c->engine_id);
         c->engine_running = 0;
     }
@@ -434,8 +639,8 @@ static void on_client_close(struct httpd_req *r, void *arg)
         sf_leave(cache_flights(c->w->gw->cache), c->waiter);
         c->waiter = NULL;
     }
-    if (c->lookup_pending) {
-        c->gone = 1; /* on_lookup frees us */
+    if (c->lookup_pending || c->admit_pending) {
+        c->gone = 1; /* the pending callback frees us */
         return;
     }
     chat_done(c, 499);
@@ -450,15 +655,17 @@ static int is_json_type(const char *ct)
     return n == 16 && strncasecmp(ct, "application/json", 16) == 0;
 }
 
-void chat_handle(struct worker *w, struct httpd_req *r, const struct tenant_config *tenant, const char *request_id,
-                 uint64_t t0)
+void chat_handle(struct worker *w, struct httpd_req *r, struct config_snap *snap, const struct tenant_config *tenant,
+                 const char *request_id, uint64_t t0)
 {
-    struct gateway *gw = w->gw;
     struct chat *c = xcalloc(1, sizeof *c);
     c->w = w;
+    c->snap = snap;
+    c->cfg = &snap->cfg;
     c->r = r;
     c->tenant = tenant;
     c->tier = -1;
+    c->hit_tier = -1;
     c->t0 = t0;
     c->req.max_tokens = -1;
     snprintf(c->request_id, sizeof c->request_id, "%s", request_id);
@@ -476,8 +683,8 @@ void chat_handle(struct worker *w, struct httpd_req *r, const struct tenant_conf
         return;
     }
     /* "auto" is the tenant's default until the classifier routes it. */
-    int is_auto = strcmp(c->req.model, "auto") == 0;
-    int tier = is_auto ? tenant->default_tier : config_tier_index(&gw->cfg, c->req.model);
+    c->is_auto = strcmp(c->req.model, "auto") == 0;
+    int tier = c->is_auto ? tenant->default_tier : config_tier_index(c->cfg, c->req.model);
     if (tier < 0) {
         char msg[200];
         snprintf(msg, sizeof msg, "The model '%.100s' does not exist", c->req.model);
@@ -486,12 +693,12 @@ void chat_handle(struct worker *w, struct httpd_req *r, const struct tenant_conf
     }
     if (!config_tenant_allows(tenant, tier)) {
         char msg[200];
-        snprintf(msg, sizeof msg, "Tier '%.100s' is not allowed for this API key", gw->cfg.tiers[tier].name);
+        snprintf(msg, sizeof msg, "Tier '%.100s' is not allowed for this API key", c->cfg->tiers[tier].name);
+        c->tier = -1;
         reply_error(c, 403, "permission_error", "tier_not_allowed", "model", msg);
         return;
     }
     c->tier = tier;
-    c->engine = gw->engines[tier];
     char rid[17];
     access_new_id(rid);
     snprintf(c->id, sizeof c->id, "chatcmpl-%s", rid);
@@ -499,23 +706,18 @@ void chat_handle(struct worker *w, struct httpd_req *r, const struct tenant_conf
     c->content = evbuffer_new();
     httpd_req_on_close(r, on_client_close, c);
 
-    c->plan = cache_plan(c);
-    if (c->plan == PLAN_BYPASS) {
-        c->cache_header = "bypass";
-        start_engine(c);
-        return;
-    }
-    /* The route selector: a tier by name (a model id maps to its tier), or
-     * auto with what auto means for this tenant now. */
-    char route[200];
-    snprintf(route, sizeof route, "%s:%s", is_auto ? "auto" : "tier", gw->cfg.tiers[tier].name);
-    cache_key(tenant->id, route, &c->req, c->key);
-    if (c->plan == PLAN_REFRESH) {
-        c->cache_header = "miss";
-        c->store = 1;
-        start_engine(c);
-        return;
-    }
-    c->lookup_pending = 1;
-    cache_get(gw->cache, w->base, tenant->id, c->key, on_lookup, c);
+    bound_max_tokens(c);
+    c->prompt_tokens = count_prompt(c);
+    struct admit_request aq = {
+        .tenant = tenant->id,
+        .limits = &tenant->limits,
+        .request_id = c->id, /* ours, unique: a client's x-request-id may repeat */
+        .est_tokens = c->prompt_tokens + c->max_tokens,
+        .est_cost_nano = tier_cost(c, tier, c->prompt_tokens, c->max_tokens),
+        .alt_cost_nano = -1,
+    };
+    if (tenant->downgrade && tenant->cheapest_tier != tier)
+        aq.alt_cost_nano = tier_cost(c, tenant->cheapest_tier, c->prompt_tokens, c->max_tokens);
+    c->admit_pending = 1;
+    policy_admit(w->gw->policy, w->base, &aq, on_admit, c);
 }

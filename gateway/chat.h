@@ -15,9 +15,11 @@
 struct worker;
 struct httpd_req;
 struct tenant_config;
+struct config_snap;
 
-/* Takes over r: answers it, now or later. request_id is copied. */
-void chat_handle(struct worker *w, struct httpd_req *r, const struct tenant_config *tenant,
+/* Takes over r: answers it, now or later, and the reference to snap (which
+ * tenant points into). request_id is copied. */
+void chat_handle(struct worker *w, struct httpd_req *r, struct config_snap *snap, const struct tenant_config *tenant,
                  const char *request_id, uint64_t t0);
 
 #endif

@@ -8,6 +8,7 @@
 #include "cache/redis.h"
 #include "common/cfgjson.h"
 #include "common/mem.h"
+#include "policies/price.h"
 
 #define MAX_WORKERS 256
 
@@ -177,10 +178,35 @@ static int parse_cache(json_t *root, struct config *cfg, char *err, size_t n)
     return 0;
 }
 
+static int parse_policy(json_t *root, struct policy_config *pc, char *err, size_t n)
+{
+    static const char *const keys[] = {"local_share", "reservation_ttl_ms", "journal_max", NULL};
+    pc->local_share = 1.0;
+    pc->reservation_ttl_ms = 600000;
+    pc->journal_max = 100000;
+    json_t *o;
+    if (cfgj_object(root, "", "policy", 0, &o, err, n) < 0)
+        return -1;
+    if (!o)
+        return 0;
+    if (cfgj_known_keys(o, "policy", keys, err, n) < 0 ||
+        cfgj_number(o, "policy", "local_share", 0.001, 1, &pc->local_share, err, n) < 0)
+        return -1;
+    unsigned long long v = pc->reservation_ttl_ms;
+    if (cfgj_uint(o, "policy", "reservation_ttl_ms", 1000, 86400000, &v, err, n) < 0)
+        return -1;
+    pc->reservation_ttl_ms = (unsigned)v;
+    v = pc->journal_max;
+    if (cfgj_uint(o, "policy", "journal_max", 1, 100000000, &v, err, n) < 0)
+        return -1;
+    pc->journal_max = (size_t)v;
+    return 0;
+}
+
 static int parse_tier(json_t *t, const char *path, const struct limits_config *lim, struct tier_config *tc,
                       char *err, size_t n)
 {
-    static const char *const keys[] = {"name", "model", "engine", "price", NULL};
+    static const char *const keys[] = {"name", "model", "engine", "price", "max_output_tokens", NULL};
     static const char *const price_keys[] = {"input_per_1m", "output_per_1m", NULL};
     char p[256];
     if (!json_is_object(t))
@@ -204,9 +230,14 @@ static int parse_tier(json_t *t, const char *path, const struct limits_config *l
         cfgj_number(price, p, "input_per_1m", 0, 1e6, &tc->price_in_per_1m, err, n) < 0 ||
         cfgj_number(price, p, "output_per_1m", 0, 1e6, &tc->price_out_per_1m, err, n) < 0)
         return -1;
+    unsigned long long mot = 4096;
+    if (cfgj_uint(t, path, "max_output_tokens", 1, 1u << 24, &mot, err, n) < 0)
+        return -1;
+    tc->max_output_tokens = (int64_t)mot;
     json_t *eng;
     if (cfgj_object(t, path, "engine", 1, &eng, err, n) < 0)
         return -1;
+    tc->engine_json = json_dumps(eng, JSON_COMPACT | JSON_SORT_KEYS);
     cfgj_path(p, sizeof p, path, "engine");
     const char *kind;
     if (cfgj_string(eng, p, "kind", 1, &kind, err, n) < 0)
@@ -261,10 +292,70 @@ static int parse_tenant_cache(json_t *t, const char *path, const struct config *
     return 0;
 }
 
+static int parse_tenant_policy(json_t *t, const char *path, struct tenant_config *tc, char *err, size_t n)
+{
+    static const char *const budget_keys[] = {"usd_per_day", "usd_per_month", "on_exhausted", NULL};
+    static const char *const limit_keys[] = {"rpm", "tpm", "max_concurrent", "max_tokens", NULL};
+    char p[256];
+    tc->limits.budget_day_nano = tc->limits.budget_month_nano = -1;
+    tc->expose_headers = 1;
+    json_t *v = json_object_get(t, "expose_headers");
+    if (v) {
+        if (!json_is_boolean(v)) {
+            cfgj_path(p, sizeof p, path, "expose_headers");
+            return cfgj_fail(err, n, p, "must be a boolean");
+        }
+        tc->expose_headers = json_is_true(v);
+    }
+    json_t *o;
+    if (cfgj_object(t, path, "budget", 0, &o, err, n) < 0)
+        return -1;
+    if (o) {
+        cfgj_path(p, sizeof p, path, "budget");
+        if (cfgj_known_keys(o, p, budget_keys, err, n) < 0)
+            return -1;
+        double d = -1, m = -1;
+        if (cfgj_number(o, p, "usd_per_day", 0, 1e9, &d, err, n) < 0 ||
+            cfgj_number(o, p, "usd_per_month", 0, 1e9, &m, err, n) < 0)
+            return -1;
+        tc->limits.budget_day_nano = d >= 0 ? price_usd_to_nano(d) : -1;
+        tc->limits.budget_month_nano = m >= 0 ? price_usd_to_nano(m) : -1;
+        const char *mode = "reject";
+        if (cfgj_string(o, p, "on_exhausted", 0, &mode, err, n) < 0)
+            return -1;
+        if (strcmp(mode, "downgrade") == 0) {
+            tc->downgrade = 1;
+        } else if (strcmp(mode, "reject") != 0) {
+            char mp[280];
+            cfgj_path(mp, sizeof mp, p, "on_exhausted");
+            return cfgj_fail(err, n, mp, "must be \"reject\" or \"downgrade\"");
+        }
+    }
+    if (cfgj_object(t, path, "limits", 0, &o, err, n) < 0)
+        return -1;
+    if (o) {
+        cfgj_path(p, sizeof p, path, "limits");
+        if (cfgj_known_keys(o, p, limit_keys, err, n) < 0)
+            return -1;
+        unsigned long long rpm = 0, tpm = 0, mc = 0, mt = 0;
+        if (cfgj_uint(o, p, "rpm", 0, 1ull << 40, &rpm, err, n) < 0 ||
+            cfgj_uint(o, p, "tpm", 0, 1ull << 50, &tpm, err, n) < 0 ||
+            cfgj_uint(o, p, "max_concurrent", 0, 1u << 30, &mc, err, n) < 0 ||
+            cfgj_uint(o, p, "max_tokens", 0, 1u << 24, &mt, err, n) < 0)
+            return -1;
+        tc->limits.rpm = (int64_t)rpm;
+        tc->limits.tpm = (int64_t)tpm;
+        tc->limits.max_concurrent = (int64_t)mc;
+        tc->max_tokens_cap = (int64_t)mt;
+    }
+    return 0;
+}
+
 static int parse_tenant(json_t *t, const char *path, struct config *cfg, struct tenant_config *tc, char *err,
                         size_t n)
 {
-    static const char *const keys[] = {"id", "keys", "allowed_tiers", "default_tier", "cache", NULL};
+    static const char *const keys[] = {"id", "keys", "allowed_tiers", "default_tier", "cache", "budget", "limits",
+                                       "expose_headers", NULL};
     char p[256], ep[280];
     if (!json_is_object(t))
         return cfgj_fail(err, n, path, "must be an object");
@@ -320,13 +411,27 @@ static int parse_tenant(json_t *t, const char *path, struct config *cfg, struct 
     } else {
         tc->default_tier = tc->allowed[0];
     }
-    return parse_tenant_cache(t, path, cfg, tc, err, n);
+    if (parse_tenant_cache(t, path, cfg, tc, err, n) < 0 || parse_tenant_policy(t, path, tc, err, n) < 0)
+        return -1;
+    /* Downgrades go to the cheapest allowed tier; routing savings are
+     * measured against the most expensive one. */
+    tc->cheapest_tier = tc->largest_tier = tc->allowed[0];
+    for (size_t k = 1; k < tc->n_allowed; k++) {
+        const struct tier_config *a = &cfg->tiers[tc->allowed[k]];
+        if (a->price_out_per_1m + a->price_in_per_1m <
+            cfg->tiers[tc->cheapest_tier].price_out_per_1m + cfg->tiers[tc->cheapest_tier].price_in_per_1m)
+            tc->cheapest_tier = tc->allowed[k];
+        if (a->price_out_per_1m + a->price_in_per_1m >
+            cfg->tiers[tc->largest_tier].price_out_per_1m + cfg->tiers[tc->largest_tier].price_in_per_1m)
+            tc->largest_tier = tc->allowed[k];
+    }
+    return 0;
 }
 
 static int parse_root(json_t *root, struct config *cfg, char *err, size_t n)
 {
-    static const char *const keys[] = {"listen", "workers", "limits", "redis", "cache", "admin_token_sha256",
-                                       "tiers", "tenants", NULL};
+    static const char *const keys[] = {"listen", "workers", "limits", "redis", "cache", "policy", "tokenizer",
+                                       "admin_token_sha256", "tiers", "tenants", NULL};
     char p[256];
     if (!json_is_object(root))
         return cfgj_fail(err, n, "", "the config must be a JSON object");
@@ -343,8 +448,12 @@ static int parse_root(json_t *root, struct config *cfg, char *err, size_t n)
         return -1;
     cfg->workers = (int)w;
     if (parse_limits(root, &cfg->limits, err, n) < 0 || parse_redis(root, &cfg->redis, err, n) < 0 ||
-        parse_cache(root, cfg, err, n) < 0)
+        parse_cache(root, cfg, err, n) < 0 || parse_policy(root, &cfg->policy, err, n) < 0)
         return -1;
+    const char *tok = NULL;
+    if (cfgj_string(root, "", "tokenizer", 0, &tok, err, n) < 0)
+        return -1;
+    cfg->tokenizer = tok ? xstrdup(tok) : NULL;
     json_t *admin = json_object_get(root, "admin_token_sha256");
     if (admin) {
         if (parse_key_hex(admin, "admin_token_sha256", cfg->admin_key, err, n) < 0)
@@ -456,6 +565,7 @@ void config_free(struct config *cfg)
         if (t->kind == ENGINE_REMOTE)
             remote_config_free(&t->remote);
         free(t->native_json);
+        free(t->engine_json);
     }
     free(cfg->tiers);
     for (size_t i = 0; i < cfg->n_tenants; i++) {
@@ -466,5 +576,31 @@ void config_free(struct config *cfg)
     free(cfg->tenants);
     free(cfg->listen_host);
     free(cfg->redis.url);
+    free(cfg->tokenizer);
     memset(cfg, 0, sizeof *cfg);
+}
+
+const char *config_reload_conflict(const struct config *cur, const struct config *next)
+{
+    if (strcmp(cur->listen_host, next->listen_host) != 0 || cur->listen_port != next->listen_port)
+        return "listen changed";
+    if (cur->workers != next->workers)
+        return "workers changed";
+    if ((cur->redis.url == NULL) != (next->redis.url == NULL) ||
+        (cur->redis.url && strcmp(cur->redis.url, next->redis.url) != 0))
+        return "redis.url changed";
+    if (cur->cache.backend != next->cache.backend)
+        return "cache.backend changed";
+    if ((cur->tokenizer == NULL) != (next->tokenizer == NULL) ||
+        (cur->tokenizer && strcmp(cur->tokenizer, next->tokenizer) != 0))
+        return "tokenizer changed";
+    if (cur->n_tiers != next->n_tiers)
+        return "the number of tiers changed";
+    for (size_t i = 0; i < cur->n_tiers; i++) {
+        const struct tier_config *a = &cur->tiers[i], *b = &next->tiers[i];
+        if (strcmp(a->name, b->name) != 0 || strcmp(a->model, b->model) != 0 ||
+            strcmp(a->engine_json, b->engine_json) != 0)
+            return "a tier's name, model or engine changed";
+    }
+    return NULL;
 }

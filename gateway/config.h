@@ -20,6 +20,7 @@
 #include "cache/key.h"
 #include "common/hash.h"
 #include "engines/remote/remote.h"
+#include "policies/policy.h"
 
 enum engine_kind { ENGINE_REMOTE, ENGINE_NATIVE };
 
@@ -29,8 +30,10 @@ struct tier_config {
     enum engine_kind kind;
     struct remote_config remote;
     char *native_json;          /* the native engine's own section, for its constructor */
+    char *engine_json;          /* the engine section as written: reloads must not change it */
     double price_in_per_1m;     /* USD per 1M prompt tokens */
     double price_out_per_1m;    /* USD per 1M completion tokens */
+    int64_t max_output_tokens;  /* what a request without max_tokens may generate */
 };
 
 struct tenant_config {
@@ -42,6 +45,12 @@ struct tenant_config {
     int default_tier;
     enum cache_mode cache_mode;     /* which requests the cache may answer */
     unsigned cache_ttl_s;
+    struct tenant_limits limits;    /* rate limits, concurrency, budgets */
+    int downgrade;                  /* on_exhausted: downgrade, else reject */
+    int64_t max_tokens_cap;         /* 0: none */
+    int expose_headers;             /* send x-cascade-* headers */
+    int cheapest_tier;              /* among allowed, by output price */
+    int largest_tier;               /* among allowed, the most expensive */
 };
 
 struct limits_config {
@@ -66,6 +75,12 @@ struct cache_config {
     size_t memory_max_bytes;    /* the memory backend's bound */
 };
 
+struct policy_config {
+    double local_share;         /* of each limit, per instance, while Redis is down */
+    unsigned reservation_ttl_ms;
+    size_t journal_max;
+};
+
 struct config {
     char *listen_host;
     int listen_port;
@@ -73,6 +88,8 @@ struct config {
     struct limits_config limits;
     struct redis_config redis;
     struct cache_config cache;
+    struct policy_config policy;
+    char *tokenizer;            /* DeepSeek tokenizer.json for token counts, or NULL */
     int has_admin;
     uint8_t admin_key[SHA256_LEN];
     struct tier_config *tiers;
@@ -91,6 +108,9 @@ void config_free(struct config *cfg);
 int config_parse_listen(const char *s, char **host, int *port);
 
 int config_tier_index(const struct config *cfg, const char *name_or_model);
+/* NULL when next may replace cur by a reload (SIGHUP): same listen address,
+ * workers, tiers and engines; otherwise what differs. */
+const char *config_reload_conflict(const struct config *cur, const struct config *next);
 int config_tenant_allows(const struct tenant_config *t, int tier);
 
 #endif

@@ -20,6 +20,8 @@
 
 struct cache;
 struct engine;
+struct policy;
+struct tokenizer;
 struct event_base;
 struct redis_shared;
 struct event;
@@ -37,8 +39,22 @@ struct worker {
     atomic_int done;
 };
 
-struct gateway {
+/* A config as loaded, shared by the requests that started under it. SIGHUP
+ * swaps in a new one; the old one is freed when its last request ends. */
+struct config_snap {
     struct config cfg;
+    atomic_int refs;
+};
+
+struct gateway {
+    struct config cfg;          /* as loaded at start: listen, workers, tiers, engines */
+    const char *config_path;    /* reread on SIGHUP */
+    const char *listen_override;    /* --listen, applied to every reload */
+    struct config_snap *snap;   /* the current policies; guarded by snap_mu */
+    pthread_mutex_t snap_mu;
+    int snap_mu_ready;
+    struct tokenizer *tokenizer;    /* DeepSeek's, for prompt token counts; may be NULL */
+    struct policy *policy;
     struct engine **engines;    /* one per tier, shared by all workers */
     struct redis_shared *redis; /* NULL without redis.url */
     struct cache *cache;
@@ -55,6 +71,13 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen);
 /* Start the workers and serve until a signal asks to stop; then drain. */
 int gateway_run(struct gateway *gw);
 void gateway_free(struct gateway *gw);
+
+/* The current config, held until gateway_snap_release (any thread). */
+struct config_snap *gateway_snap_acquire(struct gateway *gw);
+void gateway_snap_release(struct config_snap *s);
+/* Load the config file again and swap it in if only policies changed;
+ * `why` names the trigger in the log. */
+int gateway_reload(struct gateway *gw, const char *why);
 
 /* The request router (server.c): the httpd handler of every worker. */
 void gateway_handle(struct httpd_req *r, void *worker);

@@ -41,6 +41,8 @@ int main(int argc, char **argv)
         return 2;
     }
     struct gateway gw = {0};
+    gw.config_path = config_path;
+    gw.listen_override = listen;
     char err[512];
     if (config_load(config_path, &gw.cfg, err, sizeof err) < 0) {
         fprintf(stderr, "cascaded: %s: %s\n", config_path, err);

@@ -26,6 +26,8 @@
 #include "gateway/auth.h"
 #include "gateway/chat.h"
 #include "gateway/engines.h"
+#include "engines/native/tokenizer_bpe.h"
+#include "policies/policy.h"
 
 #define DRAIN_POLL_MS 20
 
@@ -53,13 +55,13 @@ static int readyz(struct gateway *gw, struct httpd_req *r)
     return status;
 }
 
-static int list_models(struct gateway *gw, struct httpd_req *r, const struct tenant_config *t)
+static int list_models(const struct config *cfg, struct httpd_req *r, const struct tenant_config *t)
 {
     json_t *data = json_array();
     json_array_append_new(data, json_pack("{s:s, s:s, s:i, s:s}", "id", "auto", "object", "model", "created", 0,
                                           "owned_by", "cascade"));
     for (size_t i = 0; i < t->n_allowed; i++) {
-        const struct tier_config *tc = &gw->cfg.tiers[t->allowed[i]];
+        const struct tier_config *tc = &cfg->tiers[t->allowed[i]];
         json_array_append_new(data, json_pack("{s:s, s:s, s:i, s:s, s:s}", "id", tc->name, "object", "model",
                                               "created", 0, "owned_by", "cascade", "model", tc->model));
     }
@@ -81,6 +83,60 @@ static int error_reply(struct httpd_req *r, int status, const char *type, const 
     httpd_resp_header(r, "x-cascade-tier", "none");
     httpd_reply_error(r, status, type, code, NULL, msg);
     return status;
+}
+
+/* GET /admin/v1/tenants/{id}/usage: the admin token sees any tenant, a
+ * tenant's key only its own. */
+struct usage_req {
+    struct httpd_req *r;
+    int gone;
+    int pending;
+};
+
+static void usage_close_cb(struct httpd_req *r, void *arg)
+{
+    struct usage_req *u = arg;
+    httpd_reply(r, 499, NULL, NULL, 0);
+    u->gone = 1;
+}
+
+static void usage_done(void *ctx, json_t *usage)
+{
+    struct usage_req *u = ctx;
+    if (!u->gone) {
+        httpd_req_on_close(u->r, NULL, NULL);
+        if (usage)
+            reply_json(u->r, 200, json_incref(usage));
+        else
+            httpd_reply_error(u->r, 503, "server_error", "redis_unavailable", NULL,
+                              "usage is kept in Redis, which is not reachable now");
+    }
+    free(u);
+}
+
+static int admin_usage(struct worker *w, struct httpd_req *r, const struct config *cfg, const char *key,
+                       const char *tenant_id)
+{
+    const struct tenant_config *caller = auth_tenant(cfg, key);
+    int admin = auth_is_admin(cfg, key);
+    if (!caller && !admin) {
+        httpd_resp_header(r, "WWW-Authenticate", "Bearer");
+        return error_reply(r, 401, "invalid_request_error", "invalid_api_key", "a valid admin token or tenant key is required");
+    }
+    const struct tenant_config *t = NULL;
+    for (size_t i = 0; i < cfg->n_tenants; i++)
+        if (strcmp(cfg->tenants[i].id, tenant_id) == 0)
+            t = &cfg->tenants[i];
+    if (!admin && caller != t)
+        return error_reply(r, 403, "permission_error", "forbidden", "a tenant key may read only its own tenant");
+    if (!t)
+        return error_reply(r, 404, "invalid_request_error", "tenant_not_found", "no such tenant");
+    httpd_resp_header(r, "x-cascade-tier", "none");
+    struct usage_req *u = xcalloc(1, sizeof *u);
+    u->r = r;
+    httpd_req_on_close(r, usage_close_cb, u);
+    policy_usage(w->gw->policy, w->base, t->id, &t->limits, usage_done, u);
+    return 200;
 }
 
 void gateway_handle(struct httpd_req *r, void *arg)
@@ -117,31 +173,42 @@ void gateway_handle(struct httpd_req *r, void *arg)
     snprintf(method_copy, sizeof method_copy, "%s", method);
     snprintf(path_copy, sizeof path_copy, "%s", path);
     struct access_entry e = {.request_id = rid, .method = method_copy, .path = path_copy};
+    struct config_snap *snap = gateway_snap_acquire(gw);
+    const struct config *cfg = &snap->cfg;
+    const char *key = auth_bearer(httpd_req_header(r, "Authorization"));
     int chat = strcmp(path, "/v1/chat/completions") == 0, models = strcmp(path, "/v1/models") == 0;
-    if (!chat && !models) {
+    static const char usage_prefix[] = "/admin/v1/tenants/";
+    size_t upl = sizeof usage_prefix - 1, plen = strlen(path);
+    int usage = strncmp(path, usage_prefix, upl) == 0 && plen > upl + 6 && strcmp(path + plen - 6, "/usage") == 0 &&
+                plen - upl - 6 < 64 && !memchr(path + upl, '/', plen - upl - 6);
+    if (!chat && !models && !usage) {
         char msg[160];
         snprintf(msg, sizeof msg, "Unknown request URL: %s %.100s", method, path);
         e.status = error_reply(r, 404, "invalid_request_error", "unknown_url", msg);
-    } else if ((chat && !is_post) || (models && !is_get)) {
+    } else if ((chat && !is_post) || ((models || usage) && !is_get)) {
         httpd_resp_header(r, "Allow", chat ? "POST" : "GET");
         e.status = error_reply(r, 405, "invalid_request_error", "method_not_allowed",
                                chat ? "Method not allowed; use POST" : "Method not allowed; use GET");
+    } else if (usage) {
+        char tenant_id[64];
+        snprintf(tenant_id, sizeof tenant_id, "%.*s", (int)(plen - upl - 6), path + upl);
+        e.status = admin_usage(w, r, cfg, key, tenant_id);
     } else {
-        const char *key = auth_bearer(httpd_req_header(r, "Authorization"));
-        const struct tenant_config *t = auth_tenant(&gw->cfg, key);
+        const struct tenant_config *t = auth_tenant(cfg, key);
         if (!t) {
             httpd_resp_header(r, "WWW-Authenticate", "Bearer");
             e.status = error_reply(r, 401, "invalid_request_error", "invalid_api_key",
                                    key ? "Incorrect API key provided" : "Missing API key: send Authorization: Bearer <key>");
         } else if (chat) {
-            chat_handle(w, r, t, rid, t0);
-            return; /* the chat state machine logs its own line */
+            chat_handle(w, r, snap, t, rid, t0);
+            return; /* the chat state machine logs its own line and releases snap */
         } else {
             e.tenant = t->id;
             httpd_resp_header(r, "x-cascade-tier", "none");
-            e.status = list_models(gw, r, t);
+            e.status = list_models(cfg, r, t);
         }
     }
+    gateway_snap_release(snap);
     e.latency_us = clock_mono_us() - t0;
     access_log(&e);
 }
@@ -222,6 +289,61 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+struct config_snap *gateway_snap_acquire(struct gateway *gw)
+{
+    pthread_mutex_lock(&gw->snap_mu);
+    struct config_snap *s = gw->snap;
+    atomic_fetch_add(&s->refs, 1);
+    pthread_mutex_unlock(&gw->snap_mu);
+    return s;
+}
+
+void gateway_snap_release(struct config_snap *s)
+{
+    if (s && atomic_fetch_sub(&s->refs, 1) == 1) {
+        config_free(&s->cfg);
+        free(s);
+    }
+}
+
+static struct config_snap *snap_load(struct gateway *gw, char *err, size_t errlen)
+{
+    struct config_snap *s = xcalloc(1, sizeof *s);
+    if (config_load(gw->config_path, &s->cfg, err, errlen) < 0) {
+        free(s);
+        return NULL;
+    }
+    if (gw->listen_override) {
+        free(s->cfg.listen_host);
+        config_parse_listen(gw->listen_override, &s->cfg.listen_host, &s->cfg.listen_port);
+    }
+    atomic_init(&s->refs, 1);
+    return s;
+}
+
+int gateway_reload(struct gateway *gw, const char *why)
+{
+    char err[512];
+    struct config_snap *next = snap_load(gw, err, sizeof err);
+    if (!next) {
+        log_error("%s: reload failed, keeping the running config: %s", why, err);
+        return -1;
+    }
+    const char *conflict = config_reload_conflict(&gw->cfg, &next->cfg);
+    if (conflict) {
+        log_error("%s: reload refused (%s; those need a restart), keeping the running config", why, conflict);
+        gateway_snap_release(next);
+        return -1;
+    }
+    pthread_mutex_lock(&gw->snap_mu);
+    struct config_snap *old = gw->snap;
+    gw->snap = next;
+    pthread_mutex_unlock(&gw->snap_mu);
+    gateway_snap_release(old); /* freed when its last request ends */
+    log_info("%s: configuration reloaded (%zu tenants)", why, next->cfg.n_tenants);
+    return 0;
+}
+
 void gateway_block_signals(sigset_t *set)
 {
     sigemptyset(set);
@@ -235,6 +357,17 @@ void gateway_block_signals(sigset_t *set)
 int gateway_init(struct gateway *gw, char *err, size_t errlen)
 {
     struct config *cfg = &gw->cfg;
+    pthread_mutex_init(&gw->snap_mu, NULL);
+    gw->snap_mu_ready = 1;
+    gw->snap = snap_load(gw, err, errlen);
+    if (!gw->snap)
+        return -1;
+    if (cfg->tokenizer) {
+        if (tok_bpe_load(cfg->tokenizer, &gw->tokenizer, err, errlen) != TOK_OK)
+            return -1;
+    } else {
+        log_warn("no \"tokenizer\" in the config: prompt tokens are estimated from their length, high");
+    }
     if (cfg->redis.url) {
         struct redis_settings rs = {cfg->redis.url, cfg->redis.timeout_ms};
         gw->redis = redis_shared_new(&rs, err, errlen);
@@ -248,6 +381,13 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
         .max_entry_bytes = cfg->cache.max_entry_bytes,
     };
     gw->cache = cache_new(&cs);
+    struct policy_settings ps = {
+        .redis = gw->redis,
+        .local_share = cfg->policy.local_share,
+        .reservation_ttl_ms = cfg->policy.reservation_ttl_ms,
+        .journal_max = cfg->policy.journal_max,
+    };
+    gw->policy = policy_new(&ps);
     gw->engines = xcalloc(cfg->n_tiers, sizeof *gw->engines);
     for (size_t i = 0; i < cfg->n_tiers; i++) {
         char e2[256];
@@ -307,7 +447,7 @@ int gateway_run(struct gateway *gw)
         if (sigwait(&set, &sig) != 0)
             continue;
         if (sig == SIGHUP) {
-            log_warn("SIGHUP: configuration reload is not supported yet; restart to apply changes");
+            gateway_reload(gw, "SIGHUP");
             continue;
         }
         log_info("signal %d: draining (up to %u ms)", sig, gw->cfg.limits.drain_timeout_ms);
@@ -352,7 +492,12 @@ void gateway_free(struct gateway *gw)
     /* Closing Redis answers pending commands (as failures) on their workers'
      * state, so it goes before the event bases. */
     redis_shared_free(gw->redis);
+    policy_free(gw->policy);
     cache_free(gw->cache);
+    tokenizer_free(gw->tokenizer);
+    gateway_snap_release(gw->snap);
+    if (gw->snap_mu_ready)
+        pthread_mutex_destroy(&gw->snap_mu);
     for (int i = 0; gw->workers && i < gw->n_workers; i++)
         if (gw->workers[i].base)
             event_base_free(gw->workers[i].base);

@@ -1,0 +1,720 @@
+/* policy.c: see policy.h. Three parts: the Lua scripts (the atomic steps in
+ * Redis), the local fallback used while Redis is away, and the journal of
+ * settlements that Redis has not acknowledged yet. */
+#include "policies/policy.h"
+
+#include <event2/event.h>
+#include <jansson.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cache/redis.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/mem.h"
+
+#define MAX_BASES 256
+#define JOURNAL_BATCH 64
+#define WINDOW_S 60
+
+/* ---- the scripts -------------------------------------------------------- */
+
+/* Sliding-window helper shared by the scripts: sums the per-second buckets
+ * of the last 60 s (dropping older ones when `prune`). */
+#define LUA_WINDOW                                                                       \
+    "local function window(key, sec, prune)\n"                                           \
+    "  local h = redis.call('HGETALL', key)\n"                                           \
+    "  local total, oldest = 0, nil\n"                                                   \
+    "  for i = 1, #h, 2 do\n"                                                            \
+    "    local s = tonumber(h[i])\n"                                                     \
+    "    if s <= sec - 60 then\n"                                                        \
+    "      if prune then redis.call('HDEL', key, h[i]) end\n"                            \
+    "    else\n"                                                                         \
+    "      total = total + tonumber(h[i + 1])\n"                                         \
+    "      if oldest == nil or s < oldest then oldest = s end\n"                         \
+    "    end\n"                                                                          \
+    "  end\n"                                                                            \
+    "  return total, oldest\n"                                                           \
+    "end\n"
+
+/* KEYS: rl:req rl:tok resv spend:day spend:month
+ * ARGV: rpm tpm max_concurrent est_tokens est_cost budget_day budget_month
+ *       member ttl_ms alt_cost
+ * -> {status, requests, tokens, reset_req_ms, reset_tok_ms, has_budget,
+ *     budget_left, second, reserved_cost, spent_day, spent_month, reserved} */
+static const char ADMIT_LUA[] =
+    LUA_WINDOW
+    "local t = redis.call('TIME')\n"
+    "local sec = tonumber(t[1])\n"
+    "local now_ms = sec * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local rpm, tpm, maxc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])\n"
+    "local est_tok, cost = tonumber(ARGV[4]), tonumber(ARGV[5])\n"
+    "local bd, bm, ttl, alt = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[9]), tonumber(ARGV[10])\n"
+    "local reqs, oldest_r = window(KEYS[1], sec, true)\n"
+    "local toks, oldest_t = window(KEYS[2], sec, true)\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms)\n"
+    "local members = redis.call('ZRANGE', KEYS[3], 0, -1)\n"
+    "local reserved = 0\n"
+    "for _, m in ipairs(members) do reserved = reserved + tonumber(string.match(m, ':(%-?%d+)$')) end\n"
+    "local spent_d = tonumber(redis.call('GET', KEYS[4]) or '0')\n"
+    "local spent_m = tonumber(redis.call('GET', KEYS[5]) or '0')\n"
+    "local left = nil\n"
+    "if bd >= 0 then left = bd - spent_d - reserved end\n"
+    "if bm >= 0 then\n"
+    "  local lm = bm - spent_m - reserved\n"
+    "  if left == nil or lm < left then left = lm end\n"
+    "end\n"
+    "local status = 0\n"
+    "if rpm > 0 and reqs + 1 > rpm then status = 2\n"
+    "elseif tpm > 0 and toks + est_tok > tpm then status = 3\n"
+    "elseif maxc > 0 and #members + 1 > maxc then status = 4\n"
+    "elseif left ~= nil and cost > left then\n"
+    "  if alt >= 0 and alt <= left then cost = alt; status = 1 else status = 5 end\n"
+    "end\n"
+    "if status <= 1 then\n"
+    "  redis.call('ZADD', KEYS[3], now_ms + ttl, ARGV[8] .. ':' .. cost)\n"
+    "  redis.call('PEXPIRE', KEYS[3], ttl + 60000)\n"
+    "  redis.call('HINCRBY', KEYS[1], sec, 1)\n"
+    "  redis.call('EXPIRE', KEYS[1], 120)\n"
+    "  redis.call('HINCRBY', KEYS[2], sec, est_tok)\n"
+    "  redis.call('EXPIRE', KEYS[2], 120)\n"
+    "  reqs = reqs + 1\n"
+    "  toks = toks + est_tok\n"
+    "  if oldest_r == nil then oldest_r = sec end\n"
+    "  if oldest_t == nil then oldest_t = sec end\n"
+    "  if left ~= nil then left = left - cost end\n"
+    "end\n"
+    "local reset_r = oldest_r and (oldest_r + 60 - sec) * 1000 or 0\n"
+    "local reset_t = oldest_t and (oldest_t + 60 - sec) * 1000 or 0\n"
+    "return {status, reqs, toks, reset_r, reset_t, left and 1 or 0, left or 0, sec, cost, spent_d, spent_m,\n"
+    "  reserved}\n";
+
+/* KEYS: resv spend:day spend:month rl:tok saved:day saved:month settled:<id>
+ * ARGV: member cost token_delta admission_second saved_cache saved_routing
+ * -> 1 when applied, 0 when this request was already settled */
+static const char SETTLE_LUA[] =
+    "if not redis.call('SET', KEYS[7], '1', 'NX', 'EX', 172800) then return 0 end\n"
+    "redis.call('ZREM', KEYS[1], ARGV[1])\n"
+    "local c = tonumber(ARGV[2])\n"
+    "redis.call('INCRBY', KEYS[2], c)\n"
+    "redis.call('INCRBY', KEYS[3], c)\n"
+    "local d = tonumber(ARGV[3])\n"
+    "if d ~= 0 and redis.call('HEXISTS', KEYS[4], ARGV[4]) == 1 then\n"
+    "  redis.call('HINCRBY', KEYS[4], ARGV[4], d)\n"
+    "end\n"
+    "local sc, sr = tonumber(ARGV[5]), tonumber(ARGV[6])\n"
+    "if sc ~= 0 then\n"
+    "  redis.call('HINCRBY', KEYS[5], 'cache', sc)\n"
+    "  redis.call('HINCRBY', KEYS[6], 'cache', sc)\n"
+    "end\n"
+    "if sr ~= 0 then\n"
+    "  redis.call('HINCRBY', KEYS[5], 'routing', sr)\n"
+    "  redis.call('HINCRBY', KEYS[6], 'routing', sr)\n"
+    "end\n"
+    "return 1\n";
+
+/* KEYS: spend:day spend:month saved:day saved:month resv rl:req rl:tok
+ * -> {spend_day, spend_month, saved_day_cache, saved_day_routing,
+ *     saved_month_cache, saved_month_routing, reserved, open, requests, tokens} */
+static const char USAGE_LUA[] =
+    LUA_WINDOW
+    "local t = redis.call('TIME')\n"
+    "local sec = tonumber(t[1])\n"
+    "local now_ms = sec * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local function num(v) return tonumber(v or '0') or 0 end\n"
+    "local reserved, open = 0, 0\n"
+    "for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], now_ms, '+inf')) do\n"
+    "  reserved = reserved + tonumber(string.match(m, ':(%-?%d+)$'))\n"
+    "  open = open + 1\n"
+    "end\n"
+    "local reqs = window(KEYS[6], sec, false)\n"
+    "local toks = window(KEYS[7], sec, false)\n"
+    "return {num(redis.call('GET', KEYS[1])), num(redis.call('GET', KEYS[2])),\n"
+    "  num(redis.call('HGET', KEYS[3], 'cache')), num(redis.call('HGET', KEYS[3], 'routing')),\n"
+    "  num(redis.call('HGET', KEYS[4], 'cache')), num(redis.call('HGET', KEYS[4], 'routing')),\n"
+    "  reserved, open, reqs, toks}\n";
+
+/* ---- state -------------------------------------------------------------- */
+
+/* What one instance knows of a tenant when Redis is away. */
+struct local_tenant {
+    struct local_tenant *next;
+    char *tenant;
+    int64_t req_sec[WINDOW_S], req_n[WINDOW_S];     /* per-second buckets, ring by second */
+    int64_t tok_sec[WINDOW_S], tok_n[WINDOW_S];
+    int64_t concurrent;
+    int64_t known_spent_day, known_spent_month;     /* from Redis, when last seen */
+    int64_t local_spent;                            /* settled here since (journaled) */
+    int64_t local_reserved;
+};
+
+struct journal_entry {
+    char *tenant;
+    char request_id[80];
+    char member[112];
+    char day[16], month[16];
+    int64_t cost, token_delta, second, saved_cache, saved_routing;
+};
+
+struct base_timer {
+    struct event_base *base;
+    struct event *ev;
+    struct policy *p;
+};
+
+struct policy {
+    struct policy_settings s;
+    char admit_sha[41], settle_sha[41], usage_sha[41];
+    pthread_mutex_t mu;             /* guards locals and the journal */
+    struct local_tenant *locals;
+    struct journal_entry *journal;  /* a FIFO ring */
+    size_t j_head, j_len;
+    int journal_full_logged;
+    struct base_timer timers[MAX_BASES];
+    size_t n_timers;
+};
+
+struct reservation {
+    struct policy *p;
+    char tenant[64];
+    char request_id[80];
+    char member[112];
+    char day[16], month[16];
+    int64_t est_cost, est_tokens, second;
+    int local;
+};
+
+/* ---- keys --------------------------------------------------------------- */
+
+static void key(char *buf, size_t n, const char *tenant, const char *suffix)
+{
+    snprintf(buf, n, "cascade:{%s}:%s", tenant, suffix);
+}
+
+static void today(char day[16], char month[16])
+{
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(day, 16, "%Y%m%d", &tm);
+    strftime(month, 16, "%Y%m", &tm);
+}
+
+/* ---- local fallback ----------------------------------------------------- */
+
+static struct local_tenant *local_get(struct policy *p, const char *tenant)
+{
+    for (struct local_tenant *l = p->locals; l; l = l->next)
+        if (strcmp(l->tenant, tenant) == 0)
+            return l;
+    struct local_tenant *l = xcalloc(1, sizeof *l);
+    l->tenant = xstrdup(tenant);
+    l->next = p->locals;
+    p->locals = l;
+    return l;
+}
+
+static int64_t ring_sum(const int64_t *secs, const int64_t *n, int64_t now)
+{
+    int64_t total = 0;
+    for (int i = 0; i < WINDOW_S; i++)
+        if (secs[i] > now - WINDOW_S)
+            total += n[i];
+    return total;
+}
+
+static void ring_add(int64_t *secs, int64_t *n, int64_t now, int64_t v)
+{
+    int i = (int)(now % WINDOW_S);
+    if (secs[i] != now) {
+        secs[i] = now;
+        n[i] = 0;
+    }
+    n[i] += v;
+}
+
+static int64_t share(const struct policy *p, int64_t limit)
+{
+    return limit <= 0 ? limit : (int64_t)floor((double)limit * p->s.local_share);
+}
+
+/* Admission with this instance's share of every limit. */
+static void local_admit(struct policy *p, const struct admit_request *q, struct admit_result *res)
+{
+    const struct tenant_limits *lim = q->limits;
+    int64_t now = (int64_t)time(NULL);
+    pthread_mutex_lock(&p->mu);
+    struct local_tenant *l = local_get(p, q->tenant);
+    int64_t reqs = ring_sum(l->req_sec, l->req_n, now), toks = ring_sum(l->tok_sec, l->tok_n, now);
+    int64_t rpm = share(p, lim->rpm), tpm = share(p, lim->tpm), maxc = share(p, lim->max_concurrent);
+    /* The budget left when Redis was last seen, of which we may use our share. */
+    int64_t left = -1;
+    if (lim->budget_day_nano >= 0)
+        left = lim->budget_day_nano - l->known_spent_day;
+    if (lim->budget_month_nano >= 0) {
+        int64_t lm = lim->budget_month_nano - l->known_spent_month;
+        if (left < 0 || lm < left)
+            left = lm;
+    }
+    if (left >= 0)
+        left = (int64_t)floor((double)left * p->s.local_share) - l->local_spent - l->local_reserved;
+    res->status = ADMIT_OK;
+    int64_t cost = q->est_cost_nano;
+    if (rpm > 0 && reqs + 1 > rpm)
+        res->status = ADMIT_LIMIT_REQUESTS;
+    else if (tpm > 0 && toks + q->est_tokens > tpm)
+        res->status = ADMIT_LIMIT_TOKENS;
+    else if (maxc > 0 && l->concurrent + 1 > maxc)
+        res->status = ADMIT_LIMIT_CONCURRENCY;
+    else if ((lim->budget_day_nano >= 0 || lim->budget_month_nano >= 0) && cost > left) {
+        if (q->alt_cost_nano >= 0 && q->alt_cost_nano <= left) {
+            cost = q->alt_cost_nano;
+            res->status = ADMIT_DOWNGRADED;
+        } else {
+            res->status = ADMIT_BUDGET;
+        }
+    }
+    if (res->status == ADMIT_OK || res->status == ADMIT_DOWNGRADED) {
+        ring_add(l->req_sec, l->req_n, now, 1);
+        ring_add(l->tok_sec, l->tok_n, now, q->est_tokens);
+        l->concurrent++;
+        l->local_reserved += cost;
+        reqs++;
+        toks += q->est_tokens;
+        if (left >= 0)
+            left -= cost;
+    }
+    pthread_mutex_unlock(&p->mu);
+    res->local = 1;
+    res->limit_requests = rpm;
+    res->remaining_requests = rpm > 0 ? (rpm - reqs > 0 ? rpm - reqs : 0) : 0;
+    res->reset_requests_ms = WINDOW_S * 1000;
+    res->limit_tokens = tpm;
+    res->remaining_tokens = tpm > 0 ? (tpm - toks > 0 ? tpm - toks : 0) : 0;
+    res->reset_tokens_ms = WINDOW_S * 1000;
+    res->budget_remaining_nano = left;
+    res->retry_after_s = 1;
+}
+
+/* ---- the journal -------------------------------------------------------- */
+
+static void journal_push(struct policy *p, const struct journal_entry *e)
+{
+    pthread_mutex_lock(&p->mu);
+    if (p->j_len == p->s.journal_max) {
+        /* Full: keep the newest and say so loudly; this loses spend. */
+        struct journal_entry *old = &p->journal[p->j_head];
+        free(old->tenant);
+        p->j_head = (p->j_head + 1) % p->s.journal_max;
+        p->j_len--;
+        if (!p->journal_full_logged)
+            log_error("spend journal full (%zu entries): the oldest unsettled spend is being dropped",
+                      p->s.journal_max);
+        p->journal_full_logged = 1;
+    }
+    p->journal[(p->j_head + p->j_len) % p->s.journal_max] = *e;
+    p->j_len++;
+    pthread_mutex_unlock(&p->mu);
+}
+
+static int journal_pop(struct policy *p, struct journal_entry *out)
+{
+    pthread_mutex_lock(&p->mu);
+    int got = p->j_len > 0;
+    if (got) {
+        *out = p->journal[p->j_head];
+        p->j_head = (p->j_head + 1) % p->s.journal_max;
+        p->j_len--;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return got;
+}
+
+size_t policy_journal_size(struct policy *p)
+{
+    pthread_mutex_lock(&p->mu);
+    size_t n = p->j_len;
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
+/* ---- settling ----------------------------------------------------------- */
+
+struct settle_call {
+    struct policy *p;
+    struct journal_entry e;
+};
+
+static void settle_reply(void *ctx, enum redis_call_status st, redisReply *reply)
+{
+    struct settle_call *sc = ctx;
+    if (st != REDIS_CALL_OK || reply->type == REDIS_REPLY_ERROR) {
+        if (st == REDIS_CALL_OK)
+            log_error("settle script failed: %s", reply->str);
+        journal_push(sc->p, &sc->e); /* replayed later; the script is idempotent */
+    } else {
+        free(sc->e.tenant);
+    }
+    free(sc);
+}
+
+static void send_settle(struct policy *p, struct redis *r, const struct journal_entry *e)
+{
+    char k[7][200], a[6][112];
+    key(k[0], sizeof k[0], e->tenant, "resv");
+    snprintf(k[1], sizeof k[1], "cascade:{%s}:spend:%s", e->tenant, e->day);
+    snprintf(k[2], sizeof k[2], "cascade:{%s}:spend:%s", e->tenant, e->month);
+    key(k[3], sizeof k[3], e->tenant, "rl:tok");
+    snprintf(k[4], sizeof k[4], "cascade:{%s}:saved:%s", e->tenant, e->day);
+    snprintf(k[5], sizeof k[5], "cascade:{%s}:saved:%s", e->tenant, e->month);
+    snprintf(k[6], sizeof k[6], "cascade:{%s}:settled:%s", e->tenant, e->request_id);
+    snprintf(a[0], sizeof a[0], "%s", e->member);
+    snprintf(a[1], sizeof a[1], "%lld", (long long)e->cost);
+    snprintf(a[2], sizeof a[2], "%lld", (long long)e->token_delta);
+    snprintf(a[3], sizeof a[3], "%lld", (long long)e->second);
+    snprintf(a[4], sizeof a[4], "%lld", (long long)e->saved_cache);
+    snprintf(a[5], sizeof a[5], "%lld", (long long)e->saved_routing);
+    const char *argv[13];
+    for (int i = 0; i < 7; i++)
+        argv[i] = k[i];
+    for (int i = 0; i < 6; i++)
+        argv[7 + i] = a[i];
+    struct settle_call *sc = xmalloc(sizeof *sc);
+    sc->p = p;
+    sc->e = *e;
+    redis_eval(r, settle_reply, sc, p->settle_sha, 7, 13, argv);
+}
+
+/* Replay what Redis missed, a batch at a time, when it is back. */
+static void journal_flush(struct policy *p, struct event_base *base)
+{
+    if (!p->s.redis)
+        return;
+    struct redis *r = redis_for_base(p->s.redis, base);
+    if (!redis_connected(r))
+        return;
+    struct journal_entry e;
+    for (int i = 0; i < JOURNAL_BATCH && journal_pop(p, &e); i++)
+        send_settle(p, r, &e);
+}
+
+static void flush_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct base_timer *bt = arg;
+    journal_flush(bt->p, bt->base);
+}
+
+/* A once-a-second replay timer on each worker that uses the policy. */
+static void ensure_timer(struct policy *p, struct event_base *base)
+{
+    pthread_mutex_lock(&p->mu);
+    for (size_t i = 0; i < p->n_timers; i++)
+        if (p->timers[i].base == base) {
+            pthread_mutex_unlock(&p->mu);
+            return;
+        }
+    if (p->n_timers < MAX_BASES) {
+        struct base_timer *bt = &p->timers[p->n_timers++];
+        bt->base = base;
+        bt->p = p;
+        bt->ev = event_new(base, -1, EV_PERSIST, flush_timer_cb, bt);
+        struct timeval tv = {1, 0};
+        event_add(bt->ev, &tv);
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+void policy_settle(struct policy *p, struct event_base *base, struct reservation *resv, const struct settle_info *info)
+{
+    struct journal_entry e = {0};
+    e.tenant = xstrdup(resv->tenant);
+    snprintf(e.request_id, sizeof e.request_id, "%s", resv->request_id);
+    snprintf(e.member, sizeof e.member, "%s", resv->member);
+    memcpy(e.day, resv->day, sizeof e.day);
+    memcpy(e.month, resv->month, sizeof e.month);
+    e.cost = info->cost_nano;
+    e.token_delta = resv->local ? 0 : info->tokens - resv->est_tokens;
+    e.second = resv->second;
+    e.saved_cache = info->saved_cache_nano;
+    e.saved_routing = info->saved_routing_nano;
+    if (resv->local) {
+        pthread_mutex_lock(&p->mu);
+        struct local_tenant *l = local_get(p, resv->tenant);
+        l->concurrent--;
+        l->local_reserved -= resv->est_cost;
+        l->local_spent += info->cost_nano;
+        pthread_mutex_unlock(&p->mu);
+    }
+    struct redis *r = p->s.redis ? redis_for_base(p->s.redis, base) : NULL;
+    if (r && redis_connected(r))
+        send_settle(p, r, &e);
+    else if (p->s.redis)
+        journal_push(p, &e);
+    else
+        free(e.tenant); /* no Redis at all: local accounting is all there is */
+    free(resv);
+}
+
+/* ---- admission ---------------------------------------------------------- */
+
+struct admit_call {
+    struct policy *p;
+    struct event_base *base;
+    policy_admit_cb cb;
+    void *ctx;
+    struct admit_request q;
+    struct tenant_limits limits;
+    char tenant[64];
+    char request_id[80];
+    char day[16], month[16];
+};
+
+static struct reservation *make_resv(struct admit_call *ac, int64_t cost, int64_t second, int local)
+{
+    struct reservation *r = xcalloc(1, sizeof *r);
+    r->p = ac->p;
+    snprintf(r->tenant, sizeof r->tenant, "%s", ac->tenant);
+    snprintf(r->request_id, sizeof r->request_id, "%s", ac->request_id);
+    snprintf(r->member, sizeof r->member, "%s:%lld", ac->request_id, (long long)cost);
+    memcpy(r->day, ac->day, sizeof r->day);
+    memcpy(r->month, ac->month, sizeof r->month);
+    r->est_cost = cost;
+    r->est_tokens = ac->q.est_tokens;
+    r->second = second;
+    r->local = local;
+    return r;
+}
+
+static void finish_local(struct admit_call *ac)
+{
+    struct admit_result res = {0};
+    local_admit(ac->p, &ac->q, &res);
+    int ok = res.status == ADMIT_OK || res.status == ADMIT_DOWNGRADED;
+    int64_t cost = res.status == ADMIT_DOWNGRADED ? ac->q.alt_cost_nano : ac->q.est_cost_nano;
+    struct reservation *resv = ok ? make_resv(ac, cost, (int64_t)time(NULL), 1) : NULL;
+    ac->cb(ac->ctx, &res, resv);
+    free(ac);
+}
+
+static void deferred_local_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    finish_local(arg);
+}
+
+static void admit_reply(void *ctx, enum redis_call_status st, redisReply *reply)
+{
+    struct admit_call *ac = ctx;
+    if (st != REDIS_CALL_OK || reply->type != REDIS_REPLY_ARRAY || reply->elements != 12) {
+        if (st == REDIS_CALL_OK)
+            log_error("admit script failed: %s", reply->type == REDIS_REPLY_ERROR ? reply->str : "bad reply");
+        finish_local(ac); /* Redis away or broken: decide here */
+        return;
+    }
+    long long v[12];
+    for (int i = 0; i < 12; i++)
+        v[i] = reply->element[i]->integer;
+    static const enum admit_status map[] = {ADMIT_OK, ADMIT_DOWNGRADED, ADMIT_LIMIT_REQUESTS,
+                                            ADMIT_LIMIT_TOKENS, ADMIT_LIMIT_CONCURRENCY, ADMIT_BUDGET};
+    struct admit_result res = {0};
+    res.status = v[0] >= 0 && v[0] <= 5 ? map[v[0]] : ADMIT_BUDGET;
+    const struct tenant_limits *lim = &ac->limits;
+    res.limit_requests = lim->rpm;
+    res.remaining_requests = lim->rpm > 0 && lim->rpm - v[1] > 0 ? lim->rpm - v[1] : 0;
+    res.reset_requests_ms = v[3];
+    res.limit_tokens = lim->tpm;
+    res.remaining_tokens = lim->tpm > 0 && lim->tpm - v[2] > 0 ? lim->tpm - v[2] : 0;
+    res.reset_tokens_ms = v[4];
+    res.budget_remaining_nano = v[5] ? v[6] : -1;
+    int64_t reset = res.status == ADMIT_LIMIT_TOKENS ? v[4] : v[3];
+    res.retry_after_s = res.status == ADMIT_LIMIT_CONCURRENCY ? 1 : (reset + 999) / 1000;
+    if (res.retry_after_s < 1)
+        res.retry_after_s = 1;
+    /* Remember what Redis said the tenant has spent, for the local
+     * fallback should Redis go away. */
+    pthread_mutex_lock(&ac->p->mu);
+    struct local_tenant *l = local_get(ac->p, ac->tenant);
+    l->known_spent_day = v[9] + v[11]; /* open reservations count as spent */
+    l->known_spent_month = v[10] + v[11];
+    l->local_spent = 0;
+    pthread_mutex_unlock(&ac->p->mu);
+    int ok = res.status == ADMIT_OK || res.status == ADMIT_DOWNGRADED;
+    struct reservation *resv = ok ? make_resv(ac, v[8], v[7], 0) : NULL;
+    ac->cb(ac->ctx, &res, resv);
+    journal_flush(ac->p, ac->base); /* Redis answered: a good moment to replay */
+    free(ac);
+}
+
+void policy_admit(struct policy *p, struct event_base *base, const struct admit_request *q, policy_admit_cb cb,
+                  void *ctx)
+{
+    struct admit_call *ac = xcalloc(1, sizeof *ac);
+    ac->p = p;
+    ac->base = base;
+    ac->cb = cb;
+    ac->ctx = ctx;
+    ac->q = *q;
+    ac->limits = *q->limits;
+    ac->q.limits = &ac->limits;
+    snprintf(ac->tenant, sizeof ac->tenant, "%s", q->tenant);
+    snprintf(ac->request_id, sizeof ac->request_id, "%s", q->request_id);
+    ac->q.tenant = ac->tenant;
+    ac->q.request_id = ac->request_id;
+    today(ac->day, ac->month);
+    if (!p->s.redis) {
+        event_base_once(base, -1, EV_TIMEOUT, deferred_local_cb, ac, NULL);
+        return;
+    }
+    ensure_timer(p, base);
+    char k[5][200], a[10][112];
+    key(k[0], sizeof k[0], ac->tenant, "rl:req");
+    key(k[1], sizeof k[1], ac->tenant, "rl:tok");
+    key(k[2], sizeof k[2], ac->tenant, "resv");
+    snprintf(k[3], sizeof k[3], "cascade:{%s}:spend:%s", ac->tenant, ac->day);
+    snprintf(k[4], sizeof k[4], "cascade:{%s}:spend:%s", ac->tenant, ac->month);
+    const struct tenant_limits *lim = &ac->limits;
+    snprintf(a[0], sizeof a[0], "%lld", (long long)lim->rpm);
+    snprintf(a[1], sizeof a[1], "%lld", (long long)lim->tpm);
+    snprintf(a[2], sizeof a[2], "%lld", (long long)lim->max_concurrent);
+    snprintf(a[3], sizeof a[3], "%lld", (long long)q->est_tokens);
+    snprintf(a[4], sizeof a[4], "%lld", (long long)q->est_cost_nano);
+    snprintf(a[5], sizeof a[5], "%lld", (long long)lim->budget_day_nano);
+    snprintf(a[6], sizeof a[6], "%lld", (long long)lim->budget_month_nano);
+    snprintf(a[7], sizeof a[7], "%s", ac->request_id);
+    snprintf(a[8], sizeof a[8], "%u", p->s.reservation_ttl_ms);
+    snprintf(a[9], sizeof a[9], "%lld", (long long)q->alt_cost_nano);
+    const char *argv[15];
+    for (int i = 0; i < 5; i++)
+        argv[i] = k[i];
+    for (int i = 0; i < 10; i++)
+        argv[5 + i] = a[i];
+    redis_eval(redis_for_base(p->s.redis, base), admit_reply, ac, p->admit_sha, 5, 15, argv);
+}
+
+/* ---- usage -------------------------------------------------------------- */
+
+struct usage_call {
+    void (*cb)(void *ctx, json_t *usage);
+    void *ctx;
+    struct tenant_limits lim;
+    char tenant[64];
+};
+
+static void usage_reply(void *ctx, enum redis_call_status st, redisReply *reply)
+{
+    struct usage_call *uc = ctx;
+    if (st != REDIS_CALL_OK || reply->type != REDIS_REPLY_ARRAY || reply->elements != 10) {
+        uc->cb(uc->ctx, NULL);
+        free(uc);
+        return;
+    }
+    long long v[10];
+    for (int i = 0; i < 10; i++)
+        v[i] = reply->element[i]->integer;
+    const struct tenant_limits *l = &uc->lim;
+    double usd = 1e-9;
+    json_t *budget = json_object();
+    if (l->budget_day_nano >= 0)
+        json_object_set_new(budget, "day_remaining_usd", json_real((double)(l->budget_day_nano - v[0] - v[6]) * usd));
+    if (l->budget_month_nano >= 0)
+        json_object_set_new(budget, "month_remaining_usd",
+                            json_real((double)(l->budget_month_nano - v[1] - v[6]) * usd));
+    json_object_set_new(budget, "reserved_usd", json_real((double)v[6] * usd));
+    json_t *o = json_pack("{s:s, s:{s:f, s:f, s:f}, s:{s:f, s:f, s:f}, s:o, s:{s:I, s:I, s:I, s:I, s:I, s:I}}",
+                          "tenant", uc->tenant, "today", "spend_usd", (double)v[0] * usd, "saved_cache_usd",
+                          (double)v[2] * usd, "saved_routing_usd", (double)v[3] * usd, "month", "spend_usd",
+                          (double)v[1] * usd, "saved_cache_usd", (double)v[4] * usd, "saved_routing_usd",
+                          (double)v[5] * usd, "budget", budget, "rate_limits", "rpm", (json_int_t)l->rpm,
+                          "requests_last_minute", (json_int_t)v[8], "tpm", (json_int_t)l->tpm,
+                          "tokens_last_minute", (json_int_t)v[9], "max_concurrent", (json_int_t)l->max_concurrent,
+                          "concurrent", (json_int_t)v[7]);
+    uc->cb(uc->ctx, o);
+    json_decref(o);
+    free(uc);
+}
+
+static void usage_none_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct usage_call *uc = arg;
+    uc->cb(uc->ctx, NULL);
+    free(uc);
+}
+
+void policy_usage(struct policy *p, struct event_base *base, const char *tenant, const struct tenant_limits *lim,
+                  void (*cb)(void *ctx, json_t *usage), void *ctx)
+{
+    struct usage_call *uc = xcalloc(1, sizeof *uc);
+    uc->cb = cb;
+    uc->ctx = ctx;
+    uc->lim = *lim;
+    snprintf(uc->tenant, sizeof uc->tenant, "%s", tenant);
+    char day[16], month[16];
+    today(day, month);
+    char k[7][200];
+    snprintf(k[0], sizeof k[0], "cascade:{%s}:spend:%s", tenant, day);
+    snprintf(k[1], sizeof k[1], "cascade:{%s}:spend:%s", tenant, month);
+    snprintf(k[2], sizeof k[2], "cascade:{%s}:saved:%s", tenant, day);
+    snprintf(k[3], sizeof k[3], "cascade:{%s}:saved:%s", tenant, month);
+    key(k[4], sizeof k[4], tenant, "resv");
+    key(k[5], sizeof k[5], tenant, "rl:req");
+    key(k[6], sizeof k[6], tenant, "rl:tok");
+    const char *argv[7];
+    for (int i = 0; i < 7; i++)
+        argv[i] = k[i];
+    if (!p->s.redis) {
+        /* No Redis: nothing shared to read; say so on the next loop turn. */
+        event_base_once(base, -1, EV_TIMEOUT, usage_none_cb, uc, NULL);
+        return;
+    }
+    redis_eval(redis_for_base(p->s.redis, base), usage_reply, uc, p->usage_sha, 7, 7, argv);
+}
+
+/* ---- lifetime ----------------------------------------------------------- */
+
+struct policy *policy_new(const struct policy_settings *s)
+{
+    struct policy *p = xcalloc(1, sizeof *p);
+    p->s = *s;
+    if (p->s.journal_max == 0)
+        p->s.journal_max = 100000;
+    if (p->s.local_share <= 0 || p->s.local_share > 1)
+        p->s.local_share = 1;
+    p->journal = xcalloc(p->s.journal_max, sizeof *p->journal);
+    pthread_mutex_init(&p->mu, NULL);
+    if (s->redis) {
+        redis_shared_add_script(s->redis, ADMIT_LUA, p->admit_sha);
+        redis_shared_add_script(s->redis, SETTLE_LUA, p->settle_sha);
+        redis_shared_add_script(s->redis, USAGE_LUA, p->usage_sha);
+    }
+    return p;
+}
+
+void policy_free(struct policy *p)
+{
+    if (!p)
+        return;
+    for (size_t i = 0; i < p->n_timers; i++)
+        event_free(p->timers[i].ev);
+    if (p->j_len)
+        log_error("%zu settlements were never acknowledged by Redis", p->j_len);
+    for (size_t i = 0; i < p->j_len; i++)
+        free(p->journal[(p->j_head + i) % p->s.journal_max].tenant);
+    free(p->journal);
+    while (p->locals) {
+        struct local_tenant *l = p->locals;
+        p->locals = l->next;
+        free(l->tenant);
+        free(l);
+    }
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}

@@ -1,0 +1,125 @@
+/* stats.h: fleet-wide statistics per tenant and minute, for the dashboard and
+ * GET /admin/v1/stats.
+ *
+ * Every gateway instance adds what its requests did to one Redis hash per
+ * tenant and minute, so a dashboard reading Redis sees the whole fleet, not
+ * one process:
+ *   cascade:{<tenant>}:stats:<unix minute>   HASH, expires 48 h after that minute
+ * Fields (all integers, HINCRBY):
+ *   requests hits misses bypass errors escalations tokens_in tokens_out
+ *   cost_nano saved_cache_nano saved_routing_nano     (USD x 1e9)
+ *   tier:<name>                                       requests answered by that tier
+ *   lat_count lat_sum_us
+ *   lat_le_<ms> ... lat_le_inf                        latency histogram; each field
+ *     counts the requests in (previous bound, ms], NOT cumulative. Bounds in ms:
+ *     1 2 5 10 25 50 75 100 150 200 300 500 750 1000 1500 2000 3000 5000 7500
+ *     10000 15000 20000 30000 60000 120000, then inf.
+ * errors counts responses with status >= 500 (the gateway or an engine
+ * failed); a client that left (499) or was refused (4xx) is not an error.
+ *
+ * Recording is cheap: stats_record() adds to the calling worker's own
+ * accumulator (no lock, no I/O). Once a second a timer on that worker's
+ * event_base sends what accumulated, one command per tenant, pipelined. The
+ * flush loses nothing and counts nothing twice: a batch is a Lua script that
+ * applies its increments only if its sequence number is newer than the last
+ * one this worker applied for that tenant (cascade:{<tenant>}:statsack:<id>),
+ * so a batch whose reply timed out is resent as it was and applied once.
+ * While Redis is down the accumulators are kept (bounded: 4096 tenant-minutes
+ * per worker; the oldest are dropped beyond that, with a warning) and sent
+ * when it returns.
+ *
+ * Without Redis (rs NULL) the same flush goes to a ring of the last 48 h in
+ * this process's memory, and queries read it: one instance's view only.
+ *
+ * Query result (stats_query), a JSON object:
+ *   {"tenant": "acme" or "*" (all tenants summed),
+ *    "tenants": [ids...]                      only for "*": the tenants summed,
+ *    "from": s, "to": s, "step": s,           the range as used (see below),
+ *    "series": {"t": [point start, unix s...],
+ *               "requests", "hits", "misses", "bypass", "errors", "escalations",
+ *               "tokens_in", "tokens_out": [integers...],
+ *               "cost_usd", "saved_cache_usd", "saved_routing_usd": [numbers...],
+ *               "hit_rate", "escalation_rate": [0..1 or null when no requests],
+ *               "p50_ms", "p95_ms": [numbers or null when no requests],
+ *               "tiers": {"<tier>": [integers...], ...}},
+ *    "totals": {the same scalars over the whole range, plus "tiers": {"<tier>": n}}}
+ * hit_rate = hits / requests; escalation_rate = escalations / requests;
+ * p50/p95 are interpolated linearly inside the histogram bucket that holds
+ * the rank (as Prometheus' histogram_quantile does; the inf bucket answers
+ * its lower bound). from is rounded down and to up to whole minutes; point k
+ * starts at t = from + k*step and sums the minutes in [t, min(t+step, to)).
+ *
+ * Threads: one struct stats per process, made before the workers start.
+ * stats_record, stats_flush and stats_query are called on worker threads,
+ * each with that worker's event_base; their callbacks run on that thread,
+ * never inside the call.
+ */
+#ifndef CASCADE_STATS_H
+#define CASCADE_STATS_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+struct redis_shared;
+struct stats;
+
+#define STATS_RETENTION_S (48 * 3600)
+#define STATS_MAX_POINTS 2880
+
+enum stats_cache { STATS_CACHE_HIT, STATS_CACHE_MISS, STATS_CACHE_BYPASS };
+
+/* What one finished request did. Strings are borrowed during the call. */
+struct stats_sample {
+    const char *tenant;
+    int tier;                       /* index into the tier names, or -1 when none was chosen */
+    int status;                     /* HTTP status sent (499: the client left) */
+    enum stats_cache cache;
+    int escalated;
+    int64_t tokens_in, tokens_out;
+    int64_t cost_nano, saved_cache_nano, saved_routing_nano;   /* USD x 1e9 */
+    uint64_t latency_us;
+};
+
+/* rs (borrowed) may be NULL: keep stats in this process's memory only. The
+ * tier names are copied. Registers the stats Lua scripts with rs, so call it
+ * before any worker connects to Redis. */
+struct stats *stats_new(struct redis_shared *rs, const char *const *tier_names, size_t n_tiers);
+/* After the workers stopped and after redis_shared_close_all(rs) (which
+ * answers the flushes still in flight), before the workers' event_bases are
+ * freed. Flushes nothing: call stats_flush on each worker first to keep its
+ * last second. */
+void stats_free(struct stats *s);
+
+/* Add one request to the calling worker's accumulator for the current minute.
+ * No I/O; the first call on a base starts that worker's flush timer. */
+void stats_record(struct stats *s, struct event_base *base, const struct stats_sample *x);
+/* Send this worker's accumulator now instead of at the next tick (drain,
+ * tests). Asynchronous, like the timer's flush. */
+void stats_flush(struct stats *s, struct event_base *base);
+
+/* 0 when [from, to) with step is a range stats_query accepts, else -1 with a
+ * message for a 400 reply: 0 <= from < to, to - from <= 48 h, step a positive
+ * multiple of 60, at most STATS_MAX_POINTS points. */
+int stats_query_check(int64_t from, int64_t to, int64_t step, char *err, size_t errlen);
+
+/* result is borrowed during the call; NULL when Redis failed. */
+typedef void (*stats_query_cb)(void *ctx, json_t *result);
+
+/* Read the series of one tenant, or with tenant_or_null NULL or "" the sum of
+ * all_tenants, over [from, to) in unix seconds, step seconds per point. cb
+ * runs once, later, on base's thread. Returns 0, or -1 without calling cb
+ * when the range fails stats_query_check. */
+int stats_query(struct stats *s, struct event_base *base, const char *tenant_or_null,
+                const char *const *all_tenants, size_t n_tenants, int64_t from, int64_t to, int64_t step,
+                stats_query_cb cb, void *ctx);
+
+/* Batches acknowledged, batches retried, and tenant-minutes dropped over the
+ * bound, since start, summed over workers (tests, logs). Thread-safe. */
+struct stats_counters {
+    uint64_t flushed, retried, dropped;
+};
+void stats_get_counters(struct stats *s, struct stats_counters *out);
+
+#endif
