@@ -89,8 +89,10 @@ test('ttfb is the first body byte, total is the last (Node chunked stream)', asy
     '--body', bodyFile(chatBody('a [[peer:chunks=3]] [[peer:chunk_delay_ms=40]]', { stream: true })),
     '--stream', '--rate', '20', '--duration', '0.5', '--warmup', '0', '--connections', '4']);
   assert.equal(j.ok, 10);
+  // every request's last byte comes >= 120 ms after its first, so the
+  // medians are at least that far apart too
   assert.ok(j.p50_us >= 120000, `total ${j.p50_us} us`);
-  assert.ok(j.ttfb_p50_us < 60000, `ttfb ${j.ttfb_p50_us} us`);
+  assert.ok(j.p50_us - j.ttfb_p50_us >= 110000, `ttfb ${j.ttfb_p50_us} us, total ${j.p50_us} us`);
 });
 
 test('open loop counts queueing behind a slow server (no coordinated omission)', async () => {
@@ -101,13 +103,14 @@ test('open loop counts queueing behind a slow server (no coordinated omission)',
   const open = await loadgen(['--url', `${peer.url}/v1/chat/completions`, '--body', body,
     '--rate', '20', '--duration', '1', '--warmup', '0', '--connections', '1']);
   assert.equal(open.ok, 20, JSON.stringify(open));
-  assert.ok(open.p50_us > 1.2e6 && open.p50_us < 2.2e6, `p50 ${open.p50_us}`);
-  assert.ok(open.max_us > 2.6e6 && open.max_us < 4e6, `max ${open.max_us}`);
+  // lower bounds are the point; upper bounds leave room for a loaded machine
+  assert.ok(open.p50_us > 1.2e6 && open.p50_us < 4e6, `p50 ${open.p50_us}`);
+  assert.ok(open.max_us > 2.6e6 && open.max_us < 8e6, `max ${open.max_us}`);
   const closed = await loadgen(['--url', `${peer.url}/v1/chat/completions`, '--body', body,
     '--rate', '0', '--duration', '0.6', '--warmup', '0', '--connections', '1']);
   assert.equal(closed.mode, 'closed');
-  assert.ok(closed.ok >= 2 && closed.ok <= 4, `closed ok ${closed.ok}`);
-  assert.ok(closed.p50_us >= 190000 && closed.p50_us < 400000, `closed p50 ${closed.p50_us}`);
+  assert.ok(closed.ok >= 1 && closed.ok <= 4, `closed ok ${closed.ok}`);
+  assert.ok(closed.p50_us >= 190000 && closed.p50_us < 1e6, `closed p50 ${closed.p50_us}`);
 });
 
 test('non-2xx answers are counted apart and kept out of the percentiles', async () => {
@@ -194,4 +197,9 @@ test('Connection: close, EOF-delimited bodies, 1xx and odd chunk framing', async
   } finally {
     srv.close();
   }
+});
+
+test('bench/upstream exits 0 on SIGTERM (under ASan: no leaks)', async () => {
+  const r = await upstream.stop('SIGTERM', 10000);
+  assert.deepEqual(r, { code: 0, signal: null }, upstream.output().slice(-4000));
 });

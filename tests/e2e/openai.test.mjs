@@ -179,3 +179,8 @@ test('aborting a stream in the client cancels the upstream request', async () =>
   }, 3000);
   assert.equal(s.completed, 0);
 });
+
+test('SIGTERM: the gateway exits 0 (under ASan: no leak or memory error on the way out)', async () => {
+  const r = await gw.stop('SIGTERM', 15000);
+  assert.deepEqual(r, { code: 0, signal: null }, gw.logs().slice(-4000));
+});

@@ -2,14 +2,23 @@
 // persistence. stop() kills it (as an outage would); start() brings it back
 // on the same port. cli(...args) runs redis-cli against it.
 import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { freePort } from './harness.mjs';
 
-export async function startRedis({ port } = {}) {
+// persist: keep data across stop()/start() with an fsync-always AOF, as a
+// production Redis would, so a restart loses nothing that was acknowledged.
+export async function startRedis({ port, persist = false } = {}) {
   port = port || (await freePort());
   const h = { port, url: `redis://127.0.0.1:${port}/0`, proc: null };
+  const dir = persist ? mkdtempSync(path.join(tmpdir(), 'cascade-redis-')) : null;
+  const durability = persist
+    ? ['--appendonly', 'yes', '--appendfsync', 'always', '--dir', dir]
+    : ['--appendonly', 'no'];
   h.start = async () => {
     const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '',
-      '--appendonly', 'no', '--protected-mode', 'no'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      ...durability, '--protected-mode', 'no'], { stdio: ['ignore', 'pipe', 'pipe'] });
     h.proc = proc;
     let out = '';
     proc.stdout.setEncoding('utf8').on('data', (d) => (out += d));

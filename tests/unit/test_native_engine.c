@@ -1,0 +1,362 @@
+/* test_native_engine.c: the `native` engine through engine.h, on libevent,
+ * with stories260K.
+ *
+ * The engine.h contract is what is checked: callbacks on the base's thread,
+ * never inside submit; exactly one on_done/on_error; nothing after cancel.
+ * And what a user sees: the reference story for an empty prompt, stop strings
+ * (also across token boundaries), logprobs, 400 context_length_exceeded,
+ * 503 when the queue is full, 16 concurrent requests equal to each alone,
+ * two event loops on two threads at once. */
+#include "common/openai.h"
+#include "engines/native/native_engine.h"
+#include "tests/unit/test.h"
+
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <pthread.h>
+#include <unistd.h>
+
+struct call {
+    struct event_base *base;
+    pthread_t thread;           /* where callbacks must run */
+    char text[8192];
+    size_t len;
+    int tokens, lp_tokens, top_ok;
+    int done, errors, after_end;
+    int status;
+    char code[64];
+    char finish[16];
+    struct engine_usage usage;
+    int cancel_at;              /* cancel after this many token callbacks */
+    int after_cancel;
+    struct engine *e;
+    uint64_t id;
+    int *outstanding;
+};
+
+static int in_submit;
+static int wrong_thread;
+
+static void finish_one(struct call *c)
+{
+    if (--*c->outstanding == 0)
+        event_base_loopbreak(c->base);
+}
+
+static void on_token(void *ctx, const struct engine_token *t)
+{
+    struct call *c = ctx;
+    wrong_thread += in_submit || !pthread_equal(pthread_self(), c->thread);
+    if (c->done || c->errors)
+        c->after_end++;
+    if (c->cancel_at && c->tokens >= c->cancel_at)
+        c->after_cancel++;
+    if (c->len + t->len < sizeof(c->text)) {
+        memcpy(c->text + c->len, t->text, t->len);
+        c->len += t->len;
+        c->text[c->len] = '\0';
+    }
+    c->tokens++;
+    if (t->has_logprob) {
+        c->lp_tokens++;
+        int ok = t->n_top >= 1 && t->logprob <= 0.0;
+        for (size_t i = 0; i < t->n_top; i++)
+            ok = ok && t->top[i].token && t->top[i].logprob <= 0.0 &&
+                 (i == 0 || t->top[i].logprob <= t->top[i - 1].logprob);
+        c->top_ok += ok;
+    }
+    if (c->cancel_at && c->tokens == c->cancel_at) {
+        engine_cancel(c->e, c->id);
+        finish_one(c);
+    }
+}
+
+static void on_done(void *ctx, const struct engine_usage *u, const char *finish)
+{
+    struct call *c = ctx;
+    wrong_thread += in_submit || !pthread_equal(pthread_self(), c->thread);
+    if (c->done || c->errors)
+        c->after_end++;
+    if (c->cancel_at && c->tokens >= c->cancel_at)
+        c->after_cancel++;
+    c->done++;
+    c->usage = *u;
+    snprintf(c->finish, sizeof(c->finish), "%s", finish);
+    finish_one(c);
+}
+
+static void on_error(void *ctx, const struct engine_error *e)
+{
+    struct call *c = ctx;
+    wrong_thread += in_submit || !pthread_equal(pthread_self(), c->thread);
+    if (c->done || c->errors)
+        c->after_end++;
+    c->errors++;
+    c->status = e->status;
+    snprintf(c->code, sizeof(c->code), "%s", e->code ? e->code : "");
+    finish_one(c);
+}
+
+static const struct engine_callbacks cbs = {on_token, on_done, on_error};
+
+struct chat {
+    struct chat_request req;
+    struct chat_message msg;
+    const char *stops[4];
+};
+
+static void make_chat(struct chat *ch, const char *user, int64_t max_tokens, double temp)
+{
+    memset(ch, 0, sizeof(*ch));
+    ch->msg = (struct chat_message){ROLE_USER, user, strlen(user)};
+    ch->req.messages = &ch->msg;
+    ch->req.n_messages = 1;
+    ch->req.has_temperature = 1;
+    ch->req.temperature = temp;
+    ch->req.max_tokens = max_tokens;
+    ch->req.model = "stories260K";
+}
+
+static int submit(struct engine *e, struct event_base *base, struct chat *ch, struct call *c,
+                  int *outstanding)
+{
+    c->base = base;
+    c->thread = pthread_self();
+    c->e = e;
+    c->outstanding = outstanding;
+    (*outstanding)++;
+    struct engine_request er = {base, &ch->req, "stories260K", 0, "test"};
+    in_submit = 1;
+    int rc = engine_submit(e, &er, &cbs, c, &c->id);
+    in_submit = 0;
+    if (rc != 0)
+        (*outstanding)--;
+    return rc;
+}
+
+static char *reference_text(void)
+{
+    char p[1024];
+    snprintf(p, sizeof(p), "%s/models/stories260K/reference_greedy_empty_prompt.txt", test_shared_dir());
+    FILE *f = fopen(p, "rb");
+    if (!f)
+        return NULL;
+    char *s = calloc(1, 8192);
+    size_t n = fread(s, 1, 8191, f);
+    fclose(f);
+    while (n && s[n - 1] == '\n')
+        s[--n] = '\0';
+    return s;
+}
+
+static const char *const prompts[16] = {
+    "", "Once upon a time", "The cat", "Lily and Tom went to the park", "One day",
+    "There was a big red ball", "The sun was shining", "Sam had a toy car",
+    "A little bird", "Mom said", "The dog ran fast", "Tim was sad because",
+    "Sue liked to draw", "In the forest there was", "Ben found a box", "The sky",
+};
+
+struct thread_arg {
+    struct engine *e;
+    struct call calls[4];
+    int start;
+};
+
+static void *thread_main(void *arg)
+{
+    struct thread_arg *ta = arg;
+    struct event_base *base = event_base_new();
+    struct chat ch[4];
+    int outstanding = 0;
+    for (int i = 0; i < 4; i++) {
+        make_chat(&ch[i], prompts[ta->start + i], 80, 0.0);
+        submit(ta->e, base, &ch[i], &ta->calls[i], &outstanding);
+    }
+    event_base_dispatch(base);
+    event_base_free(base);
+    return NULL;
+}
+
+int main(void)
+{
+    char model[1024], err[256];
+    snprintf(model, sizeof(model), "%s/models/stories260K/stories260K.bin", test_shared_dir());
+    if (access(model, R_OK) != 0) {
+        printf("SKIP: %s not found\n", model);
+        return 0;
+    }
+    evthread_use_pthreads();
+    struct event_base *base = event_base_new();
+    struct native_engine_config cfg = {0};
+    cfg.model_path = model;
+    cfg.threads = 2;
+    struct engine *e = native_engine_new(&cfg, err, sizeof(err));
+    CHECK(e != NULL);
+    if (!e) {
+        fprintf(stderr, "%s\n", err);
+        TEST_MAIN_END();
+    }
+    CHECK(native_engine_is(e) && engine_health(e) == 1);
+    CHECK(strcmp(native_engine_model_name(e), "stories260K.bin") == 0);
+    CHECK(native_engine_context(e) == 512);
+
+    /* The reference story: empty user message, greedy, 256 positions (as
+     * llama2.c counts them: 256 forward passes, 256 tokens after BOS). */
+    char *ref = reference_text();
+    struct chat ch;
+    static struct call c_ref;
+    int outstanding = 0;
+    make_chat(&ch, "", 256, 0.0);
+    int64_t count = 0;
+    CHECK(native_engine_count_chat(e, &ch.req, &count) == 0 && count == 1);
+    CHECK(submit(e, base, &ch, &c_ref, &outstanding) == 0);
+    event_base_dispatch(base);
+    if (ref && strcmp(c_ref.text, ref) != 0)
+        fprintf(stderr, "got:\n%s\n", c_ref.text);
+    CHECK(ref && strcmp(c_ref.text, ref) == 0);
+    CHECK(c_ref.done == 1 && c_ref.errors == 0 && strcmp(c_ref.finish, "length") == 0);
+    CHECK(c_ref.usage.prompt_tokens == 1 && c_ref.usage.completion_tokens == 256);
+
+    /* Stop strings: inside a token, and across a token boundary. */
+    static struct call c_stop1, c_stop2;
+    struct chat ch1, ch2;
+    make_chat(&ch1, "", 255, 0.0);
+    ch1.stops[0] = "Lily";
+    ch1.req.stop = ch1.stops;
+    ch1.req.n_stop = 1;
+    make_chat(&ch2, "", 255, 0.0);
+    ch2.stops[0] = "zzz";
+    ch2.stops[1] = "time, th";
+    ch2.req.stop = ch2.stops;
+    ch2.req.n_stop = 2;
+    submit(e, base, &ch1, &c_stop1, &outstanding);
+    submit(e, base, &ch2, &c_stop2, &outstanding);
+    event_base_dispatch(base);
+    CHECK_STR(c_stop1.text, "Once upon a time, there was a little girl named ");
+    CHECK_STR(c_stop1.finish, "stop");
+    CHECK_STR(c_stop2.text, "Once upon a ");
+    CHECK(c_stop2.done == 1 && c_stop2.usage.completion_tokens < 10);
+
+    /* Logprobs with three alternatives on every token. */
+    static struct call c_lp;
+    make_chat(&ch, "Once upon a time", 20, 0.0);
+    ch.req.logprobs = 1;
+    ch.req.top_logprobs = 3;
+    submit(e, base, &ch, &c_lp, &outstanding);
+    event_base_dispatch(base);
+    CHECK(c_lp.done && c_lp.lp_tokens == 20 && c_lp.top_ok == 20);
+
+    /* Too long: an error, delivered after submit has returned. */
+    static struct call c_long;
+    make_chat(&ch, "Once upon a time", 600, 0.0);
+    CHECK(submit(e, base, &ch, &c_long, &outstanding) == 0);
+    CHECK(c_long.errors == 0);      /* not yet: next loop turn */
+    event_base_dispatch(base);
+    CHECK(c_long.errors == 1 && c_long.status == 400 && c_long.done == 0);
+    CHECK_STR(c_long.code, "context_length_exceeded");
+
+    /* 16 at once from one loop: each as it was alone. */
+    static struct call alone[16], together[16];
+    struct chat chs[16];
+    for (int i = 0; i < 16; i++) {
+        make_chat(&chs[i], prompts[i], 120, 0.0);
+        submit(e, base, &chs[i], &alone[i], &outstanding);
+        event_base_dispatch(base);
+    }
+    for (int i = 0; i < 16; i++)
+        submit(e, base, &chs[i], &together[i], &outstanding);
+    event_base_dispatch(base);
+    int diff = 0;
+    for (int i = 0; i < 16; i++)
+        diff += strcmp(alone[i].text, together[i].text) != 0 || together[i].done != 1 ||
+                alone[i].usage.completion_tokens != together[i].usage.completion_tokens;
+    CHECK(diff == 0);
+
+    /* Two event loops on two threads at once. */
+    static struct thread_arg ta[2];
+    pthread_t th[2];
+    for (int k = 0; k < 2; k++) {
+        ta[k].e = e;
+        ta[k].start = 4 * k;
+        pthread_create(&th[k], NULL, thread_main, &ta[k]);
+    }
+    for (int k = 0; k < 2; k++)
+        pthread_join(th[k], NULL);
+    diff = 0;
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < 4; i++)
+            diff += ta[k].calls[i].done != 1 ||
+                    strncmp(ta[k].calls[i].text, alone[4 * k + i].text, strlen(ta[k].calls[i].text)) != 0;
+    CHECK(diff == 0);
+
+    /* Cancel from inside on_token: no callback afterwards; the engine goes on. */
+    static struct call c_cancel, c_after;
+    make_chat(&ch, "The dog ran fast", 300, 0.0);
+    c_cancel.cancel_at = 3;
+    submit(e, base, &ch, &c_cancel, &outstanding);
+    event_base_dispatch(base);
+    struct timeval tv = {0, 200000};
+    event_base_loopexit(base, &tv);     /* give stray callbacks a chance to show */
+    event_base_dispatch(base);
+    CHECK(c_cancel.tokens == 3 && c_cancel.after_cancel == 0 && c_cancel.done == 0 &&
+          c_cancel.errors == 0);
+    make_chat(&ch, "", 256, 0.0);
+    submit(e, base, &ch, &c_after, &outstanding);
+    event_base_dispatch(base);
+    CHECK(ref && strcmp(c_after.text, ref) == 0);
+
+    /* Cancel right after submit, before any loop turn: nothing at all arrives. */
+    static struct call c_quick;
+    make_chat(&ch, "The sky", 50, 0.0);
+    submit(e, base, &ch, &c_quick, &outstanding);
+    engine_cancel(e, c_quick.id);
+    outstanding--;
+    tv.tv_usec = 100000;
+    event_base_loopexit(base, &tv);
+    event_base_dispatch(base);
+    CHECK(c_quick.tokens == 0 && c_quick.done == 0 && c_quick.errors == 0);
+
+    /* A raw prompt, as /v1/completions sends it. */
+    static struct call c_text;
+    make_chat(&ch, "ignored", 30, 0.0);
+    c_text.base = base;
+    c_text.thread = pthread_self();
+    c_text.e = e;
+    c_text.outstanding = &outstanding;
+    outstanding++;
+    struct engine_request er = {base, &ch.req, "stories260K", 0, "text"};
+    const char *prompt = "Once upon a time";
+    CHECK(native_engine_submit_text(e, &er, prompt, strlen(prompt), &cbs, &c_text, &c_text.id) == 0);
+    event_base_dispatch(base);
+    CHECK(c_text.done == 1 && c_text.usage.completion_tokens == 30 && c_text.len > 20);
+    CHECK(strncmp(c_text.text, ",", 1) == 0 || c_text.text[0] == ' ');
+    engine_destroy(e);
+
+    /* A queue of one behind a batch of one: the third request gets 503. */
+    cfg.max_batch = 1;
+    cfg.max_queue = 1;
+    e = native_engine_new(&cfg, err, sizeof(err));
+    CHECK(e != NULL);
+    static struct call q[3];
+    struct chat qc[3];
+    for (int i = 0; i < 3; i++) {
+        make_chat(&qc[i], prompts[i + 1], 200, 0.0);
+        submit(e, base, &qc[i], &q[i], &outstanding);
+    }
+    event_base_dispatch(base);
+    CHECK(q[0].done == 1 && q[1].done == 1);
+    CHECK(q[2].errors == 1 && q[2].status == 503);
+    CHECK_STR(q[2].code, "engine_overloaded");
+    engine_destroy(e);
+
+    int after_end = 0;
+    after_end += c_ref.after_end + c_stop1.after_end + c_lp.after_end + c_long.after_end;
+    for (int i = 0; i < 16; i++)
+        after_end += together[i].after_end;
+    CHECK(after_end == 0);
+    CHECK(wrong_thread == 0);
+    free(ref);
+    event_base_free(base);
+    libevent_global_shutdown();
+    TEST_MAIN_END();
+}
