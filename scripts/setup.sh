@@ -10,9 +10,10 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 # Debian packages: the toolchain, the C libraries we link, Redis for the
-# cache and policies, and Node for the test clients.
+# cache and policies, Node for the test clients, Chromium for the dashboard
+# test and prometheus for promtool.
 pkgs=(build-essential cmake pkg-config libevent-dev libjansson-dev libhiredis-dev libpcre2-dev libssl-dev
-      redis-server redis-tools curl)
+      redis-server redis-tools curl chromium prometheus)
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 missing=()
