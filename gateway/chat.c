@@ -591,7 +591,7 @@ static int64_t count_prompt(const struct chat *c)
             turns[i].len = m->content_len;
         }
         size_t n = 0;
-        int rc = chat_template_count(tok, turns, c->req.n_messages, 1, 0, &n);
+        int rc = chat_template_count(tok, turns, c->req.n_messages, 1, TOK_ADDED_AS_TEXT, &n);
         free(turns);
         if (rc == TOK_OK)
             return (int64_t)n;

@@ -38,6 +38,11 @@ enum {
     /* Text that spells a special token (e.g. "<｜end▁of▁sentence｜>") becomes that
      * token. Off for user content, so users cannot forge control tokens. */
     TOK_ALLOW_SPECIAL = 1u << 0,
+    /* No added token matches at all, special or not: all text is encoded as
+     * plain text. DeepSeek's role markers (<｜User｜>, <｜Assistant｜>, the
+     * tool markers) are added tokens *not* marked special, so without this
+     * a user could type a forged turn. Use it for message content. */
+    TOK_ADDED_AS_TEXT = 1u << 1,
 };
 
 /* A growable array of token ids; encode appends to it. Zero-initialise one

@@ -394,6 +394,8 @@ static int trie_insert(struct bpe *b, const uint8_t *s, size_t n, int32_t tok)
 static int32_t trie_match(const struct bpe *b, const uint8_t *s, size_t n, unsigned flags)
 {
     int32_t node = 0, best = -1;
+    if (flags & TOK_ADDED_AS_TEXT)
+        return -1;
     for (size_t i = 0; i < n; i++) {
         int32_t c = b->trie[node].child;
         while (c >= 0 && b->trie[c].byte != s[i])
