@@ -134,6 +134,7 @@ struct lg_worker {
     struct lg_samples lag;          /* open loop: how late each send was dispatched */
 };
 
+/* lg_now: monotonic nanoseconds; every timestamp in this file is one. */
 static uint64_t lg_now(void)
 {
     struct timespec ts;
@@ -147,6 +148,7 @@ static void lg_die(const char *msg)
     exit(2);
 }
 
+/* lg_samples_push: append; the arrays only grow, and die with the process. */
 static void lg_samples_push(struct lg_samples *s, uint64_t v)
 {
     if (s->n == s->cap) {
@@ -158,6 +160,9 @@ static void lg_samples_push(struct lg_samples *s, uint64_t v)
     s->v[s->n++] = v;
 }
 
+/* lg_queue_push: a request that found every connection busy. The ring
+ * doubles when full; under a stalled server it holds up to rate x run time
+ * entries, 8 bytes each, which is why it stores only the due time. */
 static void lg_queue_push(struct lg_worker *w, uint64_t due)
 {
     if (w->q_len == w->q_cap) {
@@ -184,6 +189,9 @@ static uint64_t lg_queue_pop(struct lg_worker *w)
     return due;
 }
 
+/* lg_is_measured: requests count by when they were due, so the warmup's
+ * stragglers never leak into the window and the window's stragglers (still
+ * running when sending stops) are waited for by the drain. */
 static int lg_is_measured(const struct lg_worker *w, uint64_t due)
 {
     return due >= w->measure_from && due < w->measure_to;
@@ -302,6 +310,8 @@ static void lg_write_cb(evutil_socket_t fd, short what, void *arg)
         lg_conn_drop(c, 0);
 }
 
+/* lg_conn_connect: open a socket and start a non-blocking connect; the
+ * write event tells when it is done (lg_write_cb). */
 static void lg_conn_connect(struct lg_conn *c)
 {
     const struct lg_opts *o = c->w->o;
@@ -322,6 +332,9 @@ static void lg_conn_connect(struct lg_conn *c)
     event_add(c->wev, NULL);
 }
 
+/* lg_conn_send: put the request due at `due` on an idle connection. The
+ * bytes go out with send() right here rather than on the next loop turn, so
+ * the generator adds no scheduling delay of its own. */
 static void lg_conn_send(struct lg_conn *c, uint64_t due)
 {
     struct lg_worker *w = c->w;
@@ -358,11 +371,15 @@ static void lg_dispatch(struct lg_worker *w, uint64_t due)
     }
 }
 
+/* lg_due: the i-th due time of this worker, computed from i rather than
+ * accumulated, so rounding never drifts the rate. */
 static uint64_t lg_due(const struct lg_worker *w, uint64_t i)
 {
     return w->t0 + (uint64_t)llround(w->offset_ns + (double)i * w->interval_ns);
 }
 
+/* lg_start_drain: no more requests will be sent; give those in flight
+ * --timeout seconds to finish. */
 static void lg_start_drain(struct lg_worker *w)
 {
     w->draining = 1;
@@ -466,6 +483,7 @@ static void lg_response_done(struct lg_conn *c, uint64_t now)
     lg_conn_ready(c);
 }
 
+/* lg_header_is: does the header line start with "name:" (any case)? */
 static int lg_header_is(const char *line, size_t len, const char *name)
 {
     size_t n = strlen(name);
@@ -639,6 +657,8 @@ static int lg_parse(struct lg_conn *c, uint64_t now)
     }
 }
 
+/* lg_read_cb: one read per wake-up, timestamped once: the time a byte
+ * became readable is the time the response (or its first byte) arrived. */
 static void lg_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct lg_conn *c = arg;
@@ -665,6 +685,8 @@ static void lg_read_cb(evutil_socket_t fd, short what, void *arg)
         lg_conn_drop(c, 0);
 }
 
+/* lg_worker_run: a thread's whole life: connect, wait for t0, run the
+ * schedule, drain, return. Results stay in the worker for main to merge. */
 static void *lg_worker_run(void *arg)
 {
     struct lg_worker *w = arg;
@@ -728,6 +750,7 @@ static void lg_worker_init(struct lg_worker *w, int idx, const struct lg_opts *o
         lg_die("out of memory");
 }
 
+/* lg_worker_free: after the thread is joined; closes what is still open. */
 static void lg_worker_free(struct lg_worker *w)
 {
     for (int i = 0; i < w->n_conns; i++) {
@@ -808,6 +831,7 @@ static void lg_parse_url(struct lg_opts *o)
     freeaddrinfo(res);
 }
 
+/* lg_read_file: the --body file, whole; it is sent as is, byte for byte. */
 static char *lg_read_file(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
@@ -950,9 +974,13 @@ int main(int argc, char **argv)
             lg_samples_push(&lag, w->lag.v[k]);
         lg_worker_free(w);
     }
-    qsort(lat.v, lat.n, sizeof(*lat.v), lg_cmp_u64);
-    qsort(ttfb.v, ttfb.n, sizeof(*ttfb.v), lg_cmp_u64);
-    qsort(lag.v, lag.n, sizeof(*lag.v), lg_cmp_u64);
+    /* qsort(NULL, 0, ...) is undefined behaviour, hence the guards */
+    if (lat.n)
+        qsort(lat.v, lat.n, sizeof(*lat.v), lg_cmp_u64);
+    if (ttfb.n)
+        qsort(ttfb.v, ttfb.n, sizeof(*ttfb.v), lg_cmp_u64);
+    if (lag.n)
+        qsort(lag.v, lag.n, sizeof(*lag.v), lg_cmp_u64);
 
     double sum = 0;
     for (size_t k = 0; k < lat.n; k++)

@@ -47,6 +47,7 @@ struct up_opts {
     long chunk_delay_us;
 };
 
+/* The whole server's state; one thread touches it, so no locks. */
 struct up_server {
     struct up_opts o;
     struct event_base *base;
@@ -66,8 +67,11 @@ struct up_call {
     char model[UP_MAX_MODEL];
 };
 
+/* The non-stream answer. Small on purpose: the benchmark measures the
+ * gateway's per-request cost, not bulk copying. */
 static const char *up_content = "Hello from the benchmark upstream.";
 
+/* up_send_json: a whole JSON reply with Content-Length (evhttp adds it). */
 static void up_send_json(struct evhttp_request *req, int code, const char *reason,
                          const char *body)
 {
@@ -91,6 +95,7 @@ static void up_nodelay(struct evhttp_request *req)
         setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
+/* up_call_free: after the final send; the evhttp_request is libevent's. */
 static void up_call_free(struct up_call *c)
 {
     if (!c)
@@ -100,6 +105,8 @@ static void up_call_free(struct up_call *c)
     free(c);
 }
 
+/* up_chunk: one piece of a chunked reply. Each call becomes its own HTTP
+ * chunk, as a real engine's per-token flushes do. */
 static void up_chunk(struct up_call *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void up_chunk(struct up_call *c, const char *fmt, ...)
@@ -187,6 +194,9 @@ static void up_timer_cb(evutil_socket_t fd, short what, void *arg)
         up_answer(c);
 }
 
+/* up_chat: POST /v1/chat/completions. Parse just enough of the body to
+ * know the model and whether to stream, then answer now or after the delay.
+ * A body that is not a JSON object gets OpenAI's 400 error, as vLLM does. */
 static void up_chat(struct up_server *s, struct evhttp_request *req)
 {
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
@@ -237,6 +247,7 @@ static void up_chat(struct up_server *s, struct evhttp_request *req)
     }
 }
 
+/* up_handle: evhttp's one callback: route by method and exact path. */
 static void up_handle(struct evhttp_request *req, void *arg)
 {
     struct up_server *s = arg;
@@ -263,6 +274,8 @@ static void up_handle(struct evhttp_request *req, void *arg)
     }
 }
 
+/* up_signal_cb: SIGTERM/SIGINT end the loop; main frees and exits 0, so
+ * ASan's leak check runs on a clean shutdown. */
 static void up_signal_cb(evutil_socket_t sig, short what, void *arg)
 {
     (void)sig;

@@ -37,6 +37,8 @@
 #include "engines/native/chat_template.h"
 #include "gateway/access.h"
 #include "gateway/gateway.h"
+#include "gateway/metrics.h"
+#include "policies/stats.h"
 #include "policies/policy.h"
 #include "policies/price.h"
 
@@ -63,6 +65,7 @@ struct chat {
     char request_id[80];
     int64_t created;
     uint64_t t0;
+    uint64_t engine_t0, engine_us, ttft_us;   /* for the metrics */
     /* the answer so far: for the non-stream reply and for the cache entry */
     struct evbuffer *content;
     json_t *logprobs;
@@ -174,11 +177,39 @@ static void finish_flight(struct chat *c, const char *value, size_t len)
     sf_finish(cache_flights(c->w->gw->cache), c->key, value, len);
 }
 
-/* The request is answered (or abandoned): settle, log and free. */
+/* Fleet stats and Prometheus: what this request did, once, at its end. */
+static void record(struct chat *c, int status)
+{
+    struct gateway *gw = c->w->gw;
+    enum stats_cache cache = !c->cache_header || strcmp(c->cache_header, "bypass") == 0 ? STATS_CACHE_BYPASS
+                             : strcmp(c->cache_header, "hit") == 0                   ? STATS_CACHE_HIT
+                                                                                     : STATS_CACHE_MISS;
+    int hit = c->hit_tier >= 0;
+    uint64_t total = clock_mono_us() - c->t0;
+    int tier = hit ? c->hit_tier : c->tier;
+    struct stats_sample x = {
+        .tenant = c->tenant->id, .tier = tier, .status = status, .cache = cache,
+        .tokens_in = hit ? 0 : c->usage.prompt_tokens, .tokens_out = hit ? 0 : c->usage.completion_tokens,
+        .cost_nano = c->cost_nano, .saved_cache_nano = c->saved_cache_nano,
+        .saved_routing_nano = c->saved_routing_nano, .latency_us = total,
+    };
+    stats_record(gw->stats, c->w->base, &x);
+    int ti = -1;
+    for (size_t i = 0; i < gw->cfg.n_tenants; i++) /* metrics' labels are the config at start */
+        if (strcmp(gw->cfg.tenants[i].id, c->tenant->id) == 0)
+            ti = (int)i;
+    metrics_request(gw->metrics, ti, tier, status, cache, 0, x.tokens_in, x.tokens_out, c->cost_nano,
+                    c->saved_cache_nano + c->saved_routing_nano, total, c->req.stream ? c->ttft_us : 0,
+                    total > c->engine_us ? total - c->engine_us : 0, 0);
+}
+
+/* The request is answered (or abandoned): settle, record, log and free. */
 static void chat_done(struct chat *c, int status)
 {
     finish_flight(c, NULL, 0);
     settle(c);
+    record(c, status);
+    metrics_inflight_add(c->w->gw->metrics, -1);
     log_access(c, status);
     chat_free(c);
 }
@@ -350,6 +381,8 @@ static json_t *logprob_entry(const struct engine_token *t)
 static void on_token(void *ctx, const struct engine_token *t)
 {
     struct chat *c = ctx;
+    if (!c->ttft_us)
+        c->ttft_us = clock_mono_us() - c->t0;
     c->tokens_received++;
     json_t *entry = (c->req.logprobs && t->has_logprob) ? logprob_entry(t) : NULL;
     if (c->req.stream && (t->len || entry))
@@ -370,6 +403,7 @@ static void on_done(void *ctx, const struct engine_usage *usage, const char *fin
 {
     struct chat *c = ctx;
     c->engine_running = 0;
+    c->engine_us = clock_mono_us() - c->engine_t0;
     c->usage = *usage;
     size_t vlen = 0;
     char *value = c->store ? cache_value(c, finish_reason, &vlen) : NULL;
@@ -418,6 +452,7 @@ static void start_engine(struct chat *c)
         .request_id = c->request_id,
     };
     c->engine = c->w->gw->engines[c->tier];
+    c->engine_t0 = clock_mono_us();
     if (engine_submit(c->engine, &er, &chat_callbacks, c, &c->engine_id) < 0) {
         reply_error(c, 503, "server_error", "engine_unavailable", NULL, "the engine cannot take requests now");
         return;

@@ -19,6 +19,8 @@
 #include "gateway/config.h"
 
 struct cache;
+struct stats;
+struct metrics;
 struct engine;
 struct policy;
 struct tokenizer;
@@ -36,6 +38,7 @@ struct worker {
     struct httpd *httpd;
     struct event *drain_ev;     /* made active by the main thread to start draining */
     struct event *drain_poll;   /* checks whether draining is done */
+    int stats_flushed;          /* draining: the last stats were sent */
     atomic_int done;
 };
 
@@ -58,6 +61,8 @@ struct gateway {
     struct engine **engines;    /* one per tier, shared by all workers */
     struct redis_shared *redis; /* NULL without redis.url */
     struct cache *cache;
+    struct stats *stats;        /* fleet stats per tenant and minute (policies/stats.h) */
+    struct metrics *metrics;    /* Prometheus, GET /metrics (gateway/metrics.h) */
     struct worker *workers;
     int n_workers;
     int port;                   /* the port actually bound */

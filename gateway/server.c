@@ -25,6 +25,9 @@
 #include "gateway/access.h"
 #include "gateway/auth.h"
 #include "gateway/chat.h"
+#include "gateway/dashboard.h"
+#include "gateway/metrics.h"
+#include "policies/stats.h"
 #include "gateway/engines.h"
 #include "engines/native/tokenizer_bpe.h"
 #include "policies/policy.h"
@@ -139,6 +142,109 @@ static int admin_usage(struct worker *w, struct httpd_req *r, const struct confi
     return 200;
 }
 
+/* GET /admin/v1/stats?tenant=&from=&to=&step=: the admin token sees every
+ * tenant (no tenant: all summed); a tenant key only its own (no tenant: its
+ * own). from/to default to the last hour, step to 60. */
+struct stats_req {
+    struct httpd_req *r;
+    int gone;
+};
+
+static void stats_close_cb(struct httpd_req *r, void *arg)
+{
+    struct stats_req *q = arg;
+    httpd_reply(r, 499, NULL, NULL, 0);
+    q->gone = 1;
+}
+
+static void stats_done(void *ctx, json_t *result)
+{
+    struct stats_req *q = ctx;
+    if (!q->gone) {
+        httpd_req_on_close(q->r, NULL, NULL);
+        if (result) {
+            char *s = json_dumps(result, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(12));
+            httpd_reply(q->r, 200, "application/json", s, strlen(s));
+            free(s);
+        } else {
+            httpd_reply_error(q->r, 503, "server_error", "redis_unavailable", NULL,
+                              "stats are kept in Redis, which is not reachable now");
+        }
+    }
+    free(q);
+}
+
+/* The value of name in a query string (no decoding: ids and numbers only). */
+static int query_param(const char *q, const char *name, char *out, size_t n)
+{
+    size_t nl = strlen(name);
+    for (const char *p = q; p && *p;) {
+        const char *amp = strchr(p, '&');
+        size_t len = amp ? (size_t)(amp - p) : strlen(p);
+        if (len > nl && strncmp(p, name, nl) == 0 && p[nl] == '=') {
+            snprintf(out, n, "%.*s", (int)(len - nl - 1), p + nl + 1);
+            return 1;
+        }
+        p = amp ? amp + 1 : NULL;
+    }
+    return 0;
+}
+
+static int query_int(const char *q, const char *name, int64_t dflt, int64_t *out)
+{
+    char b[32], *end;
+    if (!query_param(q, name, b, sizeof b)) {
+        *out = dflt;
+        return 0;
+    }
+    long long v = strtoll(b, &end, 10);
+    if (!*b || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int admin_stats(struct worker *w, struct httpd_req *r, const struct config *cfg, const char *key)
+{
+    const struct tenant_config *caller = auth_tenant(cfg, key);
+    int admin = auth_is_admin(cfg, key);
+    if (!caller && !admin) {
+        httpd_resp_header(r, "WWW-Authenticate", "Bearer");
+        return error_reply(r, 401, "invalid_request_error", "invalid_api_key", "a valid admin token or tenant key is required");
+    }
+    const char *q = httpd_req_query(r);
+    char tenant[80] = "";
+    query_param(q, "tenant", tenant, sizeof tenant);
+    if (!admin) {
+        if (*tenant && strcmp(tenant, caller->id) != 0)
+            return error_reply(r, 403, "permission_error", "forbidden", "a tenant key may read only its own tenant");
+        snprintf(tenant, sizeof tenant, "%s", caller->id);
+    } else if (*tenant) {
+        int found = 0;
+        for (size_t i = 0; i < cfg->n_tenants; i++)
+            found |= strcmp(cfg->tenants[i].id, tenant) == 0;
+        if (!found)
+            return error_reply(r, 404, "invalid_request_error", "tenant_not_found", "no such tenant");
+    }
+    int64_t now = clock_wall_s(), from, to, step;
+    char err[160];
+    if (query_int(q, "to", now, &to) < 0 || query_int(q, "from", to - 3600, &from) < 0 ||
+        query_int(q, "step", 60, &step) < 0)
+        return error_reply(r, 400, "invalid_request_error", "invalid_range", "from, to and step must be integers");
+    if (stats_query_check(from, to, step, err, sizeof err) < 0)
+        return error_reply(r, 400, "invalid_request_error", "invalid_range", err);
+    const char **ids = xcalloc(cfg->n_tenants ? cfg->n_tenants : 1, sizeof *ids);
+    for (size_t i = 0; i < cfg->n_tenants; i++)
+        ids[i] = cfg->tenants[i].id;
+    httpd_resp_header(r, "x-cascade-tier", "none");
+    struct stats_req *sq = xcalloc(1, sizeof *sq);
+    sq->r = r;
+    httpd_req_on_close(r, stats_close_cb, sq);
+    stats_query(w->gw->stats, w->base, *tenant ? tenant : NULL, ids, cfg->n_tenants, from, to, step, stats_done, sq);
+    free(ids);
+    return 200;
+}
+
 void gateway_handle(struct httpd_req *r, void *arg)
 {
     struct worker *w = arg;
@@ -168,6 +274,13 @@ void gateway_handle(struct httpd_req *r, void *arg)
         return; /* probes are not access-logged: they would drown the log */
     }
 
+    if (strcmp(path, "/metrics") == 0 && is_get) {
+        size_t len;
+        char *text = metrics_render(gw->metrics, &len);
+        httpd_reply(r, 200, METRICS_CONTENT_TYPE, text, len);
+        free(text);
+        return; /* scrapes are not access-logged, like probes */
+    }
     /* Replying frees the request, and its strings with it: keep copies. */
     char method_copy[16], path_copy[128];
     snprintf(method_copy, sizeof method_copy, "%s", method);
@@ -177,18 +290,29 @@ void gateway_handle(struct httpd_req *r, void *arg)
     const struct config *cfg = &snap->cfg;
     const char *key = auth_bearer(httpd_req_header(r, "Authorization"));
     int chat = strcmp(path, "/v1/chat/completions") == 0, models = strcmp(path, "/v1/models") == 0;
+    int stats = strcmp(path, "/admin/v1/stats") == 0;
+    int dash_status = strncmp(path, "/dashboard", 10) == 0 ? dashboard_serve(r, path) : 0;
+    if (dash_status) {
+        gateway_snap_release(snap);
+        e.status = dash_status;
+        e.latency_us = clock_mono_us() - t0;
+        access_log(&e);
+        return;
+    }
     static const char usage_prefix[] = "/admin/v1/tenants/";
     size_t upl = sizeof usage_prefix - 1, plen = strlen(path);
     int usage = strncmp(path, usage_prefix, upl) == 0 && plen > upl + 6 && strcmp(path + plen - 6, "/usage") == 0 &&
                 plen - upl - 6 < 64 && !memchr(path + upl, '/', plen - upl - 6);
-    if (!chat && !models && !usage) {
+    if (!chat && !models && !usage && !stats) {
         char msg[160];
         snprintf(msg, sizeof msg, "Unknown request URL: %s %.100s", method, path);
         e.status = error_reply(r, 404, "invalid_request_error", "unknown_url", msg);
-    } else if ((chat && !is_post) || ((models || usage) && !is_get)) {
+    } else if ((chat && !is_post) || ((models || usage || stats) && !is_get)) {
         httpd_resp_header(r, "Allow", chat ? "POST" : "GET");
         e.status = error_reply(r, 405, "invalid_request_error", "method_not_allowed",
                                chat ? "Method not allowed; use POST" : "Method not allowed; use GET");
+    } else if (stats) {
+        e.status = admin_stats(w, r, cfg, key);
     } else if (usage) {
         char tenant_id[64];
         snprintf(tenant_id, sizeof tenant_id, "%.*s", (int)(plen - upl - 6), path + upl);
@@ -199,7 +323,11 @@ void gateway_handle(struct httpd_req *r, void *arg)
             httpd_resp_header(r, "WWW-Authenticate", "Bearer");
             e.status = error_reply(r, 401, "invalid_request_error", "invalid_api_key",
                                    key ? "Incorrect API key provided" : "Missing API key: send Authorization: Bearer <key>");
+            if (chat)
+                metrics_request(gw->metrics, -1, -1, 401, STATS_CACHE_BYPASS, 0, 0, 0, 0, 0,
+                                clock_mono_us() - t0, 0, clock_mono_us() - t0, 0);
         } else if (chat) {
+            metrics_inflight_add(gw->metrics, 1); /* chat_done takes it back */
             chat_handle(w, r, snap, t, rid, t0);
             return; /* the chat state machine logs its own line and releases snap */
         } else {
@@ -267,8 +395,16 @@ static void drain_poll_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct worker *w = arg;
-    if (httpd_inflight(w->httpd) == 0 && httpd_connections(w->httpd) == 0)
-        event_base_loopexit(w->base, NULL);
+    if (httpd_inflight(w->httpd) == 0 && httpd_connections(w->httpd) == 0) {
+        /* Every request has recorded its stats: send this worker's last
+         * second, and stop once Redis has answered (or failed). */
+        if (!w->stats_flushed) {
+            stats_flush(w->gw->stats, w->base);
+            w->stats_flushed = 1;
+        }
+        if (!stats_busy(w->gw->stats, w->base))
+            event_base_loopexit(w->base, NULL);
+    }
 }
 
 static void drain_cb(evutil_socket_t fd, short what, void *arg)
@@ -381,6 +517,26 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
         .max_entry_bytes = cfg->cache.max_entry_bytes,
     };
     gw->cache = cache_new(&cs);
+    {
+        const char **tiers = xcalloc(cfg->n_tiers, sizeof *tiers), **tenants = xcalloc(cfg->n_tenants + 1, sizeof *tenants);
+        size_t n_rep = 0;
+        for (size_t i = 0; i < cfg->n_tiers; i++) {
+            tiers[i] = cfg->tiers[i].name;
+            n_rep += cfg->tiers[i].kind == ENGINE_REMOTE ? cfg->tiers[i].remote.n_urls : 0;
+        }
+        const char **reps = xcalloc(n_rep + 1, sizeof *reps);
+        n_rep = 0;
+        for (size_t i = 0; i < cfg->n_tiers; i++)
+            for (size_t k = 0; cfg->tiers[i].kind == ENGINE_REMOTE && k < cfg->tiers[i].remote.n_urls; k++)
+                reps[n_rep++] = cfg->tiers[i].remote.urls[k];
+        for (size_t i = 0; i < cfg->n_tenants; i++)
+            tenants[i] = cfg->tenants[i].id;
+        gw->stats = stats_new(gw->redis, tiers, cfg->n_tiers);
+        gw->metrics = metrics_new(tenants, cfg->n_tenants, tiers, cfg->n_tiers, reps, n_rep);
+        free(tiers);
+        free(tenants);
+        free(reps);
+    }
     struct policy_settings ps = {
         .redis = gw->redis,
         .local_share = cfg->policy.local_share,
@@ -492,6 +648,8 @@ void gateway_free(struct gateway *gw)
     /* Closing Redis answers pending commands (as failures) on their workers'
      * state, so it goes before the event bases. */
     redis_shared_free(gw->redis);
+    stats_free(gw->stats); /* after Redis answered its flushes, before the bases go */
+    metrics_free(gw->metrics);
     policy_free(gw->policy);
     cache_free(gw->cache);
     tokenizer_free(gw->tokenizer);

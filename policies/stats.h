@@ -73,12 +73,15 @@ enum stats_cache { STATS_CACHE_HIT, STATS_CACHE_MISS, STATS_CACHE_BYPASS };
 /* What one finished request did. Strings are borrowed during the call. */
 struct stats_sample {
     const char *tenant;
-    int tier;                       /* index into the tier names, or -1 when none was chosen */
+    int tier;                       /* index into the tier names (x-cascade-tier; a hit: the tier
+                                     * that produced it), or -1 when none was chosen */
     int status;                     /* HTTP status sent (499: the client left) */
     enum stats_cache cache;
     int escalated;
-    int64_t tokens_in, tokens_out;
-    int64_t cost_nano, saved_cache_nano, saved_routing_nano;   /* USD x 1e9 */
+    int64_t tokens_in, tokens_out;  /* what the engines processed: 0 for a cache hit */
+    /* USD x 1e9: what was paid; what a hit would have cost to generate; the
+     * reference tier's price minus what was paid (as chat.c settles them). */
+    int64_t cost_nano, saved_cache_nano, saved_routing_nano;
     uint64_t latency_us;
 };
 
@@ -99,6 +102,12 @@ void stats_record(struct stats *s, struct event_base *base, const struct stats_s
  * tests). Asynchronous, like the timer's flush. */
 void stats_flush(struct stats *s, struct event_base *base);
 
+/* 1 while a flush of this worker's is waiting for Redis to answer. For the
+ * drain: when the last request is done, stats_flush, then stop the worker
+ * once stats_busy is 0 (a failed flush is not busy: it is retried only
+ * while the worker runs). */
+int stats_busy(struct stats *s, struct event_base *base);
+
 /* 0 when [from, to) with step is a range stats_query accepts, else -1 with a
  * message for a 400 reply: 0 <= from < to, to - from <= 48 h, step a positive
  * multiple of 60, at most STATS_MAX_POINTS points. */
@@ -114,6 +123,10 @@ typedef void (*stats_query_cb)(void *ctx, json_t *result);
 int stats_query(struct stats *s, struct event_base *base, const char *tenant_or_null,
                 const char *const *all_tenants, size_t n_tenants, int64_t from, int64_t to, int64_t step,
                 stats_query_cb cb, void *ctx);
+
+/* Tests: read the wall clock (unix seconds) from wall_s instead of time().
+ * Set before any worker records. */
+void stats_set_clock(struct stats *s, int64_t (*wall_s)(void *arg), void *arg);
 
 /* Batches acknowledged, batches retried, and tenant-minutes dropped over the
  * bound, since start, summed over workers (tests, logs). Thread-safe. */

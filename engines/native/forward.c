@@ -24,6 +24,7 @@ struct native_forward {
     size_t bytes;
 };
 
+/* Every buffer is counted, so the engine can report what it holds. */
 static float *alloc_floats(struct native_forward *f, size_t n)
 {
     f->bytes += n * sizeof(float);
@@ -50,6 +51,9 @@ struct native_forward *native_forward_new(const struct native_model *m, struct n
                                           int max_tokens, int max_out, int n_ctx, char *err,
                                           size_t errlen)
 {
+    /* Buffers are sized for the largest step; h doubles as the attention
+     * output, which is as wide as q (wider than dim when head_dim * heads
+     * exceeds the hidden size). */
     const struct native_model_config *c = &m->cfg;
     struct native_forward *f = calloc(1, sizeof(*f));
     if (!f) {
@@ -156,6 +160,8 @@ const float *native_forward_run(struct native_forward *f, const struct native_kv
         ops->swiglu(b, f->gate, f->gate, f->up, (size_t)n * (size_t)c->hidden_dim);
         ops->matmul(b, n, f->gate, 1, &L->w_down, &f->x, 1);
     }
+    /* Only rows that will be sampled go through the final norm and the
+     * vocabulary projection, the most expensive matmul for small models. */
     if (batch->n_out == 0)
         return f->logits;
     ops->gather(b, f->xo, f->x, batch->out_rows, batch->n_out, c->dim);

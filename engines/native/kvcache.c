@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 
+/* The pool and a stack of free block ids: alloc and release are O(blocks)
+ * with no search, and no block is ever split. */
 struct kvcache {
     struct native_kv view;
     size_t map_bytes;
@@ -39,6 +41,8 @@ struct kvcache *kvcache_new(int n_layers, int kv_dim, int block_size, size_t bud
         n = INT32_MAX / 2;
     kv->n_blocks = (int)n;
     kv->map_bytes = n * block_bytes;
+    /* Anonymous memory comes zeroed and is committed page by page as
+     * sequences write to it, so a large budget costs nothing until used. */
     void *p = mmap(NULL, kv->map_bytes, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) {
@@ -104,6 +108,7 @@ int kvcache_blocks_for(const struct kvcache *kv, int64_t n_pos)
     return b > INT32_MAX ? INT32_MAX : (int)b;
 }
 
+/* All or nothing, so a failed admission leaves the pool as it was. */
 int kvcache_alloc(struct kvcache *kv, int n, int32_t *blocks)
 {
     if (n < 0 || n > kv->n_free)

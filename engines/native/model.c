@@ -51,7 +51,8 @@ static char *dir_of(const char *path)
     return strndup(path, (size_t)(slash - path));
 }
 
-/* Shape rules both formats share. */
+/* Shape rules both formats share. Checked before any size is computed
+ * from them, so a garbage header is an error message, not an overflow. */
 static int check_config(const struct native_model_config *c, const char *src, char *err,
                         size_t errlen)
 {
@@ -75,6 +76,7 @@ static int check_config(const struct native_model_config *c, const char *src, ch
     return 0;
 }
 
+/* For weight_bytes: what one decode step has to read. */
 static size_t mat_bytes(const struct native_mat *w)
 {
     return (size_t)w->rows * (size_t)w->cols * native_dtype_size(w->dtype);
@@ -141,7 +143,9 @@ static int load_llama2c(struct native_model *m, const char *path, char *err, siz
         close(fd);
         return -1;
     }
-    m->map_ = mmap(NULL, m->map_size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    /* Populated now, not on first touch: every decode step streams all the
+     * weights, and faulting them in page by page would slow the first ones. */
+    m->map_ = mmap(NULL, m->map_size_, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
     close(fd);
     if (m->map_ == MAP_FAILED) {
         m->map_ = NULL;
@@ -149,6 +153,8 @@ static int load_llama2c(struct native_model *m, const char *path, char *err, siz
         return -1;
     }
 
+    /* llama2.c's header is 7 int32; vocab_size's sign says whether the
+     * classifier shares the embedding. */
     int32_t h[7];
     memcpy(h, m->map_, sizeof(h));
     if ((uint32_t)h[0] == 0x616b3432u) {
@@ -204,12 +210,16 @@ static int load_llama2c(struct native_model *m, const char *path, char *err, siz
                            : NULL;
     if (!wcls)
         return -1;
+    /* Bytes left over mean the header describes another model than the one
+     * in the file (or a newer export format): refuse rather than guess. */
     if (cur.off != cur.size) {
         set_err(err, errlen, "%s: %zu bytes after the last tensor: the header does not describe "
                 "this file", path, cur.size - cur.off);
         return -1;
     }
 
+    /* The tensors are stacked over layers; each layer's matrices are views
+     * into the mapping, nothing is copied. */
     m->layers = calloc((size_t)c->n_layers, sizeof(*m->layers));
     if (!m->layers) {
         set_err(err, errlen, "out of memory");
@@ -274,6 +284,9 @@ static int cfg_num(json_t *cfg, const char *key, double def, float *out, const c
     return 0;
 }
 
+/* config.json -> the shape and numerics. Defaults are LlamaConfig's. What
+ * this forward pass does not implement (biases, other activations, other
+ * RoPE scalings) is refused by name rather than silently run wrong. */
 static int parse_hf_config(struct native_model_config *c, const char *cfg_path, char *err,
                            size_t errlen)
 {
@@ -362,6 +375,8 @@ out:
     return rc;
 }
 
+/* A weight matrix the config says must exist with this shape, in a dtype
+ * the kernels read directly. */
 static int hf_mat(const struct safetensors *st, const char *name, int64_t rows, int64_t cols,
                   struct native_mat *out, char *err, size_t errlen)
 {
@@ -389,7 +404,8 @@ static int hf_mat(const struct safetensors *st, const char *name, int64_t rows, 
     return 0;
 }
 
-/* A norm vector, copied out as float32. */
+/* A norm vector, copied out as float32: the norms are tiny, and keeping
+ * them float lets rmsnorm take one type whatever the checkpoint's dtype. */
 static int hf_vec(const struct safetensors *st, const char *name, int64_t n, float *dst, char *err,
                   size_t errlen)
 {
@@ -490,6 +506,8 @@ static int load_hf(struct native_model *m, const char *path, int is_dir, char *e
 
 /* ------------------------------------------------------------------------ */
 
+/* The format follows from the path: a folder, a .json or a .safetensors is
+ * Hugging Face; anything else is read as a llama2.c .bin. */
 int native_model_load(const char *path, struct native_model **out, char *err, size_t errlen)
 {
     struct native_model *m = calloc(1, sizeof(*m));

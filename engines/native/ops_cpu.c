@@ -1,8 +1,15 @@
 /* ops_cpu.c: CPU kernels for the op table; see ops_cpu.h and ops.h.
  *
- * Layout of this file: the backend handle and its thread-pool jobs first,
- * then the portable kernels, then the AVX2 kernels (compiled with a target
- * attribute, so they exist in every build and are picked at run time).
+ * Layout of this file: the backend handle, the portable kernels, the AVX2
+ * kernels, the AVX-512 matmul tiles (both compiled with target attributes,
+ * so they exist in every build and are picked at run time), then the ops and
+ * their thread-pool jobs.
+ *
+ * The matmul is a dot product per output, y[t][r] = W[r] . x[t], computed in
+ * register tiles of R rows x T tokens (8x1 for a lone decode token, 4x3 and
+ * 2x6 for batches): each weight vector loaded (and widened from BF16/F16) is
+ * used T times, each x vector R times. Decode is memory-bound on the
+ * weights; batches are compute-bound, which is what the wider tiles are for.
  *
  * Determinism: each output element is produced by the same instruction
  * sequence whatever the batch size, tile shape or thread split: a dot product
@@ -32,17 +39,24 @@
 /* Work below these sizes runs on the calling thread: waking a worker and
  * waiting for it costs about a microsecond, more than the op itself. */
 #define MM_PARALLEL_MIN_MACS (96 * 1024)
+/* Rows shorter than this use the AVX2 tiles even where AVX-512 exists. */
+#define MM_AVX512_MIN_COLS 256
+/* The least work worth a separate matmul task (~15-30 us of FMAs). */
+#define MM_TASK_MACS (256 * 1024)
 #define ATTN_PARALLEL_MIN (16 * 1024)
 /* Tokens per pass over a weight panel in the matmul: 48 rows of x at the
  * largest dims we serve (2048-5504 floats) stay in L2 while the weight rows
  * stream past them. A multiple of the 3-token tile. */
 #define MM_TOKEN_BLOCK 48
+/* Query heads handled together by one attention task (they share K and V). */
+#define ATTN_MAX_REP 8
 
 struct cpu_backend {
     struct native_backend base;
     struct threadpool *pool;
     int threads;
-    int avx2;
+    int avx2;           /* AVX2+FMA+F16C kernels (attention, swiglu, and matmul unless avx512) */
+    int avx512;         /* AVX-512 matmul tiles */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -61,11 +75,11 @@ INLINE float load_w(const void *w, enum native_dtype dt, int64_t i)
     }
 }
 
-/* The fixed lane tree every dot product ends with (same as hsum8 below). */
+/* The fixed lane tree every dot product ends with, ((l0+l1)+(l2+l3)) +
+ * ((l4+l5)+(l6+l7)), the order the AVX2 reductions below produce. */
 INLINE float lanes_sum(const float l[8])
 {
-    float a0 = l[0] + l[4], a1 = l[1] + l[5], a2 = l[2] + l[6], a3 = l[3] + l[7];
-    return (a0 + a2) + (a1 + a3);
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
 
 /* y[t * ldy + r] (+)= dot(w[r], x[t]) for r in [r0, r1), t < n. */
@@ -176,111 +190,355 @@ INLINE AVX2_FN __m256 ld_w8(const void *w, enum native_dtype dt, int64_t i)
     return _mm256_cvtph_ps(h);
 }
 
-/* The last cols % 8 weights of a row, zero-padded to 8 lanes. */
+/* The last rem < 8 elements of a row, zero-padded to 8 lanes, without
+ * reading past the row and without calls (a call would spill every ymm). */
+INLINE AVX2_FN __m256i tail_mask(int rem)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
 INLINE AVX2_FN __m256 ld_w8_tail(const void *w, enum native_dtype dt, int64_t i, int rem)
 {
-    float tmp[8] = {0};
-    for (int j = 0; j < rem; j++)
-        tmp[j] = load_w(w, dt, i + j);
-    return _mm256_loadu_ps(tmp);
+    if (dt == NATIVE_F32)
+        return _mm256_maskload_ps((const float *)w + i, tail_mask(rem));
+    const uint16_t *h = (const uint16_t *)w + i;
+    uint16_t tmp[8] = {0};
+    for (int j = 0; j < 8; j++)
+        tmp[j] = j < rem ? h[j] : 0;
+    return ld_w8(tmp, dt, 0);
 }
 
 INLINE AVX2_FN __m256 ld_x8_tail(const float *x, int rem)
 {
-    float tmp[8] = {0};
-    memcpy(tmp, x, sizeof(float) * (size_t)rem);
-    return _mm256_loadu_ps(tmp);
+    return _mm256_maskload_ps(x, tail_mask(rem));
 }
 
-/* Lanes (0+4), (1+5), (2+6), (3+7); then (a0+a2) + (a1+a3): lanes_sum's tree. */
-INLINE AVX2_FN float hsum8(__m256 v)
+/* Horizontal sums with lanes_sum's tree, ((x0+x1)+(x2+x3)) + ((x4+x5)+(x6+x7)),
+ * for one, four or eight accumulators at once. hadd pairs neighbours inside
+ * each 128-bit half; the two halves are added last. One tree for all widths
+ * keeps a dot product's bits independent of the tile it was computed in. */
+INLINE AVX2_FN float reduce1(__m256 a)
 {
-    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    __m128 b = _mm_add_ps(a, _mm_movehl_ps(a, a));
-    __m128 c = _mm_add_ss(b, _mm_shuffle_ps(b, b, 1));
-    return _mm_cvtss_f32(c);
+    __m256 t = _mm256_hadd_ps(a, a);
+    t = _mm256_hadd_ps(t, t);
+    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
 }
 
-/* An R-rows by T-tokens register tile of the matmul: R*T accumulators, each
- * weight vector loaded once and used T times, x read straight into the FMA.
- * R and T are constants at every call site, so the loops unroll into
- * registers (4x3 = 12 accumulators + 4 weights = all 16 ymm). */
-INLINE AVX2_FN void mm_tile(const int R, const int T, const enum native_dtype dt, const void *w,
-                            int64_t K, int64_t r, const float *x, int64_t t, float *y, int64_t ldy,
-                            int accumulate)
+INLINE AVX2_FN __m128 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3)
 {
-    __m256 acc[8][3];
+    __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+}
+
+INLINE AVX2_FN __m256 reduce8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5,
+                              __m256 a6, __m256 a7)
+{
+    __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/* 8 lanes of row w (dtype dt) at element k: a full vector, or the last
+ * rem = K - k < 8 elements zero-padded (copied, never read past the row). */
+INLINE AVX2_FN __m256 wload(const enum native_dtype dt, const void *w, int64_t k, int rem)
+{
+    return rem == 8 ? ld_w8(w, dt, k) : ld_w8_tail(w, dt, k, rem);
+}
+
+INLINE AVX2_FN __m256 xload(const float *x, int64_t k, int rem)
+{
+    return rem == 8 ? _mm256_loadu_ps(x + k) : ld_x8_tail(x + k, rem);
+}
+
+#define ROW(i) ((const char *)w + ((size_t)(r + (i)) * (size_t)K) * es)
+
+/* Register tiles of the matmul, y[t][r..] (+)= W[r..] . x[t], named
+ * accumulators so they stay in registers:
+ *   8x1: eight rows, one token (decode): eight independent FMA chains;
+ *   4x3: four rows, three tokens: 12 accumulators + 4 weight vectors = 16 ymm,
+ *        each weight vector loaded once and used three times;
+ *   4x1 and 1x1 for the edges.
+ * Every dot product accumulates k in increasing order, 8 lanes wide, and
+ * ends with the same reduction tree, whatever the tile. */
+INLINE AVX2_FN void tile_8x1(const enum native_dtype dt, const void *w, int64_t K, int64_t r,
+                             const float *x, float *y, int accumulate)
+{
     const size_t es = dt == NATIVE_F32 ? 4 : 2;
-    const char *wr = (const char *)w + (size_t)r * (size_t)K * es;
-    const float *xt = x + t * K;
-
-#pragma GCC unroll 8
-    for (int i = 0; i < R; i++)
-#pragma GCC unroll 3
-        for (int j = 0; j < T; j++)
-            acc[i][j] = _mm256_setzero_ps();
-
+    const char *w0 = ROW(0), *w1 = ROW(1), *w2 = ROW(2), *w3 = ROW(3);
+    const char *w4 = ROW(4), *w5 = ROW(5), *w6 = ROW(6), *w7 = ROW(7);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    /* Decode streams each weight row once, and every row starts a new page,
+     * where the hardware prefetcher loses the stream: fetch the next tile's
+     * rows alongside this one (a prefetch never faults, even past the end). */
+    const size_t rs = (size_t)K * es;
     int64_t k = 0;
     for (; k + 8 <= K; k += 8) {
-#pragma GCC unroll 8
-        for (int i = 0; i < R; i++) {
-            __m256 wv = ld_w8(wr, dt, i * K + k);
-#pragma GCC unroll 3
-            for (int j = 0; j < T; j++)
-                acc[i][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xt + j * K + k), acc[i][j]);
+        const int rem = 8;
+        if ((k * (int64_t)es) % 64 == 0) {
+            const char *n8 = w0 + 8 * rs + (size_t)k * es;
+            _mm_prefetch(n8, _MM_HINT_T0);
+            _mm_prefetch(n8 + rs, _MM_HINT_T0);
+            _mm_prefetch(n8 + 2 * rs, _MM_HINT_T0);
+            _mm_prefetch(n8 + 3 * rs, _MM_HINT_T0);
+            _mm_prefetch(n8 + 4 * rs, _MM_HINT_T0);
+            _mm_prefetch(n8 + 5 * rs, _MM_HINT_T0);
+            _mm_prefetch(n8 + 6 * rs, _MM_HINT_T0);
+            _mm_prefetch(n8 + 7 * rs, _MM_HINT_T0);
         }
+        const __m256 xv = xload(x, k, rem);
+        a0 = _mm256_fmadd_ps(wload(dt, w0, k, rem), xv, a0);
+        a1 = _mm256_fmadd_ps(wload(dt, w1, k, rem), xv, a1);
+        a2 = _mm256_fmadd_ps(wload(dt, w2, k, rem), xv, a2);
+        a3 = _mm256_fmadd_ps(wload(dt, w3, k, rem), xv, a3);
+        a4 = _mm256_fmadd_ps(wload(dt, w4, k, rem), xv, a4);
+        a5 = _mm256_fmadd_ps(wload(dt, w5, k, rem), xv, a5);
+        a6 = _mm256_fmadd_ps(wload(dt, w6, k, rem), xv, a6);
+        a7 = _mm256_fmadd_ps(wload(dt, w7, k, rem), xv, a7);
     }
     if (k < K) {
-        int rem = (int)(K - k);
-#pragma GCC unroll 8
-        for (int i = 0; i < R; i++) {
-            __m256 wv = ld_w8_tail(wr, dt, i * K + k, rem);
-#pragma GCC unroll 3
-            for (int j = 0; j < T; j++)
-                acc[i][j] = _mm256_fmadd_ps(wv, ld_x8_tail(xt + j * K + k, rem), acc[i][j]);
-        }
+        const int rem = (int)(K - k);
+        const __m256 xv = xload(x, k, rem);
+        a0 = _mm256_fmadd_ps(wload(dt, w0, k, rem), xv, a0);
+        a1 = _mm256_fmadd_ps(wload(dt, w1, k, rem), xv, a1);
+        a2 = _mm256_fmadd_ps(wload(dt, w2, k, rem), xv, a2);
+        a3 = _mm256_fmadd_ps(wload(dt, w3, k, rem), xv, a3);
+        a4 = _mm256_fmadd_ps(wload(dt, w4, k, rem), xv, a4);
+        a5 = _mm256_fmadd_ps(wload(dt, w5, k, rem), xv, a5);
+        a6 = _mm256_fmadd_ps(wload(dt, w6, k, rem), xv, a6);
+        a7 = _mm256_fmadd_ps(wload(dt, w7, k, rem), xv, a7);
     }
-#pragma GCC unroll 8
-    for (int i = 0; i < R; i++)
-#pragma GCC unroll 3
-        for (int j = 0; j < T; j++) {
-            float s = hsum8(acc[i][j]);
-            float *o = y + (t + j) * ldy + r + i;
-            *o = accumulate ? *o + s : s;
-        }
+    __m256 v = reduce8(a0, a1, a2, a3, a4, a5, a6, a7);
+    float *o = y + r;
+    _mm256_storeu_ps(o, accumulate ? _mm256_add_ps(_mm256_loadu_ps(o), v) : v);
 }
 
+INLINE AVX2_FN void tile_4x3(const enum native_dtype dt, const void *w, int64_t K, int64_t r,
+                             const float *x, float *y, int64_t ldy, int accumulate)
+{
+    const size_t es = dt == NATIVE_F32 ? 4 : 2;
+    const char *w0 = ROW(0), *w1 = ROW(1), *w2 = ROW(2), *w3 = ROW(3);
+    const float *x0 = x, *x1 = x + K, *x2 = x + 2 * K;
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
+    __m256 a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+        const int rem = 8;
+        const __m256 v0 = wload(dt, w0, k, rem), v1 = wload(dt, w1, k, rem);
+        const __m256 v2 = wload(dt, w2, k, rem), v3 = wload(dt, w3, k, rem);
+        __m256 xv = xload(x0, k, rem);
+        a00 = _mm256_fmadd_ps(v0, xv, a00);
+        a10 = _mm256_fmadd_ps(v1, xv, a10);
+        a20 = _mm256_fmadd_ps(v2, xv, a20);
+        a30 = _mm256_fmadd_ps(v3, xv, a30);
+        xv = xload(x1, k, rem);
+        a01 = _mm256_fmadd_ps(v0, xv, a01);
+        a11 = _mm256_fmadd_ps(v1, xv, a11);
+        a21 = _mm256_fmadd_ps(v2, xv, a21);
+        a31 = _mm256_fmadd_ps(v3, xv, a31);
+        xv = xload(x2, k, rem);
+        a02 = _mm256_fmadd_ps(v0, xv, a02);
+        a12 = _mm256_fmadd_ps(v1, xv, a12);
+        a22 = _mm256_fmadd_ps(v2, xv, a22);
+        a32 = _mm256_fmadd_ps(v3, xv, a32);
+    }
+    if (k < K) {
+        const int rem = (int)(K - k);
+        const __m256 v0 = wload(dt, w0, k, rem), v1 = wload(dt, w1, k, rem);
+        const __m256 v2 = wload(dt, w2, k, rem), v3 = wload(dt, w3, k, rem);
+        __m256 xv = xload(x0, k, rem);
+        a00 = _mm256_fmadd_ps(v0, xv, a00);
+        a10 = _mm256_fmadd_ps(v1, xv, a10);
+        a20 = _mm256_fmadd_ps(v2, xv, a20);
+        a30 = _mm256_fmadd_ps(v3, xv, a30);
+        xv = xload(x1, k, rem);
+        a01 = _mm256_fmadd_ps(v0, xv, a01);
+        a11 = _mm256_fmadd_ps(v1, xv, a11);
+        a21 = _mm256_fmadd_ps(v2, xv, a21);
+        a31 = _mm256_fmadd_ps(v3, xv, a31);
+        xv = xload(x2, k, rem);
+        a02 = _mm256_fmadd_ps(v0, xv, a02);
+        a12 = _mm256_fmadd_ps(v1, xv, a12);
+        a22 = _mm256_fmadd_ps(v2, xv, a22);
+        a32 = _mm256_fmadd_ps(v3, xv, a32);
+    }
+    __m128 s0 = reduce4(a00, a10, a20, a30), s1 = reduce4(a01, a11, a21, a31);
+    __m128 s2 = reduce4(a02, a12, a22, a32);
+    float *o0 = y + r, *o1 = o0 + ldy, *o2 = o1 + ldy;
+    if (accumulate) {
+        s0 = _mm_add_ps(_mm_loadu_ps(o0), s0);
+        s1 = _mm_add_ps(_mm_loadu_ps(o1), s1);
+        s2 = _mm_add_ps(_mm_loadu_ps(o2), s2);
+    }
+    _mm_storeu_ps(o0, s0);
+    _mm_storeu_ps(o1, s1);
+    _mm_storeu_ps(o2, s2);
+}
+
+/* Two rows by six tokens, for 16-bit weights: widening BF16/F16 to float is
+ * a shuffle, and the 4x3 tile needs four per twelve FMAs, which caps it well
+ * below the FMA rate; this one needs two. */
+INLINE AVX2_FN void tile_2x6(const enum native_dtype dt, const void *w, int64_t K, int64_t r,
+                             const float *x, float *y, int64_t ldy, int accumulate, int pf)
+{
+    const size_t es = dt == NATIVE_F32 ? 4 : 2;
+    const char *w0 = ROW(0), *w1 = ROW(1);
+    const float *x0 = x, *x1 = x + K, *x2 = x + 2 * K, *x3 = x + 3 * K, *x4 = x + 4 * K;
+    const float *x5 = x + 5 * K;
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a04 = a00, a05 = a00;
+    __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00, a14 = a00, a15 = a00;
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+        const int rem = 8;
+        if (pf && (k * (int64_t)es) % 64 == 0) {
+            /* The next row group's rows (r+4.., r+6..), while these stream. */
+            const char *nx = w0 + 4 * (size_t)K * es + (size_t)k * es;
+            _mm_prefetch(nx, _MM_HINT_T0);
+            _mm_prefetch(nx + (size_t)K * es, _MM_HINT_T0);
+        }
+        const __m256 v0 = wload(dt, w0, k, rem), v1 = wload(dt, w1, k, rem);
+        __m256 xv = xload(x0, k, rem);
+        a00 = _mm256_fmadd_ps(v0, xv, a00);
+        a10 = _mm256_fmadd_ps(v1, xv, a10);
+        xv = xload(x1, k, rem);
+        a01 = _mm256_fmadd_ps(v0, xv, a01);
+        a11 = _mm256_fmadd_ps(v1, xv, a11);
+        xv = xload(x2, k, rem);
+        a02 = _mm256_fmadd_ps(v0, xv, a02);
+        a12 = _mm256_fmadd_ps(v1, xv, a12);
+        xv = xload(x3, k, rem);
+        a03 = _mm256_fmadd_ps(v0, xv, a03);
+        a13 = _mm256_fmadd_ps(v1, xv, a13);
+        xv = xload(x4, k, rem);
+        a04 = _mm256_fmadd_ps(v0, xv, a04);
+        a14 = _mm256_fmadd_ps(v1, xv, a14);
+        xv = xload(x5, k, rem);
+        a05 = _mm256_fmadd_ps(v0, xv, a05);
+        a15 = _mm256_fmadd_ps(v1, xv, a15);
+    }
+    if (k < K) {
+        const int rem = (int)(K - k);
+        const __m256 v0 = wload(dt, w0, k, rem), v1 = wload(dt, w1, k, rem);
+        a00 = _mm256_fmadd_ps(v0, xload(x0, k, rem), a00);
+        a10 = _mm256_fmadd_ps(v1, xload(x0, k, rem), a10);
+        a01 = _mm256_fmadd_ps(v0, xload(x1, k, rem), a01);
+        a11 = _mm256_fmadd_ps(v1, xload(x1, k, rem), a11);
+        a02 = _mm256_fmadd_ps(v0, xload(x2, k, rem), a02);
+        a12 = _mm256_fmadd_ps(v1, xload(x2, k, rem), a12);
+        a03 = _mm256_fmadd_ps(v0, xload(x3, k, rem), a03);
+        a13 = _mm256_fmadd_ps(v1, xload(x3, k, rem), a13);
+        a04 = _mm256_fmadd_ps(v0, xload(x4, k, rem), a04);
+        a14 = _mm256_fmadd_ps(v1, xload(x4, k, rem), a14);
+        a05 = _mm256_fmadd_ps(v0, xload(x5, k, rem), a05);
+        a15 = _mm256_fmadd_ps(v1, xload(x5, k, rem), a15);
+    }
+    /* reduce4 sums four dots at once: (row 0, row 1) of two tokens. */
+    __m128 s01 = reduce4(a00, a10, a01, a11), s23 = reduce4(a02, a12, a03, a13);
+    __m128 s45 = reduce4(a04, a14, a05, a15);
+    const __m128 sums[3] = {s01, s23, s45};
+    for (int j = 0; j < 3; j++) {
+        float v[4];
+        _mm_storeu_ps(v, sums[j]);
+        float *o0 = y + (2 * j) * ldy + r, *o1 = o0 + ldy;
+        o0[0] = accumulate ? o0[0] + v[0] : v[0];
+        o0[1] = accumulate ? o0[1] + v[1] : v[1];
+        o1[0] = accumulate ? o1[0] + v[2] : v[2];
+        o1[1] = accumulate ? o1[1] + v[3] : v[3];
+    }
+}
+
+INLINE AVX2_FN void tile_4x1(const enum native_dtype dt, const void *w, int64_t K, int64_t r,
+                             const float *x, float *y, int accumulate)
+{
+    const size_t es = dt == NATIVE_F32 ? 4 : 2;
+    const char *w0 = ROW(0), *w1 = ROW(1), *w2 = ROW(2), *w3 = ROW(3);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+        const int rem = 8;
+        const __m256 xv = xload(x, k, rem);
+        a0 = _mm256_fmadd_ps(wload(dt, w0, k, rem), xv, a0);
+        a1 = _mm256_fmadd_ps(wload(dt, w1, k, rem), xv, a1);
+        a2 = _mm256_fmadd_ps(wload(dt, w2, k, rem), xv, a2);
+        a3 = _mm256_fmadd_ps(wload(dt, w3, k, rem), xv, a3);
+    }
+    if (k < K) {
+        const int rem = (int)(K - k);
+        const __m256 xv = xload(x, k, rem);
+        a0 = _mm256_fmadd_ps(wload(dt, w0, k, rem), xv, a0);
+        a1 = _mm256_fmadd_ps(wload(dt, w1, k, rem), xv, a1);
+        a2 = _mm256_fmadd_ps(wload(dt, w2, k, rem), xv, a2);
+        a3 = _mm256_fmadd_ps(wload(dt, w3, k, rem), xv, a3);
+    }
+    __m128 v = reduce4(a0, a1, a2, a3);
+    float *o = y + r;
+    _mm_storeu_ps(o, accumulate ? _mm_add_ps(_mm_loadu_ps(o), v) : v);
+}
+
+INLINE AVX2_FN void tile_1x1(const enum native_dtype dt, const void *w, int64_t K, int64_t r,
+                             const float *x, float *y, int accumulate)
+{
+    const size_t es = dt == NATIVE_F32 ? 4 : 2;
+    const char *w0 = ROW(0);
+    __m256 a0 = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+        const int rem = 8;
+        a0 = _mm256_fmadd_ps(wload(dt, w0, k, rem), xload(x, k, rem), a0);
+    }
+    if (k < K) {
+        const int rem = (int)(K - k);
+        a0 = _mm256_fmadd_ps(wload(dt, w0, k, rem), xload(x, k, rem), a0);
+    }
+    float v = reduce1(a0);
+    y[r] = accumulate ? y[r] + v : v;
+}
+#undef ROW
+
+/* Rows [r0, r1) for tokens [0, n): tokens in blocks that stay in cache,
+ * three at a time through 4x3 tiles, the rest one at a time. */
 INLINE AVX2_FN void mm_rows_avx2_dt(const enum native_dtype dt, const void *w, int64_t K,
                                     int64_t r0, int64_t r1, const float *x, int n, float *y,
                                     int64_t ldy, int accumulate)
 {
     for (int t0 = 0; t0 < n; t0 += MM_TOKEN_BLOCK) {
-        int t1 = t0 + MM_TOKEN_BLOCK < n ? t0 + MM_TOKEN_BLOCK : n;
+        const int t1 = t0 + MM_TOKEN_BLOCK < n ? t0 + MM_TOKEN_BLOCK : n;
         int64_t r = r0;
-        if (t1 - t0 == 1) {
-            /* One token (decode): eight independent rows hide FMA latency. */
-            for (; r + 8 <= r1; r += 8)
-                mm_tile(8, 1, dt, w, K, r, x, t0, y, ldy, accumulate);
+        if (dt != NATIVE_F32 && t1 - t0 >= 6) {
+            /* 16-bit weights with six or more tokens: 2x6 tiles. Each group
+             * of four rows meets every token of the block (leftover tokens
+             * through 4x1 tiles) before the next group, so its rows come
+             * from memory once; the first pass prefetches the next group. */
+            const int t6 = t0 + (t1 - t0) / 6 * 6;
+            for (; r + 4 <= r1; r += 4) {
+                for (int t = t0; t < t6; t += 6) {
+                    tile_2x6(dt, w, K, r, x + (int64_t)t * K, y + (int64_t)t * ldy, ldy, accumulate, t == t0);
+                    tile_2x6(dt, w, K, r + 2, x + (int64_t)t * K, y + (int64_t)t * ldy, ldy, accumulate, t == t0);
+                }
+                for (int t = t6; t < t1; t++)
+                    tile_4x1(dt, w, K, r, x + (int64_t)t * K, y + (int64_t)t * ldy, accumulate);
+            }
             for (; r < r1; r++)
-                mm_tile(1, 1, dt, w, K, r, x, t0, y, ldy, accumulate);
+                for (int t = t0; t < t1; t++)
+                    tile_1x1(dt, w, K, r, x + (int64_t)t * K, y + (int64_t)t * ldy, accumulate);
             continue;
         }
         for (; r + 4 <= r1; r += 4) {
             int t = t0;
             for (; t + 3 <= t1; t += 3)
-                mm_tile(4, 3, dt, w, K, r, x, t, y, ldy, accumulate);
-            if (t1 - t == 2)
-                mm_tile(4, 2, dt, w, K, r, x, t, y, ldy, accumulate);
-            else if (t1 - t == 1)
-                mm_tile(4, 1, dt, w, K, r, x, t, y, ldy, accumulate);
+                tile_4x3(dt, w, K, r, x + (int64_t)t * K, y + (int64_t)t * ldy, ldy, accumulate);
+            for (; t < t1; t++) {
+                if (r + 8 <= r1 && t1 - t0 == 1) {
+                    /* A lone token: eight rows at once, and skip ahead. */
+                    tile_8x1(dt, w, K, r, x + (int64_t)t * K, y + (int64_t)t * ldy, accumulate);
+                    r += 4;
+                } else {
+                    tile_4x1(dt, w, K, r, x + (int64_t)t * K, y + (int64_t)t * ldy, accumulate);
+                }
+            }
         }
-        for (; r < r1; r++) {
-            int t = t0;
-            for (; t + 3 <= t1; t += 3)
-                mm_tile(1, 3, dt, w, K, r, x, t, y, ldy, accumulate);
-            for (; t < t1; t++)
-                mm_tile(1, 1, dt, w, K, r, x, t, y, ldy, accumulate);
-        }
+        for (; r < r1; r++)
+            for (int t = t0; t < t1; t++)
+                tile_1x1(dt, w, K, r, x + (int64_t)t * K, y + (int64_t)t * ldy, accumulate);
     }
 }
 
@@ -345,88 +603,475 @@ AVX2_FN static void swiglu_avx2(float *h, const float *g, const float *u, size_t
     }
 }
 
-/* attn_head_portable's online softmax, vectorized: scores over 8 positions
- * at a time from the transposed K block, the weighted sum over 8 dims at a
- * time from the V rows. head_dim is a multiple of 8 here. For head_dim 8 the
- * V sum keeps four partial accumulators (positions j mod 4) so the FMA chain
- * is not one long dependency; they are summed in a fixed order. */
-AVX2_FN static void attn_head_avx2(float *out, const float *q, const struct native_kv *kv,
-                                   int layer, const struct native_seq_view *sv, int n_pos, int g,
-                                   int hd)
+/* Attention for the query heads of one KV group (GQA: they share K and V)
+ * at one token, vectorized. The softmax runs exactly over chunks of up to
+ * ATTN_CHUNK positions (one chunk for contexts up to that), online across
+ * chunks: per head, m = running max, l = running sum of e^(s-m),
+ * acc = running sum of e^(s-m) v; a chunk with max mb rescales l and acc by
+ * e^(m - max(m, mb)).
+ *   scores: from the transposed K block, 8 positions per vector:
+ *           s[j..j+8) = sum_d q[d] * K[d][j..j+8)   (two chains, even/odd d)
+ *   values: acc += p[j] * V[j] over 8 dims per vector; with head_dim 8 four
+ *           partial sums (j mod 4) break the FMA dependency chain.
+ * Every order is fixed by the positions alone, not by the batch. */
+#define ATTN_CHUNK 256
+
+AVX2_FN static void attn_group_avx2(float *out, const float *q, const struct native_kv *kv,
+                                    int layer, const struct native_seq_view *sv, int n_pos, int g,
+                                    int hd, int rep)
 {
-    const int BS = kv->block_size;
-    const int nc = hd / 8;
+    const int BS = kv->block_size, nc = hd / 8, kvd = kv->kv_dim;
     const __m256 scale = _mm256_set1_ps(1.0f / sqrtf((float)hd));
-    __m256 acc[OPS_CPU_MAX_HEAD_DIM / 8];
-    float s[NATIVE_MAX_BLOCK_SIZE] __attribute__((aligned(32)));
-    float m = -INFINITY, l = 0.0f;
+    const __m256 neg_inf = _mm256_set1_ps(-INFINITY);
+    const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+    float s[ATTN_MAX_REP][ATTN_CHUNK] __attribute__((aligned(32)));
+    __m256 acc[ATTN_MAX_REP][NATIVE_MAX_HEAD_DIM / 8];
+    float m[ATTN_MAX_REP], l[ATTN_MAX_REP];
 
-    for (int c = 0; c < nc; c++)
-        acc[c] = _mm256_setzero_ps();
-    for (int b = 0; b * BS < n_pos; b++) {
-        const float *blk = kv->data + (size_t)sv->blocks[b] * kv->block_stride +
-                           (size_t)layer * kv->layer_stride;
-        const float *K = blk + (size_t)g * hd * BS;
-        const float *V = blk + (size_t)BS * kv->kv_dim + (size_t)g * hd;
-        int n = n_pos - b * BS < BS ? n_pos - b * BS : BS;
-
-        /* s[j] = (q . K[:, j]) * scale, two partial chains over even/odd dims. */
-        for (int jv = 0; jv < n; jv += 8) {
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-            for (int i = 0; i < hd; i += 2) {
-                a0 = _mm256_fmadd_ps(_mm256_set1_ps(q[i]), _mm256_loadu_ps(K + (size_t)i * BS + jv), a0);
-                a1 = _mm256_fmadd_ps(_mm256_set1_ps(q[i + 1]),
-                                     _mm256_loadu_ps(K + (size_t)(i + 1) * BS + jv), a1);
-            }
-            _mm256_store_ps(s + jv, _mm256_mul_ps(_mm256_add_ps(a0, a1), scale));
-        }
-        float mb = s[0];
-        for (int j = 1; j < n; j++)
-            mb = s[j] > mb ? s[j] : mb;
-        float mn = mb > m ? mb : m;
-        float corr = expf(m - mn);
-
-        /* p[j] = e^(s[j] - mn), zero past the last valid position. */
-        __m256 mv = _mm256_set1_ps(mn);
-        for (int jv = 0; jv < n; jv += 8)
-            _mm256_store_ps(s + jv, exp8(_mm256_sub_ps(_mm256_load_ps(s + jv), mv)));
-        for (int j = n; j < ((n + 7) & ~7); j++)
-            s[j] = 0.0f;
-        float ps = 0.0f;
-        for (int j = 0; j < n; j++)
-            ps += s[j];
-        l = l * corr + ps;
-
-        __m256 cv = _mm256_set1_ps(corr);
-        if (nc == 1) {
-            __m256 p0 = _mm256_setzero_ps(), p1 = p0, p2 = p0, p3 = p0;
-            int j = 0;
-            for (; j + 4 <= n; j += 4) {
-                const float *vj = V + (size_t)j * kv->kv_dim;
-                p0 = _mm256_fmadd_ps(_mm256_set1_ps(s[j]), _mm256_loadu_ps(vj), p0);
-                p1 = _mm256_fmadd_ps(_mm256_set1_ps(s[j + 1]), _mm256_loadu_ps(vj + kv->kv_dim), p1);
-                p2 = _mm256_fmadd_ps(_mm256_set1_ps(s[j + 2]), _mm256_loadu_ps(vj + 2 * kv->kv_dim), p2);
-                p3 = _mm256_fmadd_ps(_mm256_set1_ps(s[j + 3]), _mm256_loadu_ps(vj + 3 * kv->kv_dim), p3);
-            }
-            for (; j < n; j++)
-                p0 = _mm256_fmadd_ps(_mm256_set1_ps(s[j]), _mm256_loadu_ps(V + (size_t)j * kv->kv_dim), p0);
-            __m256 blk_sum = _mm256_add_ps(_mm256_add_ps(p0, p1), _mm256_add_ps(p2, p3));
-            acc[0] = _mm256_fmadd_ps(acc[0], cv, blk_sum);
-        } else {
-            for (int c = 0; c < nc; c++)
-                acc[c] = _mm256_mul_ps(acc[c], cv);
-            for (int j = 0; j < n; j++) {
-                __m256 pj = _mm256_set1_ps(s[j]);
-                const float *vj = V + (size_t)j * kv->kv_dim;
-                for (int c = 0; c < nc; c++)
-                    acc[c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8 * c), acc[c]);
-            }
-        }
-        m = mn;
+    for (int r = 0; r < rep; r++) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+        for (int c = 0; c < nc; c++)
+            acc[r][c] = _mm256_setzero_ps();
     }
-    __m256 inv = _mm256_set1_ps(1.0f / l);
-    for (int c = 0; c < nc; c++)
-        _mm256_storeu_ps(out + 8 * c, _mm256_mul_ps(acc[c], inv));
+    for (int c0 = 0; c0 < n_pos; c0 += ATTN_CHUNK) {
+        const int cn = n_pos - c0 < ATTN_CHUNK ? n_pos - c0 : ATTN_CHUNK;
+        const __m256 limit = _mm256_set1_ps((float)cn);
+
+        /* Scores; positions past the end become -inf. */
+        for (int j0 = 0; j0 < cn; j0 += BS) {
+            const float *K = kv->data + (size_t)sv->blocks[(c0 + j0) / BS] * kv->block_stride +
+                             (size_t)layer * kv->layer_stride + (size_t)g * hd * BS;
+            const int bn = cn - j0 < BS ? cn - j0 : BS;
+            for (int jv = 0; jv < bn; jv += 8) {
+                __m256 valid = _mm256_cmp_ps(_mm256_add_ps(lane, _mm256_set1_ps((float)(j0 + jv))),
+                                             limit, _CMP_LT_OQ);
+                for (int r = 0; r < rep; r++) {
+                    const float *qr = q + (size_t)r * hd;
+                    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+                    for (int d = 0; d < hd; d += 2) {
+                        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(qr + d),
+                                             _mm256_loadu_ps(K + (size_t)d * BS + jv), a0);
+                        a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(qr + d + 1),
+                                             _mm256_loadu_ps(K + (size_t)(d + 1) * BS + jv), a1);
+                    }
+                    __m256 sc = _mm256_mul_ps(_mm256_add_ps(a0, a1), scale);
+                    _mm256_store_ps(&s[r][j0 + jv], _mm256_blendv_ps(neg_inf, sc, valid));
+                }
+            }
+        }
+
+        /* Probabilities relative to the new running max. */
+        const int cv = (cn + 7) & ~7;
+        float corr[ATTN_MAX_REP];
+        for (int r = 0; r < rep; r++) {
+            __m256 mx = neg_inf;
+            for (int j = 0; j < cv; j += 8)
+                mx = _mm256_max_ps(mx, _mm256_load_ps(&s[r][j]));
+            __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+            h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+            float mb = _mm_cvtss_f32(h), mn = mb > m[r] ? mb : m[r];
+            corr[r] = expf(m[r] - mn);
+            __m256 mv = _mm256_set1_ps(mn), sum = _mm256_setzero_ps();
+            for (int j = 0; j < cv; j += 8) {
+                __m256 valid = _mm256_cmp_ps(_mm256_add_ps(lane, _mm256_set1_ps((float)j)), limit,
+                                             _CMP_LT_OQ);
+                __m256 p = _mm256_and_ps(exp8(_mm256_sub_ps(_mm256_load_ps(&s[r][j]), mv)), valid);
+                _mm256_store_ps(&s[r][j], p);
+                sum = _mm256_add_ps(sum, p);
+            }
+            l[r] = l[r] * corr[r] + reduce1(sum);
+            m[r] = mn;
+        }
+
+        /* Weighted sum of the values. */
+        if (nc == 1) {
+            for (int r = 0; r < rep; r++) {
+                __m256 p0 = _mm256_setzero_ps(), p1 = p0, p2 = p0, p3 = p0;
+                for (int j0 = 0; j0 < cn; j0 += BS) {
+                    const float *V = kv->data + (size_t)sv->blocks[(c0 + j0) / BS] * kv->block_stride +
+                                     (size_t)layer * kv->layer_stride + (size_t)BS * kvd + (size_t)g * hd;
+                    const int bn = cn - j0 < BS ? cn - j0 : BS;
+                    const float *p = &s[r][j0];
+                    int j = 0;
+                    for (; j + 4 <= bn; j += 4) {
+                        const float *vj = V + (size_t)j * kvd;
+                        p0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), _mm256_loadu_ps(vj), p0);
+                        p1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j + 1), _mm256_loadu_ps(vj + kvd), p1);
+                        p2 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j + 2), _mm256_loadu_ps(vj + 2 * kvd), p2);
+                        p3 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j + 3), _mm256_loadu_ps(vj + 3 * kvd), p3);
+                    }
+                    for (; j < bn; j++)
+                        p0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), _mm256_loadu_ps(V + (size_t)j * kvd), p0);
+                }
+                __m256 sum = _mm256_add_ps(_mm256_add_ps(p0, p1), _mm256_add_ps(p2, p3));
+                acc[r][0] = _mm256_fmadd_ps(acc[r][0], _mm256_set1_ps(corr[r]), sum);
+            }
+        } else {
+            for (int r = 0; r < rep; r++)
+                for (int c = 0; c < nc; c++)
+                    acc[r][c] = _mm256_mul_ps(acc[r][c], _mm256_set1_ps(corr[r]));
+            for (int j0 = 0; j0 < cn; j0 += BS) {
+                const float *V = kv->data + (size_t)sv->blocks[(c0 + j0) / BS] * kv->block_stride +
+                                 (size_t)layer * kv->layer_stride + (size_t)BS * kvd + (size_t)g * hd;
+                const int bn = cn - j0 < BS ? cn - j0 : BS;
+                for (int j = 0; j < bn; j++) {
+                    const float *vj = V + (size_t)j * kvd;
+                    for (int r = 0; r < rep; r++) {
+                        __m256 pj = _mm256_broadcast_ss(&s[r][j0 + j]);
+                        for (int c = 0; c < nc; c++)
+                            acc[r][c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8 * c), acc[r][c]);
+                    }
+                }
+            }
+        }
+    }
+    for (int r = 0; r < rep; r++) {
+        __m256 inv = _mm256_set1_ps(1.0f / l[r]);
+        for (int c = 0; c < nc; c++)
+            _mm256_storeu_ps(out + (size_t)r * hd + 8 * c, _mm256_mul_ps(acc[r][c], inv));
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* AVX-512 matmul tiles (where the CPU has AVX-512F/BW/VL)                   */
+/* ------------------------------------------------------------------------ */
+/* The same tiles as the AVX2 ones, 16 lanes wide: where a batch makes the
+ * matmul compute-bound (many streams on a big model), twice the FMA width
+ * is twice the speed. A dot product accumulates 16 lanes over k in
+ * increasing order, adds the upper 8 lanes onto the lower 8, then ends with
+ * lanes_sum's tree; every tile does exactly that, so results still do not
+ * depend on the batch. (They differ in the last bits from the AVX2 kernels;
+ * one backend uses one set throughout.) */
+#define AVX512_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define ROW(i) ((const char *)w + ((size_t)(r + (i)) * (size_t)K) * es)
+
+INLINE AVX512_FN __m512 wload16(const enum native_dtype dt, const void *w, int64_t k, int rem)
+{
+    const __mmask16 m = rem == 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1);
+    if (dt == NATIVE_F32)
+        return rem == 16 ? _mm512_loadu_ps((const float *)w + k)
+                         : _mm512_maskz_loadu_ps(m, (const float *)w + k);
+    const __m256i h = rem == 16 ? _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + k))
+                                : _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + k);
+    if (dt == NATIVE_BF16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+}
+
+INLINE AVX512_FN __m512 xload16(const float *x, int64_t k, int rem)
+{
+    return rem == 16 ? _mm512_loadu_ps(x + k)
+                     : _mm512_maskz_loadu_ps((__mmask16)((1u << rem) - 1), x + k);
+}
+
+/* Upper 8 lanes onto the lower 8, for the AVX2 reductions. */
+INLINE AVX512_FN __m256 fold16(__m512 a)
+{
+    return _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+}
+
+INLINE AVX512_FN void tile16_8x1(const enum native_dtype dt, const void *w, int64_t K, int64_t r,
+                                 const float *x, float *y, int accumulate)
+{
+    const size_t es = dt == NATIVE_F32 ? 4 : 2;
+    const char *w0 = ROW(0), *w1 = ROW(1), *w2 = ROW(2), *w3 = ROW(3);
+    const char *w4 = ROW(4), *w5 = ROW(5), *w6 = ROW(6), *w7 = ROW(7);
+    const size_t rs = (size_t)K * es;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        const int rem = 16;
+        if ((k * (int64_t)es) % 64 == 0) {
+            /* The next tile's rows, as in the AVX2 tile: each row is a new page. */
+            const char *n8 = w0 + 8 * rs + (size_t)k * es;
+            for (int i = 0; i < 8; i++)
+                _mm_prefetch(n8 + (size_t)i * rs, _MM_HINT_T0);
+        }
+        const __m512 xv = xload16(x, k, rem);
+        a0 = _mm512_fmadd_ps(wload16(dt, w0, k, rem), xv, a0);
+        a1 = _mm512_fmadd_ps(wload16(dt, w1, k, rem), xv, a1);
+        a2 = _mm512_fmadd_ps(wload16(dt, w2, k, rem), xv, a2);
+        a3 = _mm512_fmadd_ps(wload16(dt, w3, k, rem), xv, a3);
+        a4 = _mm512_fmadd_ps(wload16(dt, w4, k, rem), xv, a4);
+        a5 = _mm512_fmadd_ps(wload16(dt, w5, k, rem), xv, a5);
+        a6 = _mm512_fmadd_ps(wload16(dt, w6, k, rem), xv, a6);
+        a7 = _mm512_fmadd_ps(wload16(dt, w7, k, rem), xv, a7);
+    }
+    if (k < K) {
+        const int rem = (int)(K - k);
+        if ((k * (int64_t)es) % 64 == 0) {
+            /* The next tile's rows, as in the AVX2 tile: each row is a new page. */
+            const char *n8 = w0 + 8 * rs + (size_t)k * es;
+            for (int i = 0; i < 8; i++)
+                _mm_prefetch(n8 + (size_t)i * rs, _MM_HINT_T0);
+        }
+        const __m512 xv = xload16(x, k, rem);
+        a0 = _mm512_fmadd_ps(wload16(dt, w0, k, rem), xv, a0);
+        a1 = _mm512_fmadd_ps(wload16(dt, w1, k, rem), xv, a1);
+        a2 = _mm512_fmadd_ps(wload16(dt, w2, k, rem), xv, a2);
+        a3 = _mm512_fmadd_ps(wload16(dt, w3, k, rem), xv, a3);
+        a4 = _mm512_fmadd_ps(wload16(dt, w4, k, rem), xv, a4);
+        a5 = _mm512_fmadd_ps(wload16(dt, w5, k, rem), xv, a5);
+        a6 = _mm512_fmadd_ps(wload16(dt, w6, k, rem), xv, a6);
+        a7 = _mm512_fmadd_ps(wload16(dt, w7, k, rem), xv, a7);
+    }
+    __m256 v = reduce8(fold16(a0), fold16(a1), fold16(a2), fold16(a3), fold16(a4), fold16(a5),
+                       fold16(a6), fold16(a7));
+    float *o = y + r;
+    _mm256_storeu_ps(o, accumulate ? _mm256_add_ps(_mm256_loadu_ps(o), v) : v);
+}
+
+INLINE AVX512_FN void tile16_4x3(const enum native_dtype dt, const void *w, int64_t K, int64_t r,
+                                 const float *x, float *y, int64_t ldy, int accumulate)
+{
+    const size_t es = dt == NATIVE_F32 ? 4 : 2;
+    const char *w0 = ROW(0), *w1 = ROW(1), *w2 = ROW(2), *w3 = ROW(3);
+    const float *x0 = x, *x1 = x + K, *x2 = x + 2 * K;
+    __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
+    __m512 a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        const int rem = 16;
+        const __m512 v0 = wload16(dt, w0, k, rem), v1 = wload16(dt, w1, k, rem);
+        const __m512 v2 = wload16(dt, w2, k, rem), v3 = wload16(dt, w3, k, rem);
+        __m512 xv = xload16(x0, k, rem);
+        a00 = _mm512_fmadd_ps(v0, xv, a00);
+        a10 = _mm512_fmadd_ps(v1, xv, a10);
+        a20 = _mm512_fmadd_ps(v2, xv, a20);
+        a30 = _mm512_fmadd_ps(v3, xv, a30);
+        xv = xload16(x1, k, rem);
+        a01 = _mm512_fmadd_ps(v0, xv, a01);
+        a11 = _mm512_fmadd_ps(v1, xv, a11);
+        a21 = _mm512_fmadd_ps(v2, xv, a21);
+        a31 = _mm512_fmadd_ps(v3, xv, a31);
+        xv = xload16(x2, k, rem);
+        a02 = _mm512_fmadd_ps(v0, xv, a02);
+        a12 = _mm512_fmadd_ps(v1, xv, a12);
+        a22 = _mm512_fmadd_ps(v2, xv, a22);
+        a32 = _mm512_fmadd_ps(v3, xv, a32);
+    }
+    if (k < K) {
+        const int rem = (int)(K - k);
+        const __m512 v0 = wload16(dt, w0, k, rem), v1 = wload16(dt, w1, k, rem);
+        const __m512 v2 = wload16(dt, w2, k, rem), v3 = wload16(dt, w3, k, rem);
+        __m512 xv = xload16(x0, k, rem);
+        a00 = _mm512_fmadd_ps(v0, xv, a00);
+        a10 = _mm512_fmadd_ps(v1, xv, a10);
+        a20 = _mm512_fmadd_ps(v2, xv, a20);
+        a30 = _mm512_fmadd_ps(v3, xv, a30);
+        xv = xload16(x1, k, rem);
+        a01 = _mm512_fmadd_ps(v0, xv, a01);
+        a11 = _mm512_fmadd_ps(v1, xv, a11);
+        a21 = _mm512_fmadd_ps(v2, xv, a21);
+        a31 = _mm512_fmadd_ps(v3, xv, a31);
+        xv = xload16(x2, k, rem);
+        a02 = _mm512_fmadd_ps(v0, xv, a02);
+        a12 = _mm512_fmadd_ps(v1, xv, a12);
+        a22 = _mm512_fmadd_ps(v2, xv, a22);
+        a32 = _mm512_fmadd_ps(v3, xv, a32);
+    }
+    __m128 s0 = reduce4(fold16(a00), fold16(a10), fold16(a20), fold16(a30));
+    __m128 s1 = reduce4(fold16(a01), fold16(a11), fold16(a21), fold16(a31));
+    __m128 s2 = reduce4(fold16(a02), fold16(a12), fold16(a22), fold16(a32));
+    float *o0 = y + r, *o1 = o0 + ldy, *o2 = o1 + ldy;
+    if (accumulate) {
+        s0 = _mm_add_ps(_mm_loadu_ps(o0), s0);
+        s1 = _mm_add_ps(_mm_loadu_ps(o1), s1);
+        s2 = _mm_add_ps(_mm_loadu_ps(o2), s2);
+    }
+    _mm_storeu_ps(o0, s0);
+    _mm_storeu_ps(o1, s1);
+    _mm_storeu_ps(o2, s2);
+}
+
+INLINE AVX512_FN void tile16_2x6(const enum native_dtype dt, const void *w, int64_t K, int64_t r,
+                                 const float *x, float *y, int64_t ldy, int accumulate, int pf)
+{
+    const size_t es = dt == NATIVE_F32 ? 4 : 2;
+    const char *w0 = ROW(0), *w1 = ROW(1);
+    const float *x0 = x, *x1 = x + K, *x2 = x + 2 * K, *x3 = x + 3 * K, *x4 = x + 4 * K;
+    const float *x5 = x + 5 * K;
+    __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a04 = a00, a05 = a00;
+    __m512 a10 = a00, a11 = a00, a12 = a00, a13 = a00, a14 = a00, a15 = a00;
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        const int rem = 16;
+        if (pf && (k * (int64_t)es) % 64 == 0) {
+            /* The next row group's rows (r+4.., r+6..), while these stream. */
+            const char *nx = w0 + 4 * (size_t)K * es + (size_t)k * es;
+            _mm_prefetch(nx, _MM_HINT_T0);
+            _mm_prefetch(nx + (size_t)K * es, _MM_HINT_T0);
+        }
+        const __m512 v0 = wload16(dt, w0, k, rem), v1 = wload16(dt, w1, k, rem);
+        __m512 xv = xload16(x0, k, rem);
+        a00 = _mm512_fmadd_ps(v0, xv, a00);
+        a10 = _mm512_fmadd_ps(v1, xv, a10);
+        xv = xload16(x1, k, rem);
+        a01 = _mm512_fmadd_ps(v0, xv, a01);
+        a11 = _mm512_fmadd_ps(v1, xv, a11);
+        xv = xload16(x2, k, rem);
+        a02 = _mm512_fmadd_ps(v0, xv, a02);
+        a12 = _mm512_fmadd_ps(v1, xv, a12);
+        xv = xload16(x3, k, rem);
+        a03 = _mm512_fmadd_ps(v0, xv, a03);
+        a13 = _mm512_fmadd_ps(v1, xv, a13);
+        xv = xload16(x4, k, rem);
+        a04 = _mm512_fmadd_ps(v0, xv, a04);
+        a14 = _mm512_fmadd_ps(v1, xv, a14);
+        xv = xload16(x5, k, rem);
+        a05 = _mm512_fmadd_ps(v0, xv, a05);
+        a15 = _mm512_fmadd_ps(v1, xv, a15);
+    }
+    if (k < K) {
+        const int rem = (int)(K - k);
+        const __m512 v0 = wload16(dt, w0, k, rem), v1 = wload16(dt, w1, k, rem);
+        __m512 xv = xload16(x0, k, rem);
+        a00 = _mm512_fmadd_ps(v0, xv, a00);
+        a10 = _mm512_fmadd_ps(v1, xv, a10);
+        xv = xload16(x1, k, rem);
+        a01 = _mm512_fmadd_ps(v0, xv, a01);
+        a11 = _mm512_fmadd_ps(v1, xv, a11);
+        xv = xload16(x2, k, rem);
+        a02 = _mm512_fmadd_ps(v0, xv, a02);
+        a12 = _mm512_fmadd_ps(v1, xv, a12);
+        xv = xload16(x3, k, rem);
+        a03 = _mm512_fmadd_ps(v0, xv, a03);
+        a13 = _mm512_fmadd_ps(v1, xv, a13);
+        xv = xload16(x4, k, rem);
+        a04 = _mm512_fmadd_ps(v0, xv, a04);
+        a14 = _mm512_fmadd_ps(v1, xv, a14);
+        xv = xload16(x5, k, rem);
+        a05 = _mm512_fmadd_ps(v0, xv, a05);
+        a15 = _mm512_fmadd_ps(v1, xv, a15);
+    }
+    __m128 s01 = reduce4(fold16(a00), fold16(a10), fold16(a01), fold16(a11));
+    __m128 s23 = reduce4(fold16(a02), fold16(a12), fold16(a03), fold16(a13));
+    __m128 s45 = reduce4(fold16(a04), fold16(a14), fold16(a05), fold16(a15));
+    const __m128 sums[3] = {s01, s23, s45};
+    for (int j = 0; j < 3; j++) {
+        float v[4];
+        _mm_storeu_ps(v, sums[j]);
+        float *o0 = y + (2 * j) * ldy + r, *o1 = o0 + ldy;
+        o0[0] = accumulate ? o0[0] + v[0] : v[0];
+        o0[1] = accumulate ? o0[1] + v[1] : v[1];
+        o1[0] = accumulate ? o1[0] + v[2] : v[2];
+        o1[1] = accumulate ? o1[1] + v[3] : v[3];
+    }
+}
+
+INLINE AVX512_FN void tile16_4x1(const enum native_dtype dt, const void *w, int64_t K, int64_t r,
+                                 const float *x, float *y, int accumulate)
+{
+    const size_t es = dt == NATIVE_F32 ? 4 : 2;
+    const char *w0 = ROW(0), *w1 = ROW(1), *w2 = ROW(2), *w3 = ROW(3);
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        const int rem = 16;
+        const __m512 xv = xload16(x, k, rem);
+        a0 = _mm512_fmadd_ps(wload16(dt, w0, k, rem), xv, a0);
+        a1 = _mm512_fmadd_ps(wload16(dt, w1, k, rem), xv, a1);
+        a2 = _mm512_fmadd_ps(wload16(dt, w2, k, rem), xv, a2);
+        a3 = _mm512_fmadd_ps(wload16(dt, w3, k, rem), xv, a3);
+    }
+    if (k < K) {
+        const int rem = (int)(K - k);
+        const __m512 xv = xload16(x, k, rem);
+        a0 = _mm512_fmadd_ps(wload16(dt, w0, k, rem), xv, a0);
+        a1 = _mm512_fmadd_ps(wload16(dt, w1, k, rem), xv, a1);
+        a2 = _mm512_fmadd_ps(wload16(dt, w2, k, rem), xv, a2);
+        a3 = _mm512_fmadd_ps(wload16(dt, w3, k, rem), xv, a3);
+    }
+    __m128 v = reduce4(fold16(a0), fold16(a1), fold16(a2), fold16(a3));
+    float *o = y + r;
+    _mm_storeu_ps(o, accumulate ? _mm_add_ps(_mm_loadu_ps(o), v) : v);
+}
+
+INLINE AVX512_FN void tile16_1x1(const enum native_dtype dt, const void *w, int64_t K, int64_t r,
+                                 const float *x, float *y, int accumulate)
+{
+    const size_t es = dt == NATIVE_F32 ? 4 : 2;
+    const char *w0 = ROW(0);
+    __m512 a0 = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        const int rem = 16;
+        a0 = _mm512_fmadd_ps(wload16(dt, w0, k, rem), xload16(x, k, rem), a0);
+    }
+    if (k < K) {
+        const int rem = (int)(K - k);
+        a0 = _mm512_fmadd_ps(wload16(dt, w0, k, rem), xload16(x, k, rem), a0);
+    }
+    float v = reduce1(fold16(a0));
+    y[r] = accumulate ? y[r] + v : v;
+}
+#undef ROW
+
+/* The AVX2 driver's schedule, with 16-lane tiles. */
+INLINE AVX512_FN void mm_rows_avx512_dt(const enum native_dtype dt, const void *w, int64_t K,
+                                        int64_t r0, int64_t r1, const float *x, int n, float *y,
+                                        int64_t ldy, int accumulate)
+{
+#define X(t) (x + (int64_t)(t) * K)
+#define Y(t) (y + (int64_t)(t) * ldy)
+    for (int t0 = 0; t0 < n; t0 += MM_TOKEN_BLOCK) {
+        const int t1 = t0 + MM_TOKEN_BLOCK < n ? t0 + MM_TOKEN_BLOCK : n;
+        int tm = t0;        /* tokens [t0, tm) go through the wide tiles */
+        int64_t r = r0;
+        if (t1 - t0 == 1) {
+            for (; r + 8 <= r1; r += 8)
+                tile16_8x1(dt, w, K, r, X(t0), Y(t0), accumulate);
+            for (; r < r1; r++)
+                tile16_1x1(dt, w, K, r, X(t0), Y(t0), accumulate);
+            continue;
+        }
+        /* Each group of four rows meets every token of the block before the
+         * next group, so its rows come from memory once. */
+        const int wide = dt != NATIVE_F32 && t1 - t0 >= 6 ? 6 : 3;
+        tm = t0 + (t1 - t0) / wide * wide;
+        for (; r + 4 <= r1; r += 4) {
+            for (int t = t0; t < tm; t += wide) {
+                if (wide == 6) {
+                    tile16_2x6(dt, w, K, r, X(t), Y(t), ldy, accumulate, t == t0);
+                    tile16_2x6(dt, w, K, r + 2, X(t), Y(t), ldy, accumulate, t == t0);
+                } else {
+                    tile16_4x3(dt, w, K, r, X(t), Y(t), ldy, accumulate);
+                }
+            }
+            for (int t = tm; t < t1; t++)
+                tile16_4x1(dt, w, K, r, X(t), Y(t), accumulate);
+        }
+        for (; r < r1; r++)
+            for (int t = t0; t < t1; t++)
+                tile16_1x1(dt, w, K, r, X(t), Y(t), accumulate);
+    }
+#undef X
+#undef Y
+}
+
+AVX512_FN static void mm_rows_avx512(const struct native_mat *w, int64_t r0, int64_t r1,
+                                     const float *x, int n, float *y, int accumulate)
+{
+    switch (w->dtype) {
+    case NATIVE_F32:
+        mm_rows_avx512_dt(NATIVE_F32, w->data, w->cols, r0, r1, x, n, y, w->rows, accumulate);
+        break;
+    case NATIVE_BF16:
+        mm_rows_avx512_dt(NATIVE_BF16, w->data, w->cols, r0, r1, x, n, y, w->rows, accumulate);
+        break;
+    default:
+        mm_rows_avx512_dt(NATIVE_F16, w->data, w->cols, r0, r1, x, n, y, w->rows, accumulate);
+        break;
+    }
+}
+
+static int cpu_has_avx512(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
 }
 
 static int cpu_has_avx2(void)
@@ -440,6 +1085,11 @@ static int cpu_has_avx2(void)
 {
     return 0;
 }
+
+static int cpu_has_avx512(void)
+{
+    return 0;
+}
 #endif
 
 /* ------------------------------------------------------------------------ */
@@ -450,6 +1100,13 @@ static void mm_rows(const struct cpu_backend *cb, const struct native_mat *w, in
                     int64_t r1, const float *x, int n, float *y, int accumulate)
 {
 #if HAVE_X86
+    /* Wide vectors pay off on long rows; on short ones (stories260K's 64 and
+     * 172) the extra reduction work eats the gain, so those stay on AVX2.
+     * The choice depends on the matrix alone, so it never varies by batch. */
+    if (cb->avx512 && w->cols >= MM_AVX512_MIN_COLS) {
+        mm_rows_avx512(w, r0, r1, x, n, y, accumulate);
+        return;
+    }
     if (cb->avx2) {
         mm_rows_avx2(w, r0, r1, x, n, y, accumulate);
         return;
@@ -501,10 +1158,18 @@ static void cpu_matmul(struct native_backend *b, int n, const float *x, int n_w,
         return;
     }
 
-    /* About four tasks per thread, in whole 8-row tiles, so the dynamic
-     * hand-out evens out; never fewer rows than a tile. */
+    /* Tasks of at least MM_TASK_MACS, at most sixteen per thread, in whole
+     * 8-row tiles: many small tasks even out the dynamic hand-out, and a
+     * thread the OS preempts mid-task (the machine is shared) holds up only
+     * a small piece; but each task costs a hand-off between cores, which a
+     * small matmul cannot pay for. */
     struct mm_job job = {cb, n, x, w, y, accumulate, n_w, 0, {0}};
-    int64_t chunk = (rows + 4 * cb->threads - 1) / (4 * cb->threads);
+    int64_t tasks = macs / MM_TASK_MACS;
+    if (tasks > 16 * cb->threads)
+        tasks = 16 * cb->threads;
+    if (tasks < cb->threads)
+        tasks = cb->threads;
+    int64_t chunk = (rows + tasks - 1) / tasks;
     job.chunk = chunk < 8 ? 8 : (chunk + 7) & ~(int64_t)7;
     for (int j = 0; j < n_w; j++)
         job.first_task[j + 1] = job.first_task[j] + (int)((w[j].rows + job.chunk - 1) / job.chunk);
@@ -589,22 +1254,29 @@ struct attn_job {
     int n_heads, n_kv_heads, hd;
 };
 
+/* One task: token t, KV group g, all of its query heads. */
 static void attn_task(void *arg, int task, int thread)
 {
     const struct attn_job *j = arg;
     (void)thread;
-    int t = task / j->n_heads, h = task % j->n_heads;
+    const int rep = j->n_heads / j->n_kv_heads;
+    const int t = task / j->n_kv_heads, g = task % j->n_kv_heads;
     const struct native_batch *bt = j->batch;
     const struct native_seq_view *sv = &bt->seqs[bt->seq[t]];
-    int g = h / (j->n_heads / j->n_kv_heads);
-    size_t off = ((size_t)t * j->n_heads + h) * j->hd;
+    const int n_pos = bt->pos[t] + 1;
+    for (int h0 = g * rep; h0 < (g + 1) * rep; h0 += ATTN_MAX_REP) {
+        const int nh = (g + 1) * rep - h0 < ATTN_MAX_REP ? (g + 1) * rep - h0 : ATTN_MAX_REP;
+        const size_t off = ((size_t)t * j->n_heads + h0) * j->hd;
 #if HAVE_X86
-    if (j->cb->avx2 && j->hd % 8 == 0) {
-        attn_head_avx2(j->out + off, j->q + off, j->kv, j->layer, sv, bt->pos[t] + 1, g, j->hd);
-        return;
-    }
+        if (j->cb->avx2 && j->hd % 8 == 0) {
+            attn_group_avx2(j->out + off, j->q + off, j->kv, j->layer, sv, n_pos, g, j->hd, nh);
+            continue;
+        }
 #endif
-    attn_head_portable(j->out + off, j->q + off, j->kv, j->layer, sv, bt->pos[t] + 1, g, j->hd);
+        for (int h = 0; h < nh; h++)
+            attn_head_portable(j->out + off + (size_t)h * j->hd, j->q + off + (size_t)h * j->hd,
+                               j->kv, j->layer, sv, n_pos, g, j->hd);
+    }
 }
 
 static void cpu_attention(struct native_backend *b, float *out, const float *q,
@@ -618,7 +1290,7 @@ static void cpu_attention(struct native_backend *b, float *out, const float *q,
     assert(head_dim <= OPS_CPU_MAX_HEAD_DIM && kv->block_size <= NATIVE_MAX_BLOCK_SIZE && kv->block_size % 8 == 0);
     for (int t = 0; t < batch->n_tokens; t++)
         work += (int64_t)(batch->pos[t] + 1) * n_heads * head_dim;
-    int tasks = batch->n_tokens * n_heads;
+    int tasks = batch->n_tokens * n_kv_heads;
     if (cb->threads == 1 || work < ATTN_PARALLEL_MIN) {
         for (int i = 0; i < tasks; i++)
             attn_task(&job, i, 0);
@@ -698,12 +1370,14 @@ struct native_backend *ops_cpu_new(int threads, unsigned flags)
     }
     cb->threads = threadpool_threads(cb->pool);
     cb->avx2 = !(flags & OPS_CPU_PORTABLE) && cpu_has_avx2();
+    cb->avx512 = cb->avx2 && !(flags & OPS_CPU_NO_AVX512) && cpu_has_avx512();
     return &cb->base;
 }
 
 const char *ops_cpu_kernels(const struct native_backend *b)
 {
-    return ((const struct cpu_backend *)b)->avx2 ? "avx2" : "portable";
+    const struct cpu_backend *cb = (const struct cpu_backend *)b;
+    return cb->avx512 ? "avx512" : cb->avx2 ? "avx2" : "portable";
 }
 
 int ops_cpu_threads(const struct native_backend *b)

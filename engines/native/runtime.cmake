@@ -7,7 +7,7 @@
 set(NATIVE_DIR ${CMAKE_CURRENT_LIST_DIR})
 set(NATIVE_SOURCES threadpool.c dtype.c ops_cpu.c kvcache.c safetensors.c model.c forward.c
     sampler.c tokenizer_llama2c.c)
-foreach(f sched.c prompt.c native_engine.c)
+foreach(f convert.c synth.c sched.c prompt.c native_engine.c)
   if(EXISTS ${NATIVE_DIR}/${f})
     list(APPEND NATIVE_SOURCES ${f})
   endif()
@@ -32,9 +32,15 @@ endforeach()
 # Unit tests (sources under tests/unit/, registered here so the runtime's
 # tests build with it).
 set(NATIVE_TEST_DIR ${PROJECT_SOURCE_DIR}/tests/unit)
-foreach(t test_ops test_safetensors test_llama2c_tok test_native_model test_native_sched
+foreach(t test_ops test_safetensors test_llama2c_tok test_native_model test_native_sampler test_native_sched
           test_native_engine)
   if(EXISTS ${NATIVE_TEST_DIR}/${t}.c)
     cascade_unit_test(${t} SOURCES ${NATIVE_TEST_DIR}/${t}.c LIBS cascade_native)
   endif()
 endforeach()
+
+# The runtime's benchmark (bench/native/; figures in bench/native/results.md).
+if(EXISTS ${PROJECT_SOURCE_DIR}/bench/native/bench_native.c)
+  add_executable(bench_native ${PROJECT_SOURCE_DIR}/bench/native/bench_native.c)
+  target_link_libraries(bench_native PRIVATE cascade_native)
+endif()

@@ -24,12 +24,15 @@
  * header is a few hundred KB); refuse it before asking jansson to parse it. */
 #define MAX_HEADER_BYTES (100u << 20)
 
+/* One mapped file of the checkpoint. */
 struct st_file {
     char *path;
     void *map;
     size_t size;
 };
 
+/* All tensors of all files, sorted by name once loading is done, so a
+ * lookup is a binary search. */
 struct safetensors {
     char *source;
     struct st_file *files;
@@ -49,7 +52,10 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-/* Element size of a safetensors dtype string, 0 when unknown. */
+/* Element size of a safetensors dtype string, 0 when unknown. Every dtype
+ * of the format is known here, so a checkpoint with, say, an I64 buffer
+ * still opens; only the model loader decides which dtypes it can compute
+ * with. */
 static size_t dtype_bytes(const char *dt, int *native)
 {
     static const struct {
@@ -86,7 +92,10 @@ static int push_tensor(struct safetensors *st, const struct st_tensor *t)
     return 0;
 }
 
-/* Check one header entry and describe the tensor in *t (name not yet set). */
+/* Check one header entry and describe the tensor in *t (name not yet set).
+ * The checks are what keeps a corrupt header from becoming an out-of-bounds
+ * read later: offsets inside the data, a byte count equal to dtype x shape
+ * (with the shape's product checked for overflow), elements aligned. */
 static int parse_entry(const struct st_file *f, const char *name, json_t *v, const char *data,
                        size_t data_size, struct st_tensor *t, char *err, size_t errlen)
 {
@@ -162,7 +171,9 @@ static int parse_entry(const struct st_file *f, const char *name, json_t *v, con
     return 0;
 }
 
-/* Map one file and append its tensors. */
+/* Map one file and append its tensors. The file is recorded before it is
+ * opened, so the message of any later failure can name it and the unwind
+ * in safetensors_free() sees one list. */
 static int load_file(struct safetensors *st, const char *path, char *err, size_t errlen)
 {
     struct st_file *nf = realloc(st->files, (size_t)(st->n_files + 1) * sizeof(*nf));
@@ -197,7 +208,9 @@ static int load_file(struct safetensors *st, const char *path, char *err, size_t
         close(fd);
         return -1;
     }
-    f->map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    /* Populated now, not on first touch: every decode step streams all the
+     * weights, and faulting them in page by page would slow the first ones. */
+    f->map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
     close(fd);
     if (f->map == MAP_FAILED) {
         f->map = NULL;
@@ -215,6 +228,7 @@ static int load_file(struct safetensors *st, const char *path, char *err, size_t
         return -1;
     }
     json_error_t jerr;
+    /* Duplicate names in one header are a corrupt file, not a choice. */
     json_t *root = json_loadb((const char *)p + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
     if (!json_is_object(root)) {
         set_err(err, errlen, "%s: header is not a JSON object: %s (offset %d)", path,
@@ -277,7 +291,10 @@ static char *dir_of(const char *path)
     return strndup(path, (size_t)(slash - path));
 }
 
-/* Open every shard the index names, then check each listed tensor is in its shard. */
+/* Open every shard the index names, then check each listed tensor is in its
+ * shard: an index that disagrees with its shards means a partial download
+ * or a mix of two checkpoints, and should fail loudly rather than load the
+ * wrong tensor. Shard names are plain file names in the index's folder. */
 static int load_index(struct safetensors *st, const char *index_path, char *err, size_t errlen)
 {
     json_error_t jerr;
@@ -440,4 +457,89 @@ const struct st_tensor *safetensors_at(const struct safetensors *st, size_t i)
 const char *safetensors_source(const struct safetensors *st)
 {
     return st->source;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Writer                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* The header is built first (offsets follow from the shapes), padded with
+ * spaces as HF's writer does, then the data in order, from memory or from
+ * fill() for tensors too big to hold (the 1.3B generator streams them). */
+int safetensors_write(const char *path, const struct st_out *t, size_t n, st_fill_fn fill,
+                      void *ctx, char *err, size_t errlen)
+{
+    json_t *root = json_object();
+    char *header = NULL;
+    FILE *f = NULL;
+    size_t *sizes = calloc(n ? n : 1, sizeof(size_t));
+    int rc = -1;
+    uint64_t off = 0;
+
+    if (!root || !sizes) {
+        set_err(err, errlen, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        int native;
+        size_t es = dtype_bytes(t[i].dtype, &native);
+        if (!es || t[i].ndim < 0 || t[i].ndim > SAFETENSORS_MAX_DIMS) {
+            set_err(err, errlen, "%s: tensor '%s': bad dtype or rank", path, t[i].name);
+            goto out;
+        }
+        json_t *shape = json_array();
+        uint64_t numel = 1;
+        for (int d = 0; d < t[i].ndim; d++) {
+            json_array_append_new(shape, json_integer(t[i].shape[d]));
+            numel *= (uint64_t)t[i].shape[d];
+        }
+        sizes[i] = (size_t)(numel * es);
+        json_t *e = json_pack("{s:s, s:o, s:[I, I]}", "dtype", t[i].dtype, "shape", shape,
+                              "data_offsets", (json_int_t)off, (json_int_t)(off + sizes[i]));
+        if (!e || json_object_set_new(root, t[i].name, e) != 0) {
+            set_err(err, errlen, "out of memory");
+            goto out;
+        }
+        off += sizes[i];
+    }
+    header = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (!header) {
+        set_err(err, errlen, "out of memory");
+        goto out;
+    }
+    size_t hlen = strlen(header), padded = (hlen + 7) & ~(size_t)7;
+    f = fopen(path, "wb");
+    if (!f) {
+        set_err(err, errlen, "%s: %s", path, strerror(errno));
+        goto out;
+    }
+    unsigned char le[8];
+    for (int i = 0; i < 8; i++)
+        le[i] = (unsigned char)((uint64_t)padded >> (8 * i));
+    if (fwrite(le, 1, 8, f) != 8 || fwrite(header, 1, hlen, f) != hlen)
+        goto io;
+    for (size_t i = hlen; i < padded; i++)
+        if (fputc(' ', f) == EOF)
+            goto io;
+    for (size_t i = 0; i < n; i++) {
+        if (t[i].data ? fwrite(t[i].data, 1, sizes[i], f) != sizes[i]
+                      : (!fill || fill(ctx, i, f, sizes[i]) != 0))
+            goto io;
+    }
+    if (fclose(f) != 0) {
+        f = NULL;
+        goto io;
+    }
+    f = NULL;
+    rc = 0;
+    goto out;
+io:
+    set_err(err, errlen, "%s: write failed: %s", path, strerror(errno));
+out:
+    if (f)
+        fclose(f);
+    free(header);
+    free(sizes);
+    json_decref(root);
+    return rc;
 }

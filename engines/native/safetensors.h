@@ -6,7 +6,8 @@
  * full before any tensor is handed out: offsets inside the file, byte counts
  * that match dtype x shape, no overlaps past the end, elements aligned to
  * their size. Every error names the file and, where there is one, the
- * tensor; a bad file is an error, never a crash.
+ * tensor; a bad file is an error, never a crash. A writer makes new files
+ * (the llama2.c converter and the model generator use it).
  *
  * Ownership: the struct safetensors owns its mappings; tensor data pointers
  * stay valid until safetensors_free(). Read-only after open, so any thread
@@ -17,6 +18,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #define SAFETENSORS_MAX_DIMS 8
 
@@ -45,5 +47,24 @@ size_t safetensors_count(const struct safetensors *st);
 const struct st_tensor *safetensors_at(const struct safetensors *st, size_t i);
 /* What was opened, for messages: the file, or the index. */
 const char *safetensors_source(const struct safetensors *st);
+
+/* ---- Writing (the converter, the model generator and tests) ---- */
+
+struct st_out {
+    const char *name;
+    const char *dtype;          /* "F32", "F16", "BF16", ... */
+    int ndim;
+    int64_t shape[SAFETENSORS_MAX_DIMS];
+    const void *data;           /* NULL: fill() writes the bytes */
+};
+
+/* Write nbytes of tensor `index` to f; 0 or -1. */
+typedef int (*st_fill_fn)(void *ctx, size_t index, FILE *f, size_t nbytes);
+
+/* Write a safetensors file with tensors t[0..n) in that order (header padded
+ * with spaces to a multiple of 8 bytes, so data stays aligned when every
+ * tensor's size is). 0, or -1 with err set. */
+int safetensors_write(const char *path, const struct st_out *t, size_t n, st_fill_fn fill,
+                      void *ctx, char *err, size_t errlen);
 
 #endif

@@ -58,13 +58,27 @@ uint64_t sampler_seed(uint64_t seed)
     return s;
 }
 
+/* The first index of the largest value (lowest id on ties). Two passes:
+ * the maximum in 8 independent lanes (which the compiler vectorizes), then
+ * the first position that holds it. */
 static int32_t argmax(const float *x, int n)
 {
-    int32_t best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best])
-            best = i;
-    return best;
+    float lane[8];
+    int i = 0;
+    for (int j = 0; j < 8; j++)
+        lane[j] = x[0];
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];
+    float mx = lane[0];
+    for (int j = 1; j < 8; j++)
+        mx = lane[j] > mx ? lane[j] : mx;
+    for (; i < n; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    for (i = 0; i < n; i++)
+        if (x[i] == mx)
+            return i;
+    return 0;   /* only when every value is NaN */
 }
 
 /* Higher p first; lower id first among equals, so results never depend on

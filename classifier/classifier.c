@@ -1,0 +1,54 @@
+#include "classifier/classifier.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "classifier/cmodel.h"
+
+/* The handle is the model itself; the wrapper only keeps its fields out of
+ * the gateway's sight. */
+struct classifier {
+    struct cmodel *m;
+};
+
+struct classifier *classifier_load(const char *path, char *err, size_t errlen)
+{
+    struct cmodel *m = cmodel_read(path, err, errlen);
+    if (!m)
+        return NULL;
+    struct classifier *c = malloc(sizeof *c);
+    if (!c) {
+        cmodel_free(m);
+        if (err && errlen)
+            snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    c->m = m;
+    return c;
+}
+
+void classifier_free(struct classifier *c)
+{
+    if (!c)
+        return;
+    cmodel_free(c->m);
+    free(c);
+}
+
+float classifier_score(const struct classifier *c, const struct classifier_input *in)
+{
+    float logit = cmodel_logit(c->m, in);
+    /* Weights and signals are finite and bounded, so the logit is too; the
+     * clamp only keeps expf() far from overflow. */
+    if (!(logit > -40.0f))
+        logit = -40.0f;
+    if (logit > 40.0f)
+        logit = 40.0f;
+    return 1.0f / (1.0f + expf(-logit));
+}
+
+const char *classifier_metadata(const struct classifier *c)
+{
+    return c->m->meta;
+}

@@ -1,0 +1,55 @@
+/* classifier.h: the difficulty classifier, which scores how likely a prompt
+ * is to need the large model.
+ *
+ * The score is P(needs_large), where a prompt "needs the large model" when
+ * the strong model answers it correctly and the weak model does not. The
+ * policy layer turns the score into a tier; this module only scores.
+ *
+ * A model is a file written by classifier-train (format in model_file.h):
+ * hashed word and character n-gram weights, a few dozen structural signals
+ * (length, numbers and arithmetic, code, math notation, multiple-choice
+ * shape, questions) and an optional small MLP over those signals.
+ *
+ *   char err[256];
+ *   struct classifier *c = classifier_load("classifier/models/difficulty.cdm", err, sizeof err);
+ *   if (!c) die(err);
+ *   struct classifier_input in = { .user = text, .user_len = len, .n_messages = 1 };
+ *   float p = classifier_score(c, &in);
+ *   classifier_free(c);
+ *
+ * Ownership and threads: classifier_load() returns a handle that is read-only
+ * from then on. classifier_score() is a pure function of the model and the
+ * input: it allocates nothing, keeps no state and may be called from any
+ * number of threads at once. The same input gives the same score, bit for
+ * bit, on every call. Free the handle only once no thread scores with it. */
+#ifndef CASCADE_CLASSIFIER_H
+#define CASCADE_CLASSIFIER_H
+
+#include <stddef.h>
+
+struct classifier;
+
+/* What the gateway knows about a request: the system prompt (may be NULL),
+ * the last user message and the number of messages in the conversation.
+ * Texts are UTF-8 (or any bytes) and need not be NUL-terminated. */
+struct classifier_input {
+    const char *system;
+    size_t system_len;
+    const char *user;
+    size_t user_len;
+    int n_messages;
+};
+
+/* Load and verify a model file (magic, version, size, SHA-256 checksum).
+ * NULL on failure, with a one-line reason in err (errlen bytes, may be 0). */
+struct classifier *classifier_load(const char *path, char *err, size_t errlen);
+void classifier_free(struct classifier *c);
+
+/* P(needs_large) in [0,1]. Never fails: empty or NULL text scores too. */
+float classifier_score(const struct classifier *c, const struct classifier_input *in);
+
+/* The model's metadata (a JSON object as text, written by the trainer), or
+ * "" when the file carries none. Valid until classifier_free(). */
+const char *classifier_metadata(const struct classifier *c);
+
+#endif

@@ -1,0 +1,565 @@
+#include "classifier/features.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- text windows ------------------------------------------------------ */
+
+/* The bytes we read: all of a short text, head and tail of a long one. */
+struct windows {
+    const unsigned char *p[2];
+    size_t n[2];
+    int count;
+};
+
+static void windows_of(const char *s, size_t len, struct windows *w)
+{
+    w->count = 0;
+    if (!s || len == 0)
+        return;
+    const unsigned char *u = (const unsigned char *)s;
+    if (len <= FEATURES_HEAD + FEATURES_TAIL) {
+        w->p[0] = u;
+        w->n[0] = len;
+        w->count = 1;
+        return;
+    }
+    w->p[0] = u;
+    w->n[0] = FEATURES_HEAD;
+    w->p[1] = u + len - FEATURES_TAIL;
+    w->n[1] = FEATURES_TAIL;
+    w->count = 2;
+}
+
+/* ---- sparse: hashed n-grams ------------------------------------------- */
+
+/* norm[b]: lowercase ASCII letters, every digit as '0', every ASCII space
+ * as ' '; other bytes (punctuation, UTF-8) as they are. */
+static unsigned char norm[256];
+/* word[b]: 1 for bytes that make up words after norm[]. */
+static unsigned char wordc[256];
+
+static void tables_init(void)
+{
+    for (int b = 0; b < 256; b++) {
+        unsigned char c = (unsigned char)b;
+        if (c >= 'A' && c <= 'Z')
+            c = (unsigned char)(c - 'A' + 'a');
+        else if (c >= '0' && c <= '9')
+            c = '0';
+        else if (c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r')
+            c = ' ';
+        norm[b] = c;
+        wordc[b] = (c >= 'a' && c <= 'z') || c == '0' || c >= 0x80;
+    }
+}
+
+/* The tables are filled by a constructor, before main() and so before any
+ * thread can score: no locking, and no first call sees a half-built table. */
+__attribute__((constructor)) static void features_init(void)
+{
+    tables_init();
+}
+
+#define FNV_OFFSET 1469598103934665603ull
+#define FNV_PRIME 1099511628211ull
+/* Per-group salts keep a word and a character n-gram with equal bytes from
+ * landing in the same bucket by construction. */
+#define SALT_CHAR 0x243f6a8885a308d3ull
+#define SALT_WORD 0x13198a2e03707344ull
+#define SALT_BIGRAM 0xa4093822299f31d0ull
+/* Multiplicative hashing: bucket = top hash_bits bits of (key * K) mod 2^64,
+ * K odd. Every key bit reaches the top bits, and it costs one multiply per
+ * n-gram, which matters at three n-grams per byte. */
+#define HASH_K 0x9e3779b97f4a7c15ull
+
+typedef void (*emit_fn)(void *ctx, unsigned group, uint32_t bucket);
+
+/* Emit every n-gram of one window to emit(ctx, group, bucket) and add the
+ * number of n-grams per group to count[]. A virtual space before and after
+ * the window marks where words start and end in the character n-grams.
+ *
+ * Always inlined into its two callers with a constant emit, so the scorer's
+ * copy has no call per n-gram while the trainer sees the very same buckets. */
+static inline __attribute__((always_inline)) void walk_window(const unsigned char *p, size_t n, unsigned shift,
+                                                              uint32_t count[FEATURES_N_GROUPS], emit_fn emit,
+                                                              void *ctx)
+{
+    uint64_t win = ' ';
+    unsigned nchar = 1;
+    int prev_space = 1;
+    uint64_t wh = FNV_OFFSET, prev_wh = 0;
+    int in_word = 0, have_prev = 0;
+    uint32_t n_words = 0, n_bigrams = 0, n_chars = 0;
+
+    for (size_t i = 0; i <= n; i++) {
+        unsigned c = i < n ? norm[p[i]] : ' ';
+
+        if (i < n && wordc[p[i]]) {
+            wh = (wh ^ c) * FNV_PRIME;
+            in_word = 1;
+        } else if (in_word) {
+            emit(ctx, FEATURES_G_WORD, (uint32_t)(((wh ^ SALT_WORD) * HASH_K) >> shift));
+            n_words++;
+            if (have_prev) {
+                uint64_t b = (prev_wh * FNV_PRIME) ^ wh ^ SALT_BIGRAM;
+                emit(ctx, FEATURES_G_BIGRAM, (uint32_t)(((b ^ (b >> 29)) * HASH_K) >> shift));
+                n_bigrams++;
+            }
+            prev_wh = wh;
+            have_prev = 1;
+            wh = FNV_OFFSET;
+            in_word = 0;
+        }
+
+        if (c == ' ' && prev_space)
+            continue;
+        prev_space = c == ' ';
+        win = win << 8 | c;
+        nchar++;
+        /* The n-gram is the low n bytes of win; n itself goes in the top
+         * byte so a 3-gram and a 4-gram starting with NUL differ. */
+        if (nchar >= 5) {
+            emit(ctx, FEATURES_G_CHAR, (uint32_t)((((win & 0xffffffull) | 3ull << 56) ^ SALT_CHAR) * HASH_K >> shift));
+            emit(ctx, FEATURES_G_CHAR, (uint32_t)((((win & 0xffffffffull) | 4ull << 56) ^ SALT_CHAR) * HASH_K >> shift));
+            emit(ctx, FEATURES_G_CHAR, (uint32_t)((((win & 0xffffffffffull) | 5ull << 56) ^ SALT_CHAR) * HASH_K >> shift));
+            n_chars += 3;
+        } else if (nchar >= 3) {
+            emit(ctx, FEATURES_G_CHAR, (uint32_t)((((win & 0xffffffull) | 3ull << 56) ^ SALT_CHAR) * HASH_K >> shift));
+            n_chars++;
+            if (nchar == 4) {
+                emit(ctx, FEATURES_G_CHAR, (uint32_t)((((win & 0xffffffffull) | 4ull << 56) ^ SALT_CHAR) * HASH_K >> shift));
+                n_chars++;
+            }
+        }
+    }
+    count[FEATURES_G_CHAR] += n_chars;
+    count[FEATURES_G_WORD] += n_words;
+    count[FEATURES_G_BIGRAM] += n_bigrams;
+}
+
+static inline float group_scale(uint32_t count)
+{
+    return count ? 1.0f / sqrtf((float)count) : 0.0f;
+}
+
+/* The scorer's consumer: per-group sums of the weights. */
+struct dot_ctx {
+    const float *w;
+    float sum[FEATURES_N_GROUPS];
+};
+
+static inline __attribute__((always_inline)) void dot_emit(void *ctx, unsigned group, uint32_t bucket)
+{
+    struct dot_ctx *d = ctx;
+    d->sum[group] += d->w[bucket];
+}
+
+float features_sparse_dot(const struct classifier_input *in, unsigned hash_bits, const float *w)
+{
+    struct dot_ctx d = {.w = w};
+    uint32_t count[FEATURES_N_GROUPS] = {0};
+    struct windows win;
+    windows_of(in->user, in->user_len, &win);
+    for (int k = 0; k < win.count; k++)
+        walk_window(win.p[k], win.n[k], 64 - hash_bits, count, dot_emit, &d);
+    float z = 0.0f;
+    for (int g = 0; g < FEATURES_N_GROUPS; g++)
+        z += d.sum[g] * group_scale(count[g]);
+    return z;
+}
+
+/* The trainer's consumer: every (group, bucket) in order, as group << 28 |
+ * bucket (buckets have at most 24 bits). */
+struct collect_ctx {
+    uint32_t *all;
+    size_t n, cap;
+    int failed;
+};
+
+static void collect_emit(void *ctx, unsigned group, uint32_t bucket)
+{
+    struct collect_ctx *c = ctx;
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 4096;
+        uint32_t *all = realloc(c->all, cap * sizeof *all);
+        if (!all) {
+            c->failed = 1;
+            return;
+        }
+        c->all = all;
+        c->cap = cap;
+    }
+    c->all[c->n++] = (uint32_t)group << 28 | bucket;
+}
+
+static int cmp_bucket(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a & 0x0fffffffu, y = *(const uint32_t *)b & 0x0fffffffu;
+    return (x > y) - (x < y);
+}
+
+int features_sparse_collect(const struct classifier_input *in, unsigned hash_bits,
+                            struct features_entry **out, size_t *n)
+{
+    struct collect_ctx c = {0};
+    uint32_t count[FEATURES_N_GROUPS] = {0};
+    struct windows win;
+    *out = NULL;
+    *n = 0;
+    windows_of(in->user, in->user_len, &win);
+    for (int k = 0; k < win.count; k++)
+        walk_window(win.p[k], win.n[k], 64 - hash_bits, count, collect_emit, &c);
+    if (c.failed)
+        goto fail;
+
+    float scale[FEATURES_N_GROUPS];
+    for (int g = 0; g < FEATURES_N_GROUPS; g++)
+        scale[g] = group_scale(count[g]);
+    /* Entries that share a bucket add up, exactly as their weights add up in
+     * features_sparse_dot(). */
+    qsort(c.all, c.n, sizeof *c.all, cmp_bucket);
+    struct features_entry *e = malloc((c.n ? c.n : 1) * sizeof *e);
+    if (!e)
+        goto fail;
+    size_t m = 0;
+    for (size_t i = 0; i < c.n; i++) {
+        uint32_t b = c.all[i] & 0x0fffffffu;
+        float v = scale[c.all[i] >> 28];
+        if (m > 0 && e[m - 1].index == b) {
+            e[m - 1].value += v;
+        } else {
+            e[m].index = b;
+            e[m].value = v;
+            m++;
+        }
+    }
+    free(c.all);
+    *out = e;
+    *n = m;
+    return 0;
+
+fail:
+    free(c.all);
+    return -1;
+}
+
+/* ---- dense: structural signals ---------------------------------------- */
+
+enum { W_QWORD = 1, W_NEG = 2, W_CODE = 4 };
+
+/* Classify a lowercased word of n bytes against small lists, grouped by
+ * length so a word meets at most eight candidates. */
+static int word_flags(const char *w, size_t n)
+{
+    struct entry {
+        const char *s;
+        int flags;
+    };
+    static const struct entry len3[] = {{"how", W_QWORD}, {"why", W_QWORD}, {"who", W_QWORD}, {"not", W_NEG},
+                                        {"def", W_CODE},  {"int", W_CODE},  {"var", W_CODE},  {NULL, 0}};
+    static const struct entry len4[] = {{"what", W_QWORD}, {"when", W_QWORD}, {"whom", W_QWORD},
+                                        {"none", W_NEG},   {"void", W_CODE},  {"elif", W_CODE},
+                                        {"char", W_CODE},  {"bool", W_CODE},  {NULL, 0}};
+    static const struct entry len5[] = {{"which", W_QWORD}, {"where", W_QWORD}, {"whose", W_QWORD},
+                                        {"least", W_NEG},   {"false", W_NEG},   {"never", W_NEG},
+                                        {"const", W_CODE},  {NULL, 0}};
+    static const struct entry len6[] = {{"except", W_NEG},  {"return", W_CODE}, {"printf", W_CODE},
+                                        {"lambda", W_CODE}, {"struct", W_CODE}, {"import", W_CODE},
+                                        {NULL, 0}};
+    static const struct entry len7[] = {{"println", W_CODE}, {"include", W_CODE}, {"nullptr", W_CODE}, {NULL, 0}};
+    static const struct entry len9[] = {{"incorrect", W_NEG}, {NULL, 0}};
+    static const struct entry *by_len[10] = {NULL, NULL, NULL, len3, len4, len5, len6, len7, NULL, len9};
+    if (n >= 10 || !by_len[n])
+        return 0;
+    for (const struct entry *e = by_len[n]; e->s; e++)
+        if (e->s[0] == w[0] && memcmp(e->s, w, n) == 0)
+            return e->flags;
+    return 0;
+}
+
+static inline int is_digit(int c) { return c >= '0' && c <= '9'; }
+static inline int is_upper(int c) { return c >= 'A' && c <= 'Z'; }
+static inline int is_alpha(int c) { return (c >= 'a' && c <= 'z') || is_upper(c); }
+static inline int is_hspace(int c) { return c == ' ' || c == '\t'; }
+static inline int is_space(int c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
+
+/* Counts gathered over the windows. */
+struct dense_acc {
+    double words, word_letters, long_words, sentences, digits, numbers, decimals, big_numbers;
+    double arith, currency, percent, math, code_punct, code_words, options, option_bytes;
+    double qmarks, qwords, negations, caps_words, upper, letters, nonascii, quotes_parens, lines;
+    double stem_bytes, numeric_options, roman;
+    int seen_option;
+};
+
+/* Length of a multiple-choice marker at p[0..n) ("A. ", "B) ", "(c) "), or
+ * 0 when the line does not start like an option. */
+static size_t option_marker(const unsigned char *p, size_t n)
+{
+    if (n >= 3 && p[0] >= 'A' && p[0] <= 'J' && (p[1] == '.' || p[1] == ')') && is_hspace(p[2]))
+        return 3;
+    if (n >= 4 && p[0] == '(' && ((p[1] >= 'A' && p[1] <= 'J') || (p[1] >= 'a' && p[1] <= 'j')) &&
+        p[2] == ')' && is_hspace(p[3]))
+        return 4;
+    return 0;
+}
+
+static void dense_window(const unsigned char *p, size_t n, size_t offset, struct dense_acc *a)
+{
+    size_t i = 0;
+    while (i < n) {
+        /* One line per iteration: its option shape first, then its bytes. */
+        size_t start = i, end = i;
+        while (end < n && p[end] != '\n')
+            end++;
+        size_t k = start;
+        while (k < end && is_hspace(p[k]))
+            k++;
+        if (k < end)
+            a->lines++;
+        size_t marker = option_marker(p + k, end - k);
+        if (marker) {
+            a->options++;
+            unsigned first = k + marker < end ? p[k + marker] : ' ';
+            if (is_digit((int)first) || first == '$' || first == '-' || first == '.')
+                a->numeric_options++;
+            a->option_bytes += (double)(end - k);
+            if (!a->seen_option) {
+                a->seen_option = 1;
+                a->stem_bytes = (double)(offset + start);
+            }
+        }
+
+        for (i = start; i < end; i++) {
+            unsigned c = p[i];
+            unsigned prev = i > 0 ? p[i - 1] : ' ';
+            unsigned next = i + 1 < n ? p[i + 1] : ' ';
+            if (c >= 0x80) {
+                a->nonascii++;
+                /* Greek letters (U+0370-U+03FF) and U+2200-U+22FF operators. */
+                if ((c == 0xce || c == 0xcf) && next >= 0x80)
+                    a->math++;
+                else if (c == 0xe2 && next >= 0x88 && next <= 0x8b)
+                    a->math++;
+                else if (c == 0xc3 && (next == 0x97 || next == 0xb7)) /* × ÷ */
+                    a->arith++;
+                else if ((c == 0xc2 && (next == 0xa3 || next == 0xa5)) ||
+                         (c == 0xe2 && next == 0x82 && i + 2 < n && p[i + 2] == 0xac))
+                    a->currency++;
+            }
+            if (is_alpha((int)c) || c >= 0x80) {
+                /* A word: letters and UTF-8 bytes. */
+                size_t ws = i;
+                while (i < end && (is_alpha(p[i]) || p[i] >= 0x80)) {
+                    if (is_upper(p[i]))
+                        a->upper++;
+                    if (is_alpha(p[i]))
+                        a->letters++;
+                    i++;
+                }
+                size_t wn = i - ws;
+                a->words++;
+                a->word_letters += (double)wn;
+                if (wn >= 9)
+                    a->long_words++;
+                if (wn >= 2 && is_upper(p[ws]))
+                    a->caps_words++;
+                if ((wn == 2 && p[ws] == 'I' && p[ws + 1] == 'I') ||
+                    (wn == 3 && p[ws] == 'I' && p[ws + 1] == 'I' && p[ws + 2] == 'I') ||
+                    (wn == 2 && p[ws] == 'I' && p[ws + 1] == 'V'))
+                    a->roman++;
+                if (wn <= 9) {
+                    char low[9];
+                    for (size_t j = 0; j < wn; j++)
+                        low[j] = (char)(is_upper(p[ws + j]) ? p[ws + j] - 'A' + 'a' : p[ws + j]);
+                    int f = word_flags(low, wn);
+                    if (f & W_QWORD)
+                        a->qwords++;
+                    if (f & W_NEG)
+                        a->negations++;
+                    if (f & W_CODE)
+                        a->code_words++;
+                }
+                i--; /* the loop's i++ moves past the word */
+                continue;
+            }
+            if (is_digit((int)c)) {
+                /* A number: digits, with '.', ',' or '/' inside it. */
+                size_t digits = 0;
+                int decimal = 0;
+                while (i < end) {
+                    if (is_digit(p[i])) {
+                        digits++;
+                    } else if ((p[i] == '.' || p[i] == ',' || p[i] == '/') && i + 1 < end &&
+                               is_digit(p[i + 1])) {
+                        decimal |= p[i] != ',';
+                    } else {
+                        break;
+                    }
+                    i++;
+                }
+                a->digits += (double)digits;
+                a->numbers++;
+                if (decimal)
+                    a->decimals++;
+                if (digits >= 4)
+                    a->big_numbers++;
+                i--;
+                continue;
+            }
+            switch (c) {
+            case '+': case '*': case '=':
+                a->arith++;
+                if (c == '=' && (prev == '=' || prev == '!'))
+                    a->code_punct++;
+                break;
+            case '^':
+                a->arith++;
+                a->math++;
+                break;
+            case '/':
+                if (is_digit((int)prev) || is_digit((int)next))
+                    a->arith++;
+                break;
+            case '-': {
+                unsigned p2 = i > 1 ? p[i - 2] : ' ', n2 = i + 2 < n ? p[i + 2] : ' ';
+                if ((is_digit((int)prev) || (prev == ' ' && is_digit((int)p2))) &&
+                    (is_digit((int)next) || (next == ' ' && is_digit((int)n2))))
+                    a->arith++;
+                if (next == '>')
+                    a->code_punct++;
+                break;
+            }
+            case '_':
+                a->math++;
+                break;
+            case '\\':
+                if (is_alpha((int)next))
+                    a->math++;
+                break;
+            case '$':
+                a->currency++;
+                break;
+            case '%':
+                a->percent++;
+                break;
+            case '{': case '}': case ';':
+                a->code_punct++;
+                break;
+            case '(':
+                a->quotes_parens++;
+                if (next == ')')
+                    a->code_punct++;
+                break;
+            case ')': case '"':
+                a->quotes_parens++;
+                break;
+            case '?':
+                a->qmarks++;
+                /* fall through */
+            case '.': case '!':
+                if (is_space((int)next) || i + 1 == n)
+                    a->sentences++;
+                break;
+            default:
+                break;
+            }
+        }
+        i = end + 1;
+    }
+}
+
+/* 1 when the text, trailing space aside, ends with "answer:" (any case). */
+static int ends_with_answer(const char *s, size_t n)
+{
+    size_t floor = n > FEATURES_TAIL ? n - FEATURES_TAIL : 0; /* bounded work */
+    while (n > floor && is_space((unsigned char)s[n - 1]))
+        n--;
+    static const char tail[] = "answer:";
+    size_t t = sizeof tail - 1;
+    if (n < t)
+        return 0;
+    for (size_t i = 0; i < t; i++) {
+        int c = (unsigned char)s[n - t + i];
+        if (is_upper(c))
+            c = c - 'A' + 'a';
+        if (c != tail[i])
+            return 0;
+    }
+    return 1;
+}
+
+static inline float lg(double x)
+{
+    return (float)log1p(x);
+}
+
+void features_dense(const struct classifier_input *in, float *out)
+{
+    struct dense_acc a;
+    memset(&a, 0, sizeof a);
+    struct windows w;
+    size_t len = in->user ? in->user_len : 0;
+    windows_of(in->user, len, &w);
+    for (int k = 0; k < w.count; k++)
+        dense_window(w.p[k], w.n[k], (size_t)(w.p[k] - (const unsigned char *)in->user), &a);
+    if (!a.seen_option)
+        a.stem_bytes = (double)len;
+
+    double bytes = (double)len;
+    double scanned = 0;
+    for (int k = 0; k < w.count; k++)
+        scanned += (double)w.n[k];
+    double sentences = a.sentences > 0 ? a.sentences : (a.words > 0 ? 1 : 0);
+
+    out[FD_LOG_BYTES] = lg(bytes);
+    out[FD_LOG_WORDS] = lg(a.words);
+    out[FD_LOG_LINES] = lg(a.lines);
+    out[FD_MEAN_WORD_LEN] = a.words > 0 ? (float)(a.word_letters / a.words) : 0.0f;
+    out[FD_LONG_WORD_FRAC] = a.words > 0 ? (float)(a.long_words / a.words) : 0.0f;
+    out[FD_LOG_SENTENCES] = lg(a.sentences);
+    out[FD_WORDS_PER_SENT] = sentences > 0 ? lg(a.words / sentences) : 0.0f;
+    out[FD_LOG_DIGITS] = lg(a.digits);
+    out[FD_DIGIT_FRAC] = scanned > 0 ? (float)(a.digits / scanned) : 0.0f;
+    out[FD_LOG_NUMBERS] = lg(a.numbers);
+    out[FD_LOG_DECIMALS] = lg(a.decimals);
+    out[FD_LOG_BIG_NUMBERS] = lg(a.big_numbers);
+    out[FD_LOG_ARITH] = lg(a.arith);
+    out[FD_LOG_CURRENCY] = lg(a.currency);
+    out[FD_LOG_PERCENT] = lg(a.percent);
+    out[FD_LOG_MATH] = lg(a.math);
+    out[FD_LOG_CODE_PUNCT] = lg(a.code_punct);
+    out[FD_LOG_CODE_WORDS] = lg(a.code_words);
+    out[FD_LOG_OPTIONS] = lg(a.options);
+    out[FD_HAS_4_OPTIONS] = a.options >= 4 ? 1.0f : 0.0f;
+    out[FD_LOG_OPTION_LEN] = a.options > 0 ? lg(a.option_bytes / a.options) : 0.0f;
+    out[FD_LOG_STEM_LEN] = lg(a.stem_bytes);
+    out[FD_ENDS_ANSWER] = (float)ends_with_answer(in->user ? in->user : "", len);
+    out[FD_LOG_QMARKS] = lg(a.qmarks);
+    out[FD_LOG_QWORDS] = lg(a.qwords);
+    out[FD_LOG_NEGATIONS] = lg(a.negations);
+    out[FD_LOG_CAPS_WORDS] = lg(a.caps_words);
+    out[FD_UPPER_FRAC] = a.letters > 0 ? (float)(a.upper / a.letters) : 0.0f;
+    out[FD_NONASCII_FRAC] = scanned > 0 ? (float)(a.nonascii / scanned) : 0.0f;
+    out[FD_LOG_QUOTES_PARENS] = lg(a.quotes_parens);
+    out[FD_NUMERIC_OPTIONS] = a.options > 0 ? (float)(a.numeric_options / a.options) : 0.0f;
+    out[FD_LOG_ROMAN] = lg(a.roman);
+    out[FD_LOG_SYSTEM_BYTES] = lg(in->system ? (double)in->system_len : 0.0);
+    out[FD_LOG_TURNS] = in->n_messages > 1 ? (float)log((double)in->n_messages) : 0.0f;
+}
+
+const char *features_dense_name(int i)
+{
+    static const char *names[FEATURES_N_DENSE] = {
+        "log_bytes",      "log_words",       "log_lines",      "mean_word_len",  "long_word_frac",
+        "log_sentences",  "words_per_sent",  "log_digits",     "digit_frac",     "log_numbers",
+        "log_decimals",   "log_big_numbers", "log_arith",      "log_currency",   "log_percent",
+        "log_math",       "log_code_punct",  "log_code_words", "log_options",    "has_4_options",
+        "log_option_len", "log_stem_len",    "ends_answer",    "log_qmarks",     "log_qwords",
+        "log_negations",  "log_caps_words",  "upper_frac",     "nonascii_frac",  "log_quotes_parens",
+        "numeric_options", "log_roman",     "log_system_bytes", "log_turns",
+    };
+    return i >= 0 && i < FEATURES_N_DENSE ? names[i] : "?";
+}

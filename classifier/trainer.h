@@ -1,0 +1,68 @@
+/* trainer.h: fit the classifier's model (cmodel.h) to labeled prompts.
+ *
+ * The objective, over the n rows chosen for training, is
+ *     (1/n) sum_i logloss(y_i, logit_i)
+ *       + l2_sparse/2 |sparse_w|^2 + l2_dense/2 |dense_w|^2
+ *       + l2_hidden/2 (|hidden_w|^2 + |out_w|^2)
+ * with logit_i the forward pass of cmodel.h, minimized by full-batch L-BFGS
+ * from a seeded start. With n_ensemble = E, E such fits from seeds seed,
+ * seed+1, ... are averaged (their mean logit) into one model, which evens
+ * out how much the small MLP depends on its random start. One thread, a fixed order of every sum: the same data,
+ * options and seed give the same model, bit for bit, on every run.
+ *
+ * Usage: featurize every row once (trainer_featurize), then fit on any
+ * subset of them (trainer_fit), e.g. one per cross-validation fold.
+ * trainer_fit_design() is the bare optimizer over a sparse design matrix,
+ * which the TF-IDF baseline reuses. Not thread-safe; use one per thread. */
+#ifndef CASCADE_TRAINER_H
+#define CASCADE_TRAINER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "classifier/classifier.h"
+#include "classifier/cmodel.h"
+
+struct trainer_opts {
+    unsigned hash_bits;
+    int n_hidden;       /* in all: n_ensemble fits of n_hidden / n_ensemble units */
+    int n_ensemble;     /* fits averaged into the model (0 or 1: one fit) */
+    double l2_sparse, l2_dense, l2_hidden;
+    int max_iter;
+    uint64_t seed;
+    int verbose; /* L-BFGS progress every this many iterations, 0 for none */
+};
+
+/* The features of every row, computed once. */
+struct trainer_features;
+
+struct trainer_features *trainer_featurize(const struct classifier_input *in, size_t n, unsigned hash_bits);
+void trainer_features_free(struct trainer_features *f);
+
+/* Fit on rows[0..n_rows) (indices into the featurized rows) with labels
+ * y (indexed like the featurized rows). NULL on failure, with err. */
+struct cmodel *trainer_fit(const struct trainer_features *f, const size_t *rows, size_t n_rows, const int *y,
+                           const struct trainer_opts *o, char *err, size_t errlen);
+
+/* A design matrix: n rows, CSR over n_sparse columns, n_dense dense columns
+ * (already scaled) and labels. */
+struct trainer_design {
+    size_t n, n_sparse;
+    int n_dense;
+    const size_t *row_ptr;  /* [n + 1] */
+    const uint32_t *idx;    /* [row_ptr[n]] */
+    const float *val;       /* [row_ptr[n]] */
+    const float *dense;     /* [n * n_dense], row-major */
+    const int *y;           /* [n] */
+};
+
+/* Parameters in the order bias, dense_w, sparse_w, hidden_w, hidden_b,
+ * out_w: 1 + D + S + H*D + 2H doubles. */
+size_t trainer_n_params(const struct trainer_design *d, int n_hidden);
+
+/* Minimize the objective over d from a seeded start into theta. Returns the
+ * iterations run, or -1 when out of memory. *loss gets the final objective. */
+int trainer_fit_design(const struct trainer_design *d, const struct trainer_opts *o, double *theta,
+                       double *loss);
+
+#endif

@@ -1,0 +1,90 @@
+/* native_engine.h: the `native` engine, the in-process implementation of
+ * engine.h over this runtime.
+ *
+ * It loads a model (model.h), finds its tokenizer and chat format
+ * (prompt.h), and runs a continuous-batching scheduler (sched.h) on its own
+ * threads. A request is tokenized in engine_submit() on the caller's thread;
+ * every token, stop-string check and detokenization then happens on the
+ * engine thread, and results travel back to req->base with event_active():
+ * libevent must have threading on (evthread_use_pthreads() before the base
+ * is made), which the gateway and cascade-engine both do at start.
+ *
+ * Contract (engine.h): callbacks run on req->base's thread, never inside
+ * submit (an error found at once arrives on the next loop turn); exactly one
+ * of on_done / on_error ends a request; after engine_cancel() returns no
+ * callback of that request runs, and its KV blocks are freed at the next
+ * decode step (a queued request's place at once).
+ *
+ * Requests and answers:
+ *   - chat messages: prompt.h's formatting; raw prompts (/v1/completions):
+ *     native_engine_submit_text().
+ *   - sampling: temperature (default 1), top_p, top_k (a non-standard
+ *     "top_k" field of the body), seed, max_tokens (default: the rest of the
+ *     context), up to 4 stop strings (the text stops before the match and
+ *     finish_reason is "stop"), logprobs with top_logprobs alternatives.
+ *   - errors: prompt + max_tokens longer than the context: 400
+ *     context_length_exceeded; the wait queue full: 503 engine_overloaded;
+ *     text that cannot be encoded: 400.
+ *   - usage counts the prompt ids and every sampled id (an end-of-sequence
+ *     token included), as the model's tokenizer counts them.
+ *   - a token's text may be empty: bytes of an unfinished UTF-8 character,
+ *     or text that might be the start of a stop string, are held until they
+ *     are known to be safe, then come out with a later token.
+ *
+ * Threads: submit, cancel and the count/info functions may be called from any
+ * event-loop thread (each request stays on the base it was submitted from).
+ * engine_destroy() must come after every request has ended or been cancelled.
+ */
+#ifndef CASCADE_NATIVE_ENGINE_H
+#define CASCADE_NATIVE_ENGINE_H
+
+#include "engines/engine.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct chat_request;
+
+struct native_engine_config {
+    const char *model_path;     /* llama2.c .bin, or an HF folder / config.json */
+    const char *tokenizer_path; /* NULL: found beside the model */
+    const char *model_name;     /* the id reported to clients; NULL: the path's last part */
+    int threads;                /* compute threads; 0: one per CPU */
+    size_t kv_budget_bytes;     /* KV cache memory; 0: 256 MiB */
+    int max_batch;              /* sequences decoded together; 0: 16 */
+    int max_queue;              /* requests that may wait; 0: 64; < 0: none */
+    int max_step_tokens;        /* tokens per forward step; 0: 256 */
+    int n_ctx;                  /* context limit; 0: the model's */
+    unsigned cpu_flags;         /* OPS_CPU_* (ops_cpu.h) */
+};
+
+/* Load the model and start the engine; NULL and a message in err on failure. */
+struct engine *native_engine_new(const struct native_engine_config *cfg, char *err, size_t errlen);
+
+/* The same, from a tier's "engine" section of cascaded's config (the JSON
+ * text of the object):
+ *   {"kind": "native", "model": PATH, "tokenizer": PATH, "name": ID,
+ *    "threads": N, "kv_mib": N, "max_batch": N, "max_queue": N, "ctx": N}
+ * Only "model" is required; the numbers default as in the struct above.
+ * Relative paths are taken from base_dir when it is not NULL (the config
+ * file's folder). Unknown keys are an error, so a typo does not go unseen. */
+struct engine *native_engine_from_json(const char *json, const char *base_dir, char *err,
+                                       size_t errlen);
+
+/* Like engine_submit(), for a raw prompt: BOS then the text, no chat
+ * template. Sampling fields come from req->chat; its messages are ignored. */
+int native_engine_submit_text(struct engine *e, const struct engine_request *req, const char *text,
+                              size_t len, const struct engine_callbacks *cb, void *ctx,
+                              uint64_t *id);
+
+/* Prompt tokens of a chat exactly as the engine would see them; 0 or -1. */
+int native_engine_count_chat(struct engine *e, const struct chat_request *chat, int64_t *n);
+
+/* The longest prompt + completion a request may have, in tokens. */
+int native_engine_context(struct engine *e);
+const char *native_engine_model_name(struct engine *e);
+
+/* 1 when e is a native engine. */
+int native_engine_is(const struct engine *e);
+
+#endif

@@ -1,0 +1,76 @@
+/* metrics.h: the gateway's Prometheus metrics, for GET /metrics.
+ *
+ * One struct metrics per process, made from the config: tenants, tiers and
+ * engine replicas are the only label values, so the number of series is
+ * bounded by the config and never by request data. Callers pass indices
+ * into the lists given to metrics_new; -1 (or anything out of range) means
+ * "none" (no tenant yet, no tier chosen) and is labelled "none".
+ *
+ * Exposition (text format 0.0.4, Content-Type METRICS_CONTENT_TYPE):
+ *   cascade_requests_total{tenant,tier,code}        counter; code is the exact
+ *       status for a fixed set (200 400 401 402 403 404 405 408 409 413 422
+ *       429 431 499 500 501 502 503 504), else its class ("2xx", "5xx"...)
+ *   cascade_cache_total{tenant,tier,result}          counter; hit|miss|bypass
+ *   cascade_tokens_total{tenant,tier,direction}      counter; in|out, what
+ *       the engines processed (a cache hit adds none)
+ *   cascade_cost_usd_total{tenant,tier}              counter
+ *   cascade_saved_usd_total{tenant,tier,source}      counter; source "cache"
+ *       for a cache hit (what answering it again would have cost), "routing"
+ *       otherwise (the price of the reference tier minus what was paid)
+ *   cascade_escalations_total{tenant,tier}           counter; tier answered
+ *   cascade_redis_errors_total                       counter
+ *   cascade_upstream_errors_total{replica}           counter
+ *   cascade_request_duration_seconds{tenant,tier}    histogram, whole request
+ *   cascade_ttft_seconds{tenant,tier}                histogram, first token
+ *       (streamed requests only)
+ *   cascade_gateway_overhead_seconds{tenant,tier}    histogram, total minus
+ *       engine time
+ *   cascade_classifier_seconds{tenant}               histogram
+ *   cascade_inflight_requests                        gauge
+ *   cascade_engine_queue_depth{tier}                 gauge
+ * Counters of every configured tenant x tier (and tier "none") are exposed
+ * from the start at 0, so rate() sees their first increment; requests_total
+ * so for code="200" only, other codes once they occur; so does the request
+ * duration histogram. The other histograms, and the series of tenant "none"
+ * (unauthenticated), appear once observed.
+ *
+ * Threads: every function may be called from any thread at any time.
+ * Recording is a handful of relaxed atomic adds on counters of that label
+ * set (no lock, no allocation). A render reads the counters as they are;
+ * each histogram's _count is the sum of its buckets as read, so the
+ * exposition is always self-consistent.
+ */
+#ifndef CASCADE_METRICS_H
+#define CASCADE_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "policies/stats.h" /* enum stats_cache */
+
+#define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+
+struct metrics;
+
+/* The lists are copied; label values are escaped on output. A name that
+ * repeats in a list shares the first one's series. */
+struct metrics *metrics_new(const char *const *tenants, size_t n_tenants, const char *const *tiers, size_t n_tiers,
+                            const char *const *replicas, size_t n_replicas);
+void metrics_free(struct metrics *m);
+
+/* One finished request. tokens, cost and saved (USD x 1e9) below 0 count as
+ * 0. ttft_us 0: not streamed (no observation); classifier_us 0: the
+ * classifier did not run. */
+void metrics_request(struct metrics *m, int tenant, int tier, int status, enum stats_cache cache, int escalated,
+                     int64_t tokens_in, int64_t tokens_out, int64_t cost_nano, int64_t saved_nano, uint64_t total_us,
+                     uint64_t ttft_us, uint64_t overhead_us, uint64_t classifier_us);
+void metrics_redis_error(struct metrics *m);
+void metrics_upstream_error(struct metrics *m, int replica);
+void metrics_inflight_add(struct metrics *m, int delta);
+void metrics_set_queue_depth(struct metrics *m, int tier, int64_t depth);
+
+/* The whole exposition, NUL-terminated, malloc'd (free it); its length in
+ * *len. */
+char *metrics_render(struct metrics *m, size_t *len);
+
+#endif
