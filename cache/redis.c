@@ -40,6 +40,8 @@ struct redis_shared {
     char *scripts[MAX_SCRIPTS];     /* Lua sources, loaded on every connect */
     char script_sha[MAX_SCRIPTS][41];
     int n_scripts;
+    void (*error_hook)(void *ctx);
+    void *error_ctx;
 };
 
 struct op {
@@ -285,10 +287,25 @@ static void op_free(struct op *op)
     free(op);
 }
 
+static void count_error(struct redis_shared *rs)
+{
+    if (rs->error_hook)
+        rs->error_hook(rs->error_ctx);
+}
+
+void redis_shared_set_error_hook(struct redis_shared *rs, void (*hook)(void *ctx), void *ctx)
+{
+    rs->error_hook = hook;
+    rs->error_ctx = ctx;
+}
+
 static void reply_cb(redisAsyncContext *ac, void *reply, void *priv)
 {
     (void)ac;
     struct op *op = priv;
+    redisReply *rep = reply;
+    if (!op->done && (!rep || rep->type == REDIS_REPLY_ERROR))
+        count_error(op->r->rs);
     if (!op->done) {
         op->done = 1;
         if (reply)
@@ -304,6 +321,7 @@ static void op_timeout_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct op *op = arg;
     struct redis *r = op->r;
+    count_error(r->rs);
     op->done = 1; /* the late reply, if any, is dropped in reply_cb */
     op->cb(op->ctx, REDIS_CALL_TIMEOUT, NULL);
     /* A Redis that keeps timing out is as good as down: stop waiting on it
@@ -317,6 +335,7 @@ static void op_timeout_cb(evutil_socket_t fd, short what, void *arg)
 struct deferred {
     redis_reply_cb cb;
     void *ctx;
+    struct redis_shared *rs;
 };
 
 static void deferred_down_cb(evutil_socket_t fd, short what, void *arg)
@@ -324,6 +343,8 @@ static void deferred_down_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct deferred *d = arg;
+    if (d->rs)
+        count_error(d->rs);
     d->cb(d->ctx, REDIS_CALL_DOWN, NULL);
     free(d);
 }
@@ -334,6 +355,7 @@ void redis_call(struct redis *r, redis_reply_cb cb, void *ctx, int argc, const c
         struct deferred *d = xmalloc(sizeof *d);
         d->cb = cb;
         d->ctx = ctx;
+        d->rs = r ? r->rs : NULL;
         event_base_once(r ? r->base : NULL, -1, EV_TIMEOUT, deferred_down_cb, d, NULL);
         return;
     }
@@ -348,6 +370,7 @@ void redis_call(struct redis *r, redis_reply_cb cb, void *ctx, int argc, const c
         struct deferred *d = xmalloc(sizeof *d);
         d->cb = cb;
         d->ctx = ctx;
+        d->rs = r->rs;
         event_base_once(r->base, -1, EV_TIMEOUT, deferred_down_cb, d, NULL);
         return;
     }

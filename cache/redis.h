@@ -44,6 +44,9 @@ struct redis_settings {
 /* Parse the URL and keep the settings. NULL with err set when the URL is bad. */
 struct redis_shared *redis_shared_new(const struct redis_settings *s, char *err, size_t errlen);
 void redis_shared_free(struct redis_shared *rs);
+/* Called (from worker threads) each time a command fails: timeout,
+ * connection down, or an error reply. For metrics; set before workers start. */
+void redis_shared_set_error_hook(struct redis_shared *rs, void (*hook)(void *ctx), void *ctx);
 /* Validate a URL without keeping anything (for config checks). */
 int redis_url_check(const char *url, char *err, size_t errlen);
 

@@ -490,6 +490,16 @@ void gateway_block_signals(sigset_t *set)
     signal(SIGPIPE, SIG_IGN);
 }
 
+static void count_redis_error(void *ctx)
+{
+    metrics_redis_error(((struct gateway *)ctx)->metrics);
+}
+
+static void count_upstream_error(void *ctx, size_t replica)
+{
+    metrics_upstream_error(((struct gateway *)ctx)->metrics, (int)replica);
+}
+
 int gateway_init(struct gateway *gw, char *err, size_t errlen)
 {
     struct config *cfg = &gw->cfg;
@@ -532,6 +542,8 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
         for (size_t i = 0; i < cfg->n_tenants; i++)
             tenants[i] = cfg->tenants[i].id;
         gw->stats = stats_new(gw->redis, tiers, cfg->n_tiers);
+        if (gw->redis)
+            redis_shared_set_error_hook(gw->redis, count_redis_error, gw);
         gw->metrics = metrics_new(tenants, cfg->n_tenants, tiers, cfg->n_tiers, reps, n_rep);
         free(tiers);
         free(tenants);
@@ -545,12 +557,18 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
     };
     gw->policy = policy_new(&ps);
     gw->engines = xcalloc(cfg->n_tiers, sizeof *gw->engines);
+    size_t replica_base = 0;
     for (size_t i = 0; i < cfg->n_tiers; i++) {
         char e2[256];
         gw->engines[i] = engines_create(&cfg->tiers[i], e2, sizeof e2);
         if (!gw->engines[i]) {
             snprintf(err, errlen, "tiers[%zu] (%s): %s", i, cfg->tiers[i].name, e2);
             return -1;
+        }
+        if (cfg->tiers[i].kind == ENGINE_REMOTE) {
+            /* Replicas are numbered across tiers, as metrics_new() got them. */
+            remote_engine_set_error_hook(gw->engines[i], count_upstream_error, gw, replica_base);
+            replica_base += cfg->tiers[i].remote.n_urls;
         }
     }
     gw->n_workers = cfg->workers;

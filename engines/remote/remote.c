@@ -77,6 +77,9 @@ struct remote {
     pthread_mutex_t stop_mu;
     pthread_cond_t stop_cv;
     int stop;
+    remote_error_hook error_hook;
+    void *error_ctx;
+    size_t replica_base;
 };
 
 struct rreq {
@@ -334,6 +337,20 @@ static void release_upstream(struct rreq *q)
     q->replica = -1;
 }
 
+void remote_engine_set_error_hook(struct engine *e, remote_error_hook hook, void *ctx, size_t replica_base)
+{
+    struct remote *r = (struct remote *)e;
+    r->error_hook = hook;
+    r->error_ctx = ctx;
+    r->replica_base = replica_base;
+}
+
+static void count_error(struct remote *r, int replica)
+{
+    if (r->error_hook && replica >= 0)
+        r->error_hook(r->error_ctx, r->replica_base + (size_t)replica);
+}
+
 static void finish_error(struct rreq *q, int status, const char *type, const char *code, const char *msg)
 {
     if (!q->ended) {
@@ -561,6 +578,7 @@ static void done_cb(struct evhttp_request *req, void *arg)
     }
     if (!req || evhttp_request_get_response_code(req) == 0) {
         int timeout = q->error_kind == EVREQ_HTTP_TIMEOUT;
+        count_error(r, ri);
         release_upstream(q);
         if (!q->got_headers && !timeout) {
             /* Refused or reset before any answer: this replica is down for
@@ -581,6 +599,8 @@ static void done_cb(struct evhttp_request *req, void *arg)
     q->status = evhttp_request_get_response_code(req);
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     if (q->status != 200) {
+        if (q->status >= 500)
+            count_error(r, ri);
         struct evbuffer *b = q->errbody ? q->errbody : in;
         size_t len = evbuffer_get_length(b);
         char *body = xmalloc(len + 1);
@@ -592,6 +612,8 @@ static void done_cb(struct evhttp_request *req, void *arg)
         return;
     }
     if (q->stream) {
+        if (q->stream_error || !(q->saw_done || q->finish_reason[0]))
+            count_error(r, ri);
         release_upstream(q);
         if (q->stream_error)
             finish_error(q, 502, "upstream_error", "bad_upstream_stream", q->stream_error_msg);
@@ -616,6 +638,7 @@ static void timeout_cb(evutil_socket_t fd, short what, void *arg)
         evhttp_cancel_request(q->req); /* closes the upstream connection */
         q->req = NULL;
     }
+    count_error(q->L->r, q->replica);
     release_upstream(q);
     finish_error(q, 504, "upstream_error", "upstream_timeout", "upstream timed out");
 }

@@ -44,6 +44,12 @@ int remote_config_parse(json_t *engine, const char *path, struct remote_config *
                         size_t errlen);
 void remote_config_free(struct remote_config *cfg);
 
+/* Called (from worker threads) when a replica fails a request: unreachable,
+ * 5xx, timeout, or a broken stream. replica is replica_base + its index in
+ * urls, so a caller can number the replicas of all tiers in one range. */
+typedef void (*remote_error_hook)(void *ctx, size_t replica);
+void remote_engine_set_error_hook(struct engine *e, remote_error_hook hook, void *ctx, size_t replica_base);
+
 /* The engine copies cfg. NULL with err set on failure. */
 struct engine *remote_engine_new(const struct remote_config *cfg, char *err, size_t errlen);
 

@@ -376,3 +376,36 @@ describe('GET /metrics', () => {
     }
   });
 });
+
+describe('error counters', () => {
+  test('upstream errors are counted by replica, Redis errors when Redis fails', async () => {
+    const peer = await startPeer({ name: 'errs' });
+    const redis = await startRedis();
+    const dead = `http://127.0.0.1:${await freePort()}`;
+    const config = makeConfig({
+      tiers: [tier({ name: 'small', urls: peer.url }), tier({ name: 'broken', model: 'gone', urls: dead })],
+      redis: { url: redis.url, timeout_ms: 100 },
+    });
+    const gw = await startGateway({ config });
+    const errs = async () => {
+      const { samples } = parseExposition(await scrape(gw));
+      return { dead: sum(samples, 'cascade_upstream_errors_total', { replica: dead }),
+        live: sum(samples, 'cascade_upstream_errors_total', { replica: peer.url }),
+        redis: sum(samples, 'cascade_redis_errors_total') };
+    };
+    const ask = async (body) => {
+      const res = await fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: authHeaders(), body: JSON.stringify(body) });
+      await res.text();
+      return res.status;
+    };
+    assert.equal(await ask(chatBody('fine', { model: 'small' })), 200);
+    assert.deepEqual(await errs(), { dead: 0, live: 0, redis: 0 });
+    assert.equal(await ask(chatBody('boom [[peer:status=500]]', { model: 'small' })), 502);
+    assert.equal(await ask(chatBody('nobody home', { model: 'broken' })), 502);
+    assert.deepEqual(await errs(), { dead: 1, live: 1, redis: 0 });
+    await redis.stop();
+    for (let i = 0; i < 3; i++) assert.equal(await ask(chatBody(`no redis ${i}`, { model: 'small', temperature: 0 })), 200);
+    assert.ok((await errs()).redis >= 1);
+    await gw.stop();
+  });
+});
