@@ -39,8 +39,10 @@
 #include "gateway/gateway.h"
 #include "gateway/metrics.h"
 #include "policies/stats.h"
+#include "classifier/classifier.h"
 #include "policies/policy.h"
 #include "policies/price.h"
+#include "policies/routing.h"
 
 enum cache_plan {
     PLAN_BYPASS,        /* neither read nor write the cache */
@@ -77,8 +79,20 @@ struct chat {
     int64_t max_tokens;             /* the output bound the reservation covers */
     struct reservation *resv;
     int admit_pending;
+    int64_t reserved_nano;          /* what admission reserved */
     int64_t cost_nano, saved_cache_nano, saved_routing_nano;
     int hit_tier;                   /* the tier that produced a cache hit, or -1 */
+    /* routing and the cascade */
+    int scored;                     /* the classifier scored this request */
+    float score;
+    uint64_t classifier_us;
+    int escalate_to;                /* -1: no cascade; else the tier to escalate to */
+    int cascade_phase;              /* the cheap tier's answer is buffered for judging */
+    int escalated;
+    int client_logprobs;            /* the client asked for logprobs itself */
+    double *lps;                    /* the cheap answer's token logprobs */
+    size_t n_lps, cap_lps;
+    int64_t first_cost_nano;        /* the cheap call's cost, when it escalated */
     /* cache */
     enum cache_plan plan;
     const char *cache_header;       /* x-cascade-cache: hit|miss|bypass */
@@ -112,6 +126,7 @@ static void chat_free(struct chat *c)
     if (c->content)
         evbuffer_free(c->content);
     json_decref(c->logprobs);
+    free(c->lps);
     gateway_snap_release(c->snap);
     free(c);
 }
@@ -130,8 +145,9 @@ static void settle(struct chat *c)
     } else if (c->engine_started) {
         prompt = c->usage.prompt_tokens > 0 ? c->usage.prompt_tokens : c->prompt_tokens;
         completion = c->usage.completion_tokens > 0 ? c->usage.completion_tokens : c->tokens_received;
-        c->cost_nano = tier_cost(c, c->tier, prompt, completion);
-        int64_t reserved = tier_cost(c, c->tier, c->prompt_tokens, c->max_tokens);
+        /* An escalated request pays for both answers. */
+        c->cost_nano = c->first_cost_nano + tier_cost(c, c->tier, prompt, completion);
+        int64_t reserved = c->reserved_nano;
         if (c->cost_nano > reserved) {
             /* The engine counted more prompt tokens than our tokenizer: the
              * reservation is what the budget allowed, so it is the charge. */
@@ -188,7 +204,7 @@ static void record(struct chat *c, int status)
     uint64_t total = clock_mono_us() - c->t0;
     int tier = hit ? c->hit_tier : c->tier;
     struct stats_sample x = {
-        .tenant = c->tenant->id, .tier = tier, .status = status, .cache = cache,
+        .tenant = c->tenant->id, .tier = tier, .status = status, .cache = cache, .escalated = c->escalated,
         .tokens_in = hit ? 0 : c->usage.prompt_tokens, .tokens_out = hit ? 0 : c->usage.completion_tokens,
         .cost_nano = c->cost_nano, .saved_cache_nano = c->saved_cache_nano,
         .saved_routing_nano = c->saved_routing_nano, .latency_us = total,
@@ -198,9 +214,9 @@ static void record(struct chat *c, int status)
     for (size_t i = 0; i < gw->cfg.n_tenants; i++) /* metrics' labels are the config at start */
         if (strcmp(gw->cfg.tenants[i].id, c->tenant->id) == 0)
             ti = (int)i;
-    metrics_request(gw->metrics, ti, tier, status, cache, 0, x.tokens_in, x.tokens_out, c->cost_nano,
+    metrics_request(gw->metrics, ti, tier, status, cache, c->escalated, x.tokens_in, x.tokens_out, c->cost_nano,
                     c->saved_cache_nano + c->saved_routing_nano, total, c->req.stream ? c->ttft_us : 0,
-                    total > c->engine_us ? total - c->engine_us : 0, 0);
+                    total > c->engine_us ? total - c->engine_us : 0, c->scored ? c->classifier_us : 0);
 }
 
 /* The request is answered (or abandoned): settle, record, log and free. */
@@ -221,6 +237,12 @@ static void set_headers(struct chat *c)
     httpd_resp_header(c->r, "x-cascade-tier", tier_name(c) ? tier_name(c) : "none");
     if (c->cache_header)
         httpd_resp_header(c->r, "x-cascade-cache", c->cache_header);
+    if (c->scored) {
+        char v[32];
+        snprintf(v, sizeof v, "%.4f", c->score);
+        httpd_resp_header(c->r, "x-cascade-score", v);
+        httpd_resp_header(c->r, "x-cascade-escalated", c->escalated ? "true" : "false");
+    }
 }
 
 static void reply_error(struct chat *c, int status, const char *type, const char *code, const char *param,
@@ -381,9 +403,26 @@ static json_t *logprob_entry(const struct engine_token *t)
 static void on_token(void *ctx, const struct engine_token *t)
 {
     struct chat *c = ctx;
+    c->tokens_received++;
+    if (c->cascade_phase) {
+        /* The cheap answer waits, whole, until it is judged. */
+        if (t->has_logprob) {
+            if (c->n_lps == c->cap_lps) {
+                c->cap_lps = c->cap_lps ? c->cap_lps * 2 : 64;
+                c->lps = xrealloc(c->lps, c->cap_lps * sizeof *c->lps);
+            }
+            c->lps[c->n_lps++] = t->logprob;
+        }
+        evbuffer_add(c->content, t->text, t->len);
+        if (c->client_logprobs && t->has_logprob) {
+            if (!c->logprobs)
+                c->logprobs = json_array();
+            json_array_append_new(c->logprobs, logprob_entry(t));
+        }
+        return;
+    }
     if (!c->ttft_us)
         c->ttft_us = clock_mono_us() - c->t0;
-    c->tokens_received++;
     json_t *entry = (c->req.logprobs && t->has_logprob) ? logprob_entry(t) : NULL;
     if (c->req.stream && (t->len || entry))
         stream_piece(c, t->text, t->len, entry);
@@ -399,11 +438,60 @@ static void on_token(void *ctx, const struct engine_token *t)
     json_decref(entry);
 }
 
+static void start_engine(struct chat *c);
+
+/* The cheap tier has answered in the cascade zone: keep its answer, or
+ * escalate. 1 when a new engine call took over the request. */
+static int cascade_judge(struct chat *c, const struct engine_usage *usage)
+{
+    c->cascade_phase = 0;
+    c->req.logprobs = c->client_logprobs;
+    if (!c->client_logprobs)
+        json_object_del(c->req.root, "logprobs");
+    struct confidence conf = routing_confidence(c->lps, c->n_lps, c->tenant->routing.window);
+    if (!routing_should_escalate(&c->tenant->routing, &conf)) {
+        if (c->req.stream) {
+            /* Now the client gets it, in the usual chunks. */
+            size_t len = evbuffer_get_length(c->content);
+            const char *text = (const char *)evbuffer_pullup(c->content, -1);
+            size_t off = 0, i;
+            json_t *e;
+            json_array_foreach(c->logprobs, i, e) {
+                size_t n = json_string_length(json_object_get(e, "token"));
+                if (off + n > len)
+                    n = len - off;
+                stream_piece(c, text + off, n, e);
+                off += n;
+            }
+            if (off < len)
+                stream_piece(c, text + off, len - off, NULL);
+            c->ttft_us = clock_mono_us() - c->t0;
+        }
+        return 0;
+    }
+    /* Not sure enough: pay for the cheap answer, drop it, ask the top tier. */
+    int64_t prompt = usage->prompt_tokens > 0 ? usage->prompt_tokens : c->prompt_tokens;
+    int64_t completion = usage->completion_tokens > 0 ? usage->completion_tokens : c->tokens_received;
+    c->first_cost_nano = tier_cost(c, c->tier, prompt, completion);
+    log_debug("request %s escalates from %s (mean logprob %.3f, window min %.3f over %zu tokens)", c->request_id,
+              tier_name(c), conf.mean, conf.window_min, conf.n);
+    evbuffer_drain(c->content, evbuffer_get_length(c->content));
+    json_decref(c->logprobs);
+    c->logprobs = NULL;
+    c->tokens_received = 0;
+    c->escalated = 1;
+    c->tier = c->escalate_to;
+    start_engine(c);
+    return 1;
+}
+
 static void on_done(void *ctx, const struct engine_usage *usage, const char *finish_reason)
 {
     struct chat *c = ctx;
     c->engine_running = 0;
-    c->engine_us = clock_mono_us() - c->engine_t0;
+    c->engine_us += clock_mono_us() - c->engine_t0;
+    if (c->cascade_phase && cascade_judge(c, usage))
+        return;
     c->usage = *usage;
     size_t vlen = 0;
     char *value = c->store ? cache_value(c, finish_reason, &vlen) : NULL;
@@ -453,6 +541,14 @@ static void start_engine(struct chat *c)
     };
     c->engine = c->w->gw->engines[c->tier];
     c->engine_t0 = clock_mono_us();
+    if (c->escalate_to >= 0 && !c->escalated && !c->cascade_phase) {
+        /* The cheap try: its confidence comes from logprobs, asked for
+         * whether or not the client wants them. */
+        c->cascade_phase = 1;
+        c->client_logprobs = c->req.logprobs;
+        c->req.logprobs = 1;
+        json_object_set_new(c->req.root, "logprobs", json_true());
+    }
     if (engine_submit(c->engine, &er, &chat_callbacks, c, &c->engine_id) < 0) {
         reply_error(c, 503, "server_error", "engine_unavailable", NULL, "the engine cannot take requests now");
         return;
@@ -539,7 +635,10 @@ static void serve(struct chat *c)
     /* The route selector: a tier by name (a model id maps to its tier), or
      * auto with what auto means for this tenant now. */
     char route[200];
-    snprintf(route, sizeof route, "%s:%s", c->is_auto ? "auto" : "tier", tier_name(c));
+    if (c->is_auto && c->scored)
+        snprintf(route, sizeof route, "%s", c->tenant->routing_version);
+    else
+        snprintf(route, sizeof route, "%s:%s", c->is_auto ? "auto" : "tier", tier_name(c));
     cache_key(c->tenant->id, route, &c->req, c->key);
     if (c->plan == PLAN_REFRESH) {
         c->cache_header = "miss";
@@ -579,6 +678,7 @@ static void on_admit(void *ctx, const struct admit_result *res, struct reservati
     struct chat *c = ctx;
     c->admit_pending = 0;
     c->resv = resv;
+    c->reserved_nano = res->reserved_nano;
     if (c->gone) {
         chat_done(c, 499); /* settles the reservation at 0 */
         return;
@@ -607,9 +707,38 @@ static void on_admit(void *ctx, const struct admit_result *res, struct reservati
             return;
         }
     }
-    if (res->status == ADMIT_DOWNGRADED)
+    if (res->status == ADMIT_DOWNGRADED) {
         c->tier = c->tenant->cheapest_tier;
+        c->escalate_to = -1;
+    }
     serve(c);
+}
+
+/* model "auto": the classifier scores the prompt (the last user message,
+ * the system prompt, the conversation's length) and the tenant's routing
+ * settings pick the tier, or a cascade. */
+static void route_auto(struct chat *c)
+{
+    struct classifier_input in = {.n_messages = (int)c->req.n_messages};
+    for (size_t i = 0; i < c->req.n_messages; i++) {
+        const struct chat_message *m = &c->req.messages[i];
+        if ((m->role == ROLE_SYSTEM || m->role == ROLE_DEVELOPER) && !in.system) {
+            in.system = m->content;
+            in.system_len = m->content_len;
+        } else if (m->role == ROLE_USER) {
+            in.user = m->content;
+            in.user_len = m->content_len;
+        }
+    }
+    uint64_t t = clock_mono_us();
+    c->score = classifier_score(c->w->gw->classifier, &in);
+    c->classifier_us = clock_mono_us() - t;
+    c->scored = 1;
+    const struct tenant_config *tc = c->tenant;
+    struct route_plan plan = routing_route(&tc->routing, tc->by_price, tc->n_allowed, c->score, c->req.stream,
+                                           c->cfg->tiers[tc->by_price[0]].logprobs);
+    c->tier = plan.tier;
+    c->escalate_to = plan.escalate_to;
 }
 
 /* Prompt tokens as the DeepSeek tokenizer counts them through the chat
@@ -701,6 +830,7 @@ void chat_handle(struct worker *w, struct httpd_req *r, struct config_snap *snap
     c->tenant = tenant;
     c->tier = -1;
     c->hit_tier = -1;
+    c->escalate_to = -1;
     c->t0 = t0;
     c->req.max_tokens = -1;
     snprintf(c->request_id, sizeof c->request_id, "%s", request_id);
@@ -734,6 +864,8 @@ void chat_handle(struct worker *w, struct httpd_req *r, struct config_snap *snap
         return;
     }
     c->tier = tier;
+    if (c->is_auto && c->w->gw->classifier)
+        route_auto(c);
     char rid[17];
     access_new_id(rid);
     snprintf(c->id, sizeof c->id, "chatcmpl-%s", rid);
@@ -743,15 +875,19 @@ void chat_handle(struct worker *w, struct httpd_req *r, struct config_snap *snap
 
     bound_max_tokens(c);
     c->prompt_tokens = count_prompt(c);
+    /* A cascade may run both tiers: reserve both. */
+    int64_t est = tier_cost(c, c->tier, c->prompt_tokens, c->max_tokens);
+    if (c->escalate_to >= 0)
+        est += tier_cost(c, c->escalate_to, c->prompt_tokens, c->max_tokens);
     struct admit_request aq = {
         .tenant = tenant->id,
         .limits = &tenant->limits,
         .request_id = c->id, /* ours, unique: a client's x-request-id may repeat */
-        .est_tokens = c->prompt_tokens + c->max_tokens,
-        .est_cost_nano = tier_cost(c, tier, c->prompt_tokens, c->max_tokens),
+        .est_tokens = (c->prompt_tokens + c->max_tokens) * (c->escalate_to >= 0 ? 2 : 1),
+        .est_cost_nano = est,
         .alt_cost_nano = -1,
     };
-    if (tenant->downgrade && tenant->cheapest_tier != tier)
+    if (tenant->downgrade && (tenant->cheapest_tier != c->tier || c->escalate_to >= 0))
         aq.alt_cost_nano = tier_cost(c, tenant->cheapest_tier, c->prompt_tokens, c->max_tokens);
     c->admit_pending = 1;
     policy_admit(w->gw->policy, w->base, &aq, on_admit, c);

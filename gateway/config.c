@@ -206,7 +206,7 @@ static int parse_policy(json_t *root, struct policy_config *pc, char *err, size_
 static int parse_tier(json_t *t, const char *path, const struct limits_config *lim, struct tier_config *tc,
                       char *err, size_t n)
 {
-    static const char *const keys[] = {"name", "model", "engine", "price", "max_output_tokens", NULL};
+    static const char *const keys[] = {"name", "model", "engine", "price", "max_output_tokens", "logprobs", NULL};
     static const char *const price_keys[] = {"input_per_1m", "output_per_1m", NULL};
     char p[256];
     if (!json_is_object(t))
@@ -234,6 +234,15 @@ static int parse_tier(json_t *t, const char *path, const struct limits_config *l
     if (cfgj_uint(t, path, "max_output_tokens", 1, 1u << 24, &mot, err, n) < 0)
         return -1;
     tc->max_output_tokens = (int64_t)mot;
+    tc->logprobs = 1;
+    json_t *lpv = json_object_get(t, "logprobs");
+    if (lpv) {
+        if (!json_is_boolean(lpv)) {
+            cfgj_path(p, sizeof p, path, "logprobs");
+            return cfgj_fail(err, n, p, "must be a boolean");
+        }
+        tc->logprobs = json_is_true(lpv);
+    }
     json_t *eng;
     if (cfgj_object(t, path, "engine", 1, &eng, err, n) < 0)
         return -1;
@@ -351,11 +360,81 @@ static int parse_tenant_policy(json_t *t, const char *path, struct tenant_config
     return 0;
 }
 
+static int parse_tenant_routing(json_t *t, const char *path, struct tenant_config *tc, char *err, size_t n)
+{
+    static const char *const keys[] = {"quality", "band", "t_low", "t_high", "cascade", NULL};
+    static const char *const ckeys[] = {"enabled", "min_mean_logprob", "min_window_logprob", "window", "stream",
+                                        NULL};
+    char p[256], cp[280];
+    struct routing_settings *r = &tc->routing;
+    double quality = 0.5, band = 0.2;
+    r->cascade = 1;
+    r->min_mean_logprob = -1.0;
+    r->min_window_logprob = -2.5;
+    r->window = 8;
+    r->stream = CASCADE_STREAM_BUFFER;
+    json_t *o;
+    if (cfgj_object(t, path, "routing", 0, &o, err, n) < 0)
+        return -1;
+    if (o) {
+        cfgj_path(p, sizeof p, path, "routing");
+        if (cfgj_known_keys(o, p, keys, err, n) < 0 || cfgj_number(o, p, "quality", 0, 1, &quality, err, n) < 0 ||
+            cfgj_number(o, p, "band", 0, 1, &band, err, n) < 0)
+            return -1;
+    }
+    routing_from_quality(quality, band, &r->t_low, &r->t_high);
+    if (o) {
+        if (cfgj_number(o, p, "t_low", 0, 1, &r->t_low, err, n) < 0 ||
+            cfgj_number(o, p, "t_high", 0, 1, &r->t_high, err, n) < 0)
+            return -1;
+        if (r->t_low > r->t_high) {
+            cfgj_path(cp, sizeof cp, p, "t_low");
+            return cfgj_fail(err, n, cp, "must not be above t_high");
+        }
+        json_t *c;
+        if (cfgj_object(o, p, "cascade", 0, &c, err, n) < 0)
+            return -1;
+        if (c) {
+            cfgj_path(cp, sizeof cp, p, "cascade");
+            if (cfgj_known_keys(c, cp, ckeys, err, n) < 0 ||
+                cfgj_number(c, cp, "min_mean_logprob", -100, 0, &r->min_mean_logprob, err, n) < 0 ||
+                cfgj_number(c, cp, "min_window_logprob", -100, 0, &r->min_window_logprob, err, n) < 0)
+                return -1;
+            json_t *en = json_object_get(c, "enabled");
+            if (en) {
+                if (!json_is_boolean(en)) {
+                    char ep[300];
+                    cfgj_path(ep, sizeof ep, cp, "enabled");
+                    return cfgj_fail(err, n, ep, "must be a boolean");
+                }
+                r->cascade = json_is_true(en);
+            }
+            unsigned long long w = r->window;
+            if (cfgj_uint(c, cp, "window", 1, 4096, &w, err, n) < 0)
+                return -1;
+            r->window = (size_t)w;
+            const char *st = NULL;
+            if (cfgj_string(c, cp, "stream", 0, &st, err, n) < 0)
+                return -1;
+            if (st && strcmp(st, "skip") == 0) {
+                r->stream = CASCADE_STREAM_SKIP;
+            } else if (st && strcmp(st, "buffer") != 0) {
+                char sp[300];
+                cfgj_path(sp, sizeof sp, cp, "stream");
+                return cfgj_fail(err, n, sp, "must be \"buffer\" or \"skip\"");
+            }
+        }
+    }
+    snprintf(tc->routing_version, sizeof tc->routing_version, "auto:%.4f:%.4f:%d:%g:%g:%zu:%d", r->t_low, r->t_high,
+             r->cascade, r->min_mean_logprob, r->min_window_logprob, r->window, (int)r->stream);
+    return 0;
+}
+
 static int parse_tenant(json_t *t, const char *path, struct config *cfg, struct tenant_config *tc, char *err,
                         size_t n)
 {
     static const char *const keys[] = {"id", "keys", "allowed_tiers", "default_tier", "cache", "budget", "limits",
-                                       "expose_headers", NULL};
+                                       "expose_headers", "routing", NULL};
     char p[256], ep[280];
     if (!json_is_object(t))
         return cfgj_fail(err, n, path, "must be an object");
@@ -411,7 +490,8 @@ static int parse_tenant(json_t *t, const char *path, struct config *cfg, struct 
     } else {
         tc->default_tier = tc->allowed[0];
     }
-    if (parse_tenant_cache(t, path, cfg, tc, err, n) < 0 || parse_tenant_policy(t, path, tc, err, n) < 0)
+    if (parse_tenant_cache(t, path, cfg, tc, err, n) < 0 || parse_tenant_policy(t, path, tc, err, n) < 0 ||
+        parse_tenant_routing(t, path, tc, err, n) < 0)
         return -1;
     /* Downgrades go to the cheapest allowed tier; routing savings are
      * measured against the most expensive one. */
@@ -425,13 +505,26 @@ static int parse_tenant(json_t *t, const char *path, struct config *cfg, struct 
             cfg->tiers[tc->largest_tier].price_out_per_1m + cfg->tiers[tc->largest_tier].price_in_per_1m)
             tc->largest_tier = tc->allowed[k];
     }
+    /* The allowed tiers by price, cheapest first (insertion sort: few). */
+    tc->by_price = xcalloc(tc->n_allowed, sizeof *tc->by_price);
+    for (size_t k = 0; k < tc->n_allowed; k++) {
+        int ti = tc->allowed[k];
+        double price = cfg->tiers[ti].price_in_per_1m + cfg->tiers[ti].price_out_per_1m;
+        size_t j = k;
+        while (j > 0 && cfg->tiers[tc->by_price[j - 1]].price_in_per_1m +
+                                cfg->tiers[tc->by_price[j - 1]].price_out_per_1m > price) {
+            tc->by_price[j] = tc->by_price[j - 1];
+            j--;
+        }
+        tc->by_price[j] = ti;
+    }
     return 0;
 }
 
 static int parse_root(json_t *root, struct config *cfg, char *err, size_t n)
 {
     static const char *const keys[] = {"listen", "workers", "limits", "redis", "cache", "policy", "tokenizer",
-                                       "admin_token_sha256", "tiers", "tenants", NULL};
+                                       "classifier", "admin_token_sha256", "tiers", "tenants", NULL};
     char p[256];
     if (!json_is_object(root))
         return cfgj_fail(err, n, "", "the config must be a JSON object");
@@ -454,6 +547,17 @@ static int parse_root(json_t *root, struct config *cfg, char *err, size_t n)
     if (cfgj_string(root, "", "tokenizer", 0, &tok, err, n) < 0)
         return -1;
     cfg->tokenizer = tok ? xstrdup(tok) : NULL;
+    json_t *cl;
+    if (cfgj_object(root, "", "classifier", 0, &cl, err, n) < 0)
+        return -1;
+    if (cl) {
+        static const char *const ckeys[] = {"model", NULL};
+        const char *model;
+        if (cfgj_known_keys(cl, "classifier", ckeys, err, n) < 0 ||
+            cfgj_string(cl, "classifier", "model", 1, &model, err, n) < 0)
+            return -1;
+        cfg->classifier = xstrdup(model);
+    }
     json_t *admin = json_object_get(root, "admin_token_sha256");
     if (admin) {
         if (parse_key_hex(admin, "admin_token_sha256", cfg->admin_key, err, n) < 0)
@@ -572,11 +676,13 @@ void config_free(struct config *cfg)
         free(cfg->tenants[i].id);
         free(cfg->tenants[i].keys);
         free(cfg->tenants[i].allowed);
+        free(cfg->tenants[i].by_price);
     }
     free(cfg->tenants);
     free(cfg->listen_host);
     free(cfg->redis.url);
     free(cfg->tokenizer);
+    free(cfg->classifier);
     memset(cfg, 0, sizeof *cfg);
 }
 
@@ -591,6 +697,9 @@ const char *config_reload_conflict(const struct config *cur, const struct config
         return "redis.url changed";
     if (cur->cache.backend != next->cache.backend)
         return "cache.backend changed";
+    if ((cur->classifier == NULL) != (next->classifier == NULL) ||
+        (cur->classifier && strcmp(cur->classifier, next->classifier) != 0))
+        return "classifier changed";
     if ((cur->tokenizer == NULL) != (next->tokenizer == NULL) ||
         (cur->tokenizer && strcmp(cur->tokenizer, next->tokenizer) != 0))
         return "tokenizer changed";

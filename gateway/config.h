@@ -21,6 +21,7 @@
 #include "common/hash.h"
 #include "engines/remote/remote.h"
 #include "policies/policy.h"
+#include "policies/routing.h"
 
 enum engine_kind { ENGINE_REMOTE, ENGINE_NATIVE };
 
@@ -34,6 +35,7 @@ struct tier_config {
     double price_in_per_1m;     /* USD per 1M prompt tokens */
     double price_out_per_1m;    /* USD per 1M completion tokens */
     int64_t max_output_tokens;  /* what a request without max_tokens may generate */
+    int logprobs;               /* the engine returns token logprobs (the cascade needs them) */
 };
 
 struct tenant_config {
@@ -51,6 +53,9 @@ struct tenant_config {
     int expose_headers;             /* send x-cascade-* headers */
     int cheapest_tier;              /* among allowed, by output price */
     int largest_tier;               /* among allowed, the most expensive */
+    int *by_price;                  /* allowed tiers, cheapest first */
+    struct routing_settings routing;
+    char routing_version[96];       /* part of auto's cache key: a change invalidates */
 };
 
 struct limits_config {
@@ -90,6 +95,7 @@ struct config {
     struct cache_config cache;
     struct policy_config policy;
     char *tokenizer;            /* DeepSeek tokenizer.json for token counts, or NULL */
+    char *classifier;           /* difficulty model for "auto", or NULL (auto = default tier) */
     int has_admin;
     uint8_t admin_key[SHA256_LEN];
     struct tier_config *tiers;

@@ -19,6 +19,7 @@
 #include "gateway/config.h"
 
 struct cache;
+struct classifier;
 struct stats;
 struct metrics;
 struct engine;
@@ -57,6 +58,7 @@ struct gateway {
     pthread_mutex_t snap_mu;
     int snap_mu_ready;
     struct tokenizer *tokenizer;    /* DeepSeek's, for prompt token counts; may be NULL */
+    struct classifier *classifier;  /* scores "auto" requests; may be NULL */
     struct policy *policy;
     struct engine **engines;    /* one per tier, shared by all workers */
     struct redis_shared *redis; /* NULL without redis.url */

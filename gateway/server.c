@@ -29,6 +29,7 @@
 #include "gateway/metrics.h"
 #include "policies/stats.h"
 #include "gateway/engines.h"
+#include "classifier/classifier.h"
 #include "engines/native/tokenizer_bpe.h"
 #include "policies/policy.h"
 
@@ -514,6 +515,16 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
     } else {
         log_warn("no \"tokenizer\" in the config: prompt tokens are estimated from their length, high");
     }
+    if (cfg->classifier) {
+        char e2[256];
+        gw->classifier = classifier_load(cfg->classifier, e2, sizeof e2);
+        if (!gw->classifier) {
+            snprintf(err, errlen, "classifier.model: %s", e2);
+            return -1;
+        }
+    } else {
+        log_warn("no \"classifier\" in the config: model \"auto\" goes to each tenant's default tier");
+    }
     if (cfg->redis.url) {
         struct redis_settings rs = {cfg->redis.url, cfg->redis.timeout_ms};
         gw->redis = redis_shared_new(&rs, err, errlen);
@@ -671,6 +682,7 @@ void gateway_free(struct gateway *gw)
     policy_free(gw->policy);
     cache_free(gw->cache);
     tokenizer_free(gw->tokenizer);
+    classifier_free(gw->classifier);
     gateway_snap_release(gw->snap);
     if (gw->snap_mu_ready)
         pthread_mutex_destroy(&gw->snap_mu);

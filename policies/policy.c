@@ -497,6 +497,7 @@ static void finish_local(struct admit_call *ac)
     local_admit(ac->p, &ac->q, &res);
     int ok = res.status == ADMIT_OK || res.status == ADMIT_DOWNGRADED;
     int64_t cost = res.status == ADMIT_DOWNGRADED ? ac->q.alt_cost_nano : ac->q.est_cost_nano;
+    res.reserved_nano = ok ? cost : 0;
     struct reservation *resv = ok ? make_resv(ac, cost, (int64_t)time(NULL), 1) : NULL;
     ac->cb(ac->ctx, &res, resv);
     free(ac);
@@ -546,6 +547,7 @@ static void admit_reply(void *ctx, enum redis_call_status st, redisReply *reply)
     l->local_spent = 0;
     pthread_mutex_unlock(&ac->p->mu);
     int ok = res.status == ADMIT_OK || res.status == ADMIT_DOWNGRADED;
+    res.reserved_nano = ok ? v[8] : 0;
     struct reservation *resv = ok ? make_resv(ac, v[8], v[7], 0) : NULL;
     ac->cb(ac->ctx, &res, resv);
     journal_flush(ac->p, ac->base); /* Redis answered: a good moment to replay */

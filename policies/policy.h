@@ -81,6 +81,7 @@ struct admit_result {
     int64_t limit_tokens, remaining_tokens, reset_tokens_ms;
     int64_t retry_after_s;          /* for 429s */
     int64_t budget_remaining_nano;  /* -1: no budget */
+    int64_t reserved_nano;          /* what was reserved (the estimate, or the downgrade's) */
 };
 
 struct reservation;

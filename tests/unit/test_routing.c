@@ -1,0 +1,77 @@
+/* Routing: the zones a score falls in, the quality knob, and the cascade's
+ * confidence rule (mean and windowed minimum of token logprobs). */
+#include <math.h>
+
+#include "policies/routing.h"
+#include "tests/unit/test.h"
+
+int main(void)
+{
+    struct routing_settings s = {.t_low = 0.3, .t_high = 0.6, .cascade = 1, .min_mean_logprob = -1.0,
+                                 .min_window_logprob = -2.0, .window = 3, .stream = CASCADE_STREAM_BUFFER};
+    int two[] = {4, 7}; /* tier indices, cheapest first */
+    struct route_plan p = routing_route(&s, two, 2, 0.1, 0, 1);
+    CHECK(p.tier == 4 && p.escalate_to == -1);
+    p = routing_route(&s, two, 2, 0.9, 0, 1);
+    CHECK(p.tier == 7 && p.escalate_to == -1);
+    p = routing_route(&s, two, 2, 0.6, 0, 1); /* t_high itself is the top zone */
+    CHECK(p.tier == 7);
+    p = routing_route(&s, two, 2, 0.45, 0, 1);
+    CHECK(p.tier == 4 && p.escalate_to == 7);
+    /* No logprobs from the cheap tier, or a stream that skips: split at the middle. */
+    p = routing_route(&s, two, 2, 0.40, 0, 0);
+    CHECK(p.tier == 4 && p.escalate_to == -1);
+    p = routing_route(&s, two, 2, 0.50, 0, 0);
+    CHECK(p.tier == 7 && p.escalate_to == -1);
+    s.stream = CASCADE_STREAM_SKIP;
+    p = routing_route(&s, two, 2, 0.50, 1, 1);
+    CHECK(p.tier == 7 && p.escalate_to == -1);
+    p = routing_route(&s, two, 2, 0.50, 0, 1); /* non-stream still cascades */
+    CHECK(p.escalate_to == 7);
+    s.stream = CASCADE_STREAM_BUFFER;
+    s.cascade = 0;
+    p = routing_route(&s, two, 2, 0.40, 0, 1);
+    CHECK(p.tier == 4 && p.escalate_to == -1);
+    int three[] = {1, 2, 3};
+    p = routing_route(&s, three, 3, 0.45, 0, 1);
+    CHECK(p.tier == 2); /* the middle of the zone, the middle tier */
+    s.cascade = 1;
+    int one[] = {5};
+    p = routing_route(&s, one, 1, 0.99, 0, 1);
+    CHECK(p.tier == 5 && p.escalate_to == -1);
+
+    /* The knob. */
+    double lo, hi;
+    routing_from_quality(0.5, 0.2, &lo, &hi);
+    CHECK(fabs(lo - 0.4) < 1e-12 && fabs(hi - 0.6) < 1e-12);
+    routing_from_quality(0.0, 0.2, &lo, &hi);
+    s.t_low = lo, s.t_high = hi;
+    CHECK(routing_route(&s, two, 2, 1.0, 0, 1).tier == 4); /* quality 0: always cheap */
+    routing_from_quality(1.0, 0.2, &lo, &hi);
+    s.t_low = lo, s.t_high = hi;
+    CHECK(routing_route(&s, two, 2, 0.0, 0, 1).tier == 7); /* quality 1: always the top */
+    routing_from_quality(0.8, 0.2, &lo, &hi);
+    double lo2, hi2;
+    routing_from_quality(0.3, 0.2, &lo2, &hi2);
+    CHECK(lo < lo2 && hi < hi2); /* more quality, lower thresholds */
+
+    /* Confidence. */
+    double sure[] = {-0.1, -0.2, -0.1, -0.05, -0.3, -0.1};
+    struct confidence c = routing_confidence(sure, 6, 3);
+    CHECK(c.n == 6 && fabs(c.mean - (-0.85 / 6)) < 1e-12);
+    CHECK(fabs(c.window_min - (-0.45 / 3)) < 1e-12); /* -0.05 -0.3 -0.1 */
+    CHECK(!routing_should_escalate(&s, &c));
+    /* One unsure stretch in a long, otherwise sure answer. */
+    double stretch[] = {-0.01, -0.01, -0.01, -3.0, -4.0, -2.5, -0.01, -0.01, -0.01, -0.01, -0.01, -0.01};
+    c = routing_confidence(stretch, 12, 3);
+    CHECK(c.mean > -1.0);
+    CHECK(fabs(c.window_min - (-9.5 / 3)) < 1e-12);
+    CHECK(routing_should_escalate(&s, &c));
+    double unsure[] = {-1.5, -1.2, -0.9};
+    c = routing_confidence(unsure, 3, 8); /* window longer than the answer: the whole answer */
+    CHECK(fabs(c.window_min - c.mean) < 1e-12);
+    CHECK(routing_should_escalate(&s, &c));
+    c = routing_confidence(NULL, 0, 8);
+    CHECK(!routing_should_escalate(&s, &c)); /* nothing to judge: keep */
+    TEST_MAIN_END();
+}
