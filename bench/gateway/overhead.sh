@@ -112,20 +112,35 @@ printf '{"model":"%s","messages":[{"role":"user","content":"Say hello to the ben
 printf '{"model":"%s","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Say hello to the benchmark."}]}' \
     "$MODEL" >"$OUT/stream.json"
 
-# run_one TARGET MODE RATE ROUND: one loadgen run, tagged, appended to runs.jsonl.
+# proc_cpu PID: user + system CPU time of a process so far, in clock ticks
+# (fields 14 and 15 of /proc/PID/stat; our processes' names have no spaces).
+CLK_TCK=$(getconf CLK_TCK)
+proc_cpu() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
+# run_one TARGET MODE RATE ROUND: one loadgen run, tagged, appended to
+# runs.jsonl, with the CPU time the server under test (the upstream for
+# direct, cascaded for gateway) spent per request: a figure that, unlike the
+# latency tail, hardly depends on what else the machine is doing.
 run_one() {
     local target=$1 mode=$2 rate=$3 round=$4 port extra=()
     if [ "$target" = direct ]; then port=$UP_PORT; else port=$GW_PORT; fi
     [ "$mode" = stream ] && extra+=(--stream)
-    local line before after
+    local line before after pid cpu0 cpu1
+    if [ "$target" = direct ]; then pid=$UP_PID; else pid=$GW_PID; fi
     before=$(curl -s "http://127.0.0.1:$UP_PORT/_stats" | sed 's/.*"requests":\([0-9]*\).*/\1/')
+    cpu0=$(proc_cpu "$pid")
     line=$("$LOADGEN" --url "http://127.0.0.1:$port/v1/chat/completions" \
         --body "$OUT/$mode.json" --header "Authorization: Bearer $KEY" \
         --rate "$rate" --duration "$DURATION" --warmup "$WARMUP" --connections "$CONNS" \
         "${extra[@]}")
+    cpu1=$(proc_cpu "$pid")
     after=$(curl -s "http://127.0.0.1:$UP_PORT/_stats" | sed 's/.*"requests":\([0-9]*\).*/\1/')
-    printf '{"target":"%s","mode":"%s","round":%d,"upstream_requests":%d,"result":%s}\n' \
-        "$target" "$mode" "$round" "$((after - before))" "$line" >>"$OUT/runs.jsonl"
+    printf '{"target":"%s","mode":"%s","round":%d,"upstream_requests":%d,"server_cpu_s":%s,"result":%s}\n' \
+        "$target" "$mode" "$round" "$((after - before))" \
+        "$(awk -v t="$((cpu1 - cpu0))" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')" \
+        "$line" >>"$OUT/runs.jsonl"
     echo "$target $mode rate=$rate round=$round: $line" >&2
 }
 
@@ -154,17 +169,19 @@ const median = (xs) => {
 const f = (x) => (x === null ? '-' : x.toFixed(0));
 const d = (a, b) => (a === null || b === null ? '-' : (a - b >= 0 ? '+' : '') + (a - b).toFixed(0));
 const keys = ['p50_us', 'p90_us', 'p99_us', 'p999_us', 'ttfb_p50_us', 'ttfb_p99_us', 'rate_achieved',
-  'sched_lag_p99_us'];
+  'sched_lag_p99_us', 'cpu_us_per_req'];
 const groups = new Map();
 for (const r of runs) {
   const k = `${r.mode}|${r.result.rate}`;
   if (!groups.has(k)) groups.set(k, { mode: r.mode, rate: r.result.rate, direct: [], gateway: [] });
-  groups.get(k)[r.target].push(r.result);
+  // CPU per request counts every request of the run, warmup included
+  const cpu = r.upstream_requests > 0 ? (r.server_cpu_s * 1e6) / r.upstream_requests : null;
+  groups.get(k)[r.target].push({ ...r.result, cpu_us_per_req: cpu });
 }
 const med = (rs, key) => median(rs.map((r) => r[key]));
 const errs = (rs) => rs.reduce((n, r) => n + r.errors + r.non2xx, 0);
-console.log('| mode | rate (req/s) | target | p50 µs | p90 µs | p99 µs | p99.9 µs | ttfb p50 µs | ttfb p99 µs | achieved req/s | errors+non2xx | loadgen lag p99 µs | rounds |');
-console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+console.log('| mode | rate (req/s) | target | p50 µs | p90 µs | p99 µs | p99.9 µs | ttfb p50 µs | ttfb p99 µs | achieved req/s | errors+non2xx | loadgen lag p99 µs | server CPU µs/req | rounds |');
+console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
 for (const g of groups.values()) {
   const rate = g.rate === 0 ? 'saturation' : String(g.rate);
   const m = {};
@@ -174,13 +191,13 @@ for (const g of groups.values()) {
     const v = m[t];
     console.log(`| ${g.mode} | ${rate} | ${t} | ${f(v.p50_us)} | ${f(v.p90_us)} | ${f(v.p99_us)} | ${f(v.p999_us)} | ` +
       `${f(v.ttfb_p50_us)} | ${f(v.ttfb_p99_us)} | ${f(v.rate_achieved)} | ${errs(g[t])} | ` +
-      `${f(v.sched_lag_p99_us)} | ${g[t].length} |`);
+      `${f(v.sched_lag_p99_us)} | ${v.cpu_us_per_req === null ? '-' : v.cpu_us_per_req.toFixed(1)} | ${g[t].length} |`);
   }
   if (m.direct && m.gateway) {
     const a = m.gateway, b = m.direct;
     console.log(`| ${g.mode} | ${rate} | **added** | **${d(a.p50_us, b.p50_us)}** | ${d(a.p90_us, b.p90_us)} | ` +
       `**${d(a.p99_us, b.p99_us)}** | ${d(a.p999_us, b.p999_us)} | ${d(a.ttfb_p50_us, b.ttfb_p50_us)} | ` +
-      `${d(a.ttfb_p99_us, b.ttfb_p99_us)} | ${d(a.rate_achieved, b.rate_achieved)} | | | |`);
+      `${d(a.ttfb_p99_us, b.ttfb_p99_us)} | ${d(a.rate_achieved, b.rate_achieved)} | | | | |`);
   }
 }
 // Every answered request must have been an upstream call (no cache hits).
