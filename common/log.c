@@ -1,5 +1,6 @@
 #include "common/log.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +9,119 @@
 #include <unistd.h>
 
 static enum log_level min_level = LOG_INFO;
+
+/* The asynchronous writer: workers append to `active`; the thread swaps it
+ * with its own buffer and writes outside the lock (double buffering). */
+#define ASYNC_CAP (4u << 20)
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t more, room;
+    char *active, *spare;
+    size_t len;
+    int on, stopping, writing;
+    pthread_t thread;
+} lg = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0, 0, 0, 0};
+
+static void write_all(const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(STDERR_FILENO, p, n);
+        if (w <= 0)
+            return; /* nowhere to log to: drop rather than spin */
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+static void *writer_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&lg.mu);
+    for (;;) {
+        while (lg.len == 0 && !lg.stopping)
+            pthread_cond_wait(&lg.more, &lg.mu);
+        if (lg.len == 0 && lg.stopping)
+            break;
+        char *full = lg.active;
+        size_t n = lg.len;
+        lg.active = lg.spare;
+        lg.spare = full;
+        lg.len = 0;
+        lg.writing = 1;
+        pthread_cond_broadcast(&lg.room);
+        pthread_mutex_unlock(&lg.mu);
+        write_all(full, n);
+        pthread_mutex_lock(&lg.mu);
+        lg.writing = 0;
+    }
+    pthread_mutex_unlock(&lg.mu);
+    return NULL;
+}
+
+void log_async_start(void)
+{
+    pthread_mutex_lock(&lg.mu);
+    if (!lg.on) {
+        lg.active = malloc(ASYNC_CAP);
+        lg.spare = malloc(ASYNC_CAP);
+        if (lg.active && lg.spare && pthread_create(&lg.thread, NULL, writer_main, NULL) == 0) {
+            lg.on = 1;
+        } else {
+            free(lg.active);
+            free(lg.spare);
+        }
+    }
+    pthread_mutex_unlock(&lg.mu);
+}
+
+void log_async_stop(void)
+{
+    pthread_mutex_lock(&lg.mu);
+    int on = lg.on;
+    lg.stopping = 1;
+    pthread_cond_signal(&lg.more);
+    pthread_mutex_unlock(&lg.mu);
+    if (!on)
+        return;
+    pthread_join(lg.thread, NULL);
+    pthread_mutex_lock(&lg.mu);
+    lg.on = 0;
+    lg.stopping = 0;
+    free(lg.active);
+    free(lg.spare);
+    lg.active = lg.spare = NULL;
+    pthread_mutex_unlock(&lg.mu);
+}
+
+void log_write_line(const char *line, size_t n)
+{
+    pthread_mutex_lock(&lg.mu);
+    if (!lg.on || n > ASYNC_CAP) {
+        pthread_mutex_unlock(&lg.mu);
+        write_all(line, n);
+        return;
+    }
+    while (lg.len + n > ASYNC_CAP) /* full: wait for the writer, keep every line */
+        pthread_cond_wait(&lg.room, &lg.mu);
+    int was_empty = lg.len == 0;
+    memcpy(lg.active + lg.len, line, n);
+    lg.len += n;
+    if (was_empty)
+        pthread_cond_signal(&lg.more);
+    pthread_mutex_unlock(&lg.mu);
+}
+
+size_t log_ts_field(char *out, size_t cap)
+{
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    char day[32];
+    strftime(day, sizeof day, "%Y-%m-%dT%H:%M:%S", &tm);
+    int n = snprintf(out, cap, "\"ts\":\"%s.%03ldZ\",", day, ts.tv_nsec / 1000000);
+    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
 void log_set_level(enum log_level min)
@@ -40,8 +154,7 @@ void log_line_json(json_t *obj)
         return;
     size_t n = strlen(s);
     s[n] = '\n';    /* json_dumps leaves room: we replace the NUL and write n+1 */
-    ssize_t w = write(STDERR_FILENO, s, n + 1);
-    (void)w;
+    log_write_line(s, n + 1);
     free(s);
 }
 

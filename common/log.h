@@ -3,8 +3,14 @@
  * Operators feed these lines to their log pipeline, so every line is valid
  * JSON: {"ts":"2026-11-22T12:00:00.123Z","level":"info","msg":"..."} plus any
  * fields the caller adds. Messages are printf-formatted and escaped here.
- * log_line_json() writes a caller-built object (the access log). Each line is
- * written with one write(2), so lines from different threads never interleave.
+ * log_line_json() writes a caller-built object; log_write_line() a line the
+ * caller formatted itself (the access log, on the hot path).
+ *
+ * Writing: by default each line is one write(2). After log_async_start(),
+ * lines are appended to a buffer under a mutex and a background thread
+ * writes them, so a worker never blocks on a slow disk or pipe; lines keep
+ * their order and never interleave. If the buffer fills (4 MiB) the writer
+ * waits for the disk rather than lose lines. log_async_stop() flushes.
  * Thread-safe. */
 #ifndef CASCADE_LOG_H
 #define CASCADE_LOG_H
@@ -19,6 +25,12 @@ void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(p
 void log_fields(enum log_level level, const char *msg, json_t *obj);
 /* Write obj (borrowed) as one line, adding "ts" if absent. */
 void log_line_json(json_t *obj);
+/* Write n bytes that end with '\n' as they are. */
+void log_write_line(const char *line, size_t n);
+/* Append "ts":"...", (ISO 8601 UTC, ms) for a hand-built line; 0-terminated. */
+size_t log_ts_field(char *out, size_t cap);
+void log_async_start(void);
+void log_async_stop(void);
 
 #define log_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)
 #define log_info(...) log_msg(LOG_INFO, __VA_ARGS__)

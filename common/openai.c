@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/jsonw.h"
 #include "common/mem.h"
 #include "common/utf8.h"
 
@@ -349,70 +350,101 @@ static json_t *text_json(const char *s, size_t len)
     return j;
 }
 
-static json_t *usage_json(const struct openai_usage *u)
+
+static void jw_usage(struct jsonw *w, const struct openai_usage *u)
 {
-    return json_pack("{s:I, s:I, s:I}", "prompt_tokens", (json_int_t)u->prompt_tokens, "completion_tokens",
-                     (json_int_t)u->completion_tokens, "total_tokens",
-                     (json_int_t)(u->prompt_tokens + u->completion_tokens));
+    jw_lit(w, "{\"prompt_tokens\":");
+    jw_int(w, u->prompt_tokens);
+    jw_lit(w, ",\"completion_tokens\":");
+    jw_int(w, u->completion_tokens);
+    jw_lit(w, ",\"total_tokens\":");
+    jw_int(w, u->prompt_tokens + u->completion_tokens);
+    jw_lit(w, "}");
 }
 
-char *openai_chat_response(const char *id, int64_t created, const char *model, const char *content,
-                           size_t len, const char *finish_reason, const struct openai_usage *usage,
-                           json_t *logprobs_content)
+/* "logprobs":{"content":[...]} or "logprobs":null */
+static void jw_logprobs(struct jsonw *w, json_t *content)
 {
-    json_t *lp = logprobs_content ? json_pack("{s:O}", "content", logprobs_content) : json_null();
-    json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:{s:s, s:o, s:n}, s:o, s:s}], s:o}", "id", id,
-                          "object", "chat.completion", "created", (json_int_t)created, "model", model,
-                          "choices", "index", 0, "message", "role", "assistant", "content",
-                          text_json(content, len), "refusal", "logprobs", lp, "finish_reason",
-                          finish_reason, "usage", usage_json(usage));
-    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(o);
-    return s;
+    jw_lit(w, "\"logprobs\":");
+    if (!content) {
+        jw_lit(w, "null");
+        return;
+    }
+    char *s = json_dumps(content, JSON_COMPACT);
+    jw_lit(w, "{\"content\":");
+    jw_lit(w, s ? s : "[]");
+    jw_lit(w, "}");
+    free(s);
 }
 
-/* "data: " + json + "\n\n" in one allocation. */
-static char *sse_wrap(json_t *o, size_t *out_len)
+static void jw_head(struct jsonw *w, const char *id, const char *object, int64_t created, const char *model)
 {
-    char *js = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    size_t n = strlen(js);
-    char *ev = xmalloc(n + 9);
-    memcpy(ev, "data: ", 6);
-    memcpy(ev + 6, js, n);
-    memcpy(ev + 6 + n, "\n\n", 3);
-    free(js);
-    *out_len = n + 8;
-    return ev;
+    jw_lit(w, "{\"id\":");
+    jw_cstr(w, id);
+    jw_lit(w, ",\"object\":\"");
+    jw_lit(w, object);
+    jw_lit(w, "\",\"created\":");
+    jw_int(w, created);
+    jw_lit(w, ",\"model\":");
+    jw_cstr(w, model);
+}
+
+/* These writers run for every response and every stream chunk, so they write
+ * the text directly (jsonw.h) instead of building a jansson tree. */
+char *openai_chat_response(const char *id, int64_t created, const char *model, const char *content, size_t len,
+                           const char *finish_reason, const struct openai_usage *usage, json_t *logprobs_content)
+{
+    struct jsonw w;
+    jw_init(&w, 256 + len + len / 8);
+    jw_head(&w, id, "chat.completion", created, model);
+    jw_lit(&w, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
+    jw_str(&w, content, len);
+    jw_lit(&w, ",\"refusal\":null},");
+    jw_logprobs(&w, logprobs_content);
+    jw_lit(&w, ",\"finish_reason\":");
+    jw_cstr(&w, finish_reason);
+    jw_lit(&w, "}],\"usage\":");
+    jw_usage(&w, usage);
+    jw_lit(&w, "}");
+    return jw_take(&w, NULL);
 }
 
 char *openai_chat_chunk_event(const char *id, int64_t created, const char *model, const char *role,
                               const char *content, size_t len, json_t *logprobs_content,
                               const char *finish_reason, size_t *out_len)
 {
-    json_t *delta = json_object();
-    if (role)
-        json_object_set_new(delta, "role", json_string(role));
-    if (content)
-        json_object_set_new(delta, "content", text_json(content, len));
-    json_t *lp = logprobs_content ? json_pack("{s:O}", "content", logprobs_content) : json_null();
-    json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:o, s:o}]}", "id", id, "object",
-                          "chat.completion.chunk", "created", (json_int_t)created, "model", model,
-                          "choices", "index", 0, "delta", delta, "logprobs", lp, "finish_reason",
-                          finish_reason ? json_string(finish_reason) : json_null());
-    char *ev = sse_wrap(o, out_len);
-    json_decref(o);
-    return ev;
+    struct jsonw w;
+    jw_init(&w, 224 + len + len / 8);
+    jw_lit(&w, "data: ");
+    jw_head(&w, id, "chat.completion.chunk", created, model);
+    jw_lit(&w, ",\"choices\":[{\"index\":0,\"delta\":{");
+    if (role) {
+        jw_lit(&w, "\"role\":");
+        jw_cstr(&w, role);
+    }
+    if (content) {
+        jw_lit(&w, role ? ",\"content\":" : "\"content\":");
+        jw_str(&w, content, len);
+    }
+    jw_lit(&w, "},");
+    jw_logprobs(&w, logprobs_content);
+    jw_lit(&w, ",\"finish_reason\":");
+    jw_cstr(&w, finish_reason);
+    jw_lit(&w, "}]}\n\n");
+    return jw_take(&w, out_len);
 }
 
 char *openai_chat_usage_event(const char *id, int64_t created, const char *model,
                               const struct openai_usage *usage, size_t *out_len)
 {
-    json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:[], s:o}", "id", id, "object", "chat.completion.chunk",
-                          "created", (json_int_t)created, "model", model, "choices", "usage",
-                          usage_json(usage));
-    char *ev = sse_wrap(o, out_len);
-    json_decref(o);
-    return ev;
+    struct jsonw w;
+    jw_init(&w, 256);
+    jw_lit(&w, "data: ");
+    jw_head(&w, id, "chat.completion.chunk", created, model);
+    jw_lit(&w, ",\"choices\":[],\"usage\":");
+    jw_usage(&w, usage);
+    jw_lit(&w, "}\n\n");
+    return jw_take(&w, out_len);
 }
 
 static json_t *bytes_json(const char *s, size_t len)

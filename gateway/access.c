@@ -1,24 +1,60 @@
 #include "gateway/access.h"
 
-#include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/random.h>
 
 #include "common/clock.h"
+#include "common/jsonw.h"
 #include "common/log.h"
 
+/* One line per request: built by hand (jsonw.h) and handed to the log
+ * writer, since this runs for every request. */
 void access_log(const struct access_entry *e)
 {
-    json_t *o = json_pack("{s:s, s:s, s:s?, s:s?, s:s, s:s, s:i, s:f, s:I, s:I, s:b, s:s?, s:I, s:I}", "msg", "access",
-                          "request_id", e->request_id, "tenant", e->tenant, "tier", e->tier, "method",
-                          e->method, "path", e->path, "status", e->status, "latency_ms",
-                          (double)e->latency_us / 1000.0, "prompt_tokens", (json_int_t)e->prompt_tokens,
-                          "completion_tokens", (json_int_t)e->completion_tokens, "stream", e->stream,
-                          "cache", e->cache, "cost_nano", (json_int_t)e->cost_nano, "saved_nano",
-                          (json_int_t)e->saved_nano);
-    if (o)
-        log_line_json(o);
-    json_decref(o);
+    char ts[48];
+    log_ts_field(ts, sizeof ts);
+    struct jsonw w;
+    jw_init(&w, 512);
+    jw_lit(&w, "{");
+    jw_lit(&w, ts);
+    jw_lit(&w, "\"msg\":\"access\",\"request_id\":");
+    jw_cstr(&w, e->request_id);
+    if (e->tenant) {
+        jw_lit(&w, ",\"tenant\":");
+        jw_cstr(&w, e->tenant);
+    }
+    if (e->tier) {
+        jw_lit(&w, ",\"tier\":");
+        jw_cstr(&w, e->tier);
+    }
+    jw_lit(&w, ",\"method\":");
+    jw_cstr(&w, e->method);
+    jw_lit(&w, ",\"path\":");
+    jw_cstr(&w, e->path);
+    jw_lit(&w, ",\"status\":");
+    jw_int(&w, e->status);
+    char lat[32];
+    int n = snprintf(lat, sizeof lat, ",\"latency_ms\":%.3f", (double)e->latency_us / 1000.0);
+    jw_raw(&w, lat, (size_t)n);
+    jw_lit(&w, ",\"prompt_tokens\":");
+    jw_int(&w, e->prompt_tokens);
+    jw_lit(&w, ",\"completion_tokens\":");
+    jw_int(&w, e->completion_tokens);
+    jw_lit(&w, e->stream ? ",\"stream\":true" : ",\"stream\":false");
+    if (e->cache) {
+        jw_lit(&w, ",\"cache\":");
+        jw_cstr(&w, e->cache);
+    }
+    jw_lit(&w, ",\"cost_nano\":");
+    jw_int(&w, e->cost_nano);
+    jw_lit(&w, ",\"saved_nano\":");
+    jw_int(&w, e->saved_nano);
+    jw_lit(&w, "}\n");
+    size_t len;
+    char *line = jw_take(&w, &len);
+    log_write_line(line, len);
+    free(line);
 }
 
 void access_new_id(char out[17])

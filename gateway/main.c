@@ -72,7 +72,10 @@ int main(int argc, char **argv)
         gateway_free(&gw);
         return 1;
     }
+    /* From here on workers log through the background writer. */
+    log_async_start();
     int rc = gateway_run(&gw);
     gateway_free(&gw);
+    log_async_stop();
     return rc;
 }
