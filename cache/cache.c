@@ -123,7 +123,7 @@ int cache_put(struct cache *c, struct event_base *base, const char *tenant, cons
         return 0;
     }
     struct redis *r = redis_for_base(c->s.redis, base);
-    if (!redis_connected(r))
+    if (!redis_usable(r))
         return -1;
     char ttl[24];
     snprintf(ttl, sizeof ttl, "%u", ttl_s);

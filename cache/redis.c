@@ -383,6 +383,11 @@ int redis_connected(const struct redis *r)
     return r && r->state == R_UP;
 }
 
+int redis_usable(const struct redis *r)
+{
+    return r && r->state != R_DOWN && r->ac;
+}
+
 /* ---- per-worker connections --------------------------------------------- */
 
 struct redis *redis_for_base(struct redis_shared *rs, struct event_base *base)

@@ -57,6 +57,9 @@ struct redis *redis_for_base(struct redis_shared *rs, struct event_base *base);
 void redis_call(struct redis *r, redis_reply_cb cb, void *ctx, int argc, const char **argv, const size_t *argvlen);
 /* 1 when this worker's connection is up now. */
 int redis_connected(const struct redis *r);
+/* 1 unless the connection is known to be down: a command sent while it is
+ * still connecting waits in hiredis's queue. For fire-and-forget writes. */
+int redis_usable(const struct redis *r);
 /* Register a Lua script to be loaded (SCRIPT LOAD) on every connection as it
  * connects, so EVALSHA finds it; its SHA-1 hex goes to sha (41 bytes). Call
  * before any worker connects. */

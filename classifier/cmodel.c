@@ -26,6 +26,8 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
+/* Floats in the weight block of a file, bias included (the header's shape
+ * fields and this count must agree with the file size). */
 static size_t n_floats(unsigned hash_bits, int d, int h)
 {
     return 2 * (size_t)d + 1 + (size_t)d + ((size_t)1 << hash_bits) + (size_t)h * (size_t)d + 2 * (size_t)h;
@@ -96,6 +98,8 @@ void cmodel_dense_z(const struct cmodel *m, const struct classifier_input *in, f
     }
 }
 
+/* The forward pass of cmodel.h. Allocation-free and read-only on m: the
+ * gateway's worker threads share one model. */
 float cmodel_logit(const struct cmodel *m, const struct classifier_input *in)
 {
     float z[FEATURES_N_DENSE];
@@ -103,18 +107,27 @@ float cmodel_logit(const struct cmodel *m, const struct classifier_input *in)
     float logit = m->bias + features_sparse_dot(in, m->hash_bits, m->sparse_w);
     for (int i = 0; i < m->n_dense; i++)
         logit += m->dense_w[i] * z[i];
-    for (int j = 0; j < m->n_hidden; j++) {
-        const float *row = m->hidden_w + (size_t)j * m->n_dense;
-        float a = m->hidden_b[j];
-        for (int i = 0; i < m->n_dense; i++)
-            a += row[i] * z[i];
-        if (a > 0.0f)
-            logit += m->out_w[j] * a;
+    /* Input-major weights: each z_i updates every unit's sum at once, a
+     * loop the compiler vectorizes without reordering any unit's sum. */
+    float a[CMODEL_MAX_HIDDEN];
+    int h = m->n_hidden;
+    for (int j = 0; j < h; j++)
+        a[j] = m->hidden_b[j];
+    for (int i = 0; i < m->n_dense; i++) {
+        const float *col = m->hidden_w + (size_t)i * h;
+        for (int j = 0; j < h; j++)
+            a[j] += col[j] * z[i];
     }
+    for (int j = 0; j < h; j++)
+        if (a[j] > 0.0f)
+            logit += m->out_w[j] * a[j];
     return logit;
 }
 
 /* ---- little-endian encoding ------------------------------------------- */
+
+/* Bytes are assembled by shifts, never by casting the buffer, so the file
+ * reads the same on a big-endian host and no unaligned load happens. */
 
 static void put_u32(unsigned char *p, uint32_t v)
 {
@@ -155,6 +168,9 @@ static float get_f32(const unsigned char *p)
 
 /* ---- writer ------------------------------------------------------------ */
 
+/* The whole image is built in memory, hashed, then written to path.tmp and
+ * renamed over path: a gateway reloading its config (SIGHUP) while the
+ * trainer writes sees the old file or the new one, never half of one. */
 int cmodel_write(const struct cmodel *m, const char *path, char *err, size_t errlen)
 {
     size_t nf = n_floats(m->hash_bits, m->n_dense, m->n_hidden);
@@ -221,6 +237,11 @@ fail:
 }
 
 /* ---- reader ------------------------------------------------------------ */
+
+/* Checks run from the cheapest and most telling to the most detailed, so a
+ * wrong file gets the most useful message: not a model at all, a model
+ * from another format version, a cut-off copy, damaged bytes, and only then
+ * fields that disagree (which, past the checksum, means a buggy writer). */
 
 struct cmodel *cmodel_parse(const unsigned char *buf, size_t len, char *err, size_t errlen)
 {
@@ -313,6 +334,9 @@ struct cmodel *cmodel_parse(const unsigned char *buf, size_t len, char *err, siz
     return m;
 }
 
+/* The file is read, not mmapped: at about 1 MB it loads in a millisecond
+ * at start-up, and the copy is where the little-endian bytes become host
+ * floats (DESIGN.md's mmap rule is for the engines' multi-GB weights). */
 struct cmodel *cmodel_read(const char *path, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");

@@ -5,7 +5,7 @@
  * Forward pass. With x the raw dense signals (features.h), D of them, and H
  * hidden units:
  *     z_i   = clamp((x_i - dense_mean[i]) * dense_scale[i], -8, 8)
- *     h_j   = max(0, hidden_b[j] + sum_i hidden_w[j*D + i] * z_i)
+ *     h_j   = max(0, hidden_b[j] + sum_i hidden_w[i*H + j] * z_i)
  *     logit = bias + sum_i dense_w[i] * z_i + features_sparse_dot(sparse_w)
  *             + sum_j out_w[j] * h_j
  *     score = 1 / (1 + exp(-logit))
@@ -25,7 +25,8 @@
  *       36     4  u32 metadata bytes
  *       40    24  reserved, zero
  *       64        f32 dense_mean[D], dense_scale[D], bias, dense_w[D],
- *                 sparse_w[2^hash_bits], hidden_w[H*D], hidden_b[H], out_w[H]
+ *                 sparse_w[2^hash_bits], hidden_w[D*H] (input-major), hidden_b[H],
+ *                 out_w[H]
  *                 then the metadata: UTF-8 JSON text, no terminating NUL
  *   size-32   32  SHA-256 of every byte before it
  *
@@ -54,7 +55,7 @@ struct cmodel {
     float bias;
     float *dense_w;                  /* [n_dense] */
     float *sparse_w;                 /* [1 << hash_bits] */
-    float *hidden_w;                 /* [n_hidden * n_dense], row j = unit j */
+    float *hidden_w;                 /* [n_dense * n_hidden], input-major: [i*H + j] */
     float *hidden_b, *out_w;         /* [n_hidden] */
     char *meta;                      /* JSON text, NUL-terminated, never NULL */
 };

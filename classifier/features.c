@@ -13,6 +13,9 @@ struct windows {
     int count;
 };
 
+/* A prompt's question usually sits at its start or its end (an instruction
+ * before a document, or a document before the question), so a long text is
+ * read at both ends rather than cut at a fixed length. */
 static void windows_of(const char *s, size_t len, struct windows *w)
 {
     w->count = 0;
@@ -37,8 +40,11 @@ static void windows_of(const char *s, size_t len, struct windows *w)
 /* norm[b]: lowercase ASCII letters, every digit as '0', every ASCII space
  * as ' '; other bytes (punctuation, UTF-8) as they are. */
 static unsigned char norm[256];
-/* word[b]: 1 for bytes that make up words after norm[]. */
+/* wordc[b]: 1 for bytes that make up words (letters, digits, UTF-8). */
 static unsigned char wordc[256];
+/* cls[b]: byte classes for the dense signals. */
+enum { C_ALPHA = 1, C_UPPER = 2, C_DIGIT = 4, C_HIGH = 8, C_SPECIAL = 16 };
+static unsigned char cls[256];
 
 static void tables_init(void)
 {
@@ -52,6 +58,10 @@ static void tables_init(void)
             c = ' ';
         norm[b] = c;
         wordc[b] = (c >= 'a' && c <= 'z') || c == '0' || c >= 0x80;
+        cls[b] = (unsigned char)(((b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z') ? C_ALPHA : 0) |
+                                 (b >= 'A' && b <= 'Z' ? C_UPPER : 0) | (b >= '0' && b <= '9' ? C_DIGIT : 0) |
+                                 (b >= 0x80 ? C_HIGH : 0) |
+                                 (b && strchr("+*=^/-_\\$%{};()\"?.!", b) ? C_SPECIAL : 0));
     }
 }
 
@@ -73,10 +83,22 @@ __attribute__((constructor)) static void features_init(void)
  * K odd. Every key bit reaches the top bits, and it costs one multiply per
  * n-gram, which matters at three n-grams per byte. */
 #define HASH_K 0x9e3779b97f4a7c15ull
+/* A character n-gram's key is its n bytes with n in the top byte, salted:
+ * the masked window XOR TAGn (the top byte of a masked window is zero). */
+#define TAG3 (SALT_CHAR ^ 3ull << 56)
+#define TAG4 (SALT_CHAR ^ 4ull << 56)
+#define TAG5 (SALT_CHAR ^ 5ull << 56)
 
-typedef void (*emit_fn)(void *ctx, unsigned group, uint32_t bucket);
+/* Emitters receive a lane, not a group: the three character n-gram sizes
+ * have a lane each, so the scorer keeps three independent running sums
+ * instead of one long chain of dependent float additions. */
+enum { LANE_CHAR3, LANE_CHAR4, LANE_CHAR5, LANE_WORD, LANE_BIGRAM, N_LANES };
+static const unsigned lane_group[N_LANES] = {FEATURES_G_CHAR, FEATURES_G_CHAR, FEATURES_G_CHAR, FEATURES_G_WORD,
+                                             FEATURES_G_BIGRAM};
 
-/* Emit every n-gram of one window to emit(ctx, group, bucket) and add the
+typedef void (*emit_fn)(void *ctx, unsigned lane, uint32_t bucket);
+
+/* Emit every n-gram of one window to emit(ctx, lane, bucket) and add the
  * number of n-grams per group to count[]. A virtual space before and after
  * the window marks where words start and end in the character n-grams.
  *
@@ -100,11 +122,11 @@ static inline __attribute__((always_inline)) void walk_window(const unsigned cha
             wh = (wh ^ c) * FNV_PRIME;
             in_word = 1;
         } else if (in_word) {
-            emit(ctx, FEATURES_G_WORD, (uint32_t)(((wh ^ SALT_WORD) * HASH_K) >> shift));
+            emit(ctx, LANE_WORD, (uint32_t)(((wh ^ SALT_WORD) * HASH_K) >> shift));
             n_words++;
             if (have_prev) {
                 uint64_t b = (prev_wh * FNV_PRIME) ^ wh ^ SALT_BIGRAM;
-                emit(ctx, FEATURES_G_BIGRAM, (uint32_t)(((b ^ (b >> 29)) * HASH_K) >> shift));
+                emit(ctx, LANE_BIGRAM, (uint32_t)(((b ^ (b >> 29)) * HASH_K) >> shift));
                 n_bigrams++;
             }
             prev_wh = wh;
@@ -118,18 +140,17 @@ static inline __attribute__((always_inline)) void walk_window(const unsigned cha
         prev_space = c == ' ';
         win = win << 8 | c;
         nchar++;
-        /* The n-gram is the low n bytes of win; n itself goes in the top
-         * byte so a 3-gram and a 4-gram starting with NUL differ. */
+        /* The n-gram is the low n bytes of win (see TAG3..TAG5). */
         if (nchar >= 5) {
-            emit(ctx, FEATURES_G_CHAR, (uint32_t)((((win & 0xffffffull) | 3ull << 56) ^ SALT_CHAR) * HASH_K >> shift));
-            emit(ctx, FEATURES_G_CHAR, (uint32_t)((((win & 0xffffffffull) | 4ull << 56) ^ SALT_CHAR) * HASH_K >> shift));
-            emit(ctx, FEATURES_G_CHAR, (uint32_t)((((win & 0xffffffffffull) | 5ull << 56) ^ SALT_CHAR) * HASH_K >> shift));
+            emit(ctx, LANE_CHAR3, (uint32_t)(((win & 0xffffffull) ^ TAG3) * HASH_K >> shift));
+            emit(ctx, LANE_CHAR4, (uint32_t)(((win & 0xffffffffull) ^ TAG4) * HASH_K >> shift));
+            emit(ctx, LANE_CHAR5, (uint32_t)(((win & 0xffffffffffull) ^ TAG5) * HASH_K >> shift));
             n_chars += 3;
         } else if (nchar >= 3) {
-            emit(ctx, FEATURES_G_CHAR, (uint32_t)((((win & 0xffffffull) | 3ull << 56) ^ SALT_CHAR) * HASH_K >> shift));
+            emit(ctx, LANE_CHAR3, (uint32_t)(((win & 0xffffffull) ^ TAG3) * HASH_K >> shift));
             n_chars++;
             if (nchar == 4) {
-                emit(ctx, FEATURES_G_CHAR, (uint32_t)((((win & 0xffffffffull) | 4ull << 56) ^ SALT_CHAR) * HASH_K >> shift));
+                emit(ctx, LANE_CHAR4, (uint32_t)(((win & 0xffffffffull) ^ TAG4) * HASH_K >> shift));
                 n_chars++;
             }
         }
@@ -139,21 +160,23 @@ static inline __attribute__((always_inline)) void walk_window(const unsigned cha
     count[FEATURES_G_BIGRAM] += n_bigrams;
 }
 
+/* 1/sqrt(N): a group's n-grams count as a vector of unit-ish length, so a
+ * 4 KB prompt does not outweigh a 40-byte one by sheer count. */
 static inline float group_scale(uint32_t count)
 {
     return count ? 1.0f / sqrtf((float)count) : 0.0f;
 }
 
-/* The scorer's consumer: per-group sums of the weights. */
+/* The scorer's consumer: per-lane sums of the weights. */
 struct dot_ctx {
     const float *w;
-    float sum[FEATURES_N_GROUPS];
+    float sum[N_LANES];
 };
 
-static inline __attribute__((always_inline)) void dot_emit(void *ctx, unsigned group, uint32_t bucket)
+static inline __attribute__((always_inline)) void dot_emit(void *ctx, unsigned lane, uint32_t bucket)
 {
     struct dot_ctx *d = ctx;
-    d->sum[group] += d->w[bucket];
+    d->sum[lane] += d->w[bucket];
 }
 
 float features_sparse_dot(const struct classifier_input *in, unsigned hash_bits, const float *w)
@@ -164,10 +187,9 @@ float features_sparse_dot(const struct classifier_input *in, unsigned hash_bits,
     windows_of(in->user, in->user_len, &win);
     for (int k = 0; k < win.count; k++)
         walk_window(win.p[k], win.n[k], 64 - hash_bits, count, dot_emit, &d);
-    float z = 0.0f;
-    for (int g = 0; g < FEATURES_N_GROUPS; g++)
-        z += d.sum[g] * group_scale(count[g]);
-    return z;
+    float chars = (d.sum[LANE_CHAR3] + d.sum[LANE_CHAR4]) + d.sum[LANE_CHAR5];
+    return chars * group_scale(count[FEATURES_G_CHAR]) + d.sum[LANE_WORD] * group_scale(count[FEATURES_G_WORD]) +
+           d.sum[LANE_BIGRAM] * group_scale(count[FEATURES_G_BIGRAM]);
 }
 
 /* The trainer's consumer: every (group, bucket) in order, as group << 28 |
@@ -178,7 +200,7 @@ struct collect_ctx {
     int failed;
 };
 
-static void collect_emit(void *ctx, unsigned group, uint32_t bucket)
+static void collect_emit(void *ctx, unsigned lane, uint32_t bucket)
 {
     struct collect_ctx *c = ctx;
     if (c->n == c->cap) {
@@ -191,7 +213,7 @@ static void collect_emit(void *ctx, unsigned group, uint32_t bucket)
         c->all = all;
         c->cap = cap;
     }
-    c->all[c->n++] = (uint32_t)group << 28 | bucket;
+    c->all[c->n++] = (uint32_t)lane_group[lane] << 28 | bucket;
 }
 
 static int cmp_bucket(const void *a, const void *b)
@@ -200,6 +222,9 @@ static int cmp_bucket(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* Sorted and merged so the trainer's design matrix has one entry per
+ * bucket; its dot product then differs from the scorer's only by float
+ * rounding (test_classifier checks the two agree). */
 int features_sparse_collect(const struct classifier_input *in, unsigned hash_bits,
                             struct features_entry **out, size_t *n)
 {
@@ -219,7 +244,8 @@ int features_sparse_collect(const struct classifier_input *in, unsigned hash_bit
         scale[g] = group_scale(count[g]);
     /* Entries that share a bucket add up, exactly as their weights add up in
      * features_sparse_dot(). */
-    qsort(c.all, c.n, sizeof *c.all, cmp_bucket);
+    if (c.n)
+        qsort(c.all, c.n, sizeof *c.all, cmp_bucket);
     struct features_entry *e = malloc((c.n ? c.n : 1) * sizeof *e);
     if (!e)
         goto fail;
@@ -287,10 +313,10 @@ static inline int is_space(int c) { return c == ' ' || (c >= '\t' && c <= '\r');
 
 /* Counts gathered over the windows. */
 struct dense_acc {
-    double words, word_letters, long_words, sentences, digits, numbers, decimals, big_numbers;
-    double arith, currency, percent, math, code_punct, code_words, options, option_bytes;
-    double qmarks, qwords, negations, caps_words, upper, letters, nonascii, quotes_parens, lines;
-    double stem_bytes, numeric_options, roman;
+    uint64_t words, word_letters, long_words, sentences, digits, numbers, decimals, big_numbers;
+    uint64_t arith, currency, percent, math, code_punct, code_words, options, option_bytes;
+    uint64_t qmarks, qwords, negations, caps_words, upper, letters, nonascii, quotes_parens, lines;
+    uint64_t stem_bytes;
     int seen_option;
 };
 
@@ -306,113 +332,110 @@ static size_t option_marker(const unsigned char *p, size_t n)
     return 0;
 }
 
+/* A byte >= 0x80 at p[i]: count it, and the symbols it starts. Greek letters
+ * (U+0370-U+03FF, lead bytes CE and CF) and U+2200-U+22FF operators (E2 88
+ * to E2 8B) are math; C3 97 and C3 B7 are the signs x and /; C2 A3, C2 A5
+ * and E2 82 AC are pound, yen and euro. */
+static inline void high_byte(const unsigned char *p, size_t i, size_t n, struct dense_acc *a)
+{
+    unsigned c = p[i], next = i + 1 < n ? p[i + 1] : 0;
+    a->nonascii++;
+    if ((c == 0xce || c == 0xcf) && next >= 0x80)
+        a->math++;
+    else if (c == 0xe2 && next >= 0x88 && next <= 0x8b)
+        a->math++;
+    else if (c == 0xc3 && (next == 0x97 || next == 0xb7))
+        a->arith++;
+    else if ((c == 0xc2 && (next == 0xa3 || next == 0xa5)) || (c == 0xe2 && next == 0x82 && i + 2 < n && p[i + 2] == 0xac))
+        a->currency++;
+}
+
+/* One pass over a window: lines (for the option shape), then within each
+ * line words, numbers and the few punctuation marks that are signals. The
+ * byte classes come from cls[], so plain bytes cost one lookup. */
 static void dense_window(const unsigned char *p, size_t n, size_t offset, struct dense_acc *a)
 {
-    size_t i = 0;
-    while (i < n) {
-        /* One line per iteration: its option shape first, then its bytes. */
-        size_t start = i, end = i;
-        while (end < n && p[end] != '\n')
-            end++;
+    for (size_t start = 0; start < n;) {
+        const unsigned char *nl = memchr(p + start, '\n', n - start);
+        size_t end = nl ? (size_t)(nl - p) : n;
         size_t k = start;
         while (k < end && is_hspace(p[k]))
             k++;
-        if (k < end)
-            a->lines++;
-        size_t marker = option_marker(p + k, end - k);
-        if (marker) {
+        a->lines += k < end;
+        if (option_marker(p + k, end - k)) {
             a->options++;
-            unsigned first = k + marker < end ? p[k + marker] : ' ';
-            if (is_digit((int)first) || first == '$' || first == '-' || first == '.')
-                a->numeric_options++;
-            a->option_bytes += (double)(end - k);
+            a->option_bytes += end - k;
             if (!a->seen_option) {
                 a->seen_option = 1;
-                a->stem_bytes = (double)(offset + start);
+                a->stem_bytes = offset + start;
             }
         }
 
-        for (i = start; i < end; i++) {
-            unsigned c = p[i];
-            unsigned prev = i > 0 ? p[i - 1] : ' ';
-            unsigned next = i + 1 < n ? p[i + 1] : ' ';
-            if (c >= 0x80) {
-                a->nonascii++;
-                /* Greek letters (U+0370-U+03FF) and U+2200-U+22FF operators. */
-                if ((c == 0xce || c == 0xcf) && next >= 0x80)
-                    a->math++;
-                else if (c == 0xe2 && next >= 0x88 && next <= 0x8b)
-                    a->math++;
-                else if (c == 0xc3 && (next == 0x97 || next == 0xb7)) /* × ÷ */
-                    a->arith++;
-                else if ((c == 0xc2 && (next == 0xa3 || next == 0xa5)) ||
-                         (c == 0xe2 && next == 0x82 && i + 2 < n && p[i + 2] == 0xac))
-                    a->currency++;
-            }
-            if (is_alpha((int)c) || c >= 0x80) {
-                /* A word: letters and UTF-8 bytes. */
+        for (size_t i = start; i < end; i++) {
+            unsigned c = p[i], kc = cls[c];
+            if (kc & (C_ALPHA | C_HIGH)) {
+                /* A word: ASCII letters and UTF-8 bytes. */
                 size_t ws = i;
-                while (i < end && (is_alpha(p[i]) || p[i] >= 0x80)) {
-                    if (is_upper(p[i]))
-                        a->upper++;
-                    if (is_alpha(p[i]))
-                        a->letters++;
+                uint64_t upper = 0, letters = 0;
+                do {
+                    unsigned kb = cls[p[i]];
+                    if (kb & C_HIGH)
+                        high_byte(p, i, n, a);
+                    upper += (kb & C_UPPER) != 0;
+                    letters += kb & C_ALPHA;
                     i++;
-                }
+                } while (i < end && (cls[p[i]] & (C_ALPHA | C_HIGH)));
                 size_t wn = i - ws;
+                a->upper += upper;
+                a->letters += letters;
                 a->words++;
-                a->word_letters += (double)wn;
-                if (wn >= 9)
-                    a->long_words++;
-                if (wn >= 2 && is_upper(p[ws]))
-                    a->caps_words++;
-                if ((wn == 2 && p[ws] == 'I' && p[ws + 1] == 'I') ||
-                    (wn == 3 && p[ws] == 'I' && p[ws + 1] == 'I' && p[ws + 2] == 'I') ||
-                    (wn == 2 && p[ws] == 'I' && p[ws + 1] == 'V'))
-                    a->roman++;
-                if (wn <= 9) {
+                a->word_letters += wn;
+                a->long_words += wn >= 9;
+                a->caps_words += wn >= 2 && is_upper(p[ws]);
+                if (wn >= 3 && wn <= 9 && letters == wn) {
                     char low[9];
                     for (size_t j = 0; j < wn; j++)
-                        low[j] = (char)(is_upper(p[ws + j]) ? p[ws + j] - 'A' + 'a' : p[ws + j]);
+                        low[j] = (char)(p[ws + j] | 0x20); /* ASCII letters only here */
                     int f = word_flags(low, wn);
-                    if (f & W_QWORD)
-                        a->qwords++;
-                    if (f & W_NEG)
-                        a->negations++;
-                    if (f & W_CODE)
-                        a->code_words++;
+                    a->qwords += (f & W_QWORD) != 0;
+                    a->negations += (f & W_NEG) != 0;
+                    a->code_words += (f & W_CODE) != 0;
                 }
                 i--; /* the loop's i++ moves past the word */
                 continue;
             }
-            if (is_digit((int)c)) {
+            if (kc & C_DIGIT) {
                 /* A number: digits, with '.', ',' or '/' inside it. */
-                size_t digits = 0;
+                uint64_t digits = 0;
                 int decimal = 0;
                 while (i < end) {
                     if (is_digit(p[i])) {
                         digits++;
-                    } else if ((p[i] == '.' || p[i] == ',' || p[i] == '/') && i + 1 < end &&
-                               is_digit(p[i + 1])) {
+                    } else if ((p[i] == '.' || p[i] == ',' || p[i] == '/') && i + 1 < end && is_digit(p[i + 1])) {
                         decimal |= p[i] != ',';
                     } else {
                         break;
                     }
                     i++;
                 }
-                a->digits += (double)digits;
+                a->digits += digits;
                 a->numbers++;
-                if (decimal)
-                    a->decimals++;
-                if (digits >= 4)
-                    a->big_numbers++;
+                a->decimals += decimal;
+                a->big_numbers += digits >= 4;
                 i--;
                 continue;
             }
+            if (!(kc & C_SPECIAL))
+                continue;
+            unsigned prev = i > 0 ? p[i - 1] : ' ';
+            unsigned next = i + 1 < n ? p[i + 1] : ' ';
             switch (c) {
-            case '+': case '*': case '=':
+            case '+': case '*':
                 a->arith++;
-                if (c == '=' && (prev == '=' || prev == '!'))
+                break;
+            case '=':
+                a->arith++;
+                if (prev == '=' || prev == '!')
                     a->code_punct++;
                 break;
             case '^':
@@ -467,11 +490,12 @@ static void dense_window(const unsigned char *p, size_t n, size_t offset, struct
                 break;
             }
         }
-        i = end + 1;
+        start = end + 1;
     }
 }
 
-/* 1 when the text, trailing space aside, ends with "answer:" (any case). */
+/* 1 when the text, trailing space aside, ends with "answer:" (any case): the
+ * completion-style prompt that benchmark harnesses (and MMLU here) use. */
 static int ends_with_answer(const char *s, size_t n)
 {
     size_t floor = n > FEATURES_TAIL ? n - FEATURES_TAIL : 0; /* bounded work */
@@ -493,9 +517,16 @@ static int ends_with_answer(const char *s, size_t n)
 
 static inline float lg(double x)
 {
-    return (float)log1p(x);
+    return log1pf((float)x);
 }
 
+static inline float lgc(uint64_t n)
+{
+    return lg((double)n);
+}
+
+/* Counts are turned into log(1 + count) or shares: the model standardizes
+ * each signal, and logs keep one 5 KB outlier from setting the scale. */
 void features_dense(const struct classifier_input *in, float *out)
 {
     struct dense_acc a;
@@ -506,46 +537,44 @@ void features_dense(const struct classifier_input *in, float *out)
     for (int k = 0; k < w.count; k++)
         dense_window(w.p[k], w.n[k], (size_t)(w.p[k] - (const unsigned char *)in->user), &a);
     if (!a.seen_option)
-        a.stem_bytes = (double)len;
+        a.stem_bytes = len;
 
     double bytes = (double)len;
     double scanned = 0;
     for (int k = 0; k < w.count; k++)
         scanned += (double)w.n[k];
-    double sentences = a.sentences > 0 ? a.sentences : (a.words > 0 ? 1 : 0);
+    double sentences = a.sentences > 0 ? (double)a.sentences : (a.words > 0 ? 1 : 0);
 
     out[FD_LOG_BYTES] = lg(bytes);
-    out[FD_LOG_WORDS] = lg(a.words);
-    out[FD_LOG_LINES] = lg(a.lines);
-    out[FD_MEAN_WORD_LEN] = a.words > 0 ? (float)(a.word_letters / a.words) : 0.0f;
-    out[FD_LONG_WORD_FRAC] = a.words > 0 ? (float)(a.long_words / a.words) : 0.0f;
-    out[FD_LOG_SENTENCES] = lg(a.sentences);
-    out[FD_WORDS_PER_SENT] = sentences > 0 ? lg(a.words / sentences) : 0.0f;
-    out[FD_LOG_DIGITS] = lg(a.digits);
-    out[FD_DIGIT_FRAC] = scanned > 0 ? (float)(a.digits / scanned) : 0.0f;
-    out[FD_LOG_NUMBERS] = lg(a.numbers);
-    out[FD_LOG_DECIMALS] = lg(a.decimals);
-    out[FD_LOG_BIG_NUMBERS] = lg(a.big_numbers);
-    out[FD_LOG_ARITH] = lg(a.arith);
-    out[FD_LOG_CURRENCY] = lg(a.currency);
-    out[FD_LOG_PERCENT] = lg(a.percent);
-    out[FD_LOG_MATH] = lg(a.math);
-    out[FD_LOG_CODE_PUNCT] = lg(a.code_punct);
-    out[FD_LOG_CODE_WORDS] = lg(a.code_words);
-    out[FD_LOG_OPTIONS] = lg(a.options);
+    out[FD_LOG_WORDS] = lgc(a.words);
+    out[FD_LOG_LINES] = lgc(a.lines);
+    out[FD_MEAN_WORD_LEN] = a.words > 0 ? (float)((double)a.word_letters / (double)a.words) : 0.0f;
+    out[FD_LONG_WORD_FRAC] = a.words > 0 ? (float)((double)a.long_words / (double)a.words) : 0.0f;
+    out[FD_LOG_SENTENCES] = lgc(a.sentences);
+    out[FD_WORDS_PER_SENT] = sentences > 0 ? lg((double)a.words / sentences) : 0.0f;
+    out[FD_LOG_DIGITS] = lgc(a.digits);
+    out[FD_DIGIT_FRAC] = scanned > 0 ? (float)((double)a.digits / scanned) : 0.0f;
+    out[FD_LOG_NUMBERS] = lgc(a.numbers);
+    out[FD_LOG_DECIMALS] = lgc(a.decimals);
+    out[FD_LOG_BIG_NUMBERS] = lgc(a.big_numbers);
+    out[FD_LOG_ARITH] = lgc(a.arith);
+    out[FD_LOG_CURRENCY] = lgc(a.currency);
+    out[FD_LOG_PERCENT] = lgc(a.percent);
+    out[FD_LOG_MATH] = lgc(a.math);
+    out[FD_LOG_CODE_PUNCT] = lgc(a.code_punct);
+    out[FD_LOG_CODE_WORDS] = lgc(a.code_words);
+    out[FD_LOG_OPTIONS] = lgc(a.options);
     out[FD_HAS_4_OPTIONS] = a.options >= 4 ? 1.0f : 0.0f;
-    out[FD_LOG_OPTION_LEN] = a.options > 0 ? lg(a.option_bytes / a.options) : 0.0f;
-    out[FD_LOG_STEM_LEN] = lg(a.stem_bytes);
+    out[FD_LOG_OPTION_LEN] = a.options > 0 ? lg((double)a.option_bytes / (double)a.options) : 0.0f;
+    out[FD_LOG_STEM_LEN] = lgc(a.stem_bytes);
     out[FD_ENDS_ANSWER] = (float)ends_with_answer(in->user ? in->user : "", len);
-    out[FD_LOG_QMARKS] = lg(a.qmarks);
-    out[FD_LOG_QWORDS] = lg(a.qwords);
-    out[FD_LOG_NEGATIONS] = lg(a.negations);
-    out[FD_LOG_CAPS_WORDS] = lg(a.caps_words);
-    out[FD_UPPER_FRAC] = a.letters > 0 ? (float)(a.upper / a.letters) : 0.0f;
-    out[FD_NONASCII_FRAC] = scanned > 0 ? (float)(a.nonascii / scanned) : 0.0f;
-    out[FD_LOG_QUOTES_PARENS] = lg(a.quotes_parens);
-    out[FD_NUMERIC_OPTIONS] = a.options > 0 ? (float)(a.numeric_options / a.options) : 0.0f;
-    out[FD_LOG_ROMAN] = lg(a.roman);
+    out[FD_LOG_QMARKS] = lgc(a.qmarks);
+    out[FD_LOG_QWORDS] = lgc(a.qwords);
+    out[FD_LOG_NEGATIONS] = lgc(a.negations);
+    out[FD_LOG_CAPS_WORDS] = lgc(a.caps_words);
+    out[FD_UPPER_FRAC] = a.letters > 0 ? (float)((double)a.upper / (double)a.letters) : 0.0f;
+    out[FD_NONASCII_FRAC] = scanned > 0 ? (float)((double)a.nonascii / scanned) : 0.0f;
+    out[FD_LOG_QUOTES_PARENS] = lgc(a.quotes_parens);
     out[FD_LOG_SYSTEM_BYTES] = lg(in->system ? (double)in->system_len : 0.0);
     out[FD_LOG_TURNS] = in->n_messages > 1 ? (float)log((double)in->n_messages) : 0.0f;
 }
@@ -559,7 +588,7 @@ const char *features_dense_name(int i)
         "log_math",       "log_code_punct",  "log_code_words", "log_options",    "has_4_options",
         "log_option_len", "log_stem_len",    "ends_answer",    "log_qmarks",     "log_qwords",
         "log_negations",  "log_caps_words",  "upper_frac",     "nonascii_frac",  "log_quotes_parens",
-        "numeric_options", "log_roman",     "log_system_bytes", "log_turns",
+        "log_system_bytes", "log_turns",
     };
     return i >= 0 && i < FEATURES_N_DENSE ? names[i] : "?";
 }

@@ -70,8 +70,6 @@ enum features_dense {
     FD_UPPER_FRAC,       /* uppercase share of ASCII letters */
     FD_NONASCII_FRAC,    /* bytes >= 0x80 / bytes */
     FD_LOG_QUOTES_PARENS,/* quotes and parentheses */
-    FD_NUMERIC_OPTIONS,  /* share of options whose text starts like a number */
-    FD_LOG_ROMAN,        /* the items "II", "III", "IV" of "I and II only" questions */
     FD_LOG_SYSTEM_BYTES, /* system prompt length in bytes */
     FD_LOG_TURNS,        /* log(n_messages), 0 for one message */
     FEATURES_N_DENSE

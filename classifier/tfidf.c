@@ -170,6 +170,8 @@ static void vectorize(const struct tfidf *t, const char *s, size_t n, struct vec
     v->t = t;
     v->n = 0;
     tokens(s, n, vec_token, v);
+    if (v->n == 0)
+        return;
     qsort(v->idx, v->n, sizeof *v->idx, cmp_u32);
     size_t m = 0;
     for (size_t i = 0; i < v->n; i++) {
@@ -223,8 +225,10 @@ struct tfidf *tfidf_fit(const char *const *texts, const size_t *len, const int *
             val = xrealloc(val, cap * sizeof *val);
         }
         row_ptr[r] = nnz;
-        memcpy(idx + nnz, v.idx, v.n * sizeof *idx);
-        memcpy(val + nnz, v.val, v.n * sizeof *val);
+        if (v.n) {
+            memcpy(idx + nnz, v.idx, v.n * sizeof *idx);
+            memcpy(val + nnz, v.val, v.n * sizeof *val);
+        }
         nnz += v.n;
         ys[r] = y[rows[r]];
     }

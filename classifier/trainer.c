@@ -281,9 +281,10 @@ struct cmodel *trainer_fit(const struct trainer_features *f, const size_t *rows,
             m->dense_w[k] += (float)*p++ * inv;
         for (size_t k = 0; k < S; k++)
             m->sparse_w[k] += (float)*p++ * inv;
-        size_t u0 = (size_t)e * H; /* this fit's first unit in the model */
-        for (size_t k = 0; k < H * D; k++)
-            m->hidden_w[u0 * D + k] = (float)*p++;
+        size_t u0 = (size_t)e * H, HT = (size_t)o->n_hidden; /* this fit's first unit; all units */
+        for (size_t j = 0; j < H; j++) /* theta is unit-major, the model input-major */
+            for (int k = 0; k < D; k++)
+                m->hidden_w[(size_t)k * HT + u0 + j] = (float)*p++;
         for (size_t j = 0; j < H; j++)
             m->hidden_b[u0 + j] = (float)*p++;
         for (size_t j = 0; j < H; j++)

@@ -452,8 +452,8 @@ void policy_settle(struct policy *p, struct event_base *base, struct reservation
         pthread_mutex_unlock(&p->mu);
     }
     struct redis *r = p->s.redis ? redis_for_base(p->s.redis, base) : NULL;
-    if (r && redis_connected(r))
-        send_settle(p, r, &e);
+    if (r && redis_usable(r))
+        send_settle(p, r, &e); /* a failure journals it (settle_reply) */
     else if (p->s.redis)
         journal_push(p, &e);
     else
@@ -554,6 +554,22 @@ static void admit_reply(void *ctx, enum redis_call_status st, redisReply *reply)
     free(ac);
 }
 
+static void deferred_unlimited_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct admit_call *ac = arg;
+    struct admit_result res = {0};
+    res.status = ADMIT_OK;
+    res.budget_remaining_nano = -1;
+    res.reserved_nano = ac->q.est_cost_nano;
+    /* No reservation member in Redis (ZREM of it is a no-op) and no
+     * rate-limit bucket to correct (second 0 is never a live bucket). */
+    struct reservation *resv = make_resv(ac, ac->q.est_cost_nano, 0, 0);
+    ac->cb(ac->ctx, &res, resv);
+    free(ac);
+}
+
 void policy_admit(struct policy *p, struct event_base *base, const struct admit_request *q, policy_admit_cb cb,
                   void *ctx)
 {
@@ -575,6 +591,13 @@ void policy_admit(struct policy *p, struct event_base *base, const struct admit_
         return;
     }
     ensure_timer(p, base);
+    const struct tenant_limits *l = &ac->limits;
+    if (l->rpm <= 0 && l->tpm <= 0 && l->max_concurrent <= 0 && l->budget_day_nano < 0 && l->budget_month_nano < 0) {
+        /* Nothing to check, so nothing to reserve: admit without a round
+         * trip. Settlement still records the spend in Redis. */
+        event_base_once(base, -1, EV_TIMEOUT, deferred_unlimited_cb, ac, NULL);
+        return;
+    }
     char k[5][200], a[10][112];
     key(k[0], sizeof k[0], ac->tenant, "rl:req");
     key(k[1], sizeof k[1], ac->tenant, "rl:tok");

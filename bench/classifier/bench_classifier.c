@@ -8,9 +8,13 @@
  *   2kb   2048-byte prompts cut from the same text: each prompt padded with
  *         the prompts after it (newline-separated) and cut at 2048 bytes.
  * After one warm-up pass, each pass scores every prompt once, in file order,
- * timing each call alone with CLOCK_MONOTONIC; percentiles are over all
- * calls of all passes. The timer's own cost (two clock_gettime calls back to
- * back) is measured and reported, not subtracted. */
+ * timing each call alone with CLOCK_MONOTONIC. Two views of the same calls:
+ *   all calls   percentiles over every call of every pass;
+ *   best of N   each prompt's fastest call over the N passes, percentiles over
+ *               prompts: what the prompt costs, without the preemptions a
+ *               shared 2-core machine adds to single calls.
+ * The timer's own cost (two clock_gettime calls back to back) is measured
+ * and reported, not subtracted. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,13 +65,25 @@ static void run(const char *name, const struct classifier *c, char **texts, size
         }
     double wall = (double)(now_ns() - t0) / 1e9;
     size_t m = (size_t)passes * n;
+    uint64_t *best = xmalloc(n * sizeof *best);
+    for (size_t i = 0; i < n; i++) {
+        best[i] = ns[i];
+        for (int p = 1; p < passes; p++)
+            if (ns[(size_t)p * n + i] < best[i])
+                best[i] = ns[(size_t)p * n + i];
+    }
+    qsort(best, n, sizeof *best, cmp_u64);
     double sum = 0;
     for (size_t i = 0; i < m; i++)
         sum += (double)ns[i];
     qsort(ns, m, sizeof *ns, cmp_u64);
-    printf("| %s | %zu | %.0f | %.2f | %.2f | %.2f | %.2f | %.1f | %.0f |\n", name, n, (double)bytes / (double)n,
-           pctl(ns, m, 0.5), pctl(ns, m, 0.99), pctl(ns, m, 0.999), (double)ns[m - 1] / 1000.0,
-           sum / (double)m / 1000.0, (double)m / wall);
+    printf("| %s | %zu | %.0f | all %d x %zu calls | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f |\n", name, n,
+           (double)bytes / (double)n, passes, n, pctl(ns, m, 0.5), pctl(ns, m, 0.99), pctl(ns, m, 0.999),
+           (double)ns[m - 1] / 1000.0, sum / (double)m / 1000.0, (double)m / wall);
+    printf("| %s | %zu | %.0f | best of %d per prompt | %.2f | %.2f | %.2f | %.2f | | |\n", name, n,
+           (double)bytes / (double)n, passes, pctl(best, n, 0.5), pctl(best, n, 0.99), pctl(best, n, 0.999),
+           (double)best[n - 1] / 1000.0);
+    free(best);
     free(ns);
 }
 
@@ -121,8 +137,8 @@ int main(int argc, char **argv)
             tmin = b - a;
     }
     printf("timer overhead (min of back-to-back clock_gettime pairs): %llu ns\n\n", (unsigned long long)tmin);
-    printf("| workload | prompts | mean bytes | p50 us | p99 us | p99.9 us | max us | mean us | scores/s |\n");
-    printf("|---|---|---|---|---|---|---|---|---|\n");
+    printf("| workload | prompts | mean bytes | view | p50 us | p99 us | p99.9 us | max us | mean us | scores/s |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|\n");
     run("all routing prompts", c, texts, lens, n, passes);
     run("2 KB prompts", c, cut, cut_lens, n, passes);
 

@@ -13,6 +13,6 @@ DATA=${CASCADE_SHARED_DIR:-../shared}/data/routing/routellm_mmlu_gsm8k.train.jso
 MODELS=classifier/models
 
 "$BUILD/classifier/classifier-train" --data "$DATA" --out "$MODELS/difficulty.cdm" \
-    --bits 18 --hidden 16 --l2-sparse 1e-3 --l2-dense 1e-3 --l2-hidden 3e-3 --iters 300 --seed 1
+    --bits 18 --hidden 16 --ensemble 4 --l2-sparse 1e-3 --l2-dense 1e-3 --l2-hidden 3e-3 --iters 300 --seed 1
 "$BUILD/classifier/classifier-eval" --data "$DATA" --model "$MODELS/difficulty.cdm" \
     --out "$MODELS" --readme "$MODELS/README.md"

@@ -231,7 +231,7 @@ static void write_plot(const char *dir, struct routeval r[N_SETS][N_ROUTERS])
                 100 * r[s][0].acc_strong);
         /* The oracle (in the tables) would squash the others' scale; the
          * strong model's accuracy is drawn as a line instead. */
-        fprintf(f, "plot %.5f with lines dt 3 lc 'gray' title 'strong model alone', ", 100 * r[s][0].acc_strong);
+        fprintf(f, "plot %.5f with lines dt 2 lw 1.5 lc rgb 'gray40' title 'strong model alone', ", 100 * r[s][0].acc_strong);
         for (int k = 0; k < R_ORACLE; k++)
             fprintf(f, "%s'curve.tsv' index %d with lines lw %d dt %d title '%s'", k ? ", " : "",
                     s * N_ROUTERS + k, k == R_MODEL ? 3 : 2, k == R_RANDOM ? 2 : 1, router_name[k]);

@@ -122,6 +122,11 @@ void native_forward_free(struct native_forward *f)
     free(f);
 }
 
+const struct native_rope *native_forward_rope(const struct native_forward *f)
+{
+    return &f->rope;
+}
+
 size_t native_forward_bytes(const struct native_forward *f)
 {
     return f->bytes;

@@ -43,6 +43,10 @@ void native_forward_free(struct native_forward *f);
 const float *native_forward_run(struct native_forward *f, const struct native_kv *kv,
                                 const struct native_batch *batch);
 
+/* The RoPE tables this forward built (for tests, and for backends that keep
+ * their own copy). */
+const struct native_rope *native_forward_rope(const struct native_forward *f);
+
 /* Bytes of activation buffers and tables this forward allocated. */
 size_t native_forward_bytes(const struct native_forward *f);
 

@@ -32,7 +32,12 @@ static int load_path(const struct native_model *m, const char *path, struct toke
     int rc;
     if (ends_with(path, ".json")) {
         rc = tok_bpe_load(path, out, err, errlen);
-        *style = PROMPT_DEEPSEEK;
+        /* The DeepSeek template needs its role markers; a tokenizer.json
+         * without them (another model family) gets plain prompts. */
+        *style = rc == TOK_OK && (*out)->ops->lookup(*out, "<\xef\xbd\x9c" "User\xef\xbd\x9c>") >= 0 &&
+                         (*out)->ops->lookup(*out, "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>") >= 0
+                     ? PROMPT_DEEPSEEK
+                     : PROMPT_PLAIN;
     } else {
         rc = tok_llama2c_load(path, m->cfg.vocab_size, out, err, errlen);
         *style = PROMPT_PLAIN;

@@ -5,9 +5,11 @@
  *     A chat uses the last user message's text as the prompt, as the model's
  *     README says; the prompt is BOS, then that text encoded (with its
  *     dummy-prefix space).
- *   - PROMPT_DEEPSEEK (tokenizer.json models): DeepSeek's chat template
+ *   - PROMPT_DEEPSEEK (tokenizer.json models whose vocabulary has the
+ *     <｜User｜> and <｜Assistant｜> markers): DeepSeek's chat template
  *     (chat_template.h) with the generation prompt; system and developer
- *     messages are both system turns.
+ *     messages are both system turns. A tokenizer.json without the markers
+ *     gets PROMPT_PLAIN.
  * A raw completion prompt is BOS then the text, in either style.
  * User text is encoded without special tokens, so it cannot forge markers.
  *

@@ -18,6 +18,7 @@
 #include "threadpool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -27,6 +28,10 @@
  * to bridge the gaps between the regions of one forward step, short enough
  * that an idle engine goes quiet at once. */
 #define SPIN_ROUNDS 4096
+/* An idle worker yields once per this many spins. */
+#define YIELD_EVERY 128
+/* The publisher spins this many rounds (~8 us) for stragglers, then yields. */
+#define YIELD_AFTER 256
 
 struct region {
     threadpool_fn fn;
@@ -104,7 +109,13 @@ static void *worker_main(void *arg)
     for (;;) {
         uint32_t g = (uint32_t)(atomic_load_explicit(&p->ticket, memory_order_acquire) >> 32);
         for (int i = 0; g == seen && i < SPIN_ROUNDS; i++) {
-            cpu_relax();
+            /* Now and then let another thread have the core: when the
+             * machine is busier than it has cores, the thread this one
+             * waits for may be queued behind it. */
+            if (i % YIELD_EVERY == YIELD_EVERY - 1)
+                sched_yield();
+            else
+                cpu_relax();
             g = (uint32_t)(atomic_load_explicit(&p->ticket, memory_order_acquire) >> 32);
         }
         if (g == seen) {
@@ -208,6 +219,12 @@ void threadpool_run(struct threadpool *p, threadpool_fn fn, void *arg, int n_tas
     pthread_mutex_unlock(&p->mu);
 
     run_tasks(p, gen, 0);
-    while (atomic_load_explicit(&p->done, memory_order_acquire) != n_tasks)
-        cpu_relax();
+    /* What is left runs on other threads: spin briefly, then yield, so a
+     * worker that shares this core (a loaded machine) gets to finish. */
+    for (int i = 0; atomic_load_explicit(&p->done, memory_order_acquire) != n_tasks; i++) {
+        if (i >= YIELD_AFTER)
+            sched_yield();
+        else
+            cpu_relax();
+    }
 }

@@ -8,7 +8,8 @@
  *   flipped byte), wrongly versioned or non-finite model;
  * - the trainer's view of the features equals the scorer's;
  * - the shipped model reproduces the AUC and APGR its evaluation recorded in
- *   classifier/models/metrics.json on the held-out split. */
+ *   classifier/models/metrics.json on the held-out split, beats the TF-IDF
+ *   baseline on unseen subjects, and ranks GSM8K above MMLU on average. */
 #include <jansson.h>
 #include <math.h>
 #include <pthread.h>
@@ -333,6 +334,24 @@ static void test_recorded_metrics(const struct classifier *c)
         if (s == 0)
             CHECK(auc > base_auc);
         routeval_release(&r);
+    }
+    /* Sensible order where the data has one: GSM8K word problems need the
+     * large model more often than MMLU questions (28% against 16% of rows),
+     * and the model scores unseen GSM8K prompts higher on average. */
+    double sum[2] = {0, 0};
+    size_t cnt[2] = {0, 0};
+    for (size_t i = 0; i < d->n; i++) {
+        if (d->rows[i].split != DATASET_VAL_ROWS)
+            continue;
+        int g = strcmp(d->rows[i].source, "gsm8k") == 0;
+        sum[g] += score_text(c, d->rows[i].prompt, d->rows[i].prompt_len);
+        cnt[g]++;
+    }
+    CHECK(cnt[0] > 100 && cnt[1] > 100);
+    if (cnt[0] && cnt[1]) {
+        printf("held-out rows: mean score MMLU %.4f (%zu), GSM8K %.4f (%zu)\n", sum[0] / cnt[0], cnt[0],
+               sum[1] / cnt[1], cnt[1]);
+        CHECK(sum[1] / cnt[1] > sum[0] / cnt[0] + 0.05);
     }
     free(score);
     free(weak);
