@@ -36,6 +36,9 @@
 #include "engines/engine.h"
 #include "engines/native/chat_template.h"
 #include "gateway/access.h"
+#ifdef CASCADE_HAVE_NATIVE
+#include "engines/native/native_engine.h"
+#endif
 #include "gateway/gateway.h"
 #include "gateway/metrics.h"
 #include "policies/stats.h"
@@ -745,6 +748,13 @@ static void route_auto(struct chat *c)
  * template; without a tokenizer, a deliberately high estimate. */
 static int64_t count_prompt(const struct chat *c)
 {
+#ifdef CASCADE_HAVE_NATIVE
+    /* An in-process model counts with its own tokenizer, as it will bill. */
+    struct engine *e = c->w->gw->engines[c->tier];
+    int64_t own = 0;
+    if (native_engine_is(e) && native_engine_count_chat(e, &c->req, &own) == 0)
+        return own;
+#endif
     const struct tokenizer *tok = c->w->gw->tokenizer;
     if (tok) {
         struct chat_turn *turns = xcalloc(c->req.n_messages, sizeof *turns);

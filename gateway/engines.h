@@ -9,6 +9,7 @@
 struct engine;
 struct tier_config;
 
-struct engine *engines_create(const struct tier_config *tier, char *err, size_t errlen);
+/* base_dir: the config file's folder, for relative paths in the tier. */
+struct engine *engines_create(const struct tier_config *tier, const char *base_dir, char *err, size_t errlen);
 
 #endif

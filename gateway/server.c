@@ -491,6 +491,14 @@ void gateway_block_signals(sigset_t *set)
     signal(SIGPIPE, SIG_IGN);
 }
 
+static const char *from_config(const char *base_dir, const char *p, char *out, size_t n)
+{
+    if (p[0] == '/')
+        return p;
+    snprintf(out, n, "%s/%s", base_dir, p);
+    return out;
+}
+
 static void count_redis_error(void *ctx)
 {
     metrics_redis_error(((struct gateway *)ctx)->metrics);
@@ -504,20 +512,30 @@ static void count_upstream_error(void *ctx, size_t replica)
 int gateway_init(struct gateway *gw, char *err, size_t errlen)
 {
     struct config *cfg = &gw->cfg;
+    /* Relative paths in the config are from the config file's folder, so a
+     * config works from any working directory. */
+    char base_dir[4096], path[8192];
+    snprintf(base_dir, sizeof base_dir, "%s", gw->config_path ? gw->config_path : ".");
+    char *slash = strrchr(base_dir, '/');
+    if (slash)
+        *slash = '\0';
+    else
+        snprintf(base_dir, sizeof base_dir, ".");
     pthread_mutex_init(&gw->snap_mu, NULL);
     gw->snap_mu_ready = 1;
     gw->snap = snap_load(gw, err, errlen);
     if (!gw->snap)
         return -1;
     if (cfg->tokenizer) {
-        if (tok_bpe_load(cfg->tokenizer, &gw->tokenizer, err, errlen) != TOK_OK)
+        if (tok_bpe_load(from_config(base_dir, cfg->tokenizer, path, sizeof path), &gw->tokenizer, err, errlen) !=
+            TOK_OK)
             return -1;
     } else {
         log_warn("no \"tokenizer\" in the config: prompt tokens are estimated from their length, high");
     }
     if (cfg->classifier) {
         char e2[256];
-        gw->classifier = classifier_load(cfg->classifier, e2, sizeof e2);
+        gw->classifier = classifier_load(from_config(base_dir, cfg->classifier, path, sizeof path), e2, sizeof e2);
         if (!gw->classifier) {
             snprintf(err, errlen, "classifier.model: %s", e2);
             return -1;
@@ -571,7 +589,7 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
     size_t replica_base = 0;
     for (size_t i = 0; i < cfg->n_tiers; i++) {
         char e2[256];
-        gw->engines[i] = engines_create(&cfg->tiers[i], e2, sizeof e2);
+        gw->engines[i] = engines_create(&cfg->tiers[i], base_dir, e2, sizeof e2);
         if (!gw->engines[i]) {
             snprintf(err, errlen, "tiers[%zu] (%s): %s", i, cfg->tiers[i].name, e2);
             return -1;

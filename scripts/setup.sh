@@ -40,4 +40,18 @@ BUILD_DIR=${BUILD_DIR:-build}
 # shellcheck disable=SC2086
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo ${CMAKE_ARGS:-} >/dev/null
 cmake --build "$BUILD_DIR" -j"$(nproc)"
-echo "setup: built $BUILD_DIR/gateway/cascaded"
+# The quickstart's model (deploy/local.json): the tiny real model from
+# ../shared when it is there, converted to safetensors; otherwise a
+# deterministic random-weight model of the same shape, made here, offline.
+MODELS="$BUILD_DIR/models/local"
+if [ ! -f "$MODELS/model.safetensors" ]; then
+  mkdir -p "$MODELS"
+  SHARED_MODEL=../shared/models/stories260K
+  if [ -f "$SHARED_MODEL/stories260K.bin" ]; then
+    "$BUILD_DIR/engines/native/cascade-convert-llama2c" --model "$SHARED_MODEL/stories260K.bin" \
+      --tokenizer "$SHARED_MODEL/tok512.bin" --out "$MODELS" >/dev/null
+  else
+    "$BUILD_DIR/engines/native/cascade-gen-model" --preset tiny --out "$MODELS" >/dev/null
+  fi
+fi
+echo "setup: built $BUILD_DIR/gateway/cascaded; quickstart model in $MODELS"

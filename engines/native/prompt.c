@@ -111,7 +111,7 @@ int prompt_encode_chat(const struct tokenizer *t, enum prompt_style style,
         return TOK_ENOMEM;
     for (size_t i = 0; i < n; i++)
         turns[i] = (struct chat_turn){role_name(msgs[i].role), msgs[i].content, msgs[i].content_len};
-    int rc = chat_template_encode(t, turns, n, 1, 0, out);
+    int rc = chat_template_encode(t, turns, n, 1, TOK_ADDED_AS_TEXT, out);
     free(turns);
     return rc;
 }
