@@ -33,15 +33,31 @@ static void write_all(const char *p, size_t n)
     }
 }
 
+/* The writer wakes every FLUSH_MS, or early when a quarter of the buffer is
+ * full: a wake-up per line would cost a context switch per request. */
+#define FLUSH_MS 10
+#define EARLY_BYTES (ASYNC_CAP / 4)
+
 static void *writer_main(void *arg)
 {
     (void)arg;
     pthread_mutex_lock(&lg.mu);
     for (;;) {
-        while (lg.len == 0 && !lg.stopping)
-            pthread_cond_wait(&lg.more, &lg.mu);
-        if (lg.len == 0 && lg.stopping)
-            break;
+        if (lg.len < EARLY_BYTES && !lg.stopping) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += FLUSH_MS * 1000000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&lg.more, &lg.mu, &until);
+        }
+        if (lg.len == 0) {
+            if (lg.stopping)
+                break;
+            continue;
+        }
         char *full = lg.active;
         size_t n = lg.len;
         lg.active = lg.spare;
@@ -103,10 +119,10 @@ void log_write_line(const char *line, size_t n)
     }
     while (lg.len + n > ASYNC_CAP) /* full: wait for the writer, keep every line */
         pthread_cond_wait(&lg.room, &lg.mu);
-    int was_empty = lg.len == 0;
+    int crossed = lg.len < EARLY_BYTES && lg.len + n >= EARLY_BYTES;
     memcpy(lg.active + lg.len, line, n);
     lg.len += n;
-    if (was_empty)
+    if (crossed)
         pthread_cond_signal(&lg.more);
     pthread_mutex_unlock(&lg.mu);
 }

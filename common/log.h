@@ -8,9 +8,10 @@
  *
  * Writing: by default each line is one write(2). After log_async_start(),
  * lines are appended to a buffer under a mutex and a background thread
- * writes them, so a worker never blocks on a slow disk or pipe; lines keep
- * their order and never interleave. If the buffer fills (4 MiB) the writer
- * waits for the disk rather than lose lines. log_async_stop() flushes.
+ * writes them every 10 ms, so a worker never blocks on a slow disk or pipe
+ * and never wakes a thread per line; lines keep their order and never
+ * interleave. If the buffer fills (4 MiB) the caller waits for the disk
+ * rather than lose lines. log_async_stop() flushes.
  * Thread-safe. */
 #ifndef CASCADE_LOG_H
 #define CASCADE_LOG_H
