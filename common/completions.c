@@ -137,32 +137,6 @@ void completion_request_free(struct completion_request *req)
     req->logprobs = -1;
 }
 
-/* A JSON string of possibly broken UTF-8 (a byte token): invalid bytes
- * become U+FFFD rather than failing the whole response. */
-static json_t *text_json(const char *s, size_t len)
-{
-    if (utf8_valid(s, len))
-        return json_stringn(s, len);
-    char *buf = xmalloc(len * 3 + 1);
-    size_t o = 0;
-    for (size_t i = 0; i < len;) {
-        size_t n = 1;
-        while (n <= 4 && i + n <= len && !utf8_valid(s + i, n))
-            n++;
-        if (n <= 4 && i + n <= len) {
-            memcpy(buf + o, s + i, n);
-            o += n;
-            i += n;
-        } else {
-            memcpy(buf + o, "\xEF\xBF\xBD", 3);
-            o += 3;
-            i++;
-        }
-    }
-    json_t *j = json_stringn(buf, o);
-    free(buf);
-    return j;
-}
 
 /* Four parallel arrays, one entry per token, as the legacy API returns them. */
 json_t *completion_logprobs_new(void)
@@ -175,7 +149,7 @@ void completion_logprobs_add(json_t *lp, const char *token, size_t len, double l
                              const char *const *top_tokens, const double *top_logprobs,
                              size_t n_top, size_t text_offset)
 {
-    json_array_append_new(json_object_get(lp, "tokens"), text_json(token, len));
+    json_array_append_new(json_object_get(lp, "tokens"), openai_text_json(token, len));
     json_array_append_new(json_object_get(lp, "token_logprobs"),
                           json_real(isfinite(logprob) ? logprob : -9999.0));
     /* The alternatives are an object keyed by token text: two alternatives
@@ -183,7 +157,7 @@ void completion_logprobs_add(json_t *lp, const char *token, size_t len, double l
      * more likely one. */
     json_t *top = json_object();
     for (size_t i = 0; i < n_top; i++) {
-        json_t *k = text_json(top_tokens[i], strlen(top_tokens[i]));
+        json_t *k = openai_text_json(top_tokens[i], strlen(top_tokens[i]));
         if (k && !json_object_get(top, json_string_value(k)))
             json_object_set_new(top, json_string_value(k),
                                 json_real(isfinite(top_logprobs[i]) ? top_logprobs[i] : -9999.0));
@@ -206,7 +180,7 @@ char *completion_response(const char *id, int64_t created, const char *model, co
 {
     json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:[{s:o, s:i, s:O?, s:s}], s:o}", "id", id,
                           "object", "text_completion", "created", (json_int_t)created, "model",
-                          model, "choices", "text", text_json(text, len), "index", 0, "logprobs",
+                          model, "choices", "text", openai_text_json(text, len), "index", 0, "logprobs",
                           logprobs, "finish_reason", finish_reason, "usage", usage_json(usage));
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
@@ -233,7 +207,7 @@ char *completion_chunk_event(const char *id, int64_t created, const char *model,
 {
     json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:[{s:o, s:i, s:O?, s:o}]}", "id", id, "object",
                           "text_completion", "created", (json_int_t)created, "model", model,
-                          "choices", "text", text_json(text ? text : "", text ? len : 0), "index",
+                          "choices", "text", openai_text_json(text ? text : "", text ? len : 0), "index",
                           0, "logprobs", logprobs, "finish_reason",
                           finish_reason ? json_string(finish_reason) : json_null());
     char *ev = sse_wrap(o, out_len);

@@ -311,6 +311,19 @@ void chat_request_free(struct chat_request *req)
     req->max_tokens = -1;
 }
 
+char *openai_error_event(const struct openai_error *e, size_t *out_len)
+{
+    char *js = openai_error_json(e);
+    size_t n = strlen(js);
+    char *ev = xmalloc(n + 9);
+    memcpy(ev, "data: ", 6);
+    memcpy(ev + 6, js, n);
+    memcpy(ev + 6 + n, "\n\n", 3);
+    free(js);
+    *out_len = n + 8;
+    return ev;
+}
+
 char *openai_error_json(const struct openai_error *e)
 {
     json_t *o = json_pack("{s:{s:s, s:s, s:s?, s:s?}}", "error", "message", e->message, "type", e->type,
@@ -323,9 +336,7 @@ char *openai_error_json(const struct openai_error *e)
     return s;
 }
 
-/* A JSON string for model text, which may hold a split UTF-8 sequence: the
- * invalid bytes become U+FFFD rather than failing the whole response. */
-static json_t *text_json(const char *s, size_t len)
+json_t *openai_text_json(const char *s, size_t len)
 {
     if (utf8_valid(s, len))
         return json_stringn(s, len);
@@ -461,11 +472,11 @@ json_t *openai_logprob_entry(const char *token, size_t len, double logprob, cons
     json_t *top = json_array();
     for (size_t i = 0; i < n_top; i++) {
         size_t tl = strlen(top_tokens[i]);
-        json_array_append_new(top, json_pack("{s:o, s:f, s:o}", "token", text_json(top_tokens[i], tl),
+        json_array_append_new(top, json_pack("{s:o, s:f, s:o}", "token", openai_text_json(top_tokens[i], tl),
                                              "logprob", top_logprobs[i], "bytes",
                                              bytes_json(top_tokens[i], tl)));
     }
-    return json_pack("{s:o, s:f, s:o, s:o}", "token", text_json(token, len), "logprob",
+    return json_pack("{s:o, s:f, s:o, s:o}", "token", openai_text_json(token, len), "logprob",
                      isfinite(logprob) ? logprob : -9999.0, "bytes", bytes_json(token, len),
                      "top_logprobs", top);
 }

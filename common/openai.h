@@ -102,6 +102,14 @@ char *openai_chat_chunk_event(const char *id, int64_t created, const char *model
 char *openai_chat_usage_event(const char *id, int64_t created, const char *model,
                               const struct openai_usage *usage, size_t *out_len);
 
+/* A JSON string for model text, which may hold a split UTF-8 sequence: the
+ * invalid bytes become U+FFFD rather than failing the whole response. */
+json_t *openai_text_json(const char *s, size_t len);
+
+/* An error sent inside a stream whose status line is already out, as
+ * OpenAI's clients read it: "data: {"error":{...}}\n\n". */
+char *openai_error_event(const struct openai_error *e, size_t *out_len);
+
 /* One entry of logprobs.content: {"token","logprob","bytes","top_logprobs"}. */
 json_t *openai_logprob_entry(const char *token, size_t len, double logprob,
                              const char *const *top_tokens, const double *top_logprobs,

@@ -516,11 +516,10 @@ static void on_error(void *ctx, const struct engine_error *e)
         /* The status line is gone; OpenAI's clients read an error event. */
         struct openai_error oe;
         openai_error_set(&oe, e->status, e->type, e->code, NULL, "%s", e->message);
-        char *js = openai_error_json(&oe);
-        httpd_stream_write(c->r, "data: ", 6);
-        httpd_stream_write(c->r, js, strlen(js));
-        httpd_stream_write(c->r, "\n\n", 2);
-        free(js);
+        size_t n;
+        char *ev = openai_error_event(&oe, &n);
+        httpd_stream_write(c->r, ev, n);
+        free(ev);
         httpd_stream_end(c->r);
         c->r = NULL;
         chat_done(c, e->status);

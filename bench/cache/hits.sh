@@ -32,22 +32,12 @@ CASCADED=$BUILD/gateway/cascaded
 for b in "$LOADGEN" "$UPSTREAM" "$CASCADED"; do [ -x "$b" ] || { echo "hits.sh: $b not built" >&2; exit 2; }; done
 mkdir -p "$OUT"
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-wait_for() {
-    for _ in $(seq 1 200); do grep -qE "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
-    echo "hits.sh: timed out waiting for /$2/ in $1" >&2; cat "$1" >&2; return 1
-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$REPO/bench/lib.sh"
 
-RPORT=$(free_port)
-redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no >"$OUT/redis.log" 2>&1 &
-PIDS+=($!)
-wait_for "$OUT/redis.log" 'Ready to accept'
+start_redis
+RPORT=$REDIS_PORT
 
-"$UPSTREAM" --port 0 >"$OUT/upstream.log" 2>&1 &
-PIDS+=($!)
+bench_start upstream "$UPSTREAM" --port 0
 wait_for "$OUT/upstream.log" 'UPSTREAM_PORT=[0-9]+'
 UPORT=$(sed -n 's/^UPSTREAM_PORT=\([0-9]*\).*/\1/p' "$OUT/upstream.log")
 
@@ -59,8 +49,7 @@ cat >"$OUT/config.json" <<JSON
            "price":{"input_per_1m":0.14,"output_per_1m":0.28}}],
  "tenants":[{"id":"bench","keys":["$KEYH"],"allowed_tiers":["small"]}]}
 JSON
-"$CASCADED" -c "$OUT/config.json" 2>"$OUT/gateway.log" &
-PIDS+=($!)
+bench_start gateway "$CASCADED" -c "$OUT/config.json"
 wait_for "$OUT/gateway.log" '"msg":"listening"'
 GPORT=$(sed -n 's/.*"addr":"127.0.0.1:\([0-9]*\)".*/\1/p' "$OUT/gateway.log" | head -1)
 

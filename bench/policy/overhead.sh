@@ -28,21 +28,11 @@ UPSTREAM=$BUILD/bench/upstream
 CASCADED=$BUILD/gateway/cascaded
 for b in "$LOADGEN" "$UPSTREAM" "$CASCADED"; do [ -x "$b" ] || { echo "overhead.sh: $b not built" >&2; exit 2; }; done
 mkdir -p "$OUT"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-wait_for() {
-    for _ in $(seq 1 200); do grep -qE "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
-    echo "overhead.sh: timed out waiting for /$2/ in $1" >&2; cat "$1" >&2; return 1
-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$REPO/bench/lib.sh"
 
-RPORT=$(free_port)
-redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no >"$OUT/redis.log" 2>&1 &
-PIDS+=($!)
-wait_for "$OUT/redis.log" 'Ready to accept'
-"$UPSTREAM" --port 0 >"$OUT/upstream.log" 2>&1 &
-PIDS+=($!)
+start_redis
+RPORT=$REDIS_PORT
+bench_start upstream "$UPSTREAM" --port 0
 wait_for "$OUT/upstream.log" 'UPSTREAM_PORT=[0-9]+'
 UPORT=$(sed -n 's/^UPSTREAM_PORT=\([0-9]*\).*/\1/p' "$OUT/upstream.log")
 KEYH=$(printf %s "$KEY" | sha256sum | cut -c1-64)
@@ -55,8 +45,7 @@ start_gw() { # NAME REDIS_JSON: starts cascaded; gw_port NAME reads its port
  "tenants":[{"id":"bench","keys":["$KEYH"],"allowed_tiers":["small"],
              "limits":{"rpm":100000000,"tpm":100000000000},"budget":{"usd_per_day":1000000}}]}
 JSON
-    "$CASCADED" -c "$OUT/$1.json" >/dev/null 2>"$OUT/$1.log" &
-    PIDS+=($!)
+    bench_start "$1" "$CASCADED" -c "$OUT/$1.json"
     wait_for "$OUT/$1.log" '"msg":"listening"'
 }
 gw_port() { sed -n 's/.*"addr":"127.0.0.1:\([0-9]*\)".*/\1/p' "$OUT/$1.log" | head -1; }
