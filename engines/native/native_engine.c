@@ -797,3 +797,10 @@ out:
     json_decref(o);
     return e;
 }
+
+int native_engine_queue_depth(struct engine *e)
+{
+    struct sched_stats st;
+    sched_stats(((struct native_engine *)e)->s, &st);
+    return st.queued;
+}

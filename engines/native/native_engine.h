@@ -84,6 +84,9 @@ int native_engine_count_chat(struct engine *e, const struct chat_request *chat, 
 int native_engine_context(struct engine *e);
 const char *native_engine_model_name(struct engine *e);
 
+/* Requests waiting for a batch slot now (for the queue-depth gauge); any thread. */
+int native_engine_queue_depth(struct engine *e);
+
 /* 1 when e is a native engine. */
 int native_engine_is(const struct engine *e);
 

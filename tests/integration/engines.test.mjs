@@ -63,6 +63,9 @@ describe('real engines', { skip }, () => {
     const s = await readStream(await client(gw).chat.completions.create({ model: 'small', ...greedyEmpty, stream: true }));
     assert.equal(s.text, REFERENCE);
     assert.equal(s.finish, 'length');
+    // The in-process engine's queue depth is a Prometheus gauge (idle now: 0).
+    const metrics = await (await fetch(`${gw.url}/metrics`)).text();
+    assert.match(metrics, /^cascade_engine_queue_depth\{tier="small"\} 0$/m);
     await gw.stop();
   });
 
