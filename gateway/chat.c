@@ -94,6 +94,7 @@ struct chat {
     int escalated;
     int client_logprobs;            /* the client asked for logprobs itself */
     double *lps;                    /* the cheap answer's token logprobs */
+    int lps_failed;                 /* the cheap call failed: escalate regardless */
     size_t n_lps, cap_lps;
     int64_t first_cost_nano;        /* the cheap call's cost, when it escalated */
     /* cache */
@@ -452,7 +453,7 @@ static int cascade_judge(struct chat *c, const struct engine_usage *usage)
     if (!c->client_logprobs)
         json_object_del(c->req.root, "logprobs");
     struct confidence conf = routing_confidence(c->lps, c->n_lps, c->tenant->routing.window);
-    if (!routing_should_escalate(&c->tenant->routing, &conf)) {
+    if (!c->lps_failed && !routing_should_escalate(&c->tenant->routing, &conf)) {
         if (c->req.stream) {
             /* Now the client gets it, in the usual chunks. */
             size_t len = evbuffer_get_length(c->content);
@@ -475,7 +476,8 @@ static int cascade_judge(struct chat *c, const struct engine_usage *usage)
     /* Not sure enough: pay for the cheap answer, drop it, ask the top tier. */
     int64_t prompt = usage->prompt_tokens > 0 ? usage->prompt_tokens : c->prompt_tokens;
     int64_t completion = usage->completion_tokens > 0 ? usage->completion_tokens : c->tokens_received;
-    c->first_cost_nano = tier_cost(c, c->tier, prompt, completion);
+    /* A failed call is charged only for what it produced. */
+    c->first_cost_nano = c->lps_failed && completion == 0 ? 0 : tier_cost(c, c->tier, prompt, completion);
     log_debug("request %s escalates from %s (mean logprob %.3f, window min %.3f over %zu tokens)", c->request_id,
               tier_name(c), conf.mean, conf.window_min, conf.n);
     evbuffer_drain(c->content, evbuffer_get_length(c->content));
@@ -512,6 +514,15 @@ static void on_error(void *ctx, const struct engine_error *e)
 {
     struct chat *c = ctx;
     c->engine_running = 0;
+    if (c->cascade_phase && e->status >= 500) {
+        /* The cheap tier failed in the cascade zone: the top tier answers,
+         * as it would have for an unsure answer. */
+        struct engine_usage none = {0, 0};
+        log_warn("request %s: %s failed (%s); escalating", c->request_id, tier_name(c), e->message);
+        c->lps_failed = 1;
+        cascade_judge(c, &none);
+        return;
+    }
     if (c->stream_open) {
         /* The status line is gone; OpenAI's clients read an error event. */
         struct openai_error oe;

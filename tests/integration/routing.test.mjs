@@ -117,6 +117,15 @@ describe('auto routing and the cascade', () => {
     assert.equal(line.cost_nano, small1 + large1);
   });
 
+  test('a cheap tier that fails in the cascade zone escalates instead of failing', async () => {
+    await reset();
+    const r = await ask(gw, 'zone', chatBody('hi [[peer@small:status=500]]', { model: 'auto' }));
+    assert.equal(r.status, 200);
+    assert.equal(r.tier, 'large');
+    assert.equal(r.escalated, 'true');
+    assert.deepEqual(await counts(), [1, 1]);
+  });
+
   test('a stream in the cascade zone: buffered and judged, the client gets only the final answer', async () => {
     await reset();
     const kept = await ask(gw, 'zone', chatBody('hi', { model: 'auto', stream: true }));
