@@ -34,9 +34,12 @@ void access_log(const struct access_entry *e)
     jw_cstr(&w, e->path);
     jw_lit(&w, ",\"status\":");
     jw_int(&w, e->status);
-    char lat[32];
-    int n = snprintf(lat, sizeof lat, ",\"latency_ms\":%.3f", (double)e->latency_us / 1000.0);
-    jw_raw(&w, lat, (size_t)n);
+    /* milliseconds with 3 decimals, from integer microseconds (no printf) */
+    jw_lit(&w, ",\"latency_ms\":");
+    jw_int(&w, (int64_t)(e->latency_us / 1000));
+    char frac[5] = {'.', (char)('0' + e->latency_us / 100 % 10), (char)('0' + e->latency_us / 10 % 10),
+                    (char)('0' + e->latency_us % 10), 0};
+    jw_raw(&w, frac, 4);
     jw_lit(&w, ",\"prompt_tokens\":");
     jw_int(&w, e->prompt_tokens);
     jw_lit(&w, ",\"completion_tokens\":");
