@@ -4,6 +4,8 @@
 #   wait_for FILE REGEX       poll a log until a line matches (10 s at most)
 #   free_port                 a TCP port free a moment ago
 #   start_redis               redis-server without persistence; sets REDIS_PORT
+#   start_upstream ARGS...    bench/upstream on a free port; sets UPORT
+#   need_bins FILE...         exit 2 unless every binary is built
 # and installs an EXIT trap that stops what bench_start started.
 BENCH_PIDS=()
 bench_cleanup() {
@@ -32,4 +34,16 @@ start_redis() {
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$OUT/redis.log" 2>&1 &
     BENCH_PIDS+=($!)
     wait_for "$OUT/redis.log" 'Ready to accept'
+}
+
+# need_bins FILE...: every benchmark binary is built, or say which is not.
+need_bins() {
+    for b in "$@"; do [ -x "$b" ] || { echo "$(basename "$0"): $b not built" >&2; exit 2; }; done
+}
+
+# start_upstream ARGS...: bench/upstream (the fixed-delay test double); sets UPORT.
+start_upstream() {
+    bench_start upstream "$UPSTREAM" --port 0 "$@"
+    wait_for "$OUT/upstream.log" 'UPSTREAM_PORT=[0-9]+'
+    UPORT=$(sed -n 's/^UPSTREAM_PORT=\([0-9]*\).*/\1/p' "$OUT/upstream.log")
 }

@@ -55,6 +55,10 @@ typedef void (*httpd_reject_cb)(struct httpd_req *req, int status, void *arg);
  * server owns and closes it). reject may be NULL. NULL on failure. */
 struct httpd *httpd_new(struct event_base *base, int listen_fd, const struct httpd_limits *limits,
                         httpd_handler handler, httpd_reject_cb reject, void *arg);
+/* A bound, listening, non-blocking socket with SO_REUSEADDR and
+ * SO_REUSEPORT; *bound gets the port (the kernel's pick when port is 0).
+ * The fd, or -1 with err set. */
+int httpd_listen(const char *host, int port, int *bound, char *err, size_t errlen);
 /* Closes every connection at once; requests still held by handlers see on_close. */
 void httpd_free(struct httpd *h);
 /* Stop accepting; close idle connections now and the others after their

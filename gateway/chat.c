@@ -214,11 +214,7 @@ static void record(struct chat *c, int status)
         .saved_routing_nano = c->saved_routing_nano, .latency_us = total,
     };
     stats_record(gw->stats, c->w->base, &x);
-    int ti = -1;
-    for (size_t i = 0; i < gw->cfg.n_tenants; i++) /* metrics' labels are the config at start */
-        if (strcmp(gw->cfg.tenants[i].id, c->tenant->id) == 0)
-            ti = (int)i;
-    metrics_request(gw->metrics, ti, tier, status, cache, c->escalated, x.tokens_in, x.tokens_out, c->cost_nano,
+    metrics_request(gw->metrics, c->tenant->metrics_index, tier, status, cache, c->escalated, x.tokens_in, x.tokens_out, c->cost_nano,
                     c->saved_cache_nano + c->saved_routing_nano, total, c->req.stream ? c->ttft_us : 0,
                     total > c->engine_us ? total - c->engine_us : 0, c->scored ? c->classifier_us : 0);
 }
@@ -283,6 +279,24 @@ static void stream_piece(struct chat *c, const char *text, size_t len, json_t *e
     httpd_stream_write(c->r, ev, n);
     free(ev);
     json_decref(arr);
+}
+
+/* A whole answer held back (a cache entry, or a judged cascade answer) sent
+ * in the chunk format of a fresh stream: one chunk per token when logprob
+ * entries are given, else the text in one piece. */
+static void stream_whole(struct chat *c, const char *text, size_t len, json_t *entries)
+{
+    size_t off = 0, i;
+    json_t *e;
+    json_array_foreach(entries, i, e) {
+        size_t n = json_string_length(json_object_get(e, "token"));
+        if (off + n > len)
+            n = len - off;
+        stream_piece(c, text + off, n, e);
+        off += n;
+    }
+    if (off < len)
+        stream_piece(c, text + off, len - off, NULL);
 }
 
 /* The end of an answer, fresh or replayed: last chunk, usage, [DONE]; or the
@@ -365,21 +379,7 @@ static int replay(struct chat *c, const char *value, size_t len)
     const char *text = json_string_value(content);
     size_t tlen = json_string_length(content);
     if (c->req.stream) {
-        /* The same chunk format as a fresh stream: one chunk per token when
-         * logprobs were kept, else the content in one piece. */
-        size_t off = 0, i;
-        json_t *e;
-        if (c->req.logprobs && json_is_array(lp)) {
-            json_array_foreach(lp, i, e) {
-                size_t n = json_string_length(json_object_get(e, "token"));
-                if (off + n > tlen)
-                    n = tlen - off;
-                stream_piece(c, text + off, n, e);
-                off += n;
-            }
-        }
-        if (off < tlen)
-            stream_piece(c, text + off, tlen - off, NULL);
+        stream_whole(c, text, tlen, c->req.logprobs ? lp : NULL);
     } else {
         evbuffer_add(c->content, text, tlen);
         if (c->req.logprobs)
@@ -457,18 +457,7 @@ static int cascade_judge(struct chat *c, const struct engine_usage *usage)
         if (c->req.stream) {
             /* Now the client gets it, in the usual chunks. */
             size_t len = evbuffer_get_length(c->content);
-            const char *text = (const char *)evbuffer_pullup(c->content, -1);
-            size_t off = 0, i;
-            json_t *e;
-            json_array_foreach(c->logprobs, i, e) {
-                size_t n = json_string_length(json_object_get(e, "token"));
-                if (off + n > len)
-                    n = len - off;
-                stream_piece(c, text + off, n, e);
-                off += n;
-            }
-            if (off < len)
-                stream_piece(c, text + off, len - off, NULL);
+            stream_whole(c, (const char *)evbuffer_pullup(c->content, -1), len, c->logprobs);
             c->ttft_us = clock_mono_us() - c->t0;
         }
         return 0;

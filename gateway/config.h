@@ -56,6 +56,7 @@ struct tenant_config {
     int *by_price;                  /* allowed tiers, cheapest first */
     struct routing_settings routing;
     char routing_version[96];       /* part of auto's cache key: a change invalidates */
+    int metrics_index;              /* its label slot: the tenants at start-up; -1 ("none") otherwise */
 };
 
 struct limits_config {

@@ -367,38 +367,6 @@ static void gateway_reject(struct httpd_req *r, int status, void *arg)
 
 /* ---- sockets and threads ----------------------------------------------- */
 
-static int make_listener(const char *host, int port, int *bound, char *err, size_t errlen)
-{
-    struct addrinfo hints = {0}, *ai;
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    char ps[16];
-    snprintf(ps, sizeof ps, "%d", port);
-    int rc = getaddrinfo(host, ps, &hints, &ai);
-    if (rc) {
-        snprintf(err, errlen, "cannot resolve listen host %s: %s", host, gai_strerror(rc));
-        return -1;
-    }
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
-        bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", host, port, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        freeaddrinfo(ai);
-        return -1;
-    }
-    freeaddrinfo(ai);
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    getsockname(fd, (struct sockaddr *)&ss, &sl);
-    *bound = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                            : ((struct sockaddr_in *)&ss)->sin_port);
-    return fd;
-}
 
 static void drain_poll_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -462,6 +430,14 @@ static struct config_snap *snap_load(struct gateway *gw, char *err, size_t errle
     if (gw->listen_override) {
         free(s->cfg.listen_host);
         config_parse_listen(gw->listen_override, &s->cfg.listen_host, &s->cfg.listen_port);
+    }
+    /* Metrics labels were fixed at start-up; find each tenant's slot once
+     * here rather than on every request. */
+    for (size_t i = 0; i < s->cfg.n_tenants; i++) {
+        s->cfg.tenants[i].metrics_index = -1;
+        for (size_t k = 0; k < gw->cfg.n_tenants; k++)
+            if (strcmp(gw->cfg.tenants[k].id, s->cfg.tenants[i].id) == 0)
+                s->cfg.tenants[i].metrics_index = (int)k;
     }
     atomic_init(&s->refs, 1);
     return s;
@@ -625,7 +601,7 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
         w->index = i;
         /* Every worker binds the same port: the first one fixes it when the
          * config asks for port 0, and SO_REUSEPORT spreads connections. */
-        int fd = make_listener(cfg->listen_host, port, &port, err, errlen);
+        int fd = httpd_listen(cfg->listen_host, port, &port, err, errlen);
         if (fd < 0)
             return -1;
         w->base = event_base_new();

@@ -26,15 +26,13 @@ KEY="sk-bench-$$"
 LOADGEN=$BUILD/bench/loadgen
 UPSTREAM=$BUILD/bench/upstream
 CASCADED=$BUILD/gateway/cascaded
-for b in "$LOADGEN" "$UPSTREAM" "$CASCADED"; do [ -x "$b" ] || { echo "overhead.sh: $b not built" >&2; exit 2; }; done
 mkdir -p "$OUT"
 . "$REPO/bench/lib.sh"
+need_bins "$LOADGEN" "$UPSTREAM" "$CASCADED"
 
 start_redis
 RPORT=$REDIS_PORT
-bench_start upstream "$UPSTREAM" --port 0
-wait_for "$OUT/upstream.log" 'UPSTREAM_PORT=[0-9]+'
-UPORT=$(sed -n 's/^UPSTREAM_PORT=\([0-9]*\).*/\1/p' "$OUT/upstream.log")
+start_upstream
 KEYH=$(printf %s "$KEY" | sha256sum | cut -c1-64)
 
 start_gw() { # NAME REDIS_JSON: starts cascaded; gw_port NAME reads its port

@@ -346,37 +346,6 @@ static void handle(struct httpd_req *r, void *arg)
     reply_error(r, 404, "invalid_request_error", "unknown_url", NULL, msg);
 }
 
-/* A bound, listening, non-blocking socket; *bound gets the port (which the
- * kernel picks when asked for 0, as the tests do). */
-static int make_listener(const char *host, const char *port, int *bound, char *err, size_t errlen)
-{
-    struct addrinfo hints = {0}, *ai;
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    int rc = getaddrinfo(host, port, &hints, &ai);
-    if (rc) {
-        snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(rc));
-        return -1;
-    }
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-        bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
-        snprintf(err, errlen, "cannot listen on %s:%s: %s", host, port, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        freeaddrinfo(ai);
-        return -1;
-    }
-    freeaddrinfo(ai);
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
-    getsockname(fd, (struct sockaddr *)&ss, &sl);
-    *bound = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                            : ((struct sockaddr_in *)&ss)->sin_port);
-    return fd;
-}
 
 /* While draining: leave the loop once no request or connection is left,
  * or when the drain time is up. */
@@ -453,7 +422,10 @@ int main(int argc, char **argv)
     }
     char host[256], err[512];
     const char *colon = strrchr(listen_addr, ':');
-    if (!colon || colon == listen_addr || (size_t)(colon - listen_addr) >= sizeof(host)) {
+    char *port_end = NULL;
+    long want_port = colon ? strtol(colon + 1, &port_end, 10) : -1;
+    if (!colon || colon == listen_addr || (size_t)(colon - listen_addr) >= sizeof(host) || !colon[1] ||
+        *port_end || want_port < 0 || want_port > 65535) {
         fprintf(stderr, "cascade-engine: --listen must be HOST:PORT\n");
         return 2;
     }
@@ -475,7 +447,7 @@ int main(int argc, char **argv)
         return 1;
     }
     int port = 0;
-    int fd = make_listener(host, colon + 1, &port, err, sizeof(err));
+    int fd = httpd_listen(host, (int)want_port, &port, err, sizeof(err));
     if (fd < 0) {
         log_error("%s", err);
         engine_destroy(s.engine);
