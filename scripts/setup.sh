@@ -11,9 +11,10 @@ SUDO=""
 
 # Debian packages: the toolchain, the C libraries we link, Redis for the
 # cache and policies, Node for the test clients, Chromium for the dashboard
-# test and prometheus for promtool.
+# test, prometheus for promtool, and clang with its runtime for the libFuzzer
+# targets (tests/fuzz).
 pkgs=(build-essential cmake pkg-config libevent-dev libjansson-dev libhiredis-dev libpcre2-dev libssl-dev
-      redis-server redis-tools curl chromium prometheus)
+      redis-server redis-tools curl chromium prometheus clang libclang-rt-14-dev)
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 missing=()

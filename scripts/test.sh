@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test.sh: the whole test suite. Builds twice, a normal build and one with
 # AddressSanitizer + UndefinedBehaviorSanitizer, and runs every CTest test
-# (unit, integration, end-to-end) against each.
+# (unit, integration, end-to-end) against each, then every libFuzzer target
+# (tests/fuzz/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,4 +18,8 @@ for dir in build build-asan; do
   echo "== ctest in $dir"
   ctest --test-dir "$dir" --output-on-failure -j2 --timeout 600 || status=1
 done
+# Every fuzz target for 30 s under ASan+UBSan (a clang build of its own; SKIP
+# without clang, except under CI=true where that fails).
+echo "== fuzz targets"
+tests/fuzz/run.sh "${FUZZ_SECONDS:-30}" || status=1
 exit $status
