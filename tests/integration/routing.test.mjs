@@ -144,17 +144,49 @@ describe('auto routing and the cascade', () => {
   });
 
   test('without a cascade (off, skipped for streams, no logprobs) the zone splits at its middle', async () => {
-    await reset();
-    const r1 = await ask(gw, 'nocascade', chatBody('one two three four five six', { model: 'auto' }));
-    assert.equal(r1.escalated, 'false');
-    const mid = Number(r1.score) < 0.5 ? 'small' : 'large';
-    assert.equal(r1.tier, mid);
-    const r2 = await ask(gw, 'skip', chatBody('one two three four five six', { model: 'auto', stream: true }));
-    assert.equal(r2.escalated, 'false');
-    assert.equal(r2.tier, Number(r2.score) < 0.5 ? 'small' : 'large');
-    const r3 = await ask(gw, 'nolp', chatBody('one two three four five six', { model: 'auto' }));
-    assert.equal(r3.escalated, 'false');
-    assert.equal(r3.tier, Number(r3.score) < 0.5 ? 'nolp' : 'large');
+    // The prompt's score s, then zones around it whose middle lies just
+    // above s (the cheap side) or just below it (the expensive side), so
+    // both sides of the split are seen whatever the classifier scores.
+    const prompt = 'one two three four five six';
+    const s = Number((await ask(gw, 'cheap', chatBody(prompt, { model: 'auto' }))).score);
+    assert.ok(s > 0.05 && s < 0.95, `score ${s} leaves no room for a zone around it`);
+    const cascade = { min_mean_logprob: -0.12, min_window_logprob: -5, window: 4 };
+    const below = { t_low: s - 0.03, t_high: s + 0.05 };   // middle s + 0.01: s is below it
+    const above = { t_low: s - 0.05, t_high: s + 0.03 };   // middle s - 0.01: s is above it
+    const config = makeConfig({
+      tiers: [tier({ name: 'small', model: 'small-model', urls: small.url, price: PRICES.small }),
+        tier({ name: 'large', model: 'large-model', urls: large.url, price: PRICES.large }),
+        tier({ name: 'nolp', model: 'nolp-model', urls: small.url, price: PRICES.small, logprobs: false })],
+      tenants: [
+        tenant('off-lo', { ...below, cascade: { enabled: false } }),
+        tenant('off-hi', { ...above, cascade: { enabled: false } }),
+        tenant('skip-lo', { ...below, cascade: { ...cascade, stream: 'skip' } }),
+        tenant('skip-hi', { ...above, cascade: { ...cascade, stream: 'skip' } }),
+        { ...tenant('nolp-lo', { ...below, cascade }), allowed_tiers: ['nolp', 'large'] },
+        { ...tenant('nolp-hi', { ...above, cascade }), allowed_tiers: ['nolp', 'large'] },
+      ],
+      classifier: { model: MODEL },
+    });
+    const gw2 = await startGateway({ config });
+    try {
+      const cases = [
+        ['off-lo', false, 'small'], ['off-hi', false, 'large'],
+        ['skip-lo', true, 'small'], ['skip-hi', true, 'large'],
+        ['nolp-lo', false, 'nolp'], ['nolp-hi', false, 'large'],
+      ];
+      for (const [id, stream, want] of cases) {
+        await reset();
+        const r = await ask(gw2, id, chatBody(prompt, { model: 'auto', stream }));
+        assert.equal(r.status, 200, `${id}: ${r.text}`);
+        assert.equal(Number(r.score), s, `${id}: the same prompt scores the same`);
+        assert.equal(r.escalated, 'false', id);
+        assert.equal(r.tier, want, id);
+        // Exactly one upstream call, on the side the split chose.
+        assert.deepEqual(await counts(), want === 'large' ? [0, 1] : [1, 0], id);
+      }
+    } finally {
+      await gw2.stop();
+    }
   });
 
   test('the openai client sends model "auto" and gets a valid answer with the routing headers', async () => {

