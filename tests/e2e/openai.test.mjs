@@ -142,15 +142,18 @@ test('an unknown model is openai.NotFoundError with status 404', async () => {
   );
 });
 
-test('an upstream error reaches the client as an OpenAI error, not a hang', async () => {
+test('an upstream 400 passes through to the client as the same OpenAI error, not a hang', async () => {
   await assert.rejects(
     client.chat.completions.create({
       model: DEFAULT_MODEL,
       messages: [{ role: 'user', content: 'fail please [[peer:status=400]]' }],
     }),
     (err) => {
-      assert.ok(err instanceof OpenAI.APIError, `got ${err?.constructor?.name}: ${err}`);
-      assert.ok(err.status >= 400 && err.status < 600, `status ${err.status}`);
+      // The client's own mistake: the upstream's status, type and message.
+      assert.ok(err instanceof OpenAI.BadRequestError, `got ${err?.constructor?.name}: ${err}`);
+      assert.equal(err.status, 400);
+      assert.equal(err.error?.type, 'invalid_request_error');
+      assert.match(err.message, /scripted status 400/);
       return true;
     },
   );
