@@ -1,10 +1,27 @@
 /* httpd.c: see httpd.h for the contract.
  *
- * A connection moves through these states:
+ * The bytes of a request are judged by common/http1.c (the grammar and its
+ * limits); this file moves bytes between the socket and those functions, and
+ * keeps each connection in one of the states of enum conn_state.
  *
- *   HEAD ──headers──> BODY ──body complete──> HANDLING ──reply──> HEAD (keep-alive)
- *     │                 │                        │           └──> CLOSING (flush, then free)
- *     └─ bad input: error reply, CLOSING         └─ client EOF: free conn, tell the handler
+ * One request at a time is "at the front": its head hook runs, its body is
+ * read and it goes to the handler; only the front request's response is
+ * written, so answers go out in request order. While the front request is
+ * with the handler, later pipelined requests are read ahead:
+ *
+ *   C_HEAD ──head──> front? ──yes──> hook, 100-continue, C_BODY ──body──> handler ──> C_HEAD
+ *                       │
+ *                       └──no──> no body: queued (at most max_pipelined; then reading pauses)
+ *                                a body or Expect: C_PARKED until it is at the front
+ *                                (its body is not read ahead: the hook must see the head first)
+ *   bad input:  at the front: error reply, C_CLOSING;  else queued as a refusal, C_STOPPED
+ *   Connection: close (or draining): C_STOPPED after that request; answer what is queued, close
+ *
+ * Timers, so that no connection can wait forever: the head timer runs while
+ * a connection has nothing at the front (idle keep-alive, or a head arriving
+ * slowly); the read timeout while a body is read; the write timeout while
+ * output is pending. In every other state a request is with the handler,
+ * which always answers (the engines' own timeouts bound it).
  *
  * The request object outlives its connection when the client leaves while a
  * handler holds it: conn_free() detaches it (req->conn = NULL) and the
@@ -28,33 +45,53 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "common/clock.h"
+#include "common/http1.h"
+#include "common/log.h"
 #include "common/mem.h"
 #include "common/openai.h"
 
-#define MAX_HEADERS 100
+#define DEFAULT_MAX_CONNECTIONS 10000
+#define DEFAULT_MAX_PIPELINED 16
+/* How long the listener rests after accept() ran out of descriptors or
+ * memory: long enough that a full fd table is not retried in a busy loop,
+ * short enough that clients barely notice once descriptors free up. */
+#define ACCEPT_BACKOFF_MS 200
 
-enum conn_state { C_HEAD, C_BODY, C_HANDLING, C_CLOSING };
-enum chunk_phase { CH_SIZE, CH_DATA, CH_DATA_END, CH_TRAILER };
+/* What the connection is reading (the response side is c->front). */
+enum conn_state {
+    C_HEAD,         /* between requests: reading (or waiting for) a request head */
+    C_BODY,         /* reading the body of the front request */
+    C_PARKED,       /* a pipelined head with a body waits in c->parked for its turn */
+    C_STOPPED,      /* no more requests are read: answer those queued, then close */
+    C_CLOSING,      /* the last answer is queued: free once it is written */
+};
+
+/* Where a request is in its life. */
+enum req_state {
+    R_QUEUED,       /* parsed ahead, waiting in the connection's queue (or parked) */
+    R_BODY,         /* at the front, its body being read */
+    R_HANDLER,      /* at the front, held by the handler until it replies */
+    R_REFUSED,      /* a refusal queued behind earlier requests: only its error is sent */
+};
 
 struct conn;
-
-struct header {
-    const char *name, *value;
-};
 
 struct httpd_req {
     struct conn *conn;              /* NULL once the client has gone */
     struct httpd *h;
     struct event_base *base;
-    char *head;                     /* the request head, split in place */
-    const char *method, *path, *query;
-    int minor;                      /* HTTP/1.<minor> */
-    struct header hdrs[MAX_HEADERS];
-    int n_hdrs;
+    struct httpd_req *next;         /* in the connection's queue */
+    enum req_state state;
+    char *head_buf;                 /* the request head; head's strings point into it */
+    struct http1_head head;
+    int refuse_status;              /* R_REFUSED: the status and reason to answer with */
+    const char *refuse_why;
     struct evbuffer *body;
     char *body_flat;                /* pulled up and NUL-terminated at dispatch */
     size_t body_len;
     struct evbuffer *resp_hdrs;     /* "Name: value\r\n" lines from httpd_resp_header */
+    int keep_alive;                 /* the connection carries on after this answer */
     int streaming;
     int chunked_out;                /* streaming with chunked encoding (HTTP/1.1) */
     httpd_close_cb on_close;
@@ -67,30 +104,37 @@ struct conn {
     struct bufferevent *bev;
     struct event *head_timer;
     struct conn *prev, *next;
-    struct httpd_req *req;
     enum conn_state state;
-    int keep_alive;
+    struct httpd_req *front;        /* the request being read or answered, or NULL */
+    struct httpd_req *parked;       /* C_PARKED: the head waiting for its turn */
+    struct httpd_req *queue, *queue_tail;
+    size_t queued;
     int in_process;                 /* conn_process() is on the stack */
-    size_t to_read;                 /* Content-Length left, or the current chunk's bytes left */
-    int chunked;
-    enum chunk_phase phase;
+    struct http1_scan scan;         /* the head being received */
+    uint64_t to_read;               /* Content-Length left */
+    struct http1_chunked ck;        /* the chunked body being received */
     char peer[64];
 };
 
 struct httpd {
     struct event_base *base;
     struct evconnlistener *listener;
+    struct event *accept_timer;     /* re-enables the listener after a backoff */
     struct httpd_limits lim;
     httpd_handler handler;
     httpd_reject_cb reject;
+    httpd_head_cb on_head;
     void *arg;
     struct conn *conns;
     size_t n_conns, inflight;
     int draining;
+    uint64_t log_at_us;             /* accept trouble is logged once a second at most */
+    unsigned long log_skipped;
 };
 
 static void conn_process(struct conn *c);
 static void conn_free(struct conn *c);
+static void event_cb(struct bufferevent *bev, short what, void *arg);
 
 static struct timeval ms_tv(unsigned ms)
 {
@@ -122,47 +166,46 @@ const char *httpd_status_text(int status)
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
     default: return "Unknown";
     }
 }
 
 /* ---- requests ---------------------------------------------------------- */
 
-static struct httpd_req *req_new(struct conn *c, char *head)
+static struct httpd_req *req_new(struct conn *c)
 {
     struct httpd_req *r = xcalloc(1, sizeof *r);
     r->conn = c;
     r->h = c->h;
     r->base = c->h->base;
-    r->head = head;
     r->body = evbuffer_new();
     r->resp_hdrs = evbuffer_new();
+    if (!r->body || !r->resp_hdrs)
+        abort(); /* the out-of-memory policy of common/mem.h: a small bounded allocation */
     memcpy(r->peer, c->peer, sizeof r->peer);
     return r;
 }
 
 static void req_free(struct httpd_req *r)
 {
-    free(r->head);
+    free(r->head_buf);
     free(r->body_flat);
     evbuffer_free(r->body);
     evbuffer_free(r->resp_hdrs);
     free(r);
 }
 
-const char *httpd_req_method(const struct httpd_req *r) { return r->method; }
-const char *httpd_req_path(const struct httpd_req *r) { return r->path; }
-const char *httpd_req_query(const struct httpd_req *r) { return r->query; }
+const char *httpd_req_method(const struct httpd_req *r) { return r->head.method; }
+const char *httpd_req_path(const struct httpd_req *r) { return r->head.path; }
+const char *httpd_req_query(const struct httpd_req *r) { return r->head.query; }
 const char *httpd_req_peer(const struct httpd_req *r) { return r->peer; }
 struct event_base *httpd_req_base(const struct httpd_req *r) { return r->base; }
 int httpd_req_client_gone(const struct httpd_req *r) { return r->conn == NULL; }
 
 const char *httpd_req_header(const struct httpd_req *r, const char *name)
 {
-    for (int i = 0; i < r->n_hdrs; i++)
-        if (strcasecmp(r->hdrs[i].name, name) == 0)
-            return r->hdrs[i].value;
-    return NULL;
+    return http1_field(&r->head, name);
 }
 
 const char *httpd_req_body(const struct httpd_req *r, size_t *len)
@@ -214,8 +257,11 @@ static void write_head(struct httpd_req *r, int status, const char *content_type
     struct conn *c = r->conn;
     struct evbuffer *out = bufferevent_get_output(c->bev);
     char num[24];
-    if (c->h->draining)
-        c->keep_alive = 0;
+    /* A body we never read (the head hook answered first) leaves the stream
+     * unframeable: this answer is the connection's last. So is any answer
+     * while draining. */
+    if (c->h->draining || (r->state == R_BODY && r->head.framing != HTTP1_BODY_NONE))
+        r->keep_alive = 0;
     add_str(out, "HTTP/1.1 ");
     add_str(out, utoa(num + sizeof num, (unsigned)status, 10));
     evbuffer_add(out, " ", 1);
@@ -233,7 +279,7 @@ static void write_head(struct httpd_req *r, int status, const char *content_type
     } else if (r->chunked_out)
         evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
     evbuffer_add_buffer(out, r->resp_hdrs);
-    if (!c->keep_alive)
+    if (!r->keep_alive)
         evbuffer_add(out, "Connection: close\r\n", 19);
     evbuffer_add(out, "\r\n", 2);
 }
@@ -244,27 +290,53 @@ static void close_when_flushed_cb(struct bufferevent *bev, void *arg)
     conn_free(arg);
 }
 
-/* The response to the current request is fully queued: free the request and
- * read the next one, or close once the bytes are out. */
+/* Free the requests read ahead; the connection is closing. */
+static void drop_queue(struct conn *c)
+{
+    while (c->queue) {
+        struct httpd_req *q = c->queue;
+        c->queue = q->next;
+        req_free(q);
+    }
+    c->queue_tail = NULL;
+    c->queued = 0;
+    if (c->parked) {
+        req_free(c->parked);
+        c->parked = NULL;
+    }
+}
+
+/* The connection's last answer is queued: stop reading, free once written. */
+static void conn_close_after_output(struct conn *c)
+{
+    drop_queue(c);
+    c->state = C_CLOSING;
+    evtimer_del(c->head_timer);
+    bufferevent_disable(c->bev, EV_READ);
+    bufferevent_setcb(c->bev, NULL, close_when_flushed_cb, event_cb, c);
+    /* The write callback fires when the output drains; with nothing left to
+     * write it would never fire, so check now -- unless conn_process() is on
+     * the stack: it frees c itself on the way out. */
+    if (!c->in_process && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        conn_free(c);
+}
+
+/* The response to the front request is fully queued: free the request and go
+ * on with the next one, or close once the bytes are out. */
 static void finish_response(struct httpd_req *r)
 {
     struct conn *c = r->conn;
+    int keep = r->keep_alive;
+    if (c && r->state == R_HANDLER)
+        c->h->inflight--;
     req_free(r);
     if (!c)
         return;
-    c->req = NULL;
-    c->h->inflight--;
-    if (!c->keep_alive) {
-        c->state = C_CLOSING;
-        bufferevent_disable(c->bev, EV_READ);
-        bufferevent_setcb(c->bev, NULL, close_when_flushed_cb, NULL, c);
-        /* The write callback fires when the output drains; with nothing left
-         * to write it would never fire, so check now. */
-        if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-            conn_free(c);
+    c->front = NULL;
+    if (!keep || c->h->draining) {
+        conn_close_after_output(c);
         return;
     }
-    c->state = C_HEAD;
     if (!c->in_process)
         conn_process(c);
 }
@@ -295,9 +367,9 @@ void httpd_stream_begin(struct httpd_req *r, int status, const char *content_typ
     if (!r->conn)
         return;
     /* HTTP/1.0 has no chunked encoding: the end of the body is the close. */
-    r->chunked_out = r->minor >= 1;
+    r->chunked_out = r->head.minor >= 1;
     if (!r->chunked_out)
-        r->conn->keep_alive = 0;
+        r->keep_alive = 0;
     write_head(r, status, content_type, -1);
 }
 
@@ -329,366 +401,315 @@ size_t httpd_stream_backlog(const struct httpd_req *r)
     return r->conn ? evbuffer_get_length(bufferevent_get_output(r->conn->bev)) : 0;
 }
 
-/* An error found while reading a request: reply (when there is something to
- * say) and close, since the rest of the stream can no longer be framed. */
-static void conn_fail(struct conn *c, int status, const char *message)
+/* ---- refusing ---------------------------------------------------------- */
+
+/* Answer r (at the front) with the server's own error and close after it. */
+static void refuse_now(struct conn *c, struct httpd_req *r, int status, const char *why)
+{
+    c->front = r;
+    r->keep_alive = 0;
+    if (c->h->reject)
+        c->h->reject(r, status, c->h->arg);
+    httpd_reply_error(r, status, "invalid_request_error", NULL, NULL, why);
+}
+
+/* An error found while reading a request. The rest of the stream can no
+ * longer be framed, so nothing more is read. At the front the error is sent
+ * now; behind earlier requests it waits its turn, so answers stay in order.
+ * status 0: close without a word. r may be NULL (no head yet). */
+static void conn_fail(struct conn *c, struct httpd_req *r, int status, const char *why)
 {
     if (status == 0) {
+        if (r && r != c->front)
+            req_free(r);
         conn_free(c);
         return;
     }
-    if (!c->req) {
-        /* Not even a request line: make a bare request to answer through. */
-        c->req = req_new(c, NULL);
-        c->req->minor = 1;
+    if (!r)
+        r = req_new(c);
+    if (r == c->front || (!c->front && !c->queue)) {
+        refuse_now(c, r, status, why);
+        return;
     }
-    c->keep_alive = 0;
-    c->state = C_HANDLING;
-    c->h->inflight++;
-    if (c->h->reject)
-        c->h->reject(c->req, status, c->h->arg);
-    httpd_reply_error(c->req, status, "invalid_request_error", NULL, NULL, message);
+    r->state = R_REFUSED;
+    r->refuse_status = status;
+    r->refuse_why = why;
+    r->next = NULL;
+    if (c->queue_tail)
+        c->queue_tail->next = r;
+    else
+        c->queue = r;
+    c->queue_tail = r;
+    c->queued++;
+    c->state = C_STOPPED;
+    bufferevent_disable(c->bev, EV_READ);
 }
 
-/* ---- parsing ----------------------------------------------------------- */
+/* ---- reading requests -------------------------------------------------- */
 
-static int is_tchar(int ch)
+static void queue_push(struct conn *c, struct httpd_req *r)
 {
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-           (ch && strchr("!#$%&'*+-.^_`|~", ch));
+    r->state = R_QUEUED;
+    r->next = NULL;
+    if (c->queue_tail)
+        c->queue_tail->next = r;
+    else
+        c->queue = r;
+    c->queue_tail = r;
+    c->queued++;
 }
 
-/* Split the head (request line + header lines, CRLF-terminated, NUL at the
- * end) in place. Returns 0, or an HTTP status for the error. */
-static int parse_head(struct httpd_req *r, const char **why)
+static struct httpd_req *queue_pop(struct conn *c)
 {
-    char *p = r->head;
-    char *eol = strstr(p, "\r\n");
-    *eol = '\0';
-    char *sp1 = strchr(p, ' ');
-    char *sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
-    if (!sp1 || !sp2 || sp1 == p || sp2 == sp1 + 1) {
-        *why = "malformed request line";
-        return 400;
-    }
-    *sp1 = *sp2 = '\0';
-    for (char *m = p; *m; m++)
-        if (!is_tchar((unsigned char)*m)) {
-            *why = "malformed request method";
-            return 400;
-        }
-    if (strncmp(sp2 + 1, "HTTP/1.", 7) != 0 || !(sp2[8] == '0' || sp2[8] == '1') || sp2[9]) {
-        *why = "unsupported HTTP version";
-        return 400;
-    }
-    r->method = p;
-    r->minor = sp2[8] - '0';
-    char *target = sp1 + 1;
-    if (target[0] != '/') {
-        *why = "request target must be an absolute path";
-        return 400;
-    }
-    char *q = strchr(target, '?');
-    if (q) {
-        *q = '\0';
-        r->query = q + 1;
-    }
-    r->path = target;
-
-    p = eol + 2;
-    while (*p) {
-        eol = strstr(p, "\r\n");
-        *eol = '\0';
-        if (*p == ' ' || *p == '\t') {
-            *why = "obsolete header line folding";
-            return 400;
-        }
-        char *colon = strchr(p, ':');
-        if (!colon || colon == p) {
-            *why = "malformed header line";
-            return 400;
-        }
-        for (char *n = p; n < colon; n++)
-            if (!is_tchar((unsigned char)*n)) {
-                *why = "malformed header name";
-                return 400;
-            }
-        if (r->n_hdrs == MAX_HEADERS) {
-            *why = "too many headers";
-            return 431;
-        }
-        *colon = '\0';
-        char *v = colon + 1;
-        while (*v == ' ' || *v == '\t')
-            v++;
-        char *end = v + strlen(v);
-        while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
-            *--end = '\0';
-        r->hdrs[r->n_hdrs].name = p;
-        r->hdrs[r->n_hdrs].value = v;
-        r->n_hdrs++;
-        p = eol + 2;
-    }
-    return 0;
+    struct httpd_req *r = c->queue;
+    c->queue = r->next;
+    if (!c->queue)
+        c->queue_tail = NULL;
+    c->queued--;
+    r->next = NULL;
+    return r;
 }
 
-/* Decide framing and keep-alive from the headers. 0, or an HTTP status. */
-static int setup_body(struct conn *c, const char **why)
-{
-    struct httpd_req *r = c->req;
-    const char *te = httpd_req_header(r, "Transfer-Encoding");
-    const char *conn_hdr = httpd_req_header(r, "Connection");
-    c->keep_alive = r->minor >= 1;
-    if (conn_hdr) {
-        if (strcasestr(conn_hdr, "close"))
-            c->keep_alive = 0;
-        else if (strcasestr(conn_hdr, "keep-alive"))
-            c->keep_alive = 1;
-    }
-    c->chunked = 0;
-    c->to_read = 0;
-    /* Two Content-Length headers, or a length with chunked, is how requests
-     * get smuggled past proxies: refuse both. */
-    const char *cl = NULL;
-    for (int i = 0; i < r->n_hdrs; i++) {
-        if (strcasecmp(r->hdrs[i].name, "Content-Length") != 0)
-            continue;
-        if (cl && strcmp(cl, r->hdrs[i].value) != 0) {
-            *why = "conflicting Content-Length headers";
-            return 400;
-        }
-        cl = r->hdrs[i].value;
-    }
-    if (te) {
-        if (cl) {
-            *why = "both Content-Length and Transfer-Encoding";
-            return 400;
-        }
-        if (strcasecmp(te, "chunked") != 0) {
-            *why = "unsupported Transfer-Encoding";
-            return 501;
-        }
-        c->chunked = 1;
-        c->phase = CH_SIZE;
-    } else if (cl) {
-        if (!*cl || strspn(cl, "0123456789") != strlen(cl) || strlen(cl) > 15) {
-            *why = "invalid Content-Length";
-            return 400;
-        }
-        c->to_read = (size_t)strtoull(cl, NULL, 10);
-        if (c->to_read > c->h->lim.max_body_bytes) {
-            *why = "request body exceeds the size limit";
-            return 413;
-        }
-    }
-    const char *expect = httpd_req_header(r, "Expect");
-    if (expect && strcasecmp(expect, "100-continue") == 0 && r->minor >= 1)
-        bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-    return 0;
-}
-
-/* Read the head once it is all there. 1 when done, 0 when more bytes are
- * needed, -1 when the connection failed. */
-static int read_head(struct conn *c)
+/* Receive a request head. Returns the parsed request, or NULL when more
+ * bytes are needed or the head was refused (then c->state says which). */
+static struct httpd_req *read_head(struct conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    size_t avail = evbuffer_get_length(in);
-    /* Blank lines before a request line are allowed (RFC 9112 2.2). */
-    while (avail >= 2) {
+    /* Empty lines before a request line are allowed (RFC 9112 2.2). */
+    if (c->scan.len == 0) {
         unsigned char two[2];
-        evbuffer_copyout(in, two, 2);
-        if (two[0] != '\r' || two[1] != '\n')
-            break;
-        evbuffer_drain(in, 2);
-        avail -= 2;
+        while (evbuffer_copyout(in, two, 2) == 2 && two[0] == '\r' && two[1] == '\n')
+            evbuffer_drain(in, 2);
     }
-    if (avail == 0)
-        return 0;
-    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
-    size_t limit = c->h->lim.max_header_bytes;
-    if (end.pos < 0) {
-        if (avail > limit) {
-            conn_fail(c, 431, "request header section exceeds the size limit");
-            return -1;
-        }
-        return 0;
-    }
-    size_t head_len = (size_t)end.pos + 4;
-    if (head_len > limit) {
-        conn_fail(c, 431, "request header section exceeds the size limit");
-        return -1;
-    }
-    char *head = xmalloc(head_len + 1);
-    evbuffer_remove(in, head, head_len);
-    head[head_len - 2] = '\0'; /* keep the last header's CRLF, drop the blank line */
-    c->req = req_new(c, head);
+    size_t avail = evbuffer_get_length(in), head_len = 0;
     const char *why = NULL;
-    int status = parse_head(c->req, &why);
-    if (!status)
-        status = setup_body(c, &why);
+    int rc = HTTP1_MORE;
+    /* Scan only the bytes not scanned before, chain by chain: a head that
+     * trickles in a byte at a time costs O(n), not O(n^2). */
+    while (rc == HTTP1_MORE && c->scan.len < avail) {
+        struct evbuffer_ptr pos;
+        struct evbuffer_iovec v;
+        if (evbuffer_ptr_set(in, &pos, c->scan.len, EVBUFFER_PTR_SET) < 0 ||
+            evbuffer_peek(in, (ev_ssize_t)(avail - c->scan.len), &pos, &v, 1) < 1)
+            break;
+        size_t n = v.iov_len < avail - c->scan.len ? v.iov_len : avail - c->scan.len;
+        rc = http1_scan_head(&c->scan, v.iov_base, n, c->h->lim.max_header_bytes, &head_len, &why);
+    }
+    if (rc == HTTP1_MORE)
+        return NULL;
+    memset(&c->scan, 0, sizeof c->scan);
+    if (rc != HTTP1_DONE) {
+        conn_fail(c, NULL, rc, why);
+        return NULL;
+    }
+    struct httpd_req *r = req_new(c);
+    r->head_buf = xmalloc(head_len + 1);
+    evbuffer_remove(in, r->head_buf, head_len);
+    r->head_buf[head_len] = '\0';
+    struct http1_limits lim = {c->h->lim.max_header_bytes, c->h->lim.max_body_bytes};
+    int status = http1_parse_head(r->head_buf, head_len, &lim, &r->head, &why);
     if (status) {
-        conn_fail(c, status, why);
-        return -1;
+        conn_fail(c, r, status, why);
+        return NULL;
     }
-    evtimer_del(c->head_timer);
-    return 1;
+    r->keep_alive = r->head.keep_alive;
+    return r;
 }
 
-/* Move chunked body bytes into the request. 1 when complete, 0 when more are
- * needed, -1 on error. */
-static int read_chunked(struct conn *c)
-{
-    struct evbuffer *in = bufferevent_get_input(c->bev);
-    struct httpd_req *r = c->req;
-    for (;;) {
-        switch (c->phase) {
-        case CH_SIZE:
-        case CH_DATA_END:
-        case CH_TRAILER: {
-            size_t n;
-            char *line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF);
-            if (!line) {
-                if (evbuffer_get_length(in) > 1024) {
-                    conn_fail(c, 400, "malformed chunked body");
-                    return -1;
-                }
-                return 0;
-            }
-            if (c->phase == CH_DATA_END) {
-                int ok = n == 0;
-                free(line);
-                if (!ok) {
-                    conn_fail(c, 400, "malformed chunked body");
-                    return -1;
-                }
-                c->phase = CH_SIZE;
-                continue;
-            }
-            if (c->phase == CH_TRAILER) {
-                free(line);
-                if (n == 0)
-                    return 1;
-                continue;
-            }
-            char *endp;
-            unsigned long long sz = strtoull(line, &endp, 16);
-            int bad = endp == line || (*endp && *endp != ';' && *endp != ' ');
-            free(line);
-            if (bad) {
-                conn_fail(c, 400, "malformed chunk size");
-                return -1;
-            }
-            if (sz > c->h->lim.max_body_bytes ||
-                evbuffer_get_length(r->body) + sz > c->h->lim.max_body_bytes) {
-                conn_fail(c, 413, "request body exceeds the size limit");
-                return -1;
-            }
-            c->to_read = (size_t)sz;
-            c->phase = sz ? CH_DATA : CH_TRAILER;
-            continue;
-        }
-        case CH_DATA: {
-            size_t avail = evbuffer_get_length(in);
-            if (avail == 0)
-                return 0;
-            size_t n = avail < c->to_read ? avail : c->to_read;
-            evbuffer_remove_buffer(in, r->body, n);
-            c->to_read -= n;
-            if (c->to_read == 0)
-                c->phase = CH_DATA_END;
-            continue;
-        }
-        }
-    }
-}
-
+/* Move body bytes of the front request out of the input. HTTP1_DONE when the
+ * body is complete, HTTP1_MORE when more are needed, -1 when refused. */
 static int read_body(struct conn *c)
 {
-    if (c->chunked)
-        return read_chunked(c);
+    struct httpd_req *r = c->front;
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    size_t avail = evbuffer_get_length(in);
-    size_t n = avail < c->to_read ? avail : c->to_read;
-    if (n) {
-        evbuffer_remove_buffer(in, c->req->body, n);
-        c->to_read -= n;
+    if (r->head.framing == HTTP1_BODY_LENGTH) {
+        size_t avail = evbuffer_get_length(in);
+        size_t n = (uint64_t)avail < c->to_read ? avail : (size_t)c->to_read;
+        if (n) {
+            evbuffer_remove_buffer(in, r->body, n);
+            c->to_read -= n;
+        }
+        return c->to_read == 0 ? HTTP1_DONE : HTTP1_MORE;
     }
-    return c->to_read == 0;
+    if (r->head.framing == HTTP1_BODY_NONE)
+        return HTTP1_DONE;
+    for (;;) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+            return HTTP1_MORE;
+        size_t used = 0, data = 0;
+        const char *why = NULL;
+        int rc = http1_chunked_parse(&c->ck, v.iov_base, v.iov_len, &used, &data, &why);
+        if (rc >= 400) {
+            conn_fail(c, r, rc, why);
+            return -1;
+        }
+        evbuffer_drain(in, used - data);
+        if (data)
+            evbuffer_remove_buffer(in, r->body, data);
+        if (rc == HTTP1_DONE)
+            return HTTP1_DONE;
+    }
 }
 
-static void dispatch(struct conn *c)
+/* The request r is now at the front: ask the head hook. 0 when r goes on;
+ * -1 when the hook answered it (the reply freed r and, when a body was due,
+ * set the connection closing). */
+static int front_hook(struct conn *c, struct httpd_req *r)
 {
-    struct httpd_req *r = c->req;
+    c->front = r;
+    r->state = R_BODY;
+    evtimer_del(c->head_timer);
+    if (c->h->on_head && c->h->on_head(r, c->h->arg) != 0)
+        return -1;
+    return 0;
+}
+
+/* Start reading the front request's body (reading is at this request). */
+static void begin_body(struct conn *c, struct httpd_req *r)
+{
+    /* Only now, after the hook, is an Expect: 100-continue client told to
+     * send its body; and only now is nothing else being written. */
+    if (r->head.expect_continue && r->head.framing != HTTP1_BODY_NONE)
+        evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    c->to_read = r->head.content_length;
+    if (r->head.framing == HTTP1_BODY_CHUNKED)
+        http1_chunked_init(&c->ck, c->h->lim.max_body_bytes);
+    c->state = C_BODY;
+    struct timeval rt = ms_tv(c->h->lim.read_timeout_ms);
+    struct timeval wt = ms_tv(c->h->lim.write_timeout_ms);
+    bufferevent_set_timeouts(c->bev, &rt, &wt);
+}
+
+/* The front request's body is complete: hand it to the handler. */
+static void dispatch(struct conn *c, struct httpd_req *r)
+{
     r->body_len = evbuffer_get_length(r->body);
     r->body_flat = xmalloc(r->body_len + 1);
     evbuffer_remove(r->body, r->body_flat, r->body_len);
     r->body_flat[r->body_len] = '\0';
-    c->state = C_HANDLING;
+    r->state = R_HANDLER;
     c->h->inflight++;
-    /* While the handler works, reads only watch for the client leaving. */
-    struct timeval wt = ms_tv(c->h->lim.write_timeout_ms);
-    bufferevent_set_timeouts(c->bev, NULL, &wt);
+    if (c->state == C_BODY) {
+        /* Reading was at this request: go on to the next head. A request
+         * popped from the queue leaves the reading side where it is. */
+        c->state = r->keep_alive ? C_HEAD : C_STOPPED;
+        /* The body has been read: only a stalled write times out now. */
+        struct timeval wt = ms_tv(c->h->lim.write_timeout_ms);
+        bufferevent_set_timeouts(c->bev, NULL, &wt);
+    }
     c->h->handler(r, c->h->arg);
 }
 
-/* Advance the connection as far as its buffered input allows. */
+/* Reading is on in the states that read, unless max_pipelined requests
+ * already wait; the head timer runs whenever nothing is at the front. */
+static void conn_arm(struct conn *c)
+{
+    if (c->state == C_CLOSING)
+        return;
+    int reading = (c->state == C_HEAD || c->state == C_BODY || c->state == C_PARKED) &&
+                  c->queued < c->h->lim.max_pipelined;
+    if (reading)
+        bufferevent_enable(c->bev, EV_READ);
+    else
+        bufferevent_disable(c->bev, EV_READ);
+    if (c->state == C_HEAD && !c->front && !c->queue) {
+        if (!evtimer_pending(c->head_timer, NULL)) {
+            struct timeval tv = ms_tv(c->h->lim.header_timeout_ms);
+            evtimer_add(c->head_timer, &tv);
+        }
+    } else {
+        evtimer_del(c->head_timer);
+    }
+}
+
+/* Advance the connection as far as its buffered input and its queue allow.
+ * Nothing here frees c except at the marked returns (a reply made inside
+ * the loop only marks it C_CLOSING; see conn_close_after_output()). */
 static void conn_process(struct conn *c)
 {
+    struct httpd *h = c->h;
     c->in_process = 1;
     for (;;) {
-        if (c->state == C_HEAD) {
-            if (c->h->draining && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
-                c->in_process = 0;
-                conn_free(c);
-                return;
-            }
-            if (!evtimer_pending(c->head_timer, NULL)) {
-                struct timeval tv = ms_tv(c->h->lim.header_timeout_ms);
-                evtimer_add(c->head_timer, &tv);
-            }
-            int rc = read_head(c);
-            if (rc <= 0)
+        if (c->state == C_CLOSING)
+            break;
+        /* Nothing at the front: the oldest waiting request goes first. */
+        if (!c->front && c->queue) {
+            struct httpd_req *r = queue_pop(c);
+            if (r->state == R_REFUSED) {
+                refuse_now(c, r, r->refuse_status, r->refuse_why); /* closes the connection */
                 break;
-            c->state = C_BODY;
-            struct timeval rt = ms_tv(c->h->lim.read_timeout_ms);
-            struct timeval wt = ms_tv(c->h->lim.write_timeout_ms);
-            bufferevent_set_timeouts(c->bev, &rt, &wt);
-        }
-        if (c->state == C_BODY) {
-            int rc = read_body(c);
-            if (rc <= 0)
-                break;
-            dispatch(c);
-            /* The handler may have replied already, leaving us in C_HEAD for
-             * a pipelined request, or closing. */
+            }
+            if (front_hook(c, r) == 0)
+                dispatch(c, r); /* queued requests have no body */
             continue;
         }
-        break; /* HANDLING or CLOSING: nothing to parse now */
+        if (!c->front && c->state == C_PARKED) {
+            struct httpd_req *r = c->parked;
+            c->parked = NULL;
+            c->state = C_HEAD;
+            if (front_hook(c, r) == 0)
+                begin_body(c, r);
+            continue;
+        }
+        if (c->state == C_HEAD) {
+            if (!c->front && h->draining && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
+                conn_close_after_output(c);
+                break;
+            }
+            if (c->queued >= h->lim.max_pipelined)
+                break; /* conn_arm() pauses reading until answers drain */
+            struct httpd_req *r = read_head(c);
+            if (!r)
+                break;
+            if (!c->front && !c->queue) {
+                if (front_hook(c, r) == 0)
+                    begin_body(c, r);
+            } else if (r->head.framing != HTTP1_BODY_NONE) {
+                /* Its body waits until it is at the front: the head hook must
+                 * see the head before we accept a byte of the body. */
+                c->parked = r;
+                c->state = C_PARKED;
+            } else {
+                queue_push(c, r);
+                if (!r->keep_alive)
+                    c->state = C_STOPPED;
+            }
+            continue;
+        }
+        if (c->state == C_BODY) {
+            if (read_body(c) != HTTP1_DONE)
+                break;
+            dispatch(c, c->front);
+            continue; /* the handler may have replied already */
+        }
+        if (c->state == C_STOPPED && !c->front && !c->queue)
+            conn_close_after_output(c);
+        break; /* C_PARKED or C_STOPPED behind the front request */
     }
     c->in_process = 0;
+    if (c->state == C_CLOSING) {
+        if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+            conn_free(c);
+        return;
+    }
+    conn_arm(c);
 }
 
 /* ---- connection events ------------------------------------------------- */
 
 static void read_cb(struct bufferevent *bev, void *arg)
 {
-    struct conn *c = arg;
-    if (c->state == C_HANDLING) {
-        /* Pipelined bytes wait until the current response is out, but only
-         * so many: past the header limit, stop reading from this client. */
-        if (evbuffer_get_length(bufferevent_get_input(bev)) > c->h->lim.max_header_bytes)
-            bufferevent_disable(bev, EV_READ);
-        return;
-    }
-    conn_process(c);
+    (void)bev;
+    conn_process(arg);
 }
 
 static void event_cb(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
     struct conn *c = arg;
-    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && c->state == C_BODY) {
-        conn_fail(c, 408, "timed out reading the request body");
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && c->state == C_BODY && c->front) {
+        conn_fail(c, c->front, 408, "timed out reading the request body");
         return;
     }
     /* EOF, an error, or a write that made no progress: the client is gone. */
@@ -700,14 +721,15 @@ static void head_timeout_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct conn *c = arg;
-    if (c->state == C_HEAD)
-        conn_free(c); /* idle keep-alive, or headers too slow: close quietly */
+    /* Idle keep-alive, or a head too slow (slowloris): close quietly. */
+    if (c->state == C_HEAD && !c->front && !c->queue)
+        conn_free(c);
 }
 
 static void conn_free(struct conn *c)
 {
     struct httpd *h = c->h;
-    struct httpd_req *r = c->req;
+    struct httpd_req *r = c->front;
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -715,17 +737,38 @@ static void conn_free(struct conn *c)
     if (c->next)
         c->next->prev = c->prev;
     h->n_conns--;
+    drop_queue(c);
     event_free(c->head_timer);
     bufferevent_free(c->bev);
     free(c);
-    if (r) {
-        /* The handler still holds the request: detach it and say so. The
-         * callback may reply, which then only frees the request. */
-        h->inflight--;
-        r->conn = NULL;
-        if (r->on_close)
-            r->on_close(r, r->on_close_arg);
+    if (!r)
+        return;
+    if (r->state != R_HANDLER) {
+        req_free(r); /* never reached the handler */
+        return;
     }
+    /* The handler still holds the request: detach it and say so. The
+     * callback may reply, which then only frees the request. */
+    h->inflight--;
+    r->conn = NULL;
+    if (r->on_close)
+        r->on_close(r, r->on_close_arg);
+}
+
+/* ---- accepting ---------------------------------------------------------- */
+
+/* Accept trouble comes in floods (a full fd table fails every accept): log
+ * the first, then at most one line a second saying how many were skipped. */
+static void accept_log(struct httpd *h, const char *what, int err)
+{
+    uint64_t now = clock_mono_us();
+    if (h->log_at_us && now - h->log_at_us < 1000000) {
+        h->log_skipped++;
+        return;
+    }
+    log_msg(LOG_WARN, "%s: %s (%lu similar in the last second)", what, strerror(err), h->log_skipped);
+    h->log_at_us = now;
+    h->log_skipped = 0;
 }
 
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
@@ -734,6 +777,13 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     (void)l;
     (void)salen;
     struct httpd *h = arg;
+    /* Past the limit a connection is closed at once: it costs a descriptor
+     * only for this instant, and the client sees a clean close. */
+    if (h->n_conns >= h->lim.max_connections) {
+        close(fd);
+        accept_log(h, "connection refused: max_connections_per_worker reached", EMFILE);
+        return;
+    }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     struct conn *c = xcalloc(1, sizeof *c);
@@ -761,11 +811,41 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     h->n_conns++;
     c->state = C_HEAD;
     bufferevent_setcb(c->bev, read_cb, NULL, event_cb, c);
+    /* Unread input is bounded: a head cannot exceed the limit anyway, and a
+     * body is moved out as it arrives. Past this much, libevent stops
+     * reading from the socket until we consume (a pipelining client that
+     * runs ahead is held back by TCP, not by our memory). */
+    bufferevent_setwatermark(c->bev, EV_READ, 0, h->lim.max_header_bytes + 1);
     struct timeval wt = ms_tv(h->lim.write_timeout_ms);
     bufferevent_set_timeouts(c->bev, NULL, &wt);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    struct timeval tv = ms_tv(h->lim.header_timeout_ms);
-    evtimer_add(c->head_timer, &tv);
+    bufferevent_enable(c->bev, EV_WRITE);
+    conn_arm(c);
+}
+
+static void accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct httpd *h = arg;
+    if (h->listener && !h->draining)
+        evconnlistener_enable(h->listener);
+}
+
+/* accept() failed with something other than "try again". Out of
+ * descriptors or memory, the listener would be readable again at once and
+ * spin the loop: rest it a moment instead. */
+static void accept_error_cb(struct evconnlistener *l, void *arg)
+{
+    struct httpd *h = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        evconnlistener_disable(l);
+        struct timeval tv = ms_tv(ACCEPT_BACKOFF_MS);
+        evtimer_add(h->accept_timer, &tv);
+        accept_log(h, "accept failed, pausing accepts for 200 ms", err);
+        return;
+    }
+    accept_log(h, "accept failed", err);
 }
 
 struct httpd *httpd_new(struct event_base *base, int listen_fd, const struct httpd_limits *limits,
@@ -774,15 +854,32 @@ struct httpd *httpd_new(struct event_base *base, int listen_fd, const struct htt
     struct httpd *h = xcalloc(1, sizeof *h);
     h->base = base;
     h->lim = *limits;
+    if (!h->lim.max_connections)
+        h->lim.max_connections = DEFAULT_MAX_CONNECTIONS;
+    if (!h->lim.max_pipelined)
+        h->lim.max_pipelined = DEFAULT_MAX_PIPELINED;
     h->handler = handler;
     h->reject = reject;
     h->arg = arg;
+    h->accept_timer = evtimer_new(base, accept_resume_cb, h);
+    if (!h->accept_timer)
+        goto fail;
     h->listener = evconnlistener_new(base, accept_cb, h, LEV_OPT_CLOSE_ON_FREE, 0, listen_fd);
-    if (!h->listener) {
-        free(h);
-        return NULL;
-    }
+    if (!h->listener)
+        goto fail_timer;
+    evconnlistener_set_error_cb(h->listener, accept_error_cb);
     return h;
+
+fail_timer:
+    event_free(h->accept_timer);
+fail:
+    free(h);
+    return NULL;
+}
+
+void httpd_set_head_hook(struct httpd *h, httpd_head_cb on_head)
+{
+    h->on_head = on_head;
 }
 
 void httpd_drain(struct httpd *h)
@@ -794,13 +891,15 @@ void httpd_drain(struct httpd *h)
         evconnlistener_free(h->listener);
         h->listener = NULL;
     }
+    evtimer_del(h->accept_timer);
+    /* Idle connections close now; the others after their current answer
+     * (write_head() adds Connection: close while draining). */
     struct conn *c = h->conns, *next;
     for (; c; c = next) {
         next = c->next;
-        if (c->state == C_HEAD && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+        if (c->state == C_HEAD && !c->front && !c->queue &&
+            evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
             conn_free(c);
-        else
-            c->keep_alive = 0;
     }
 }
 
@@ -812,6 +911,7 @@ void httpd_free(struct httpd *h)
         evconnlistener_free(h->listener);
     while (h->conns)
         conn_free(h->conns);
+    event_free(h->accept_timer);
     free(h);
 }
 

@@ -7,8 +7,10 @@
  * gateway needs to know at once when a client goes away mid-request.
  *
  * What it does: keep-alive and pipelined requests (answered in order),
- * Content-Length and chunked request bodies, Expect: 100-continue, responses
- * with a length or streamed with chunked encoding, and explicit limits:
+ * Content-Length and chunked request bodies, Expect: 100-continue (sent only
+ * after the head hook accepted the head), responses with a length or
+ * streamed with chunked encoding, and explicit limits. The request grammar
+ * and its size limits are common/http1.c's (strict RFC 9112); here:
  *   - header bytes: over the limit -> 431 and close;
  *   - header time: headers not complete within header_timeout_ms of the
  *     connection going idle -> close, without a reply (a slow-loris client
@@ -16,7 +18,12 @@
  *   - body bytes: over the limit -> 413 and close;
  *   - body time: no body bytes for read_timeout_ms -> 408 and close;
  *   - write time: a response that makes no progress for write_timeout_ms ->
- *     close.
+ *     close;
+ *   - connections: past max_connections, a new connection is closed at once;
+ *     accept() out of descriptors or memory pauses the listener briefly
+ *     (logged once a second at most) instead of spinning;
+ *   - pipelining: at most max_pipelined requests wait behind the one being
+ *     answered; past that, reading pauses until answers drain.
  *
  * Threads and ownership: one struct httpd per event_base (per worker thread);
  * everything here runs on that thread. The handler receives a struct
@@ -39,6 +46,8 @@ struct httpd_limits {
     unsigned header_timeout_ms;     /* also the keep-alive idle time */
     unsigned read_timeout_ms;
     unsigned write_timeout_ms;
+    size_t max_connections;         /* per struct httpd (worker); 0: 10000 */
+    size_t max_pipelined;           /* requests waiting behind the answered one; 0: 16 */
 };
 
 struct httpd;
@@ -50,11 +59,19 @@ typedef void (*httpd_close_cb)(struct httpd_req *req, void *arg);
  * just before it replies: it may add response headers and log. The method
  * and path may be NULL when the request line itself was bad. */
 typedef void (*httpd_reject_cb)(struct httpd_req *req, int status, void *arg);
+/* Told when a request's head is complete and the request is next to be
+ * answered, before any byte of its body is read and before 100 Continue is
+ * sent. Return 0 to go on; or answer the request (httpd_reply and friends,
+ * which free it) and return nonzero: the body is then never read, and when
+ * one was due the connection closes after the answer. */
+typedef int (*httpd_head_cb)(struct httpd_req *req, void *arg);
 
 /* Serve connections accepted on listen_fd (already bound and listening; the
  * server owns and closes it). reject may be NULL. NULL on failure. */
 struct httpd *httpd_new(struct event_base *base, int listen_fd, const struct httpd_limits *limits,
                         httpd_handler handler, httpd_reject_cb reject, void *arg);
+/* Install the head hook (NULL: none); it gets httpd_new's arg. */
+void httpd_set_head_hook(struct httpd *h, httpd_head_cb on_head);
 /* A bound, listening, non-blocking socket with SO_REUSEADDR and
  * SO_REUSEPORT; *bound gets the port (the kernel's pick when port is 0).
  * The fd, or -1 with err set. */
