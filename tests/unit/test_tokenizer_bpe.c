@@ -7,7 +7,7 @@
  * UTF-8, the word cache changes nothing, concurrent encoders agree, and the
  * special-token and invalid-UTF-8 policies. Exact agreement with the
  * JavaScript reference over all prompts is tests/tokenizer/compare.mjs.
- * Exits 77 (CTest SKIP) when the DeepSeek file is not installed. */
+ * Reports SKIP (tests/unit/test.h) when the DeepSeek file is not installed. */
 #include <jansson.h>
 #include <pthread.h>
 #include <stdint.h>

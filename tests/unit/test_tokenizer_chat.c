@@ -5,7 +5,7 @@
  * they equal the encoding of the rendered text, user text cannot forge a
  * control token, and the count is the length of the ids. Agreement with the
  * JavaScript reference's apply_chat_template() is compare.mjs chat.
- * Exits 77 (CTest SKIP) when the DeepSeek tokenizer is not installed. */
+ * Reports SKIP (tests/unit/test.h) when the DeepSeek tokenizer is not installed. */
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
