@@ -251,7 +251,7 @@ int main(int argc, char **argv)
     const char *data = NULL, *model = NULL, *out = NULL, *readme = NULL;
     double baseline_c = 0; /* 0: choose by cross-validation */
     uint64_t split_seed = DATASET_SPLIT_SEED;
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) { /* every option takes a value */
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) {
             usage();
@@ -273,7 +273,6 @@ int main(int argc, char **argv)
             usage();
             return 2;
         }
-        i++;
     }
     if (!data || !model || baseline_c < 0) {
         usage();

@@ -210,7 +210,7 @@ int main(int argc, char **argv)
     int cv = 0, iters = 300, verbose = 0, jobs = 1, ensemble = 1;
     uint64_t seed = 1, split_seed = DATASET_SPLIT_SEED;
     struct list bits = {{18}, 1}, hidden = {{0}, 1}, l2s = {{1e-4}, 1}, l2d = {{1e-3}, 1}, l2h = {{1e-3}, 1};
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) { /* every option takes a value */
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
         if (!v) {
@@ -253,7 +253,6 @@ int main(int argc, char **argv)
             usage();
             return 2;
         }
-        i++;
     }
     if (!data || (!out && cv < 2) ||
         (!cv && (bits.n > 1 || hidden.n > 1 || l2s.n > 1 || l2d.n > 1 || l2h.n > 1))) {

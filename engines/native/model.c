@@ -123,9 +123,11 @@ static const float *bin_take(struct bin_cursor *c, const char *name, uint64_t co
     return p;
 }
 
+static int parse_llama2c(struct native_model *m, const char *path, const void *base, size_t size,
+                         char *err, size_t errlen);
+
 static int load_llama2c(struct native_model *m, const char *path, char *err, size_t errlen)
 {
-    struct native_model_config *c = &m->cfg;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         set_err(err, errlen, "%s: %s", path, strerror(errno));
@@ -152,11 +154,24 @@ static int load_llama2c(struct native_model *m, const char *path, char *err, siz
         set_err(err, errlen, "%s: mmap: %s", path, strerror(errno));
         return -1;
     }
+    return parse_llama2c(m, path, m->map_, m->map_size_, err, errlen);
+}
 
+/* Check the header of a llama2.c file at base[0..size) and point the
+ * model's tensors into it. The header's shape is checked before any size is
+ * computed from it, and the tensors must fill the file exactly. */
+static int parse_llama2c(struct native_model *m, const char *path, const void *base, size_t size,
+                         char *err, size_t errlen)
+{
+    struct native_model_config *c = &m->cfg;
+    if (size < 7 * sizeof(int32_t)) {
+        set_err(err, errlen, "%s: truncated: %zu bytes, the header alone is 28", path, size);
+        return -1;
+    }
     /* llama2.c's header is 7 int32; vocab_size's sign says whether the
      * classifier shares the embedding. */
     int32_t h[7];
-    memcpy(h, m->map_, sizeof(h));
+    memcpy(h, base, sizeof(h));
     if ((uint32_t)h[0] == 0x616b3432u) {
         set_err(err, errlen, "%s: llama2.c export version %d (magic \"ak42\"); only the legacy "
                 "version-0 format is read", path, h[1]);
@@ -189,7 +204,7 @@ static int load_llama2c(struct native_model *m, const char *path, char *err, siz
 
     const uint64_t L = (uint64_t)c->n_layers, D = (uint64_t)c->dim, F = (uint64_t)c->hidden_dim;
     const uint64_t KV = (uint64_t)c->n_kv_heads * (uint64_t)c->head_dim;
-    struct bin_cursor cur = {path, m->map_, m->map_size_, 7 * sizeof(int32_t)};
+    struct bin_cursor cur = {path, base, size, 7 * sizeof(int32_t)};
     const float *emb = bin_take(&cur, "token_embedding_table", (uint64_t)c->vocab_size * D, err, errlen);
     const float *rms_att = emb ? bin_take(&cur, "rms_att_weight", L * D, err, errlen) : NULL;
     const float *wq = rms_att ? bin_take(&cur, "wq", L * D * D, err, errlen) : NULL;
@@ -505,6 +520,26 @@ static int load_hf(struct native_model *m, const char *path, int is_dir, char *e
 }
 
 /* ------------------------------------------------------------------------ */
+
+int native_model_load_llama2c_buffer(const void *buf, size_t len, const char *name,
+                                     struct native_model **out, char *err, size_t errlen)
+{
+    struct native_model *m = calloc(1, sizeof(*m));
+    *out = NULL;
+    if (!m || !(m->path = strdup(name)) || !(m->dir = dir_of(name))) {
+        set_err(err, errlen, "out of memory");
+        native_model_free(m);
+        return -1;
+    }
+    m->format = NATIVE_MODEL_LLAMA2C;
+    if (parse_llama2c(m, name, buf, len, err, errlen) != 0) {
+        native_model_free(m);
+        return -1;
+    }
+    sum_weight_bytes(m);
+    *out = m;
+    return 0;
+}
 
 /* The format follows from the path: a folder, a .json or a .safetensors is
  * Hugging Face; anything else is read as a llama2.c .bin. */

@@ -78,6 +78,13 @@ struct native_model {
 int native_model_load(const char *path, struct native_model **out, char *err, size_t errlen);
 void native_model_free(struct native_model *m);
 
+/* A llama2.c .bin already in memory, buf[0..len) (the fuzz target uses it):
+ * the same checks as native_model_load(). buf is borrowed, as the mapping
+ * would be: the weights point into it, so it must outlive the model. name
+ * stands for the file in messages. */
+int native_model_load_llama2c_buffer(const void *buf, size_t len, const char *name,
+                                     struct native_model **out, char *err, size_t errlen);
+
 /* 1 when id is one of the model's end-of-sequence tokens. */
 int native_model_is_eos(const struct native_model *m, int id);
 

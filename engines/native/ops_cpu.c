@@ -28,6 +28,7 @@
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define HAVE_X86 1
 #else
@@ -1074,11 +1075,18 @@ static int cpu_has_avx512(void)
            __builtin_cpu_supports("avx512vl");
 }
 
+/* F16C is CPUID leaf 1, ECX bit 29; asked through cpuid because clang 14's
+ * __builtin_cpu_supports() does not know "f16c". */
+static int cpu_has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+
 static int cpu_has_avx2(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
 }
 #else
 static int cpu_has_avx2(void)

@@ -29,6 +29,7 @@ struct st_file {
     char *path;
     void *map;
     size_t size;
+    int borrowed;               /* map is the caller's memory (safetensors_open_memory) */
 };
 
 /* All tensors of all files, sorted by name once loading is done, so a
@@ -171,15 +172,15 @@ static int parse_entry(const struct st_file *f, const char *name, json_t *v, con
     return 0;
 }
 
-/* Map one file and append its tensors. The file is recorded before it is
- * opened, so the message of any later failure can name it and the unwind
- * in safetensors_free() sees one list. */
-static int load_file(struct safetensors *st, const char *path, char *err, size_t errlen)
+/* Record a file of the checkpoint before it is opened, so the message of
+ * any later failure can name it and the unwind in safetensors_free() sees
+ * one list. NULL when out of memory. */
+static struct st_file *add_file(struct safetensors *st, const char *path, char *err, size_t errlen)
 {
     struct st_file *nf = realloc(st->files, (size_t)(st->n_files + 1) * sizeof(*nf));
     if (!nf) {
         set_err(err, errlen, "out of memory");
-        return -1;
+        return NULL;
     }
     st->files = nf;
     struct st_file *f = &st->files[st->n_files];
@@ -187,9 +188,20 @@ static int load_file(struct safetensors *st, const char *path, char *err, size_t
     f->path = strdup(path);
     if (!f->path) {
         set_err(err, errlen, "out of memory");
-        return -1;
+        return NULL;
     }
     st->n_files++;
+    return f;
+}
+
+static int parse_file(struct safetensors *st, const struct st_file *f, char *err, size_t errlen);
+
+/* Map one file and append its tensors. */
+static int load_file(struct safetensors *st, const char *path, char *err, size_t errlen)
+{
+    struct st_file *f = add_file(st, path, err, errlen);
+    if (!f)
+        return -1;
 
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -217,7 +229,19 @@ static int load_file(struct safetensors *st, const char *path, char *err, size_t
         set_err(err, errlen, "%s: mmap: %s", path, strerror(errno));
         return -1;
     }
+    return parse_file(st, f, err, errlen);
+}
 
+/* Check the header of one file held in f->map[0..f->size) and append its
+ * tensors. Nothing here trusts the bytes: the header length, every offset
+ * and every shape are checked against the size before use. */
+static int parse_file(struct safetensors *st, const struct st_file *f, char *err, size_t errlen)
+{
+    const char *path = f->path;
+    if (f->size < 8) {
+        set_err(err, errlen, "%s: truncated: %zu bytes, no header", path, f->size);
+        return -1;
+    }
     const unsigned char *p = f->map;
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--)
@@ -295,17 +319,12 @@ static char *dir_of(const char *path)
  * shard: an index that disagrees with its shards means a partial download
  * or a mix of two checkpoints, and should fail loudly rather than load the
  * wrong tensor. Shard names are plain file names in the index's folder. */
-static int load_index(struct safetensors *st, const char *index_path, char *err, size_t errlen)
+static int load_index_json(struct safetensors *st, const char *index_path, json_t *root,
+                           char *err, size_t errlen)
 {
-    json_error_t jerr;
-    json_t *root = json_load_file(index_path, JSON_REJECT_DUPLICATES, &jerr);
     char *dir = NULL;
     int rc = -1;
 
-    if (!root) {
-        set_err(err, errlen, "%s: %s (line %d)", index_path, jerr.text, jerr.line);
-        return -1;
-    }
     json_t *map = json_object_get(root, "weight_map");
     if (!json_is_object(map) || json_object_size(map) == 0) {
         set_err(err, errlen, "%s: no weight_map object", index_path);
@@ -354,8 +373,39 @@ static int load_index(struct safetensors *st, const char *index_path, char *err,
     rc = 0;
 out:
     free(dir);
+    return rc;
+}
+
+/* The index at index_path, or (text != NULL) its text[0..len) as though read
+ * from there. */
+static int load_index(struct safetensors *st, const char *index_path, const char *text, size_t len,
+                      char *err, size_t errlen)
+{
+    json_error_t jerr;
+    json_t *root = text ? json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr)
+                        : json_load_file(index_path, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        set_err(err, errlen, "%s: %s (line %d)", index_path, jerr.text, jerr.line);
+        return -1;
+    }
+    int rc = load_index_json(st, index_path, root, err, errlen);
     json_decref(root);
     return rc;
+}
+
+/* Sort the tensors for lookups, and refuse a name that two files (or two
+ * index entries' shards) both hold. */
+static int finish(struct safetensors *st, char *err, size_t errlen)
+{
+    qsort(st->tensors, st->n_tensors, sizeof(*st->tensors), cmp_tensor);
+    for (size_t i = 1; i < st->n_tensors; i++) {
+        if (strcmp(st->tensors[i - 1].name, st->tensors[i].name) == 0) {
+            set_err(err, errlen, "%s: tensor '%s' appears twice (also in %s)",
+                    st->tensors[i].file, st->tensors[i].name, st->tensors[i - 1].file);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 struct safetensors *safetensors_open(const char *path, char *err, size_t errlen)
@@ -400,16 +450,10 @@ struct safetensors *safetensors_open(const char *path, char *err, size_t errlen)
         set_err(err, errlen, "out of memory");
         goto fail;
     }
-    if (index ? load_index(st, index, err, errlen) : load_file(st, single, err, errlen))
+    if (index ? load_index(st, index, NULL, 0, err, errlen) : load_file(st, single, err, errlen))
         goto fail;
-    qsort(st->tensors, st->n_tensors, sizeof(*st->tensors), cmp_tensor);
-    for (size_t i = 1; i < st->n_tensors; i++) {
-        if (strcmp(st->tensors[i - 1].name, st->tensors[i].name) == 0) {
-            set_err(err, errlen, "%s: tensor '%s' appears twice (also in %s)",
-                    st->tensors[i].file, st->tensors[i].name, st->tensors[i - 1].file);
-            goto fail;
-        }
-    }
+    if (finish(st, err, errlen) != 0)
+        goto fail;
     free(index);
     free(single);
     return st;
@@ -421,6 +465,43 @@ fail:
     return NULL;
 }
 
+struct safetensors *safetensors_open_memory(const void *buf, size_t len, const char *name,
+                                            char *err, size_t errlen)
+{
+    struct safetensors *st = calloc(1, sizeof(*st));
+    struct st_file *f;
+    if (!st || !(st->source = strdup(name)) || !(f = add_file(st, name, err, errlen))) {
+        set_err(err, errlen, "out of memory");
+        safetensors_free(st);
+        return NULL;
+    }
+    f->map = (void *)buf;
+    f->size = len;
+    f->borrowed = 1;
+    if (parse_file(st, f, err, errlen) != 0 || finish(st, err, errlen) != 0) {
+        safetensors_free(st);
+        return NULL;
+    }
+    return st;
+}
+
+struct safetensors *safetensors_open_index_memory(const char *index_path, const char *text,
+                                                  size_t len, char *err, size_t errlen)
+{
+    struct safetensors *st = calloc(1, sizeof(*st));
+    if (!st || !(st->source = strdup(index_path))) {
+        set_err(err, errlen, "out of memory");
+        safetensors_free(st);
+        return NULL;
+    }
+    if (load_index(st, index_path, text ? text : "", len, err, errlen) != 0 ||
+        finish(st, err, errlen) != 0) {
+        safetensors_free(st);
+        return NULL;
+    }
+    return st;
+}
+
 void safetensors_free(struct safetensors *st)
 {
     if (!st)
@@ -429,7 +510,7 @@ void safetensors_free(struct safetensors *st)
         free((char *)st->tensors[i].name);
     free(st->tensors);
     for (int i = 0; i < st->n_files; i++) {
-        if (st->files[i].map)
+        if (st->files[i].map && !st->files[i].borrowed)
             munmap(st->files[i].map, st->files[i].size);
         free(st->files[i].path);
     }

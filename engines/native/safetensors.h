@@ -41,6 +41,18 @@ struct safetensors;
 struct safetensors *safetensors_open(const char *path, char *err, size_t errlen);
 void safetensors_free(struct safetensors *st);
 
+/* The same checks on bytes already in memory, for the fuzz targets and any
+ * caller that holds a file's bytes. safetensors_open_memory() reads one
+ * .safetensors file from buf[0..len), which is borrowed: it must outlive the
+ * result, and tensor data points into it. name stands for the file in
+ * messages and in st_tensor.file. safetensors_open_index_memory() reads an
+ * index from text[0..len) as though it were the file index_path: its shards
+ * are opened from index_path's folder. */
+struct safetensors *safetensors_open_memory(const void *buf, size_t len, const char *name,
+                                            char *err, size_t errlen);
+struct safetensors *safetensors_open_index_memory(const char *index_path, const char *text,
+                                                  size_t len, char *err, size_t errlen);
+
 /* The tensor called name, or NULL. */
 const struct st_tensor *safetensors_find(const struct safetensors *st, const char *name);
 size_t safetensors_count(const struct safetensors *st);

@@ -69,6 +69,12 @@
  * be NULL/0). Free with tokenizer_free(). */
 int tok_bpe_load(const char *path, struct tokenizer **out, char *err, size_t errlen);
 
+/* The same from the file's text[0..len) in memory (the fuzz target uses it);
+ * name stands for the file in messages. No tokenizer_config.json is read, so
+ * BOS and EOS come from the well-known DeepSeek names. Same results. */
+int tok_bpe_load_buffer(const char *text, size_t len, const char *name, struct tokenizer **out,
+                        char *err, size_t errlen);
+
 /* Switch the word cache off (0) or on (1, the default). For benchmarks and
  * tests that check cached and uncached encodes agree; not thread-safe with
  * concurrent encodes. */

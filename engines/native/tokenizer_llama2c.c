@@ -312,14 +312,50 @@ static int grow(struct tok_llama2c *t, int cap)
     return 0;
 }
 
+static int load_stream(FILE *f, const char *path, int vocab_size, struct tokenizer **out,
+                       char *err, size_t errlen);
+
 int tok_llama2c_load(const char *path, int vocab_size, struct tokenizer **out, char *err,
                      size_t errlen)
 {
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        set_err(err, errlen, "%s: %s", path, strerror(errno));
+        return TOK_EIO;
+    }
+    int rc = load_stream(f, path, vocab_size, out, err, errlen);
+    fclose(f);
+    return rc;
+}
+
+int tok_llama2c_load_buffer(const void *buf, size_t len, const char *name, int vocab_size,
+                            struct tokenizer **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (len == 0) { /* fmemopen refuses an empty buffer; so would the header check */
+        set_err(err, errlen, "%s: bad or missing header (max token length)", name);
+        return TOK_EFORMAT;
+    }
+    /* Read-only mode: fmemopen never writes to buf, so the cast is safe. */
+    FILE *f = fmemopen((void *)buf, len, "rb");
+    if (!f) {
+        set_err(err, errlen, "%s: %s", name, strerror(errno));
+        return TOK_ENOMEM;
+    }
+    int rc = load_stream(f, name, vocab_size, out, err, errlen);
+    fclose(f);
+    return rc;
+}
+
+/* Read a tokenizer.bin from f (the caller closes it); path names it in
+ * messages. Every length is checked before it is used to read or allocate. */
+static int load_stream(FILE *f, const char *path, int vocab_size, struct tokenizer **out,
+                       char *err, size_t errlen)
+{
     struct tok_llama2c *t = calloc(1, sizeof(*t));
-    FILE *f = NULL;
     int rc = TOK_ENOMEM, cap = 0;
 
-    *out = NULL;
     if (!t) {
         set_err(err, errlen, "out of memory");
         return TOK_ENOMEM;
@@ -330,12 +366,6 @@ int tok_llama2c_load(const char *path, int vocab_size, struct tokenizer **out, c
     if (vocab_size > MAX_VOCAB) {
         set_err(err, errlen, "%s: vocabulary of %d tokens is too large", path, vocab_size);
         rc = TOK_EFORMAT;
-        goto fail;
-    }
-    f = fopen(path, "rb");
-    if (!f) {
-        set_err(err, errlen, "%s: %s", path, strerror(errno));
-        rc = TOK_EIO;
         goto fail;
     }
     int32_t max_len;
@@ -387,8 +417,6 @@ int tok_llama2c_load(const char *path, int vocab_size, struct tokenizer **out, c
         if (len > t->max_len)
             t->max_len = len;
     }
-    fclose(f);
-    f = NULL;
     if (t->base.vocab_size < 3) {
         set_err(err, errlen, "%s: only %d tokens", path, t->base.vocab_size);
         rc = TOK_EFORMAT;
@@ -421,8 +449,6 @@ int tok_llama2c_load(const char *path, int vocab_size, struct tokenizer **out, c
     return TOK_OK;
 
 fail:
-    if (f)
-        fclose(f);
     tl_free(&t->base);
     return rc;
 }

@@ -33,6 +33,12 @@
 int tok_llama2c_load(const char *path, int vocab_size, struct tokenizer **out, char *err,
                      size_t errlen);
 
+/* The same from a file's bytes buf[0..len) in memory (the fuzz target uses
+ * it; buf is only read during the call); name stands for the file in
+ * messages. */
+int tok_llama2c_load_buffer(const void *buf, size_t len, const char *name, int vocab_size,
+                            struct tokenizer **out, char *err, size_t errlen);
+
 /* The score of token id (for tests and the converter). */
 float tok_llama2c_score(const struct tokenizer *t, int32_t id);
 

@@ -1,0 +1,129 @@
+/* entry.c: the cache entry codec; see entry.h. */
+#include "cache/entry.h"
+
+#include <string.h>
+
+/* A finish reason as OpenAI names them ("stop", "length", "tool_calls",
+ * "content_filter"): 1..32 of [a-z_]. Anything else would be replayed to a
+ * client verbatim, so it is refused rather than passed on. */
+static int finish_reason_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 32)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || s[i] == '_'))
+            return 0;
+    return 1;
+}
+
+/* A token count: an integer in [0, CACHE_ENTRY_MAX_TOKENS]. */
+static int count_ok(json_t *v, int64_t *out)
+{
+    if (!json_is_integer(v))
+        return 0;
+    json_int_t n = json_integer_value(v);
+    if (n < 0 || n > CACHE_ENTRY_MAX_TOKENS)
+        return 0;
+    *out = (int64_t)n;
+    return 1;
+}
+
+/* An optional string field: absent or null is NULL, a string is itself,
+ * anything else is a bad entry. */
+static int opt_string(json_t *root, const char *key, const char **out)
+{
+    json_t *v = json_object_get(root, key);
+    *out = NULL;
+    if (!v || json_is_null(v))
+        return 1;
+    if (!json_is_string(v))
+        return 0;
+    *out = json_string_value(v);
+    return 1;
+}
+
+/* logprobs: an array of {"token": string, "logprob": number, ...}; the
+ * replay splits the content by the tokens' lengths. */
+static int logprobs_ok(json_t *lp)
+{
+    if (!json_is_array(lp))
+        return 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(lp, i, e) {
+        if (!json_is_object(e) || !json_is_string(json_object_get(e, "token")) ||
+            !json_is_number(json_object_get(e, "logprob")))
+            return 0;
+    }
+    return 1;
+}
+
+int cache_entry_decode(const char *buf, size_t len, struct cache_entry *e)
+{
+    memset(e, 0, sizeof(*e));
+    /* No JSON_ALLOW_NUL: content with a NUL would be cut short by every C
+     * string consumer after us. */
+    json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, NULL);
+    if (!json_is_object(root))
+        goto fail;
+    json_t *content = json_object_get(root, "content");
+    json_t *fr = json_object_get(root, "finish_reason");
+    json_t *usage = json_object_get(root, "usage");
+    json_t *created = json_object_get(root, "created");
+    json_t *lp = json_object_get(root, "logprobs");
+    if (!json_is_string(content) || !json_is_string(fr) || !finish_reason_ok(json_string_value(fr)) ||
+        !json_is_object(usage) ||
+        !count_ok(json_object_get(usage, "prompt_tokens"), &e->prompt_tokens) ||
+        !count_ok(json_object_get(usage, "completion_tokens"), &e->completion_tokens) ||
+        !opt_string(root, "tier", &e->tier) || !opt_string(root, "model", &e->model))
+        goto fail;
+    if (created && !json_is_null(created)) {
+        if (!json_is_integer(created) || json_integer_value(created) < 0)
+            goto fail;
+        e->created = json_integer_value(created);
+    }
+    if (lp && !json_is_null(lp)) {
+        if (!logprobs_ok(lp))
+            goto fail;
+        e->logprobs = lp;
+    }
+    e->content = json_string_value(content);
+    e->content_len = json_string_length(content);
+    e->finish_reason = json_string_value(fr);
+    e->root_ = root;
+    return 0;
+
+fail:
+    json_decref(root);
+    memset(e, 0, sizeof(*e));
+    return -1;
+}
+
+void cache_entry_free(struct cache_entry *e)
+{
+    json_decref(e->root_);
+    memset(e, 0, sizeof(*e));
+}
+
+char *cache_entry_encode(const struct cache_entry *e, size_t *len)
+{
+    json_t *o = json_pack("{s:s%, s:s, s:{s:I, s:I}}", "content", e->content ? e->content : "",
+                          e->content ? e->content_len : 0, "finish_reason", e->finish_reason,
+                          "usage", "prompt_tokens", (json_int_t)e->prompt_tokens,
+                          "completion_tokens", (json_int_t)e->completion_tokens);
+    if (!o)
+        return NULL;
+    if ((e->tier && json_object_set_new(o, "tier", json_string(e->tier)) != 0) ||
+        (e->model && json_object_set_new(o, "model", json_string(e->model)) != 0) ||
+        json_object_set_new(o, "created", json_integer(e->created)) != 0 ||
+        (e->logprobs && json_object_set(o, "logprobs", e->logprobs) != 0)) {
+        json_decref(o);
+        return NULL;
+    }
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (s)
+        *len = strlen(s);
+    return s;
+}
