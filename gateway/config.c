@@ -69,7 +69,7 @@ static int parse_limits(json_t *root, struct limits_config *l, char *err, size_t
 {
     static const char *const keys[] = {"max_body_bytes", "max_header_bytes", "header_timeout_ms",
                                        "read_timeout_ms", "write_timeout_ms", "upstream_timeout_ms",
-                                       "drain_timeout_ms", NULL};
+                                       "drain_timeout_ms", "max_connections_per_worker", "max_pipelined", NULL};
     l->max_body_bytes = 1u << 20;
     l->max_header_bytes = 16 * 1024;
     l->header_timeout_ms = 10000;
@@ -77,6 +77,8 @@ static int parse_limits(json_t *root, struct limits_config *l, char *err, size_t
     l->write_timeout_ms = 30000;
     l->upstream_timeout_ms = 120000;
     l->drain_timeout_ms = 10000;
+    l->max_connections_per_worker = 10000;
+    l->max_pipelined = 16;
     json_t *o;
     if (cfgj_object(root, "", "limits", 0, &o, err, n) < 0)
         return -1;
@@ -97,6 +99,8 @@ static int parse_limits(json_t *root, struct limits_config *l, char *err, size_t
         {"write_timeout_ms", 1, 3600000, NULL, &l->write_timeout_ms},
         {"upstream_timeout_ms", 1, 86400000, NULL, &l->upstream_timeout_ms},
         {"drain_timeout_ms", 0, 3600000, NULL, &l->drain_timeout_ms},
+        {"max_connections_per_worker", 1, 1000000, &l->max_connections_per_worker, NULL},
+        {"max_pipelined", 1, 1024, &l->max_pipelined, NULL},
     };
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
         unsigned long long v = f[i].sz ? *f[i].sz : *f[i].ms;
@@ -524,7 +528,7 @@ static int parse_tenant(json_t *t, const char *path, struct config *cfg, struct 
 static int parse_root(json_t *root, struct config *cfg, char *err, size_t n)
 {
     static const char *const keys[] = {"listen", "workers", "limits", "redis", "cache", "policy", "tokenizer",
-                                       "classifier", "admin_token_sha256", "tiers", "tenants", NULL};
+                                       "classifier", "admin_token_sha256", "metrics", "tiers", "tenants", NULL};
     char p[256];
     if (!json_is_object(root))
         return cfgj_fail(err, n, "", "the config must be a JSON object");
@@ -563,6 +567,22 @@ static int parse_root(json_t *root, struct config *cfg, char *err, size_t n)
         if (parse_key_hex(admin, "admin_token_sha256", cfg->admin_key, err, n) < 0)
             return -1;
         cfg->has_admin = 1;
+    }
+    /* metrics.token_sha256: off by default (a local setup keeps /metrics
+     * open); set, a scrape needs that Bearer token or the admin token. */
+    json_t *mo;
+    if (cfgj_object(root, "", "metrics", 0, &mo, err, n) < 0)
+        return -1;
+    if (mo) {
+        static const char *const mkeys[] = {"token_sha256", NULL};
+        if (cfgj_known_keys(mo, "metrics", mkeys, err, n) < 0)
+            return -1;
+        json_t *tok = json_object_get(mo, "token_sha256");
+        if (tok) {
+            if (parse_key_hex(tok, "metrics.token_sha256", cfg->metrics_key, err, n) < 0)
+                return -1;
+            cfg->has_metrics_token = 1;
+        }
     }
 
     json_t *arr;

@@ -67,6 +67,8 @@ struct limits_config {
     unsigned write_timeout_ms;
     unsigned upstream_timeout_ms;   /* default for tiers that set none */
     unsigned drain_timeout_ms;
+    size_t max_connections_per_worker; /* past it, new connections are closed at once */
+    size_t max_pipelined;           /* requests that may wait behind the one answered */
 };
 
 struct redis_config {
@@ -99,6 +101,8 @@ struct config {
     char *classifier;           /* difficulty model for "auto", or NULL (auto = default tier) */
     int has_admin;
     uint8_t admin_key[SHA256_LEN];
+    int has_metrics_token;          /* metrics.token_sha256 set: /metrics wants a Bearer token */
+    uint8_t metrics_key[SHA256_LEN];
     struct tier_config *tiers;
     size_t n_tiers;
     struct tenant_config *tenants;

@@ -249,6 +249,25 @@ static int admin_stats(struct worker *w, struct httpd_req *r, const struct confi
     return 200;
 }
 
+/* /metrics is open unless metrics.token_sha256 is set; then it needs that
+ * Bearer token, or the admin token. Both compared as SHA-256 in constant time. */
+static int metrics_allowed(struct gateway *gw, struct httpd_req *r)
+{
+    struct config_snap *snap = gateway_snap_acquire(gw);
+    const struct config *cfg = &snap->cfg;
+    int ok = !cfg->has_metrics_token;
+    if (!ok) {
+        const char *key = auth_bearer(httpd_req_header(r, "Authorization"));
+        if (key) {
+            uint8_t digest[SHA256_LEN];
+            hash_sha256(key, strlen(key), digest);
+            ok = hash_ct_equal(digest, cfg->metrics_key, SHA256_LEN) | auth_is_admin(cfg, key);
+        }
+    }
+    gateway_snap_release(snap);
+    return ok;
+}
+
 void gateway_handle(struct httpd_req *r, void *arg)
 {
     struct worker *w = arg;
@@ -279,6 +298,12 @@ void gateway_handle(struct httpd_req *r, void *arg)
     }
 
     if (strcmp(path, "/metrics") == 0 && is_get) {
+        if (!metrics_allowed(gw, r)) {
+            httpd_resp_header(r, "WWW-Authenticate", "Bearer");
+            error_reply(r, 401, "invalid_request_error", "invalid_api_key",
+                        "/metrics needs the metrics token or the admin token: send Authorization: Bearer <token>");
+            return;
+        }
 #ifdef CASCADE_HAVE_NATIVE
         /* The queue-depth gauge is read when scraped: it is a level, not an event. */
         for (size_t i = 0; i < gw->cfg.n_tiers; i++)
@@ -349,6 +374,26 @@ void gateway_handle(struct httpd_req *r, void *arg)
     gateway_snap_release(snap);
     e.latency_us = clock_mono_us() - t0;
     access_log(&e);
+}
+
+/* The head hook: runs when a request's head is complete, before its body is
+ * read and before a client that sent Expect: 100-continue is told to go on.
+ * A /v1/ request without a valid key is answered here (401, through
+ * gateway_handle, which needs no body for it), so an unauthenticated client
+ * is never invited to upload its body. */
+static int gateway_head(struct httpd_req *r, void *arg)
+{
+    struct worker *w = arg;
+    if (strncmp(httpd_req_path(r), "/v1/", 4) != 0)
+        return 0;
+    struct config_snap *snap = gateway_snap_acquire(w->gw);
+    const char *key = auth_bearer(httpd_req_header(r, "Authorization"));
+    int ok = auth_tenant(&snap->cfg, key) != NULL;
+    gateway_snap_release(snap);
+    if (ok)
+        return 0;
+    gateway_handle(r, arg);
+    return 1;
 }
 
 /* The HTTP layer refused a request (bad framing, limits): it still gets our
@@ -593,6 +638,8 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
         .header_timeout_ms = cfg->limits.header_timeout_ms,
         .read_timeout_ms = cfg->limits.read_timeout_ms,
         .write_timeout_ms = cfg->limits.write_timeout_ms,
+        .max_connections = cfg->limits.max_connections_per_worker,
+        .max_pipelined = cfg->limits.max_pipelined,
     };
     int port = cfg->listen_port;
     for (int i = 0; i < gw->n_workers; i++) {
@@ -611,6 +658,7 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
             snprintf(err, errlen, "cannot start worker %d", i);
             return -1;
         }
+        httpd_set_head_hook(w->httpd, gateway_head);
         w->drain_ev = event_new(w->base, -1, 0, drain_cb, w);
         w->drain_poll = event_new(w->base, -1, EV_PERSIST, drain_poll_cb, w);
     }
