@@ -30,6 +30,10 @@ void openai_error_set(struct openai_error *e, int status, const char *type, cons
     va_start(ap, fmt);
     vsnprintf(e->message, sizeof e->message, fmt, ap);
     va_end(ap);
+    /* Messages quote client text cut at a byte count (%.40s, or the buffer's
+     * end), which can split a character; the error JSON needs valid UTF-8. */
+    size_t n = utf8_scrub(e->message, strlen(e->message));
+    e->message[n] = '\0';
 }
 
 static const char *const role_names[] = {"system", "developer", "user", "assistant", "tool"};

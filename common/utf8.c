@@ -75,3 +75,19 @@ size_t utf8_complete_prefix(const char *str, size_t len)
     }
     return len;
 }
+
+size_t utf8_scrub(char *str, size_t len)
+{
+    uint8_t *s = (uint8_t *)str;
+    size_t i = 0, o = 0;
+    while (i < len) {
+        size_t n = seq_len(s, i, len);
+        if (!n) {
+            i++;
+            continue;
+        }
+        for (size_t k = 0; k < n; k++)
+            s[o++] = s[i++];
+    }
+    return o;
+}

@@ -71,6 +71,14 @@ struct engine_request {
     const char *model;                  /* the model id this engine should run */
     int stream;                         /* deliver tokens as they are generated */
     const char *request_id;             /* for logs and the upstream's x-request-id */
+    /* The output bound, in tokens: what the caller reserved budget for, so
+     * an engine must never generate more. The caller has already clamped it
+     * (the gateway: to the tier's max_output_tokens). 0 or less: none given,
+     * the engine's own default applies (native: the rest of the context).
+     * It travels here, typed, rather than as an edit of chat->root, so the
+     * client's request is never rewritten; remote writes it into the body it
+     * builds for the upstream, and chat->max_tokens is NOT read. */
+    int64_t max_tokens;
 };
 
 struct engine;

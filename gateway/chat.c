@@ -79,11 +79,13 @@ struct chat {
     int64_t tokens_received;        /* pieces from the engine: usage when it gives none */
     /* policy */
     int64_t prompt_tokens;          /* our count, for the estimate */
-    int64_t max_tokens;             /* the output bound the reservation covers */
+    int64_t max_requested;          /* the client's max_tokens, or -1 */
+    int64_t max_tokens;             /* the output bound on the first tier (output_bound) */
     struct reservation *resv;
     int admit_pending;
     int64_t reserved_nano;          /* what admission reserved */
     int64_t cost_nano, saved_cache_nano, saved_routing_nano;
+    int cost_warned;                /* the over-reservation warning was logged */
     int hit_tier;                   /* the tier that produced a cache hit, or -1 */
     /* routing and the cascade */
     int scored;                     /* the classifier scored this request */
@@ -135,34 +137,65 @@ static void chat_free(struct chat *c)
     free(c);
 }
 
-/* Replace the reservation with what the request really cost. A hit costs
- * nothing and saves what its producer cost; a generation costs its usage,
- * from the engine, or our own count when the engine gave none (a cancelled
- * stream is charged for the tokens that were generated). */
-static void settle(struct chat *c)
+/* The tokens one engine call is charged for: the usage the engine reported,
+ * or, when it reported none (an error or a cancel mid-answer), our prompt
+ * count and the pieces actually received. A call that produced nothing we
+ * saw and reported nothing (no upstream accepted it, it failed or timed out
+ * before the first token) costs nothing. */
+static void charged_tokens(const struct chat *c, const struct engine_usage *u, int64_t received, int64_t *prompt,
+                           int64_t *completion)
 {
+    if (u->prompt_tokens > 0 || u->completion_tokens > 0) {
+        *prompt = u->prompt_tokens > 0 ? u->prompt_tokens : c->prompt_tokens;
+        *completion = money_clamp(u->completion_tokens);
+    } else if (received > 0) {
+        *prompt = c->prompt_tokens;
+        *completion = received;
+    } else {
+        *prompt = *completion = 0;
+    }
+}
+
+/* What the request costs: an escalated request pays for both answers, and
+ * never more than it reserved. Sets c->cost_nano; returns the tokens
+ * charged on the final tier through prompt and completion. */
+static void compute_cost(struct chat *c, int64_t *prompt, int64_t *completion)
+{
+    *prompt = *completion = 0;
+    c->cost_nano = 0;
+    if (c->hit_tier >= 0 || !c->engine_started)
+        return;
+    charged_tokens(c, &c->usage, c->tokens_received, prompt, completion);
+    c->cost_nano = money_add(c->first_cost_nano, tier_cost(c, c->tier, *prompt, *completion));
+    if (c->cost_nano > c->reserved_nano) {
+        /* The engine counted more prompt tokens than our tokenizer: the
+         * reservation is what the budget allowed, so it is the charge. */
+        if (!c->cost_warned++)
+            log_warn("request %s used more than it reserved (%" PRId64 " > %" PRId64 " nano-USD); charged the reservation",
+                     c->request_id, c->cost_nano, c->reserved_nano);
+        c->cost_nano = c->reserved_nano;
+    }
+}
+
+/* Replace the reservation with what the request really cost (above). A hit
+ * costs nothing and saves what its producer cost; a generation may save
+ * against the tenant's largest tier. Only an answered request (status 200)
+ * records savings: a failed, refused or abandoned one saved nothing. */
+static void settle(struct chat *c, int status)
+{
+    int64_t prompt, completion;
+    compute_cost(c, &prompt, &completion);
+    c->saved_cache_nano = c->saved_routing_nano = 0;
+    if (status == 200 && c->hit_tier >= 0) {
+        c->saved_cache_nano = tier_cost(c, c->hit_tier, c->usage.prompt_tokens, c->usage.completion_tokens);
+    } else if (status == 200 && c->engine_started) {
+        int64_t largest = tier_cost(c, c->tenant->largest_tier, prompt, completion);
+        c->saved_routing_nano = money_sub(largest, c->cost_nano);
+    }
     if (!c->resv)
         return;
-    int64_t prompt = 0, completion = 0;
-    if (c->hit_tier >= 0) {
-        c->saved_cache_nano = tier_cost(c, c->hit_tier, c->usage.prompt_tokens, c->usage.completion_tokens);
-    } else if (c->engine_started) {
-        prompt = c->usage.prompt_tokens > 0 ? c->usage.prompt_tokens : c->prompt_tokens;
-        completion = c->usage.completion_tokens > 0 ? c->usage.completion_tokens : c->tokens_received;
-        /* An escalated request pays for both answers. */
-        c->cost_nano = c->first_cost_nano + tier_cost(c, c->tier, prompt, completion);
-        int64_t reserved = c->reserved_nano;
-        if (c->cost_nano > reserved) {
-            /* The engine counted more prompt tokens than our tokenizer: the
-             * reservation is what the budget allowed, so it is the charge. */
-            log_warn("request %s used more than it reserved (%" PRId64 " > %" PRId64 " nano-USD); charged the reservation",
-                     c->request_id, c->cost_nano, reserved);
-            c->cost_nano = reserved;
-        }
-        int64_t largest = tier_cost(c, c->tenant->largest_tier, prompt, completion);
-        c->saved_routing_nano = largest > c->cost_nano ? largest - c->cost_nano : 0;
-    }
-    struct settle_info info = {c->cost_nano, prompt + completion, c->saved_cache_nano, c->saved_routing_nano};
+    struct settle_info info = {c->cost_nano, money_add(prompt, completion), c->saved_cache_nano,
+                               c->saved_routing_nano};
     policy_settle(c->w->gw->policy, c->w->base, c->resv, &info);
     c->resv = NULL;
 }
@@ -223,15 +256,24 @@ static void record(struct chat *c, int status)
 static void chat_done(struct chat *c, int status)
 {
     finish_flight(c, NULL, 0);
-    settle(c);
+    settle(c, status);
     record(c, status);
     metrics_inflight_add(c->w->gw->metrics, -1);
     log_access(c, status);
     chat_free(c);
 }
 
+static int64_t output_bound(const struct chat *c, int tier);
+
 static void set_headers(struct chat *c)
 {
+    /* The output bound used, whatever the tenant's expose_headers: it is
+     * about the client's own parameter (clamped to the tier's ceiling). */
+    if (c->tier >= 0 && c->max_tokens > 0) {
+        char v[24];
+        snprintf(v, sizeof v, "%" PRId64, output_bound(c, c->hit_tier >= 0 ? c->hit_tier : c->tier));
+        httpd_resp_header(c->r, "x-cascade-max-tokens", v);
+    }
     if (!c->tenant->expose_headers)
         return;
     httpd_resp_header(c->r, "x-cascade-tier", tier_name(c) ? tier_name(c) : "none");
@@ -326,10 +368,12 @@ static void send_final(struct chat *c, const char *finish_reason)
         json_decref(lp);
         set_headers(c);
         if (c->tenant->expose_headers) {
-            /* Known before the body goes out only for a non-stream answer. */
-            int64_t cost = c->hit_tier >= 0 ? 0 : tier_cost(c, c->tier, u.prompt_tokens, u.completion_tokens);
+            /* Known before the body goes out only for a non-stream answer;
+             * the same figure settle will charge. */
+            int64_t prompt, completion;
+            compute_cost(c, &prompt, &completion);
             char usd[32];
-            snprintf(usd, sizeof usd, "%.9f", price_nano_to_usd(cost));
+            snprintf(usd, sizeof usd, "%.9f", price_nano_to_usd(c->cost_nano));
             httpd_resp_header(c->r, "x-cascade-cost-usd", usd);
         }
         httpd_reply(c->r, 200, "application/json", body, strlen(body));
@@ -372,8 +416,8 @@ static int replay(struct chat *c, const char *value, size_t len)
         json_decref(o);
         return -1;
     }
-    c->usage.prompt_tokens = json_integer_value(json_object_get(usage, "prompt_tokens"));
-    c->usage.completion_tokens = json_integer_value(json_object_get(usage, "completion_tokens"));
+    c->usage.prompt_tokens = money_clamp(json_integer_value(json_object_get(usage, "prompt_tokens")));
+    c->usage.completion_tokens = money_clamp(json_integer_value(json_object_get(usage, "completion_tokens")));
     int ht = json_is_string(tier) ? config_tier_index(c->cfg, json_string_value(tier)) : -1;
     c->hit_tier = ht >= 0 ? ht : c->tier;
     const char *text = json_string_value(content);
@@ -462,11 +506,11 @@ static int cascade_judge(struct chat *c, const struct engine_usage *usage)
         }
         return 0;
     }
-    /* Not sure enough: pay for the cheap answer, drop it, ask the top tier. */
-    int64_t prompt = usage->prompt_tokens > 0 ? usage->prompt_tokens : c->prompt_tokens;
-    int64_t completion = usage->completion_tokens > 0 ? usage->completion_tokens : c->tokens_received;
-    /* A failed call is charged only for what it produced. */
-    c->first_cost_nano = c->lps_failed && completion == 0 ? 0 : tier_cost(c, c->tier, prompt, completion);
+    /* Not sure enough: pay for the cheap answer, drop it, ask the top tier.
+     * A failed call is charged only for what it produced. */
+    int64_t prompt, completion;
+    charged_tokens(c, usage, c->tokens_received, &prompt, &completion);
+    c->first_cost_nano = tier_cost(c, c->tier, prompt, completion);
     log_debug("request %s escalates from %s (mean logprob %.3f, window min %.3f over %zu tokens)", c->request_id,
               tier_name(c), conf.mean, conf.window_min, conf.n);
     evbuffer_drain(c->content, evbuffer_get_length(c->content));
@@ -486,7 +530,9 @@ static void on_done(void *ctx, const struct engine_usage *usage, const char *fin
     c->engine_us += clock_mono_us() - c->engine_t0;
     if (c->cascade_phase && cascade_judge(c, usage))
         return;
-    c->usage = *usage;
+    /* An upstream's usage is outside input: a negative count is none. */
+    c->usage.prompt_tokens = money_clamp(usage->prompt_tokens);
+    c->usage.completion_tokens = money_clamp(usage->completion_tokens);
     size_t vlen = 0;
     char *value = c->store ? cache_value(c, finish_reason, &vlen) : NULL;
     if (value) {
@@ -540,6 +586,7 @@ static void start_engine(struct chat *c)
         .model = model_name(c),
         .stream = c->req.stream,
         .request_id = c->request_id,
+        .max_tokens = output_bound(c, c->tier),
     };
     c->engine = c->w->gw->engines[c->tier];
     c->engine_t0 = clock_mono_us();
@@ -775,20 +822,30 @@ static int64_t count_prompt(const struct chat *c)
     return bytes / 2 + 8;
 }
 
-/* The output bound: the request's, else the tier's, within the tenant cap.
- * It is written into the request so the engine honours what was reserved. */
+/* The output bound on one tier: the tier's max_output_tokens is both the
+ * default and the ceiling, and the tenant's cap lowers it further. A larger
+ * max_tokens is clamped, not refused (an "auto" request cannot know its
+ * tier, and SDKs send large defaults); the client learns the bound used
+ * from x-cascade-max-tokens. The reservation covers exactly this bound, the
+ * engine gets it as engine_request.max_tokens, and the client's JSON is left
+ * as it came. */
+static int64_t output_bound(const struct chat *c, int tier)
+{
+    int64_t ceiling = c->cfg->tiers[tier].max_output_tokens;
+    if (c->tenant->max_tokens_cap > 0 && c->tenant->max_tokens_cap < ceiling)
+        ceiling = c->tenant->max_tokens_cap;
+    int64_t asked = c->max_requested;
+    return asked > 0 && asked < ceiling ? asked : ceiling;
+}
+
+/* Fix the bound for the tier chosen so far. req.max_tokens takes it too,
+ * since the cache key covers the bound an answer was generated with: asking
+ * for 10^10 tokens or for the ceiling is the same request. */
 static void bound_max_tokens(struct chat *c)
 {
-    int64_t mt = c->req.max_tokens > 0 ? c->req.max_tokens : c->cfg->tiers[c->tier].max_output_tokens;
-    if (c->tenant->max_tokens_cap > 0 && mt > c->tenant->max_tokens_cap)
-        mt = c->tenant->max_tokens_cap;
-    if (mt != c->req.max_tokens) {
-        json_object_set_new(c->req.root, "max_tokens", json_integer(mt));
-        if (json_object_get(c->req.root, "max_completion_tokens"))
-            json_object_set_new(c->req.root, "max_completion_tokens", json_integer(mt));
-        c->req.max_tokens = mt;
-    }
-    c->max_tokens = mt;
+    c->max_requested = c->req.max_tokens;
+    c->max_tokens = output_bound(c, c->tier);
+    c->req.max_tokens = c->max_tokens;
 }
 
 /* ---- the client --------------------------------------------------------- */
@@ -884,20 +941,25 @@ void chat_handle(struct worker *w, struct httpd_req *r, struct config_snap *snap
 
     bound_max_tokens(c);
     c->prompt_tokens = count_prompt(c);
-    /* A cascade may run both tiers: reserve both. */
+    /* A cascade may run both tiers: reserve both, each at its own bound.
+     * Saturating sums (price.h): no estimate can wrap into a credit. */
     int64_t est = tier_cost(c, c->tier, c->prompt_tokens, c->max_tokens);
-    if (c->escalate_to >= 0)
-        est += tier_cost(c, c->escalate_to, c->prompt_tokens, c->max_tokens);
+    int64_t est_tokens = money_add(c->prompt_tokens, c->max_tokens);
+    if (c->escalate_to >= 0) {
+        int64_t bound = output_bound(c, c->escalate_to);
+        est = money_add(est, tier_cost(c, c->escalate_to, c->prompt_tokens, bound));
+        est_tokens = money_add(est_tokens, money_add(c->prompt_tokens, bound));
+    }
     struct admit_request aq = {
         .tenant = tenant->id,
         .limits = &tenant->limits,
         .request_id = c->id, /* ours, unique: a client's x-request-id may repeat */
-        .est_tokens = (c->prompt_tokens + c->max_tokens) * (c->escalate_to >= 0 ? 2 : 1),
+        .est_tokens = est_tokens,
         .est_cost_nano = est,
         .alt_cost_nano = -1,
     };
     if (tenant->downgrade && (tenant->cheapest_tier != c->tier || c->escalate_to >= 0))
-        aq.alt_cost_nano = tier_cost(c, tenant->cheapest_tier, c->prompt_tokens, c->max_tokens);
+        aq.alt_cost_nano = tier_cost(c, tenant->cheapest_tier, c->prompt_tokens, output_bound(c, tenant->cheapest_tier));
     c->admit_pending = 1;
     policy_admit(w->gw->policy, w->base, &aq, on_admit, c);
 }

@@ -4,6 +4,7 @@
 #include "policies/policy.h"
 
 #include <event2/event.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
 #include <pthread.h>
@@ -16,12 +17,55 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/mem.h"
+#include "policies/price.h"
 
 #define MAX_BASES 256
 #define JOURNAL_BATCH 64
 #define WINDOW_S 60
 
 /* ---- the scripts -------------------------------------------------------- */
+
+/* Numbers in the scripts. Redis 7's Lua has only doubles, and two of its
+ * conversions are traps for money:
+ *   - tonumber() accepts ' 12', '0x1F', '1e5' and '1.5', so a malformed
+ *     argument would be taken as some other amount;
+ *   - a number turned back into a string (`..`, or a number passed to
+ *     redis.call) is printed with %.14g or %.17g, i.e. in exponent form from
+ *     1e14 or 1e17 on, which INCRBY refuses and a reservation member's
+ *     pattern no longer matches.
+ * So every argument is parsed strictly (arg(): an optional '-' and digits,
+ * within a range, else the script fails before writing anything), amounts
+ * are passed on to Redis as the caller's decimal strings (ARGV[i]), never as
+ * Lua numbers, and the reservation member is built from those strings.
+ * Amounts stay within [0, 1e18] (MONEY_MAX in price.h), which a double holds
+ * to within a few hundred nano-USD: good enough to compare against a budget,
+ * while Redis itself keeps the sums exact. A refusal is an error reply whose
+ * text starts with CASCADE_REFUSED; the gateway logs it and does not retry. */
+#define LUA_ARGS                                                                         \
+    "local MAX = 1e18\n"                                                                 \
+    "local function refuse(what)\n"                                                      \
+    "  error({err = 'CASCADE_REFUSED ' .. what})\n"                                      \
+    "end\n"                                                                              \
+    "local function arg(i, lo, hi)\n"                                                    \
+    "  local s = ARGV[i]\n"                                                              \
+    "  if type(s) ~= 'string' or #s > 20 or not string.match(s, '^%-?%d+$') then\n"      \
+    "    refuse('argument ' .. i .. ' is not an integer')\n"                             \
+    "  end\n"                                                                            \
+    "  local v = tonumber(s)\n"                                                          \
+    "  if v < lo or v > hi then refuse('argument ' .. i .. ' is out of range') end\n"    \
+    "  return v\n"                                                                       \
+    "end\n"                                                                              \
+    "local function clamp(v)\n"                                                          \
+    "  if v > MAX then return MAX elseif v < -MAX then return -MAX end\n"                \
+    "  return v\n"                                                                       \
+    "end\n"                                                                              \
+    "local function stored(v)\n"                                                         \
+    "  return clamp(tonumber(v or '0') or 0)\n"                                          \
+    "end\n"                                                                              \
+    "local function member_cost(m)\n"                                                    \
+    "  local c = string.match(m, ':(%d+)$')\n"                                           \
+    "  return c and clamp(tonumber(c)) or 0\n"                                           \
+    "end\n"
 
 /* Sliding-window helper shared by the scripts: sums the per-second buckets
  * of the last 60 s (dropping older ones when `prune`). */
@@ -34,7 +78,7 @@
     "    if s <= sec - 60 then\n"                                                        \
     "      if prune then redis.call('HDEL', key, h[i]) end\n"                            \
     "    else\n"                                                                         \
-    "      total = total + tonumber(h[i + 1])\n"                                         \
+    "      total = total + (tonumber(h[i + 1]) or 0)\n"                                  \
     "      if oldest == nil or s < oldest then oldest = s end\n"                         \
     "    end\n"                                                                          \
     "  end\n"                                                                            \
@@ -43,25 +87,30 @@
 
 /* KEYS: rl:req rl:tok resv spend:day spend:month
  * ARGV: rpm tpm max_concurrent est_tokens est_cost budget_day budget_month
- *       member ttl_ms alt_cost
+ *       request_id ttl_ms alt_cost            (alt_cost -1: no downgrade)
  * -> {status, requests, tokens, reset_req_ms, reset_tok_ms, has_budget,
- *     budget_left, second, reserved_cost, spent_day, spent_month, reserved} */
+ *     budget_left, second, reserved_cost, spent_day, spent_month, reserved}
+ * The reservation member is "<request_id>:<cost>", the cost being ARGV[5]
+ * or, downgraded, ARGV[10], exactly as the caller wrote it; the caller
+ * rebuilds the same string to remove it. */
 static const char ADMIT_LUA[] =
+    LUA_ARGS
     LUA_WINDOW
+    "local rpm, tpm, maxc = arg(1, 0, MAX), arg(2, 0, MAX), arg(3, 0, MAX)\n"
+    "local est_tok, cost = arg(4, 0, MAX), arg(5, 0, MAX)\n"
+    "local bd, bm, ttl, alt = arg(6, -1, MAX), arg(7, -1, MAX), arg(9, 1, 1e12), arg(10, -1, MAX)\n"
     "local t = redis.call('TIME')\n"
     "local sec = tonumber(t[1])\n"
     "local now_ms = sec * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local rpm, tpm, maxc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])\n"
-    "local est_tok, cost = tonumber(ARGV[4]), tonumber(ARGV[5])\n"
-    "local bd, bm, ttl, alt = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[9]), tonumber(ARGV[10])\n"
     "local reqs, oldest_r = window(KEYS[1], sec, true)\n"
     "local toks, oldest_t = window(KEYS[2], sec, true)\n"
     "redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms)\n"
     "local members = redis.call('ZRANGE', KEYS[3], 0, -1)\n"
     "local reserved = 0\n"
-    "for _, m in ipairs(members) do reserved = reserved + tonumber(string.match(m, ':(%-?%d+)$')) end\n"
-    "local spent_d = tonumber(redis.call('GET', KEYS[4]) or '0')\n"
-    "local spent_m = tonumber(redis.call('GET', KEYS[5]) or '0')\n"
+    "for _, m in ipairs(members) do reserved = reserved + member_cost(m) end\n"
+    "reserved = clamp(reserved)\n"
+    "local spent_d = stored(redis.call('GET', KEYS[4]))\n"
+    "local spent_m = stored(redis.call('GET', KEYS[5]))\n"
     "local left = nil\n"
     "if bd >= 0 then left = bd - spent_d - reserved end\n"
     "if bm >= 0 then\n"
@@ -69,18 +118,19 @@ static const char ADMIT_LUA[] =
     "  if left == nil or lm < left then left = lm end\n"
     "end\n"
     "local status = 0\n"
+    "local cost_s = ARGV[5]\n"
     "if rpm > 0 and reqs + 1 > rpm then status = 2\n"
     "elseif tpm > 0 and toks + est_tok > tpm then status = 3\n"
     "elseif maxc > 0 and #members + 1 > maxc then status = 4\n"
     "elseif left ~= nil and cost > left then\n"
-    "  if alt >= 0 and alt <= left then cost = alt; status = 1 else status = 5 end\n"
+    "  if alt >= 0 and alt <= left then cost = alt; cost_s = ARGV[10]; status = 1 else status = 5 end\n"
     "end\n"
     "if status <= 1 then\n"
-    "  redis.call('ZADD', KEYS[3], now_ms + ttl, ARGV[8] .. ':' .. cost)\n"
+    "  redis.call('ZADD', KEYS[3], now_ms + ttl, ARGV[8] .. ':' .. cost_s)\n"
     "  redis.call('PEXPIRE', KEYS[3], ttl + 60000)\n"
     "  redis.call('HINCRBY', KEYS[1], sec, 1)\n"
     "  redis.call('EXPIRE', KEYS[1], 120)\n"
-    "  redis.call('HINCRBY', KEYS[2], sec, est_tok)\n"
+    "  redis.call('HINCRBY', KEYS[2], sec, ARGV[4])\n"
     "  redis.call('EXPIRE', KEYS[2], 120)\n"
     "  reqs = reqs + 1\n"
     "  toks = toks + est_tok\n"
@@ -90,30 +140,45 @@ static const char ADMIT_LUA[] =
     "end\n"
     "local reset_r = oldest_r and (oldest_r + 60 - sec) * 1000 or 0\n"
     "local reset_t = oldest_t and (oldest_t + 60 - sec) * 1000 or 0\n"
-    "return {status, reqs, toks, reset_r, reset_t, left and 1 or 0, left or 0, sec, cost, spent_d, spent_m,\n"
-    "  reserved}\n";
+    "return {status, clamp(reqs), clamp(toks), reset_r, reset_t, left and 1 or 0, left and clamp(left) or 0, sec,\n"
+    "  cost, spent_d, spent_m, reserved}\n";
 
 /* KEYS: resv spend:day spend:month rl:tok saved:day saved:month settled:<id>
  * ARGV: member cost token_delta admission_second saved_cache saved_routing
- * -> 1 when applied, 0 when this request was already settled */
+ * -> 1 when applied, 0 when this request was already settled.
+ * Every argument is checked, and every sum is checked to stay an int64,
+ * before the first write: a script that fails halfway would leave the
+ * request marked settled with its spend unrecorded. */
 static const char SETTLE_LUA[] =
+    LUA_ARGS
+    "local c, d = arg(2, 0, MAX), arg(3, -MAX, MAX)\n"
+    "arg(4, 0, 1e12)\n"
+    "local sc, sr = arg(5, 0, MAX), arg(6, 0, MAX)\n"
+    "local LIMIT = 9e18\n"
+    "if c > 0 and (stored(redis.call('GET', KEYS[2])) + c > LIMIT or\n"
+    "              stored(redis.call('GET', KEYS[3])) + c > LIMIT) then\n"
+    "  refuse('spend would overflow')\n"
+    "end\n"
+    "for _, k in ipairs({KEYS[5], KEYS[6]}) do\n"
+    "  if stored(redis.call('HGET', k, 'cache')) + sc > LIMIT or\n"
+    "     stored(redis.call('HGET', k, 'routing')) + sr > LIMIT then refuse('savings would overflow') end\n"
+    "end\n"
     "if not redis.call('SET', KEYS[7], '1', 'NX', 'EX', 172800) then return 0 end\n"
     "redis.call('ZREM', KEYS[1], ARGV[1])\n"
-    "local c = tonumber(ARGV[2])\n"
-    "redis.call('INCRBY', KEYS[2], c)\n"
-    "redis.call('INCRBY', KEYS[3], c)\n"
-    "local d = tonumber(ARGV[3])\n"
+    "if c > 0 then\n"
+    "  redis.call('INCRBY', KEYS[2], ARGV[2])\n"
+    "  redis.call('INCRBY', KEYS[3], ARGV[2])\n"
+    "end\n"
     "if d ~= 0 and redis.call('HEXISTS', KEYS[4], ARGV[4]) == 1 then\n"
-    "  redis.call('HINCRBY', KEYS[4], ARGV[4], d)\n"
+    "  redis.call('HINCRBY', KEYS[4], ARGV[4], ARGV[3])\n"
     "end\n"
-    "local sc, sr = tonumber(ARGV[5]), tonumber(ARGV[6])\n"
-    "if sc ~= 0 then\n"
-    "  redis.call('HINCRBY', KEYS[5], 'cache', sc)\n"
-    "  redis.call('HINCRBY', KEYS[6], 'cache', sc)\n"
+    "if sc > 0 then\n"
+    "  redis.call('HINCRBY', KEYS[5], 'cache', ARGV[5])\n"
+    "  redis.call('HINCRBY', KEYS[6], 'cache', ARGV[5])\n"
     "end\n"
-    "if sr ~= 0 then\n"
-    "  redis.call('HINCRBY', KEYS[5], 'routing', sr)\n"
-    "  redis.call('HINCRBY', KEYS[6], 'routing', sr)\n"
+    "if sr > 0 then\n"
+    "  redis.call('HINCRBY', KEYS[5], 'routing', ARGV[6])\n"
+    "  redis.call('HINCRBY', KEYS[6], 'routing', ARGV[6])\n"
     "end\n"
     "return 1\n";
 
@@ -121,22 +186,22 @@ static const char SETTLE_LUA[] =
  * -> {spend_day, spend_month, saved_day_cache, saved_day_routing,
  *     saved_month_cache, saved_month_routing, reserved, open, requests, tokens} */
 static const char USAGE_LUA[] =
+    LUA_ARGS
     LUA_WINDOW
     "local t = redis.call('TIME')\n"
     "local sec = tonumber(t[1])\n"
     "local now_ms = sec * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local function num(v) return tonumber(v or '0') or 0 end\n"
     "local reserved, open = 0, 0\n"
     "for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], now_ms, '+inf')) do\n"
-    "  reserved = reserved + tonumber(string.match(m, ':(%-?%d+)$'))\n"
+    "  reserved = reserved + member_cost(m)\n"
     "  open = open + 1\n"
     "end\n"
     "local reqs = window(KEYS[6], sec, false)\n"
     "local toks = window(KEYS[7], sec, false)\n"
-    "return {num(redis.call('GET', KEYS[1])), num(redis.call('GET', KEYS[2])),\n"
-    "  num(redis.call('HGET', KEYS[3], 'cache')), num(redis.call('HGET', KEYS[3], 'routing')),\n"
-    "  num(redis.call('HGET', KEYS[4], 'cache')), num(redis.call('HGET', KEYS[4], 'routing')),\n"
-    "  reserved, open, reqs, toks}\n";
+    "return {stored(redis.call('GET', KEYS[1])), stored(redis.call('GET', KEYS[2])),\n"
+    "  stored(redis.call('HGET', KEYS[3], 'cache')), stored(redis.call('HGET', KEYS[3], 'routing')),\n"
+    "  stored(redis.call('HGET', KEYS[4], 'cache')), stored(redis.call('HGET', KEYS[4], 'routing')),\n"
+    "  clamp(reserved), open, clamp(reqs), clamp(toks)}\n";
 
 /* ---- state -------------------------------------------------------------- */
 
@@ -234,7 +299,7 @@ static void ring_add(int64_t *secs, int64_t *n, int64_t now, int64_t v)
         secs[i] = now;
         n[i] = 0;
     }
-    n[i] += v;
+    n[i] = money_add(n[i], v);
 }
 
 static int64_t share(const struct policy *p, int64_t limit)
@@ -250,23 +315,25 @@ static void local_admit(struct policy *p, const struct admit_request *q, struct 
     pthread_mutex_lock(&p->mu);
     struct local_tenant *l = local_get(p, q->tenant);
     int64_t reqs = ring_sum(l->req_sec, l->req_n, now), toks = ring_sum(l->tok_sec, l->tok_n, now);
+    /* Counts and amounts are non-negative and saturate (price.h): a huge
+     * estimate must fail the check, never wrap around and pass it. */
     int64_t rpm = share(p, lim->rpm), tpm = share(p, lim->tpm), maxc = share(p, lim->max_concurrent);
     /* The budget left when Redis was last seen, of which we may use our share. */
     int64_t left = -1;
     if (lim->budget_day_nano >= 0)
-        left = lim->budget_day_nano - l->known_spent_day;
+        left = money_sub(lim->budget_day_nano, l->known_spent_day);
     if (lim->budget_month_nano >= 0) {
-        int64_t lm = lim->budget_month_nano - l->known_spent_month;
+        int64_t lm = money_sub(lim->budget_month_nano, l->known_spent_month);
         if (left < 0 || lm < left)
             left = lm;
     }
     if (left >= 0)
-        left = (int64_t)floor((double)left * p->s.local_share) - l->local_spent - l->local_reserved;
+        left = money_sub((int64_t)floor((double)left * p->s.local_share), money_add(l->local_spent, l->local_reserved));
     res->status = ADMIT_OK;
     int64_t cost = q->est_cost_nano;
     if (rpm > 0 && reqs + 1 > rpm)
         res->status = ADMIT_LIMIT_REQUESTS;
-    else if (tpm > 0 && toks + q->est_tokens > tpm)
+    else if (tpm > 0 && money_add(toks, q->est_tokens) > tpm)
         res->status = ADMIT_LIMIT_TOKENS;
     else if (maxc > 0 && l->concurrent + 1 > maxc)
         res->status = ADMIT_LIMIT_CONCURRENCY;
@@ -282,11 +349,11 @@ static void local_admit(struct policy *p, const struct admit_request *q, struct 
         ring_add(l->req_sec, l->req_n, now, 1);
         ring_add(l->tok_sec, l->tok_n, now, q->est_tokens);
         l->concurrent++;
-        l->local_reserved += cost;
+        l->local_reserved = money_add(l->local_reserved, cost);
         reqs++;
-        toks += q->est_tokens;
+        toks = money_add(toks, q->est_tokens);
         if (left >= 0)
-            left -= cost;
+            left = money_sub(left, cost);
     }
     pthread_mutex_unlock(&p->mu);
     res->local = 1;
@@ -352,7 +419,13 @@ struct settle_call {
 static void settle_reply(void *ctx, enum redis_call_status st, redisReply *reply)
 {
     struct settle_call *sc = ctx;
-    if (st != REDIS_CALL_OK || reply->type == REDIS_REPLY_ERROR) {
+    if (st == REDIS_CALL_OK && reply->type == REDIS_REPLY_ERROR && strstr(reply->str, "CASCADE_REFUSED")) {
+        /* The script refused the arguments before writing anything; a
+         * replay would be refused again, so say so loudly and drop it. */
+        log_error("settle of request %s for tenant %s refused by Redis (cost %" PRId64 " nano-USD): %s",
+                  sc->e.request_id, sc->e.tenant, sc->e.cost, reply->str);
+        free(sc->e.tenant);
+    } else if (st != REDIS_CALL_OK || reply->type == REDIS_REPLY_ERROR) {
         if (st == REDIS_CALL_OK)
             log_error("settle script failed: %s", reply->str);
         journal_push(sc->p, &sc->e); /* replayed later; the script is idempotent */
@@ -432,23 +505,32 @@ static void ensure_timer(struct policy *p, struct event_base *base)
 
 void policy_settle(struct policy *p, struct event_base *base, struct reservation *resv, const struct settle_info *info)
 {
+    if (info->cost_nano < 0 || info->tokens < 0 || info->saved_cache_nano < 0 || info->saved_routing_nano < 0)
+        log_error("request %s settled with a negative amount (cost %" PRId64 ", tokens %" PRId64 ", saved %" PRId64
+                  "/%" PRId64 "); recorded as 0",
+                  resv->request_id, info->cost_nano, info->tokens, info->saved_cache_nano, info->saved_routing_nano);
+    /* Whatever the caller computed, what reaches Redis or the local
+     * counters is within [0, MONEY_MAX] (price.h): never a credit. */
+    int64_t cost = money_clamp(info->cost_nano), tokens = money_clamp(info->tokens);
     struct journal_entry e = {0};
     e.tenant = xstrdup(resv->tenant);
     snprintf(e.request_id, sizeof e.request_id, "%s", resv->request_id);
     snprintf(e.member, sizeof e.member, "%s", resv->member);
     memcpy(e.day, resv->day, sizeof e.day);
     memcpy(e.month, resv->month, sizeof e.month);
-    e.cost = info->cost_nano;
-    e.token_delta = resv->local ? 0 : info->tokens - resv->est_tokens;
+    e.cost = cost;
+    /* Both within [0, MONEY_MAX], so the difference cannot overflow. */
+    e.token_delta = resv->local ? 0 : tokens - resv->est_tokens;
     e.second = resv->second;
-    e.saved_cache = info->saved_cache_nano;
-    e.saved_routing = info->saved_routing_nano;
+    e.saved_cache = money_clamp(info->saved_cache_nano);
+    e.saved_routing = money_clamp(info->saved_routing_nano);
     if (resv->local) {
         pthread_mutex_lock(&p->mu);
         struct local_tenant *l = local_get(p, resv->tenant);
-        l->concurrent--;
-        l->local_reserved -= resv->est_cost;
-        l->local_spent += info->cost_nano;
+        if (l->concurrent > 0)
+            l->concurrent--;
+        l->local_reserved = money_sub(l->local_reserved, resv->est_cost);
+        l->local_spent = money_add(l->local_spent, cost);
         pthread_mutex_unlock(&p->mu);
     }
     struct redis *r = p->s.redis ? redis_for_base(p->s.redis, base) : NULL;
@@ -542,13 +624,16 @@ static void admit_reply(void *ctx, enum redis_call_status st, redisReply *reply)
      * fallback should Redis go away. */
     pthread_mutex_lock(&ac->p->mu);
     struct local_tenant *l = local_get(ac->p, ac->tenant);
-    l->known_spent_day = v[9] + v[11]; /* open reservations count as spent */
-    l->known_spent_month = v[10] + v[11];
+    l->known_spent_day = money_add(v[9], v[11]); /* open reservations count as spent */
+    l->known_spent_month = money_add(v[10], v[11]);
     l->local_spent = 0;
     pthread_mutex_unlock(&ac->p->mu);
     int ok = res.status == ADMIT_OK || res.status == ADMIT_DOWNGRADED;
-    res.reserved_nano = ok ? v[8] : 0;
-    struct reservation *resv = ok ? make_resv(ac, v[8], v[7], 0) : NULL;
+    /* The cost as we sent it, not as Lua's double returned it: the member
+     * to remove at settle is "<id>:<our decimal string>". */
+    int64_t cost = res.status == ADMIT_DOWNGRADED ? ac->q.alt_cost_nano : ac->q.est_cost_nano;
+    res.reserved_nano = ok ? cost : 0;
+    struct reservation *resv = ok ? make_resv(ac, cost, v[7], 0) : NULL;
     ac->cb(ac->ctx, &res, resv);
     journal_flush(ac->p, ac->base); /* Redis answered: a good moment to replay */
     free(ac);
@@ -579,6 +664,10 @@ void policy_admit(struct policy *p, struct event_base *base, const struct admit_
     ac->cb = cb;
     ac->ctx = ctx;
     ac->q = *q;
+    /* Estimates within [0, MONEY_MAX] (price.h); alt_cost keeps -1 for none. */
+    ac->q.est_tokens = money_clamp(q->est_tokens);
+    ac->q.est_cost_nano = money_clamp(q->est_cost_nano);
+    ac->q.alt_cost_nano = q->alt_cost_nano < 0 ? -1 : money_clamp(q->alt_cost_nano);
     ac->limits = *q->limits;
     ac->q.limits = &ac->limits;
     snprintf(ac->tenant, sizeof ac->tenant, "%s", q->tenant);
@@ -608,13 +697,13 @@ void policy_admit(struct policy *p, struct event_base *base, const struct admit_
     snprintf(a[0], sizeof a[0], "%lld", (long long)lim->rpm);
     snprintf(a[1], sizeof a[1], "%lld", (long long)lim->tpm);
     snprintf(a[2], sizeof a[2], "%lld", (long long)lim->max_concurrent);
-    snprintf(a[3], sizeof a[3], "%lld", (long long)q->est_tokens);
-    snprintf(a[4], sizeof a[4], "%lld", (long long)q->est_cost_nano);
+    snprintf(a[3], sizeof a[3], "%lld", (long long)ac->q.est_tokens);
+    snprintf(a[4], sizeof a[4], "%lld", (long long)ac->q.est_cost_nano);
     snprintf(a[5], sizeof a[5], "%lld", (long long)lim->budget_day_nano);
     snprintf(a[6], sizeof a[6], "%lld", (long long)lim->budget_month_nano);
     snprintf(a[7], sizeof a[7], "%s", ac->request_id);
     snprintf(a[8], sizeof a[8], "%u", p->s.reservation_ttl_ms);
-    snprintf(a[9], sizeof a[9], "%lld", (long long)q->alt_cost_nano);
+    snprintf(a[9], sizeof a[9], "%lld", (long long)ac->q.alt_cost_nano);
     const char *argv[15];
     for (int i = 0; i < 5; i++)
         argv[i] = k[i];

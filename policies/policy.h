@@ -28,6 +28,13 @@
  *   cascade:{t}:saved:<yyyymmdd>  cascade:{t}:saved:<yyyymm>   HASH cache/routing
  *   cascade:{t}:settled:<request id>          idempotency marker, 48 h TTL
  *
+ * Numbers: every count and amount here is an int64 within [0, MONEY_MAX]
+ * (price.h); the inputs are clamped into it, a negative one logged as a
+ * caller's bug. They reach the scripts as decimal strings (%lld, never %g),
+ * the scripts parse them strictly and refuse anything else before writing,
+ * and Redis adds them with INCRBY/HINCRBY from those same strings, so Redis
+ * never holds a negative or non-integer spend.
+ *
  * Threads: one struct policy per process; admit/settle from worker threads;
  * callbacks on the caller's event_base thread, never inside the call.
  */
@@ -90,9 +97,12 @@ struct reservation;
  * must be passed to policy_settle() once. */
 typedef void (*policy_admit_cb)(void *ctx, const struct admit_result *res, struct reservation *resv);
 
+/* All >= 0. cost_nano is what an engine reported or was seen to produce
+ * (0 for a request no upstream accepted); savings are 0 for any request that
+ * did not succeed. */
 struct settle_info {
     int64_t cost_nano;
-    int64_t tokens;                 /* prompt + completion actually used */
+    int64_t tokens;                 /* prompt + completion actually charged */
     int64_t saved_cache_nano;
     int64_t saved_routing_nano;
 };

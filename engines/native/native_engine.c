@@ -485,9 +485,12 @@ static int submit_ids(struct native_engine *e, const struct engine_request *req,
         tok_ids_free(&ids);
         return 0;
     }
-    /* No max_tokens means "until the context is full", as OpenAI's API. */
+    /* The typed bound (engine.h), never the body's: what the caller
+     * reserved for. None given means "until the context is full", as
+     * OpenAI's API. A bound past the context is refused below, so the int
+     * cast for the scheduler cannot truncate. */
     const int ctx_len = sched_context(e->s);
-    int64_t max_tokens = chat->max_tokens > 0 ? chat->max_tokens : (int64_t)ctx_len - (int64_t)ids.n;
+    int64_t max_tokens = req->max_tokens > 0 ? req->max_tokens : (int64_t)ctx_len - (int64_t)ids.n;
     if ((int64_t)ids.n >= ctx_len || (int64_t)ids.n + max_tokens > ctx_len) {
         post_error(r, 400, "invalid_request_error", "context_length_exceeded",
                    "This model's maximum context length is %d tokens. However, you requested "

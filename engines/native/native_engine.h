@@ -19,8 +19,9 @@
  *   - chat messages: prompt.h's formatting; raw prompts (/v1/completions):
  *     native_engine_submit_text().
  *   - sampling: temperature (default 1), top_p, top_k (a non-standard
- *     "top_k" field of the body), seed, max_tokens (default: the rest of the
- *     context), up to 4 stop strings (the text stops before the match and
+ *     "top_k" field of the body), seed, the output bound from the typed
+ *     engine_request.max_tokens (default: the rest of the context; the
+ *     body's max_tokens is not read), up to 4 stop strings (the text stops before the match and
  *     finish_reason is "stop"), logprobs with top_logprobs alternatives.
  *   - errors: prompt + max_tokens longer than the context: 400
  *     context_length_exceeded; the wait queue full: 503 engine_overloaded;

@@ -708,6 +708,19 @@ static char *build_body(const struct engine_request *er, size_t *len)
         json_object_set_new(o, "stream_options", json_pack("{s:b}", "include_usage", 1));
     else
         json_object_del(o, "stream_options");
+    /* The output bound is the caller's typed one (what its budget
+     * reservation covers), never the client's number: written under the
+     * key(s) the client used, so an upstream that knows only one of them
+     * (older servers: max_tokens; OpenAI's reasoning models:
+     * max_completion_tokens) sees what it expects. */
+    if (er->max_tokens > 0) {
+        int mct = json_object_get(o, "max_completion_tokens") != NULL;
+        int mt = json_object_get(o, "max_tokens") != NULL;
+        if (mct)
+            json_object_set_new(o, "max_completion_tokens", json_integer((json_int_t)er->max_tokens));
+        if (mt || !mct)
+            json_object_set_new(o, "max_tokens", json_integer((json_int_t)er->max_tokens));
+    }
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     *len = strlen(s);

@@ -291,7 +291,8 @@ static void generate(struct server *s, struct httpd_req *r, int completion)
         c->text_len = c->comp.prompt_len;
     }
 
-    struct engine_request er = {httpd_req_base(r), c->req, c->req->model, c->req->stream, c->id};
+    struct engine_request er = {.base = httpd_req_base(r), .chat = c->req, .model = c->req->model,
+                                .stream = c->req->stream, .request_id = c->id, .max_tokens = c->req->max_tokens};
     int rc = completion ? native_engine_submit_text(s->engine, &er, c->comp.prompt,
                                                     c->comp.prompt_len, &callbacks, c, &c->engine_id)
                         : engine_submit(s->engine, &er, &callbacks, c, &c->engine_id);

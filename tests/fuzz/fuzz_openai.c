@@ -6,7 +6,8 @@
  * request has at least one message, each content NUL-terminated at its length
  * and valid UTF-8, at most 4 stop strings, max_tokens -1 or positive; a
  * refused one carries status 400 and an error JSON that is itself valid
- * JSON. */
+ * JSON and carries the parser's message (not the fallback for a message
+ * that is not UTF-8). */
 #include <jansson.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -24,7 +25,11 @@ static void check_error(const struct openai_error *err)
     if (!js)
         abort();
     json_t *back = json_loads(js, 0, NULL);
-    if (!json_is_object(json_object_get(back, "error")))
+    json_t *eo = json_object_get(back, "error");
+    /* The error says what the parser said: its message is valid UTF-8, not
+     * replaced by the writer's fallback. */
+    if (!json_is_object(eo) ||
+        strcmp(json_string_value(json_object_get(eo, "message")), err->message) != 0)
         abort();
     json_decref(back);
     free(js);

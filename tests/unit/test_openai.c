@@ -109,6 +109,7 @@ int main(void)
 
     /* Error JSON: OpenAI's shape, with nulls for absent param and code. */
     struct openai_error e;
+    json_t *o;
     openai_error_set(&e, 404, "invalid_request_error", "model_not_found", "model", "The model '%s' does not exist", "x");
     char *js = openai_error_json(&e);
     CHECK_STR(js, "{\"error\":{\"message\":\"The model 'x' does not exist\",\"type\":\"invalid_request_error\","
@@ -119,11 +120,23 @@ int main(void)
     CHECK_STR(js, "{\"error\":{\"message\":\"quote \\\" and newline \\n\",\"type\":\"invalid_request_error\","
                   "\"param\":null,\"code\":null}}");
     free(js);
+    /* A message that quotes client text cut at a byte count (%.40s) must not
+     * end up as invalid UTF-8, or the whole error turns into "invalid error
+     * message" and loses its param (found by tests/fuzz/fuzz_openai). */
+    CHECK(parse("{\"model\":\"m\",\"messages\":[{\"role\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\xc3\xa9\","
+                "\"content\":\"x\"}]}") == -1);
+    js = openai_error_json(&err);
+    o = json_loads(js, 0, NULL);
+    CHECK(strstr(json_string_value(json_object_get(json_object_get(o, "error"), "message")),
+                 "is not one of system") != NULL);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(o, "error"), "param")), "messages");
+    json_decref(o);
+    free(js);
 
     /* Response writers. */
     struct openai_usage u = {5, 2};
     char *resp = openai_chat_response("chatcmpl-1", 1700000000, "m", "hi!", 3, "stop", &u, NULL);
-    json_t *o = json_loads(resp, 0, NULL);
+    o = json_loads(resp, 0, NULL);
     CHECK(o != NULL);
     CHECK_STR(json_string_value(json_object_get(o, "object")), "chat.completion");
     json_t *ch = json_array_get(json_object_get(o, "choices"), 0);
