@@ -28,6 +28,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Ids must be below this. The tables are sized by the largest id (about 21
+ * bytes per id while loading), so one huge id in a small file would ask for
+ * gigabytes; real vocabularies stay far below (DeepSeek-V3: 129,280). */
+#define MAX_VOCAB (1 << 22)
+
 /* Split stages of one pre-tokenizer; DeepSeek's files use three. */
 #define MAX_STAGES 8
 
@@ -1477,8 +1482,8 @@ static int load_text(const char *text, size_t text_len, const char *path, const 
     json_object_foreach(vocab, key, val)
     {
         json_int_t id = json_integer_value(val);
-        if (!json_is_integer(val) || id < 0 || id >= INT32_MAX / 2) {
-            set_err(err, errlen, "vocab entry %s has no valid id", key);
+        if (!json_is_integer(val) || id < 0 || id >= MAX_VOCAB) {
+            set_err(err, errlen, "vocab entry %s has no valid id (an integer below %d)", key, MAX_VOCAB);
             rc = TOK_EFORMAT;
             goto fail;
         }
@@ -1488,7 +1493,7 @@ static int load_text(const char *text, size_t text_len, const char *path, const 
     json_array_foreach(added, i, val)
     {
         json_int_t id = json_integer_value(json_object_get(val, "id"));
-        if (id > max_id && id < INT32_MAX / 2)
+        if (id > max_id && id < MAX_VOCAB) /* a larger one is refused by load_added() */
             max_id = id;
     }
     if (max_id < 255) {
