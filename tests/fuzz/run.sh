@@ -45,14 +45,16 @@ export UBSAN_OPTIONS=print_stacktrace=1
 # read), crashes to $OUT/<t>/. Limits are explicit: 2 GB RSS, 10 s per input;
 # inputs up to libFuzzer's default length, the larger of 4 KiB and the largest seed.
 run_one() {
-  local t=$1 dir="$OUT/$1" rc=0
+  local t=$1 dir="$OUT/$1" rc=0 t0
   mkdir -p "$dir/corpus"
+  t0=$(date +%s)
   local seeds=tests/fuzz/corpus/$t
   [ -d "$seeds" ] || seeds=""
   "$BUILD/tests/fuzz/fuzz_$t" -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb=2048 -timeout=10 \
     -print_final_stats=1 -artifact_prefix="$dir/" "$dir/corpus" $seeds \
     >"$dir/log" 2>&1 || rc=$?
   echo "${rc:-0}" >"$dir/rc"
+  echo $(($(date +%s) - t0)) >"$dir/seconds"
 }
 
 pids=()
@@ -65,7 +67,7 @@ done
 wait
 
 status=0
-printf '%-18s %12s %8s %8s %8s %8s %s\n' target executions exec/s cov ft corpus result
+printf '%-18s %12s %8s %6s %6s %7s %7s %7s %s\n' target executions exec/s cov ft corpus crashes seconds result
 for t in "${TARGETS[@]}"; do
   dir="$OUT/$t"
   rc=$(cat "$dir/rc" 2>/dev/null || echo 99)
@@ -76,13 +78,15 @@ for t in "${TARGETS[@]}"; do
   cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
   corp=$(sed -n 's/.* corp: \([0-9]*\).*/\1/p' <<<"$last")
-  crashes=$(find "$dir" -maxdepth 1 -name 'crash-*' -o -maxdepth 1 -name 'leak-*' -o -maxdepth 1 -name 'timeout-*' -o -maxdepth 1 -name 'oom-*' | wc -l)
+  crashes=$(find "$dir" -maxdepth 1 \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \) | wc -l)
+  secs=$(cat "$dir/seconds" 2>/dev/null || echo "?")
   result=ok
   if [ "$rc" != 0 ] || [ "$crashes" != 0 ]; then
-    result="FAIL (exit $rc, $crashes crash files in $dir)"
+    result="FAIL (exit $rc; crash files in $dir)"
     status=1
   fi
-  printf '%-18s %12s %8s %8s %8s %8s %s\n' "$t" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}" "$result"
+  printf '%-18s %12s %8s %6s %6s %7s %7s %7s %s\n' "$t" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" \
+    "${corp:-?}" "$crashes" "$secs" "$result"
 done
 for t in "${TARGETS[@]}"; do
   if [ "$(cat "$OUT/$t/rc" 2>/dev/null || echo 99)" != 0 ]; then
