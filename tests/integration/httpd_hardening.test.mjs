@@ -274,6 +274,8 @@ test('at the fd limit accept backs off: low CPU, a small log, and service resume
   const wall = (Date.now() - t0) / 1000;
   const logged = gw.logs().length - logBefore;
   for (const s of socks) s.sock.destroy();
+  process.stdout.write(`# at the fd limit (${socks.length} connections, limit 64 fds): ${cpu.toFixed(2)} s CPU ` +
+    `and ${logged} log bytes in ${wall.toFixed(1)} s\n`);
   assert.ok(cpu < 0.5 * wall, `cascaded used ${cpu.toFixed(2)} s CPU in ${wall.toFixed(1)} s at the fd limit`);
   assert.ok(logged < 20000, `cascaded logged ${logged} bytes in ${wall.toFixed(1)} s at the fd limit`);
   assert.match(gw.logs(), /accept failed/, 'the fd exhaustion is logged');
