@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "cache/redis.h"
+#include "policies/price.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/mem.h"
@@ -452,9 +453,10 @@ void stats_record(struct stats *s, struct event_base *base, const struct stats_s
     struct cell *c = live_cell(w, tacc_get(w, x->tenant), now_s(s) / 60);
     if (!c)
         return;
-    /* Counters only grow on the way in: a negative token count is a caller's
-     * bug and must not make a dashboard's series go backwards. Money is
-     * taken as given (the caller settles it, in nano-USD). */
+    /* Counters only grow on the way in: a negative count or amount is a
+     * caller's bug and must not make a dashboard's series go backwards (a
+     * wrapped cost once showed a fleet cost of minus nine billion dollars),
+     * and the sums saturate instead of wrapping (price.h). */
     int64_t *f = c->f;
     f[F_REQUESTS]++;
     f[x->cache == STATS_CACHE_HIT ? F_HITS : x->cache == STATS_CACHE_MISS ? F_MISSES : F_BYPASS]++;
@@ -462,15 +464,15 @@ void stats_record(struct stats *s, struct event_base *base, const struct stats_s
         f[F_ERRORS]++;
     if (x->escalated)
         f[F_ESCALATIONS]++;
-    f[F_TOKENS_IN] += x->tokens_in > 0 ? x->tokens_in : 0;
-    f[F_TOKENS_OUT] += x->tokens_out > 0 ? x->tokens_out : 0;
-    f[F_COST] += x->cost_nano;
-    f[F_SAVED_CACHE] += x->saved_cache_nano;
-    f[F_SAVED_ROUTING] += x->saved_routing_nano;
+    f[F_TOKENS_IN] = money_add(f[F_TOKENS_IN], x->tokens_in);
+    f[F_TOKENS_OUT] = money_add(f[F_TOKENS_OUT], x->tokens_out);
+    f[F_COST] = money_add(f[F_COST], x->cost_nano);
+    f[F_SAVED_CACHE] = money_add(f[F_SAVED_CACHE], x->saved_cache_nano);
+    f[F_SAVED_ROUTING] = money_add(f[F_SAVED_ROUTING], x->saved_routing_nano);
     if (x->tier >= 0 && (size_t)x->tier < s->n_tiers)
         f[F_FIXED + x->tier]++;
     f[F_LAT_COUNT]++;
-    f[F_LAT_SUM] += (int64_t)x->latency_us;
+    f[F_LAT_SUM] = money_add(f[F_LAT_SUM], x->latency_us > (uint64_t)MONEY_MAX ? MONEY_MAX : (int64_t)x->latency_us);
     f[F_FIXED + s->n_tiers + lat_bucket(x->latency_us)]++;
 }
 
@@ -510,7 +512,7 @@ static void flush_to_ring(struct stats_worker *w, int64_t oldest)
                     c = NULL;
                 } else {
                     for (size_t j = 0; j < s->nf; j++)
-                        (*slot)->f[j] += c->f[j];
+                        (*slot)->f[j] = money_add((*slot)->f[j], c->f[j]);
                 }
             }
             free(c);
@@ -854,7 +856,7 @@ static json_t *build_result(struct query *q)
         for (size_t k = 0; k < s->n_tiers; k++)
             json_array_append_new(json_object_get(tiers, s->tiers[k]), json_integer(f[F_FIXED + k]));
         for (size_t j = 0; j < s->nf; j++)
-            tot[j] += f[j];
+            tot[j] = money_add(tot[j], f[j]);
     }
     json_object_set_new(o, "series", series);
 
@@ -917,8 +919,8 @@ static void read_reply_cb(void *ctx, enum redis_call_status st, redisReply *repl
             /* Unknown fields are skipped: tiers removed from the config, or
              * fields of a newer version sharing the Redis. */
             int ix = field_index(s, k->str);
-            if (ix >= 0)
-                q->acc[p * s->nf + (size_t)ix] += strtoll(v->str, NULL, 10);
+            if (ix >= 0) /* saturating, and a negative value (never ours) as 0 */
+                q->acc[p * s->nf + (size_t)ix] = money_add(q->acc[p * s->nf + (size_t)ix], strtoll(v->str, NULL, 10));
         }
     }
     read_next(q);
@@ -976,7 +978,7 @@ static void read_ring(struct query *q)
                 continue;
             int64_t *acc = q->acc + (size_t)((m - q->from_m) / q->per) * s->nf;
             for (size_t j = 0; j < s->nf; j++)
-                acc[j] += c->f[j];
+                acc[j] = money_add(acc[j], c->f[j]);
         }
     }
     pthread_mutex_unlock(&s->mu);
