@@ -491,13 +491,18 @@ static int submit_ids(struct native_engine *e, const struct engine_request *req,
      * cast for the scheduler cannot truncate. */
     const int ctx_len = sched_context(e->s);
     int64_t max_tokens = req->max_tokens > 0 ? req->max_tokens : (int64_t)ctx_len - (int64_t)ids.n;
-    if ((int64_t)ids.n >= ctx_len || (int64_t)ids.n + max_tokens > ctx_len) {
+    /* Compared as "max_tokens > room", never "n + max_tokens > ctx": a
+     * client of cascade-engine may send max_tokens near INT64_MAX, and the
+     * sum would overflow. */
+    if ((int64_t)ids.n >= ctx_len || max_tokens > (int64_t)ctx_len - (int64_t)ids.n) {
+        int64_t out = max_tokens > 0 ? max_tokens : 0, asked;
+        if (__builtin_add_overflow((int64_t)ids.n, out, &asked))
+            asked = INT64_MAX;
         post_error(r, 400, "invalid_request_error", "context_length_exceeded",
                    "This model's maximum context length is %d tokens. However, you requested "
                    "%lld tokens (%zu in the prompt, %lld in the completion). Please reduce the "
                    "length of the prompt or completion.",
-                   ctx_len, (long long)((int64_t)ids.n + (max_tokens > 0 ? max_tokens : 0)), ids.n,
-                   (long long)(max_tokens > 0 ? max_tokens : 0));
+                   ctx_len, (long long)asked, ids.n, (long long)out);
         tok_ids_free(&ids);
         return 0;
     }

@@ -16,10 +16,13 @@
 // bound, and the Lua scripts refuse a negative or non-integer amount.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import {
-  ADMIN_TOKEN, authHeaders, chatBody, cleanupAfterAll, freePort, makeConfig, sha256hex, startGateway, startPeer, tier,
+  ADMIN_TOKEN, BUILD_DIR, SOURCE_DIR, TEST_KEY, authHeaders, chatBody, cleanupAfterAll, freePort, makeConfig, sha256hex,
+  spawnReady, startGateway, startPeer, tier,
 } from '../support/harness.mjs';
 import { startRedis } from '../support/redis.mjs';
 
@@ -40,7 +43,7 @@ function post(gw, body, key) {
   return fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: authHeaders(key), body: JSON.stringify(body) });
 }
 
-async function call(gw, body, key) {
+async function call(gw, body, key = TEST_KEY) {
   const res = await post(gw, body, key);
   const text = await res.text();
   let json = null;
@@ -331,5 +334,46 @@ describe('the money path', () => {
     }
     assert.equal(redis.cli('ZCARD', 'cascade:{lua}:resv'), '0');
     assertSpendIntegers(redis);
+  });
+});
+
+// The native engine reads the typed bound, in-process and behind
+// cascade-engine, and a bound near INT64_MAX is a clean 400, not an overflow.
+const SHARED = process.env.CASCADE_SHARED_DIR || path.join(SOURCE_DIR, '..', 'shared');
+const MODEL = path.join(SHARED, 'models', 'stories260K', 'stories260K.bin');
+const ENGINE = path.join(BUILD_DIR, 'engines', 'server', 'cascade-engine');
+const noModel = existsSync(MODEL) ? false : `no model at ${MODEL}`;
+
+describe('the bound on real native engines', { skip: noModel }, () => {
+  test('cascade-engine: max_tokens 2^63-1 is 400 context_length_exceeded; a small bound is obeyed', async () => {
+    const engine = await spawnReady(ENGINE, ['--model', MODEL, '--listen', '127.0.0.1:0', '--threads', '1'],
+      /ENGINE_PORT=(\d+)/, { name: 'cascade-engine', timeoutMs: 20000 });
+    const url = `http://127.0.0.1:${engine.match[1]}`;
+    const ask = (raw) => fetch(`${url}/v1/chat/completions`, { method: 'POST',
+      headers: { 'content-type': 'application/json' }, body: raw });
+    const huge = await ask('{"model":"m","max_tokens":9223372036854775807,"messages":[{"role":"user","content":"hi"}]}');
+    const body = await huge.json();
+    assert.equal(huge.status, 400, JSON.stringify(body));
+    assert.equal(body.error.code, 'context_length_exceeded');
+    const small = await ask(JSON.stringify({ model: 'm', temperature: 0, max_tokens: 5,
+      messages: [{ role: 'user', content: 'Once' }] }));
+    const sj = await small.json();
+    assert.equal(small.status, 200, JSON.stringify(sj));
+    assert.equal(sj.usage.completion_tokens, 5);
+    assert.equal((await fetch(`${url}/health`)).status, 200);
+    await engine.stop();
+  });
+
+  test('an in-process tier: max_tokens 1e17 is clamped to its max_output_tokens and generates no more', async () => {
+    const config = makeConfig({ tiers: [{ name: 'small', model: 'stories-small', price: PRICES.small,
+      max_output_tokens: 12, engine: { kind: 'native', model: MODEL, name: 'stories-small', threads: 1 } }] });
+    const g = await startGateway({ config });
+    const r = await call(g, { model: 'small', temperature: 0, max_tokens: HUGE,
+      messages: [{ role: 'user', content: '' }] });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.headers.get('x-cascade-max-tokens'), '12');
+    assert.equal(r.json.usage.completion_tokens, 12);
+    assert.equal(r.json.choices[0].finish_reason, 'length');
+    await g.stop();
   });
 });
