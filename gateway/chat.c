@@ -759,6 +759,9 @@ static void on_admit(void *ctx, const struct admit_result *res, struct reservati
     if (res->status == ADMIT_DOWNGRADED) {
         c->tier = c->tenant->cheapest_tier;
         c->escalate_to = -1;
+        /* The cheaper tier's own bound (what alt_cost reserved), also for
+         * the cache key, which covers the bound an answer was made with. */
+        c->req.max_tokens = output_bound(c, c->tier);
     }
     serve(c);
 }
