@@ -104,6 +104,8 @@ int main(void)
     CHECK(config_tier_index(&cfg, "deepseek-v3") == 1 && config_tier_index(&cfg, "small") == 0);
     CHECK(config_tier_index(&cfg, "nope") == -1);
     CHECK(cfg.has_admin);
+    CHECK(cfg.limits.max_connections_per_worker == 10000 && cfg.limits.max_pipelined == 16); /* defaults */
+    CHECK(!cfg.has_metrics_token); /* /metrics open unless asked */
     config_free(&cfg);
 
     CHECK(config_parse("{", &cfg, err, sizeof err) == -1 && strstr(err, "invalid JSON"));
@@ -124,6 +126,15 @@ int main(void)
     EXPECT("limits.upstream_timeout_ms", "0", "limits.upstream_timeout_ms: must be between 1 and 86400000");
     EXPECT("limits.drain_timeout_ms", "true", "limits.drain_timeout_ms: must be a non-negative integer");
     EXPECT("limits.bogus", "1", "limits.bogus: unknown field");
+    EXPECT("limits.max_connections_per_worker", "0", "limits.max_connections_per_worker: must be between 1 and 1000000");
+    EXPECT("limits.max_connections_per_worker", "500", NULL);
+    EXPECT("limits.max_pipelined", "0", "limits.max_pipelined: must be between 1 and 1024");
+    EXPECT("limits.max_pipelined", "1", NULL);
+    EXPECT("metrics", "[]", "metrics: must be an object");
+    EXPECT("metrics", "{}", NULL);
+    EXPECT("metrics", "{\"token_sha256\":\"abc\"}", "metrics.token_sha256: not a sha256 hex string");
+    EXPECT("metrics", "{\"token_sha256\":\"" KEY_A "\"}", NULL);
+    EXPECT("metrics", "{\"user\":\"x\"}", "metrics.user: unknown field");
     EXPECT("admin_token_sha256", "\"abc\"", "admin_token_sha256: not a sha256 hex string");
     EXPECT("tiers", NULL, "tiers: required field is missing");
     EXPECT("tiers", "[]", "tiers: must define at least one tier");
