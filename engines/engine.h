@@ -94,6 +94,12 @@ struct engine_ops {
     /* 1 when the engine can serve now (a replica is reachable, the model is loaded). */
     int (*health)(struct engine *e);
     void (*destroy)(struct engine *e);
+    /* Flow control for a client that reads slower than the engine writes:
+     * stop taking the request's output (paused 1), then go on (0). NULL
+     * when the engine needs none (native: its output is bounded by the
+     * request's max_tokens). Unknown ids are ignored; a token already on
+     * its way may still arrive while paused. */
+    void (*pause)(struct engine *e, uint64_t id, int paused);
 };
 
 /* Every implementation's handle starts with this, so the wrappers below work. */
@@ -109,6 +115,12 @@ static inline int engine_submit(struct engine *e, const struct engine_request *r
 
 static inline void engine_cancel(struct engine *e, uint64_t id) { e->ops->cancel(e, id); }
 static inline int engine_health(struct engine *e) { return e->ops->health(e); }
+
+static inline void engine_pause(struct engine *e, uint64_t id, int paused)
+{
+    if (e->ops->pause)
+        e->ops->pause(e, id, paused);
+}
 
 static inline void engine_destroy(struct engine *e)
 {

@@ -19,6 +19,7 @@
 #include "gateway/chat.h"
 
 #include <event2/buffer.h>
+#include <event2/event.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,8 +34,10 @@
 #include "common/log.h"
 #include "common/mem.h"
 #include "common/openai.h"
+#include "common/workpool.h"
 #include "engines/engine.h"
 #include "engines/native/chat_template.h"
+#include "engines/native/tokenizer.h"
 #include "gateway/access.h"
 #ifdef CASCADE_HAVE_NATIVE
 #include "engines/native/native_engine.h"
@@ -46,6 +49,27 @@
 #include "policies/policy.h"
 #include "policies/price.h"
 #include "policies/routing.h"
+
+/* Bodies larger than this are classified and counted on the work pool: a
+ * tokenizer pass over 1 MB takes about 190 ms, and on the worker's loop it
+ * would stall every other request there. */
+#define OFFLOAD_BODY_BYTES (64u << 10)
+/* Received text longer than this is counted at settle on the work pool. */
+#define OFFLOAD_COUNT_BYTES (4u << 10)
+/* Stream backpressure: past HIGH bytes waiting for the client, the engine
+ * is paused; once the client has taken the backlog under LOW, it goes on.
+ * httpd has no drain callback, so while paused a timer looks every
+ * RESUME_POLL_MS. */
+#define STREAM_BACKLOG_HIGH (256u << 10)
+#define STREAM_BACKLOG_LOW (64u << 10)
+#define RESUME_POLL_MS 10
+
+/* How the tokens of an answer that came without usage are counted. */
+enum count_mode {
+    COUNT_PIECES,       /* one piece is one token (the native engine) */
+    COUNT_TEXT,         /* the received text, by the gateway's tokenizer */
+    COUNT_BYTES,        /* no tokenizer: an estimate from the bytes */
+};
 
 enum cache_plan {
     PLAN_BYPASS,        /* neither read nor write the cache */
@@ -108,6 +132,15 @@ struct chat {
     struct sf_waiter *waiter;       /* waiting on another request's answer */
     int lookup_pending;             /* a cache_get callback is due */
     int gone;                       /* the client left: drop, do not answer */
+    /* bounds on what comes back */
+    enum count_mode count_mode;
+    size_t bytes_received;          /* text from the engine */
+    int64_t counted_tokens;         /* COUNT_TEXT's result at settle, or -1 */
+    size_t cache_bytes;             /* about what the cache entry holds so far */
+    int paused;                     /* the engine is paused for a slow client */
+    struct event *resume_ev;        /* while paused: looks at the client's backlog */
+    int offload_pending;            /* a work-pool job holds this state */
+    int done_status;                /* chat_done's status, kept while the count runs */
 };
 
 static const char *tier_name(const struct chat *c)
@@ -133,8 +166,23 @@ static void chat_free(struct chat *c)
         evbuffer_free(c->content);
     json_decref(c->logprobs);
     free(c->lps);
+    if (c->resume_ev)
+        event_free(c->resume_ev);
     gateway_snap_release(c->snap);
     free(c);
+}
+
+/* What an engine sent, in tokens, when it reported no usage (cut at a
+ * bound, cancelled, failed mid-answer): each piece carries at least one
+ * token; COUNT_TEXT's exact count when settle made it; without a tokenizer,
+ * four bytes a token. */
+static int64_t received_tokens(const struct chat *c)
+{
+    int64_t n = c->tokens_received;
+    int64_t other = c->count_mode == COUNT_TEXT && c->counted_tokens >= 0 ? c->counted_tokens
+                    : c->count_mode == COUNT_PIECES                         ? 0
+                                                                            : (int64_t)(c->bytes_received / 4);
+    return other > n ? other : n;
 }
 
 /* The tokens one engine call is charged for: the usage the engine reported,
@@ -165,7 +213,7 @@ static void compute_cost(struct chat *c, int64_t *prompt, int64_t *completion)
     c->cost_nano = 0;
     if (c->hit_tier >= 0 || !c->engine_started)
         return;
-    charged_tokens(c, &c->usage, c->tokens_received, prompt, completion);
+    charged_tokens(c, &c->usage, received_tokens(c), prompt, completion);
     c->cost_nano = money_add(c->first_cost_nano, tier_cost(c, c->tier, *prompt, *completion));
     if (c->cost_nano > c->reserved_nano) {
         /* The engine counted more prompt tokens than our tokenizer: the
@@ -253,14 +301,51 @@ static void record(struct chat *c, int status)
 }
 
 /* The request is answered (or abandoned): settle, record, log and free. */
-static void chat_done(struct chat *c, int status)
+static void chat_finish(struct chat *c)
 {
-    finish_flight(c, NULL, 0);
+    int status = c->done_status;
     settle(c, status);
     record(c, status);
     metrics_inflight_add(c->w->gw->metrics, -1);
     log_access(c, status);
     chat_free(c);
+}
+
+/* Work pool (or loop, when short): the exact token count of the text. */
+static void count_text_work(void *arg)
+{
+    struct chat *c = arg;
+    size_t n = evbuffer_get_length(c->content);
+    const char *text = (const char *)evbuffer_pullup(c->content, -1);
+    struct tok_ids ids = {0};
+    if (text && tokenizer_encode(c->w->gw->tokenizer, text, n, TOK_ADDED_AS_TEXT, &ids) == TOK_OK)
+        c->counted_tokens = (int64_t)ids.n;
+    tok_ids_free(&ids);
+}
+
+static void count_text_done(void *arg)
+{
+    chat_finish(arg);
+}
+
+/* The request is answered (or abandoned): settle, record, log and free.
+ * An answer that came without usage is counted first, once, exactly (the
+ * engine's stream was cut, cancelled or broken), off the loop when long:
+ * the reply has gone already, so only settle waits for it. */
+static void chat_done(struct chat *c, int status)
+{
+    finish_flight(c, NULL, 0);
+    c->done_status = status;
+    size_t n = c->content ? evbuffer_get_length(c->content) : 0;
+    if (c->count_mode == COUNT_TEXT && c->engine_started && c->hit_tier < 0 && c->usage.completion_tokens <= 0 &&
+        n > 0) {
+        struct workpool *pool = c->w->gw->pool;
+        if (n > OFFLOAD_COUNT_BYTES && pool &&
+            workpool_submit(pool, c->w->base, count_text_work, count_text_done, c) == 0)
+            return;
+        count_text_work(c);
+    }
+    chat_finish(c);
 }
 
 static int64_t output_bound(const struct chat *c, int tier);
@@ -448,10 +533,65 @@ static json_t *logprob_entry(const struct engine_token *t)
     return openai_logprob_entry(t->text, t->len, t->logprob, tops, lps, n);
 }
 
+/* The serialized size of a logprobs entry, about (its "bytes" arrays make
+ * it about four characters a byte): what it adds to a cache entry. */
+static size_t logprob_entry_bytes(const struct engine_token *t)
+{
+    size_t n = 48 + 4 * t->len;
+    for (size_t i = 0; i < t->n_top; i++)
+        n += 48 + 4 * strlen(t->top[i].token);
+    return n;
+}
+
+/* The cache gives up on an answer once it is larger than an entry may be
+ * (cache.max_entry_bytes): a stream stops collecting it, it will not be
+ * stored, and requests waiting on it go to the engine on their own. */
+static void cache_collect(struct chat *c, const struct engine_token *t, int with_entry)
+{
+    c->cache_bytes += t->len + (with_entry ? logprob_entry_bytes(t) : 0);
+    if (c->cache_bytes <= c->cfg->cache.max_entry_bytes)
+        return;
+    c->store = 0;
+    finish_flight(c, NULL, 0);
+    if (c->req.stream) {
+        json_decref(c->logprobs);
+        c->logprobs = NULL;
+    }
+}
+
+/* Stream backpressure (see STREAM_BACKLOG_HIGH): resume the engine once
+ * the client has caught up, or stop looking once the engine is done. */
+static void resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct chat *c = arg;
+    if (c->r && c->engine_running && httpd_stream_backlog(c->r) > STREAM_BACKLOG_LOW)
+        return;
+    event_del(c->resume_ev);
+    c->paused = 0;
+    if (c->engine_running)
+        engine_pause(c->engine, c->engine_id, 0);
+}
+
+static void backpressure(struct chat *c)
+{
+    if (c->paused || !c->r || httpd_stream_backlog(c->r) <= STREAM_BACKLOG_HIGH)
+        return;
+    if (!c->resume_ev)
+        c->resume_ev = event_new(c->w->base, -1, EV_PERSIST, resume_cb, c);
+    struct timeval tv = {0, RESUME_POLL_MS * 1000};
+    if (!c->resume_ev || event_add(c->resume_ev, &tv) < 0)
+        return;
+    c->paused = 1;
+    engine_pause(c->engine, c->engine_id, 1);
+}
+
 static void on_token(void *ctx, const struct engine_token *t)
 {
     struct chat *c = ctx;
     c->tokens_received++;
+    c->bytes_received += t->len;
     if (c->cascade_phase) {
         /* The cheap answer waits, whole, until it is judged. */
         if (t->has_logprob) {
@@ -472,16 +612,20 @@ static void on_token(void *ctx, const struct engine_token *t)
     if (!c->ttft_us)
         c->ttft_us = clock_mono_us() - c->t0;
     json_t *entry = (c->req.logprobs && t->has_logprob) ? logprob_entry(t) : NULL;
-    if (c->req.stream && (t->len || entry))
+    if (c->req.stream && (t->len || entry)) {
         stream_piece(c, t->text, t->len, entry);
-    /* Kept whole for a non-stream reply, and for the cache entry. */
-    if (!c->req.stream || c->store) {
+        backpressure(c);
+    }
+    if (c->store)
+        cache_collect(c, t, entry != NULL);
+    /* Kept whole for a non-stream reply and for the cache entry; a stream
+     * keeps its text only to count it at settle, if usage never comes. */
+    if (!c->req.stream || c->store || c->count_mode == COUNT_TEXT)
         evbuffer_add(c->content, t->text, t->len);
-        if (entry) {
-            if (!c->logprobs)
-                c->logprobs = json_array();
-            json_array_append(c->logprobs, entry);
-        }
+    if (entry && (!c->req.stream || c->store)) {
+        if (!c->logprobs)
+            c->logprobs = json_array();
+        json_array_append(c->logprobs, entry);
     }
     json_decref(entry);
 }
@@ -517,6 +661,7 @@ static int cascade_judge(struct chat *c, const struct engine_usage *usage)
     json_decref(c->logprobs);
     c->logprobs = NULL;
     c->tokens_received = 0;
+    c->bytes_received = 0;
     c->escalated = 1;
     c->tier = c->escalate_to;
     start_engine(c);
@@ -533,8 +678,10 @@ static void on_done(void *ctx, const struct engine_usage *usage, const char *fin
     /* An upstream's usage is outside input: a negative count is none. */
     c->usage.prompt_tokens = money_clamp(usage->prompt_tokens);
     c->usage.completion_tokens = money_clamp(usage->completion_tokens);
+    /* An entry replays its usage, so an answer without one (a stream cut
+     * at max_tokens) is not stored. */
     size_t vlen = 0;
-    char *value = c->store ? cache_value(c, finish_reason, &vlen) : NULL;
+    char *value = c->store && c->usage.completion_tokens > 0 ? cache_value(c, finish_reason, &vlen) : NULL;
     if (value) {
         const struct tenant_config *t = c->tenant;
         cache_put(c->w->gw->cache, c->w->base, t->id, c->key, value, vlen, t->cache_ttl_s);
@@ -590,6 +737,13 @@ static void start_engine(struct chat *c)
     };
     c->engine = c->w->gw->engines[c->tier];
     c->engine_t0 = clock_mono_us();
+    /* Without usage from the engine, settle counts what it sent (above). */
+    c->count_mode = c->w->gw->tokenizer ? COUNT_TEXT : COUNT_BYTES;
+#ifdef CASCADE_HAVE_NATIVE
+    if (native_engine_is(c->engine))
+        c->count_mode = COUNT_PIECES;
+#endif
+    c->paused = 0;
     if (c->escalate_to >= 0 && !c->escalated && !c->cascade_phase) {
         /* The cheap try: its confidence comes from logprobs, asked for
          * whether or not the client wants them. */
@@ -872,11 +1026,37 @@ static void on_client_close(struct httpd_req *r, void *arg)
         sf_leave(cache_flights(c->w->gw->cache), c->waiter);
         c->waiter = NULL;
     }
-    if (c->lookup_pending || c->admit_pending) {
+    if (c->lookup_pending || c->admit_pending || c->offload_pending) {
         c->gone = 1; /* the pending callback frees us */
         return;
     }
     chat_done(c, 499);
+}
+
+/* The part of a request's preparation whose time grows with its body:
+ * the classifier's score (and so the tier) for "auto", and the prompt's
+ * token count. Pure reads of c->req and the config; on the work pool for a
+ * large body, when the loop thread leaves c alone until prepare_done. */
+static void prepare_work(void *arg)
+{
+    struct chat *c = arg;
+    if (c->is_auto && c->w->gw->classifier)
+        route_auto(c);
+    c->prompt_tokens = count_prompt(c);
+}
+
+static void admit_start(struct chat *c);
+
+/* Loop thread, after prepare_work ran on the pool. */
+static void prepare_done(void *arg)
+{
+    struct chat *c = arg;
+    c->offload_pending = 0;
+    if (c->gone) {
+        chat_done(c, 499);
+        return;
+    }
+    admit_start(c);
 }
 
 /* application/json, with or without parameters such as charset. */
@@ -902,6 +1082,7 @@ void chat_handle(struct worker *w, struct httpd_req *r, struct config_snap *snap
     c->escalate_to = -1;
     c->t0 = t0;
     c->req.max_tokens = -1;
+    c->counted_tokens = -1;
     snprintf(c->request_id, sizeof c->request_id, "%s", request_id);
 
     if (!is_json_type(httpd_req_header(r, "Content-Type"))) {
@@ -933,8 +1114,6 @@ void chat_handle(struct worker *w, struct httpd_req *r, struct config_snap *snap
         return;
     }
     c->tier = tier;
-    if (c->is_auto && c->w->gw->classifier)
-        route_auto(c);
     char rid[17];
     access_new_id(rid);
     snprintf(c->id, sizeof c->id, "chatcmpl-%s", rid);
@@ -942,8 +1121,23 @@ void chat_handle(struct worker *w, struct httpd_req *r, struct config_snap *snap
     c->content = evbuffer_new();
     httpd_req_on_close(r, on_client_close, c);
 
+    /* Classifying and counting grow with the body: a large one goes to the
+     * work pool, and the loop serves others meanwhile. */
+    struct workpool *pool = w->gw->pool;
+    if (len > OFFLOAD_BODY_BYTES && pool && workpool_submit(pool, w->base, prepare_work, prepare_done, c) == 0) {
+        c->offload_pending = 1;
+        return;
+    }
+    prepare_work(c);
+    admit_start(c);
+}
+
+/* Prepared: fix the output bound, estimate the cost, and ask the policy. */
+static void admit_start(struct chat *c)
+{
+    struct worker *w = c->w;
+    const struct tenant_config *tenant = c->tenant;
     bound_max_tokens(c);
-    c->prompt_tokens = count_prompt(c);
     /* A cascade may run both tiers: reserve both, each at its own bound.
      * Saturating sums (price.h): no estimate can wrap into a credit. */
     int64_t est = tier_cost(c, c->tier, c->prompt_tokens, c->max_tokens);

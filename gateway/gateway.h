@@ -30,6 +30,7 @@ struct redis_shared;
 struct event;
 struct httpd;
 struct httpd_req;
+struct workpool;
 
 struct worker {
     struct gateway *gw;
@@ -65,6 +66,7 @@ struct gateway {
     struct cache *cache;
     struct stats *stats;        /* fleet stats per tenant and minute (policies/stats.h) */
     struct metrics *metrics;    /* Prometheus, GET /metrics (gateway/metrics.h) */
+    struct workpool *pool;      /* work too long for a worker's loop (common/workpool.h) */
     struct worker *workers;
     int n_workers;
     int port;                   /* the port actually bound */

@@ -20,6 +20,7 @@
 #include "common/httpd.h"
 #include "common/log.h"
 #include "common/mem.h"
+#include "common/workpool.h"
 #include "engines/engine.h"
 #include "engines/remote/remote.h"
 #include "gateway/access.h"
@@ -418,7 +419,8 @@ static void drain_poll_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct worker *w = arg;
-    if (httpd_inflight(w->httpd) == 0 && httpd_connections(w->httpd) == 0) {
+    /* A request may still settle after its reply, on the work pool. */
+    if (httpd_inflight(w->httpd) == 0 && httpd_connections(w->httpd) == 0 && workpool_pending(w->gw->pool) == 0) {
         /* Every request has recorded its stats: send this worker's last
          * second, and stop once Redis has answered (or failed). */
         if (!w->stats_flushed) {
@@ -615,6 +617,9 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
         .journal_max = cfg->policy.journal_max,
     };
     gw->policy = policy_new(&ps);
+    gw->pool = workpool_new(0, err, errlen);
+    if (!gw->pool)
+        return -1;
     gw->engines = xcalloc(cfg->n_tiers, sizeof *gw->engines);
     size_t replica_base = 0;
     for (size_t i = 0; i < cfg->n_tiers; i++) {
@@ -723,6 +728,7 @@ void gateway_free(struct gateway *gw)
         if (w->drain_poll)
             event_free(w->drain_poll);
     }
+    workpool_free(gw->pool); /* after the connections: no job is left */
     for (size_t i = 0; gw->engines && i < gw->cfg.n_tiers; i++)
         engine_destroy(gw->engines[i]);
     /* Closing Redis answers pending commands (as failures) on their workers'

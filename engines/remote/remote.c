@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -105,6 +106,9 @@ struct rreq {
     int ended;                      /* the caller has been told (or cancelled) */
     int in_chunk_cb;
     int cancel_pending;             /* cancelled inside chunk_cb; a deferred call finishes it */
+    int paused;                     /* reading stopped for a slow client (remote_pause) */
+    int64_t max_tokens;             /* the request's output bound; 0: none */
+    int64_t content_events;         /* stream events that carried content */
     struct engine_usage usage;
     char finish_reason[32];
     int saw_done;
@@ -433,6 +437,27 @@ static void read_finish(struct rreq *q, json_t *choice)
         snprintf(q->finish_reason, sizeof q->finish_reason, "%s", json_string_value(fr));
 }
 
+static void cancel_deferred_cb(evutil_socket_t fd, short what, void *arg);
+
+/* Inside chunk_cb, where libevent still holds the request: stop reading at
+ * once and drop the connection on the next loop turn (as remote_cancel
+ * does), so the upstream sees the close and stops sending. */
+static void drop_upstream_later(struct rreq *q)
+{
+    if (q->conn)
+        bufferevent_disable(evhttp_connection_get_bufferevent(q->conn), EV_READ);
+    q->cancel_pending = 1;
+    event_base_once(q->L->base, -1, EV_TIMEOUT, cancel_deferred_cb, q, NULL);
+}
+
+/* A stream past its max_tokens: done, with what came before the excess. */
+static void cut_stream(struct rreq *q)
+{
+    q->ended = 1;
+    q->cb.on_done(q->ctx, &q->usage, "length");
+    drop_upstream_later(q);
+}
+
 static int on_sse_event(void *ctx, const char *event, const char *data, size_t len)
 {
     (void)event;
@@ -464,6 +489,17 @@ static int on_sse_event(void *ctx, const char *event, const char *data, size_t l
     if (choice) {
         json_t *c = json_object_get(json_object_get(choice, "delta"), "content");
         json_t *lp = json_object_get(json_object_get(choice, "logprobs"), "content");
+        if (json_is_string(c) && json_string_length(c) > 0 && q->max_tokens > 0 &&
+            q->content_events >= q->max_tokens) {
+            /* Every content event carries at least one token, so this one
+             * is past max_tokens: the upstream ignores the bound. The
+             * answer ends here, as a bounded one would ("length"). */
+            json_decref(root);
+            cut_stream(q);
+            return -1;
+        }
+        if (json_is_string(c) && json_string_length(c) > 0)
+            q->content_events++;
         if (json_is_string(c))
             emit_choice_tokens(q, json_string_value(c), json_string_length(c), lp);
         read_finish(q, choice);
@@ -515,6 +551,18 @@ static void finish_upstream_status(struct rreq *q, const char *body, size_t len,
 
 /* ---- evhttp callbacks -------------------------------------------------- */
 
+/* A stream that went bad (a malformed or error event, an event over the
+ * size limit): tell the caller now and drop the connection, rather than
+ * wait for an upstream that may never stop sending. */
+static void abort_stream(struct rreq *q)
+{
+    count_error(q->L->r, q->replica);
+    q->ended = 1;
+    struct engine_error e = {502, "upstream_error", "bad_upstream_stream", q->stream_error_msg};
+    q->cb.on_error(q->ctx, &e);
+    drop_upstream_later(q);
+}
+
 static int header_cb(struct evhttp_request *req, void *arg)
 {
     struct rreq *q = arg;
@@ -553,6 +601,8 @@ static void chunk_cb(struct evhttp_request *req, void *arg)
     q->in_chunk_cb = 0;
     if (v != vs)
         free(v);
+    if (q->stream_error && !q->ended)
+        abort_stream(q);
 }
 
 static void error_cb(enum evhttp_request_error kind, void *arg)
@@ -592,6 +642,11 @@ static void done_cb(struct evhttp_request *req, void *arg)
         }
         if (timeout)
             finish_error(q, 504, "upstream_error", "upstream_timeout", "upstream timed out");
+        else if (q->error_kind == EVREQ_HTTP_DATA_TOO_LONG)
+            /* Past max_response_bytes: evhttp has closed the connection,
+             * so the upstream stops; the caller keeps what came before. */
+            finish_error(q, 502, "upstream_error", "upstream_response_too_large",
+                         "upstream response exceeded max_response_bytes");
         else
             finish_error(q, 502, "upstream_error", "upstream_disconnected", "upstream closed the connection mid-response");
         return;
@@ -656,7 +711,11 @@ static int start_attempt(struct rreq *q)
         struct evhttp_connection *c = pool_get(q->L, ri);
         if (!c)
             continue;
-        evhttp_connection_set_max_body_size(c, q->stream ? EV_SSIZE_MAX : (ev_ssize_t)r->cfg.max_response_bytes);
+        /* max_response_bytes caps a whole answer, streamed or not: evhttp
+         * counts the body as it reads it (chunk sizes included) and fails
+         * the request with EVREQ_HTTP_DATA_TOO_LONG past the cap, which is
+         * what stops an upstream that streams without end. */
+        evhttp_connection_set_max_body_size(c, (ev_ssize_t)r->cfg.max_response_bytes);
         struct evhttp_request *req = evhttp_request_new(done_cb, q);
         evhttp_request_set_header_cb(req, header_cb);
         if (q->stream) /* with a chunk callback, evhttp drains the body as it goes */
@@ -751,6 +810,7 @@ static int remote_submit(struct engine *e, const struct engine_request *er, cons
     q->cb = *cb;
     q->ctx = ctx;
     q->stream = er->stream;
+    q->max_tokens = er->max_tokens > 0 ? er->max_tokens : 0;
     q->replica = -1;
     snprintf(q->request_id, sizeof q->request_id, "%s", er->request_id ? er->request_id : "");
     q->body = build_body(er, &q->body_len);
@@ -809,6 +869,30 @@ static void remote_cancel(struct engine *e, uint64_t id)
         rreq_free(q);
     }
     /* else a deferred failure is pending and will free it */
+}
+
+/* Backpressure: a paused request's connection stops reading, so the
+ * upstream's sends block in TCP instead of growing our buffers; reading
+ * starts again on resume. Only once the answer has begun (got_headers):
+ * before that evhttp is still connecting or writing, and it manages
+ * reading itself. */
+static void remote_pause(struct engine *e, uint64_t id, int paused)
+{
+    struct remote *r = (struct remote *)e;
+    size_t li = (size_t)(id >> 48);
+    if (li >= atomic_load(&r->n_locals))
+        return;
+    struct rreq *q = r->locals[li]->active;
+    while (q && q->id != id)
+        q = q->next;
+    if (!q || q->ended || !q->req || !q->conn || !q->got_headers || q->paused == !!paused)
+        return;
+    q->paused = !!paused;
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(q->conn);
+    if (paused)
+        bufferevent_disable(bev, EV_READ);
+    else
+        bufferevent_enable(bev, EV_READ);
 }
 
 static int remote_health(struct engine *e)
@@ -936,6 +1020,7 @@ static const struct engine_ops remote_ops = {
     .cancel = remote_cancel,
     .health = remote_health,
     .destroy = remote_destroy,
+    .pause = remote_pause,
 };
 
 struct engine *remote_engine_new(const struct remote_config *cfg, char *err, size_t errlen)

@@ -10,6 +10,11 @@
  *     replica; after that, errors are final;
  *   - streams are parsed incrementally as they arrive (common/sse.h) and
  *     turned into engine callbacks; nothing buffers a whole streamed answer;
+ *   - what an upstream sends is bounded: max_response_bytes caps a whole
+ *     body, streamed or not (past it: 502 upstream_response_too_large and
+ *     the connection is closed, so the upstream stops); a malformed or error
+ *     event ends the request at once; engine_pause() stops reading the
+ *     upstream while the client is slow, so TCP pushes back on it;
  *   - timeouts: a total per request (timeout_ms) and one between reads of a
  *     stream (chunk_timeout_ms);
  *   - upstream 4xx pass through as OpenAI errors; 5xx become 502, timeouts 504;
@@ -34,7 +39,7 @@ struct remote_config {
     unsigned health_interval_ms;
     char *health_path;              /* probed with GET; 2xx means up */
     char *api_key;                  /* sent as Bearer to the upstream, or NULL */
-    size_t max_response_bytes;      /* non-stream body and each stream event */
+    size_t max_response_bytes;      /* a whole answer's body, streamed or not */
     unsigned max_idle_per_replica;  /* pooled keep-alive connections per worker */
 };
 

@@ -12,6 +12,16 @@
 //   [[peer:close]]               destroy the socket without answering
 //   [[peer:close_after=N]]       stream N content chunks, then destroy the socket
 //   [[peer:chunks=N]]            reply with exactly N content chunks
+//   [[peer:endless]]             a broken upstream that never stops: a stream
+//                                sends content chunks forever (max_tokens
+//                                ignored), a non-stream answer is a chunked
+//                                JSON body whose content never ends; both go
+//                                as fast as the reader takes them (the peer
+//                                waits for its socket to drain, as a server
+//                                does), and stop only when the client closes
+//   [[peer:piece_bytes=N]]       with endless: each content piece is N bytes
+//                                (default: the reply's words, cycled)
+//   combine endless with chunk_delay_ms for a slow drip
 //   [[peer@NAME:status=500]]     any directive, applied only by the peer named NAME
 //
 // Directives are removed from the text before it is echoed. POST /_script
@@ -23,7 +33,8 @@
 // POST /_reset. Counters cover POST /v1/chat/completions only, since that is
 // what tests count: requests (arrived), completed (response fully sent),
 // aborted (the client closed before the response ended: how a test sees that
-// a client disconnect cancelled the upstream request), active (in flight).
+// a client disconnect cancelled the upstream request), active (in flight),
+// bytes_sent (bytes of streamed and endless answers written, all requests).
 //
 // Usage: node peer.mjs [--port N] [--host 127.0.0.1] [--name NAME]
 //                      [--models a,b] [--api-key KEY]
@@ -176,6 +187,7 @@ export function createPeer(opts) {
     script: [],             // queued directive sets from POST /_script
     healthStatus: 200,
     seq: 0,
+    bytesSent: 0,
   };
 
   function sendJson(res, status, obj) {
@@ -267,8 +279,55 @@ export function createPeer(opts) {
         sendJson(res, status, errorBody(status, `peer ${opts.name}: scripted status ${status}`));
         return;
       }
-      if (body.stream === true) streamReply();
+      if (d.endless) endlessReply(body.stream === true);
+      else if (body.stream === true) streamReply();
       else fullReply();
+    };
+
+    // A broken upstream: output that never ends. write() returning false
+    // means the socket is full; wait for 'drain' as a real server would,
+    // so what the peer sends measures what its reader takes.
+    const endlessReply = (stream) => {
+      const chunkDelay = intDirective(d, 'chunk_delay_ms', 0);
+      const pieceBytes = intDirective(d, 'piece_bytes', 0);
+      const piece = (i) => (pieceBytes > 0 ? 'x'.repeat(pieceBytes - 1) + ' ' : reply.chunks[i % reply.chunks.length] || 'x ');
+      const write = (text) => {
+        st.bytesSent += Buffer.byteLength(text);
+        return res.write(text);
+      };
+      let n = 0;
+      let closed = false;
+      res.on('close', () => { closed = true; });
+      let next;
+      if (stream) {
+        res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache' });
+        const ev = (choices) => `data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created, model, choices })}\n\n`;
+        write(ev([{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
+        next = () => {
+          const c = piece(n);
+          const logprobs = wantLogprobs ? { content: [logprobEntry(c, -(n % 5) / 10, nTop)] } : null;
+          n++;
+          return ev([{ index: 0, delta: { content: c }, logprobs, finish_reason: null }]);
+        };
+      } else {
+        res.writeHead(200, { 'Content-Type': 'application/json' });
+        write(`{"id":"${id}","object":"chat.completion","created":${created},"model":${JSON.stringify(model)},` +
+          '"choices":[{"index":0,"finish_reason":null,"message":{"role":"assistant","content":"');
+        next = () => piece(n++).repeat(64);
+      }
+      const pump = () => {
+        while (!closed) {
+          if (!write(next())) {
+            res.once('drain', pump);
+            return;
+          }
+          if (chunkDelay > 0) {
+            later(chunkDelay, pump);
+            return;
+          }
+        }
+      };
+      pump();
     };
 
     const fullReply = () => {
@@ -296,28 +355,33 @@ export function createPeer(opts) {
       const event = (choices, extra = {}) => {
         const obj = { id, object: 'chat.completion.chunk', created, model, choices, ...extra };
         if (includeUsage && !('usage' in obj)) obj.usage = null;
-        res.write(`data: ${JSON.stringify(obj)}\n\n`);
+        const text = `data: ${JSON.stringify(obj)}\n\n`;
+        st.bytesSent += Buffer.byteLength(text);
+        res.write(text);
       };
       event([{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]);
       let i = 0;
+      // A loop, not recursion: thousands of chunks must not overflow the stack.
       const step = () => {
-        if (i === closeAfter) {
-          // end(), not destroy(): what was written still reaches the client,
-          // then the stream stops without its terminating chunk
-          selfClosed = true;
-          req.socket.end();
-          return;
-        }
-        if (i < reply.chunks.length) {
+        for (;;) {
+          if (i === closeAfter) {
+            // end(), not destroy(): what was written still reaches the client,
+            // then the stream stops without its terminating chunk
+            selfClosed = true;
+            req.socket.end();
+            return;
+          }
+          if (i >= reply.chunks.length) break;
           const c = reply.chunks[i];
           const logprobs = wantLogprobs
             ? { content: [logprobEntry(c, reply.logprobs[i], nTop)] }
             : null;
           event([{ index: 0, delta: { content: c }, logprobs, finish_reason: null }]);
           i++;
-          if (chunkDelay > 0) later(chunkDelay, step);
-          else step();
-          return;
+          if (chunkDelay > 0) {
+            later(chunkDelay, step);
+            return;
+          }
         }
         event([{ index: 0, delta: {}, logprobs: null, finish_reason: reply.finishReason }]);
         if (includeUsage) event([], { usage: reply.usage });
@@ -361,6 +425,7 @@ export function createPeer(opts) {
           completed: st.completed,
           aborted: st.aborted,
           active: st.active,
+          bytes_sent: st.bytesSent,
           last_request: st.lastRequest,
           last_headers: st.lastHeaders,
         });
@@ -369,7 +434,7 @@ export function createPeer(opts) {
         sendJson(res, 200, st.recorded);
         return;
       case 'POST /_reset':
-        st.requests = st.completed = st.aborted = 0;
+        st.requests = st.completed = st.aborted = st.bytesSent = 0;
         st.lastRequest = st.lastHeaders = null;
         st.recorded = [];
         st.script = [];

@@ -1,0 +1,329 @@
+// upstream_bounds.test.mjs: what an upstream sends back is bounded, a slow
+// client gets backpressure, and a large request does not stall its worker.
+//
+// Real cascaded against the scripted peer (tests/support/peer.mjs), whose
+// [[peer:endless]] directive plays a broken upstream that never stops
+// sending. The gateway's memory is read from /proc/<pid>/status (VmRSS,
+// sampled while the request runs, so a peak counts even if freed later).
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { before, describe, test } from 'node:test';
+
+import {
+  authHeaders, chatBody, cleanupAfterAll, makeConfig, sha256hex, SOURCE_DIR, sseParse, startGateway, startPeer,
+  tier, TEST_KEY,
+} from '../support/harness.mjs';
+
+cleanupAfterAll();
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const MiB = 1024 * 1024;
+
+function vmRss(pid) {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!m) throw new Error(`no VmRSS in /proc/${pid}/status`);
+  return Number(m[1]) * 1024;
+}
+
+// rssWatch: the process's RSS now, and the highest seen until stop().
+function rssWatch(pid) {
+  const base = vmRss(pid);
+  let peak = base;
+  const t = setInterval(() => {
+    try {
+      peak = Math.max(peak, vmRss(pid));
+    } catch {
+      // the process is gone; the test will say so
+    }
+  }, 20);
+  return {
+    base,
+    stop() {
+      clearInterval(t);
+      peak = Math.max(peak, vmRss(pid));
+      return peak - base;
+    },
+  };
+}
+
+// waitFor: poll an async predicate until it holds or ms pass.
+async function waitFor(pred, ms, what) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await pred();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${what}`);
+    await sleep(25);
+  }
+}
+
+function post(gw, body, { signal, headers = {} } = {}) {
+  return fetch(`${gw.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { ...authHeaders(), ...headers },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+    signal,
+  });
+}
+
+// A tier on the peer whose answers may be long, with an engine byte cap.
+function boundedTier(url, maxResponseBytes, maxOutputTokens = 1000000) {
+  const t = tier({ name: 'small', urls: url, max_output_tokens: maxOutputTokens });
+  t.engine.max_response_bytes = maxResponseBytes;
+  return t;
+}
+
+const contentOf = (events) =>
+  events.filter((e) => e !== '[DONE]' && e.choices?.[0]?.delta?.content).map((e) => e.choices[0].delta.content);
+
+describe('upstream output is bounded', () => {
+  let peer;
+  let gw;
+  before(async () => {
+    peer = await startPeer({ name: 'bounds' });
+    gw = await startGateway({ config: makeConfig({ tiers: [boundedTier(peer.url, 64 * 1024)], workers: 1 }) });
+  });
+
+  test('an endless stream is cut at max_tokens content events, the upstream sees the close', async (t) => {
+    await peer.reset();
+    const rss = rssWatch(gw.proc.pid);
+    const res = await post(gw, chatBody('hello there [[peer:endless]]', {
+      model: 'small', stream: true, max_tokens: 64, stream_options: { include_usage: true },
+    }), { signal: AbortSignal.timeout(15000), headers: { 'x-request-id': 'cut-at-64' } });
+    assert.equal(res.status, 200);
+    const events = sseParse(await res.text());
+    const grown = rss.stop();
+    const content = contentOf(events);
+    assert.equal(content.length, 64, 'exactly max_tokens content events reach the client');
+    const finish = events.find((e) => e !== '[DONE]' && e.choices?.[0]?.finish_reason);
+    assert.equal(finish?.choices[0].finish_reason, 'length');
+    assert.equal(events.at(-1), '[DONE]');
+    await waitFor(async () => (await peer.stats()).aborted === 1, 5000, 'the peer sees its stream closed');
+    t.diagnostic(`cascaded grew by ${(grown / MiB).toFixed(1)} MiB`);
+    assert.ok(grown < 24 * MiB, `cascaded grew by ${(grown / MiB).toFixed(1)} MiB`);
+    // Charged for what was received: 64 pieces, never the endless rest.
+    const line = await gw.waitForLog((l) => l.request_id === 'cut-at-64' && 'cost_nano' in l);
+    const out64 = 64 * 0.28e3; // nano-USD for 64 output tokens at $0.28 per 1M
+    assert.ok(line.cost_nano >= out64, `charged ${line.cost_nano} nano-USD`);
+    assert.ok(line.cost_nano < out64 + 0.28e3 + 1000 * 0.14e3, `charged ${line.cost_nano} nano-USD`);
+  });
+
+  test('max_response_bytes caps a streamed answer: an SSE error event, the upstream closed', async (t) => {
+    await peer.reset();
+    const rss = rssWatch(gw.proc.pid);
+    const res = await post(gw, chatBody('big [[peer:endless]] [[peer:piece_bytes=1000]]', {
+      model: 'small', stream: true, max_tokens: 500000,
+    }), { signal: AbortSignal.timeout(15000) });
+    assert.equal(res.status, 200);
+    const events = sseParse(await res.text());
+    const grown = rss.stop();
+    const bytes = contentOf(events).join('').length;
+    t.diagnostic(`${bytes} content bytes relayed; cascaded grew by ${(grown / MiB).toFixed(1)} MiB`);
+    assert.ok(bytes > 0 && bytes <= 64 * 1024, `${bytes} content bytes relayed`);
+    const last = events.filter((e) => e !== '[DONE]').at(-1);
+    assert.equal(last.error?.code, 'upstream_response_too_large', JSON.stringify(last));
+    assert.equal(last.error?.type, 'upstream_error');
+    await waitFor(async () => (await peer.stats()).aborted === 1, 5000, 'the peer sees its stream closed');
+    assert.ok(grown < 24 * MiB, `cascaded grew by ${(grown / MiB).toFixed(1)} MiB`);
+  });
+
+  test('max_response_bytes caps a non-stream answer: 502 with an OpenAI error', async () => {
+    await peer.reset();
+    const res = await post(gw, chatBody('big [[peer:endless]] [[peer:piece_bytes=1000]]', { model: 'small' }),
+      { signal: AbortSignal.timeout(15000) });
+    assert.equal(res.status, 502);
+    const body = await res.json();
+    assert.equal(body.error.code, 'upstream_response_too_large', JSON.stringify(body));
+    assert.equal(body.error.type, 'upstream_error');
+    await waitFor(async () => (await peer.stats()).aborted === 1, 5000, 'the peer sees the connection closed');
+    // The worker still serves.
+    const ok = await post(gw, chatBody('still here', { model: 'small' }));
+    assert.equal(ok.status, 200);
+  });
+});
+
+// slowReader: send a streamed chat request on a raw socket and read only the
+// first bytes of the answer, then stop reading (the socket stays paused).
+function slowReader(port, body) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, '127.0.0.1');
+    const payload = JSON.stringify(body);
+    sock.on('connect', () => {
+      sock.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${TEST_KEY}\r\n` +
+        `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(payload)}\r\n\r\n${payload}`);
+    });
+    sock.once('data', (d) => {
+      sock.pause(); // from here on the client reads nothing
+      resolve({ sock, head: d.toString('latin1') });
+    });
+    sock.on('error', reject);
+  });
+}
+
+describe('a slow client gets backpressure', () => {
+  let peer;
+  let gw;
+  before(async () => {
+    peer = await startPeer({ name: 'slow' });
+    gw = await startGateway({
+      config: makeConfig({ tiers: [boundedTier(peer.url, 1 << 30, 1 << 24)], workers: 1 }),
+    });
+  });
+
+  test('a client that stops reading does not grow the gateway, and the upstream is held back', async (t) => {
+    await peer.reset();
+    const rss = rssWatch(gw.proc.pid);
+    const { sock, head } = await slowReader(gw.port, chatBody('flood [[peer:endless]] [[peer:piece_bytes=8000]]', {
+      model: 'small', stream: true, max_tokens: 10000000,
+    }));
+    assert.match(head, /^HTTP\/1\.1 200/);
+    await sleep(3000);
+    const grown = rss.stop();
+    const sent = (await peer.stats()).bytes_sent;
+    sock.destroy();
+    t.diagnostic(`the peer sent ${(sent / MiB).toFixed(1)} MiB; cascaded grew by ${(grown / MiB).toFixed(1)} MiB`);
+    // Without backpressure the peer pushes hundreds of MB in 3 s and the
+    // gateway holds them; with it, only socket buffers fill.
+    assert.ok(sent < 24 * MiB, `the peer sent ${(sent / MiB).toFixed(1)} MiB to a client that reads nothing`);
+    assert.ok(grown < 16 * MiB, `cascaded grew by ${(grown / MiB).toFixed(1)} MiB`);
+    await waitFor(async () => (await peer.stats()).aborted === 1, 5000, 'the upstream is cancelled when the client leaves');
+  });
+});
+
+describe('the cache bounds what it collects', () => {
+  let peer;
+  let gw;
+  before(async () => {
+    peer = await startPeer({ name: 'entry' });
+    gw = await startGateway({
+      config: makeConfig({
+        tiers: [boundedTier(peer.url, 1 << 30)],
+        tenants: [{ id: 'acme', keys: [sha256hex(TEST_KEY)], allowed_tiers: ['small'], cache: { mode: 'always' } }],
+        cache: { backend: 'memory', max_entry_bytes: 4096 },
+        workers: 1,
+      }),
+    });
+  });
+
+  test('an answer larger than max_entry_bytes is neither collected nor stored', async (t) => {
+    await peer.reset();
+    // Logprobs with 20 alternatives a token make each token's entry large:
+    // collecting them all for the cache would take hundreds of MB.
+    const body = chatBody('long answer [[peer:chunks=4000]]', {
+      model: 'small', stream: true, logprobs: true, top_logprobs: 20, max_tokens: 4000,
+    });
+    const rss = rssWatch(gw.proc.pid);
+    const res = await post(gw, body, { signal: AbortSignal.timeout(30000) });
+    assert.equal(res.status, 200);
+    const events = sseParse(await res.text());
+    const grown = rss.stop();
+    t.diagnostic(`cascaded grew by ${(grown / MiB).toFixed(1)} MiB`);
+    assert.equal(contentOf(events).length, 4000);
+    assert.ok(grown < 24 * MiB, `cascaded grew by ${(grown / MiB).toFixed(1)} MiB collecting the answer`);
+    // Not stored: the same request goes to the upstream again.
+    const again = await post(gw, body);
+    assert.equal(again.headers.get('x-cascade-cache'), 'miss');
+    await again.text();
+    assert.equal((await peer.stats()).requests, 2);
+    // A small answer is still cached.
+    const small = chatBody('short answer', { model: 'small' });
+    assert.equal((await post(gw, small)).headers.get('x-cascade-cache'), 'miss');
+    assert.equal((await post(gw, small)).headers.get('x-cascade-cache'), 'hit');
+  });
+});
+
+// A DeepSeek tokenizer.json, so that counting a prompt costs what it costs
+// in production (without one the gateway only estimates from the length).
+const TOKENIZER = path.join(SOURCE_DIR, 'node_modules', '@lenml', 'tokenizer-deepseek_v3', 'models', 'tokenizer.json');
+
+// Varied words (a fixed pseudo-random sequence): repeated words would all
+// hit the tokenizer's word cache and count unrealistically fast.
+function bigText(bytes) {
+  let x = 12345;
+  const letters = 'abcdefghijklmnopqrstuvwxyz';
+  const parts = [];
+  let n = 0;
+  while (n < bytes) {
+    x = (x * 1103515245 + 12345) & 0x7fffffff;
+    let w = '';
+    for (let k = 3 + (x % 7); k > 0; k--) {
+      x = (x * 1103515245 + 12345) & 0x7fffffff;
+      w += letters[x % 26];
+    }
+    parts.push(w);
+    n += w.length + 1;
+  }
+  return parts.join(' ');
+}
+
+// rawRequest: send a whole request on a fresh socket; resolves when the
+// response has fully arrived (the server closes: Connection: close), with
+// when the last request byte was written.
+function rawRequest(port, payload) {
+  let written;
+  const sent = new Promise((r) => (written = r));
+  const done = new Promise((resolve, reject) => {
+    const sock = net.connect(port, '127.0.0.1');
+    const chunks = [];
+    sock.on('connect', () => {
+      sock.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${TEST_KEY}\r\n` +
+        `Content-Type: application/json\r\nConnection: close\r\nContent-Length: ${Buffer.byteLength(payload)}\r\n\r\n`);
+      sock.write(payload, () => written(Date.now()));
+    });
+    sock.on('data', (d) => chunks.push(d));
+    sock.on('end', () => resolve({ at: Date.now(), text: Buffer.concat(chunks).toString('utf8') }));
+    sock.on('error', reject);
+  });
+  return { sent, done };
+}
+
+describe('a large request does not stall its worker', () => {
+  let peer;
+  let gw;
+  before(async () => {
+    if (!existsSync(TOKENIZER)) {
+      throw new Error(`${TOKENIZER} is missing: run npm ci (the test needs a real tokenizer to mean anything)`);
+    }
+    peer = await startPeer({ name: 'big' });
+    gw = await startGateway({
+      config: makeConfig({
+        upstream: peer.url,
+        workers: 1,
+        limits: { max_body_bytes: 16 * MiB },
+        tokenizer: TOKENIZER,
+      }),
+      timeoutMs: 30000,
+    });
+  });
+
+  test('a small request completes while a 10 MB one is being counted', async (t) => {
+    await peer.reset();
+    // The bulk goes in a system message: the peer echoes only the last
+    // user message, so the big answer itself stays small.
+    const payload = JSON.stringify({
+      model: 'deepseek-coder-1.3b',
+      messages: [{ role: 'system', content: bigText(10 * MiB) }, { role: 'user', content: 'big one' }],
+    });
+    const t0 = Date.now();
+    const big = rawRequest(gw.port, payload);
+    await big.sent;
+    // Past the upload and the JSON parse, well inside the count.
+    await sleep(300);
+    const s0 = Date.now();
+    const small = await post(gw, chatBody('small one'), { signal: AbortSignal.timeout(60000) });
+    assert.equal(small.status, 200);
+    await small.text();
+    const smallMs = Date.now() - s0;
+    const bigDone = await big.done;
+    const bigMs = bigDone.at - t0;
+    t.diagnostic(`small request: ${smallMs} ms; the 10 MB one: ${bigMs} ms`);
+    assert.match(bigDone.text, /^HTTP\/1\.1 200/);
+    // Structural: the small one finished first, and took a small part of the
+    // big one's time (before the fix it waited out the whole count).
+    assert.ok(s0 + smallMs < bigDone.at, 'the small request finished first');
+    assert.ok(smallMs < Math.max(500, 0.3 * bigMs), `small request: ${smallMs} ms; the 10 MB one: ${bigMs} ms`);
+  });
+});
+
