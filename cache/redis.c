@@ -37,6 +37,7 @@ struct redis_shared {
     struct redis *conns[MAX_CONNS];
     atomic_size_t n_conns;
     atomic_int outage_logged;       /* one log line per outage, per process */
+    atomic_int aof_warned;          /* the AOF-off warning, once per Redis up-time */
     char *scripts[MAX_SCRIPTS];     /* Lua sources, loaded on every connect */
     char script_sha[MAX_SCRIPTS][41];
     int n_scripts;
@@ -182,8 +183,11 @@ static void went_down(struct redis *r, const char *why)
     evtimer_del(r->connect_timer);
     if (r->closing)
         return;
-    if (atomic_exchange(&r->rs->outage_logged, 1) == 0)
+    if (atomic_exchange(&r->rs->outage_logged, 1) == 0) {
         log_warn("redis %s unavailable (%s): serving without it until it returns", r->rs->display, why);
+        /* The Redis that comes back may be another one: check it again. */
+        atomic_store(&r->rs->aof_warned, 0);
+    }
     struct timeval tv = ms_tv(r->backoff_ms);
     evtimer_add(r->retry_timer, &tv);
     r->backoff_ms = r->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : r->backoff_ms * 2;
@@ -220,6 +224,28 @@ static void setup_reply_cb(redisAsyncContext *ac, void *reply, void *priv)
         log_error("redis %s refused setup: %s", ((struct redis *)ac->data)->rs->display, rep->str);
         redisAsyncDisconnect(ac);
     }
+}
+
+/* The reply to INFO persistence, asked on every connect. Spend lives only in
+ * Redis (DESIGN.md, failure rules): without AOF a Redis restart silently
+ * resets every tenant's spend, and budgets with it, so say so once, loudly.
+ * INFO rather than CONFIG GET appendonly, because managed Redis services often
+ * disable CONFIG; an error reply (INFO renamed away) or a reply without the
+ * field means we cannot tell, and we stay quiet rather than cry wolf. */
+static void persistence_reply_cb(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)priv;
+    redisReply *rep = reply;
+    if (!rep || rep->type != REDIS_REPLY_STRING || !rep->str)
+        return;
+    struct redis_shared *rs = ((struct redis *)ac->data)->rs;
+    const char *f = strstr(rep->str, "aof_enabled:");
+    if (!f || f[12] != '0')
+        return;
+    if (atomic_exchange(&rs->aof_warned, 1) == 0)
+        log_warn("redis %s has AOF off (aof_enabled:0): tenants' spend is lost when Redis restarts; "
+                 "run it with appendonly yes",
+                 rs->display);
 }
 
 static void drop_connection(struct redis *r)
@@ -275,6 +301,9 @@ static void start_connect(struct redis *r)
         redisAsyncCommand(ac, setup_reply_cb, NULL, "SELECT %d", rs->db);
     for (int i = 0; i < rs->n_scripts; i++)
         redisAsyncCommand(ac, setup_reply_cb, NULL, "SCRIPT LOAD %s", rs->scripts[i]);
+    /* Asked of every connection, answered by whichever comes first; nothing
+     * waits for it, so start-up never blocks on Redis. */
+    redisAsyncCommand(ac, persistence_reply_cb, NULL, "INFO persistence");
     struct timeval tv = ms_tv(rs->timeout_ms);
     evtimer_add(r->connect_timer, &tv);
 }

@@ -445,6 +445,11 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
+    /* Connect to Redis now rather than on the first request: the first
+     * request does not pay for the connect, and the start-up checks the
+     * connection makes (AOF, redis.c) run without waiting for traffic. */
+    if (w->gw->redis)
+        (void)redis_for_base(w->gw->redis, w->base);
     event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
     atomic_store(&w->done, 1);
     return NULL;

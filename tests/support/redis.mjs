@@ -39,7 +39,7 @@ export async function startRedis({ port, persist = false } = {}) {
     proc.removeAllListeners('exit');
   };
   h.stop = async () => {
-    if (!h.proc || h.proc.exitCode !== null) return;
+    if (!h.proc || h.proc.exitCode !== null || h.proc.signalCode !== null) return; // already gone
     const p = h.proc;
     const done = new Promise((r) => p.once('exit', r));
     p.kill('SIGKILL');

@@ -1,0 +1,178 @@
+// faults-redis.test.mjs: the fault suite's Redis half (issue 12).
+//
+// Redis is the one piece of state the gateway has, and spend lives there, so
+// these tests break Redis for real (SIGKILL, not a polite SHUTDOWN) while
+// traffic runs, and then look at what a tenant is billed:
+//   - Redis killed under load and restarted: no request fails, and once the
+//     journal has replayed, the spend in Redis is exactly the sum of what the
+//     gateway told each client the answer cost;
+//   - the start-up check: with AOF off the gateway warns that spend would
+//     reset on a Redis restart; with AOF on it says nothing; and the check
+//     never holds up start-up when Redis is not there yet.
+import assert from 'node:assert/strict';
+import { after, describe, test } from 'node:test';
+
+import {
+  authHeaders, chatBody, cleanupAfterAll, makeConfig, sha256hex, startGateway, startPeer, tier, TEST_KEY,
+} from '../support/harness.mjs';
+import { startRedis } from '../support/redis.mjs';
+
+cleanupAfterAll();
+
+// Redis servers are not the harness's: stop them even when a test fails, or
+// the test process never exits.
+const redises = [];
+after(() => Promise.all(redises.map((r) => r.stop())));
+async function redisServer(opts) {
+  const r = await startRedis(opts);
+  redises.push(r);
+  return r;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// Whole-number prices, so usage x price is exact in nano-USD: 10 and 100 USD
+// per 1M tokens are 10,000 and 100,000 nano-USD per token.
+const PRICE = { input_per_1m: 10, output_per_1m: 100 };
+const costNano = (u) => u.prompt_tokens * PRICE.input_per_1m * 1000 + u.completion_tokens * PRICE.output_per_1m * 1000;
+const today = () => new Date().toISOString().slice(0, 10).replace(/-/g, '');
+const AOF_WARNING = (l) => l.level === 'warn' && /AOF off/.test(l.msg ?? '');
+
+function post(gw, body) {
+  return fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: authHeaders(), body: JSON.stringify(body) });
+}
+
+function config(redis, peer, id) {
+  return makeConfig({
+    tiers: [tier({ name: 'small', urls: peer.url, price: PRICE })],
+    tenants: [{ id, keys: [sha256hex(TEST_KEY)], allowed_tiers: ['small'] }],
+    redis: { url: redis.url, timeout_ms: 200 },
+  });
+}
+
+// oneRequest: send one request and return what the client was told it cost,
+// in nano-USD: the x-cascade-cost-usd header of a JSON answer, or the usage
+// chunk of a stream times the price (a stream's headers leave before its
+// cost is known). Throws on anything but a complete 200.
+async function oneRequest(gw, text, stream) {
+  const body = chatBody(`${text} [[peer:delay_ms=30]]`, stream
+    ? { model: 'small', stream: true, stream_options: { include_usage: true } }
+    : { model: 'small' });
+  const res = await post(gw, body);
+  const raw = await res.text();
+  if (res.status !== 200) throw new Error(`HTTP ${res.status}: ${raw}`);
+  if (!stream) {
+    const usd = res.headers.get('x-cascade-cost-usd');
+    if (usd === null) throw new Error('no x-cascade-cost-usd header');
+    const nano = Math.round(Number(usd) * 1e9);
+    // The header and the body's usage must agree, or one of them lies.
+    const u = JSON.parse(raw).usage;
+    if (nano !== costNano(u)) throw new Error(`header ${usd} USD but usage ${JSON.stringify(u)}`);
+    return nano;
+  }
+  if (!raw.trimEnd().endsWith('data: [DONE]')) throw new Error(`stream did not finish: ${raw.slice(-300)}`);
+  const chunks = raw.split('\n\n').filter((b) => b.startsWith('data: {')).map((b) => JSON.parse(b.slice(6)));
+  if (chunks.some((c) => c.error)) throw new Error(`error event in the stream: ${raw.slice(-300)}`);
+  const u = chunks.find((c) => c.usage)?.usage;
+  if (!u) throw new Error('no usage chunk');
+  return costNano(u);
+}
+
+describe('Redis faults', () => {
+  test('Redis SIGKILLed under load and restarted: 0 failed requests, spend = sum of reported costs', async () => {
+    const redis = await redisServer({ persist: true });
+    const peer = await startPeer({ name: 'rk' });
+    const gw = await startGateway({ config: config(redis, peer, 'killed') });
+    let stop = false;
+    let n = 0;
+    const failures = [];
+    let reported = 0;
+    const loops = Array.from({ length: 6 }, async (_, k) => {
+      while (!stop) {
+        const i = n++;
+        try {
+          // Not `reported += await ...`: that reads `reported` before the
+          // await and loses the other loops' additions.
+          const cost = await oneRequest(gw, `k${k} n${i} some words to count`, i % 3 === 0);
+          reported += cost;
+        } catch (e) {
+          failures.push(`request ${i}: ${e.message}`);
+        }
+      }
+    });
+    await sleep(400);
+    const beforeKill = n;
+    await redis.stop(); // SIGKILL: no shutdown save, as a crash
+    await sleep(800);
+    const duringOutage = n - beforeKill;
+    await redis.start(); // same port, same AOF file
+    await sleep(600);
+    stop = true;
+    await Promise.all(loops);
+    assert.deepEqual(failures, [], 'no request fails while Redis is killed and restarted');
+    assert.ok(beforeKill >= 10, `${beforeKill} requests before the kill`);
+    assert.ok(duringOutage >= 10, `${duringOutage} requests while Redis was down: the load really ran across it`);
+    assert.ok(gw.logLines().some((l) => /unavailable/.test(l.msg ?? '')), 'the gateway saw the outage');
+    // The journal replays on reconnect; wait for it to drain, then compare.
+    let spent = -1;
+    for (let i = 0; i < 60 && spent !== reported; i++) {
+      if (i) await sleep(100);
+      spent = Number(redis.cli('GET', `cascade:{killed}:spend:${today()}`) || 0);
+    }
+    console.log(`redis kill: ${n} requests (${duringOutage} during the outage), reported ${reported} nano-USD, ` +
+      `Redis holds ${spent}`);
+    assert.ok(reported > 0);
+    assert.equal(spent, reported, 'spend in Redis equals the sum of the costs the clients were told');
+    await gw.stop();
+    await redis.stop();
+  });
+
+  test('start-up: AOF off is warned about, without any request, once', async () => {
+    const redis = await redisServer(); // --appendonly no
+    const peer = await startPeer({ name: 'aof-off' });
+    const gw = await startGateway({ config: config(redis, peer, 'aofoff') });
+    const line = await gw.waitForLog(AOF_WARNING, 5000);
+    assert.match(line.msg, /appendonly yes/);
+    assert.match(line.msg, new RegExp(`127\\.0\\.0\\.1:${redis.port}`));
+    // Two workers each connect and ask; one warning is enough.
+    await sleep(300);
+    assert.equal(gw.logLines().filter(AOF_WARNING).length, 1);
+    await gw.stop();
+    await redis.stop();
+  });
+
+  test('start-up: AOF on, no warning (and the gateway did ask)', async () => {
+    const redis = await redisServer({ persist: true }); // --appendonly yes
+    const peer = await startPeer({ name: 'aof-on' });
+    const gw = await startGateway({ config: config(redis, peer, 'aofon') });
+    // Wait until the gateway's INFO has reached Redis, so silence means "AOF
+    // is on" and not "not asked yet".
+    const asked = () => /cmdstat_info:calls=[1-9]/.test(redis.cli('INFO', 'commandstats'));
+    for (let i = 0; i < 100 && !asked(); i++) await sleep(50);
+    assert.ok(asked(), 'the gateway sent INFO to Redis at start-up');
+    await sleep(300);
+    assert.equal(gw.logLines().filter(AOF_WARNING).length, 0, gw.logs());
+    const res = await post(gw, chatBody('works', { model: 'small' }));
+    assert.equal(res.status, 200);
+    await res.text();
+    assert.equal(gw.logLines().filter(AOF_WARNING).length, 0);
+    await gw.stop();
+    await redis.stop();
+  });
+
+  test('start-up does not wait for Redis; the check runs once Redis appears', async () => {
+    const redis = await redisServer(); // AOF off
+    await redis.stop();
+    const peer = await startPeer({ name: 'aof-late' });
+    const t0 = Date.now();
+    const gw = await startGateway({ config: config(redis, peer, 'aoflate') });
+    assert.ok(Date.now() - t0 < 5000);
+    const res = await post(gw, chatBody('served without Redis', { model: 'small' }));
+    assert.equal(res.status, 200);
+    await res.text();
+    assert.equal(gw.logLines().filter(AOF_WARNING).length, 0);
+    await redis.start();
+    await gw.waitForLog(AOF_WARNING, 8000);
+    await gw.stop();
+    await redis.stop();
+  });
+});
