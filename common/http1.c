@@ -113,7 +113,7 @@ static int list_has(const char *v, const char *name)
  * or any other byte is refused rather than guessed at. */
 static int check_transfer_encoding(const char *v, const char **why)
 {
-    int elements = 0, chunked_seen = 0, last_chunked = 0, unknown = 0;
+    int chunked_seen = 0, last_chunked = 0, unknown = 0;
     const char *p = v;
     for (;;) {
         const char *s = p;
@@ -121,7 +121,6 @@ static int check_transfer_encoding(const char *v, const char **why)
             p++;
         if (p == s)
             return fail(why, "malformed Transfer-Encoding", 400);
-        elements++;
         last_chunked = (size_t)(p - s) == 7 && strncasecmp(s, "chunked", 7) == 0;
         if (last_chunked) {
             if (chunked_seen)
@@ -144,7 +143,6 @@ static int check_transfer_encoding(const char *v, const char **why)
         return fail(why, "Transfer-Encoding must end with chunked", chunked_seen ? 400 : 501);
     if (unknown)
         return fail(why, "unsupported transfer coding", 501);
-    (void)elements;
     return 0;
 }
 

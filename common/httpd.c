@@ -401,6 +401,31 @@ size_t httpd_stream_backlog(const struct httpd_req *r)
     return r->conn ? evbuffer_get_length(bufferevent_get_output(r->conn->bev)) : 0;
 }
 
+/* ---- the queue of requests read ahead ------------------------------------ */
+
+static void queue_push(struct conn *c, struct httpd_req *r)
+{
+    r->state = R_QUEUED;
+    r->next = NULL;
+    if (c->queue_tail)
+        c->queue_tail->next = r;
+    else
+        c->queue = r;
+    c->queue_tail = r;
+    c->queued++;
+}
+
+static struct httpd_req *queue_pop(struct conn *c)
+{
+    struct httpd_req *r = c->queue;
+    c->queue = r->next;
+    if (!c->queue)
+        c->queue_tail = NULL;
+    c->queued--;
+    r->next = NULL;
+    return r;
+}
+
 /* ---- refusing ---------------------------------------------------------- */
 
 /* Answer r (at the front) with the server's own error and close after it. */
@@ -431,44 +456,15 @@ static void conn_fail(struct conn *c, struct httpd_req *r, int status, const cha
         refuse_now(c, r, status, why);
         return;
     }
+    queue_push(c, r);
     r->state = R_REFUSED;
     r->refuse_status = status;
     r->refuse_why = why;
-    r->next = NULL;
-    if (c->queue_tail)
-        c->queue_tail->next = r;
-    else
-        c->queue = r;
-    c->queue_tail = r;
-    c->queued++;
     c->state = C_STOPPED;
     bufferevent_disable(c->bev, EV_READ);
 }
 
 /* ---- reading requests -------------------------------------------------- */
-
-static void queue_push(struct conn *c, struct httpd_req *r)
-{
-    r->state = R_QUEUED;
-    r->next = NULL;
-    if (c->queue_tail)
-        c->queue_tail->next = r;
-    else
-        c->queue = r;
-    c->queue_tail = r;
-    c->queued++;
-}
-
-static struct httpd_req *queue_pop(struct conn *c)
-{
-    struct httpd_req *r = c->queue;
-    c->queue = r->next;
-    if (!c->queue)
-        c->queue_tail = NULL;
-    c->queued--;
-    r->next = NULL;
-    return r;
-}
 
 /* Receive a request head. Returns the parsed request, or NULL when more
  * bytes are needed or the head was refused (then c->state says which). */
