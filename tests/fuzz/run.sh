@@ -8,6 +8,7 @@
 #   FUZZ_JOBS       targets run at once (default 2, the CI box's cores)
 #   FUZZ_TARGETS    space-separated subset of targets (default all in targets.txt)
 #   FUZZ_OUT        where logs, new inputs and crash files go (default a temp dir)
+#   FUZZ_RUNS       also stop a target after this many executions (default: time only)
 # Without clang it prints SKIP and exits 0, except under CI=true, where a
 # missing clang is a failure: CI must not pass without fuzzing.
 set -euo pipefail
@@ -48,10 +49,13 @@ run_one() {
   local t=$1 dir="$OUT/$1" rc=0 t0
   mkdir -p "$dir/corpus"
   t0=$(date +%s)
-  local seeds=tests/fuzz/corpus/$t
+  local seeds=tests/fuzz/corpus/$t opts=()
   [ -d "$seeds" ] || seeds=""
+  # A dictionary of the format's keywords, where the target has one.
+  [ -f "tests/fuzz/dict/$t.dict" ] && opts+=(-dict="tests/fuzz/dict/$t.dict")
+  [ -n "${FUZZ_RUNS:-}" ] && opts+=(-runs="$FUZZ_RUNS")
   "$BUILD/tests/fuzz/fuzz_$t" -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb=2048 -timeout=10 \
-    -print_final_stats=1 -artifact_prefix="$dir/" "$dir/corpus" $seeds \
+    -print_final_stats=1 -artifact_prefix="$dir/" "${opts[@]}" "$dir/corpus" $seeds \
     >"$dir/log" 2>&1 || rc=$?
   echo "${rc:-0}" >"$dir/rc"
   echo $(($(date +%s) - t0)) >"$dir/seconds"
