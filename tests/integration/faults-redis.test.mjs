@@ -126,6 +126,51 @@ describe('Redis faults', () => {
     await redis.stop();
   });
 
+  test('Redis frozen (SIGSTOP) under load, then thawed: 0 failed requests, spend counted once', async () => {
+    // A Redis that stops answering is worse than one that dies: commands
+    // time out, are journaled, and may still run when it wakes up. The
+    // replay must not count them twice.
+    const redis = await redisServer({ persist: true });
+    const peer = await startPeer({ name: 'rf' });
+    const gw = await startGateway({ config: config(redis, peer, 'frozen') });
+    let stop = false;
+    let n = 0;
+    const failures = [];
+    let reported = 0;
+    const loops = Array.from({ length: 6 }, async (_, k) => {
+      while (!stop) {
+        const i = n++;
+        try {
+          const cost = await oneRequest(gw, `k${k} n${i} frozen words`, i % 3 === 0);
+          reported += cost;
+        } catch (e) {
+          failures.push(`request ${i}: ${e.message}`);
+        }
+      }
+    });
+    await sleep(400);
+    const beforeFreeze = n;
+    redis.proc.kill('SIGSTOP');
+    await sleep(1500);
+    const duringFreeze = n - beforeFreeze;
+    redis.proc.kill('SIGCONT');
+    await sleep(1500);
+    stop = true;
+    await Promise.all(loops);
+    assert.deepEqual(failures, [], 'no request fails while Redis is frozen');
+    assert.ok(duringFreeze >= 10, `${duringFreeze} requests while Redis was frozen`);
+    let spent = -1;
+    for (let i = 0; i < 60 && spent !== reported; i++) {
+      if (i) await sleep(100);
+      spent = Number(redis.cli('GET', `cascade:{frozen}:spend:${today()}`) || 0);
+    }
+    console.log(`redis freeze: ${n} requests (${duringFreeze} during the freeze), reported ${reported} nano-USD, ` +
+      `Redis holds ${spent}`);
+    assert.equal(spent, reported, 'spend in Redis equals the sum of the costs the clients were told');
+    await gw.stop();
+    await redis.stop();
+  });
+
   test('start-up: AOF off is warned about, without any request, once', async () => {
     const redis = await redisServer(); // --appendonly no
     const peer = await startPeer({ name: 'aof-off' });
