@@ -110,6 +110,7 @@ struct chat {
     int64_t reserved_nano;          /* what admission reserved */
     int64_t cost_nano, saved_cache_nano, saved_routing_nano;
     int cost_warned;                /* the over-reservation warning was logged */
+    int64_t charged_in, charged_out; /* the final tier's tokens settle charged */
     int hit_tier;                   /* the tier that produced a cache hit, or -1 */
     /* routing and the cascade */
     int scored;                     /* the classifier scored this request */
@@ -233,6 +234,8 @@ static void settle(struct chat *c, int status)
 {
     int64_t prompt, completion;
     compute_cost(c, &prompt, &completion);
+    c->charged_in = prompt;
+    c->charged_out = completion;
     c->saved_cache_nano = c->saved_routing_nano = 0;
     if (status == 200 && c->hit_tier >= 0) {
         c->saved_cache_nano = tier_cost(c, c->hit_tier, c->usage.prompt_tokens, c->usage.completion_tokens);
@@ -290,7 +293,9 @@ static void record(struct chat *c, int status)
     int tier = hit ? c->hit_tier : c->tier;
     struct stats_sample x = {
         .tenant = c->tenant->id, .tier = tier, .status = status, .cache = cache, .escalated = c->escalated,
-        .tokens_in = hit ? 0 : c->usage.prompt_tokens, .tokens_out = hit ? 0 : c->usage.completion_tokens,
+        /* The tokens charged: the engine's usage, or what was received
+         * when it reported none (a stream cut or broken mid-answer). */
+        .tokens_in = hit ? 0 : c->charged_in, .tokens_out = hit ? 0 : c->charged_out,
         .cost_nano = c->cost_nano, .saved_cache_nano = c->saved_cache_nano,
         .saved_routing_nano = c->saved_routing_nano, .latency_us = total,
     };

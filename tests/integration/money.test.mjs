@@ -271,6 +271,13 @@ describe('the money path', () => {
     const logged = lines.reduce((a, l) => a + l.cost_nano, 0);
     assert.ok(Math.abs(t.cost_usd - logged / 1e9) < 1e-9, `stats ${t.cost_usd} USD, access log ${logged} nano-USD`);
     assert.equal(r.status, 429, r.text);
+    // The tenant whose requests failed: its tokens are the ones it was
+    // charged for, the three pieces of the broken stream, and no savings.
+    const f = await fetch(`${gw.url}/admin/v1/stats?${q}&tenant=fail`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    const ft = (await f.json()).totals;
+    assert.equal(ft.tokens_out, 3, JSON.stringify(ft));
+    assert.equal(ft.saved_routing_usd, 0);
+    assert.equal(ft.saved_cache_usd, 0);
   });
 
   test('the Lua scripts refuse negative, fractional and exponent-form amounts before writing', async () => {
