@@ -35,6 +35,13 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const PRICE = { input_per_1m: 10, output_per_1m: 100 };
 const costNano = (u) => u.prompt_tokens * PRICE.input_per_1m * 1000 + u.completion_tokens * PRICE.output_per_1m * 1000;
 const today = () => new Date().toISOString().slice(0, 10).replace(/-/g, '');
+async function until(fn, ms) {
+  const deadline = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > deadline) throw new Error(`condition not met in ${ms} ms`);
+    await sleep(20);
+  }
+}
 const AOF_WARNING = (l) => l.level === 'warn' && /AOF off/.test(l.msg ?? '');
 
 function post(gw, body) {
@@ -171,7 +178,7 @@ describe('Redis faults', () => {
     await redis.stop();
   });
 
-  test('start-up: AOF off is warned about, without any request, once', async () => {
+  test('start-up: AOF off is warned about, without any request, once; again after a Redis restart', async () => {
     const redis = await redisServer(); // --appendonly no
     const peer = await startPeer({ name: 'aof-off' });
     const gw = await startGateway({ config: config(redis, peer, 'aofoff') });
@@ -181,6 +188,14 @@ describe('Redis faults', () => {
     // Two workers each connect and ask; one warning is enough.
     await sleep(300);
     assert.equal(gw.logLines().filter(AOF_WARNING).length, 1);
+    // A Redis that comes back after an outage may be another one: asked again.
+    await redis.stop();
+    await gw.waitForLog((l) => /unavailable/.test(l.msg ?? ''), 5000);
+    await redis.start();
+    await gw.waitForLog((l) => /available again/.test(l.msg ?? ''), 5000);
+    await until(() => gw.logLines().filter(AOF_WARNING).length === 2, 3000);
+    await sleep(300);
+    assert.equal(gw.logLines().filter(AOF_WARNING).length, 2);
     await gw.stop();
     await redis.stop();
   });
