@@ -50,9 +50,10 @@
 #include "policies/price.h"
 #include "policies/routing.h"
 
-/* Bodies larger than this are classified and counted on the work pool: a
- * tokenizer pass over 1 MB takes about 190 ms, and on the worker's loop it
- * would stall every other request there. */
+/* Bodies larger than this are parsed, classified and counted on the work
+ * pool: a tokenizer pass over 1 MB takes about 190 ms, the JSON parse of
+ * 10 MB about 200, and on the worker's loop either would stall every other
+ * request there. */
 #define OFFLOAD_BODY_BYTES (64u << 10)
 /* Received text longer than this is counted at settle on the work pool. */
 #define OFFLOAD_COUNT_BYTES (4u << 10)
@@ -140,7 +141,12 @@ struct chat {
     size_t cache_bytes;             /* about what the cache entry holds so far */
     int paused;                     /* the engine is paused for a slow client */
     struct event *resume_ev;        /* while paused: looks at the client's backlog */
-    int offload_pending;            /* a work-pool job holds this state */
+    int offload_pending;            /* a work-pool job holds this state (and reads r's body) */
+    void (*offload_next)(struct chat *c);   /* what follows the job, on the loop */
+    char route[200];                /* the cache key's route selector */
+    int parse_rc;                   /* prepare_work's results, for prepared() */
+    struct openai_error parse_err;
+    int asked_tier;                 /* the tier the model names, before routing; -1: none */
     int done_status;                /* chat_done's status, kept while the count runs */
 };
 
@@ -831,9 +837,12 @@ static enum cache_plan cache_plan(const struct chat *c)
 }
 
 /* After admission: the cache, then the engine. */
+static void key_work(void *arg);
+static void keyed(struct chat *c);
+static void offload(struct chat *c, workpool_fn work, void (*next)(struct chat *c));
+
 static void serve(struct chat *c)
 {
-    struct gateway *gw = c->w->gw;
     c->plan = cache_plan(c);
     if (c->plan == PLAN_BYPASS) {
         c->cache_header = "bypass";
@@ -842,12 +851,24 @@ static void serve(struct chat *c)
     }
     /* The route selector: a tier by name (a model id maps to its tier), or
      * auto with what auto means for this tenant now. */
-    char route[200];
     if (c->is_auto && c->scored)
-        snprintf(route, sizeof route, "%s", c->tenant->routing_version);
+        snprintf(c->route, sizeof c->route, "%s", c->tenant->routing_version);
     else
-        snprintf(route, sizeof route, "%s:%s", c->is_auto ? "auto" : "tier", tier_name(c));
-    cache_key(c->tenant->id, route, &c->req, c->key);
+        snprintf(c->route, sizeof c->route, "%s:%s", c->is_auto ? "auto" : "tier", tier_name(c));
+    /* The key hashes the messages: for a large body, on the work pool. */
+    offload(c, key_work, keyed);
+}
+
+/* Work pool or loop: the cache key (reads c->req and c->route). */
+static void key_work(void *arg)
+{
+    struct chat *c = arg;
+    cache_key(c->tenant->id, c->route, &c->req, c->key);
+}
+
+/* Keyed: refresh, or look the answer up. */
+static void keyed(struct chat *c)
+{
     if (c->plan == PLAN_REFRESH) {
         c->cache_header = "miss";
         c->store = 1;
@@ -855,7 +876,7 @@ static void serve(struct chat *c)
         return;
     }
     c->lookup_pending = 1;
-    cache_get(gw->cache, c->w->base, c->tenant->id, c->key, on_lookup, c);
+    cache_get(c->w->gw->cache, c->w->base, c->tenant->id, c->key, on_lookup, c);
 }
 
 /* ---- admission ---------------------------------------------------------- */
@@ -1015,6 +1036,12 @@ static void bound_max_tokens(struct chat *c)
 static void on_client_close(struct httpd_req *r, void *arg)
 {
     struct chat *c = arg;
+    if (c->offload_pending) {
+        /* The work pool is reading the body: the HTTP request stays until
+         * the job is done, and prepare_done releases it. */
+        c->gone = 1;
+        return;
+    }
     /* Release the HTTP request: replying to a gone client only frees it. */
     if (c->stream_open)
         httpd_stream_end(r);
@@ -1031,20 +1058,31 @@ static void on_client_close(struct httpd_req *r, void *arg)
         sf_leave(cache_flights(c->w->gw->cache), c->waiter);
         c->waiter = NULL;
     }
-    if (c->lookup_pending || c->admit_pending || c->offload_pending) {
+    if (c->lookup_pending || c->admit_pending) {
         c->gone = 1; /* the pending callback frees us */
         return;
     }
     chat_done(c, 499);
 }
 
-/* The part of a request's preparation whose time grows with its body:
- * the classifier's score (and so the tier) for "auto", and the prompt's
- * token count. Pure reads of c->req and the config; on the work pool for a
- * large body, when the loop thread leaves c alone until prepare_done. */
+/* The part of a request's start whose time grows with its body: the JSON
+ * parse, the classifier's score (and so the tier) for "auto", and the
+ * prompt's token count. It replies nothing; prepared() reads its results.
+ * It reads the body, the config and c (see offload()). */
 static void prepare_work(void *arg)
 {
     struct chat *c = arg;
+    size_t len;
+    const char *body = httpd_req_body(c->r, &len);
+    c->parse_rc = chat_request_parse(body, len, &c->req, &c->parse_err);
+    if (c->parse_rc < 0)
+        return;
+    /* "auto" is the tenant's default until the classifier routes it. */
+    c->is_auto = strcmp(c->req.model, "auto") == 0;
+    c->asked_tier = c->is_auto ? c->tenant->default_tier : config_tier_index(c->cfg, c->req.model);
+    if (c->asked_tier < 0 || !config_tenant_allows(c->tenant, c->asked_tier))
+        return;
+    c->tier = c->asked_tier;
     if (c->is_auto && c->w->gw->classifier)
         route_auto(c);
     c->prompt_tokens = count_prompt(c);
@@ -1052,16 +1090,68 @@ static void prepare_work(void *arg)
 
 static void admit_start(struct chat *c);
 
-/* Loop thread, after prepare_work ran on the pool. */
-static void prepare_done(void *arg)
+/* Loop thread, after prepare_work: bad input gets its error; a good
+ * request gets its id and goes to admission. */
+static void prepared(struct chat *c)
+{
+    if (c->parse_rc < 0) {
+        struct openai_error *err = &c->parse_err;
+        reply_error(c, err->status, err->type, err->code, err->param, err->message);
+        return;
+    }
+    if (c->asked_tier < 0) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "The model '%.100s' does not exist", c->req.model);
+        reply_error(c, 404, "invalid_request_error", "model_not_found", "model", msg);
+        return;
+    }
+    if (c->tier < 0) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "Tier '%.100s' is not allowed for this API key", c->cfg->tiers[c->asked_tier].name);
+        reply_error(c, 403, "permission_error", "tier_not_allowed", "model", msg);
+        return;
+    }
+    char rid[17];
+    access_new_id(rid);
+    snprintf(c->id, sizeof c->id, "chatcmpl-%s", rid);
+    c->created = clock_wall_s();
+    c->content = evbuffer_new();
+    httpd_req_on_close(c->r, on_client_close, c);
+    admit_start(c);
+}
+
+static void offload_done(void *arg)
 {
     struct chat *c = arg;
     c->offload_pending = 0;
     if (c->gone) {
+        httpd_reply(c->r, 499, NULL, NULL, 0); /* the client has gone: this only frees */
+        c->r = NULL;
         chat_done(c, 499);
         return;
     }
-    admit_start(c);
+    c->offload_next(c);
+}
+
+/* Run work(c), whose time grows with the body, then next(c) on the loop.
+ * For a body over OFFLOAD_BODY_BYTES the work goes to the pool, and the
+ * loop serves other requests meanwhile; a client that leaves meanwhile is
+ * seen when the job is done (on_client_close only marks it gone). */
+static void offload(struct chat *c, workpool_fn work, void (*next)(struct chat *c))
+{
+    size_t len;
+    httpd_req_body(c->r, &len);
+    struct workpool *pool = c->w->gw->pool;
+    if (len > OFFLOAD_BODY_BYTES && pool) {
+        httpd_req_on_close(c->r, on_client_close, c);
+        c->offload_next = next;
+        if (workpool_submit(pool, c->w->base, work, offload_done, c) == 0) {
+            c->offload_pending = 1;
+            return;
+        }
+    }
+    work(c);
+    next(c);
 }
 
 /* application/json, with or without parameters such as charset. */
@@ -1088,6 +1178,7 @@ void chat_handle(struct worker *w, struct httpd_req *r, struct config_snap *snap
     c->t0 = t0;
     c->req.max_tokens = -1;
     c->counted_tokens = -1;
+    c->asked_tier = -1;
     snprintf(c->request_id, sizeof c->request_id, "%s", request_id);
 
     if (!is_json_type(httpd_req_header(r, "Content-Type"))) {
@@ -1095,46 +1186,8 @@ void chat_handle(struct worker *w, struct httpd_req *r, struct config_snap *snap
                     "Content-Type must be application/json");
         return;
     }
-    size_t len;
-    const char *body = httpd_req_body(r, &len);
-    struct openai_error err;
-    if (chat_request_parse(body, len, &c->req, &err) < 0) {
-        reply_error(c, err.status, err.type, err.code, err.param, err.message);
-        return;
-    }
-    /* "auto" is the tenant's default until the classifier routes it. */
-    c->is_auto = strcmp(c->req.model, "auto") == 0;
-    int tier = c->is_auto ? tenant->default_tier : config_tier_index(c->cfg, c->req.model);
-    if (tier < 0) {
-        char msg[200];
-        snprintf(msg, sizeof msg, "The model '%.100s' does not exist", c->req.model);
-        reply_error(c, 404, "invalid_request_error", "model_not_found", "model", msg);
-        return;
-    }
-    if (!config_tenant_allows(tenant, tier)) {
-        char msg[200];
-        snprintf(msg, sizeof msg, "Tier '%.100s' is not allowed for this API key", c->cfg->tiers[tier].name);
-        c->tier = -1;
-        reply_error(c, 403, "permission_error", "tier_not_allowed", "model", msg);
-        return;
-    }
-    c->tier = tier;
-    char rid[17];
-    access_new_id(rid);
-    snprintf(c->id, sizeof c->id, "chatcmpl-%s", rid);
-    c->created = clock_wall_s();
-    c->content = evbuffer_new();
-    httpd_req_on_close(r, on_client_close, c);
-
-    /* Classifying and counting grow with the body: a large one goes to the
-     * work pool, and the loop serves others meanwhile. */
-    struct workpool *pool = w->gw->pool;
-    if (len > OFFLOAD_BODY_BYTES && pool && workpool_submit(pool, w->base, prepare_work, prepare_done, c) == 0) {
-        c->offload_pending = 1;
-        return;
-    }
-    prepare_work(c);
-    admit_start(c);
+    /* Parsing, classifying and counting grow with the body. */
+    offload(c, prepare_work, prepared);
 }
 
 /* Prepared: fix the output bound, estimate the cost, and ask the policy. */

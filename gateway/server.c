@@ -637,6 +637,7 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
         if (cfg->tiers[i].kind == ENGINE_REMOTE) {
             /* Replicas are numbered across tiers, as metrics_new() got them. */
             remote_engine_set_error_hook(gw->engines[i], count_upstream_error, gw, replica_base);
+            remote_engine_set_pool(gw->engines[i], gw->pool);
             replica_base += cfg->tiers[i].remote.n_urls;
         }
     }

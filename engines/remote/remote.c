@@ -30,12 +30,17 @@
 #include "common/mem.h"
 #include "common/openai.h"
 #include "common/sse.h"
+#include "common/workpool.h"
 #include "engines/engine.h"
 
 #define MAX_LOCALS 256
 #define MAX_REPLICAS 64
 #define DOWN_BACKOFF_US 1000000u    /* after a connection failure, prefer others this long */
 #define ERRBODY_MAX 8192            /* bytes of an upstream error body we keep */
+/* Requests whose messages hold more text than this are serialized for the
+ * upstream on the work pool: json_dumps of 10 MB takes longer than its
+ * parse did, and on the worker's loop it would stall every other request. */
+#define OFFLOAD_BODY_BYTES (64u << 10)
 
 struct replica {
     char *url;
@@ -81,6 +86,7 @@ struct remote {
     remote_error_hook error_hook;
     void *error_ctx;
     size_t replica_base;
+    struct workpool *pool;          /* for serializing large bodies; may be NULL */
 };
 
 struct rreq {
@@ -109,6 +115,12 @@ struct rreq {
     int paused;                     /* reading stopped for a slow client (remote_pause) */
     int64_t max_tokens;             /* the request's output bound; 0: none */
     int64_t content_events;         /* stream events that carried content */
+    /* a large body being serialized on the work pool (building set): the
+     * job owns these until build_done; a cancel or timeout meanwhile only
+     * marks the request ended, and build_done frees it */
+    int building;
+    json_t *build_root;             /* a reference to the caller's request */
+    char *build_model;
     struct engine_usage usage;
     char finish_reason[32];
     int saw_done;
@@ -325,6 +337,8 @@ static void rreq_free(struct rreq *q)
     sse_parser_free(q->sse);
     if (q->errbody)
         evbuffer_free(q->errbody);
+    json_decref(q->build_root);
+    free(q->build_model);
     free(q->body);
     free(q);
 }
@@ -339,6 +353,11 @@ static void release_upstream(struct rreq *q)
     }
     q->conn = NULL;
     q->replica = -1;
+}
+
+void remote_engine_set_pool(struct engine *e, struct workpool *pool)
+{
+    ((struct remote *)e)->pool = pool;
 }
 
 void remote_engine_set_error_hook(struct engine *e, remote_error_hook hook, void *ctx, size_t replica_base)
@@ -689,6 +708,16 @@ static void timeout_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct rreq *q = arg;
+    if (q->building) {
+        /* The body is still being built: tell the caller now (unless it
+         * cancelled); build_done frees the request. */
+        if (!q->ended) {
+            q->ended = 1;
+            struct engine_error e = {504, "upstream_error", "upstream_timeout", "upstream timed out"};
+            q->cb.on_error(q->ctx, &e);
+        }
+        return;
+    }
     if (q->req) {
         evhttp_cancel_request(q->req); /* closes the upstream connection */
         q->req = NULL;
@@ -757,13 +786,16 @@ static int start_attempt(struct rreq *q)
 
 /* ---- engine operations ------------------------------------------------- */
 
-static char *build_body(const struct engine_request *er, size_t *len)
+/* The upstream's body: the client's request with our model, stream and
+ * output bound. Reads root only, so a pool thread may run it while the
+ * caller holds a reference. */
+static char *build_body(json_t *root, const char *model, int stream, int64_t max_tokens, size_t *len)
 {
     /* A shallow copy shares the (read-only) values; only our edits differ. */
-    json_t *o = json_copy(er->chat->root);
-    json_object_set_new(o, "model", json_string(er->model));
-    json_object_set_new(o, "stream", json_boolean(er->stream));
-    if (er->stream)
+    json_t *o = json_copy(root);
+    json_object_set_new(o, "model", json_string(model));
+    json_object_set_new(o, "stream", json_boolean(stream));
+    if (stream)
         json_object_set_new(o, "stream_options", json_pack("{s:b}", "include_usage", 1));
     else
         json_object_del(o, "stream_options");
@@ -772,13 +804,13 @@ static char *build_body(const struct engine_request *er, size_t *len)
      * key(s) the client used, so an upstream that knows only one of them
      * (older servers: max_tokens; OpenAI's reasoning models:
      * max_completion_tokens) sees what it expects. */
-    if (er->max_tokens > 0) {
+    if (max_tokens > 0) {
         int mct = json_object_get(o, "max_completion_tokens") != NULL;
         int mt = json_object_get(o, "max_tokens") != NULL;
         if (mct)
-            json_object_set_new(o, "max_completion_tokens", json_integer((json_int_t)er->max_tokens));
+            json_object_set_new(o, "max_completion_tokens", json_integer((json_int_t)max_tokens));
         if (mt || !mct)
-            json_object_set_new(o, "max_tokens", json_integer((json_int_t)er->max_tokens));
+            json_object_set_new(o, "max_tokens", json_integer((json_int_t)max_tokens));
     }
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
@@ -798,6 +830,38 @@ static void deferred_fail_cb(evutil_socket_t fd, short what, void *arg)
     finish_error(q, 502, "upstream_error", "upstream_unreachable", "no upstream replica is reachable");
 }
 
+/* Work pool: serialize a large body. */
+static void build_work(void *arg)
+{
+    struct rreq *q = arg;
+    q->body = build_body(q->build_root, q->build_model, q->stream, q->max_tokens, &q->body_len);
+}
+
+/* Loop thread: the body is ready; send it, unless the request ended
+ * (cancelled or timed out) meanwhile. */
+static void build_done(void *arg)
+{
+    struct rreq *q = arg;
+    q->building = 0;
+    json_decref(q->build_root);
+    q->build_root = NULL;
+    if (q->ended) {
+        rreq_free(q);
+        return;
+    }
+    if (start_attempt(q) < 0)
+        finish_error(q, 502, "upstream_error", "upstream_unreachable", "no upstream replica is reachable");
+}
+
+/* The text a request's messages hold: what its body's size grows with. */
+static size_t body_text_bytes(const struct chat_request *chat)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < chat->n_messages; i++)
+        n += chat->messages[i].content_len;
+    return n;
+}
+
 static int remote_submit(struct engine *e, const struct engine_request *er, const struct engine_callbacks *cb,
                          void *ctx, uint64_t *id)
 {
@@ -813,7 +877,6 @@ static int remote_submit(struct engine *e, const struct engine_request *er, cons
     q->max_tokens = er->max_tokens > 0 ? er->max_tokens : 0;
     q->replica = -1;
     snprintf(q->request_id, sizeof q->request_id, "%s", er->request_id ? er->request_id : "");
-    q->body = build_body(er, &q->body_len);
     q->id = ((uint64_t)L->index << 48) | (atomic_fetch_add(&r->next_seq, 1) & 0xFFFFFFFFFFFFull);
     q->next = L->active;
     if (L->active)
@@ -823,6 +886,19 @@ static int remote_submit(struct engine *e, const struct engine_request *er, cons
     q->timer = evtimer_new(L->base, timeout_cb, q);
     struct timeval tv = {r->cfg.timeout_ms / 1000, (r->cfg.timeout_ms % 1000) * 1000};
     evtimer_add(q->timer, &tv);
+    if (r->pool && body_text_bytes(er->chat) > OFFLOAD_BODY_BYTES) {
+        /* jansson's reference counts are atomic: the job's reference keeps
+         * the request alive even if the caller cancels and frees its own. */
+        q->build_root = json_incref(er->chat->root);
+        q->build_model = xstrdup(er->model);
+        q->building = 1;
+        if (workpool_submit(r->pool, L->base, build_work, build_done, q) == 0)
+            return 0;
+        q->building = 0;
+        json_decref(q->build_root);
+        q->build_root = NULL;
+    }
+    q->body = build_body(er->chat->root, er->model, er->stream, q->max_tokens, &q->body_len);
     if (start_attempt(q) < 0) {
         /* Callbacks never run inside submit: report on the next loop turn. */
         event_base_once(L->base, -1, EV_TIMEOUT, deferred_fail_cb, q, NULL);
@@ -855,6 +931,8 @@ static void remote_cancel(struct engine *e, uint64_t id)
     if (!q || q->ended)
         return;
     q->ended = 1; /* no callback from now on */
+    if (q->building)
+        return; /* build_done frees it */
     if (q->in_chunk_cb) {
         /* Inside libevent's delivery of this very request, which cannot be
          * cancelled from here: finish on the next loop turn. */

@@ -55,6 +55,12 @@ void remote_config_free(struct remote_config *cfg);
 typedef void (*remote_error_hook)(void *ctx, size_t replica);
 void remote_engine_set_error_hook(struct engine *e, remote_error_hook hook, void *ctx, size_t replica_base);
 
+/* A pool for work too long for a worker's loop: the body of a large
+ * request is serialized there (common/workpool.h). Set before the first
+ * request, or never (then everything runs on the loop). */
+struct workpool;
+void remote_engine_set_pool(struct engine *e, struct workpool *pool);
+
 /* The engine copies cfg. NULL with err set on failure. */
 struct engine *remote_engine_new(const struct remote_config *cfg, char *err, size_t errlen);
 
