@@ -234,6 +234,11 @@ void httpd_resp_header(struct httpd_req *r, const char *name, const char *value)
 
 /* ---- responses --------------------------------------------------------- */
 
+static int req_is_head(const struct httpd_req *r)
+{
+    return r->head.method && strcmp(r->head.method, "HEAD") == 0;
+}
+
 /* Decimal or hex digits of v into the end of buf; returns the first digit.
  * (printf on every response showed up in perf; this is all we need.) */
 static char *utoa(char *end, unsigned long long v, unsigned base)
@@ -281,6 +286,9 @@ static void write_head(struct httpd_req *r, int status, const char *content_type
     evbuffer_add_buffer(out, r->resp_hdrs);
     if (!r->keep_alive)
         evbuffer_add(out, "Connection: close\r\n", 19);
+    else if (r->head.minor == 0)
+        /* An HTTP/1.0 client keeps the connection only when told so. */
+        evbuffer_add(out, "Connection: keep-alive\r\n", 24);
     evbuffer_add(out, "\r\n", 2);
 }
 
@@ -345,7 +353,10 @@ void httpd_reply(struct httpd_req *r, int status, const char *content_type, cons
 {
     if (r->conn) {
         write_head(r, status, content_type, (long long)len);
-        if (len)
+        /* A response to HEAD has the headers of the GET answer and no body
+         * (RFC 9110 9.3.2): body bytes here would be read by the client as
+         * the start of the next response. */
+        if (len && !req_is_head(r))
             evbuffer_add(bufferevent_get_output(r->conn->bev), body, len);
     }
     finish_response(r);
@@ -375,7 +386,7 @@ void httpd_stream_begin(struct httpd_req *r, int status, const char *content_typ
 
 void httpd_stream_write(struct httpd_req *r, const char *data, size_t len)
 {
-    if (!r->conn || len == 0)
+    if (!r->conn || len == 0 || req_is_head(r))
         return;
     struct evbuffer *out = bufferevent_get_output(r->conn->bev);
     if (r->chunked_out) {
@@ -391,7 +402,7 @@ void httpd_stream_write(struct httpd_req *r, const char *data, size_t len)
 
 void httpd_stream_end(struct httpd_req *r)
 {
-    if (r->conn && r->chunked_out)
+    if (r->conn && r->chunked_out && !req_is_head(r))
         evbuffer_add(bufferevent_get_output(r->conn->bev), "0\r\n\r\n", 5);
     finish_response(r);
 }

@@ -250,6 +250,25 @@ test('max_pipelined: many pipelined requests are all answered, in order', async 
   await gw.stop();
 });
 
+test('HEAD gets headers without a body, and HTTP/1.0 keep-alive is acknowledged', async () => {
+  const gw = await startGateway({ config: makeConfig({ upstream: (await getPeer()).url }) });
+  const c = await openSock(gw.port);
+  c.sock.write('HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\nGET /healthz HTTP/1.1\r\nHost: a\r\n\r\n');
+  await c.until(() => c.data().includes('"status":"ok"'), 3000, 'the GET answer');
+  const [first, rest] = [c.data().slice(0, c.data().indexOf('\r\n\r\n') + 4), c.data().slice(c.data().indexOf('\r\n\r\n') + 4)];
+  assert.match(first, /^HTTP\/1\.1 405 /, 'HEAD on a GET-only probe'); // the probe answers GET only
+  assert.match(rest, /^HTTP\/1\.1 200 /, 'the next response starts right after the HEAD response\'s headers');
+  c.sock.destroy();
+  const old = await openSock(gw.port);
+  old.sock.write('GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n');
+  await old.until(() => old.data().includes('"status":"ok"'), 3000, 'the 1.0 answer');
+  assert.match(old.data(), /\r\nConnection: keep-alive\r\n/i);
+  old.sock.write('GET /healthz HTTP/1.0\r\n\r\n');
+  await old.until(() => old.closed(), 3000, 'closed after a plain 1.0 request');
+  assert.equal(count(old.data(), /HTTP\/1\.1 200 /g), 2);
+  await gw.stop();
+});
+
 // ---- connections ---------------------------------------------------------------
 
 test('at the fd limit accept backs off: low CPU, a small log, and service resumes', async () => {
