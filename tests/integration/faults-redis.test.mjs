@@ -106,10 +106,13 @@ describe('Redis faults', () => {
         }
       }
     });
-    await sleep(400);
+    // Enough traffic before and during the outage, however slow the build
+    // (sanitizers) or the machine.
+    await until(() => n >= 20, 15000);
     const beforeKill = n;
     await redis.stop(); // SIGKILL: no shutdown save, as a crash
     await sleep(800);
+    await until(() => n - beforeKill >= 10, 15000);
     const duringOutage = n - beforeKill;
     await redis.start(); // same port, same AOF file
     await sleep(600);
@@ -155,10 +158,11 @@ describe('Redis faults', () => {
         }
       }
     });
-    await sleep(400);
+    await until(() => n >= 20, 15000);
     const beforeFreeze = n;
     redis.proc.kill('SIGSTOP');
     await sleep(1500);
+    await until(() => n - beforeFreeze >= 10, 15000);
     const duringFreeze = n - beforeFreeze;
     redis.proc.kill('SIGCONT');
     await sleep(1500);

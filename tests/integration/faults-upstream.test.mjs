@@ -85,7 +85,7 @@ describe('upstream faults', () => {
       assert.ok(!done, 'stream ended early');
       text += dec.decode(value, { stream: true });
     }
-    const waiting = Array.from({ length: 8 }, (_, i) => post(gw, chatBody(`wait ${i} [[peer:delay_ms=400]]`)));
+    const waiting = Array.from({ length: 8 }, (_, i) => post(gw, chatBody(`wait ${i} [[peer:delay_ms=1000]]`)));
     // The replica holding the stream is the one that recorded it.
     const holds = async (p) => (await p.requests()).some((r) => r.body?.stream === true);
     const dead = (await holds(a)) ? a : b;
