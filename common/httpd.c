@@ -57,6 +57,10 @@
  * memory: long enough that a full fd table is not retried in a busy loop,
  * short enough that clients barely notice once descriptors free up. */
 #define ACCEPT_BACKOFF_MS 200
+/* A client that pipelines requests but does not read the answers would make
+ * us buffer answers without bound: past this much unsent output, no new
+ * request is read from it until the output drains to half. */
+#define OUTPUT_PAUSE_BYTES (256 * 1024)
 
 /* What the connection is reading (the response side is c->front). */
 enum conn_state {
@@ -321,6 +325,8 @@ static void conn_close_after_output(struct conn *c)
     c->state = C_CLOSING;
     evtimer_del(c->head_timer);
     bufferevent_disable(c->bev, EV_READ);
+    /* The write callback must now mean "all sent": no low watermark. */
+    bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
     bufferevent_setcb(c->bev, NULL, close_when_flushed_cb, event_cb, c);
     /* The write callback fires when the output drains; with nothing left to
      * write it would never fire, so check now -- unless conn_process() is on
@@ -615,6 +621,7 @@ static void conn_arm(struct conn *c)
     if (c->state == C_CLOSING)
         return;
     int reading = (c->state == C_HEAD || c->state == C_BODY || c->state == C_PARKED) &&
+                  evbuffer_get_length(bufferevent_get_output(c->bev)) < OUTPUT_PAUSE_BYTES &&
                   c->queued < c->h->lim.max_pipelined;
     if (reading)
         bufferevent_enable(c->bev, EV_READ);
@@ -664,7 +671,8 @@ static void conn_process(struct conn *c)
                 conn_close_after_output(c);
                 break;
             }
-            if (c->queued >= h->lim.max_pipelined)
+            if (c->queued >= h->lim.max_pipelined ||
+                evbuffer_get_length(bufferevent_get_output(c->bev)) >= OUTPUT_PAUSE_BYTES)
                 break; /* conn_arm() pauses reading until answers drain */
             struct httpd_req *r = read_head(c);
             if (!r)
@@ -709,6 +717,16 @@ static void read_cb(struct bufferevent *bev, void *arg)
 {
     (void)bev;
     conn_process(arg);
+}
+
+/* Output drained below OUTPUT_PAUSE_BYTES / 2: read and parse again if
+ * that was what held us back. */
+static void write_cb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    struct conn *c = arg;
+    if (c->state == C_HEAD || c->state == C_PARKED)
+        conn_process(c);
 }
 
 static void event_cb(struct bufferevent *bev, short what, void *arg)
@@ -817,7 +835,9 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     h->conns = c;
     h->n_conns++;
     c->state = C_HEAD;
-    bufferevent_setcb(c->bev, read_cb, NULL, event_cb, c);
+    bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+    /* write_cb runs once the output has drained to half the pause mark. */
+    bufferevent_setwatermark(c->bev, EV_WRITE, OUTPUT_PAUSE_BYTES / 2, 0);
     /* Unread input is bounded: a head cannot exceed the limit anyway, and a
      * body is moved out as it arrives. Past this much, libevent stops
      * reading from the socket until we consume (a pipelining client that

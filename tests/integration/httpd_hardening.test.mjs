@@ -269,6 +269,38 @@ test('HEAD gets headers without a body, and HTTP/1.0 keep-alive is acknowledged'
   await gw.stop();
 });
 
+// Resident memory of a process, in bytes, from /proc/<pid>/status.
+function rssBytes(pid) {
+  const m = readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+) kB/);
+  return Number(m[1]) * 1024;
+}
+
+test('a client that pipelines without reading answers gets backpressure, not a growing buffer', async () => {
+  const gw = await startGateway({ config: makeConfig({ upstream: (await getPeer()).url, workers: 1 }) });
+  const rss0 = rssBytes(gw.proc.pid);
+  const c = await openSock(gw.port);
+  c.sock.pause(); // never read: the answers pile up on the server's side
+  const one = Buffer.from('GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n');
+  const block = Buffer.concat(Array.from({ length: 2000 }, () => one));
+  let sent = 0;
+  const t0 = Date.now();
+  while (Date.now() - t0 < 2000) {
+    if (c.sock.writableLength < 4 << 20) {
+      c.sock.write(block);
+      sent += block.length;
+    }
+    await sleep(5);
+  }
+  const grown = rssBytes(gw.proc.pid) - rss0;
+  process.stdout.write(`# non-reading pipeliner: ${(sent / 1e6).toFixed(1)} MB of requests offered, ` +
+    `${(c.sock.writableLength / 1e6).toFixed(1)} MB still queued in the client, server RSS +${(grown / 1e6).toFixed(1)} MB\n`);
+  assert.ok(c.sock.writableLength > 0, 'the server stopped reading: the client\'s writes back up');
+  assert.ok(grown < 32 << 20, `server RSS grew by ${(grown / 1e6).toFixed(1)} MB`);
+  c.sock.destroy();
+  assert.equal(await healthz(gw), 200);
+  await gw.stop();
+});
+
 // ---- connections ---------------------------------------------------------------
 
 test('at the fd limit accept backs off: low CPU, a small log, and service resumes', async () => {
