@@ -31,6 +31,11 @@ async function redisServer(opts) {
   return r;
 }
 
+// Known and not ours to fix (gateway/chat.c logs c->usage, the engine's
+// report, while it charges c->charged_in/out); set to false once fixed.
+const TODO_ACCESS_TOKENS = 'access log shows engine usage (0) instead of the charged tokens for cut streams';
+let cutStream = null;
+
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const today = () => new Date().toISOString().slice(0, 10).replace(/-/g, '');
 
@@ -107,6 +112,7 @@ describe('upstream faults', () => {
     assertOpenAIError(last, 'last event');
     assert.equal(last.error.type, 'upstream_error');
     console.log(`stream ended ${Date.now() - t0} ms after the kill with`, JSON.stringify(last));
+
     // Requests that were waiting on the dead replica, and new ones, are answered.
     const answered = await Promise.all(waiting.map(async (p) => {
       const r = await p;
@@ -124,6 +130,60 @@ describe('upstream faults', () => {
     assert.ok(waitingOnDead >= 1, 'some requests were in flight on the killed replica');
     assert.equal(ls.completed, 8 + 10, 'everything after the kill was answered by the live replica');
     await gw.stop();
+  });
+
+  test('a stream cut by its upstream dying is charged for the tokens that were produced, no more', async () => {
+    const redis = await redisServer();
+    const peer = await startPeer({ name: 'dies' });
+    // Input free, output 100 USD per 1M: the charge counts output tokens.
+    const price = { input_per_1m: 0, output_per_1m: 100 };
+    const gw = await startGateway({ config: makeConfig({
+      tiers: [tier({ name: 'small', urls: peer.url, price })],
+      tenants: [{ id: 'cut', keys: [sha256hex(TEST_KEY)], allowed_tiers: ['small'] }],
+      redis: { url: redis.url, timeout_ms: 200 },
+    }) });
+    const t0 = Date.now();
+    const res = await post(gw, chatBody('a b c [[peer:chunk_delay_ms=50]] [[peer:chunks=60]]', { model: 'small', stream: true }));
+    const reader = res.body.getReader();
+    const dec = new TextDecoder();
+    let text = '';
+    while ((text.match(/"content":"[^"]+"/g) || []).length < 4) text += dec.decode((await reader.read()).value, { stream: true });
+    peer.proc.kill('SIGKILL');
+    const generatedAtMost = Math.floor((Date.now() - t0) / 50) + 1;
+    text += await readWithin(new Response(new ReadableStream({
+      async pull(c) {
+        const { value, done } = await reader.read();
+        if (done) c.close();
+        else c.enqueue(value);
+      },
+    })), 5000);
+    const received = (text.match(/"content":"[^"]+"/g) || []).length;
+    assertOpenAIError(sseParse(text).at(-1), 'last event');
+    const line = await gw.waitForLog((l) => l.msg === 'access' && l.tenant === 'cut');
+    const tokens = line.cost_nano / (price.output_per_1m * 1000);
+    const what = `charged ${tokens} tokens (${JSON.stringify(line)}); client received ${received}, ` +
+      `upstream produced at most ${generatedAtMost}`;
+    console.log(what);
+    assert.ok(Number.isInteger(tokens), what);
+    assert.ok(tokens >= received && tokens <= generatedAtMost, what);
+    cutStream = { line, tokens, what };
+    let spent = -1;
+    for (let i = 0; i < 50 && spent !== line.cost_nano; i++) {
+      if (i) await sleep(50);
+      spent = Number(redis.cli('GET', `cascade:{cut}:spend:${today()}`) || 0);
+    }
+    assert.equal(spent, line.cost_nano, 'Redis holds what the access log charged');
+    await gw.stop();
+  });
+
+  // The same request's access line: an operator reconciling the log needs
+  // the tokens that were charged next to the cost. Today a failed or
+  // abandoned request logs the engine's usage (none: it never reported any)
+  // beside a non-zero cost_nano.
+  test('... and its access line shows the tokens it was charged for', { todo: TODO_ACCESS_TOKENS }, () => {
+    assert.ok(cutStream, 'the test above ran');
+    assert.equal(cutStream.line.completion_tokens, cutStream.tokens,
+      `the access log's tokens and its cost disagree: ${cutStream.what}`);
   });
 
   test('an upstream that accepts and never answers: 504 within timeout_ms', async () => {
