@@ -23,7 +23,9 @@
  *     accept() out of descriptors or memory pauses the listener briefly
  *     (logged once a second at most) instead of spinning;
  *   - pipelining: at most max_pipelined requests wait behind the one being
- *     answered; past that, reading pauses until answers drain.
+ *     answered; past that, reading pauses until answers drain. Reading also
+ *     pauses while 256 KiB of answers wait unsent (a client that pipelines
+ *     and never reads gets TCP backpressure, not a growing buffer).
  *
  * Threads and ownership: one struct httpd per event_base (per worker thread);
  * everything here runs on that thread. The handler receives a struct
