@@ -5,6 +5,8 @@
 #include "safetensors.h"
 
 #include <errno.h>
+#include <float.h>
+#include <math.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <stdarg.h>
@@ -291,27 +293,55 @@ static int cfg_num(json_t *cfg, const char *key, double def, float *out, const c
         *out = (float)def;
         return 0;
     }
-    if (!json_is_number(v)) {
-        set_err(err, errlen, "%s: \"%s\" must be a number", src, key);
+    /* The engine computes in float: a value past FLT_MAX would become
+     * infinity (and the conversion is undefined behaviour), then NaN in
+     * every forward pass, so it is refused here with the key's name. */
+    double d = json_number_value(v);
+    if (!json_is_number(v) || !(fabs(d) <= FLT_MAX)) {
+        set_err(err, errlen, "%s: \"%s\" must be a number within float range", src, key);
         return -1;
     }
-    *out = (float)json_number_value(v);
+    *out = (float)d;
     return 0;
 }
 
 /* config.json -> the shape and numerics. Defaults are LlamaConfig's. What
  * this forward pass does not implement (biases, other activations, other
  * RoPE scalings) is refused by name rather than silently run wrong. */
+static int parse_hf_config_json(struct native_model_config *c, json_t *cfg, json_error_t *jerr,
+                                const char *cfg_path, char *err, size_t errlen);
+
 static int parse_hf_config(struct native_model_config *c, const char *cfg_path, char *err,
                            size_t errlen)
 {
     json_error_t jerr;
     json_t *cfg = json_load_file(cfg_path, 0, &jerr);
+    int rc = parse_hf_config_json(c, cfg, &jerr, cfg_path, err, errlen);
+    json_decref(cfg);
+    return rc;
+}
+
+int native_model_config_parse(const char *text, size_t len, const char *name,
+                              struct native_model_config *c, char *err, size_t errlen)
+{
+    json_error_t jerr;
+    json_t *cfg = json_loadb(text, len, 0, &jerr);
+    memset(c, 0, sizeof(*c));
+    int rc = parse_hf_config_json(c, cfg, &jerr, name, err, errlen);
+    json_decref(cfg);
+    return rc;
+}
+
+/* The checks of parse_hf_config() on the parsed file (NULL when it did not
+ * parse; jerr says why). The caller keeps cfg. */
+static int parse_hf_config_json(struct native_model_config *c, json_t *cfg, json_error_t *jerr,
+                                const char *cfg_path, char *err, size_t errlen)
+{
     int rc = -1;
 
     if (!json_is_object(cfg)) {
-        set_err(err, errlen, "%s: %s (line %d)", cfg_path, cfg ? "not a JSON object" : jerr.text,
-                cfg ? 0 : jerr.line);
+        set_err(err, errlen, "%s: %s (line %d)", cfg_path, cfg ? "not a JSON object" : jerr->text,
+                cfg ? 0 : jerr->line);
         goto out;
     }
     json_t *arch = json_object_get(cfg, "architectures");
@@ -386,7 +416,6 @@ static int parse_hf_config(struct native_model_config *c, const char *cfg_path, 
     c->rope_layout = NATIVE_ROPE_HALF;
     rc = check_config(c, cfg_path, err, errlen);
 out:
-    json_decref(cfg);
     return rc;
 }
 

@@ -78,6 +78,12 @@ struct native_model {
 int native_model_load(const char *path, struct native_model **out, char *err, size_t errlen);
 void native_model_free(struct native_model *m);
 
+/* The shape and numerics of a Hugging Face config.json from its text[0..len)
+ * (the fuzz target uses it), with every check native_model_load() applies to
+ * it; name stands for the file in messages. 0, or -1 with err set. */
+int native_model_config_parse(const char *text, size_t len, const char *name,
+                              struct native_model_config *c, char *err, size_t errlen);
+
 /* A llama2.c .bin already in memory, buf[0..len) (the fuzz target uses it):
  * the same checks as native_model_load(). buf is borrowed, as the mapping
  * would be: the weights point into it, so it must outlive the model. name
