@@ -21,6 +21,9 @@ cleanupAfterAll();
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const MiB = 1024 * 1024;
+// Under ASan, freed memory waits in a quarantine (256 MB by default) and
+// shows in RSS: keep it small, so RSS measures what is live.
+const ENV = { ASAN_OPTIONS: [process.env.ASAN_OPTIONS, 'quarantine_size_mb=4'].filter(Boolean).join(':') };
 
 function vmRss(pid) {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -84,7 +87,7 @@ describe('upstream output is bounded', () => {
   let gw;
   before(async () => {
     peer = await startPeer({ name: 'bounds' });
-    gw = await startGateway({ config: makeConfig({ tiers: [boundedTier(peer.url, 64 * 1024)], workers: 1 }) });
+    gw = await startGateway({ config: makeConfig({ tiers: [boundedTier(peer.url, 64 * 1024)], workers: 1 }), env: ENV });
   });
 
   test('an endless stream is cut at max_tokens content events, the upstream sees the close', async (t) => {
@@ -170,6 +173,7 @@ describe('a slow client gets backpressure', () => {
     peer = await startPeer({ name: 'slow' });
     gw = await startGateway({
       config: makeConfig({ tiers: [boundedTier(peer.url, 1 << 30, 1 << 24)], workers: 1 }),
+      env: ENV,
     });
   });
 
@@ -205,6 +209,7 @@ describe('the cache bounds what it collects', () => {
         cache: { backend: 'memory', max_entry_bytes: 4096 },
         workers: 1,
       }),
+      env: ENV,
     });
   });
 
@@ -300,6 +305,7 @@ describe('with a real tokenizer', () => {
         tokenizer: TOKENIZER,
       }),
       timeoutMs: 30000,
+      env: ENV,
     });
   });
 
