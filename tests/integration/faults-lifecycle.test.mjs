@@ -56,11 +56,6 @@ function connectRefused(port) {
   });
 }
 
-function exitOf(proc) {
-  if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve({ code: proc.exitCode, signal: proc.signalCode });
-  return new Promise((r) => proc.once('exit', (code, signal) => r({ code, signal })));
-}
-
 describe('signals under load', () => {
   test('SIGHUP five times under mixed load: no request fails or is dropped; the new config applies', async () => {
     const peer = await startPeer({ name: 'hup' });
@@ -124,8 +119,9 @@ describe('signals under load', () => {
       : chatBody(`j${i} [[peer:delay_ms=600]]`)));
     await until(async () => (await peer.stats()).active === 10);
     const t0 = Date.now();
-    const exited = exitOf(gw.proc);
-    gw.proc.kill('SIGTERM');
+    // stop() sends SIGTERM (and SIGKILL only after 20 s); the harness then
+    // knows the exit is expected.
+    const exited = gw.stop('SIGTERM', 20000);
     await sleep(150);
     assert.equal(await connectRefused(gw.port), true, 'new connections are refused while draining');
     assert.deepEqual(await Promise.all(inflight), Array(10).fill(null), 'every in-flight request completes');
@@ -137,7 +133,6 @@ describe('signals under load', () => {
     await until(() => idleClosed, 1000).catch(() => assert.fail('the idle keep-alive connection was not closed'));
     assert.equal((await peer.stats()).completed, 10);
     console.log(`SIGTERM: 10 in flight completed, exit 0 after ${ms} ms`);
-    await gw.stop();
     idle.destroy();
   });
 
@@ -148,8 +143,7 @@ describe('signals under load', () => {
     const long = complete(gw, chatBody('a b [[peer:chunk_delay_ms=200]] [[peer:chunks=100]]', { stream: true }));
     await until(async () => (await peer.stats()).active === 1);
     const t0 = Date.now();
-    const exited = exitOf(gw.proc);
-    gw.proc.kill('SIGTERM');
+    const exited = gw.stop('SIGTERM', 20000);
     const exit = await Promise.race([exited, sleep(DRAIN + 3000).then(() => null)]);
     const ms = Date.now() - t0;
     assert.ok(exit, `still running ${ms} ms after SIGTERM`);
@@ -159,7 +153,6 @@ describe('signals under load', () => {
     const err = await Promise.race([long, sleep(3000).then(() => 'client still waiting')]);
     assert.notEqual(err, null);
     assert.notEqual(err, 'client still waiting');
-    await gw.stop();
   });
 });
 

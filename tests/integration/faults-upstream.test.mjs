@@ -98,6 +98,7 @@ describe('upstream faults', () => {
     await until(async () => (await a.stats()).active + (await b.stats()).active >= 9);
     const waitingOnDead = (await dead.stats()).active - 1;
     dead.proc.kill('SIGKILL');
+    dead.stop(); // the harness forgets it now: its death is expected
     // The stream ends promptly, with an error event and without [DONE].
     const t0 = Date.now();
     for (;;) {
@@ -149,6 +150,7 @@ describe('upstream faults', () => {
     let text = '';
     while ((text.match(/"content":"[^"]+"/g) || []).length < 4) text += dec.decode((await reader.read()).value, { stream: true });
     peer.proc.kill('SIGKILL');
+    peer.stop();
     const generatedAtMost = Math.floor((Date.now() - t0) / 50) + 1;
     text += await readWithin(new Response(new ReadableStream({
       async pull(c) {
