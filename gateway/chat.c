@@ -9,12 +9,20 @@
  *        │                     │               leader failed ─────────> engine
  *        │                     └ Redis down/slow: bypass ─────────────> engine
  *        └ bad input: 4xx
- * and at the end, always: settle the reservation with the real cost.
+ * and at the end, always: settle the reservation with the real cost (an
+ * answer that came without usage is counted first, once, exactly).
+ *
+ * Work that grows with the body (parse, route, count; the cache key) runs
+ * on the gateway's work pool when the body is over OFFLOAD_BODY_BYTES, so
+ * one large request never stalls the others on this worker (offload()).
+ * What comes back is bounded: the engine stops at max_tokens and at its
+ * byte cap, a slow client pauses the engine (backpressure()), and the cache
+ * stops collecting past cache.max_entry_bytes (cache_collect()).
  *
  * The HTTP request and this state have separate lifetimes: a client that
  * goes away releases the HTTP request at once, but a pending admission or
  * cache lookup still holds this state until its callback runs (`gone` then
- * says to drop it).
+ * says to drop it); a work-pool job holds both, since it reads the body.
  */
 #include "gateway/chat.h"
 
