@@ -189,9 +189,11 @@ describe('a slow client gets backpressure', () => {
     const sent = (await peer.stats()).bytes_sent;
     sock.destroy();
     t.diagnostic(`the peer sent ${(sent / MiB).toFixed(1)} MiB; cascaded grew by ${(grown / MiB).toFixed(1)} MiB`);
-    // Without backpressure the peer pushes hundreds of MB in 3 s and the
-    // gateway holds them; with it, only socket buffers fill.
-    assert.ok(sent < 24 * MiB, `the peer sent ${(sent / MiB).toFixed(1)} MiB to a client that reads nothing`);
+    // Without backpressure the peer pushes about 50 MB in 3 s and the
+    // gateway holds them; with it, only socket buffers fill (7 MB here;
+    // the bound leaves room for kernels that autotune them larger). RSS is
+    // the check that does not depend on the kernel.
+    assert.ok(sent < 32 * MiB, `the peer sent ${(sent / MiB).toFixed(1)} MiB to a client that reads nothing`);
     assert.ok(grown < 16 * MiB, `cascaded grew by ${(grown / MiB).toFixed(1)} MiB`);
     await waitFor(async () => (await peer.stats()).aborted === 1, 5000, 'the upstream is cancelled when the client leaves');
   });
