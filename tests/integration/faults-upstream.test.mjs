@@ -213,8 +213,10 @@ describe('upstream faults', () => {
     const peer = await startPeer({ name: 'hang' });
     const TIMEOUT = 1000;
     const gw = await startGateway({ config: makeConfig({ tiers: [
-      tier({ name: 'mute', urls: `http://127.0.0.1:${mute.address().port}`, timeoutMs: TIMEOUT, chunkTimeoutMs: TIMEOUT }),
-      tier({ name: 'hang', model: 'hang-model', urls: peer.url, timeoutMs: TIMEOUT, chunkTimeoutMs: TIMEOUT }),
+      // chunk_timeout_ms far above timeout_ms: the whole-request timeout is
+      // what must fire.
+      tier({ name: 'mute', urls: `http://127.0.0.1:${mute.address().port}`, timeoutMs: TIMEOUT, chunkTimeoutMs: 30000 }),
+      tier({ name: 'hang', model: 'hang-model', urls: peer.url, timeoutMs: TIMEOUT, chunkTimeoutMs: 30000 }),
     ] }) });
     const cases = [
       ['TCP accept, no bytes, non-stream', chatBody('x', { model: 'mute' })],
@@ -265,11 +267,13 @@ describe('upstream faults', () => {
     while ((text.match(/"content":"[^"]+"/g) || []).length < 5) text += dec.decode((await reader.read()).value);
     const received = (text.match(/"content":"[^"]+"/g) || []).length;
     ctrl.abort();
-    // The upstream sees its request closed, well before the stream would end.
+    // The upstream sees its request closed, well before the stream would
+    // have ended on its own (CHUNKS x 50 ms after the start).
     const st = await until(async () => {
       const s = await peer.stats();
-      return s.aborted >= 1 ? s : null;
-    }, 1500);
+      return s.aborted >= 1 || s.completed >= 1 ? s : null;
+    }, 3000);
+    assert.ok(Date.now() - t0 < CHUNKS * 50 * 0.75, `the upstream saw the close only ${Date.now() - t0} ms after the start`);
     // The peer writes one token every 50 ms from the start: it cannot have
     // produced more than this by the time it saw the close.
     const generatedAtMost = Math.floor((Date.now() - t0) / 50) + 1;
@@ -292,6 +296,7 @@ describe('upstream faults', () => {
     }
     assert.equal(spent, line.cost_nano, 'Redis holds what the access log charged');
     console.log(what);
+    assert.equal((await fetch(`${gw.url}/healthz`)).status, 200);
     await gw.stop();
     await redis.stop();
   });
