@@ -107,11 +107,13 @@ describe('upstream output is bounded', () => {
     await waitFor(async () => (await peer.stats()).aborted === 1, 5000, 'the peer sees its stream closed');
     t.diagnostic(`cascaded grew by ${(grown / MiB).toFixed(1)} MiB`);
     assert.ok(grown < 24 * MiB, `cascaded grew by ${(grown / MiB).toFixed(1)} MiB`);
-    // Charged for what was received: 64 pieces, never the endless rest.
+    // Charged for what was received (at least a token a piece), never for
+    // the endless rest: at most the reservation, which covers 64 output
+    // tokens and the prompt (the exact count is checked further down).
     const line = await gw.waitForLog((l) => l.request_id === 'cut-at-64' && 'cost_nano' in l);
-    const out64 = 64 * 0.28e3; // nano-USD for 64 output tokens at $0.28 per 1M
+    const out64 = 64 * 0.28e3; // nano-USD: $0.28 per 1M output tokens
     assert.ok(line.cost_nano >= out64, `charged ${line.cost_nano} nano-USD`);
-    assert.ok(line.cost_nano < out64 + 0.28e3 + 1000 * 0.14e3, `charged ${line.cost_nano} nano-USD`);
+    assert.ok(line.cost_nano <= out64 + 100 * 0.14e3, `charged ${line.cost_nano} nano-USD`);
   });
 
   test('max_response_bytes caps a streamed answer: an SSE error event, the upstream closed', async (t) => {
@@ -339,7 +341,9 @@ describe('with a real tokenizer', () => {
     assert.ok(smallMs < Math.max(500, 0.3 * bigMs), `small request: ${smallMs} ms; the 10 MB one: ${bigMs} ms`);
   });
 
-  test('a stream cut at max_tokens is charged for the exact tokens of the text received', async () => {
+  // What settle charges is these tokens at the tier's price, capped at the
+  // reservation (64 output tokens here); the stats show the tokens counted.
+  test('a stream cut at max_tokens is counted exactly: the tokens of the text received', async () => {
     await peer.reset();
     const res = await post(gw, chatBody('hello there [[peer:endless]]', { stream: true, max_tokens: 64 }),
       { signal: AbortSignal.timeout(15000), headers: { authorization: 'Bearer sk-cut' } });
