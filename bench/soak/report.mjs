@@ -9,7 +9,7 @@ const [out, warmupArg] = process.argv.slice(2);
 const warmup = Number(warmupArg);
 const d = JSON.parse(readFileSync(path.join(out, 'driver.json'), 'utf8'));
 const rss = readFileSync(path.join(out, 'rss.tsv'), 'utf8').trim().split('\n').slice(1)
-  .map((l) => l.split('\t').map(Number)).filter(([, kb]) => kb > 0).map(([t, kb, fds]) => ({ t, kb, fds }));
+  .map((l) => l.split('\t').map(Number)).filter(([, kb]) => kb > 0).map(([t, kb, fds, load]) => ({ t, kb, fds, load }));
 const ev = Object.fromEntries(readFileSync(path.join(out, 'events.txt'), 'utf8').trim().split('\n')
   .map((l) => l.split(' ')).map(([k, v]) => [k, Number(v)]));
 
@@ -42,14 +42,17 @@ for (const [k, v] of Object.entries(d.latency_ms)) lines.push(`| ${k} | ${v.n} |
 lines.push('');
 lines.push(`RSS after warm-up: ${mb(base)} MB (mean of the first 6 samples after ${warmup} s), at the end ${mb(last)} MB ` +
   `(mean of the last 6): **growth ${growth.toFixed(2)}%**; max after warm-up ${mb(maxAfter)} MB; ` +
-  `open fds at the end ${rss.at(-1)?.fds}, max ${Math.max(...rss.map((s) => s.fds))}.`);
+  `open fds at the end ${rss.at(-1)?.fds}, max ${Math.max(...rss.map((s) => s.fds))}. Machine load average ` +
+  `(1 min, all processes) mean ${(rss.reduce((a, s) => a + s.load, 0) / rss.length).toFixed(1)}, ` +
+  `max ${Math.max(...rss.map((s) => s.load)).toFixed(1)}.`);
 lines.push('');
 // RSS over time: about 15 rows whatever the duration.
 const step = Math.max(1, Math.ceil(rss.length / 15));
-lines.push('| t (s) | RSS (MB) | fds |');
-lines.push('|---|---|---|');
-for (let i = 0; i < rss.length; i += step) lines.push(`| ${rss[i].t} | ${mb(rss[i].kb)} | ${rss[i].fds} |`);
-if ((rss.length - 1) % step) lines.push(`| ${rss.at(-1).t} | ${mb(rss.at(-1).kb)} | ${rss.at(-1).fds} |`);
+lines.push('| t (s) | RSS (MB) | fds | load |');
+lines.push('|---|---|---|---|');
+const row = (s) => `| ${s.t} | ${mb(s.kb)} | ${s.fds} | ${s.load} |`;
+for (let i = 0; i < rss.length; i += step) lines.push(row(rss[i]));
+if ((rss.length - 1) % step) lines.push(row(rss.at(-1)));
 lines.push('');
 lines.push(`Redis SIGKILLed at ${ev.redis_killed_at_s} s and restarted. Spend in Redis ${ev.spend_redis_nano} nano-USD, ` +
   `access log ${ev.spend_logged_nano} (${ev.access_lines} access lines): ` +

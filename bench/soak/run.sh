@@ -94,17 +94,17 @@ GW_PID=${BENCH_PIDS[-1]}
 wait_for "$OUT/gateway.log" '"msg":"listening"'
 GW_PORT=$(grep -m1 '"msg":"listening"' "$OUT/gateway.log" | sed -n 's/.*"addr":"127\.0\.0\.1:\([0-9]*\)".*/\1/p')
 
-# RSS and fds of the gateway, every SAMPLE_S seconds.
+# RSS and fds of the gateway, and the load average, every SAMPLE_S seconds.
 sample() {
-    local t=0
-    printf 't_s\trss_kb\tfds\n' >"$OUT/rss.tsv"
+    local t start=$SECONDS
+    printf 't_s\trss_kb\tfds\tload1\n' >"$OUT/rss.tsv"
     while kill -0 "$GW_PID" 2>/dev/null; do
         local rss fds
+        t=$(( SECONDS - start ))
         rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$GW_PID/status" 2>/dev/null || echo 0)
         fds=$(ls "/proc/$GW_PID/fd" 2>/dev/null | wc -l)
-        printf '%s\t%s\t%s\n' "$t" "$rss" "$fds" >>"$OUT/rss.tsv"
+        printf '%s\t%s\t%s\t%s\n' "$t" "$rss" "$fds" "$(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/rss.tsv"
         sleep "$SAMPLE_S"
-        t=$(( t + SAMPLE_S ))
     done
 }
 sample &
