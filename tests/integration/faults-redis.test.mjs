@@ -6,6 +6,8 @@
 //   - Redis killed under load and restarted: no request fails, and once the
 //     journal has replayed, the spend in Redis is exactly the sum of what the
 //     gateway told each client the answer cost;
+//   - Redis frozen (SIGSTOP) and Redis full (writes refused with OOM):
+//     the same two promises;
 //   - the start-up check: with AOF off the gateway warns that spend would
 //     reset on a Redis restart; with AOF on it says nothing; and the check
 //     never holds up start-up when Redis is not there yet.
@@ -180,6 +182,51 @@ describe('Redis faults', () => {
     assert.equal(spent, reported, 'spend in Redis equals the sum of the costs the clients were told');
     await gw.stop();
     await redis.stop();
+  });
+
+  test('Redis full (maxmemory, noeviction) refuses writes under load: 0 failed requests, spend caught up after', async () => {
+    // Redis answers, but every write is an OOM error reply: neither a
+    // timeout nor a dropped connection. Settlements must wait in the journal
+    // and land once Redis has room again.
+    const redis = await redisServer();
+    const peer = await startPeer({ name: 'full' });
+    const gw = await startGateway({ config: config(redis, peer, 'full') });
+    let stop = false;
+    let n = 0;
+    const failures = [];
+    let reported = 0;
+    const loops = Array.from({ length: 4 }, async (_, k) => {
+      while (!stop) {
+        const i = n++;
+        try {
+          const cost = await oneRequest(gw, `k${k} n${i} full words`, i % 3 === 0);
+          reported += cost;
+        } catch (e) {
+          failures.push(`request ${i}: ${e.message}`);
+        }
+      }
+    });
+    await until(() => n >= 10, 15000);
+    redis.cli('CONFIG', 'SET', 'maxmemory-policy', 'noeviction');
+    redis.cli('CONFIG', 'SET', 'maxmemory', '1');
+    const before = n;
+    await sleep(700);
+    await until(() => n - before >= 10, 15000);
+    const duringFull = n - before;
+    redis.cli('CONFIG', 'SET', 'maxmemory', '0');
+    await sleep(500);
+    stop = true;
+    await Promise.all(loops);
+    assert.deepEqual(failures, [], 'no request fails while Redis refuses writes');
+    assert.ok(gw.logLines().some((l) => /OOM/.test(l.msg ?? '')), 'Redis really refused the writes');
+    let spent = -1;
+    for (let i = 0; i < 60 && spent !== reported; i++) {
+      if (i) await sleep(100);
+      spent = Number(redis.cli('GET', `cascade:{full}:spend:${today()}`) || 0);
+    }
+    console.log(`redis full: ${n} requests (${duringFull} while full), reported ${reported} nano-USD, Redis holds ${spent}`);
+    assert.equal(spent, reported, 'spend in Redis equals the sum of the costs the clients were told');
+    await gw.stop();
   });
 
   test('start-up: AOF off is warned about, without any request, once; again after a Redis restart', async () => {
