@@ -265,8 +265,12 @@ static void settle(struct chat *c, int status)
     c->resv = NULL;
 }
 
+/* One access line, after settle: its tokens are the ones charged (what an
+ * operator reconciles with cost_nano), except for a hit, which charges
+ * nothing and logs the cached answer's usage. */
 static void log_access(struct chat *c, int status)
 {
+    int hit = c->hit_tier >= 0;
     struct access_entry e = {
         .request_id = c->request_id,
         .tenant = c->tenant->id,
@@ -275,8 +279,8 @@ static void log_access(struct chat *c, int status)
         .path = "/v1/chat/completions",
         .status = status,
         .latency_us = clock_mono_us() - c->t0,
-        .prompt_tokens = c->usage.prompt_tokens,
-        .completion_tokens = c->usage.completion_tokens,
+        .prompt_tokens = hit ? c->usage.prompt_tokens : c->charged_in,
+        .completion_tokens = hit ? c->usage.completion_tokens : c->charged_out,
         .stream = c->req.stream,
         .cache = c->cache_header,
         .cost_nano = c->cost_nano,
