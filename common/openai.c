@@ -182,6 +182,9 @@ static int parse_stop(json_t *root, struct chat_request *req, struct openai_erro
     if (!v)
         return 0;
     if (json_is_string(v)) {
+        /* Empty would match at once and end every answer empty. */
+        if (json_string_length(v) == 0)
+            return BAD(err, "stop", "'stop' must be a non-empty string or an array of them");
         req->stop = xmalloc(sizeof *req->stop);
         req->stop[0] = json_string_value(v);
         req->n_stop = 1;

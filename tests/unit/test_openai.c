@@ -101,6 +101,9 @@ int main(void)
     BAD("{\"model\":\"m\"," MSG ",\"stop\":5}", "'stop' must be a string or an array", "stop");
     BAD("{\"model\":\"m\"," MSG ",\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", "at most 4", "stop");
     BAD("{\"model\":\"m\"," MSG ",\"stop\":[\"a\",3]}", "stop[1] must be a non-empty string", "stop");
+    /* An empty stop string would end every answer at once; the lone string
+     * form is held to the array form's rule (found by fuzz_openai). */
+    BAD("{\"model\":\"m\"," MSG ",\"stop\":\"\"}", "'stop' must be a non-empty string", "stop");
     BAD("{\"model\":\"m\"," MSG ",\"seed\":1.5}", "'seed' must be an integer", "seed");
     BAD("{\"model\":\"m\"," MSG ",\"user\":1}", "'user' must be a string", "user");
     BAD("{\"model\":\"m\"," MSG ",\"logprobs\":1}", "'logprobs' must be a boolean", "logprobs");
