@@ -31,8 +31,7 @@ async function redisServer(opts) {
   return r;
 }
 
-// Known and not ours to fix (gateway/chat.c logs c->usage, the engine's
-// report, while it charges c->charged_in/out); set to false once fixed.
+// The cut stream's access line and charge, for the test that follows it.
 let cutStream = null;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
