@@ -60,7 +60,7 @@
 /* A client that pipelines requests but does not read the answers would make
  * us buffer answers without bound: past this much unsent output, no new
  * request is read from it until the output drains to half. */
-#define OUTPUT_PAUSE_BYTES (256 * 1024)
+#define OUTPUT_PAUSE_BYTES (2 * HTTPD_DRAIN_LOW_BYTES)
 
 /* What the connection is reading (the response side is c->front). */
 enum conn_state {
@@ -100,6 +100,8 @@ struct httpd_req {
     int chunked_out;                /* streaming with chunked encoding (HTTP/1.1) */
     httpd_close_cb on_close;
     void *on_close_arg;
+    httpd_drain_cb on_drain;        /* a paused producer waiting for the client */
+    void *on_drain_arg;
     char peer[64];
 };
 
@@ -222,6 +224,12 @@ void httpd_req_on_close(struct httpd_req *r, httpd_close_cb cb, void *arg)
 {
     r->on_close = cb;
     r->on_close_arg = arg;
+}
+
+void httpd_req_on_drain(struct httpd_req *r, httpd_drain_cb cb, void *arg)
+{
+    r->on_drain = cb;
+    r->on_drain_arg = arg;
 }
 
 void httpd_resp_header(struct httpd_req *r, const char *name, const char *value)
@@ -719,12 +727,16 @@ static void read_cb(struct bufferevent *bev, void *arg)
     conn_process(arg);
 }
 
-/* Output drained below OUTPUT_PAUSE_BYTES / 2: read and parse again if
- * that was what held us back. */
+/* Output drained to HTTPD_DRAIN_LOW_BYTES (the write low watermark): tell
+ * a streaming producer waiting on it, then read and parse again if a full
+ * output was what held us back. */
 static void write_cb(struct bufferevent *bev, void *arg)
 {
     (void)bev;
     struct conn *c = arg;
+    struct httpd_req *r = c->front;
+    if (r && r->streaming && r->on_drain)
+        r->on_drain(r, r->on_drain_arg);
     if (c->state == C_HEAD || c->state == C_PARKED)
         conn_process(c);
 }
@@ -837,7 +849,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     c->state = C_HEAD;
     bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
     /* write_cb runs once the output has drained to half the pause mark. */
-    bufferevent_setwatermark(c->bev, EV_WRITE, OUTPUT_PAUSE_BYTES / 2, 0);
+    bufferevent_setwatermark(c->bev, EV_WRITE, HTTPD_DRAIN_LOW_BYTES, 0);
     /* Unread input is bounded: a head cannot exceed the limit anyway, and a
      * body is moved out as it arrives. Past this much, libevent stops
      * reading from the socket until we consume (a pipelining client that

@@ -67,6 +67,13 @@ typedef void (*httpd_reject_cb)(struct httpd_req *req, int status, void *arg);
  * which free it) and return nonzero: the body is then never read, and when
  * one was due the connection closes after the answer. */
 typedef int (*httpd_head_cb)(struct httpd_req *req, void *arg);
+/* Told when the unsent output of a streamed answer has drained to
+ * HTTPD_DRAIN_LOW_BYTES or less, so that a producer that paused because
+ * httpd_stream_backlog() grew can go on without polling. It runs inside the
+ * connection's write callback: it must not answer or free the request, only
+ * note or schedule work (event_active). */
+typedef void (*httpd_drain_cb)(struct httpd_req *req, void *arg);
+#define HTTPD_DRAIN_LOW_BYTES (128u << 10)
 
 /* Serve connections accepted on listen_fd (already bound and listening; the
  * server owns and closes it). reject may be NULL. NULL on failure. */
@@ -113,6 +120,9 @@ void httpd_stream_write(struct httpd_req *r, const char *data, size_t len);
 void httpd_stream_end(struct httpd_req *r);
 /* Bytes written but not yet sent to the client; lets a producer slow down. */
 size_t httpd_stream_backlog(const struct httpd_req *r);
+/* Call cb each time the backlog drains to HTTPD_DRAIN_LOW_BYTES or less
+ * (NULL: stop). Only while the answer streams; lives as long as r. */
+void httpd_req_on_drain(struct httpd_req *r, httpd_drain_cb cb, void *arg);
 
 const char *httpd_status_text(int status);
 

@@ -66,12 +66,9 @@
 /* Received text longer than this is counted at settle on the work pool. */
 #define OFFLOAD_COUNT_BYTES (4u << 10)
 /* Stream backpressure: past HIGH bytes waiting for the client, the engine
- * is paused; once the client has taken the backlog under LOW, it goes on.
- * httpd has no drain callback, so while paused a timer looks every
- * RESUME_POLL_MS. */
+ * is paused; httpd says when the client has taken the backlog down to
+ * HTTPD_DRAIN_LOW_BYTES, and it goes on. */
 #define STREAM_BACKLOG_HIGH (256u << 10)
-#define STREAM_BACKLOG_LOW (64u << 10)
-#define RESUME_POLL_MS 10
 
 /* How the tokens of an answer that came without usage are counted. */
 enum count_mode {
@@ -148,7 +145,7 @@ struct chat {
     int64_t counted_tokens;         /* COUNT_TEXT's result at settle, or -1 */
     size_t cache_bytes;             /* about what the cache entry holds so far */
     int paused;                     /* the engine is paused for a slow client */
-    struct event *resume_ev;        /* while paused: looks at the client's backlog */
+    struct event *resume_ev;        /* made active when the paused client drains */
     int offload_pending;            /* a work-pool job holds this state (and reads r's body) */
     void (*offload_next)(struct chat *c);   /* what follows the job, on the loop */
     char route[200];                /* the cache key's route selector */
@@ -221,15 +218,17 @@ static void charged_tokens(const struct chat *c, const struct engine_usage *u, i
 
 /* What the request costs: an escalated request pays for both answers, and
  * never more than it reserved. Sets c->cost_nano; returns the tokens
- * charged on the final tier through prompt and completion. */
-static void compute_cost(struct chat *c, int64_t *prompt, int64_t *completion)
+ * charged on the final tier through prompt and completion, and the cost
+ * before the reservation capped it (what savings are measured against). */
+static int64_t compute_cost(struct chat *c, int64_t *prompt, int64_t *completion)
 {
     *prompt = *completion = 0;
     c->cost_nano = 0;
     if (c->hit_tier >= 0 || !c->engine_started)
-        return;
+        return 0;
     charged_tokens(c, &c->usage, received_tokens(c), prompt, completion);
     c->cost_nano = money_add(c->first_cost_nano, tier_cost(c, c->tier, *prompt, *completion));
+    int64_t uncapped = c->cost_nano;
     if (c->cost_nano > c->reserved_nano) {
         /* The engine counted more prompt tokens than our tokenizer: the
          * reservation is what the budget allowed, so it is the charge. */
@@ -238,6 +237,7 @@ static void compute_cost(struct chat *c, int64_t *prompt, int64_t *completion)
                      c->request_id, c->cost_nano, c->reserved_nano);
         c->cost_nano = c->reserved_nano;
     }
+    return uncapped;
 }
 
 /* Replace the reservation with what the request really cost (above). A hit
@@ -247,15 +247,17 @@ static void compute_cost(struct chat *c, int64_t *prompt, int64_t *completion)
 static void settle(struct chat *c, int status)
 {
     int64_t prompt, completion;
-    compute_cost(c, &prompt, &completion);
+    int64_t uncapped = compute_cost(c, &prompt, &completion);
     c->charged_in = prompt;
     c->charged_out = completion;
     c->saved_cache_nano = c->saved_routing_nano = 0;
     if (status == 200 && c->hit_tier >= 0) {
         c->saved_cache_nano = tier_cost(c, c->hit_tier, c->usage.prompt_tokens, c->usage.completion_tokens);
     } else if (status == 200 && c->engine_started) {
+        /* Against the uncapped cost: a reservation that capped the charge
+         * is not a saving of routing. */
         int64_t largest = tier_cost(c, c->tenant->largest_tier, prompt, completion);
-        c->saved_routing_nano = money_sub(largest, c->cost_nano);
+        c->saved_routing_nano = money_sub(largest, uncapped);
     }
     if (!c->resv)
         return;
@@ -582,19 +584,30 @@ static void cache_collect(struct chat *c, const struct engine_token *t, int with
     }
 }
 
-/* Stream backpressure (see STREAM_BACKLOG_HIGH): resume the engine once
- * the client has caught up, or stop looking once the engine is done. */
+/* Stream backpressure (see STREAM_BACKLOG_HIGH). The client has caught
+ * up: the engine goes on. Runs as its own event, not inside httpd's write
+ * callback, so that the engine may deliver output (and the request end)
+ * from here. */
 static void resume_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     struct chat *c = arg;
-    if (c->r && c->engine_running && httpd_stream_backlog(c->r) > STREAM_BACKLOG_LOW)
+    if (!c->paused)
         return;
-    event_del(c->resume_ev);
     c->paused = 0;
+    if (c->r)
+        httpd_req_on_drain(c->r, NULL, NULL);
     if (c->engine_running)
         engine_pause(c->engine, c->engine_id, 0);
+}
+
+static void on_client_drain(struct httpd_req *r, void *arg)
+{
+    (void)r;
+    struct chat *c = arg;
+    if (c->paused)
+        event_active(c->resume_ev, 0, 0);
 }
 
 static void backpressure(struct chat *c)
@@ -602,11 +615,11 @@ static void backpressure(struct chat *c)
     if (c->paused || !c->r || httpd_stream_backlog(c->r) <= STREAM_BACKLOG_HIGH)
         return;
     if (!c->resume_ev)
-        c->resume_ev = event_new(c->w->base, -1, EV_PERSIST, resume_cb, c);
-    struct timeval tv = {0, RESUME_POLL_MS * 1000};
-    if (!c->resume_ev || event_add(c->resume_ev, &tv) < 0)
-        return;
+        c->resume_ev = event_new(c->w->base, -1, 0, resume_cb, c);
+    if (!c->resume_ev)
+        return; /* out of memory: no backpressure, the byte caps still hold */
     c->paused = 1;
+    httpd_req_on_drain(c->r, on_client_drain, c);
     engine_pause(c->engine, c->engine_id, 1);
 }
 

@@ -199,6 +199,50 @@ describe('a slow client gets backpressure', () => {
     assert.ok(grown < 16 * MiB, `cascaded grew by ${(grown / MiB).toFixed(1)} MiB`);
     await waitFor(async () => (await peer.stats()).aborted === 1, 5000, 'the upstream is cancelled when the client leaves');
   });
+
+  test('a client that reads again gets the whole answer: the paused stream resumes', async () => {
+    await peer.reset();
+    // 2500 pieces of 16000 bytes (40 MB) against a 256 KiB pause mark:
+    // more than the socket buffers can hide.
+    const { sock, head } = await slowReader(gw.port, chatBody('resume [[peer:endless]] [[peer:piece_bytes=16000]]', {
+      model: 'small', stream: true, max_tokens: 2500,
+    }));
+    assert.match(head, /^HTTP\/1\.1 200/);
+    await sleep(1500);
+    const held = (await peer.stats()).bytes_sent;
+    assert.ok(held < 40e6, `the peer sent ${held} bytes to a client that was not reading`);
+    // 40 MB arrive: keep the pieces and look for the end in the last ones
+    // only (searching the whole text on every piece is quadratic).
+    const pieces = [head];
+    let tail = head.slice(-64);
+    let read = head.length;
+    const done = new Promise((resolve, reject) => {
+      sock.on('data', (d) => {
+        const s = d.toString('latin1');
+        pieces.push(s);
+        read += s.length;
+        tail = (tail + s).slice(-64);
+        if (tail.includes('data: [DONE]')) resolve();
+      });
+      sock.on('end', resolve);
+      sock.on('error', reject);
+    });
+    sock.resume();
+    const timeout = sleep(20000).then(() => 'timeout');
+    assert.notEqual(await Promise.race([done, timeout]), 'timeout',
+      `the stream did not resume: ${read} bytes read, the peer sent ${(await peer.stats()).bytes_sent}`);
+    sock.destroy();
+    const text = pieces.join('');
+    assert.match(text, /data: \[DONE\]/);
+    assert.equal((text.match(/"finish_reason":"length"/g) || []).length, 1);
+    assert.ok((await peer.stats()).bytes_sent >= 40e6, 'the upstream went on once the client read');
+    // Its estimate (40 MB of text) passes the reservation, which caps the
+    // charge; with one tier, routing saved nothing all the same.
+    const line = await waitFor(() => gw.logs().split('\n').filter((l) => l.includes('"msg":"access"'))
+      .map((l) => JSON.parse(l)).find((l) => l.completion_tokens > 2500), 5000, 'the access line');
+    assert.ok(line.cost_nano > 0);
+    assert.equal(line.saved_nano, 0, 'a capped charge is not a saving');
+  });
 });
 
 describe('the cache bounds what it collects', () => {
