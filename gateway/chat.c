@@ -109,6 +109,7 @@ struct chat {
     int64_t tokens_received;        /* pieces from the engine: usage when it gives none */
     /* policy */
     int64_t prompt_tokens;          /* our count, for the estimate */
+    const struct engine *counted_by;    /* the in-process engine whose tokenizer counted it, or NULL */
     int64_t max_requested;          /* the client's max_tokens, or -1 */
     int64_t max_tokens;             /* the output bound on the first tier (output_bound) */
     struct reservation *resv;
@@ -788,6 +789,23 @@ static void start_engine(struct chat *c)
         c->req.logprobs = 1;
         json_object_set_new(c->req.root, "logprobs", json_true());
     }
+#ifdef CASCADE_HAVE_NATIVE
+    /* The in-process model's own tokenizer counted this prompt (on the work
+     * pool when it was big). One that cannot fit its context gets the
+     * engine's own refusal here, without being tokenized again on this
+     * loop: a 10 MB prompt would hold the worker for seconds. */
+    if (c->counted_by == c->engine && c->prompt_tokens >= native_engine_context(c->engine)) {
+        char msg[256];
+        snprintf(msg, sizeof msg,
+                 "This model's maximum context length is %d tokens. However, your messages resulted in "
+                 "%" PRId64 " tokens. Please reduce the length of the messages.",
+                 native_engine_context(c->engine), c->prompt_tokens);
+        struct engine_error err = {400, "invalid_request_error", "context_length_exceeded", msg};
+        c->engine_running = 1; /* on_error ends the call that never started */
+        on_error(c, &err);
+        return;
+    }
+#endif
     if (engine_submit(c->engine, &er, &chat_callbacks, c, &c->engine_id) < 0) {
         reply_error(c, 503, "server_error", "engine_unavailable", NULL, "the engine cannot take requests now");
         return;
@@ -999,15 +1017,19 @@ static void route_auto(struct chat *c)
 }
 
 /* Prompt tokens as the DeepSeek tokenizer counts them through the chat
- * template; without a tokenizer, a deliberately high estimate. */
-static int64_t count_prompt(const struct chat *c)
+ * template; without a tokenizer, a deliberately high estimate. Sets
+ * c->counted_by when an in-process engine counted them itself. */
+static int64_t count_prompt(struct chat *c)
 {
+    c->counted_by = NULL;
 #ifdef CASCADE_HAVE_NATIVE
     /* An in-process model counts with its own tokenizer, as it will bill. */
     struct engine *e = c->w->gw->engines[c->tier];
     int64_t own = 0;
-    if (native_engine_is(e) && native_engine_count_chat(e, &c->req, &own) == 0)
+    if (native_engine_is(e) && native_engine_count_chat(e, &c->req, &own) == 0) {
+        c->counted_by = e;
         return own;
+    }
 #endif
     const struct tokenizer *tok = c->w->gw->tokenizer;
     if (tok) {

@@ -69,6 +69,47 @@ describe('real engines', { skip }, () => {
     await gw.stop();
   });
 
+  test('a 2 MB prompt to an in-process tier: 400 context_length_exceeded, without stalling its worker', async () => {
+    // One worker: every request shares its event loop. The prompt is
+    // counted on the work pool by the model's own tokenizer; one that cannot
+    // fit the context is refused without being tokenized again on the loop
+    // (which held the worker for about 1.6 s before). Small requests run
+    // back to back meanwhile; the longest of them is compared with the big
+    // request's whole time, not with a clock threshold: a stall makes it a
+    // large share of it (0.26-0.30 measured before the fix, 0.02-0.03 after).
+    const gw = await startGateway({
+      config: makeConfig({ tiers: [nativeTier('small')], workers: 1, limits: { max_body_bytes: 16 << 20 } }),
+    });
+    const post = (content, max_tokens) => fetch(`${gw.url}/v1/chat/completions`, {
+      method: 'POST', headers: authHeaders(TEST_KEY),
+      body: JSON.stringify({ model: 'small', max_tokens, messages: [{ role: 'user', content }] }),
+    });
+    const big = 'Once upon a time there was a cat. '.repeat(60000);
+    const t0 = Date.now();
+    let bigDone = false;
+    const bigP = post(big, 8).then(async (r) => {
+      const body = await r.json();
+      bigDone = true;
+      return { status: r.status, body, ms: Date.now() - t0 };
+    });
+    const small = [];
+    while (!bigDone) {
+      const t = Date.now();
+      const r = await post('hi', 4);
+      assert.equal(r.status, 200);
+      await r.text();
+      small.push(Date.now() - t);
+    }
+    const b = await bigP;
+    assert.equal(b.status, 400);
+    assert.equal(b.body.error.code, 'context_length_exceeded');
+    assert.match(b.body.error.message, /maximum context length is 512 tokens/);
+    assert.ok(small.length >= 5, `only ${small.length} small requests ran alongside`);
+    const worst = Math.max(...small);
+    assert.ok(worst < 0.12 * b.ms, `a small request waited ${worst} ms during the big one's ${b.ms} ms`);
+    await gw.stop();
+  });
+
   test('the remote engine on cascade-engine: the reference story, failover, hang-ups', async () => {
     const engine = await spawnReady(ENGINE, ['--model', MODEL, '--listen', '127.0.0.1:0', '--threads', '1'],
       /ENGINE_PORT=(\d+)/, { name: 'cascade-engine', timeoutMs: 20000 });
