@@ -919,15 +919,22 @@ static void cancel_deferred_cb(evutil_socket_t fd, short what, void *arg)
     rreq_free(q);
 }
 
-static void remote_cancel(struct engine *e, uint64_t id)
+/* The live request with this id, on the calling worker's list (the id's
+ * top 16 bits name the worker), or NULL. */
+static struct rreq *find_request(struct remote *r, uint64_t id)
 {
-    struct remote *r = (struct remote *)e;
     size_t li = (size_t)(id >> 48);
     if (li >= atomic_load(&r->n_locals))
-        return;
+        return NULL;
     struct rreq *q = r->locals[li]->active;
     while (q && q->id != id)
         q = q->next;
+    return q;
+}
+
+static void remote_cancel(struct engine *e, uint64_t id)
+{
+    struct rreq *q = find_request((struct remote *)e, id);
     if (!q || q->ended)
         return;
     q->ended = 1; /* no callback from now on */
@@ -956,13 +963,7 @@ static void remote_cancel(struct engine *e, uint64_t id)
  * reading itself. */
 static void remote_pause(struct engine *e, uint64_t id, int paused)
 {
-    struct remote *r = (struct remote *)e;
-    size_t li = (size_t)(id >> 48);
-    if (li >= atomic_load(&r->n_locals))
-        return;
-    struct rreq *q = r->locals[li]->active;
-    while (q && q->id != id)
-        q = q->next;
+    struct rreq *q = find_request((struct remote *)e, id);
     if (!q || q->ended || !q->req || !q->conn || !q->got_headers || q->paused == !!paused)
         return;
     q->paused = !!paused;
