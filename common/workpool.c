@@ -74,6 +74,17 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* Tell every started thread to stop and wait for them. */
+static void stop_threads(struct workpool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    for (unsigned i = 0; i < p->n_threads; i++)
+        pthread_join(p->threads[i], NULL);
+}
+
 struct workpool *workpool_new(unsigned n, char *err, size_t errlen)
 {
     if (n == 0) {
@@ -106,12 +117,7 @@ struct workpool *workpool_new(unsigned n, char *err, size_t errlen)
     return p;
 
 fail_threads:
-    pthread_mutex_lock(&p->mu);
-    p->stop = 1;
-    pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-    for (unsigned i = 0; i < p->n_threads; i++)
-        pthread_join(p->threads[i], NULL);
+    stop_threads(p);
     pthread_cond_destroy(&p->cv);
 fail_mutex:
     pthread_mutex_destroy(&p->mu);
@@ -124,12 +130,7 @@ void workpool_free(struct workpool *p)
 {
     if (!p)
         return;
-    pthread_mutex_lock(&p->mu);
-    p->stop = 1;
-    pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-    for (unsigned i = 0; i < p->n_threads; i++)
-        pthread_join(p->threads[i], NULL);
+    stop_threads(p);
     pthread_cond_destroy(&p->cv);
     pthread_mutex_destroy(&p->mu);
     free(p);
