@@ -126,7 +126,9 @@ wait "$DRIVER" || { echo "run.sh: the driver failed:" >&2; cat "$OUT/driver.log"
 
 # Spend: Redis against the access log, once the journal has replayed.
 DAY=$(date -u +%Y%m%d)
-LOGGED=$(grep '"msg":"access"' "$OUT/gateway.log" | sed -n 's/.*"cost_nano":\([0-9]*\).*/\1/p' | awk '{s+=$1} END {print s+0}')
+# Summed in Python: awk prints large sums in exponent form (2.47112e+10).
+LOGGED=$(grep '"msg":"access"' "$OUT/gateway.log" | sed -n 's/.*"cost_nano":\([0-9]*\).*/\1/p' |
+    python3 -c 'import sys; print(sum(int(l) for l in sys.stdin))')
 SPENT=0
 for _ in $(seq 1 100); do
     SPENT=$(redis-cli -p "$REDIS_PORT" GET "cascade:{soak}:spend:$DAY")
