@@ -1,5 +1,7 @@
 #include "common/log.h"
 
+#include "common/clock.h"
+
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -198,4 +200,26 @@ void log_msg(enum log_level level, const char *fmt, ...)
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
     log_fields(level, buf, NULL);
+}
+
+void log_limited(struct log_limit *l, unsigned interval_ms, enum log_level level, const char *fmt, ...)
+{
+    if (level < min_level)
+        return;
+    /* One thread wins the slot for this interval (compare-and-swap); the
+     * others count themselves as dropped. */
+    uint64_t now = clock_mono_us(), next = atomic_load(&l->next_us);
+    if (now < next || !atomic_compare_exchange_strong(&l->next_us, &next, now + (uint64_t)interval_ms * 1000u)) {
+        atomic_fetch_add(&l->dropped, 1);
+        return;
+    }
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    uint64_t dropped = atomic_exchange(&l->dropped, 0);
+    json_t *extra = dropped ? json_pack("{s:I}", "suppressed", (json_int_t)dropped) : NULL;
+    log_fields(level, buf, extra);
+    json_decref(extra);
 }

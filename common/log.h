@@ -17,8 +17,19 @@
 #define CASCADE_LOG_H
 
 #include <jansson.h>
+#include <stdatomic.h>
+#include <stdint.h>
 
 enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
+
+/* A line that may repeat once per request (a Redis that refuses every
+ * write, say) must not grow with the traffic: log it through a limiter,
+ * which lets one line out per interval and counts the rest. Zero-initialize
+ * one per call site (static); any thread may use it. */
+struct log_limit {
+    _Atomic uint64_t next_us;       /* monotonic time the next line may go out */
+    _Atomic uint64_t dropped;       /* lines held back since the last one */
+};
 
 void log_set_level(enum log_level min);
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -30,6 +41,10 @@ void log_line_json(json_t *obj);
 void log_write_line(const char *line, size_t n);
 /* Append "ts":"...", (ISO 8601 UTC, ms) for a hand-built line; 0-terminated. */
 size_t log_ts_field(char *out, size_t cap);
+/* log_msg through l: at most one line per interval_ms; a line that goes out
+ * after others were held back carries their number ("suppressed": N). */
+void log_limited(struct log_limit *l, unsigned interval_ms, enum log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 void log_async_start(void);
 void log_async_stop(void);
 

@@ -231,11 +231,15 @@ static int64_t compute_cost(struct chat *c, int64_t *prompt, int64_t *completion
     c->cost_nano = money_add(c->first_cost_nano, tier_cost(c, c->tier, *prompt, *completion));
     int64_t uncapped = c->cost_nano;
     if (c->cost_nano > c->reserved_nano) {
-        /* The engine counted more prompt tokens than our tokenizer: the
-         * reservation is what the budget allowed, so it is the charge. */
+        /* The engine counted more prompt tokens than our tokenizer, or a
+         * cut answer's estimate ran high: the reservation is what the
+         * budget allowed, so it is the charge. A client can cause this on
+         * every request, so the line is rate-limited. */
+        static struct log_limit over_log;
         if (!c->cost_warned++)
-            log_warn("request %s used more than it reserved (%" PRId64 " > %" PRId64 " nano-USD); charged the reservation",
-                     c->request_id, c->cost_nano, c->reserved_nano);
+            log_limited(&over_log, 1000, LOG_WARN,
+                        "request %s used more than it reserved (%" PRId64 " > %" PRId64 " nano-USD); charged the reservation",
+                        c->request_id, c->cost_nano, c->reserved_nano);
         c->cost_nano = c->reserved_nano;
     }
     return uncapped;

@@ -416,18 +416,23 @@ struct settle_call {
     struct journal_entry e;
 };
 
+/* Errors that can come once per request while Redis misbehaves (out of
+ * memory, read-only replica, a script flushed): a line a second at most. */
+static struct log_limit settle_refused_log, settle_failed_log, admit_failed_log;
+
 static void settle_reply(void *ctx, enum redis_call_status st, redisReply *reply)
 {
     struct settle_call *sc = ctx;
     if (st == REDIS_CALL_OK && reply->type == REDIS_REPLY_ERROR && strstr(reply->str, "CASCADE_REFUSED")) {
         /* The script refused the arguments before writing anything; a
          * replay would be refused again, so say so loudly and drop it. */
-        log_error("settle of request %s for tenant %s refused by Redis (cost %" PRId64 " nano-USD): %s",
-                  sc->e.request_id, sc->e.tenant, sc->e.cost, reply->str);
+        log_limited(&settle_refused_log, 1000, LOG_ERROR,
+                    "settle of request %s for tenant %s refused by Redis (cost %" PRId64 " nano-USD): %s",
+                    sc->e.request_id, sc->e.tenant, sc->e.cost, reply->str);
         free(sc->e.tenant);
     } else if (st != REDIS_CALL_OK || reply->type == REDIS_REPLY_ERROR) {
         if (st == REDIS_CALL_OK)
-            log_error("settle script failed: %s", reply->str);
+            log_limited(&settle_failed_log, 1000, LOG_ERROR, "settle script failed: %s", reply->str);
         journal_push(sc->p, &sc->e); /* replayed later; the script is idempotent */
     } else {
         free(sc->e.tenant);
@@ -505,8 +510,9 @@ static void ensure_timer(struct policy *p, struct event_base *base)
 
 void policy_settle(struct policy *p, struct event_base *base, struct reservation *resv, const struct settle_info *info)
 {
+    static struct log_limit negative_log;
     if (info->cost_nano < 0 || info->tokens < 0 || info->saved_cache_nano < 0 || info->saved_routing_nano < 0)
-        log_error("request %s settled with a negative amount (cost %" PRId64 ", tokens %" PRId64 ", saved %" PRId64
+        log_limited(&negative_log, 1000, LOG_ERROR, "request %s settled with a negative amount (cost %" PRId64 ", tokens %" PRId64 ", saved %" PRId64
                   "/%" PRId64 "); recorded as 0",
                   resv->request_id, info->cost_nano, info->tokens, info->saved_cache_nano, info->saved_routing_nano);
     /* Whatever the caller computed, what reaches Redis or the local
@@ -597,7 +603,8 @@ static void admit_reply(void *ctx, enum redis_call_status st, redisReply *reply)
     struct admit_call *ac = ctx;
     if (st != REDIS_CALL_OK || reply->type != REDIS_REPLY_ARRAY || reply->elements != 12) {
         if (st == REDIS_CALL_OK)
-            log_error("admit script failed: %s", reply->type == REDIS_REPLY_ERROR ? reply->str : "bad reply");
+            log_limited(&admit_failed_log, 1000, LOG_ERROR, "admit script failed: %s",
+                        reply->type == REDIS_REPLY_ERROR ? reply->str : "bad reply");
         finish_local(ac); /* Redis away or broken: decide here */
         return;
     }
