@@ -12,24 +12,15 @@
 //     reset on a Redis restart; with AOF on it says nothing; and the check
 //     never holds up start-up when Redis is not there yet.
 import assert from 'node:assert/strict';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 
 import {
   authHeaders, chatBody, cleanupAfterAll, makeConfig, sha256hex, startGateway, startPeer, tier, TEST_KEY,
 } from '../support/harness.mjs';
-import { startRedis } from '../support/redis.mjs';
+import { startRedisForFile as redisServer } from '../support/redis.mjs';
 
 cleanupAfterAll();
 
-// Redis servers are not the harness's: stop them even when a test fails, or
-// the test process never exits.
-const redises = [];
-after(() => Promise.all(redises.map((r) => r.stop())));
-async function redisServer(opts) {
-  const r = await startRedis(opts);
-  redises.push(r);
-  return r;
-}
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 // Whole-number prices, so usage x price is exact in nano-USD: 10 and 100 USD

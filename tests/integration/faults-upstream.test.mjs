@@ -17,19 +17,10 @@ import { after, describe, test } from 'node:test';
 import {
   authHeaders, chatBody, cleanupAfterAll, makeConfig, sha256hex, sseParse, startGateway, startPeer, tier, TEST_KEY,
 } from '../support/harness.mjs';
-import { startRedis } from '../support/redis.mjs';
+import { startRedisForFile as redisServer } from '../support/redis.mjs';
 
 cleanupAfterAll();
 
-// Redis servers are not the harness's: stop them even when a test fails, or
-// the test process never exits.
-const redises = [];
-after(() => Promise.all(redises.map((r) => r.stop())));
-async function redisServer(opts) {
-  const r = await startRedis(opts);
-  redises.push(r);
-  return r;
-}
 
 // The cut stream's access line and charge, for the test that follows it.
 let cutStream = null;

@@ -5,7 +5,19 @@ import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { after } from 'node:test';
 import { freePort } from './harness.mjs';
+
+// Servers from startRedisForFile(), stopped once the importing file's tests
+// are done, even when one fails (or the test process would never exit).
+const forFile = [];
+after(() => Promise.all(forFile.map((r) => r.stop())));
+
+export async function startRedisForFile(opts) {
+  const r = await startRedis(opts);
+  forFile.push(r);
+  return r;
+}
 
 // persist: keep data across stop()/start() with an fsync-always AOF, as a
 // production Redis would, so a restart loses nothing that was acknowledged.
