@@ -62,6 +62,7 @@ struct redis {
     struct event *connect_timer;
     unsigned backoff_ms;
     int consecutive_timeouts;
+    int dropping;                   /* we are dropping it for timeouts: an outage */
     int closing;
 };
 
@@ -176,14 +177,20 @@ static struct timeval ms_tv(unsigned ms)
     return tv;
 }
 
-static void went_down(struct redis *r, const char *why)
+/* The connection is gone; reconnect after the backoff. outage says whether
+ * Redis itself is in doubt (a connect or a command failed or timed out), or
+ * only this connection ended: an idle connection may learn that the Redis it
+ * knew was restarted long after the others are back, and a Redis may close
+ * idle clients (its `timeout` setting). Only an outage is logged; a dropped
+ * connection whose reconnect fails becomes one then. */
+static void went_down(struct redis *r, const char *why, int outage)
 {
     r->state = R_DOWN;
     r->ac = NULL;
     evtimer_del(r->connect_timer);
     if (r->closing)
         return;
-    if (atomic_exchange(&r->rs->outage_logged, 1) == 0) {
+    if (outage && atomic_exchange(&r->rs->outage_logged, 1) == 0) {
         log_warn("redis %s unavailable (%s): serving without it until it returns", r->rs->display, why);
         /* The Redis that comes back may be another one: check it again. */
         atomic_store(&r->rs->aof_warned, 0);
@@ -197,7 +204,7 @@ static void connect_cb(const redisAsyncContext *ac, int status)
 {
     struct redis *r = ac->data;
     if (status != REDIS_OK) {
-        went_down(r, ac->errstr[0] ? ac->errstr : "connect failed"); /* hiredis frees ac */
+        went_down(r, ac->errstr[0] ? ac->errstr : "connect failed", 1); /* hiredis frees ac */
         return;
     }
     r->state = R_UP;
@@ -212,7 +219,9 @@ static void disconnect_cb(const redisAsyncContext *ac, int status)
 {
     (void)status;
     struct redis *r = ac->data;
-    went_down(r, ac->errstr[0] ? ac->errstr : "connection closed"); /* hiredis frees ac */
+    /* Closed by the other side (only this connection), or dropped by us
+     * for timeouts (an outage). hiredis frees ac. */
+    went_down(r, r->dropping ? "timed out" : ac->errstr[0] ? ac->errstr : "connection closed", r->dropping);
 }
 
 /* Replies to AUTH and SELECT: a refusal leaves us as good as down. */
@@ -253,9 +262,11 @@ static void drop_connection(struct redis *r)
     /* Frees the context: pending replies come back NULL, and, when it was
      * connected, disconnect_cb runs and schedules the reconnect. */
     redisAsyncContext *ac = r->ac;
+    r->dropping = 1;
     redisAsyncFree(ac);
+    r->dropping = 0;
     if (r->ac == ac) /* not connected yet: no disconnect callback ran */
-        went_down(r, "timed out");
+        went_down(r, "timed out", 1);
 }
 
 static void connect_timeout_cb(evutil_socket_t fd, short what, void *arg)
@@ -285,7 +296,7 @@ static void start_connect(struct redis *r)
         if (ac)
             redisAsyncFree(ac);
         r->state = R_CONNECTING; /* so went_down logs and schedules */
-        went_down(r, why);
+        went_down(r, why, 1);
         return;
     }
     ac->data = r;
