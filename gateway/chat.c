@@ -35,6 +35,7 @@
 #include <strings.h>
 
 #include "cache/cache.h"
+#include "cache/entry.h"
 #include "cache/key.h"
 #include "cache/singleflight.h"
 #include "common/clock.h"
@@ -497,55 +498,51 @@ static void send_final(struct chat *c, const char *finish_reason)
     c->r = NULL;
 }
 
-/* The cache entry: compact JSON of what a replay needs. */
+/* The cache entry (cache/entry.h) of this answer; NULL when its content
+ * is not valid UTF-8 (not worth storing). */
 static char *cache_value(struct chat *c, const char *finish_reason, size_t *len)
 {
-    size_t n = evbuffer_get_length(c->content);
-    const char *text = (const char *)evbuffer_pullup(c->content, -1);
-    json_t *o = json_pack("{s:s%, s:s, s:{s:I, s:I}, s:s, s:s, s:I}", "content", text ? text : "", n,
-                          "finish_reason", finish_reason, "usage", "prompt_tokens",
-                          (json_int_t)c->usage.prompt_tokens, "completion_tokens",
-                          (json_int_t)c->usage.completion_tokens, "tier", tier_name(c), "model", model_name(c),
-                          "created", (json_int_t)c->created);
-    if (!o) /* content that is not valid UTF-8 is not worth storing */
-        return NULL;
-    if (c->logprobs)
-        json_object_set(o, "logprobs", c->logprobs);
-    char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    *len = strlen(s);
-    return s;
+    struct cache_entry e = {
+        .content = (const char *)evbuffer_pullup(c->content, -1),
+        .content_len = evbuffer_get_length(c->content),
+        .finish_reason = finish_reason,
+        .prompt_tokens = c->usage.prompt_tokens,
+        .completion_tokens = c->usage.completion_tokens,
+        .tier = tier_name(c),
+        .model = model_name(c),
+        .created = c->created,
+        .logprobs = c->logprobs,
+    };
+    if (!e.content)
+        e.content = "";
+    return cache_entry_encode(&e, len);
 }
 
-/* Answer from a cache entry (ours or a single-flight leader's). 0, or -1
- * when the entry is unusable and the engine must answer instead. */
+/* Answer from a cache entry (ours or a single-flight leader's). The bytes
+ * come from Redis and are checked by cache_entry_decode(). 0, or -1 when
+ * the entry is unusable and the engine must answer instead. */
 static int replay(struct chat *c, const char *value, size_t len)
 {
-    json_t *o = json_loadb(value, len, 0, NULL);
-    json_t *content = json_object_get(o, "content");
-    json_t *usage = json_object_get(o, "usage");
-    json_t *fr = json_object_get(o, "finish_reason");
-    json_t *lp = json_object_get(o, "logprobs");
-    json_t *tier = json_object_get(o, "tier");
-    if (!json_is_string(content) || !json_is_object(usage) || !json_is_string(fr) || (c->req.logprobs && !lp)) {
-        json_decref(o);
+    struct cache_entry e;
+    if (cache_entry_decode(value, len, &e) < 0)
+        return -1;
+    if (c->req.logprobs && !e.logprobs) {
+        cache_entry_free(&e);
         return -1;
     }
-    c->usage.prompt_tokens = money_clamp(json_integer_value(json_object_get(usage, "prompt_tokens")));
-    c->usage.completion_tokens = money_clamp(json_integer_value(json_object_get(usage, "completion_tokens")));
-    int ht = json_is_string(tier) ? config_tier_index(c->cfg, json_string_value(tier)) : -1;
+    c->usage.prompt_tokens = e.prompt_tokens;
+    c->usage.completion_tokens = e.completion_tokens;
+    int ht = e.tier ? config_tier_index(c->cfg, e.tier) : -1;
     c->hit_tier = ht >= 0 ? ht : c->tier;
-    const char *text = json_string_value(content);
-    size_t tlen = json_string_length(content);
     if (c->req.stream) {
-        stream_whole(c, text, tlen, c->req.logprobs ? lp : NULL);
+        stream_whole(c, e.content, e.content_len, c->req.logprobs ? e.logprobs : NULL);
     } else {
-        evbuffer_add(c->content, text, tlen);
+        evbuffer_add(c->content, e.content, e.content_len);
         if (c->req.logprobs)
-            c->logprobs = json_incref(lp);
+            c->logprobs = json_incref(e.logprobs);
     }
-    send_final(c, json_string_value(fr));
-    json_decref(o);
+    send_final(c, e.finish_reason);
+    cache_entry_free(&e);
     return 0;
 }
 

@@ -114,6 +114,39 @@ describe('redis cache', () => {
     assert.equal((await peer.stats()).requests, 2);
   });
 
+  test('an entry tampered with in Redis is refused and answered fresh, never replayed', async () => {
+    // Redis is shared: anything that reaches it can write an entry. Each of
+    // these must be refused whole (cache/entry.c), answered by the engine,
+    // charged as a miss, and replaced by a good entry.
+    const body = det('tamper with me');
+    const before = new Set(redis.cli('--scan', '--pattern', 'cascade:{acme}:resp:*').split('\n').filter(Boolean));
+    const first = await ask(gw, body);
+    assert.equal(first.cache, 'miss');
+    const key = redis.cli('--scan', '--pattern', 'cascade:{acme}:resp:*').split('\n').filter(Boolean)
+      .find((k) => !before.has(k));
+    assert.ok(key, 'the entry was stored');
+    const good = JSON.parse(redis.cli('GET', key));
+    const bad = {
+      'negative tokens': { ...good, usage: { prompt_tokens: 5, completion_tokens: -5 } },
+      'huge tokens': { ...good, usage: { prompt_tokens: 5, completion_tokens: 1e18 } },
+      'content not a string': { ...good, content: 123 },
+      'logprobs not a list': { ...good, logprobs: 'x' },
+      'finish reason not a word': { ...good, finish_reason: 'stop"}]}' },
+      'not JSON': '{"content": "cut',
+    };
+    for (const [what, entry] of Object.entries(bad)) {
+      await peer.reset();
+      redis.cli('SET', key, typeof entry === 'string' ? entry : JSON.stringify(entry));
+      const r = await ask(gw, body);
+      assert.equal(r.status, 200, what);
+      assert.equal(r.cache, 'miss', `${what}: answered from the engine`);
+      assert.deepEqual(r.json.usage, first.json.usage, what);
+      assert.equal((await peer.stats()).requests, 1, what);
+      assert.deepEqual(JSON.parse(redis.cli('GET', key)).usage, good.usage, `${what}: a good entry replaced it`);
+    }
+    assert.equal((await ask(gw, body)).cache, 'hit');
+  });
+
   test('entries expire with the tenant TTL', async () => {
     const body = det('short lived');
     assert.equal((await ask(gw, body, authHeaders('sk-beta'))).cache, 'miss');
