@@ -15,12 +15,11 @@ import net from 'node:net';
 import { describe, test } from 'node:test';
 
 import {
-  authHeaders, chatBody, cleanupAfterAll, makeConfig, sha256hex, startGateway, startPeer, tier, TEST_KEY,
+  TEST_KEY, authHeaders, chatBody, cleanupAfterAll, makeConfig, sha256hex, sleep, startGateway, startPeer, tier, until,
 } from '../support/harness.mjs';
 
 cleanupAfterAll();
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 function post(gw, body, headers = authHeaders()) {
   return fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers, body: JSON.stringify(body) });
@@ -156,12 +155,3 @@ describe('signals under load', () => {
   });
 });
 
-async function until(fn, ms = 5000) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`condition not met in ${ms} ms`);
-    await sleep(20);
-  }
-}

@@ -15,26 +15,18 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 
 import {
-  authHeaders, chatBody, cleanupAfterAll, makeConfig, sha256hex, startGateway, startPeer, tier, TEST_KEY,
+  TEST_KEY, authHeaders, chatBody, cleanupAfterAll, makeConfig, sha256hex, sleep, startGateway, startPeer, tier, until,
 } from '../support/harness.mjs';
 import { startRedisForFile as redisServer } from '../support/redis.mjs';
 
 cleanupAfterAll();
 
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 // Whole-number prices, so usage x price is exact in nano-USD: 10 and 100 USD
 // per 1M tokens are 10,000 and 100,000 nano-USD per token.
 const PRICE = { input_per_1m: 10, output_per_1m: 100 };
 const costNano = (u) => u.prompt_tokens * PRICE.input_per_1m * 1000 + u.completion_tokens * PRICE.output_per_1m * 1000;
 const today = () => new Date().toISOString().slice(0, 10).replace(/-/g, '');
-async function until(fn, ms) {
-  const deadline = Date.now() + ms;
-  while (!fn()) {
-    if (Date.now() > deadline) throw new Error(`condition not met in ${ms} ms`);
-    await sleep(20);
-  }
-}
 const AOF_WARNING = (l) => l.level === 'warn' && /AOF off/.test(l.msg ?? '');
 
 function post(gw, body) {

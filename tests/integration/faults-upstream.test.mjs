@@ -15,7 +15,8 @@ import net from 'node:net';
 import { after, describe, test } from 'node:test';
 
 import {
-  authHeaders, chatBody, cleanupAfterAll, makeConfig, sha256hex, sseParse, startGateway, startPeer, tier, TEST_KEY,
+  TEST_KEY, authHeaders, chatBody, cleanupAfterAll, makeConfig, sha256hex, sleep, sseParse, startGateway, startPeer,
+  tier, until,
 } from '../support/harness.mjs';
 import { startRedisForFile as redisServer } from '../support/redis.mjs';
 
@@ -25,22 +26,12 @@ cleanupAfterAll();
 // The cut stream's access line and charge, for the test that follows it.
 let cutStream = null;
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const today = () => new Date().toISOString().slice(0, 10).replace(/-/g, '');
 
 function post(gw, body, signal) {
   return fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: authHeaders(), body: JSON.stringify(body), signal });
 }
 
-async function until(fn, ms = 5000) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`condition not met in ${ms} ms`);
-    await sleep(20);
-  }
-}
 
 // readWithin: the rest of a response body, or a rejection if it does not
 // end within ms (a hung stream must fail the test, not hang it).

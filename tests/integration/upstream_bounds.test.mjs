@@ -13,13 +13,12 @@ import path from 'node:path';
 import { before, describe, test } from 'node:test';
 
 import {
-  ADMIN_TOKEN, authHeaders, chatBody, cleanupAfterAll, makeConfig, sha256hex, SOURCE_DIR, sseParse, startGateway,
-  startPeer, tier, TEST_KEY,
+  ADMIN_TOKEN, SOURCE_DIR, TEST_KEY, authHeaders, chatBody, cleanupAfterAll, makeConfig, sha256hex, sleep, sseParse,
+  startGateway, startPeer, tier, until,
 } from '../support/harness.mjs';
 
 cleanupAfterAll();
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const MiB = 1024 * 1024;
 // Under ASan, freed memory waits in a quarantine (256 MB by default) and
 // shows in RSS: keep it small, so RSS measures what is live.
@@ -52,16 +51,6 @@ function rssWatch(pid) {
   };
 }
 
-// waitFor: poll an async predicate until it holds or ms pass.
-async function waitFor(pred, ms, what) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await pred();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${what}`);
-    await sleep(25);
-  }
-}
 
 function post(gw, body, { signal, headers = {} } = {}) {
   return fetch(`${gw.url}/v1/chat/completions`, {
@@ -104,7 +93,7 @@ describe('upstream output is bounded', () => {
     const finish = events.find((e) => e !== '[DONE]' && e.choices?.[0]?.finish_reason);
     assert.equal(finish?.choices[0].finish_reason, 'length');
     assert.equal(events.at(-1), '[DONE]');
-    await waitFor(async () => (await peer.stats()).aborted === 1, 5000, 'the peer sees its stream closed');
+    await until(async () => (await peer.stats()).aborted === 1, 5000, 'the peer sees its stream closed');
     t.diagnostic(`cascaded grew by ${(grown / MiB).toFixed(1)} MiB`);
     assert.ok(grown < 24 * MiB, `cascaded grew by ${(grown / MiB).toFixed(1)} MiB`);
     // Charged for what was received (at least a token a piece), never for
@@ -131,7 +120,7 @@ describe('upstream output is bounded', () => {
     const last = events.filter((e) => e !== '[DONE]').at(-1);
     assert.equal(last.error?.code, 'upstream_response_too_large', JSON.stringify(last));
     assert.equal(last.error?.type, 'upstream_error');
-    await waitFor(async () => (await peer.stats()).aborted === 1, 5000, 'the peer sees its stream closed');
+    await until(async () => (await peer.stats()).aborted === 1, 5000, 'the peer sees its stream closed');
     assert.ok(grown < 24 * MiB, `cascaded grew by ${(grown / MiB).toFixed(1)} MiB`);
   });
 
@@ -143,7 +132,7 @@ describe('upstream output is bounded', () => {
     const body = await res.json();
     assert.equal(body.error.code, 'upstream_response_too_large', JSON.stringify(body));
     assert.equal(body.error.type, 'upstream_error');
-    await waitFor(async () => (await peer.stats()).aborted === 1, 5000, 'the peer sees the connection closed');
+    await until(async () => (await peer.stats()).aborted === 1, 5000, 'the peer sees the connection closed');
     // The worker still serves.
     const ok = await post(gw, chatBody('still here', { model: 'small' }));
     assert.equal(ok.status, 200);
@@ -197,7 +186,7 @@ describe('a slow client gets backpressure', () => {
     // the check that does not depend on the kernel.
     assert.ok(sent < 32 * MiB, `the peer sent ${(sent / MiB).toFixed(1)} MiB to a client that reads nothing`);
     assert.ok(grown < 16 * MiB, `cascaded grew by ${(grown / MiB).toFixed(1)} MiB`);
-    await waitFor(async () => (await peer.stats()).aborted === 1, 5000, 'the upstream is cancelled when the client leaves');
+    await until(async () => (await peer.stats()).aborted === 1, 5000, 'the upstream is cancelled when the client leaves');
   });
 
   test('a client that reads again gets the whole answer: the paused stream resumes', async () => {
@@ -238,7 +227,7 @@ describe('a slow client gets backpressure', () => {
     assert.ok((await peer.stats()).bytes_sent >= 40e6, 'the upstream went on once the client read');
     // Its estimate (40 MB of text) passes the reservation, which caps the
     // charge; with one tier, routing saved nothing all the same.
-    const line = await waitFor(() => gw.logs().split('\n').filter((l) => l.includes('"msg":"access"'))
+    const line = await until(() => gw.logs().split('\n').filter((l) => l.includes('"msg":"access"'))
       .map((l) => JSON.parse(l)).find((l) => l.completion_tokens > 2500), 5000, 'the access line');
     assert.ok(line.cost_nano > 0);
     assert.equal(line.saved_nano, 0, 'a capped charge is not a saving');
@@ -399,7 +388,7 @@ describe('with a real tokenizer', () => {
     assert.ok(exact > 64, `${exact} tokens in ${JSON.stringify(text.slice(0, 40))}...`);
     const now = Math.floor(Date.now() / 1000);
     const q = new URLSearchParams({ from: now - 600, to: now + 120, step: 60, tenant: 'cut' });
-    const totals = await waitFor(async () => {
+    const totals = await until(async () => {
       const r = await fetch(`${gw.url}/admin/v1/stats?${q}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
       const t = (await r.json()).totals;
       return t.requests >= 1 ? t : null;

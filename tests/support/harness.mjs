@@ -351,6 +351,20 @@ export async function startGateway({ config, args = [], env = {}, binary, timeou
   return handle;
 }
 
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// until: poll pred (sync or async) every 20 ms until it returns something
+// truthy, and return that; throw, naming `what`, once ms have passed.
+export async function until(pred, ms = 5000, what = 'condition') {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await pred();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${what}`);
+    await sleep(20);
+  }
+}
+
 // sseParse: the data: payloads of an SSE text, JSON-parsed; the literal
 // "[DONE]" stays a string. Multi-line data fields are joined with "\n".
 export function sseParse(text) {
