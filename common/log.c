@@ -190,16 +190,22 @@ void log_fields(enum log_level level, const char *msg, json_t *fields)
     json_decref(obj);
 }
 
+/* Format the message (cut at 1 KiB) and log it with extra's fields. */
+static void log_vfields(enum log_level level, json_t *extra, const char *fmt, va_list ap)
+{
+    char buf[1024];
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    log_fields(level, buf, extra);
+}
+
 void log_msg(enum log_level level, const char *fmt, ...)
 {
     if (level < min_level)
         return;
-    char buf[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
+    log_vfields(level, NULL, fmt, ap);
     va_end(ap);
-    log_fields(level, buf, NULL);
 }
 
 void log_limited(struct log_limit *l, unsigned interval_ms, enum log_level level, const char *fmt, ...)
@@ -213,13 +219,11 @@ void log_limited(struct log_limit *l, unsigned interval_ms, enum log_level level
         atomic_fetch_add(&l->dropped, 1);
         return;
     }
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
     uint64_t dropped = atomic_exchange(&l->dropped, 0);
     json_t *extra = dropped ? json_pack("{s:I}", "suppressed", (json_int_t)dropped) : NULL;
-    log_fields(level, buf, extra);
+    va_list ap;
+    va_start(ap, fmt);
+    log_vfields(level, extra, fmt, ap);
+    va_end(ap);
     json_decref(extra);
 }
