@@ -28,6 +28,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 
+import { variedText } from '../../tests/support/harness.mjs';
+
 const here = path.dirname(fileURLToPath(import.meta.url));
 const SRC = path.resolve(here, '../..');
 const args = process.argv.slice(2);
@@ -66,24 +68,6 @@ const quantile = (xs, q) => {
 };
 const median = (xs) => quantile(xs, 0.5);
 
-// The same varied words as tests/integration/upstream_bounds.test.mjs.
-function bigText(bytes) {
-  let x = 12345;
-  const letters = 'abcdefghijklmnopqrstuvwxyz';
-  const parts = [];
-  let n = 0;
-  while (n < bytes) {
-    x = (x * 1103515245 + 12345) & 0x7fffffff;
-    let w = '';
-    for (let k = 3 + (x % 7); k > 0; k--) {
-      x = (x * 1103515245 + 12345) & 0x7fffffff;
-      w += letters[x % 26];
-    }
-    parts.push(w);
-    n += w.length + 1;
-  }
-  return parts.join(' ');
-}
 
 const children = [];
 process.on('exit', () => children.forEach((c) => c.kill('SIGKILL')));
@@ -112,7 +96,7 @@ function start(bin, argv, re) {
 // 1. The body and its parse time.
 const payload = JSON.stringify({
   model: 'bench-big',
-  messages: [{ role: 'system', content: bigText(MB * 1024 * 1024) }, { role: 'user', content: 'big one' }],
+  messages: [{ role: 'system', content: variedText(MB * 1024 * 1024) }, { role: 'user', content: 'big one' }],
 });
 const bodyFile = path.join(OUT, 'body.json');
 writeFileSync(bodyFile, payload);

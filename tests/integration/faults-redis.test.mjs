@@ -69,54 +69,69 @@ async function oneRequest(gw, text, stream) {
   return costNano(u);
 }
 
+// load: `loops` clients sending requests back to back until stop(), each
+// request's reported cost added up (`sent` counts them, `failures` lists
+// what went wrong). words makes each prompt, and the cache key, unique.
+function startLoad(gw, words, loops) {
+  const load = { sent: 0, reported: 0, failures: [], stopped: false };
+  const running = Array.from({ length: loops }, async (_, k) => {
+    while (!load.stopped) {
+      const i = load.sent++;
+      try {
+        // Not `reported += await ...`: that reads `reported` before the
+        // await and loses the other loops' additions.
+        const cost = await oneRequest(gw, `k${k} n${i} ${words}`, i % 3 === 0);
+        load.reported += cost;
+      } catch (e) {
+        load.failures.push(`request ${i}: ${e.message}`);
+      }
+    }
+  });
+  load.stop = () => {
+    load.stopped = true;
+    return Promise.all(running);
+  };
+  return load;
+}
+
+// The tenant's spend for today in Redis, once the journal has replayed up
+// to want (or after 6 s, whatever it holds then).
+async function settledSpend(redis, tenant, want) {
+  let spent = -1;
+  for (let i = 0; i < 60 && spent !== want; i++) {
+    if (i) await sleep(100);
+    spent = Number(redis.cli('GET', `cascade:{${tenant}}:spend:${today()}`) || 0);
+  }
+  return spent;
+}
+
 describe('Redis faults', () => {
   test('Redis SIGKILLed under load and restarted: 0 failed requests, spend = sum of reported costs', async () => {
     const redis = await redisServer({ persist: true });
     const peer = await startPeer({ name: 'rk' });
     const gw = await startGateway({ config: config(redis, peer, 'killed') });
-    let stop = false;
-    let n = 0;
-    const failures = [];
-    let reported = 0;
-    const loops = Array.from({ length: 6 }, async (_, k) => {
-      while (!stop) {
-        const i = n++;
-        try {
-          // Not `reported += await ...`: that reads `reported` before the
-          // await and loses the other loops' additions.
-          const cost = await oneRequest(gw, `k${k} n${i} some words to count`, i % 3 === 0);
-          reported += cost;
-        } catch (e) {
-          failures.push(`request ${i}: ${e.message}`);
-        }
-      }
-    });
+    const load = startLoad(gw, 'some words to count', 6);
     // Enough traffic before and during the outage, however slow the build
     // (sanitizers) or the machine.
-    await until(() => n >= 20, 15000);
-    const beforeKill = n;
+    await until(() => load.sent >= 20, 15000);
+    const beforeKill = load.sent;
     await redis.stop(); // SIGKILL: no shutdown save, as a crash
     await sleep(800);
-    await until(() => n - beforeKill >= 10, 15000);
-    const duringOutage = n - beforeKill;
+    await until(() => load.sent - beforeKill >= 10, 15000);
+    const duringOutage = load.sent - beforeKill;
     await redis.start(); // same port, same AOF file
     await sleep(600);
-    stop = true;
-    await Promise.all(loops);
-    assert.deepEqual(failures, [], 'no request fails while Redis is killed and restarted');
+    await load.stop();
+    assert.deepEqual(load.failures, [], 'no request fails while Redis is killed and restarted');
     assert.ok(beforeKill >= 10, `${beforeKill} requests before the kill`);
     assert.ok(duringOutage >= 10, `${duringOutage} requests while Redis was down: the load really ran across it`);
     assert.ok(gw.logLines().some((l) => /unavailable/.test(l.msg ?? '')), 'the gateway saw the outage');
     // The journal replays on reconnect; wait for it to drain, then compare.
-    let spent = -1;
-    for (let i = 0; i < 60 && spent !== reported; i++) {
-      if (i) await sleep(100);
-      spent = Number(redis.cli('GET', `cascade:{killed}:spend:${today()}`) || 0);
-    }
-    console.log(`redis kill: ${n} requests (${duringOutage} during the outage), reported ${reported} nano-USD, ` +
+    const spent = await settledSpend(redis, 'killed', load.reported);
+    console.log(`redis kill: ${load.sent} requests (${duringOutage} during the outage), reported ${load.reported} nano-USD, ` +
       `Redis holds ${spent}`);
-    assert.ok(reported > 0);
-    assert.equal(spent, reported, 'spend in Redis equals the sum of the costs the clients were told');
+    assert.ok(load.reported > 0);
+    assert.equal(spent, load.reported, 'spend in Redis equals the sum of the costs the clients were told');
     await gw.stop();
     await redis.stop();
   });
@@ -128,41 +143,22 @@ describe('Redis faults', () => {
     const redis = await redisServer({ persist: true });
     const peer = await startPeer({ name: 'rf' });
     const gw = await startGateway({ config: config(redis, peer, 'frozen') });
-    let stop = false;
-    let n = 0;
-    const failures = [];
-    let reported = 0;
-    const loops = Array.from({ length: 6 }, async (_, k) => {
-      while (!stop) {
-        const i = n++;
-        try {
-          const cost = await oneRequest(gw, `k${k} n${i} frozen words`, i % 3 === 0);
-          reported += cost;
-        } catch (e) {
-          failures.push(`request ${i}: ${e.message}`);
-        }
-      }
-    });
-    await until(() => n >= 20, 15000);
-    const beforeFreeze = n;
+    const load = startLoad(gw, 'frozen words', 6);
+    await until(() => load.sent >= 20, 15000);
+    const beforeFreeze = load.sent;
     redis.proc.kill('SIGSTOP');
     await sleep(1500);
-    await until(() => n - beforeFreeze >= 10, 15000);
-    const duringFreeze = n - beforeFreeze;
+    await until(() => load.sent - beforeFreeze >= 10, 15000);
+    const duringFreeze = load.sent - beforeFreeze;
     redis.proc.kill('SIGCONT');
     await sleep(1500);
-    stop = true;
-    await Promise.all(loops);
-    assert.deepEqual(failures, [], 'no request fails while Redis is frozen');
+    await load.stop();
+    assert.deepEqual(load.failures, [], 'no request fails while Redis is frozen');
     assert.ok(duringFreeze >= 10, `${duringFreeze} requests while Redis was frozen`);
-    let spent = -1;
-    for (let i = 0; i < 60 && spent !== reported; i++) {
-      if (i) await sleep(100);
-      spent = Number(redis.cli('GET', `cascade:{frozen}:spend:${today()}`) || 0);
-    }
-    console.log(`redis freeze: ${n} requests (${duringFreeze} during the freeze), reported ${reported} nano-USD, ` +
+    const spent = await settledSpend(redis, 'frozen', load.reported);
+    console.log(`redis freeze: ${load.sent} requests (${duringFreeze} during the freeze), reported ${load.reported} nano-USD, ` +
       `Redis holds ${spent}`);
-    assert.equal(spent, reported, 'spend in Redis equals the sum of the costs the clients were told');
+    assert.equal(spent, load.reported, 'spend in Redis equals the sum of the costs the clients were told');
     await gw.stop();
     await redis.stop();
   });
@@ -174,48 +170,29 @@ describe('Redis faults', () => {
     const redis = await redisServer();
     const peer = await startPeer({ name: 'full' });
     const gw = await startGateway({ config: config(redis, peer, 'full') });
-    let stop = false;
-    let n = 0;
-    const failures = [];
-    let reported = 0;
-    const loops = Array.from({ length: 4 }, async (_, k) => {
-      while (!stop) {
-        const i = n++;
-        try {
-          const cost = await oneRequest(gw, `k${k} n${i} full words`, i % 3 === 0);
-          reported += cost;
-        } catch (e) {
-          failures.push(`request ${i}: ${e.message}`);
-        }
-      }
-    });
-    await until(() => n >= 10, 15000);
+    const load = startLoad(gw, 'full words', 4);
+    await until(() => load.sent >= 10, 15000);
     redis.cli('CONFIG', 'SET', 'maxmemory-policy', 'noeviction');
     redis.cli('CONFIG', 'SET', 'maxmemory', '1');
-    const before = n;
+    const before = load.sent;
     await sleep(700);
-    await until(() => n - before >= 10, 15000);
-    const duringFull = n - before;
+    await until(() => load.sent - before >= 10, 15000);
+    const duringFull = load.sent - before;
     redis.cli('CONFIG', 'SET', 'maxmemory', '0');
     await sleep(500);
-    stop = true;
-    await Promise.all(loops);
-    assert.deepEqual(failures, [], 'no request fails while Redis refuses writes');
+    await load.stop();
+    assert.deepEqual(load.failures, [], 'no request fails while Redis refuses writes');
     assert.ok(gw.logLines().some((l) => /OOM/.test(l.msg ?? '')), 'Redis really refused the writes');
     // What Redis refuses may repeat on every request: the log must not grow
     // with the traffic. Each kind of line goes out once a second at most
     // (log_limited), so over the few seconds of the outage the error lines
     // stay few, whatever the request count.
     const errors = gw.logLines().filter((l) => l.level === 'error');
-    console.log(`redis full: ${errors.length} error lines for ${n} requests`);
+    console.log(`redis full: ${errors.length} error lines for ${load.sent} requests`);
     assert.ok(errors.length <= 20, `${errors.length} error lines while Redis was full`);
-    let spent = -1;
-    for (let i = 0; i < 60 && spent !== reported; i++) {
-      if (i) await sleep(100);
-      spent = Number(redis.cli('GET', `cascade:{full}:spend:${today()}`) || 0);
-    }
-    console.log(`redis full: ${n} requests (${duringFull} while full), reported ${reported} nano-USD, Redis holds ${spent}`);
-    assert.equal(spent, reported, 'spend in Redis equals the sum of the costs the clients were told');
+    const spent = await settledSpend(redis, 'full', load.reported);
+    console.log(`redis full: ${load.sent} requests (${duringFull} while full), reported ${load.reported} nano-USD, Redis holds ${spent}`);
+    assert.equal(spent, load.reported, 'spend in Redis equals the sum of the costs the clients were told');
     await gw.stop();
   });
 

@@ -14,7 +14,7 @@ import { before, describe, test } from 'node:test';
 
 import {
   ADMIN_TOKEN, SOURCE_DIR, TEST_KEY, authHeaders, chatBody, cleanupAfterAll, makeConfig, sha256hex, sleep, sseParse,
-  startGateway, startPeer, tier, until,
+  startGateway, startPeer, tier, until, variedText,
 } from '../support/harness.mjs';
 
 cleanupAfterAll();
@@ -281,25 +281,6 @@ describe('the cache bounds what it collects', () => {
 // in production (without one the gateway only estimates from the length).
 const TOKENIZER = path.join(SOURCE_DIR, 'node_modules', '@lenml', 'tokenizer-deepseek_v3', 'models', 'tokenizer.json');
 
-// Varied words (a fixed pseudo-random sequence): repeated words would all
-// hit the tokenizer's word cache and count unrealistically fast.
-function bigText(bytes) {
-  let x = 12345;
-  const letters = 'abcdefghijklmnopqrstuvwxyz';
-  const parts = [];
-  let n = 0;
-  while (n < bytes) {
-    x = (x * 1103515245 + 12345) & 0x7fffffff;
-    let w = '';
-    for (let k = 3 + (x % 7); k > 0; k--) {
-      x = (x * 1103515245 + 12345) & 0x7fffffff;
-      w += letters[x % 26];
-    }
-    parts.push(w);
-    n += w.length + 1;
-  }
-  return parts.join(' ');
-}
 
 // rawRequest: send a whole request on a fresh socket; resolves when the
 // response has fully arrived (the server closes: Connection: close), with
@@ -352,7 +333,7 @@ describe('with a real tokenizer', () => {
     // user message, so the big answer itself stays small.
     const payload = JSON.stringify({
       model: 'deepseek-coder-1.3b',
-      messages: [{ role: 'system', content: bigText(10 * MiB) }, { role: 'user', content: 'big one' }],
+      messages: [{ role: 'system', content: variedText(10 * MiB) }, { role: 'user', content: 'big one' }],
     });
     const t0 = Date.now();
     const big = rawRequest(gw.port, payload);

@@ -365,6 +365,27 @@ export async function until(pred, ms = 5000, what = 'condition') {
   }
 }
 
+// variedText: about `bytes` of varied words, a fixed pseudo-random sequence
+// (repeated words would all hit the tokenizer's word cache and count
+// unrealistically fast). The same text every call.
+export function variedText(bytes) {
+  let x = 12345;
+  const letters = 'abcdefghijklmnopqrstuvwxyz';
+  const parts = [];
+  let n = 0;
+  while (n < bytes) {
+    x = (x * 1103515245 + 12345) & 0x7fffffff;
+    let w = '';
+    for (let k = 3 + (x % 7); k > 0; k--) {
+      x = (x * 1103515245 + 12345) & 0x7fffffff;
+      w += letters[x % 26];
+    }
+    parts.push(w);
+    n += w.length + 1;
+  }
+  return parts.join(' ');
+}
+
 // sseParse: the data: payloads of an SSE text, JSON-parsed; the literal
 // "[DONE]" stays a string. Multi-line data fields are joined with "\n".
 export function sseParse(text) {
