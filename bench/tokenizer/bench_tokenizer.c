@@ -17,8 +17,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "engines/native/tokenizer.h"
-#include "engines/native/tokenizer_bpe.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer_bpe.h"
 
 static double now_s(void)
 {

@@ -1,7 +1,7 @@
 /* cascade-engine: the native engine served over the OpenAI-compatible HTTP
  * protocol. A thin shell: common/httpd.h moves the bytes, common/openai.h and
  * common/completions.h parse and write the JSON, the native engine
- * (engines/native/native_engine.h) generates. No inference code lives here.
+ * (engines/native/runtime/native_engine.h) generates. No inference code lives here.
  *
  *   cascade-engine --model PATH [--listen HOST:PORT] [--tokenizer PATH]
  *                  [--name ID] [--threads N] [--kv-mib N] [--max-batch N]
@@ -22,7 +22,7 @@
 #include "common/log.h"
 #include "common/mem.h"
 #include "common/openai.h"
-#include "engines/native/native_engine.h"
+#include "engines/native/runtime/native_engine.h"
 
 #include <errno.h>
 #include <event2/buffer.h>

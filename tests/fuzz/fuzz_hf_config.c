@@ -1,5 +1,5 @@
 /* fuzz_hf_config: a Hugging Face model folder's config.json
- * (engines/native/model.c), from arbitrary bytes through
+ * (engines/native/model/model.c), from arbitrary bytes through
  * native_model_config_parse(): the shape every buffer of the native engine
  * is sized from.
  *
@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "engines/native/model.h"
+#include "engines/native/model/model.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

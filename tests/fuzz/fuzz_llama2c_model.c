@@ -1,5 +1,5 @@
 /* fuzz_llama2c_model: the llama2.c model file's header and tensor layout
- * (engines/native/model.c), from arbitrary bytes through
+ * (engines/native/model/model.c), from arbitrary bytes through
  * native_model_load_llama2c_buffer().
  *
  * An accepted file must describe itself exactly: every weight matrix the
@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engines/native/model.h"
+#include "engines/native/model/model.h"
 
 static volatile float sink;
 

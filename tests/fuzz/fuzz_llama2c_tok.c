@@ -1,4 +1,4 @@
-/* fuzz_llama2c_tok: llama2.c's tokenizer.bin (engines/native/tokenizer_llama2c.c).
+/* fuzz_llama2c_tok: llama2.c's tokenizer.bin (tokenizer/tokenizer_llama2c.c).
  *
  * The first input byte chooses what the rest is:
  *   even: a tokenizer.bin, loaded through tok_llama2c_load_buffer() (the
@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engines/native/tokenizer_llama2c.h"
+#include "tokenizer/tokenizer_llama2c.h"
 
 static struct tokenizer *real;
 

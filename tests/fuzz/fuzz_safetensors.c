@@ -1,4 +1,4 @@
-/* fuzz_safetensors: a .safetensors file's header (engines/native/safetensors.c)
+/* fuzz_safetensors: a .safetensors file's header (engines/native/model/safetensors.c)
  * from arbitrary bytes, through safetensors_open_memory().
  *
  * On top of memory errors it checks the promise the model loader relies on:
@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engines/native/safetensors.h"
+#include "engines/native/model/safetensors.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

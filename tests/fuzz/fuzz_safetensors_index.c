@@ -1,5 +1,5 @@
 /* fuzz_safetensors_index: a sharded checkpoint's model.safetensors.index.json
- * (engines/native/safetensors.c) from arbitrary bytes, through
+ * (engines/native/model/safetensors.c) from arbitrary bytes, through
  * safetensors_open_index_memory(), against two real shards written once to a
  * temporary folder: model-00001-of-00002.safetensors holds "a" and "b",
  * model-00002-of-00002.safetensors holds "c".
@@ -13,7 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engines/native/safetensors.h"
+#include "engines/native/model/safetensors.h"
 
 static char dir[64], index_path[128];
 static char shard_path[2][128];

@@ -1,5 +1,5 @@
 /* fuzz_tokenizer_encode: encode() of the real DeepSeek-V3 tokenizer.json
- * (engines/native/tokenizer_bpe.c, loaded once) on arbitrary bytes -- the
+ * (tokenizer/tokenizer_bpe.c, loaded once) on arbitrary bytes -- the
  * path every prompt takes to be counted.
  *
  * The first input byte picks the flags and whether the word cache is on;
@@ -23,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engines/native/tokenizer_bpe.h"
+#include "tokenizer/tokenizer_bpe.h"
 
 static struct tokenizer *tok;
 static size_t max_token_bytes;

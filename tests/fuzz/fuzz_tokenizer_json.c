@@ -1,5 +1,5 @@
 /* fuzz_tokenizer_json: the Hugging Face tokenizer.json loader
- * (engines/native/tokenizer_bpe.c) on arbitrary bytes, through
+ * (tokenizer/tokenizer_bpe.c) on arbitrary bytes, through
  * tok_bpe_load_buffer().
  *
  * A file that loads is then used: a few fixed texts (plain words, an
@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engines/native/tokenizer_bpe.h"
+#include "tokenizer/tokenizer_bpe.h"
 
 static const char *const texts[] = {
     "Hello world", " <|user|> 12345  x", "<\xef\xbd\x9c" "end\xe2\x96\x81" "of\xe2\x96\x81" "sentence\xef\xbd\x9c>",

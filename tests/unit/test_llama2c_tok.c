@@ -4,7 +4,7 @@
  * algorithm, written here as the plain loop it is (rescan every pair, merge
  * the best, repeat), on fixed and random texts; decoding must give the text
  * back; broken files must fail cleanly. */
-#include "engines/native/tokenizer_llama2c.h"
+#include "tokenizer/tokenizer_llama2c.h"
 #include "tests/unit/test.h"
 
 #include <stdint.h>

@@ -8,10 +8,10 @@
  * 503 when the queue is full, 16 concurrent requests equal to each alone,
  * two event loops on two threads at once. */
 #include "common/openai.h"
-#include "engines/native/chat_template.h"
-#include "engines/native/native_engine.h"
-#include "engines/native/synth.h"
-#include "engines/native/tokenizer_bpe.h"
+#include "tokenizer/chat_template.h"
+#include "engines/native/runtime/native_engine.h"
+#include "engines/native/model/synth.h"
+#include "tokenizer/tokenizer_bpe.h"
 #include "tests/unit/test.h"
 
 #include <event2/event.h>

@@ -6,15 +6,15 @@
  * the weights round, so only loading and sane text are checked). Prefill as
  * one matrix-matrix batch must give the logits of token-by-token decoding.
  * Broken files must give errors naming the file and the tensor. */
-#include "engines/native/convert.h"
-#include "engines/native/forward.h"
-#include "engines/native/kvcache.h"
-#include "engines/native/model.h"
-#include "engines/native/ops_cpu.h"
-#include "engines/native/prompt.h"
-#include "engines/native/sampler.h"
-#include "engines/native/synth.h"
-#include "engines/native/tokenizer.h"
+#include "engines/native/model/convert.h"
+#include "engines/native/model/forward.h"
+#include "engines/native/runtime/kvcache.h"
+#include "engines/native/model/model.h"
+#include "engines/native/backend/cpu/ops_cpu.h"
+#include "engines/native/runtime/prompt.h"
+#include "engines/native/runtime/sampler.h"
+#include "engines/native/model/synth.h"
+#include "tokenizer/tokenizer.h"
 #include "tests/unit/test.h"
 
 #include <dirent.h>

@@ -1,7 +1,7 @@
 /* test_native_sampler.c: the sampler against the distributions it should
  * draw from, computed here in double: greedy ties, temperature, top-k,
  * top-p, seeds, and logprobs with their alternatives. */
-#include "engines/native/sampler.h"
+#include "engines/native/runtime/sampler.h"
 #include "tests/unit/test.h"
 
 #include <math.h>

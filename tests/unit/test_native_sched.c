@@ -8,10 +8,10 @@
  * - Cancelling frees the slot and its KV blocks; on_end comes exactly once.
  * - Seeds repeat, logprobs are consistent, stop from the sink works,
  *   prompt + max_tokens past the context is refused. */
-#include "engines/native/model.h"
-#include "engines/native/prompt.h"
-#include "engines/native/sched.h"
-#include "engines/native/tokenizer.h"
+#include "engines/native/model/model.h"
+#include "engines/native/runtime/prompt.h"
+#include "engines/native/runtime/sched.h"
+#include "tokenizer/tokenizer.h"
 #include "tests/unit/test.h"
 
 #include <math.h>

@@ -3,8 +3,8 @@
  * two threads, on shapes with ragged edges; plus the invariances the
  * scheduler relies on: a token's result is bit-identical alone or in a batch,
  * and whatever the thread count. */
-#include "engines/native/dtype.h"
-#include "engines/native/ops_cpu.h"
+#include "engines/native/backend/dtype.h"
+#include "engines/native/backend/cpu/ops_cpu.h"
 #include "tests/unit/test.h"
 
 #include <math.h>

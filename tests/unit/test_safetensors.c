@@ -2,11 +2,11 @@
  * files, and the HF model loader's checks (missing tensor, wrong shape,
  * unsupported dtype, bad config). Every error must name the file and, where
  * there is one, the tensor; none may crash. Files are written to a temp dir. */
-#include "engines/native/dtype.h"
-#include "engines/native/forward.h"
-#include "engines/native/ops_cpu.h"
-#include "engines/native/model.h"
-#include "engines/native/safetensors.h"
+#include "engines/native/backend/dtype.h"
+#include "engines/native/model/forward.h"
+#include "engines/native/backend/cpu/ops_cpu.h"
+#include "engines/native/model/model.h"
+#include "engines/native/model/safetensors.h"
 #include "tests/unit/test.h"
 
 #include <dirent.h>

@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "engines/native/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "tests/unit/test.h"
 
 /* A tokenizer whose id i decodes to fake_tokens[i]. */

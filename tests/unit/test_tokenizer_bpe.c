@@ -15,8 +15,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engines/native/tokenizer.h"
-#include "engines/native/tokenizer_bpe.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer_bpe.h"
 #include "tests/unit/test.h"
 
 static char tmpdir[256];

@@ -10,8 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engines/native/chat_template.h"
-#include "engines/native/tokenizer_bpe.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer_bpe.h"
 #include "tests/unit/test.h"
 
 #define T(role, text) { role, text, sizeof(text) - 1 }

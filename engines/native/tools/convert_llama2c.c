@@ -5,8 +5,8 @@
  *   cascade-convert-llama2c --model IN.bin --out DIR [--dtype f32|f16|bf16]
  *                           [--tokenizer TOK.bin]
  */
-#include "engines/native/convert.h"
-#include "engines/native/model.h"
+#include "engines/native/model/convert.h"
+#include "engines/native/model/model.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -7,7 +7,7 @@
  * path); deepseek-coder-1.3b has that model's shapes with BF16 weights, for
  * benchmarks (about 2.7 GB).
  */
-#include "engines/native/synth.h"
+#include "engines/native/model/synth.h"
 
 #include <stdio.h>
 #include <stdlib.h>

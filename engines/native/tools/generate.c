@@ -9,13 +9,13 @@
  * generation also stops at an end-of-sequence token. The text goes to stdout;
  * --ids prints token ids instead, --stats prints timing to stderr.
  */
-#include "engines/native/forward.h"
-#include "engines/native/kvcache.h"
-#include "engines/native/model.h"
-#include "engines/native/ops_cpu.h"
-#include "engines/native/prompt.h"
-#include "engines/native/sampler.h"
-#include "engines/native/tokenizer.h"
+#include "engines/native/model/forward.h"
+#include "engines/native/runtime/kvcache.h"
+#include "engines/native/model/model.h"
+#include "engines/native/backend/cpu/ops_cpu.h"
+#include "engines/native/runtime/prompt.h"
+#include "engines/native/runtime/sampler.h"
+#include "tokenizer/tokenizer.h"
 
 #include <stdio.h>
 #include <stdlib.h>

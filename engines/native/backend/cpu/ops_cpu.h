@@ -1,0 +1,39 @@
+/* ops_cpu.h: the CPU implementation of the op table (ops.h).
+ *
+ * Kernels come in builds inside one binary, chosen at run time with
+ * __builtin_cpu_supports(): AVX2+FMA+F16C, a portable C fallback, and for the
+ * matmul AVX-512 tiles, so the default build runs on any x86-64 (and other
+ * CPUs) yet uses AVX2 or AVX-512 where they exist. Weights in BF16 and F16 are widened to float inside the dot
+ * product, so a memory-bound decode streams half the bytes of F32.
+ *
+ * Threads: the backend owns a thread pool (threadpool.h). Matmul and
+ * attention split their work over it when it is large enough to pay for the
+ * hand-off; small ops (and tiny models, where a hand-off costs more than the
+ * op) run on the calling thread. Results never depend on the thread count.
+ * One thread drives a backend at a time.
+ */
+#ifndef CASCADE_NATIVE_OPS_CPU_H
+#define CASCADE_NATIVE_OPS_CPU_H
+
+#include "engines/native/backend/ops.h"
+
+enum {
+    OPS_CPU_PORTABLE = 1u << 0,     /* use the portable kernels even where AVX2 exists */
+    OPS_CPU_NO_AVX512 = 1u << 1,    /* AVX2 matmul even where AVX-512 exists */
+};
+
+/* threads <= 0: one per online CPU. NULL when out of memory or threads. */
+struct native_backend *ops_cpu_new(int threads, unsigned flags);
+
+/* "avx512", "avx2" or "portable": the matmul kernels this backend runs
+ * (AVX-512 only for the matmul; the other ops use AVX2 there). */
+const char *ops_cpu_kernels(const struct native_backend *b);
+int ops_cpu_threads(const struct native_backend *b);
+
+/* The KV cache block size the CPU attention kernel expects (positions per
+ * block, a multiple of 8). */
+#define OPS_CPU_BLOCK_SIZE 16
+/* The largest head_dim the attention kernels take. */
+#define OPS_CPU_MAX_HEAD_DIM NATIVE_MAX_HEAD_DIM
+
+#endif
