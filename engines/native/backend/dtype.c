@@ -1,5 +1,7 @@
-/* dtype.c: float32 <-> BF16 / F16 bit conversions; see dtype.h. */
+/* dtype.c: float32 <-> BF16 / F16 / F8_E4M3 bit conversions; see dtype.h. */
 #include "engines/native/backend/dtype.h"
+
+#include <math.h>
 
 uint16_t dtype_f32_to_bf16(float f)
 {
@@ -68,4 +70,40 @@ uint16_t dtype_f32_to_f16(float f)
     if (rem > half || (rem == half && (q & 1u)))
         q++;
     return sign | (uint16_t)q;
+}
+
+float dtype_e4m3_to_f32(uint8_t b)
+{
+    const int e = (b >> 3) & 0xf, m = b & 7;
+    float v;
+    if (e == 0xf && m == 7)
+        v = NAN;
+    else if (e == 0)
+        v = ldexpf((float)m, -9);               /* m/8 * 2^-6 */
+    else
+        v = ldexpf((float)(8 + m), e - 10);     /* (1 + m/8) * 2^(e-7) */
+    return (b & 0x80) ? -v : v;
+}
+
+uint8_t dtype_f32_to_e4m3(float f)
+{
+    const uint8_t sign = signbit(f) ? 0x80 : 0;
+    const float a = fabsf(f);
+    if (isnan(a))
+        return sign | 0x7f;
+    if (a >= 448.0f)
+        return sign | 0x7e;                     /* saturate (see dtype.h) */
+    int e;
+    frexpf(a, &e);                              /* a = fr * 2^e, fr in [0.5, 1) */
+    /* The unit in the last place: 2^(E-3) for a normal value of exponent
+     * E = e-1, and 2^-9 for every subnormal (E < -6). a/ulp is exact (a power
+     * of two), so nearbyintf rounds once, to nearest even in the default
+     * mode. A mantissa that rounds up to 16 carries into the exponent, and a
+     * subnormal that rounds up to 8 is the smallest normal, both by the
+     * addition below. */
+    const int E = a == 0.0f || e - 1 < -6 ? -6 : e - 1;
+    const int q = (int)nearbyintf(ldexpf(a, 3 - E));
+    if (q < 8)
+        return sign | (uint8_t)q;               /* subnormal (E == -6) or zero */
+    return sign | (uint8_t)(((E + 7) << 3) + (q - 8));
 }
