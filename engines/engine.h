@@ -81,6 +81,12 @@ struct engine_request {
     int64_t max_tokens;
 };
 
+/* A prompt as an engine counts it (engine_count_prompt). */
+struct engine_prompt_count {
+    int64_t tokens;         /* prompt tokens, chat template included, as the engine will bill */
+    int64_t context;        /* the longest prompt + completion it takes; 0 when unknown */
+};
+
 struct engine;
 
 struct engine_ops {
@@ -100,6 +106,18 @@ struct engine_ops {
      * request's max_tokens). Unknown ids are ignored; a token already on
      * its way may still arrive while paused. */
     void (*pause)(struct engine *e, uint64_t id, int paused);
+    /* Count chat's prompt exactly as the engine will (its own tokenizer and
+     * chat template): 0 and *out set, or -1 when it cannot (NULL: never
+     * can, e.g. remote, whose upstream counts). Any event-loop thread; it
+     * may take a while on a huge prompt, so callers offload big ones. */
+    int (*count_prompt)(struct engine *e, const struct chat_request *chat,
+                        struct engine_prompt_count *out);
+    /* Requests waiting for a slot now, for the queue-depth gauge; -1 when
+     * the engine keeps no queue of its own (NULL: none). Any thread. */
+    int (*queue_depth)(struct engine *e);
+    /* 1 when every on_token piece is exactly one model token, so a caller
+     * may count pieces when a request ends without usage. */
+    int token_pieces;
 };
 
 /* Every implementation's handle starts with this, so the wrappers below work. */
@@ -120,6 +138,22 @@ static inline void engine_pause(struct engine *e, uint64_t id, int paused)
 {
     if (e->ops->pause)
         e->ops->pause(e, id, paused);
+}
+
+static inline int engine_count_prompt(struct engine *e, const struct chat_request *chat,
+                                      struct engine_prompt_count *out)
+{
+    return e->ops->count_prompt ? e->ops->count_prompt(e, chat, out) : -1;
+}
+
+static inline int engine_queue_depth(struct engine *e)
+{
+    return e->ops->queue_depth ? e->ops->queue_depth(e) : -1;
+}
+
+static inline int engine_token_pieces(const struct engine *e)
+{
+    return e->ops->token_pieces;
 }
 
 static inline void engine_destroy(struct engine *e)

@@ -45,12 +45,9 @@
 #include "common/openai.h"
 #include "common/workpool.h"
 #include "engines/engine.h"
-#include "engines/native/chat_template.h"
-#include "engines/native/tokenizer.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
 #include "gateway/access.h"
-#ifdef CASCADE_HAVE_NATIVE
-#include "engines/native/native_engine.h"
-#endif
 #include "gateway/gateway.h"
 #include "gateway/metrics.h"
 #include "policies/stats.h"
@@ -110,7 +107,8 @@ struct chat {
     int64_t tokens_received;        /* pieces from the engine: usage when it gives none */
     /* policy */
     int64_t prompt_tokens;          /* our count, for the estimate */
-    const struct engine *counted_by;    /* the in-process engine whose tokenizer counted it, or NULL */
+    const struct engine *counted_by;    /* the engine whose own tokenizer counted it, or NULL */
+    int64_t counted_context;            /* that engine's context limit; 0 when unknown */
     int64_t max_requested;          /* the client's max_tokens, or -1 */
     int64_t max_tokens;             /* the output bound on the first tier (output_bound) */
     struct reservation *resv;
@@ -777,10 +775,8 @@ static void start_engine(struct chat *c)
     c->engine_t0 = clock_mono_us();
     /* Without usage from the engine, settle counts what it sent (above). */
     c->count_mode = c->w->gw->tokenizer ? COUNT_TEXT : COUNT_BYTES;
-#ifdef CASCADE_HAVE_NATIVE
-    if (native_engine_is(c->engine))
+    if (engine_token_pieces(c->engine))
         c->count_mode = COUNT_PIECES;
-#endif
     c->paused = 0;
     if (c->escalate_to >= 0 && !c->escalated && !c->cascade_phase) {
         /* The cheap try: its confidence comes from logprobs, asked for
@@ -790,23 +786,22 @@ static void start_engine(struct chat *c)
         c->req.logprobs = 1;
         json_object_set_new(c->req.root, "logprobs", json_true());
     }
-#ifdef CASCADE_HAVE_NATIVE
-    /* The in-process model's own tokenizer counted this prompt (on the work
-     * pool when it was big). One that cannot fit its context gets the
-     * engine's own refusal here, without being tokenized again on this
-     * loop: a 10 MB prompt would hold the worker for seconds. */
-    if (c->counted_by == c->engine && c->prompt_tokens >= native_engine_context(c->engine)) {
+    /* The engine's own tokenizer counted this prompt (on the work pool
+     * when it was big). One that cannot fit its context gets the engine's
+     * own refusal here, without being tokenized again on this loop: a 10 MB
+     * prompt would hold the worker for seconds. */
+    if (c->counted_by == c->engine && c->counted_context > 0 &&
+        c->prompt_tokens >= c->counted_context) {
         char msg[256];
         snprintf(msg, sizeof msg,
-                 "This model's maximum context length is %d tokens. However, your messages resulted in "
+                 "This model's maximum context length is %" PRId64 " tokens. However, your messages resulted in "
                  "%" PRId64 " tokens. Please reduce the length of the messages.",
-                 native_engine_context(c->engine), c->prompt_tokens);
+                 c->counted_context, c->prompt_tokens);
         struct engine_error err = {400, "invalid_request_error", "context_length_exceeded", msg};
         c->engine_running = 1; /* on_error ends the call that never started */
         on_error(c, &err);
         return;
     }
-#endif
     if (engine_submit(c->engine, &er, &chat_callbacks, c, &c->engine_id) < 0) {
         reply_error(c, 503, "server_error", "engine_unavailable", NULL, "the engine cannot take requests now");
         return;
@@ -1023,15 +1018,15 @@ static void route_auto(struct chat *c)
 static int64_t count_prompt(struct chat *c)
 {
     c->counted_by = NULL;
-#ifdef CASCADE_HAVE_NATIVE
-    /* An in-process model counts with its own tokenizer, as it will bill. */
+    /* An engine that can count (the in-process one) counts with its own
+     * tokenizer, as it will bill. */
     struct engine *e = c->w->gw->engines[c->tier];
-    int64_t own = 0;
-    if (native_engine_is(e) && native_engine_count_chat(e, &c->req, &own) == 0) {
+    struct engine_prompt_count own;
+    if (engine_count_prompt(e, &c->req, &own) == 0) {
         c->counted_by = e;
-        return own;
+        c->counted_context = own.context;
+        return own.tokens;
     }
-#endif
     const struct tokenizer *tok = c->w->gw->tokenizer;
     if (tok) {
         struct chat_turn *turns = xcalloc(c->req.n_messages, sizeof *turns);

@@ -4,9 +4,7 @@
 
 #include "engines/remote/remote.h"
 #include "gateway/config.h"
-#ifdef CASCADE_HAVE_NATIVE
-#include "engines/native/native_engine.h"
-#endif
+#include "engines/native/runtime/native_engine.h"
 
 struct engine *engines_create(const struct tier_config *tier, const char *base_dir, char *err, size_t errlen)
 {
@@ -14,14 +12,8 @@ struct engine *engines_create(const struct tier_config *tier, const char *base_d
     case ENGINE_REMOTE:
         return remote_engine_new(&tier->remote, err, errlen);
     case ENGINE_NATIVE:
-#ifdef CASCADE_HAVE_NATIVE
         /* In-process: relative model paths are from the config's folder. */
         return native_engine_from_json(tier->native_json, base_dir, err, errlen);
-#else
-        (void)base_dir;
-        snprintf(err, errlen, "the native engine is not built into this cascaded");
-        return NULL;
-#endif
     }
     snprintf(err, errlen, "unknown engine kind");
     return NULL;

@@ -31,10 +31,7 @@
 #include "policies/stats.h"
 #include "gateway/engines.h"
 #include "classifier/classifier.h"
-#ifdef CASCADE_HAVE_NATIVE
-#include "engines/native/native_engine.h"
-#endif
-#include "engines/native/tokenizer_bpe.h"
+#include "tokenizer/tokenizer_bpe.h"
 #include "policies/policy.h"
 
 #define DRAIN_POLL_MS 20
@@ -305,12 +302,12 @@ void gateway_handle(struct httpd_req *r, void *arg)
                         "/metrics needs the metrics token or the admin token: send Authorization: Bearer <token>");
             return;
         }
-#ifdef CASCADE_HAVE_NATIVE
         /* The queue-depth gauge is read when scraped: it is a level, not an event. */
-        for (size_t i = 0; i < gw->cfg.n_tiers; i++)
-            if (native_engine_is(gw->engines[i]))
-                metrics_set_queue_depth(gw->metrics, (int)i, native_engine_queue_depth(gw->engines[i]));
-#endif
+        for (size_t i = 0; i < gw->cfg.n_tiers; i++) {
+            int depth = engine_queue_depth(gw->engines[i]);
+            if (depth >= 0)
+                metrics_set_queue_depth(gw->metrics, (int)i, depth);
+        }
         size_t len;
         char *text = metrics_render(gw->metrics, &len);
         httpd_reply(r, 200, METRICS_CONTENT_TYPE, text, len);

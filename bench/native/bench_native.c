@@ -153,11 +153,14 @@ static double run_stream(const struct lib *l, struct native_backend *be, const c
     const struct native_model_config *c = &l->m->cfg;
     struct tok_ids ids = {0};
     prompt_encode_text(l->tok, l->style, prompt, strlen(prompt), &ids);
-    struct kvcache *kv = kvcache_new(c->n_layers, c->n_kv_heads * c->head_dim, OPS_CPU_BLOCK_SIZE,
-                                     (size_t)c->n_layers * 2 * (size_t)(c->n_kv_heads * c->head_dim) *
-                                         4 * (size_t)(steps + OPS_CPU_BLOCK_SIZE),
+    struct native_kv_desc kvd;
+    native_forward_kv_desc(l->m, &kvd);
+    struct kvcache *kv = kvcache_new(be, &kvd,
+                                     be->ops->kv_block_bytes(be, &kvd) *
+                                         (size_t)((steps + 2 * OPS_CPU_BLOCK_SIZE) / OPS_CPU_BLOCK_SIZE),
                                      err, sizeof(err));
-    struct native_forward *fw = native_forward_new(l->m, be, (int)ids.n, 1, steps + 1, err, sizeof(err));
+    struct native_forward_opts fo = {.max_tokens = (int)ids.n, .max_out = 1, .n_ctx = steps + 1};
+    struct native_forward *fw = native_forward_new(l->m, be, &fo, err, sizeof(err));
     struct sampler *smp = sampler_new(c->vocab_size);
     if (!kv || !fw || !smp) {
         fprintf(stderr, "bench_native: %s\n", err);
@@ -180,7 +183,7 @@ static double run_stream(const struct lib *l, struct native_backend *be, const c
     char text[1024];
     size_t out_bytes = 0;
 
-    const float *logits = native_forward_run(fw, kvcache_view(kv), &b);
+    const float *logits = native_forward_run(fw, kvcache_kv(kv), &b);
     double t_first = 0;
     int n = 0;
     for (int p = (int)ids.n;; p++) {
@@ -195,7 +198,7 @@ static double run_stream(const struct lib *l, struct native_backend *be, const c
             break;
         int32_t zero = 0;
         struct native_batch one = {1, &next, &p, &zero, &sv, 1, &zero, 1};
-        logits = native_forward_run(fw, kvcache_view(kv), &one);
+        logits = native_forward_run(fw, kvcache_kv(kv), &one);
     }
     double dt = now_s() - t_first;
     *generated = n;
@@ -361,7 +364,7 @@ int main(int argc, char **argv)
         for (int64_t i = 0; i < n * cols; i++)
             x[i] = (float)(i % 7) * 0.1f;
         struct native_backend *be = ops_cpu_new(threads, flags);
-        struct native_mat m = {w, NATIVE_BF16, rows, cols};
+        struct native_mat m = {w, NATIVE_BF16, rows, cols, NULL};
         double best = 1e9;
         for (int r = 0; r < runs; r++) {
             double t0 = now_s();
@@ -407,8 +410,9 @@ int main(int argc, char **argv)
         native_backend_free(be);
     } else if (!strcmp(mode, "streams")) {
         char err[256];
-        struct sched_config c = {n > 16 ? n : 16, 256, 256, (size_t)256 << 20, 0, threads, flags};
-        struct sched *s = sched_new(l.m, &c, err, sizeof(err));
+        struct sched_config c = {n > 16 ? n : 16, 256, 256, (size_t)256 << 20, 0, NATIVE_MLA_ABSORB};
+        struct native_backend *be = ops_cpu_new(threads, flags);
+        struct sched *s = be ? sched_new(l.m, be, &c, err, sizeof(err)) : NULL;
         if (!s) {
             fprintf(stderr, "bench_native: %s\n", err);
             return 1;
@@ -421,11 +425,12 @@ int main(int argc, char **argv)
         printf("{\"scenario\":\"streams\",\"model\":\"%s\",\"kernels\":\"%s\",\"threads\":%d,"
                "\"streams\":%d,\"runs\":%d,\"tokens_per_run\":%ld,\"agg_tok_s_median\":%.1f,"
                "\"agg_tok_s_best\":%.1f,\"decode_tok_s_median\":%.1f,\"peak_rss_mib\":%.1f}\n",
-               model, sched_kernels(s), threads, n, runs, total_tokens, r[runs / 2], r[runs - 1],
+               model, ops_cpu_kernels(be), threads, n, runs, total_tokens, r[runs / 2], r[runs - 1],
                d[runs / 2], peak_rss_kib() / 1024.0);
         free(r);
         free(d);
         sched_free(s);
+        native_backend_free(be);
     } else if (!strcmp(mode, "big")) {
         double bw = big_bw;
         struct native_backend *be = ops_cpu_new(threads, flags);

@@ -247,8 +247,10 @@ static void test_deepseek_template(struct event_base *base)
                                  {"user", msgs[1].content, msgs[1].content_len}};
     size_t want = 0;
     CHECK(tok && chat_template_count(tok, turns, 2, 1, 0, &want) == TOK_OK && want > 10);
-    int64_t got = 0;
-    CHECK(e && native_engine_count_chat(e, &ch.req, &got) == 0 && got == (int64_t)want);
+    struct engine_prompt_count got = {0};
+    CHECK(e && engine_count_prompt(e, &ch.req, &got) == 0 && got.tokens == (int64_t)want &&
+          got.context == native_engine_context(e));
+    CHECK(e && engine_queue_depth(e) == 0 && engine_token_pieces(e) == 1);
 
     static struct call c;
     int outstanding = 0;
@@ -282,7 +284,7 @@ int main(void)
         fprintf(stderr, "%s\n", err);
         TEST_MAIN_END();
     }
-    CHECK(native_engine_is(e) && engine_health(e) == 1);
+    CHECK(engine_health(e) == 1);
     CHECK(strcmp(native_engine_model_name(e), "stories260K.bin") == 0);
     CHECK(native_engine_context(e) == 512);
 
@@ -293,8 +295,8 @@ int main(void)
     static struct call c_ref;
     int outstanding = 0;
     make_chat(&ch, "", 256, 0.0);
-    int64_t count = 0;
-    CHECK(native_engine_count_chat(e, &ch.req, &count) == 0 && count == 1);
+    struct engine_prompt_count count = {0};
+    CHECK(engine_count_prompt(e, &ch.req, &count) == 0 && count.tokens == 1);
     CHECK(submit(e, base, &ch, &c_ref, &outstanding) == 0);
     event_base_dispatch(base);
     if (ref && strcmp(c_ref.text, ref) != 0)

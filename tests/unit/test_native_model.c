@@ -67,9 +67,11 @@ static char *greedy(const struct native_model *m, const struct tokenizer *tok, c
     prompt_encode_text(tok, PROMPT_PLAIN, prompt, strlen(prompt), &ids);
     const struct native_model_config *c = &m->cfg;
     struct native_backend *be = ops_cpu_new(threads, flags);
-    struct kvcache *kv = kvcache_new(c->n_layers, c->n_kv_heads * c->head_dim, OPS_CPU_BLOCK_SIZE,
-                                     (size_t)64 << 20, err, sizeof(err));
-    struct native_forward *fw = native_forward_new(m, be, (int)ids.n, 1, steps, err, sizeof(err));
+    struct native_kv_desc kvd;
+    native_forward_kv_desc(m, &kvd);
+    struct kvcache *kv = be ? kvcache_new(be, &kvd, (size_t)64 << 20, err, sizeof(err)) : NULL;
+    struct native_forward_opts fo = {.max_tokens = (int)ids.n, .max_out = 1, .n_ctx = steps};
+    struct native_forward *fw = kv ? native_forward_new(m, be, &fo, err, sizeof(err)) : NULL;
     struct sampler *smp = sampler_new(c->vocab_size);
     if (!be || !kv || !fw || !smp) {
         fprintf(stderr, "greedy: %s\n", err);
@@ -84,7 +86,7 @@ static char *greedy(const struct native_model *m, const struct tokenizer *tok, c
         pos[i] = (int32_t)i;
     int32_t last = (int32_t)ids.n - 1;
     struct native_batch b = {(int)ids.n, ids.v, pos, seq, &sv, 1, &last, 1};
-    const float *logits = native_forward_run(fw, kvcache_view(kv), &b);
+    const float *logits = native_forward_run(fw, kvcache_kv(kv), &b);
     struct sampler_params sp = {0, 1, 0};
     uint64_t rng = 0;
     struct tok_decoder d;
@@ -101,7 +103,7 @@ static char *greedy(const struct native_model *m, const struct tokenizer *tok, c
             break;
         int32_t zero = 0;
         struct native_batch one = {1, &next, &p, &zero, &sv, 1, &zero, 1};
-        logits = native_forward_run(fw, kvcache_view(kv), &one);
+        logits = native_forward_run(fw, kvcache_kv(kv), &one);
     }
     len += tok_decoder_flush(&d, text + len, cap - len);
     text[len] = '\0';
@@ -181,9 +183,12 @@ static void test_prefill_matches_decode(void)
     CHECK(ids.n > 10);
     const struct native_model_config *c = &m->cfg;
     struct native_backend *be = ops_cpu_new(2, 0);
-    struct kvcache *kv1 = kvcache_new(c->n_layers, c->n_kv_heads * c->head_dim, 16, 1 << 20, err, 256);
-    struct kvcache *kv2 = kvcache_new(c->n_layers, c->n_kv_heads * c->head_dim, 16, 1 << 20, err, 256);
-    struct native_forward *fw = native_forward_new(m, be, (int)ids.n, (int)ids.n, 128, err, 256);
+    struct native_kv_desc kvd;
+    native_forward_kv_desc(m, &kvd);
+    struct kvcache *kv1 = kvcache_new(be, &kvd, 1 << 20, err, 256);
+    struct kvcache *kv2 = kvcache_new(be, &kvd, 1 << 20, err, 256);
+    struct native_forward_opts fo = {.max_tokens = (int)ids.n, .max_out = (int)ids.n, .n_ctx = 128};
+    struct native_forward *fw = native_forward_new(m, be, &fo, err, 256);
     int32_t bl1[8], bl2[8];
     kvcache_alloc(kv1, 8, bl1);
     kvcache_alloc(kv2, 8, bl2);
@@ -198,12 +203,12 @@ static void test_prefill_matches_decode(void)
         pos[i] = rows[i] = i;
     float *all = malloc((size_t)n * c->vocab_size * 4);
     struct native_batch b = {n, ids.v, pos, seq, &sv1, 1, rows, n};
-    memcpy(all, native_forward_run(fw, kvcache_view(kv1), &b), (size_t)n * c->vocab_size * 4);
+    memcpy(all, native_forward_run(fw, kvcache_kv(kv1), &b), (size_t)n * c->vocab_size * 4);
     int diff = 0;
     for (int i = 0; i < n; i++) {
         int32_t zero = 0;
         struct native_batch one = {1, &ids.v[i], &pos[i], &zero, &sv2, 1, &zero, 1};
-        const float *l = native_forward_run(fw, kvcache_view(kv2), &one);
+        const float *l = native_forward_run(fw, kvcache_kv(kv2), &one);
         diff += memcmp(l, all + (size_t)i * c->vocab_size, (size_t)c->vocab_size * 4) != 0;
     }
     CHECK(diff == 0);

@@ -11,6 +11,7 @@
 #include "engines/native/model/model.h"
 #include "engines/native/runtime/prompt.h"
 #include "engines/native/runtime/sched.h"
+#include "engines/native/backend/cpu/ops_cpu.h"
 #include "tokenizer/tokenizer.h"
 #include "tests/unit/test.h"
 
@@ -113,11 +114,16 @@ static int submit(struct sched *s, const char *prompt, int max_tokens, double te
     return rc;
 }
 
+/* One CPU backend for every scheduler of the test; it outlives them all. */
+static struct native_backend *backend;
+
 static struct sched *new_sched(int max_batch, int max_queue, int step_tokens, size_t kv)
 {
-    char err[256];
-    struct sched_config c = {max_batch, max_queue, step_tokens, kv, 0, 2, 0};
-    struct sched *s = sched_new(model, &c, err, sizeof(err));
+    char err[256] = "cannot start the CPU backend";
+    struct sched_config c = {max_batch, max_queue, step_tokens, kv, 0, NATIVE_MLA_ABSORB};
+    if (!backend)
+        backend = ops_cpu_new(2, 0);
+    struct sched *s = backend ? sched_new(model, backend, &c, err, sizeof(err)) : NULL;
     if (!s)
         fprintf(stderr, "sched_new: %s\n", err);
     return s;

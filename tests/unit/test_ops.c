@@ -95,7 +95,7 @@ static void test_matmul(struct native_backend *b, const char *what)
             fill(src, nw, 1.0);
             fill(x, (size_t)s.n * s.cols, 1.0);
             void *wd = make_weights(src, nw, dt);
-            struct native_mat w = {wd, dt, s.rows, s.cols};
+            struct native_mat w = {wd, dt, s.rows, s.cols, NULL};
             for (int acc = 0; acc < 2; acc++) {
                 for (size_t i = 0; i < (size_t)s.n * s.rows; i++)
                     y[i] = 0.5f;
@@ -137,7 +137,7 @@ static void test_matmul_invariance(struct native_backend *b, struct native_backe
     int diff = 0;
     for (int dt = 0; dt < 3; dt++) {
         void *wd = make_weights(src, rows * cols, (enum native_dtype)dt);
-        struct native_mat w = {wd, (enum native_dtype)dt, rows, cols};
+        struct native_mat w = {wd, (enum native_dtype)dt, rows, cols, NULL};
         b->ops->matmul(b, n, x, 1, &w, &y, 0);
         b1->ops->matmul(b1, n, x, 1, &w, &yt, 0);      /* one thread */
         diff += memcmp(y, yt, n * rows * 4) != 0;
@@ -166,7 +166,7 @@ static void test_rmsnorm(struct native_backend *b)
     float x[5 * 67], w[67], y[5 * 67];
     fill(x, n * dim, 3.0);
     fill(w, dim, 1.0);
-    b->ops->rmsnorm(b, y, x, w, n, dim, 1e-5f);
+    b->ops->rmsnorm(b, y, x, w, n, dim, dim, 1e-5f);
     int bad = 0;
     for (int t = 0; t < n; t++) {
         double ss = 0;
@@ -178,7 +178,7 @@ static void test_rmsnorm(struct native_backend *b)
                 bad++;
     }
     /* In place, too. */
-    b->ops->rmsnorm(b, x, x, w, n, dim, 1e-5f);
+    b->ops->rmsnorm(b, x, x, w, n, dim, dim, 1e-5f);
     CHECK(memcmp(x, y, sizeof(y)) == 0);
     CHECK(bad == 0);
 }
@@ -199,7 +199,7 @@ static void test_rope(struct native_backend *b)
     float x[2 * 3 * 16], xa[2 * 3 * 16], xp[2 * 3 * 16];
     fill(x, sizeof(x) / 4, 1.0);
     memcpy(xa, x, sizeof(x));
-    b->ops->rope(b, xa, 2, heads, pos, &adj);
+    b->ops->rope(b, xa, 2, heads, hd, heads * hd, pos, &adj);
     int bad = 0;
     for (int t = 0; t < 2; t++)
         for (int h = 0; h < heads; h++)
@@ -221,7 +221,7 @@ static void test_rope(struct native_backend *b)
             for (int j = 0; j < 2; j++)
                 for (int i = 0; i < half; i++)
                     xp[(t * heads + h) * hd + j * half + i] = x[(t * heads + h) * hd + 2 * i + j];
-    b->ops->rope(b, xp, 2, heads, pos, &hf);
+    b->ops->rope(b, xp, 2, heads, hd, heads * hd, pos, &hf);
     bad = 0;
     for (int t = 0; t < 2; t++)
         for (int h = 0; h < heads; h++)
@@ -237,13 +237,10 @@ static void test_attention(struct native_backend *b, int n_heads, int n_kv, int 
 {
     const int BS = OPS_CPU_BLOCK_SIZE, n_blocks = 16, layers = 2, layer = 1;
     const int kvd = n_kv * hd;
-    struct native_kv kv = {0};
-    kv.block_size = BS;
-    kv.kv_dim = kvd;
-    kv.n_layers = layers;
-    kv.layer_stride = 2 * (size_t)BS * kvd;
-    kv.block_stride = layers * kv.layer_stride;
-    kv.data = calloc(kv.block_stride * n_blocks, 4);
+    char err[128];
+    struct native_kv_desc kvd_desc = {.kind = NATIVE_KV_DENSE, .n_layers = layers, .kv_dim = kvd};
+    struct native_kv *kv = b->ops->kv_new(b, &kvd_desc, n_blocks, err, sizeof(err));
+    CHECK(kv != NULL && b->ops->kv_block_size == BS);
 
     /* Two sequences: A holds 41 positions in blocks {7, 2, 12}, B 16 in {5}. */
     int32_t blocks_a[3] = {7, 2, 12}, blocks_b[1] = {5};
@@ -262,7 +259,7 @@ static void test_attention(struct native_backend *b, int n_heads, int n_kv, int 
             seq[p] = s;
         }
         struct native_batch bt = {len[s], NULL, pos, seq, seqs, 2, NULL, 0};
-        b->ops->kv_store(b, &kv, layer, &bt, keys[s], vals[s]);
+        b->ops->kv_store(b, kv, layer, &bt, keys[s], kvd, vals[s], kvd);
         free(pos);
         free(seq);
     }
@@ -273,7 +270,7 @@ static void test_attention(struct native_backend *b, int n_heads, int n_kv, int 
     float *q = malloc((size_t)nt * n_heads * hd * 4), *out = malloc((size_t)nt * n_heads * hd * 4);
     fill(q, (size_t)nt * n_heads * hd, 2.0);
     struct native_batch bt = {nt, NULL, qpos, qseq, seqs, 2, NULL, 0};
-    b->ops->attention(b, out, q, &kv, layer, &bt, n_heads, n_kv, hd);
+    b->ops->attention(b, out, q, kv, layer, &bt, n_heads, n_kv, hd);
 
     int bad = 0;
     double *sc = malloc(64 * sizeof(double));
@@ -310,7 +307,7 @@ static void test_attention(struct native_backend *b, int n_heads, int n_kv, int 
     /* A query alone gives the same bits as inside the batch. */
     float *one = malloc((size_t)n_heads * hd * 4);
     struct native_batch b1 = {1, NULL, &qpos[3], &qseq[3], seqs, 2, NULL, 0};
-    b->ops->attention(b, one, q + (size_t)3 * n_heads * hd, &kv, layer, &b1, n_heads, n_kv, hd);
+    b->ops->attention(b, one, q + (size_t)3 * n_heads * hd, kv, layer, &b1, n_heads, n_kv, hd);
     CHECK(memcmp(one, out + (size_t)3 * n_heads * hd, (size_t)n_heads * hd * 4) == 0);
 
     free(one);
@@ -321,7 +318,7 @@ static void test_attention(struct native_backend *b, int n_heads, int n_kv, int 
         free(keys[s]);
         free(vals[s]);
     }
-    free(kv.data);
+    b->ops->kv_free(b, kv);
 }
 
 static void test_swiglu(struct native_backend *b)
@@ -353,7 +350,7 @@ static void test_embed_gather(struct native_backend *b)
     int32_t ids[3] = {9, 0, 4};
     for (int dt = 0; dt < 3; dt++) {
         void *wd = make_weights(src, 60, (enum native_dtype)dt);
-        struct native_mat tab = {wd, (enum native_dtype)dt, 10, 6};
+        struct native_mat tab = {wd, (enum native_dtype)dt, 10, 6, NULL};
         float x[18];
         b->ops->embed(b, x, &tab, ids, 3);
         int bad = 0;

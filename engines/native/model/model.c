@@ -25,6 +25,7 @@
 #define MAX_HEADS 1024
 #define MAX_VOCAB (1 << 22)
 #define MAX_POS (1 << 22)
+#define MAX_NEXTN 16                /* multi-token-prediction layers a checkpoint may ship */
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -78,23 +79,66 @@ static int check_config(const struct native_model_config *c, const char *src, ch
     return 0;
 }
 
-/* For weight_bytes: what one decode step has to read. */
-static size_t mat_bytes(const struct native_mat *w)
+/* Sizes for reports: parameters (elements of every matrix and vector the
+ * forward pass reads) and the bytes of the matrices with their FP8 block
+ * scales. */
+struct tally {
+    int64_t params;
+    size_t bytes;
+};
+
+static void tally_mat(struct tally *t, const struct native_mat *w)
 {
-    return (size_t)w->rows * (size_t)w->cols * native_dtype_size(w->dtype);
+    const int64_t n = w->rows * w->cols;
+    t->params += n;
+    t->bytes += (size_t)n * native_dtype_size(w->dtype);
+    if (w->scale)
+        t->bytes += sizeof(float) * (size_t)((w->rows + NATIVE_FP8_BLOCK - 1) / NATIVE_FP8_BLOCK) *
+                    (size_t)((w->cols + NATIVE_FP8_BLOCK - 1) / NATIVE_FP8_BLOCK);
 }
 
+/* n_params, n_active_params and weight_bytes. One token reads every
+ * matrix but the routed experts, of which it reads top_k per MoE layer. */
 static void sum_weight_bytes(struct native_model *m)
 {
-    size_t n = mat_bytes(&m->embed);
-    if (!m->cfg.tied_embeddings)
-        n += mat_bytes(&m->lm_head);
-    for (int l = 0; l < m->cfg.n_layers; l++) {
+    const struct native_model_config *c = &m->cfg;
+    struct tally all = {0, 0}, routed = {0, 0};
+    int64_t active_routed = 0;
+    tally_mat(&all, &m->embed);
+    if (!c->tied_embeddings)
+        tally_mat(&all, &m->lm_head);
+    all.params += c->dim;   /* final norm */
+    for (int l = 0; l < c->n_layers; l++) {
         const struct native_layer *L = &m->layers[l];
-        n += mat_bytes(&L->wq) + mat_bytes(&L->wk) + mat_bytes(&L->wv) + mat_bytes(&L->wo) +
-             mat_bytes(&L->w_gate) + mat_bytes(&L->w_up) + mat_bytes(&L->w_down);
+        const struct native_mla_weights *a = &L->mla;
+        const struct native_mat *mats[] = {&L->wq,    &L->wk,     &L->wv,     &L->wo,   &L->w_gate,
+                                           &L->w_up,  &L->w_down, &a->q_a,    &a->q_b,  &a->kv_a,
+                                           &a->kv_b,  &a->o};
+        for (size_t i = 0; i < sizeof(mats) / sizeof(mats[0]); i++)
+            tally_mat(&all, mats[i]);
+        all.params += 2 * (int64_t)c->dim + (a->q_a_norm ? c->v3.q_lora_rank : 0) +
+                      (a->kv_a_norm ? c->v3.kv_lora_rank : 0);
+        const struct native_moe_weights *w = L->moe;
+        if (!w)
+            continue;
+        tally_mat(&all, &w->router);
+        tally_mat(&all, &w->sh_gate);
+        tally_mat(&all, &w->sh_up);
+        tally_mat(&all, &w->sh_down);
+        all.params += w->bias ? c->v3.n_routed_experts : 0;
+        struct tally layer = {0, 0};
+        for (int e = 0; e < c->v3.n_routed_experts; e++) {
+            tally_mat(&layer, &w->gate[e]);
+            tally_mat(&layer, &w->up[e]);
+            tally_mat(&layer, &w->down[e]);
+        }
+        routed.params += layer.params;
+        routed.bytes += layer.bytes;
+        active_routed += layer.params / c->v3.n_routed_experts * c->v3.n_experts_per_tok;
     }
-    m->weight_bytes = n;
+    m->n_params = all.params + routed.params;
+    m->n_active_params = all.params + active_routed;
+    m->weight_bytes = all.bytes + routed.bytes;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -197,6 +241,7 @@ static int parse_llama2c(struct native_model *m, const char *path, const void *b
     c->eos_ids[1] = 2;      /* ...or ends one (EOS) */
     c->n_eos = 2;
     c->tied_embeddings = shared;
+    c->arch = NATIVE_ARCH_DENSE;
     if (check_config(c, path, err, errlen) != 0)
         return -1;
     if (c->dim % c->n_heads != 0) {
@@ -242,20 +287,20 @@ static int parse_llama2c(struct native_model *m, const char *path, const void *b
         set_err(err, errlen, "out of memory");
         return -1;
     }
-    m->embed = (struct native_mat){emb, NATIVE_F32, c->vocab_size, c->dim};
-    m->lm_head = (struct native_mat){wcls, NATIVE_F32, c->vocab_size, c->dim};
+    m->embed = (struct native_mat){emb, NATIVE_F32, c->vocab_size, c->dim, NULL};
+    m->lm_head = (struct native_mat){wcls, NATIVE_F32, c->vocab_size, c->dim, NULL};
     m->final_norm = rms_final;
     for (int l = 0; l < c->n_layers; l++) {
         struct native_layer *ly = &m->layers[l];
         ly->attn_norm = rms_att + l * D;
         ly->ffn_norm = rms_ffn + l * D;
-        ly->wq = (struct native_mat){wq + l * D * D, NATIVE_F32, c->dim, c->dim};
-        ly->wk = (struct native_mat){wk + l * KV * D, NATIVE_F32, (int64_t)KV, c->dim};
-        ly->wv = (struct native_mat){wv + l * KV * D, NATIVE_F32, (int64_t)KV, c->dim};
-        ly->wo = (struct native_mat){wo + l * D * D, NATIVE_F32, c->dim, c->dim};
-        ly->w_gate = (struct native_mat){w1 + l * F * D, NATIVE_F32, c->hidden_dim, c->dim};
-        ly->w_down = (struct native_mat){w2 + l * D * F, NATIVE_F32, c->dim, c->hidden_dim};
-        ly->w_up = (struct native_mat){w3 + l * F * D, NATIVE_F32, c->hidden_dim, c->dim};
+        ly->wq = (struct native_mat){wq + l * D * D, NATIVE_F32, c->dim, c->dim, NULL};
+        ly->wk = (struct native_mat){wk + l * KV * D, NATIVE_F32, (int64_t)KV, c->dim, NULL};
+        ly->wv = (struct native_mat){wv + l * KV * D, NATIVE_F32, (int64_t)KV, c->dim, NULL};
+        ly->wo = (struct native_mat){wo + l * D * D, NATIVE_F32, c->dim, c->dim, NULL};
+        ly->w_gate = (struct native_mat){w1 + l * F * D, NATIVE_F32, c->hidden_dim, c->dim, NULL};
+        ly->w_down = (struct native_mat){w2 + l * D * F, NATIVE_F32, c->dim, c->hidden_dim, NULL};
+        ly->w_up = (struct native_mat){w3 + l * F * D, NATIVE_F32, c->hidden_dim, c->dim, NULL};
     }
     return 0;
 }
@@ -305,6 +350,250 @@ static int cfg_num(json_t *cfg, const char *key, double def, float *out, const c
     return 0;
 }
 
+/* The architecture config.json names: "architectures" when present (any of
+ * its entries), else "model_type"; a config that names neither is read as
+ * LLaMA, as older exports write no architecture at all. */
+static int hf_arch(json_t *cfg, enum native_arch *out, const char *src, char *err, size_t errlen)
+{
+    json_t *arch = json_object_get(cfg, "architectures");
+    if (json_is_array(arch) && json_array_size(arch) > 0) {
+        for (size_t i = 0; i < json_array_size(arch); i++) {
+            const char *a = json_string_value(json_array_get(arch, i));
+            if (a && strcmp(a, "LlamaForCausalLM") == 0) {
+                *out = NATIVE_ARCH_DENSE;
+                return 0;
+            }
+            if (a && strcmp(a, "DeepseekV3ForCausalLM") == 0) {
+                *out = NATIVE_ARCH_DEEPSEEK_V3;
+                return 0;
+            }
+        }
+        const char *first = json_string_value(json_array_get(arch, 0));
+        set_err(err, errlen,
+                "%s: architecture \"%s\" is not supported (LlamaForCausalLM or DeepseekV3ForCausalLM)",
+                src, first ? first : "?");
+        return -1;
+    }
+    const char *type = json_string_value(json_object_get(cfg, "model_type"));
+    if (type && strcmp(type, "deepseek_v3") == 0)
+        *out = NATIVE_ARCH_DEEPSEEK_V3;
+    else if (!type || strcmp(type, "llama") == 0)
+        *out = NATIVE_ARCH_DENSE;
+    else {
+        set_err(err, errlen, "%s: model_type \"%s\" is not supported (llama or deepseek_v3)", src,
+                type);
+        return -1;
+    }
+    return 0;
+}
+
+static int cfg_bool(json_t *cfg, const char *key, int def, int *out, const char *src, char *err,
+                    size_t errlen)
+{
+    json_t *v = json_object_get(cfg, key);
+    if (!v || json_is_null(v)) {
+        *out = def;
+        return 0;
+    }
+    if (!json_is_boolean(v)) {
+        set_err(err, errlen, "%s: \"%s\" must be true or false", src, key);
+        return -1;
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* A string field that, when present, must have one value: what the V3
+ * forward pass implements. Anything else would run and give wrong numbers. */
+static int cfg_expect(json_t *cfg, const char *key, const char *want, const char *src, char *err,
+                      size_t errlen)
+{
+    json_t *v = json_object_get(cfg, key);
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_string(v) || strcmp(json_string_value(v), want) != 0) {
+        set_err(err, errlen, "%s: %s \"%s\" is not supported (\"%s\" only)", src, key,
+                json_is_string(v) ? json_string_value(v) : "(not a string)", want);
+        return -1;
+    }
+    return 0;
+}
+
+/* quantization_config of an FP8 checkpoint, as DeepSeek publishes it:
+ * {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128],
+ * "activation_scheme": "dynamic"}. The engine computes activations in
+ * float32, so the activation scheme does not matter; any other weight format
+ * or block size is refused, because the matmul reads 128x128 block scales. */
+static int parse_quant_config(json_t *q, const char *src, char *err, size_t errlen)
+{
+    if (!json_is_object(q)) {
+        set_err(err, errlen, "%s: quantization_config must be an object", src);
+        return -1;
+    }
+    if (cfg_expect(q, "quant_method", "fp8", src, err, errlen) ||
+        cfg_expect(q, "fmt", "e4m3", src, err, errlen))
+        return -1;
+    if (!json_object_get(q, "quant_method")) {
+        set_err(err, errlen, "%s: quantization_config has no quant_method (\"fp8\" only)", src);
+        return -1;
+    }
+    json_t *bs = json_object_get(q, "weight_block_size");
+    if (!json_is_array(bs) || json_array_size(bs) != 2 ||
+        !json_is_integer(json_array_get(bs, 0)) || !json_is_integer(json_array_get(bs, 1)) ||
+        json_integer_value(json_array_get(bs, 0)) != NATIVE_FP8_BLOCK ||
+        json_integer_value(json_array_get(bs, 1)) != NATIVE_FP8_BLOCK) {
+        set_err(err, errlen, "%s: quantization_config.weight_block_size must be [%d, %d]", src,
+                NATIVE_FP8_BLOCK, NATIVE_FP8_BLOCK);
+        return -1;
+    }
+    return 0;
+}
+
+/* YaRN's attention factor (forward.c's native_yarn_mscale, which the
+ * forward pass uses; repeated here so the loader does not depend on it). */
+static double yarn_mscale(double factor, double mscale)
+{
+    return factor <= 1.0 ? 1.0 : 0.1 * mscale * log(factor) + 1.0;
+}
+
+/* rope_scaling of a V3 config: null, or YaRN with DeepSeek's fields.
+ * Defaults are Hugging Face's DeepseekV3 ones (mscale 1, mscale_all_dim 0,
+ * beta_fast 32, beta_slow 1). */
+static int parse_yarn(json_t *rs, struct native_yarn *y, int max_pos, const char *src, char *err,
+                      size_t errlen)
+{
+    memset(y, 0, sizeof(*y));
+    if (!rs || json_is_null(rs))
+        return 0;
+    if (!json_is_object(rs)) {
+        set_err(err, errlen, "%s: rope_scaling must be an object or null", src);
+        return -1;
+    }
+    const char *type = json_string_value(json_object_get(rs, "type"));
+    if (!type)
+        type = json_string_value(json_object_get(rs, "rope_type"));
+    if (type && strcmp(type, "default") == 0)
+        return 0;
+    if (!type || strcmp(type, "yarn") != 0) {
+        set_err(err, errlen, "%s: rope_scaling type \"%s\" is not supported for DeepSeek-V3 (yarn only)",
+                src, type ? type : "?");
+        return -1;
+    }
+    if (cfg_num(rs, "factor", 1.0, &y->factor, src, err, errlen) ||
+        cfg_int(rs, "original_max_position_embeddings", max_pos, &y->original_max_pos, src, err,
+                errlen) ||
+        cfg_num(rs, "beta_fast", 32.0, &y->beta_fast, src, err, errlen) ||
+        cfg_num(rs, "beta_slow", 1.0, &y->beta_slow, src, err, errlen) ||
+        cfg_num(rs, "mscale", 1.0, &y->mscale, src, err, errlen) ||
+        cfg_num(rs, "mscale_all_dim", 0.0, &y->mscale_all_dim, src, err, errlen))
+        return -1;
+    /* The correction range takes logarithms of these: they must be
+     * positive, and the scales must keep the attention factor positive. */
+    if (!(y->factor >= 1.0f) || y->original_max_pos < 1 || y->original_max_pos > MAX_POS ||
+        !(y->beta_fast > 0.0f) || !(y->beta_slow > 0.0f) || !(fabsf(y->mscale) <= 100.0f) ||
+        !(fabsf(y->mscale_all_dim) <= 100.0f) ||
+        !(yarn_mscale(y->factor, y->mscale) > 0.0) ||
+        !(yarn_mscale(y->factor, y->mscale_all_dim) > 0.0)) {
+        set_err(err, errlen,
+                "%s: implausible rope_scaling (factor %g, original_max_position_embeddings %d, "
+                "beta_fast %g, beta_slow %g, mscale %g, mscale_all_dim %g)",
+                src, (double)y->factor, y->original_max_pos, (double)y->beta_fast,
+                (double)y->beta_slow, (double)y->mscale, (double)y->mscale_all_dim);
+        return -1;
+    }
+    return 0;
+}
+
+/* The DeepSeek-V3 part of config.json (DeepseekV3Config's fields), after
+ * the fields every architecture shares. Bounds come from what the op table
+ * takes (ops.h: NATIVE_MAX_*), so a config that loads is one every backend
+ * can run. */
+static int parse_v3_config(struct native_model_config *c, json_t *cfg, const char *src, char *err,
+                           size_t errlen)
+{
+    struct native_v3_config *v = &c->v3;
+    if (cfg_int(cfg, "q_lora_rank", 0, &v->q_lora_rank, src, err, errlen) ||
+        cfg_int(cfg, "kv_lora_rank", -2, &v->kv_lora_rank, src, err, errlen) ||
+        cfg_int(cfg, "qk_nope_head_dim", -2, &v->qk_nope_head_dim, src, err, errlen) ||
+        cfg_int(cfg, "qk_rope_head_dim", -2, &v->qk_rope_head_dim, src, err, errlen) ||
+        cfg_int(cfg, "v_head_dim", -2, &v->v_head_dim, src, err, errlen) ||
+        cfg_int(cfg, "n_routed_experts", -2, &v->n_routed_experts, src, err, errlen) ||
+        cfg_int(cfg, "n_shared_experts", 0, &v->n_shared_experts, src, err, errlen) ||
+        cfg_int(cfg, "num_experts_per_tok", -2, &v->n_experts_per_tok, src, err, errlen) ||
+        cfg_int(cfg, "n_group", 1, &v->n_group, src, err, errlen) ||
+        cfg_int(cfg, "topk_group", 1, &v->topk_group, src, err, errlen) ||
+        cfg_int(cfg, "moe_intermediate_size", -2, &v->moe_intermediate_size, src, err, errlen) ||
+        cfg_int(cfg, "first_k_dense_replace", 0, &v->first_k_dense_replace, src, err, errlen) ||
+        cfg_int(cfg, "moe_layer_freq", 1, &v->moe_layer_freq, src, err, errlen) ||
+        cfg_int(cfg, "num_nextn_predict_layers", 0, &v->n_nextn_layers, src, err, errlen) ||
+        cfg_bool(cfg, "norm_topk_prob", 0, &v->norm_topk_prob, src, err, errlen) ||
+        cfg_num(cfg, "routed_scaling_factor", 1.0, &v->routed_scaling_factor, src, err, errlen))
+        return -1;
+    /* V3's router: sigmoid scores, the bias-corrected group-limited top-k.
+     * DeepSeek-V2's softmax routers would load and run wrong, so they are
+     * refused by name. */
+    if (cfg_expect(cfg, "scoring_func", "sigmoid", src, err, errlen) ||
+        cfg_expect(cfg, "topk_method", "noaux_tc", src, err, errlen))
+        return -1;
+    json_t *q = json_object_get(cfg, "quantization_config");
+    if (q && !json_is_null(q) && parse_quant_config(q, src, err, errlen) != 0)
+        return -1;
+    if (parse_yarn(json_object_get(cfg, "rope_scaling"), &c->yarn, c->max_pos, src, err, errlen))
+        return -1;
+
+    const int qk_dim = v->qk_nope_head_dim + v->qk_rope_head_dim;
+    if (v->q_lora_rank < 0 || v->q_lora_rank > MAX_DIM || v->kv_lora_rank < 1 ||
+        v->kv_lora_rank > NATIVE_MAX_LATENT || v->qk_nope_head_dim < 1 ||
+        v->qk_nope_head_dim > NATIVE_MAX_HEAD_DIM || v->qk_rope_head_dim < 2 ||
+        v->qk_rope_head_dim % 2 != 0 || v->qk_rope_head_dim > NATIVE_MAX_HEAD_DIM ||
+        qk_dim > NATIVE_MAX_HEAD_DIM || v->v_head_dim < 1 || v->v_head_dim > NATIVE_MAX_HEAD_DIM) {
+        set_err(err, errlen,
+                "%s: implausible MLA shape (q_lora_rank %d, kv_lora_rank %d (at most %d), "
+                "qk_nope_head_dim %d, qk_rope_head_dim %d (even), v_head_dim %d; head dims at "
+                "most %d)",
+                src, v->q_lora_rank, v->kv_lora_rank, NATIVE_MAX_LATENT, v->qk_nope_head_dim,
+                v->qk_rope_head_dim, v->v_head_dim, NATIVE_MAX_HEAD_DIM);
+        return -1;
+    }
+    /* Group-limited routing: groups of equal size, each with at least the
+     * two experts its score sums, and enough experts in the kept groups
+     * for top_k. */
+    if (v->n_routed_experts < 1 || v->n_routed_experts > NATIVE_MAX_EXPERTS ||
+        v->n_experts_per_tok < 1 || v->n_experts_per_tok > NATIVE_MAX_TOPK || v->n_group < 1 ||
+        v->n_routed_experts % v->n_group != 0 || v->n_routed_experts / v->n_group < 2 ||
+        v->topk_group < 1 || v->topk_group > v->n_group ||
+        v->n_experts_per_tok > v->topk_group * (v->n_routed_experts / v->n_group) ||
+        v->moe_intermediate_size < 1 || v->moe_intermediate_size > MAX_HIDDEN ||
+        v->n_shared_experts < 0 ||
+        (int64_t)v->n_shared_experts * v->moe_intermediate_size > MAX_HIDDEN ||
+        v->first_k_dense_replace < 0 || v->first_k_dense_replace > c->n_layers ||
+        v->moe_layer_freq < 1 || v->n_nextn_layers < 0 || v->n_nextn_layers > MAX_NEXTN ||
+        !(v->routed_scaling_factor > 0.0f)) {
+        set_err(err, errlen,
+                "%s: implausible MoE shape (n_routed_experts %d (at most %d), "
+                "num_experts_per_tok %d (at most %d), n_group %d, topk_group %d, "
+                "moe_intermediate_size %d, n_shared_experts %d, first_k_dense_replace %d, "
+                "moe_layer_freq %d, num_nextn_predict_layers %d, routed_scaling_factor %g): "
+                "experts must split evenly into groups of at least 2, topk_group <= n_group, "
+                "and the kept groups must hold num_experts_per_tok experts",
+                src, v->n_routed_experts, NATIVE_MAX_EXPERTS, v->n_experts_per_tok,
+                NATIVE_MAX_TOPK, v->n_group, v->topk_group, v->moe_intermediate_size,
+                v->n_shared_experts, v->first_k_dense_replace, v->moe_layer_freq,
+                v->n_nextn_layers, (double)v->routed_scaling_factor);
+        return -1;
+    }
+
+    /* MLA has no grouped KV heads; the shared fields describe it for the
+     * reports: head_dim is the query/key width. DeepSeek's rotary dims are
+     * interleaved pairs; YaRN is in c->yarn, not a linear scale. */
+    c->n_kv_heads = c->n_heads;
+    c->head_dim = qk_dim;
+    c->rope_scale = 1.0f;
+    c->rope_layout = NATIVE_ROPE_ADJACENT;
+    c->tied_embeddings = json_is_true(json_object_get(cfg, "tie_word_embeddings"));
+    return check_config(c, src, err, errlen);
+}
+
 /* config.json -> the shape and numerics. Defaults are LlamaConfig's. What
  * this forward pass does not implement (biases, other activations, other
  * RoPE scalings) is refused by name rather than silently run wrong. */
@@ -344,19 +633,8 @@ static int parse_hf_config_json(struct native_model_config *c, json_t *cfg, json
                 cfg ? 0 : jerr->line);
         goto out;
     }
-    json_t *arch = json_object_get(cfg, "architectures");
-    if (json_is_array(arch) && json_array_size(arch) > 0) {
-        int ok = 0;
-        for (size_t i = 0; i < json_array_size(arch); i++) {
-            const char *a = json_string_value(json_array_get(arch, i));
-            ok |= a && strcmp(a, "LlamaForCausalLM") == 0;
-        }
-        if (!ok) {
-            set_err(err, errlen, "%s: architecture \"%s\" is not LlamaForCausalLM", cfg_path,
-                    json_string_value(json_array_get(arch, 0)) ? json_string_value(json_array_get(arch, 0)) : "?");
-            goto out;
-        }
-    }
+    if (hf_arch(cfg, &c->arch, cfg_path, err, errlen) != 0)
+        goto out;
     const char *act = json_string_value(json_object_get(cfg, "hidden_act"));
     if (act && strcmp(act, "silu") != 0) {
         set_err(err, errlen, "%s: hidden_act \"%s\" is not supported (silu only)", cfg_path, act);
@@ -395,6 +673,11 @@ static int parse_hf_config_json(struct native_model_config *c, json_t *cfg, json
                 c->eos_ids[c->n_eos++] = (int)json_integer_value(json_array_get(eos, i));
     }
 
+    if (c->arch == NATIVE_ARCH_DEEPSEEK_V3) {
+        rc = parse_v3_config(c, cfg, cfg_path, err, errlen);
+        goto out;
+    }
+
     c->rope_scale = 1.0f;
     json_t *rs = json_object_get(cfg, "rope_scaling");
     if (rs && !json_is_null(rs)) {
@@ -419,37 +702,88 @@ out:
     return rc;
 }
 
-/* A weight matrix the config says must exist with this shape, in a dtype
- * the kernels read directly. */
-static int hf_mat(const struct safetensors *st, const char *name, int64_t rows, int64_t cols,
-                  struct native_mat *out, char *err, size_t errlen)
+/* Shape as "[a, b, ...]" for messages. */
+static void shape_str(const struct st_tensor *t, char *buf, size_t len)
 {
+    size_t n = 0;
+    buf[0] = 0;
+    for (int i = 0; i < t->ndim && n + 24 < len; i++)
+        n += (size_t)snprintf(buf + n, len - n, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+}
+
+/* The weight dtypes the matmul reads: safetensors.c knows the 16- and
+ * 32-bit float types; the FP8 byte is recognised here, by the name the
+ * format gives it, because only a model with block scales can use it. */
+static int tensor_dtype(const struct st_tensor *t, int fp8_ok)
+{
+    if (t->native_dtype >= 0)
+        return t->native_dtype;
+    if (fp8_ok && strcmp(t->dtype, "F8_E4M3") == 0)
+        return NATIVE_F8_E4M3;
+    return -1;
+}
+
+/* A weight matrix the config says must exist with this shape, in a dtype
+ * the kernels read directly. F8_E4M3 (DeepSeek-V3 only, fp8_ok) needs its
+ * block scales `<name>_scale_inv`: float32 [ceil(rows/128)][ceil(cols/128)],
+ * w = e4m3 * scale, which the matmul applies inside its dot products. */
+static int hf_mat_any(const struct safetensors *st, const char *name, int64_t rows, int64_t cols,
+                      int fp8_ok, struct native_mat *out, char *err, size_t errlen)
+{
+    char shape[96];
     const struct st_tensor *t = safetensors_find(st, name);
     if (!t) {
         set_err(err, errlen, "%s: missing tensor '%s'", safetensors_source(st), name);
         return -1;
     }
-    if (t->native_dtype < 0) {
-        set_err(err, errlen, "%s: tensor '%s': dtype %s is not supported (F32, F16 or BF16)",
-                t->file, name, t->dtype);
+    int dt = tensor_dtype(t, fp8_ok);
+    if (dt < 0) {
+        set_err(err, errlen, "%s: tensor '%s': dtype %s is not supported (F32, F16 or BF16%s)",
+                t->file, name, t->dtype, fp8_ok ? ", or F8_E4M3 with _scale_inv" : "");
         return -1;
     }
     if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols) {
-        char shape[96] = "";
-        size_t n = 0;
-        for (int i = 0; i < t->ndim && n < sizeof(shape) - 24; i++)
-            n += (size_t)snprintf(shape + n, sizeof(shape) - n, "%s%lld", i ? ", " : "",
-                                  (long long)t->shape[i]);
+        shape_str(t, shape, sizeof(shape));
         set_err(err, errlen, "%s: tensor '%s': shape [%s] but config.json implies [%lld, %lld]",
                 t->file, name, shape, (long long)rows, (long long)cols);
         return -1;
     }
-    *out = (struct native_mat){t->data, (enum native_dtype)t->native_dtype, rows, cols};
+    *out = (struct native_mat){t->data, (enum native_dtype)dt, rows, cols, NULL};
+    if (dt != NATIVE_F8_E4M3)
+        return 0;
+
+    char sname[200];
+    snprintf(sname, sizeof(sname), "%s_scale_inv", name);
+    const int64_t br = (rows + NATIVE_FP8_BLOCK - 1) / NATIVE_FP8_BLOCK;
+    const int64_t bc = (cols + NATIVE_FP8_BLOCK - 1) / NATIVE_FP8_BLOCK;
+    const struct st_tensor *s = safetensors_find(st, sname);
+    if (!s) {
+        set_err(err, errlen, "%s: tensor '%s' is F8_E4M3 but its block scales '%s' are missing",
+                safetensors_source(st), name, sname);
+        return -1;
+    }
+    if (s->native_dtype != NATIVE_F32 || s->ndim != 2 || s->shape[0] != br || s->shape[1] != bc) {
+        shape_str(s, shape, sizeof(shape));
+        set_err(err, errlen,
+                "%s: tensor '%s': %s [%s], but the scales of a [%lld, %lld] F8_E4M3 matrix in "
+                "%dx%d blocks are F32 [%lld, %lld]",
+                s->file, sname, s->dtype, shape, (long long)rows, (long long)cols, NATIVE_FP8_BLOCK,
+                NATIVE_FP8_BLOCK, (long long)br, (long long)bc);
+        return -1;
+    }
+    out->scale = s->data;
     return 0;
 }
 
-/* A norm vector, copied out as float32: the norms are tiny, and keeping
- * them float lets rmsnorm take one type whatever the checkpoint's dtype. */
+static int hf_mat(const struct safetensors *st, const char *name, int64_t rows, int64_t cols,
+                  struct native_mat *out, char *err, size_t errlen)
+{
+    return hf_mat_any(st, name, rows, cols, 0, out, err, errlen);
+}
+
+/* A norm vector (or the router's bias), copied out as float32: they are
+ * tiny, and keeping them float lets the ops take one type whatever the
+ * checkpoint's dtype. */
 static int hf_vec(const struct safetensors *st, const char *name, int64_t n, float *dst, char *err,
                   size_t errlen)
 {
@@ -478,27 +812,28 @@ static int hf_vec(const struct safetensors *st, const char *name, int64_t n, flo
     return 0;
 }
 
-static int load_hf(struct native_model *m, const char *path, int is_dir, char *err, size_t errlen)
+/* The embedding, the LM head and the final norm, the same in both
+ * architectures. final_norm is owned float storage of dim floats. */
+static int hf_outer(struct native_model *m, float *final_norm, char *err, size_t errlen)
+{
+    const struct native_model_config *c = &m->cfg;
+    if (hf_mat(m->st_, "model.embed_tokens.weight", c->vocab_size, c->dim, &m->embed, err, errlen))
+        return -1;
+    if (c->tied_embeddings)
+        m->lm_head = m->embed;
+    else if (hf_mat(m->st_, "lm_head.weight", c->vocab_size, c->dim, &m->lm_head, err, errlen))
+        return -1;
+    if (hf_vec(m->st_, "model.norm.weight", c->dim, final_norm, err, errlen))
+        return -1;
+    m->final_norm = final_norm;
+    return 0;
+}
+
+/* LlamaForCausalLM's layers. */
+static int load_hf_dense(struct native_model *m, char *err, size_t errlen)
 {
     struct native_model_config *c = &m->cfg;
     char name[160];
-    char *cfg_path = malloc(strlen(m->dir) + 16);
-    if (!cfg_path) {
-        set_err(err, errlen, "out of memory");
-        return -1;
-    }
-    sprintf(cfg_path, "%s/config.json", m->dir);
-    int rc = parse_hf_config(c, cfg_path, err, errlen);
-    free(cfg_path);
-    if (rc != 0)
-        return -1;
-
-    /* config.json itself names no weights: open the folder's checkpoint. */
-    const char *st_path = is_dir || ends_with(path, "config.json") ? m->dir : path;
-    m->st_ = safetensors_open(st_path, err, errlen);
-    if (!m->st_)
-        return -1;
-
     const int64_t D = c->dim, F = c->hidden_dim, Q = (int64_t)c->n_heads * c->head_dim,
                   KV = (int64_t)c->n_kv_heads * c->head_dim;
     m->layers = calloc((size_t)c->n_layers, sizeof(*m->layers));
@@ -507,16 +842,8 @@ static int load_hf(struct native_model *m, const char *path, int is_dir, char *e
         set_err(err, errlen, "out of memory");
         return -1;
     }
-    if (hf_mat(m->st_, "model.embed_tokens.weight", c->vocab_size, D, &m->embed, err, errlen))
+    if (hf_outer(m, m->owned_ + (size_t)D * 2 * (size_t)c->n_layers, err, errlen))
         return -1;
-    if (c->tied_embeddings)
-        m->lm_head = m->embed;
-    else if (hf_mat(m->st_, "lm_head.weight", c->vocab_size, D, &m->lm_head, err, errlen))
-        return -1;
-    float *final_norm = m->owned_ + (size_t)D * 2 * (size_t)c->n_layers;
-    if (hf_vec(m->st_, "model.norm.weight", D, final_norm, err, errlen))
-        return -1;
-    m->final_norm = final_norm;
 
     for (int l = 0; l < c->n_layers; l++) {
         struct native_layer *ly = &m->layers[l];
@@ -546,6 +873,152 @@ static int load_hf(struct native_model *m, const char *path, int is_dir, char *e
         ly->ffn_norm = fn;
     }
     return 0;
+}
+
+/* Whether layer l of a V3 model has the MoE MLP (DeepseekV3's rule). */
+static int v3_is_moe(const struct native_model_config *c, int l)
+{
+    return l >= c->v3.first_k_dense_replace && l % c->v3.moe_layer_freq == 0;
+}
+
+/* DeepseekV3ForCausalLM's layers 0..num_hidden_layers-1, by their published
+ * names. The multi-token-prediction layers that follow them in the
+ * checkpoint (model.layers.<num_hidden_layers>... ) are never looked up:
+ * generation does not run them, and their tensors cost nothing unread.
+ *
+ * Memory: one allocation (m->owned_) holds the float vectors -- per layer
+ * the two norms, q_a_layernorm, kv_a_layernorm and, for MoE layers, the
+ * router bias, then the final norm -- followed by the MoE layers' structs
+ * and their expert matrix arrays. */
+static int load_hf_v3(struct native_model *m, char *err, size_t errlen)
+{
+    struct native_model_config *c = &m->cfg;
+    const struct native_v3_config *v = &c->v3;
+    char name[200];
+    const int64_t D = c->dim, H = c->n_heads, E = v->n_routed_experts;
+    const int64_t QK = v->qk_nope_head_dim + v->qk_rope_head_dim;
+    const int64_t KVL = v->kv_lora_rank, R = v->qk_rope_head_dim, V = v->v_head_dim;
+    const int64_t QL = v->q_lora_rank, MI = v->moe_intermediate_size;
+    const int64_t SH = (int64_t)v->n_shared_experts * MI;
+
+    size_t n_moe = 0;
+    for (int l = 0; l < c->n_layers; l++)
+        n_moe += (size_t)v3_is_moe(c, l);
+    /* Floats first, rounded up to an even count so the structs after
+     * them start 8-byte aligned. */
+    size_t n_floats = (size_t)c->n_layers * (size_t)(2 * D + QL + KVL) + n_moe * (size_t)E + (size_t)D;
+    n_floats += n_floats & 1;
+    const size_t bytes = n_floats * sizeof(float) + n_moe * sizeof(struct native_moe_weights) +
+                         n_moe * 3 * (size_t)E * sizeof(struct native_mat);
+    m->layers = calloc((size_t)c->n_layers, sizeof(*m->layers));
+    m->owned_ = calloc(1, bytes);
+    if (!m->layers || !m->owned_) {
+        set_err(err, errlen, "out of memory");
+        return -1;
+    }
+    float *fp = m->owned_;
+    struct native_moe_weights *moe = (struct native_moe_weights *)(void *)(m->owned_ + n_floats);
+    struct native_mat *experts = (struct native_mat *)(void *)(moe + n_moe);
+
+    if (hf_outer(m, fp, err, errlen))
+        return -1;
+    fp += D;
+
+    for (int l = 0; l < c->n_layers; l++) {
+        struct native_layer *ly = &m->layers[l];
+        struct native_mla_weights *a = &ly->mla;
+#define NAME(...) snprintf(name, sizeof(name), __VA_ARGS__)
+#define MAT(dst, rows, cols, ...)                                                        \
+    do {                                                                                 \
+        NAME(__VA_ARGS__);                                                               \
+        if (hf_mat_any(m->st_, name, rows, cols, 1, dst, err, errlen))                   \
+            return -1;                                                                   \
+    } while (0)
+#define VEC(dst, n, ...)                                                                 \
+    do {                                                                                 \
+        NAME(__VA_ARGS__);                                                               \
+        if (hf_vec(m->st_, name, n, fp, err, errlen))                                    \
+            return -1;                                                                   \
+        dst = fp;                                                                        \
+        fp += n;                                                                         \
+    } while (0)
+        VEC(ly->attn_norm, D, "model.layers.%d.input_layernorm.weight", l);
+        VEC(ly->ffn_norm, D, "model.layers.%d.post_attention_layernorm.weight", l);
+
+        /* Attention: the query through its low-rank pair (or q_proj when
+         * q_lora_rank is null), the joint latent + rope key projection,
+         * the latent's up-projection to per-head keys and values, the
+         * output. */
+        if (QL > 0) {
+            MAT(&a->q_a, QL, D, "model.layers.%d.self_attn.q_a_proj.weight", l);
+            VEC(a->q_a_norm, QL, "model.layers.%d.self_attn.q_a_layernorm.weight", l);
+            MAT(&a->q_b, H * QK, QL, "model.layers.%d.self_attn.q_b_proj.weight", l);
+        } else {
+            MAT(&a->q_b, H * QK, D, "model.layers.%d.self_attn.q_proj.weight", l);
+        }
+        MAT(&a->kv_a, KVL + R, D, "model.layers.%d.self_attn.kv_a_proj_with_mqa.weight", l);
+        VEC(a->kv_a_norm, KVL, "model.layers.%d.self_attn.kv_a_layernorm.weight", l);
+        MAT(&a->kv_b, H * (v->qk_nope_head_dim + V), KVL,
+            "model.layers.%d.self_attn.kv_b_proj.weight", l);
+        MAT(&a->o, D, H * V, "model.layers.%d.self_attn.o_proj.weight", l);
+
+        if (!v3_is_moe(c, l)) {
+            MAT(&ly->w_gate, c->hidden_dim, D, "model.layers.%d.mlp.gate_proj.weight", l);
+            MAT(&ly->w_up, c->hidden_dim, D, "model.layers.%d.mlp.up_proj.weight", l);
+            MAT(&ly->w_down, D, c->hidden_dim, "model.layers.%d.mlp.down_proj.weight", l);
+            continue;
+        }
+        struct native_moe_weights *w = moe++;
+        ly->moe = w;
+        w->gate = experts;
+        w->up = experts + E;
+        w->down = experts + 2 * E;
+        experts += 3 * E;
+        MAT(&w->router, E, D, "model.layers.%d.mlp.gate.weight", l);
+        /* The router's selection bias ("noaux_tc"); a checkpoint without one
+         * selects by the plain scores (the op takes a NULL bias). */
+        NAME("model.layers.%d.mlp.gate.e_score_correction_bias", l);
+        if (safetensors_find(m->st_, name))
+            VEC(w->bias, E, "model.layers.%d.mlp.gate.e_score_correction_bias", l);
+        for (int e = 0; e < E; e++) {
+            MAT(&w->gate[e], MI, D, "model.layers.%d.mlp.experts.%d.gate_proj.weight", l, e);
+            MAT(&w->up[e], MI, D, "model.layers.%d.mlp.experts.%d.up_proj.weight", l, e);
+            MAT(&w->down[e], D, MI, "model.layers.%d.mlp.experts.%d.down_proj.weight", l, e);
+        }
+        if (SH > 0) {
+            MAT(&w->sh_gate, SH, D, "model.layers.%d.mlp.shared_experts.gate_proj.weight", l);
+            MAT(&w->sh_up, SH, D, "model.layers.%d.mlp.shared_experts.up_proj.weight", l);
+            MAT(&w->sh_down, D, SH, "model.layers.%d.mlp.shared_experts.down_proj.weight", l);
+        }
+#undef VEC
+#undef MAT
+#undef NAME
+    }
+    return 0;
+}
+
+static int load_hf(struct native_model *m, const char *path, int is_dir, char *err, size_t errlen)
+{
+    struct native_model_config *c = &m->cfg;
+    char *cfg_path = malloc(strlen(m->dir) + 16);
+    if (!cfg_path) {
+        set_err(err, errlen, "out of memory");
+        return -1;
+    }
+    sprintf(cfg_path, "%s/config.json", m->dir);
+    int rc = parse_hf_config(c, cfg_path, err, errlen);
+    free(cfg_path);
+    if (rc != 0)
+        return -1;
+
+    /* config.json itself names no weights: open the folder's checkpoint
+     * (safetensors.c checks the index and names what it lacks). */
+    const char *st_path = is_dir || ends_with(path, "config.json") ? m->dir : path;
+    m->st_ = safetensors_open(st_path, err, errlen);
+    if (!m->st_)
+        return -1;
+    return c->arch == NATIVE_ARCH_DEEPSEEK_V3 ? load_hf_v3(m, err, errlen)
+                                              : load_hf_dense(m, err, errlen);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -632,4 +1105,14 @@ int native_model_is_eos(const struct native_model *m, int id)
         if (m->cfg.eos_ids[i] == id)
             return 1;
     return 0;
+}
+
+/* What the backend's cache stores per position, in float32: MLA keeps the
+ * compressed latent and the one shared rope key, not per-head K and V. */
+size_t native_model_kv_bytes_per_token(const struct native_model_config *c)
+{
+    size_t per_layer = c->arch == NATIVE_ARCH_DEEPSEEK_V3
+                           ? (size_t)(c->v3.kv_lora_rank + c->v3.qk_rope_head_dim)
+                           : 2 * (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    return per_layer * (size_t)c->n_layers * sizeof(float);
 }

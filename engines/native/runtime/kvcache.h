@@ -1,12 +1,11 @@
-/* kvcache.h: the paged KV cache's memory and its block allocator.
+/* kvcache.h: the paged KV cache's block allocator.
  *
- * One pool of fixed-size blocks holds the keys and values of every running
- * sequence (layout in ops.h, struct native_kv). Its size is the engine's KV
- * budget: a sequence takes whole blocks, so memory never fragments, and the
- * scheduler admits a request only when the blocks it needs are free.
- *
- * The pool is an anonymous mapping: pages count against RSS only once a
- * sequence has written to them.
+ * One pool of fixed-size blocks holds the keys and values (or MLA latents)
+ * of every running sequence. The backend owns the storage and its layout
+ * (ops.h: kv_new); this module decides how many blocks the engine's KV
+ * budget buys and which sequence holds which. A sequence takes whole blocks,
+ * so memory never fragments, and the scheduler admits a request only when
+ * the blocks it needs are free.
  *
  * Threads: not thread-safe; the engine's scheduler thread owns it.
  */
@@ -20,13 +19,15 @@
 
 struct kvcache;
 
-/* A pool of as many blocks as budget_bytes holds (at least one). NULL and a
- * message in err when the budget holds no block or memory is short. */
-struct kvcache *kvcache_new(int n_layers, int kv_dim, int block_size, size_t budget_bytes,
-                            char *err, size_t errlen);
+/* A pool of as many blocks of backend b's KV storage for d as budget_bytes
+ * holds (at least one). b must outlive it. NULL and a message in err when
+ * the budget holds no block, the backend cannot store d, or memory is short. */
+struct kvcache *kvcache_new(struct native_backend *b, const struct native_kv_desc *d,
+                            size_t budget_bytes, char *err, size_t errlen);
 void kvcache_free(struct kvcache *kv);
 
-const struct native_kv *kvcache_view(const struct kvcache *kv);
+/* The backend's storage, for the forward pass. */
+struct native_kv *kvcache_kv(const struct kvcache *kv);
 size_t kvcache_block_bytes(const struct kvcache *kv);
 int kvcache_block_size(const struct kvcache *kv);
 int kvcache_total_blocks(const struct kvcache *kv);

@@ -21,6 +21,8 @@
 #include "engines/native/model/model.h"
 #include "engines/native/runtime/prompt.h"
 #include "engines/native/runtime/sched.h"
+#include "engines/native/backend/cpu/ops_cpu.h"
+#include "common/log.h"
 #include "tokenizer/tokenizer.h"
 
 #include <errno.h>
@@ -91,6 +93,7 @@ struct nreq {
 struct native_engine {
     struct engine base;     /* first: engine.h's wrappers cast to it */
     struct native_model *m;
+    struct native_backend *be;
     struct tokenizer *tok;
     enum prompt_style style;
     struct sched *s;
@@ -631,11 +634,31 @@ static void native_destroy(struct engine *eng)
 {
     struct native_engine *e = (struct native_engine *)eng;
     sched_free(e->s);
+    native_backend_free(e->be);
     tokenizer_free(e->tok);
     native_model_free(e->m);
     pthread_mutex_destroy(&e->mu);
     free(e->name);
     free(e);
+}
+
+static int native_count_prompt(struct engine *eng, const struct chat_request *chat,
+                               struct engine_prompt_count *out)
+{
+    struct native_engine *e = (struct native_engine *)eng;
+    struct tok_ids ids = {0};
+    int rc = prompt_encode_chat(e->tok, e->style, chat->messages, chat->n_messages, &ids);
+    out->tokens = (int64_t)ids.n;
+    out->context = sched_context(e->s);
+    tok_ids_free(&ids);
+    return rc == TOK_OK ? 0 : -1;
+}
+
+static int native_queue_depth(struct engine *eng)
+{
+    struct sched_stats st;
+    sched_stats(((struct native_engine *)eng)->s, &st);
+    return st.queued;
 }
 
 static const struct engine_ops native_ops = {
@@ -644,9 +667,27 @@ static const struct engine_ops native_ops = {
     .cancel = native_cancel,
     .health = native_health,
     .destroy = native_destroy,
+    .count_prompt = native_count_prompt,
+    .queue_depth = native_queue_depth,
+    .token_pieces = 1,
 };
 
 /* ------------------------------------------------------------------------ */
+
+/* What an operator needs to size a node: the architecture, the weights'
+ * dtype and size, parameters (all, and read per token), and what each
+ * position costs in the KV cache. */
+static void log_model(const struct native_engine *e)
+{
+    const struct native_model *m = e->m;
+    const struct native_layer *l0 = &m->layers[m->cfg.n_layers > 1 ? m->cfg.n_layers - 1 : 0];
+    const struct native_mat *w = m->cfg.arch == NATIVE_ARCH_DEEPSEEK_V3 ? &l0->mla.o : &l0->wo;
+    log_info("model %s: arch %s, weights %s (%.1f MiB), %.3g parameters (%.3g active per token), "
+             "KV cache %zu bytes per token, context %d, backend %s",
+             e->name, native_arch_name(m->cfg.arch), native_dtype_name(w->dtype),
+             (double)m->weight_bytes / (1 << 20), (double)m->n_params, (double)m->n_active_params,
+             native_model_kv_bytes_per_token(&m->cfg), sched_context(e->s), e->be->ops->name);
+}
 
 /* Model, tokenizer and chat format, then the scheduler and its threads;
  * unwinds in reverse on failure. */
@@ -683,31 +724,30 @@ struct engine *native_engine_new(const struct native_engine_config *cfg, char *e
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    /* The engine picks the backend; the scheduler is handed it. */
+    e->be = ops_cpu_new(cfg->threads, cfg->cpu_flags);
+    if (!e->be) {
+        snprintf(err, errlen, "cannot start the CPU backend");
+        pthread_mutex_destroy(&e->mu);
+        goto fail;
+    }
     struct sched_config sc = {cfg->max_batch, cfg->max_queue, cfg->max_step_tokens,
-                              cfg->kv_budget_bytes, cfg->n_ctx, cfg->threads, cfg->cpu_flags};
-    e->s = sched_new(e->m, &sc, err, errlen);
+                              cfg->kv_budget_bytes, cfg->n_ctx, cfg->mla};
+    e->s = sched_new(e->m, e->be, &sc, err, errlen);
     if (!e->s) {
         pthread_mutex_destroy(&e->mu);
         goto fail;
     }
+    log_model(e);
     return &e->base;
 
 fail:
+    native_backend_free(e->be);
     tokenizer_free(e->tok);
     native_model_free(e->m);
     free(e->name);
     free(e);
     return NULL;
-}
-
-int native_engine_count_chat(struct engine *eng, const struct chat_request *chat, int64_t *n)
-{
-    struct native_engine *e = (struct native_engine *)eng;
-    struct tok_ids ids = {0};
-    int rc = prompt_encode_chat(e->tok, e->style, chat->messages, chat->n_messages, &ids);
-    *n = (int64_t)ids.n;
-    tok_ids_free(&ids);
-    return rc == TOK_OK ? 0 : -1;
 }
 
 int native_engine_context(struct engine *eng)
@@ -718,11 +758,6 @@ int native_engine_context(struct engine *eng)
 const char *native_engine_model_name(struct engine *eng)
 {
     return ((struct native_engine *)eng)->name;
-}
-
-int native_engine_is(const struct engine *e)
-{
-    return e && e->ops == &native_ops;
 }
 
 /* Paths in a config are relative to the config's folder, not to wherever
@@ -806,9 +841,3 @@ out:
     return e;
 }
 
-int native_engine_queue_depth(struct engine *e)
-{
-    struct sched_stats st;
-    sched_stats(((struct native_engine *)e)->s, &st);
-    return st.queued;
-}

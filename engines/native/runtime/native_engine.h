@@ -40,6 +40,7 @@
 #define CASCADE_NATIVE_ENGINE_H
 
 #include "engines/engine.h"
+#include "engines/native/backend/ops.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -57,6 +58,7 @@ struct native_engine_config {
     int max_step_tokens;        /* tokens per forward step; 0: 256 */
     int n_ctx;                  /* context limit; 0: the model's */
     unsigned cpu_flags;         /* OPS_CPU_* (ops_cpu.h) */
+    enum native_mla_mode mla;   /* MLA models: NATIVE_MLA_ABSORB (default) or _NAIVE */
 };
 
 /* Load the model and start the engine; NULL and a message in err on failure. */
@@ -78,17 +80,8 @@ int native_engine_submit_text(struct engine *e, const struct engine_request *req
                               size_t len, const struct engine_callbacks *cb, void *ctx,
                               uint64_t *id);
 
-/* Prompt tokens of a chat exactly as the engine would see them; 0 or -1. */
-int native_engine_count_chat(struct engine *e, const struct chat_request *chat, int64_t *n);
-
 /* The longest prompt + completion a request may have, in tokens. */
 int native_engine_context(struct engine *e);
 const char *native_engine_model_name(struct engine *e);
-
-/* Requests waiting for a batch slot now (for the queue-depth gauge); any thread. */
-int native_engine_queue_depth(struct engine *e);
-
-/* 1 when e is a native engine. */
-int native_engine_is(const struct engine *e);
 
 #endif

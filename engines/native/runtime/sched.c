@@ -13,7 +13,6 @@
 
 #include "engines/native/model/forward.h"
 #include "engines/native/runtime/kvcache.h"
-#include "engines/native/backend/cpu/ops_cpu.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -200,7 +199,7 @@ static void step(struct sched *s)
     b.out_rows = s->b_out;
     if (build_batch(s, &b) == 0)
         return;
-    const float *logits = native_forward_run(s->fw, kvcache_view(s->kv), &b);
+    const float *logits = native_forward_run(s->fw, kvcache_kv(s->kv), &b);
     s->steps++;
     s->step_tokens += (uint64_t)b.n_tokens;
 
@@ -272,7 +271,8 @@ static void *sched_main(void *arg)
     return NULL;
 }
 
-struct sched *sched_new(const struct native_model *m, const struct sched_config *cfg, char *err,
+struct sched *sched_new(const struct native_model *m, struct native_backend *be,
+                        const struct sched_config *cfg, char *err,
                         size_t errlen)
 {
     struct sched *s = calloc(1, sizeof(*s));
@@ -298,22 +298,22 @@ struct sched *sched_new(const struct native_model *m, const struct sched_config 
     s->ctx = s->cfg.n_ctx > 0 && s->cfg.n_ctx < c->max_pos ? s->cfg.n_ctx : c->max_pos;
     s->next_id = 1;
 
-    s->be = ops_cpu_new(s->cfg.threads, s->cfg.cpu_flags);
-    if (!s->be) {
-        snprintf(err, errlen, "cannot start the CPU backend");
-        goto fail_be;
-    }
-    s->kv = kvcache_new(c->n_layers, c->n_kv_heads * c->head_dim, OPS_CPU_BLOCK_SIZE,
-                        s->cfg.kv_budget, err, errlen);
+    s->be = be;
+    struct native_kv_desc kvd;
+    native_forward_kv_desc(m, &kvd);
+    s->kv = kvcache_new(be, &kvd, s->cfg.kv_budget, err, errlen);
     if (!s->kv)
         goto fail_kv;
     /* The pool's size caps the longest request: prompt + max_tokens must fit
      * in it alone, or the request could never be admitted. */
-    int64_t kv_pos = (int64_t)kvcache_total_blocks(s->kv) * OPS_CPU_BLOCK_SIZE;
+    int64_t kv_pos = (int64_t)kvcache_total_blocks(s->kv) * kvcache_block_size(s->kv);
     if (kv_pos < s->ctx)
         s->ctx = (int)kv_pos;
-    s->fw = native_forward_new(m, s->be, s->cfg.max_step_tokens, s->cfg.max_batch, s->ctx, err,
-                               errlen);
+    struct native_forward_opts fo = {.max_tokens = s->cfg.max_step_tokens,
+                                     .max_out = s->cfg.max_batch,
+                                     .n_ctx = s->ctx,
+                                     .mla = s->cfg.mla};
+    s->fw = native_forward_new(m, be, &fo, err, errlen);
     if (!s->fw)
         goto fail_fw;
     s->smp = sampler_new(c->vocab_size);
@@ -359,8 +359,6 @@ fail_bufs:
 fail_fw:
     kvcache_free(s->kv);
 fail_kv:
-    native_backend_free(s->be);
-fail_be:
     free(s);
     return NULL;
 }
@@ -393,7 +391,6 @@ void sched_free(struct sched *s)
     sampler_free(s->smp);
     native_forward_free(s->fw);
     kvcache_free(s->kv);
-    native_backend_free(s->be);
     free(s);
 }
 
@@ -521,7 +518,7 @@ size_t sched_memory_bytes(const struct sched *s)
     return s->bytes;
 }
 
-const char *sched_kernels(const struct sched *s)
+size_t sched_kv_block_bytes(const struct sched *s)
 {
-    return ops_cpu_kernels(s->be);
+    return kvcache_block_bytes(s->kv);
 }

@@ -1,7 +1,7 @@
 /* sched.h: continuous batching over one model, on one engine thread.
  *
- * The scheduler owns the compute: a CPU backend (with its thread pool), the
- * forward pass, the paged KV cache and the sampler. Requests arrive as
+ * The scheduler owns the forward pass, the paged KV cache and the sampler,
+ * on a backend it is handed (it never picks one). Requests arrive as
  * prompt ids; every step it builds one batch of the running sequences (one
  * token for each that is decoding, then prompt chunks for those still
  * prefilling, up to max_step_tokens), runs the forward pass, samples, and
@@ -42,8 +42,7 @@ struct sched_config {
     int max_step_tokens;    /* tokens per forward step (default 256; at least max_batch) */
     size_t kv_budget;       /* bytes of KV cache (default 256 MiB) */
     int n_ctx;              /* 0: the model's max_pos */
-    int threads;            /* compute threads; 0: one per CPU */
-    unsigned cpu_flags;     /* OPS_CPU_* */
+    enum native_mla_mode mla;   /* MLA models: absorbed (default) or naive attention */
 };
 
 struct sched_token {
@@ -99,10 +98,10 @@ struct sched_stats {
 
 struct sched;
 
-/* Build the compute state for model m (which must outlive it) and start the
- * engine thread. NULL and a message in err on failure. */
-struct sched *sched_new(const struct native_model *m, const struct sched_config *cfg, char *err,
-                        size_t errlen);
+/* Build the compute state for model m on backend be (both must outlive it)
+ * and start the engine thread. NULL and a message in err on failure. */
+struct sched *sched_new(const struct native_model *m, struct native_backend *be,
+                        const struct sched_config *cfg, char *err, size_t errlen);
 /* Stop the thread; requests still queued or running end with SCHED_END_SHUTDOWN. */
 void sched_free(struct sched *s);
 
@@ -115,6 +114,7 @@ int sched_context(const struct sched *s);
 void sched_stats(struct sched *s, struct sched_stats *out);
 /* Bytes the scheduler allocated (activations, KV pool size), for reports. */
 size_t sched_memory_bytes(const struct sched *s);
-const char *sched_kernels(const struct sched *s);
+/* Bytes of one KV block (kvcache_block_size() positions). */
+size_t sched_kv_block_bytes(const struct sched *s);
 
 #endif

@@ -115,13 +115,15 @@ int main(int argc, char **argv)
         goto out;
     }
     const struct native_model_config *c = &m->cfg;
-    size_t pos_bytes = (size_t)c->n_layers * 2 * (size_t)c->n_kv_heads * (size_t)c->head_dim * 4;
     int n_blocks = (steps + OPS_CPU_BLOCK_SIZE - 1) / OPS_CPU_BLOCK_SIZE;
+    struct native_kv_desc kvd;
+    native_forward_kv_desc(m, &kvd);
     be = ops_cpu_new(threads, flags);
-    kv = be ? kvcache_new(c->n_layers, c->n_kv_heads * c->head_dim, OPS_CPU_BLOCK_SIZE,
-                          pos_bytes * OPS_CPU_BLOCK_SIZE * (size_t)n_blocks, err, sizeof(err))
+    kv = be ? kvcache_new(be, &kvd, be->ops->kv_block_bytes(be, &kvd) * (size_t)n_blocks, err,
+                          sizeof(err))
             : NULL;
-    fw = kv ? native_forward_new(m, be, (int)ids.n, 1, steps, err, sizeof(err)) : NULL;
+    struct native_forward_opts fo = {.max_tokens = (int)ids.n, .max_out = 1, .n_ctx = steps};
+    fw = kv ? native_forward_new(m, be, &fo, err, sizeof(err)) : NULL;
     smp = sampler_new(c->vocab_size);
     if (!be || !kv || !fw || !smp) {
         fprintf(stderr, "cascade-generate: %s\n", be ? err : "cannot start the CPU backend");
@@ -152,7 +154,7 @@ int main(int argc, char **argv)
         pos[i] = (int32_t)i;
     int32_t last_row = (int32_t)ids.n - 1;
     struct native_batch batch = {(int)ids.n, ids.v, pos, seq, &sv, 1, &last_row, 1};
-    const float *logits = native_forward_run(fw, kvcache_view(kv), &batch);
+    const float *logits = native_forward_run(fw, kvcache_kv(kv), &batch);
     int generated = 0, p = (int)ids.n;
     for (;;) {
         int32_t next = sampler_sample(smp, logits, &sp, &rng);
@@ -171,7 +173,7 @@ int main(int argc, char **argv)
             break;
         int32_t zero = 0;
         struct native_batch one = {1, &next, &p, &zero, &sv, 1, &zero, 1};
-        logits = native_forward_run(fw, kvcache_view(kv), &one);
+        logits = native_forward_run(fw, kvcache_kv(kv), &one);
         p++;
     }
     double t1 = now_s();

@@ -19,13 +19,15 @@
  */
 #include "engines/native/backend/cpu/ops_cpu.h"
 
+#include "engines/native/backend/cpu/cpu_internal.h"
 #include "engines/native/backend/dtype.h"
-#include "engines/native/backend/cpu/threadpool.h"
 
 #include <assert.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -52,13 +54,6 @@
 /* Query heads handled together by one attention task (they share K and V). */
 #define ATTN_MAX_REP 8
 
-struct cpu_backend {
-    struct native_backend base;
-    struct threadpool *pool;
-    int threads;
-    int avx2;           /* AVX2+FMA+F16C kernels (attention, swiglu, and matmul unless avx512) */
-    int avx512;         /* AVX-512 matmul tiles */
-};
 
 /* ------------------------------------------------------------------------ */
 /* Portable kernels                                                          */
@@ -139,7 +134,7 @@ static void attn_head_portable(float *out, const float *q, const struct native_k
         const float *blk = kv->data + (size_t)sv->blocks[b] * kv->block_stride +
                            (size_t)layer * kv->layer_stride;
         const float *K = blk + (size_t)g * hd * BS;
-        const float *V = blk + (size_t)BS * kv->kv_dim + (size_t)g * hd;
+        const float *V = blk + (size_t)BS * kv->desc.kv_dim + (size_t)g * hd;
         int n = n_pos - b * BS < BS ? n_pos - b * BS : BS;
         float mb = -INFINITY;
         for (int j = 0; j < n; j++) {
@@ -158,7 +153,7 @@ static void attn_head_portable(float *out, const float *q, const struct native_k
         for (int j = 0; j < n; j++) {
             float p = expf(s[j] - mn);
             l += p;
-            const float *vj = V + (size_t)j * kv->kv_dim;
+            const float *vj = V + (size_t)j * kv->desc.kv_dim;
             for (int i = 0; i < hd; i++)
                 acc[i] += p * vj[i];
         }
@@ -621,7 +616,7 @@ AVX2_FN static void attn_group_avx2(float *out, const float *q, const struct nat
                                     int layer, const struct native_seq_view *sv, int n_pos, int g,
                                     int hd, int rep)
 {
-    const int BS = kv->block_size, nc = hd / 8, kvd = kv->kv_dim;
+    const int BS = kv->block_size, nc = hd / 8, kvd = kv->desc.kv_dim;
     const __m256 scale = _mm256_set1_ps(1.0f / sqrtf((float)hd));
     const __m256 neg_inf = _mm256_set1_ps(-INFINITY);
     const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
@@ -1107,6 +1102,10 @@ static int cpu_has_avx512(void)
 static void mm_rows(const struct cpu_backend *cb, const struct native_mat *w, int64_t r0,
                     int64_t r1, const float *x, int n, float *y, int accumulate)
 {
+    if (w->dtype == NATIVE_F8_E4M3) {
+        cpu_fp8_rows(cb, w, r0, r1, x, n, y, accumulate);
+        return;
+    }
 #if HAVE_X86
     /* Wide vectors pay off on long rows; on short ones (stories260K's 64 and
      * 172) the extra reduction work eats the gain, so those stay on AVX2.
@@ -1185,12 +1184,13 @@ static void cpu_matmul(struct native_backend *b, int n, const float *x, int n_w,
 }
 
 static void cpu_rmsnorm(struct native_backend *b, float *y, const float *x, const float *w, int n,
-                        int dim, float eps)
+                        int dim, int stride, float eps)
 {
     (void)b;
+    assert(stride >= dim);
     for (int t = 0; t < n; t++) {
-        const float *xt = x + (size_t)t * dim;
-        float *yt = y + (size_t)t * dim;
+        const float *xt = x + (size_t)t * stride;
+        float *yt = y + (size_t)t * stride;
         float l[8] = {0};
         int i = 0;
         for (; i + 8 <= dim; i += 8)
@@ -1205,17 +1205,17 @@ static void cpu_rmsnorm(struct native_backend *b, float *y, const float *x, cons
     }
 }
 
-static void cpu_rope(struct native_backend *b, float *x, int n, int n_heads, const int32_t *pos,
-                     const struct native_rope *r)
+static void cpu_rope(struct native_backend *b, float *x, int n, int n_heads, int head_stride,
+                     int row_stride, const int32_t *pos, const struct native_rope *r)
 {
     (void)b;
-    const int hd = r->head_dim, half = hd / 2;
+    const int half = r->dim / 2;
     for (int t = 0; t < n; t++) {
         assert(pos[t] >= 0 && pos[t] < r->n_pos);
         const float *c = r->cos + (size_t)pos[t] * half;
         const float *s = r->sin + (size_t)pos[t] * half;
         for (int h = 0; h < n_heads; h++) {
-            float *v = x + ((size_t)t * n_heads + h) * hd;
+            float *v = x + (size_t)t * row_stride + (size_t)h * head_stride;
             if (r->layout == NATIVE_ROPE_ADJACENT) {
                 for (int i = 0; i < half; i++) {
                     float a = v[2 * i], bb = v[2 * i + 1];
@@ -1233,22 +1233,32 @@ static void cpu_rope(struct native_backend *b, float *x, int n, int n_heads, con
     }
 }
 
-static void cpu_kv_store(struct native_backend *b, const struct native_kv *kv, int layer,
-                         const struct native_batch *batch, const float *k, const float *v)
+/* Dense: K goes in transposed, V as a row (layouts in cpu_internal.h).
+ * Latent: c then k_pe, one row per position. */
+static void cpu_kv_store(struct native_backend *b, struct native_kv *kv, int layer,
+                         const struct native_batch *batch, const float *a, int a_stride,
+                         const float *bb, int bb_stride)
 {
     (void)b;
-    const int BS = kv->block_size, D = kv->kv_dim;
+    const int BS = kv->block_size;
     for (int t = 0; t < batch->n_tokens; t++) {
         const struct native_seq_view *sv = &batch->seqs[batch->seq[t]];
         int p = batch->pos[t];
         assert(p / BS < sv->n_blocks);
-        float *blk = kv->data + (size_t)sv->blocks[p / BS] * kv->block_stride +
-                     (size_t)layer * kv->layer_stride;
+        float *blk = cpu_kv_block(kv, sv, p, layer);
         int off = p % BS;
-        const float *kt = k + (size_t)t * D, *vt = v + (size_t)t * D;
+        const float *at = a + (size_t)t * a_stride, *bt = bb + (size_t)t * bb_stride;
+        if (kv->desc.kind == NATIVE_KV_LATENT) {
+            const int L = kv->desc.latent_dim, R = kv->desc.rope_dim;
+            float *row = blk + (size_t)off * (size_t)(L + R);
+            memcpy(row, at, sizeof(float) * (size_t)L);
+            memcpy(row + L, bt, sizeof(float) * (size_t)R);
+            continue;
+        }
+        const int D = kv->desc.kv_dim;
         for (int i = 0; i < D; i++)
-            blk[(size_t)i * BS + off] = kt[i];
-        memcpy(blk + (size_t)BS * D + (size_t)off * D, vt, sizeof(float) * (size_t)D);
+            blk[(size_t)i * BS + off] = at[i];
+        memcpy(blk + (size_t)BS * D + (size_t)off * D, bt, sizeof(float) * (size_t)D);
     }
 }
 
@@ -1256,7 +1266,7 @@ struct attn_job {
     const struct cpu_backend *cb;
     float *out;
     const float *q;
-    const struct native_kv *kv;
+    struct native_kv *kv;
     int layer;
     const struct native_batch *batch;
     int n_heads, n_kv_heads, hd;
@@ -1288,14 +1298,15 @@ static void attn_task(void *arg, int task, int thread)
 }
 
 static void cpu_attention(struct native_backend *b, float *out, const float *q,
-                          const struct native_kv *kv, int layer, const struct native_batch *batch,
+                          struct native_kv *kv, int layer, const struct native_batch *batch,
                           int n_heads, int n_kv_heads, int head_dim)
 {
     struct cpu_backend *cb = (struct cpu_backend *)b;
     struct attn_job job = {cb, out, q, kv, layer, batch, n_heads, n_kv_heads, head_dim};
     int64_t work = 0;
 
-    assert(head_dim <= OPS_CPU_MAX_HEAD_DIM && kv->block_size <= NATIVE_MAX_BLOCK_SIZE && kv->block_size % 8 == 0);
+    assert(kv->desc.kind == NATIVE_KV_DENSE && head_dim <= OPS_CPU_MAX_HEAD_DIM &&
+           kv->block_size <= NATIVE_MAX_BLOCK_SIZE && kv->block_size % 8 == 0);
     for (int t = 0; t < batch->n_tokens; t++)
         work += (int64_t)(batch->pos[t] + 1) * n_heads * head_dim;
     int tasks = batch->n_tokens * n_kv_heads;
@@ -1345,6 +1356,135 @@ static void cpu_gather(struct native_backend *b, float *dst, const float *src, c
         memmove(dst + (size_t)i * dim, src + (size_t)rows[i] * dim, sizeof(float) * (size_t)dim);
 }
 
+/* ---- Memory: host memory is the CPU's own, so buffers are plain
+ * allocations (64-byte aligned for the vector loads), weights are used
+ * where the model mapped them, and upload/download are copies. ---- */
+
+struct native_buf {
+    void *data;
+};
+
+static struct native_buf *cpu_buf_alloc(struct native_backend *b, size_t bytes)
+{
+    (void)b;
+    struct native_buf *buf = malloc(sizeof(*buf));
+    if (!buf)
+        return NULL;
+    /* aligned_alloc wants a multiple of the alignment, and 0 bytes is legal here. */
+    size_t n = (bytes + 63) & ~(size_t)63;
+    buf->data = aligned_alloc(64, n ? n : 64);
+    if (!buf->data) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+static void cpu_buf_free(struct native_backend *b, struct native_buf *buf)
+{
+    (void)b;
+    if (!buf)
+        return;
+    free(buf->data);
+    free(buf);
+}
+
+static void *cpu_buf_addr(struct native_backend *b, struct native_buf *buf)
+{
+    (void)b;
+    return buf->data;
+}
+
+static void cpu_upload(struct native_backend *b, struct native_buf *buf, size_t offset,
+                       const void *src, size_t n)
+{
+    (void)b;
+    memcpy((char *)buf->data + offset, src, n);
+}
+
+static void cpu_download(struct native_backend *b, void *dst, struct native_buf *buf, size_t offset,
+                         size_t n)
+{
+    (void)b;
+    memcpy(dst, (const char *)buf->data + offset, n);
+}
+
+/* Every CPU op has finished when it returns. */
+static void cpu_synchronize(struct native_backend *b)
+{
+    (void)b;
+}
+
+static const void *cpu_map_weights(struct native_backend *b, const void *host, size_t n)
+{
+    (void)b;
+    (void)n;
+    return host;
+}
+
+static void cpu_unmap_weights(struct native_backend *b, const void *addr)
+{
+    (void)b;
+    (void)addr;
+}
+
+static size_t cpu_kv_layer_floats(const struct native_kv_desc *d)
+{
+    if (d->kind == NATIVE_KV_LATENT)
+        return (size_t)OPS_CPU_BLOCK_SIZE * (size_t)(d->latent_dim + d->rope_dim);
+    return 2 * (size_t)OPS_CPU_BLOCK_SIZE * (size_t)d->kv_dim;
+}
+
+static size_t cpu_kv_block_bytes(struct native_backend *b, const struct native_kv_desc *d)
+{
+    (void)b;
+    return cpu_kv_layer_floats(d) * (size_t)d->n_layers * sizeof(float);
+}
+
+/* One anonymous mapping: pages count against RSS only once a sequence has
+ * written to them, so a large budget costs nothing until it is used. */
+static struct native_kv *cpu_kv_new(struct native_backend *b, const struct native_kv_desc *d,
+                                    int n_blocks, char *err, size_t errlen)
+{
+    if (d->n_layers < 1 || n_blocks < 1 ||
+        (d->kind == NATIVE_KV_DENSE && (d->kv_dim < 1 || d->kv_dim > 65536)) ||
+        (d->kind == NATIVE_KV_LATENT &&
+         (d->latent_dim < 1 || d->latent_dim > NATIVE_MAX_LATENT || d->rope_dim < 2 ||
+          d->rope_dim > NATIVE_MAX_HEAD_DIM))) {
+        snprintf(err, errlen, "KV cache shape not supported by the CPU backend");
+        return NULL;
+    }
+    struct native_kv *kv = calloc(1, sizeof(*kv));
+    if (!kv) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    kv->desc = *d;
+    kv->block_size = OPS_CPU_BLOCK_SIZE;
+    kv->n_blocks = n_blocks;
+    kv->layer_stride = cpu_kv_layer_floats(d);
+    kv->block_stride = (size_t)d->n_layers * kv->layer_stride;
+    kv->map_bytes = cpu_kv_block_bytes(b, d) * (size_t)n_blocks;
+    void *p = mmap(NULL, kv->map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (p == MAP_FAILED) {
+        snprintf(err, errlen, "cannot map %zu bytes of KV cache", kv->map_bytes);
+        free(kv);
+        return NULL;
+    }
+    kv->data = p;
+    return kv;
+}
+
+static void cpu_kv_free(struct native_backend *b, struct native_kv *kv)
+{
+    (void)b;
+    if (!kv)
+        return;
+    munmap(kv->data, kv->map_bytes);
+    free(kv);
+}
+
 static void cpu_free(struct native_backend *b)
 {
     struct cpu_backend *cb = (struct cpu_backend *)b;
@@ -1354,14 +1494,29 @@ static void cpu_free(struct native_backend *b)
 
 static const struct native_ops cpu_ops = {
     .name = "cpu",
+    .buf_alloc = cpu_buf_alloc,
+    .buf_free = cpu_buf_free,
+    .buf_addr = cpu_buf_addr,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .synchronize = cpu_synchronize,
+    .map_weights = cpu_map_weights,
+    .unmap_weights = cpu_unmap_weights,
+    .kv_new = cpu_kv_new,
+    .kv_free = cpu_kv_free,
+    .kv_block_bytes = cpu_kv_block_bytes,
+    .kv_block_size = OPS_CPU_BLOCK_SIZE,
     .matmul = cpu_matmul,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,
+    .mla_attention = cpu_mla_attention,
     .swiglu = cpu_swiglu,
     .embed = cpu_embed,
     .gather = cpu_gather,
+    .moe_gate = cpu_moe_gate,
+    .moe_experts = cpu_moe_experts,
     .free = cpu_free,
 };
 

@@ -1,0 +1,66 @@
+/* cpu_internal.h: what the CPU backend's files share. Private to
+ * engines/native/backend/cpu/.
+ *
+ * ops_cpu.c holds the table, memory, the KV cache and the dense kernels;
+ * ops_cpu_fp8.c the FP8 block-scaled matmul rows; ops_cpu_mla.c MLA
+ * attention over the latent cache; ops_cpu_moe.c MoE routing and the grouped
+ * experts.
+ */
+#ifndef CASCADE_NATIVE_CPU_INTERNAL_H
+#define CASCADE_NATIVE_CPU_INTERNAL_H
+
+#include "engines/native/backend/cpu/ops_cpu.h"
+#include "engines/native/backend/cpu/threadpool.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct cpu_backend {
+    struct native_backend base;
+    struct threadpool *pool;
+    int threads;
+    int avx2;           /* AVX2+FMA+F16C kernels (attention, swiglu, and matmul unless avx512) */
+    int avx512;         /* AVX-512 matmul tiles */
+};
+
+/* The CPU KV cache: one anonymous mapping of n_blocks blocks of block_size
+ * positions. Inside a block, layer l starts at l * layer_stride floats.
+ *   dense:  K transposed [kv_dim][block_size] (scores vectorize over
+ *           positions), then V [block_size][kv_dim] (the weighted sum
+ *           vectorizes over dims); layer_stride = 2 * block_size * kv_dim.
+ *   latent: [block_size][latent_dim + rope_dim]: position i's latent c,
+ *           then its rope key k_pe; layer_stride = block_size * (latent + rope). */
+struct native_kv {
+    struct native_kv_desc desc;
+    float *data;
+    int block_size;
+    int n_blocks;
+    size_t layer_stride;
+    size_t block_stride;    /* n_layers * layer_stride */
+    size_t map_bytes;
+};
+
+/* The float row of position p of a sequence, in layer l. */
+static inline float *cpu_kv_block(const struct native_kv *kv, const struct native_seq_view *sv,
+                                  int p, int layer)
+{
+    return kv->data + (size_t)sv->blocks[p / kv->block_size] * kv->block_stride +
+           (size_t)layer * kv->layer_stride;
+}
+
+/* ops_cpu_fp8.c: y[t * w->rows + r] (+)= x[t] . w[r] for rows r0..r1 and
+ * t < n, w in F8_E4M3 with block scales. */
+void cpu_fp8_rows(const struct cpu_backend *cb, const struct native_mat *w, int64_t r0, int64_t r1,
+                  const float *x, int n, float *y, int accumulate);
+
+/* ops_cpu_mla.c, ops_cpu_moe.c: the ops of the same names in ops.h. */
+void cpu_mla_attention(struct native_backend *b, float *out, const float *q, struct native_kv *kv,
+                       int layer, const struct native_batch *batch, const struct native_mla *p,
+                       float *scratch);
+void cpu_moe_gate(struct native_backend *b, int32_t *ids, float *weights, const float *logits,
+                  int n, const struct native_moe_gate *g);
+void cpu_moe_experts(struct native_backend *b, float *y, const float *x, int n,
+                     const int32_t *ids, const float *weights, int top_k,
+                     const struct native_moe_experts *e, float *scratch);
+
+#endif

@@ -1,0 +1,435 @@
+/* deepseek_v3.c: the DeepSeek-V3 forward pass (DeepseekV3ForCausalLM),
+ * written once against the op table; see forward.h for the contract.
+ *
+ * Per layer, for the T tokens of a batch (x is the residual stream, [T][dim]):
+ *
+ *   h    = rmsnorm(x, input_layernorm)
+ *   q    = q_lora ? q_b(rmsnorm(q_a(h), q_a_layernorm)) : q_proj(h)
+ *                                                   [T][H][nope | rope]
+ *   kva  = kv_a_proj_with_mqa(h)                    [T][kv_lora | rope]
+ *   c    = rmsnorm(kva[:kv_lora], kv_a_layernorm)   (in place; the latent)
+ *   q_pe, k_pe = rope(YaRN) of the rope parts; k_pe is one head shared by all
+ *   cache[pos] = (c, k_pe)
+ *   x   += o_proj(MLA(q, cache))                    (ops.h, struct native_mla)
+ *   h    = rmsnorm(x, post_attention_layernorm)
+ *   x   += layer < first_k_dense_replace (or off moe_layer_freq)
+ *            ? down(silu(gate(h)) * up(h))
+ *            : sum_i w_i expert_{e_i}(h) + shared(h)
+ *                 (e_i, w_i from the sigmoid group-limited router)
+ *
+ * then the final norm and the LM head on the rows whose logits are wanted.
+ *
+ * Positions: the rotary dims of DeepSeek's published weights are
+ * interleaved pairs (2i, 2i+1), NATIVE_ROPE_ADJACENT. YaRN stretches the
+ * low frequencies (native_rope_tables); as in DeepSeek's and Hugging Face's
+ * code the cos/sin carry the amplitude mscale(mscale) / mscale(mscale_all_dim)
+ * and the softmax scale is (nope + rope)^-1/2 * mscale(mscale_all_dim)^2.
+ *
+ * Memory: every activation buffer is a backend buffer sized in
+ * native_forward_v3_new() for max_tokens rows (the logits for max_out),
+ * with the scratch the MLA and MoE ops ask for; the weights are mapped into
+ * the backend once there. A call allocates nothing.
+ */
+#include "engines/native/model/forward_impl.h"
+
+#include <assert.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* One layer's weights at their backend addresses. */
+struct v3_layer {
+    const float *attn_norm, *ffn_norm;
+    struct native_mla_weights mla;
+    /* dense MLP, or the MoE with its expert arrays (host arrays of backend
+     * matrices, as struct native_moe_experts takes them) */
+    struct native_mat w_gate, w_up, w_down;
+    int moe;
+    struct native_mat router, sh_gate, sh_up, sh_down;
+    const float *bias;
+    struct native_mat *gate, *up, *down;
+};
+
+#define V3_MAX_BUFS 24
+
+struct v3_forward {
+    struct native_forward base;     /* first: forward.c's handle */
+    const struct native_model *m;
+    struct native_backend *b;
+    struct native_forward_opts o;
+
+    struct v3_layer *layers;
+    struct native_mat embed, lm_head;
+    const float *final_norm;
+    struct native_mat *expert_mats;     /* storage behind v3_layer.gate/up/down */
+    const void **maps;                  /* what map_weights() returned, for unmap */
+    size_t n_maps, cap_maps;
+
+    struct native_rope rope;
+    float *rope_cos, *rope_sin;         /* host [n_ctx][rope/2] */
+    float softmax_scale;
+
+    struct native_buf *bufs[V3_MAX_BUFS];
+    int n_bufs;
+    float *x;           /* [T][dim] residual stream */
+    float *h;           /* [T][dim] normed input of a block */
+    float *qa;          /* [T][q_lora] (q_lora_rank > 0) */
+    float *q;           /* [T][H * (nope + rope)] */
+    float *kva;         /* [T][kv_lora + rope]: latent, then the rope key */
+    float *att;         /* [T][H * v] attention output */
+    float *gate, *up;   /* [T][max(intermediate, shared experts' width)] */
+    float *router;      /* [T][n_experts] router logits */
+    int32_t *ids;       /* [T][top_k] chosen experts */
+    float *weights;     /* [T][top_k] their weights */
+    float *moe_scratch, *mla_scratch;
+    float *xo;          /* [max_out][dim] rows whose logits are wanted */
+    float *logits_dev;  /* [max_out][vocab] */
+    struct native_buf *logits_buf;
+    float *logits;      /* host copy, returned to the caller */
+    size_t bytes;
+};
+
+static const struct native_forward_impl v3_impl;
+
+/* ---- construction ---- */
+
+/* A backend buffer of n elements of size esize, counted in f->bytes. */
+static void *v3_alloc(struct v3_forward *f, size_t n, size_t esize, struct native_buf **keep)
+{
+    const struct native_ops *ops = f->b->ops;
+    assert(f->n_bufs < V3_MAX_BUFS);
+    struct native_buf *buf = ops->buf_alloc(f->b, n * esize);
+    if (!buf)
+        return NULL;
+    f->bufs[f->n_bufs++] = buf;
+    f->bytes += n * esize;
+    if (keep)
+        *keep = buf;
+    return ops->buf_addr(f->b, buf);
+}
+
+/* The backend address of host weight bytes; remembered for unmap. */
+static const void *v3_map(struct v3_forward *f, const void *host, size_t n)
+{
+    if (f->n_maps == f->cap_maps) {
+        size_t cap = f->cap_maps ? 2 * f->cap_maps : 256;
+        const void **nm = realloc(f->maps, cap * sizeof(*nm));
+        if (!nm)
+            return NULL;
+        f->maps = nm;
+        f->cap_maps = cap;
+    }
+    const void *addr = f->b->ops->map_weights(f->b, host, n);
+    if (addr)
+        f->maps[f->n_maps++] = addr;
+    return addr;
+}
+
+/* dst = src with its data (and FP8 block scales) at backend addresses. A
+ * matrix the model does not have (rows 0) stays empty. 0 or -1. */
+static int v3_map_mat(struct v3_forward *f, const struct native_mat *src, struct native_mat *dst)
+{
+    *dst = *src;
+    if (src->rows == 0 || !src->data)
+        return 0;
+    size_t bytes = (size_t)src->rows * (size_t)src->cols * native_dtype_size(src->dtype);
+    if (!(dst->data = v3_map(f, src->data, bytes)))
+        return -1;
+    if (src->scale) {
+        size_t nb = (size_t)((src->rows + NATIVE_FP8_BLOCK - 1) / NATIVE_FP8_BLOCK) *
+                    (size_t)((src->cols + NATIVE_FP8_BLOCK - 1) / NATIVE_FP8_BLOCK);
+        if (!(dst->scale = v3_map(f, src->scale, nb * sizeof(float))))
+            return -1;
+    }
+    return 0;
+}
+
+static int v3_map_vec(struct v3_forward *f, const float *src, int64_t n, const float **dst)
+{
+    *dst = NULL;
+    if (!src)
+        return 0;
+    *dst = v3_map(f, src, (size_t)n * sizeof(float));
+    return *dst ? 0 : -1;
+}
+
+/* Every weight of the model into the backend (the CPU uses the mapping in
+ * place; a GPU copies each once). */
+static int v3_map_weights(struct v3_forward *f)
+{
+    const struct native_model *m = f->m;
+    const struct native_model_config *c = &m->cfg;
+    const struct native_v3_config *v = &c->v3;
+    const int E = v->n_routed_experts;
+
+    if (v3_map_mat(f, &m->embed, &f->embed) || v3_map_vec(f, m->final_norm, c->dim, &f->final_norm))
+        return -1;
+    if (c->tied_embeddings)
+        f->lm_head = f->embed;
+    else if (v3_map_mat(f, &m->lm_head, &f->lm_head))
+        return -1;
+    for (int l = 0; l < c->n_layers; l++) {
+        const struct native_layer *src = &m->layers[l];
+        struct v3_layer *dst = &f->layers[l];
+        const struct native_mla_weights *a = &src->mla;
+        if (v3_map_vec(f, src->attn_norm, c->dim, &dst->attn_norm) ||
+            v3_map_vec(f, src->ffn_norm, c->dim, &dst->ffn_norm) ||
+            v3_map_mat(f, &a->q_a, &dst->mla.q_a) ||
+            v3_map_vec(f, a->q_a_norm, v->q_lora_rank, &dst->mla.q_a_norm) ||
+            v3_map_mat(f, &a->q_b, &dst->mla.q_b) || v3_map_mat(f, &a->kv_a, &dst->mla.kv_a) ||
+            v3_map_vec(f, a->kv_a_norm, v->kv_lora_rank, &dst->mla.kv_a_norm) ||
+            v3_map_mat(f, &a->kv_b, &dst->mla.kv_b) || v3_map_mat(f, &a->o, &dst->mla.o))
+            return -1;
+        const struct native_moe_weights *w = src->moe;
+        if (!w) {
+            if (v3_map_mat(f, &src->w_gate, &dst->w_gate) ||
+                v3_map_mat(f, &src->w_up, &dst->w_up) || v3_map_mat(f, &src->w_down, &dst->w_down))
+                return -1;
+            continue;
+        }
+        dst->moe = 1;
+        dst->gate = f->expert_mats + (size_t)l * 3 * (size_t)E;
+        dst->up = dst->gate + E;
+        dst->down = dst->up + E;
+        if (v3_map_mat(f, &w->router, &dst->router) || v3_map_vec(f, w->bias, E, &dst->bias) ||
+            v3_map_mat(f, &w->sh_gate, &dst->sh_gate) || v3_map_mat(f, &w->sh_up, &dst->sh_up) ||
+            v3_map_mat(f, &w->sh_down, &dst->sh_down))
+            return -1;
+        for (int e = 0; e < E; e++)
+            if (v3_map_mat(f, &w->gate[e], &dst->gate[e]) || v3_map_mat(f, &w->up[e], &dst->up[e]) ||
+                v3_map_mat(f, &w->down[e], &dst->down[e]))
+                return -1;
+    }
+    return 0;
+}
+
+static void v3_free(struct native_forward *base)
+{
+    struct v3_forward *f = (struct v3_forward *)base;
+    if (!f)
+        return;
+    for (int i = 0; i < f->n_bufs; i++)
+        f->b->ops->buf_free(f->b, f->bufs[i]);
+    for (size_t i = 0; i < f->n_maps; i++)
+        f->b->ops->unmap_weights(f->b, f->maps[i]);
+    free(f->maps);
+    free(f->expert_mats);
+    free(f->layers);
+    free(f->rope_cos);
+    free(f->rope_sin);
+    free(f->logits);
+    free(f);
+}
+
+static size_t v3_bytes(const struct native_forward *base)
+{
+    return ((const struct v3_forward *)base)->bytes;
+}
+
+/* The MLA op's description of layer l (the softmax scale carries YaRN's
+ * attention factor). */
+static struct native_mla v3_mla(const struct v3_forward *f, int l)
+{
+    const struct native_v3_config *v = &f->m->cfg.v3;
+    return (struct native_mla){
+        .mode = f->o.mla,
+        .n_heads = f->m->cfg.n_heads,
+        .nope_dim = v->qk_nope_head_dim,
+        .rope_dim = v->qk_rope_head_dim,
+        .v_dim = v->v_head_dim,
+        .latent_dim = v->kv_lora_rank,
+        .softmax_scale = f->softmax_scale,
+        .kv_b = f->layers[l].mla.kv_b,
+    };
+}
+
+struct native_forward *native_forward_v3_new(const struct native_model *m, struct native_backend *b,
+                                             const struct native_forward_opts *o, char *err,
+                                             size_t errlen)
+{
+    const struct native_model_config *c = &m->cfg;
+    const struct native_v3_config *v = &c->v3;
+    struct v3_forward *f = calloc(1, sizeof(*f));
+    if (!f) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    f->base.impl = &v3_impl;
+    f->m = m;
+    f->b = b;
+    f->o = *o;
+
+    const size_t T = (size_t)o->max_tokens, D = (size_t)c->dim, H = (size_t)c->n_heads;
+    const size_t QK = (size_t)(v->qk_nope_head_dim + v->qk_rope_head_dim);
+    const size_t KVA = (size_t)(v->kv_lora_rank + v->qk_rope_head_dim);
+    const size_t E = (size_t)v->n_routed_experts, K = (size_t)v->n_experts_per_tok;
+    const size_t SH = (size_t)v->n_shared_experts * (size_t)v->moe_intermediate_size;
+    const size_t FF = (size_t)c->hidden_dim > SH ? (size_t)c->hidden_dim : SH;
+    const size_t half = (size_t)v->qk_rope_head_dim / 2;
+
+    f->layers = calloc((size_t)c->n_layers, sizeof(*f->layers));
+    f->expert_mats = calloc((size_t)c->n_layers * 3 * E, sizeof(*f->expert_mats));
+    f->rope_cos = malloc(sizeof(float) * (size_t)o->n_ctx * half);
+    f->rope_sin = malloc(sizeof(float) * (size_t)o->n_ctx * half);
+    f->logits = malloc(sizeof(float) * (size_t)o->max_out * (size_t)c->vocab_size);
+    if (!f->layers || !f->expert_mats || !f->rope_cos || !f->rope_sin || !f->logits) {
+        snprintf(err, errlen, "out of memory for the DeepSeek-V3 forward pass");
+        goto fail;
+    }
+    f->bytes += sizeof(float) * ((size_t)o->n_ctx * half * 2 + (size_t)o->max_out * c->vocab_size);
+    if (v3_map_weights(f) != 0) {
+        snprintf(err, errlen, "%s: the %s backend could not map the weights", m->path, b->ops->name);
+        goto fail;
+    }
+
+    /* YaRN: cos/sin scaled by mscale(mscale) / mscale(mscale_all_dim), and
+     * the logits by mscale(mscale_all_dim)^2 (1 and 1 without YaRN). */
+    const struct native_yarn *y = &c->yarn;
+    double amp = native_yarn_mscale(y->factor, y->mscale) / native_yarn_mscale(y->factor, y->mscale_all_dim);
+    double ms = native_yarn_mscale(y->factor, y->mscale_all_dim);
+    f->softmax_scale = (float)(1.0 / sqrt((double)QK) * ms * ms);
+    native_rope_tables(f->rope_cos, f->rope_sin, o->n_ctx, v->qk_rope_head_dim, c->rope_theta, 1.0,
+                       y, amp);
+    f->rope = (struct native_rope){NATIVE_ROPE_ADJACENT, v->qk_rope_head_dim, o->n_ctx, f->rope_cos,
+                                   f->rope_sin};
+
+    struct native_mla mla = v3_mla(f, 0);
+    f->x = v3_alloc(f, T * D, sizeof(float), NULL);
+    f->h = v3_alloc(f, T * D, sizeof(float), NULL);
+    f->qa = v->q_lora_rank > 0 ? v3_alloc(f, T * (size_t)v->q_lora_rank, sizeof(float), NULL) : NULL;
+    f->q = v3_alloc(f, T * H * QK, sizeof(float), NULL);
+    f->kva = v3_alloc(f, T * KVA, sizeof(float), NULL);
+    f->att = v3_alloc(f, T * H * (size_t)v->v_head_dim, sizeof(float), NULL);
+    f->gate = v3_alloc(f, T * FF, sizeof(float), NULL);
+    f->up = v3_alloc(f, T * FF, sizeof(float), NULL);
+    f->router = v3_alloc(f, T * E, sizeof(float), NULL);
+    f->ids = v3_alloc(f, T * K, sizeof(int32_t), NULL);
+    f->weights = v3_alloc(f, T * K, sizeof(float), NULL);
+    f->moe_scratch = v3_alloc(f, native_moe_scratch_floats(o->max_tokens, (int)K, c->dim,
+                                                           v->moe_intermediate_size),
+                              sizeof(float), NULL);
+    f->mla_scratch = v3_alloc(f, native_mla_scratch_floats(o->n_ctx, &mla), sizeof(float), NULL);
+    f->xo = v3_alloc(f, (size_t)o->max_out * D, sizeof(float), NULL);
+    f->logits_dev = v3_alloc(f, (size_t)o->max_out * (size_t)c->vocab_size, sizeof(float),
+                             &f->logits_buf);
+    if (!f->x || !f->h || (v->q_lora_rank > 0 && !f->qa) || !f->q || !f->kva || !f->att ||
+        !f->gate || !f->up || !f->router || !f->ids || !f->weights || !f->moe_scratch ||
+        !f->mla_scratch || !f->xo || !f->logits_dev) {
+        snprintf(err, errlen, "out of memory for the DeepSeek-V3 forward pass buffers (%zu bytes)",
+                 f->bytes);
+        goto fail;
+    }
+    return &f->base;
+
+fail:
+    v3_free(&f->base);
+    return NULL;
+}
+
+/* ---- the pass ---- */
+
+static const float *v3_run(struct native_forward *base, struct native_kv *kv,
+                           const struct native_batch *batch)
+{
+    struct v3_forward *f = (struct v3_forward *)base;
+    const struct native_model_config *c = &f->m->cfg;
+    const struct native_v3_config *v = &c->v3;
+    const struct native_ops *ops = f->b->ops;
+    struct native_backend *b = f->b;
+    const int n = batch->n_tokens, D = c->dim, H = c->n_heads;
+    const int NOPE = v->qk_nope_head_dim, R = v->qk_rope_head_dim, QK = NOPE + R;
+    const int KVL = v->kv_lora_rank, KVA = KVL + R;
+    const float eps = c->norm_eps;
+
+    assert(n >= 1 && n <= f->o.max_tokens && batch->n_out <= f->o.max_out);
+    ops->embed(b, f->x, &f->embed, batch->token, n);
+    for (int l = 0; l < c->n_layers; l++) {
+        const struct v3_layer *L = &f->layers[l];
+        const struct native_mla_weights *a = &L->mla;
+
+        /* ---- MLA attention ---- */
+        ops->rmsnorm(b, f->h, f->x, L->attn_norm, n, D, D, eps);
+        /* The query's down-projection and the joint latent/rope-key
+         * projection read the same input: one launch. */
+        if (v->q_lora_rank > 0) {
+            struct native_mat w[2] = {a->q_a, a->kv_a};
+            float *y[2] = {f->qa, f->kva};
+            ops->matmul(b, n, f->h, 2, w, y, 0);
+            ops->rmsnorm(b, f->qa, f->qa, a->q_a_norm, n, v->q_lora_rank, v->q_lora_rank, eps);
+            ops->matmul(b, n, f->qa, 1, &a->q_b, &f->q, 0);
+        } else {
+            struct native_mat w[2] = {a->q_b, a->kv_a};
+            float *y[2] = {f->q, f->kva};
+            ops->matmul(b, n, f->h, 2, w, y, 0);
+        }
+        /* The latent is normed; the rope key that follows it in each row is
+         * not (it is roped instead). */
+        ops->rmsnorm(b, f->kva, f->kva, a->kv_a_norm, n, KVL, KVA, eps);
+        /* q_pe: the last R dims of each head; k_pe: one head per token at
+         * offset kv_lora of its kva row. */
+        ops->rope(b, f->q + NOPE, n, H, QK, H * QK, batch->pos, &f->rope);
+        ops->rope(b, f->kva + KVL, n, 1, KVA, KVA, batch->pos, &f->rope);
+        ops->kv_store(b, kv, l, batch, f->kva, KVA, f->kva + KVL, KVA);
+        struct native_mla mla = v3_mla(f, l);
+        ops->mla_attention(b, f->att, f->q, kv, l, batch, &mla, f->mla_scratch);
+        ops->matmul(b, n, f->att, 1, &a->o, &f->x, 1);
+
+        /* ---- MLP: dense SwiGLU, or routed experts plus shared ones ---- */
+        ops->rmsnorm(b, f->h, f->x, L->ffn_norm, n, D, D, eps);
+        if (!L->moe) {
+            struct native_mat w[2] = {L->w_gate, L->w_up};
+            float *y[2] = {f->gate, f->up};
+            ops->matmul(b, n, f->h, 2, w, y, 0);
+            ops->swiglu(b, f->gate, f->gate, f->up, (size_t)n * (size_t)c->hidden_dim);
+            ops->matmul(b, n, f->gate, 1, &L->w_down, &f->x, 1);
+            continue;
+        }
+        ops->matmul(b, n, f->h, 1, &L->router, &f->router, 0);
+        struct native_moe_gate g = {
+            .n_experts = v->n_routed_experts,
+            .top_k = v->n_experts_per_tok,
+            .n_group = v->n_group,
+            .topk_group = v->topk_group,
+            .norm_topk_prob = v->norm_topk_prob,
+            .routed_scale = v->routed_scaling_factor,
+            .bias = L->bias,
+        };
+        ops->moe_gate(b, f->ids, f->weights, f->router, n, &g);
+        struct native_moe_experts e = {
+            .n_experts = v->n_routed_experts,
+            .dim = D,
+            .inter = v->moe_intermediate_size,
+            .gate = L->gate,
+            .up = L->up,
+            .down = L->down,
+        };
+        ops->moe_experts(b, f->x, f->h, n, f->ids, f->weights, v->n_experts_per_tok, &e,
+                         f->moe_scratch);
+        if (L->sh_gate.rows > 0) {
+            const size_t SH = (size_t)L->sh_gate.rows;
+            struct native_mat w[2] = {L->sh_gate, L->sh_up};
+            float *y[2] = {f->gate, f->up};
+            ops->matmul(b, n, f->h, 2, w, y, 0);
+            ops->swiglu(b, f->gate, f->gate, f->up, (size_t)n * SH);
+            ops->matmul(b, n, f->gate, 1, &L->sh_down, &f->x, 1);
+        }
+    }
+    /* Only rows that will be sampled go through the final norm and the
+     * vocabulary projection. */
+    if (batch->n_out == 0)
+        return f->logits;
+    ops->gather(b, f->xo, f->x, batch->out_rows, batch->n_out, D);
+    ops->rmsnorm(b, f->xo, f->xo, f->final_norm, batch->n_out, D, D, eps);
+    ops->matmul(b, batch->n_out, f->xo, 1, &f->lm_head, &f->logits_dev, 0);
+    ops->download(b, f->logits, f->logits_buf, 0,
+                  sizeof(float) * (size_t)batch->n_out * (size_t)c->vocab_size);
+    return f->logits;
+}
+
+static const struct native_forward_impl v3_impl = {
+    .arch = "deepseek_v3",
+    .run = v3_run,
+    .bytes = v3_bytes,
+    .free = v3_free,
+};
