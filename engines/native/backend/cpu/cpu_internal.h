@@ -52,6 +52,12 @@ static inline float *cpu_kv_block(const struct native_kv *kv, const struct nativ
  * t < n, w in F8_E4M3 with block scales. */
 void cpu_fp8_rows(const struct cpu_backend *cb, const struct native_mat *w, int64_t r0, int64_t r1,
                   const float *x, int n, float *y, int accumulate);
+/* ops_cpu_fp8.c, for MLA's per-row work on an FP8 kv_b: w[r] . x, and
+ * acc[c] += a * w[r][c] for every column c. */
+float cpu_fp8_dot(const struct cpu_backend *cb, const struct native_mat *w, int64_t r,
+                  const float *x);
+void cpu_fp8_axpy(const struct cpu_backend *cb, const struct native_mat *w, int64_t r, float a,
+                  float *acc);
 
 /* ops_cpu_mla.c, ops_cpu_moe.c: the ops of the same names in ops.h. */
 void cpu_mla_attention(struct native_backend *b, float *out, const float *q, struct native_kv *kv,

@@ -1,14 +1,412 @@
-/* ops_cpu_mla.c: placeholder until helper H2's kernels land (issue 13). */
+/* ops_cpu_mla.c: MLA attention (DeepSeek-V2/V3) over the CPU's latent KV
+ * cache; the op mla_attention of ops.h, whose struct native_mla comment
+ * holds the math.
+ *
+ * Cache rows (cpu_internal.h): position p of a sequence, in layer l, is
+ * latent_dim floats of c[p] then rope_dim floats of k_pe[p].
+ * kv_b is [n_heads * (nope + v)][latent]: head h's first nope rows are
+ * W_UK[h], the next v rows W_UV[h].
+ *
+ * Two paths, the same function:
+ *   NAIVE, per sequence and head: decompress k_nope[p] = W_UK[h] c[p] and
+ *     v[p] = W_UV[h] c[p] for every attended position into scratch, then
+ *     plain softmax attention;
+ *   ABSORB, per head and token: q_lat = W_UK[h]^T q_nope (kv_b's rows
+ *     scaled and summed: row access only, no transposed copy),
+ *     s_p = q_lat . c[p] + q_pe . k_pe[p], o_lat = sum_p softmax(s)_p c[p],
+ *     out = W_UV[h] o_lat. It reads each head's 256 rows of kv_b once per
+ *     token (from cache after the first token) and only the latent per
+ *     position.
+ *
+ * Scratch (floats), maxp = the most positions any token of the call attends
+ * (at most the n_ctx that native_mla_scratch_floats() was given):
+ *   lat [n_heads][latent + v]         absorb: q_lat, then o_lat
+ *   sc  [n_heads][maxp]               scores, then softmax numerators
+ *   kvd [n_heads][maxp][nope + v]     naive: decompressed k_nope | v
+ *
+ * Threads: one task per head (each has its own slices of scratch), on the
+ * backend's pool when the work pays for the hand-off. A (token, head) result
+ * is the same instruction sequence whatever the thread count or the batch.
+ */
 #include "engines/native/backend/cpu/cpu_internal.h"
 
-#include <stdio.h>
-#include <stdlib.h>
+#include "engines/native/backend/dtype.h"
+
+#include <assert.h>
+#include <math.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define HAVE_X86 1
+#else
+#define HAVE_X86 0
+#endif
+
+#define INLINE static inline __attribute__((always_inline))
+/* Below this many multiply-adds a call runs on the calling thread. */
+#define MLA_PARALLEL_MIN (64 * 1024)
+
+INLINE float lanes_sum(const float l[8])
+{
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+INLINE float wval(const struct native_mat *w, int64_t i)
+{
+    switch (w->dtype) {
+    case NATIVE_F32:
+        return ((const float *)w->data)[i];
+    case NATIVE_BF16:
+        return dtype_bf16_to_f32(((const uint16_t *)w->data)[i]);
+    case NATIVE_F16:
+        return dtype_f16_to_f32(((const uint16_t *)w->data)[i]);
+    default:
+        return dtype_e4m3_to_f32(((const uint8_t *)w->data)[i]);
+    }
+}
+
+/* ---- Portable vector helpers ---- */
+
+static float dot_portable(const float *a, const float *b, int n)
+{
+    float l[8] = {0};
+    for (int i = 0; i < n; i++)
+        l[i & 7] += a[i] * b[i];
+    return lanes_sum(l);
+}
+
+static void axpy_portable(float *y, float a, const float *x, int n)
+{
+    for (int i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
+/* w[r] . x for the 16/32-bit dtypes. */
+static float wdot_portable(const struct native_mat *w, int64_t r, const float *x)
+{
+    float l[8] = {0};
+    const int64_t base = r * w->cols;
+    for (int64_t i = 0; i < w->cols; i++)
+        l[i & 7] += wval(w, base + i) * x[i];
+    return lanes_sum(l);
+}
+
+static void waxpy_portable(const struct native_mat *w, int64_t r, float a, float *acc)
+{
+    const int64_t base = r * w->cols;
+    for (int64_t i = 0; i < w->cols; i++)
+        acc[i] += a * wval(w, base + i);
+}
+
+/* ---- AVX2 vector helpers ---- */
+#if HAVE_X86
+#define AVX2_FN __attribute__((target("avx2,fma,f16c")))
+
+INLINE AVX2_FN __m256i tail_mask(int rem)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+INLINE AVX2_FN float reduce1(__m256 a)
+{
+    __m256 t = _mm256_hadd_ps(a, a);
+    t = _mm256_hadd_ps(t, t);
+    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+}
+
+/* 8 weights of row data (dtype dt) from element i, as floats. */
+INLINE AVX2_FN __m256 wload8(enum native_dtype dt, const void *data, int64_t i)
+{
+    if (dt == NATIVE_F32)
+        return _mm256_loadu_ps((const float *)data + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)data + i));
+    if (dt == NATIVE_BF16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    return _mm256_cvtph_ps(h);
+}
+
+/* Two chains (even and odd vectors) hide the FMA latency; they meet before
+ * the tail, in a fixed order. */
+AVX2_FN static float dot_avx2(const float *a, const float *b, int n)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    s0 = _mm256_add_ps(s0, s1);
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    if (i < n) {
+        const __m256i m = tail_mask(n - i);
+        s0 = _mm256_fmadd_ps(_mm256_maskload_ps(a + i, m), _mm256_maskload_ps(b + i, m), s0);
+    }
+    return reduce1(s0);
+}
+
+AVX2_FN static void axpy_avx2(float *y, float a, const float *x, int n)
+{
+    const __m256 av = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++)
+        y[i] += a * x[i];
+}
+
+AVX2_FN static float wdot_avx2(const struct native_mat *w, int64_t r, const float *x)
+{
+    const int64_t K = w->cols, base = r * K;
+    __m256 s = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= K; i += 8)
+        s = _mm256_fmadd_ps(wload8(w->dtype, w->data, base + i), _mm256_loadu_ps(x + i), s);
+    float l[8] = {0}, t = 0.0f;
+    for (; i < K; i++)
+        t += wval(w, base + i) * x[i];
+    l[0] = t;
+    return reduce1(_mm256_add_ps(s, _mm256_loadu_ps(l)));
+}
+
+AVX2_FN static void waxpy_avx2(const struct native_mat *w, int64_t r, float a, float *acc)
+{
+    const int64_t K = w->cols, base = r * K;
+    const __m256 av = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= K; i += 8)
+        _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(av, wload8(w->dtype, w->data, base + i),
+                                                  _mm256_loadu_ps(acc + i)));
+    for (; i < K; i++)
+        acc[i] += a * wval(w, base + i);
+}
+#endif
+
+/* ---- Dispatch over the kernel build and kv_b's dtype ---- */
+
+INLINE float vdot(const struct cpu_backend *cb, const float *a, const float *b, int n)
+{
+#if HAVE_X86
+    if (cb->avx2)
+        return dot_avx2(a, b, n);
+#endif
+    (void)cb;
+    return dot_portable(a, b, n);
+}
+
+INLINE void vaxpy(const struct cpu_backend *cb, float *y, float a, const float *x, int n)
+{
+#if HAVE_X86
+    if (cb->avx2) {
+        axpy_avx2(y, a, x, n);
+        return;
+    }
+#endif
+    (void)cb;
+    axpy_portable(y, a, x, n);
+}
+
+/* kv_b[r] . x (x has latent_dim floats). */
+INLINE float wdot(const struct cpu_backend *cb, const struct native_mat *w, int64_t r,
+                  const float *x)
+{
+    if (w->dtype == NATIVE_F8_E4M3)
+        return cpu_fp8_dot(cb, w, r, x);
+#if HAVE_X86
+    if (cb->avx2)
+        return wdot_avx2(w, r, x);
+#endif
+    return wdot_portable(w, r, x);
+}
+
+/* acc += a * kv_b[r]. */
+INLINE void waxpy(const struct cpu_backend *cb, const struct native_mat *w, int64_t r, float a,
+                  float *acc)
+{
+    if (w->dtype == NATIVE_F8_E4M3) {
+        cpu_fp8_axpy(cb, w, r, a, acc);
+        return;
+    }
+#if HAVE_X86
+    if (cb->avx2) {
+        waxpy_avx2(w, r, a, acc);
+        return;
+    }
+#endif
+    waxpy_portable(w, r, a, acc);
+}
+
+/* ---- The op ---- */
+
+struct mla_job {
+    const struct cpu_backend *cb;
+    float *out;
+    const float *q;
+    const struct native_kv *kv;
+    int layer;
+    const struct native_batch *batch;
+    const struct native_mla *p;
+    float *lat, *sc, *kvd;
+    int maxp;
+    int t0, t1;         /* naive: the tokens of one sequence */
+    int n_att;          /* naive: positions that sequence attends */
+};
+
+/* The cache row of position pos of sequence view sv. */
+INLINE const float *latent_row(const struct native_kv *kv, const struct native_seq_view *sv,
+                               int pos, int layer)
+{
+    const int w = kv->desc.latent_dim + kv->desc.rope_dim;
+    return cpu_kv_block(kv, sv, pos, layer) + (size_t)(pos % kv->block_size) * (size_t)w;
+}
+
+/* sc[0..n) = e^(sc - max); returns 1 / their sum (added in p order). */
+static float softmax_numerators(float *sc, int n)
+{
+    float m = sc[0];
+    for (int i = 1; i < n; i++)
+        m = sc[i] > m ? sc[i] : m;
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        sc[i] = expf(sc[i] - m);
+        sum += sc[i];
+    }
+    return 1.0f / sum;
+}
+
+/* Absorb: head h, every token of the batch. */
+static void mla_absorb_task(void *arg, int h, int thread)
+{
+    const struct mla_job *j = arg;
+    const struct native_mla *p = j->p;
+    const struct cpu_backend *cb = j->cb;
+    const int L = p->latent_dim, R = p->rope_dim, NP = p->nope_dim, V = p->v_dim;
+    const int qd = NP + R, hr = NP + V;
+    const int64_t row0 = (int64_t)h * hr;
+    float *lat = j->lat + (size_t)h * (size_t)(L + V);
+    float *sc = j->sc + (size_t)h * (size_t)j->maxp;
+    (void)thread;
+
+    for (int t = 0; t < j->batch->n_tokens; t++) {
+        const float *qn = j->q + ((size_t)t * p->n_heads + h) * qd, *qp = qn + NP;
+        const struct native_seq_view *sv = &j->batch->seqs[j->batch->seq[t]];
+        const int np = j->batch->pos[t] + 1;
+
+        /* q_lat = sum_i q_nope[i] W_UK[h][i] */
+        memset(lat, 0, sizeof(float) * (size_t)L);
+        for (int i = 0; i < NP; i++)
+            waxpy(cb, &p->kv_b, row0 + i, qn[i], lat);
+        for (int pos = 0; pos < np; pos++) {
+            const float *c = latent_row(j->kv, sv, pos, j->layer);
+            sc[pos] = (vdot(cb, lat, c, L) + vdot(cb, qp, c + L, R)) * p->softmax_scale;
+        }
+        const float inv = softmax_numerators(sc, np);
+        /* o_lat = sum_p e_p c[p], in lat (q_lat is spent) */
+        memset(lat, 0, sizeof(float) * (size_t)L);
+        for (int pos = 0; pos < np; pos++)
+            vaxpy(cb, lat, sc[pos], latent_row(j->kv, sv, pos, j->layer), L);
+        float *o = j->out + ((size_t)t * p->n_heads + h) * V;
+        for (int i = 0; i < V; i++)
+            o[i] = wdot(cb, &p->kv_b, row0 + NP + i, lat) * inv;
+    }
+}
+
+/* Naive: head h of one sequence's tokens t0..t1. */
+static void mla_naive_task(void *arg, int h, int thread)
+{
+    const struct mla_job *j = arg;
+    const struct native_mla *p = j->p;
+    const struct cpu_backend *cb = j->cb;
+    const int L = p->latent_dim, R = p->rope_dim, NP = p->nope_dim, V = p->v_dim;
+    const int qd = NP + R, hr = NP + V;
+    const int64_t row0 = (int64_t)h * hr;
+    const struct native_seq_view *sv = &j->batch->seqs[j->batch->seq[j->t0]];
+    float *kvd = j->kvd + (size_t)h * (size_t)j->maxp * (size_t)hr;
+    float *sc = j->sc + (size_t)h * (size_t)j->maxp;
+    (void)thread;
+
+    /* k_nope[p] | v[p] = kv_b[head h rows] c[p] */
+    for (int pos = 0; pos < j->n_att; pos++) {
+        const float *c = latent_row(j->kv, sv, pos, j->layer);
+        float *d = kvd + (size_t)pos * hr;
+        for (int i = 0; i < hr; i++)
+            d[i] = wdot(cb, &p->kv_b, row0 + i, c);
+    }
+    for (int t = j->t0; t < j->t1; t++) {
+        const float *qn = j->q + ((size_t)t * p->n_heads + h) * qd, *qp = qn + NP;
+        const int np = j->batch->pos[t] + 1;
+        for (int pos = 0; pos < np; pos++) {
+            const float *kpe = latent_row(j->kv, sv, pos, j->layer) + L;
+            sc[pos] = (vdot(cb, qn, kvd + (size_t)pos * hr, NP) + vdot(cb, qp, kpe, R)) *
+                      p->softmax_scale;
+        }
+        const float inv = softmax_numerators(sc, np);
+        float *o = j->out + ((size_t)t * p->n_heads + h) * V;
+        memset(o, 0, sizeof(float) * (size_t)V);
+        for (int pos = 0; pos < np; pos++)
+            vaxpy(cb, o, sc[pos], kvd + (size_t)pos * hr + NP, V);
+        for (int i = 0; i < V; i++)
+            o[i] *= inv;
+    }
+}
+
+static void run_heads(const struct cpu_backend *cb, threadpool_fn fn, struct mla_job *job,
+                      int64_t work)
+{
+    if (cb->threads == 1 || work < MLA_PARALLEL_MIN) {
+        for (int h = 0; h < job->p->n_heads; h++)
+            fn(job, h, 0);
+        return;
+    }
+    threadpool_run(cb->pool, fn, job, job->p->n_heads);
+}
 
 void cpu_mla_attention(struct native_backend *b, float *out, const float *q, struct native_kv *kv,
                        int layer, const struct native_batch *batch, const struct native_mla *p,
                        float *scratch)
 {
-    (void)b; (void)out; (void)q; (void)kv; (void)layer; (void)batch; (void)p; (void)scratch;
-    fprintf(stderr, "cpu_mla_attention: not built yet\n");
-    abort();
+    const struct cpu_backend *cb = (const struct cpu_backend *)b;
+    const int H = p->n_heads, L = p->latent_dim, V = p->v_dim, hr = p->nope_dim + p->v_dim;
+    int maxp = 0;
+
+    assert(kv->desc.kind == NATIVE_KV_LATENT && kv->desc.latent_dim == L &&
+           kv->desc.rope_dim == p->rope_dim);
+    assert(p->kv_b.rows == (int64_t)H * hr && p->kv_b.cols == L);
+    for (int t = 0; t < batch->n_tokens; t++)
+        maxp = batch->pos[t] + 1 > maxp ? batch->pos[t] + 1 : maxp;
+
+    struct mla_job job = {
+        .cb = cb, .out = out, .q = q, .kv = kv, .layer = layer, .batch = batch, .p = p,
+        .lat = scratch, .maxp = maxp,
+    };
+    job.sc = job.lat + (size_t)H * (size_t)(L + V);
+    job.kvd = job.sc + (size_t)H * (size_t)maxp;
+
+    if (p->mode == NATIVE_MLA_ABSORB) {
+        int64_t work = 0;
+        for (int t = 0; t < batch->n_tokens; t++)
+            work += (int64_t)H * ((int64_t)(p->nope_dim + V) * L +
+                                  (int64_t)(batch->pos[t] + 1) * (2 * L + p->rope_dim));
+        run_heads(cb, mla_absorb_task, &job, work);
+        return;
+    }
+
+    /* Naive: one sequence at a time, since its decompressed K and V fill
+     * the scratch. Its tokens are contiguous and in position order. */
+    for (int t0 = 0; t0 < batch->n_tokens;) {
+        int t1 = t0 + 1;
+        while (t1 < batch->n_tokens && batch->seq[t1] == batch->seq[t0])
+            t1++;
+        job.t0 = t0;
+        job.t1 = t1;
+        job.n_att = 0;
+        for (int t = t0; t < t1; t++)
+            job.n_att = batch->pos[t] + 1 > job.n_att ? batch->pos[t] + 1 : job.n_att;
+        int64_t work = (int64_t)H * job.n_att * hr * L;
+        for (int t = t0; t < t1; t++)
+            work += (int64_t)H * (batch->pos[t] + 1) * (hr + p->rope_dim);
+        run_heads(cb, mla_naive_task, &job, work);
+        t0 = t1;
+    }
 }
