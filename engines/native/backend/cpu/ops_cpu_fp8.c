@@ -261,15 +261,40 @@ INLINE AVX2_FN void fp8_group_avx2(const int R, const struct native_mat *w, int6
         const int len = K - k0 < QB ? (int)(K - k0) : QB;
         __m256 s[FP8_ROWS];
         for (int i = 0; i < R; i++) {
-            const uint8_t *src = W + (r + i) * K + k0;
             /* The next row group's bytes at this block: rows start a new
              * stream every K bytes, which the hardware prefetcher picks up
              * late; a prefetch never faults, even past the matrix. */
-            _mm_prefetch((const char *)src + R * K, _MM_HINT_T0);
-            _mm_prefetch((const char *)src + R * K + 64, _MM_HINT_T0);
-            dec_block(src, len, wb[i]);
+            const char *next = (const char *)(W + (r + i) * K + k0) + R * K;
+            _mm_prefetch(next, _MM_HINT_T0);
+            _mm_prefetch(next + 64, _MM_HINT_T0);
             s[i] = _mm256_set1_ps(sr[i][kb] * 256.0f);
         }
+        if (t1 - t0 == 1 && len == QB) {
+            /* One token (decode): FMA straight from the decoded registers,
+             * the same chain per row as fp8_tile, without the round trip
+             * through wb. */
+            const float *xt = x + t0 * K + k0;
+            __m256 p[FP8_ROWS];
+            for (int i = 0; i < R; i++)
+                p[i] = _mm256_setzero_ps();
+            for (int c = 0; c < QB; c += 32) {
+                const __m256 x0 = _mm256_loadu_ps(xt + c), x1 = _mm256_loadu_ps(xt + c + 8);
+                const __m256 x2 = _mm256_loadu_ps(xt + c + 16), x3 = _mm256_loadu_ps(xt + c + 24);
+                for (int i = 0; i < R; i++) {
+                    __m256 d[4];
+                    dec32(W + (r + i) * K + k0 + c, d);
+                    p[i] = _mm256_fmadd_ps(d[0], x0, p[i]);
+                    p[i] = _mm256_fmadd_ps(d[1], x1, p[i]);
+                    p[i] = _mm256_fmadd_ps(d[2], x2, p[i]);
+                    p[i] = _mm256_fmadd_ps(d[3], x3, p[i]);
+                }
+            }
+            for (int i = 0; i < R; i++)
+                tot[0][i] = _mm256_fmadd_ps(p[i], s[i], tot[0][i]);
+            continue;
+        }
+        for (int i = 0; i < R; i++)
+            dec_block(W + (r + i) * K + k0, len, wb[i]);
         const int nv = len / 8, rem = len % 8;
         int t = t0;
         if (R == FP8_ROWS) {
