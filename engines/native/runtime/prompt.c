@@ -5,6 +5,7 @@
 #include "tokenizer/tokenizer_bpe.h"
 #include "tokenizer/tokenizer_llama2c.h"
 
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,22 @@ static int ends_with(const char *s, const char *suffix)
 {
     size_t n = strlen(s), m = strlen(suffix);
     return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+/* "add_bos_token" of the tokenizer_config.json beside a tokenizer.json:
+ * whether a raw prompt starts with BOS. Absent (no file, no key) it is true,
+ * the default of Hugging Face's LlamaTokenizerFast that DeepSeek's configs
+ * name. */
+static int config_add_bos(const char *tok_path)
+{
+    const char *slash = strrchr(tok_path, '/');
+    char cfg[4096];
+    snprintf(cfg, sizeof(cfg), "%.*stokenizer_config.json", slash ? (int)(slash - tok_path + 1) : 0,
+             tok_path);
+    json_t *root = json_load_file(cfg, 0, NULL);
+    int add = !json_is_false(json_object_get(root, "add_bos_token"));
+    json_decref(root);
+    return add;
 }
 
 /* The file type picks the tokenizer and with it the chat format: a
@@ -38,6 +55,8 @@ static int load_path(const struct native_model *m, const char *path, struct toke
                          (*out)->ops->lookup(*out, "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>") >= 0
                      ? PROMPT_DEEPSEEK
                      : PROMPT_PLAIN;
+        if (rc == TOK_OK && !config_add_bos(path))
+            *style |= PROMPT_NO_BOS;
     } else {
         rc = tok_llama2c_load(path, m->cfg.vocab_size, out, err, errlen);
         *style = PROMPT_PLAIN;
@@ -92,7 +111,7 @@ static const char *role_name(enum chat_role r)
 int prompt_encode_chat(const struct tokenizer *t, enum prompt_style style,
                        const struct chat_message *msgs, size_t n, struct tok_ids *out)
 {
-    if (style == PROMPT_PLAIN) {
+    if (!(style & PROMPT_DEEPSEEK)) {
         /* No template: the last user message is the prompt (the model's
          * README); an empty one is BOS alone, the reference's prompt. */
         const char *text = "";
@@ -116,13 +135,13 @@ int prompt_encode_chat(const struct tokenizer *t, enum prompt_style style,
     return rc;
 }
 
-/* Both styles start a raw prompt with BOS: both model families were
- * trained on documents that begin with it. */
+/* Both styles start a raw prompt with BOS, as both model families were
+ * trained on documents that begin with it -- unless the tokenizer's config
+ * says otherwise (add_bos_token false). */
 int prompt_encode_text(const struct tokenizer *t, enum prompt_style style, const char *text,
                        size_t len, struct tok_ids *out)
 {
-    (void)style;
-    if (t->bos_id >= 0 && tok_ids_push(out, t->bos_id) != TOK_OK)
+    if (!(style & PROMPT_NO_BOS) && t->bos_id >= 0 && tok_ids_push(out, t->bos_id) != TOK_OK)
         return TOK_ENOMEM;
     return tokenizer_encode(t, text, len, 0, out);
 }

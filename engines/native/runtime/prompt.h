@@ -10,7 +10,10 @@
  *     (chat_template.h) with the generation prompt; system and developer
  *     messages are both system turns. A tokenizer.json without the markers
  *     gets PROMPT_PLAIN.
- * A raw completion prompt is BOS then the text, in either style.
+ * A raw completion prompt is BOS then the text, in either style, unless the
+ * tokenizer_config.json beside a tokenizer.json says "add_bos_token": false
+ * (PROMPT_NO_BOS is then set in the style; the chat template still starts
+ * with BOS, as DeepSeek's own template does).
  * User text is encoded without special tokens, so it cannot forge markers.
  *
  * The tokenizer of a model is found here too: an explicit path, else beside
@@ -30,6 +33,7 @@
 enum prompt_style {
     PROMPT_PLAIN = 0,
     PROMPT_DEEPSEEK = 1,
+    PROMPT_NO_BOS = 2,      /* a flag on either: raw prompts start without BOS */
 };
 
 /* Load the tokenizer for m (path may be NULL: look beside the model). 0, or
@@ -42,7 +46,7 @@ int prompt_tokenizer_load(const struct native_model *m, const char *path, struct
 int prompt_encode_chat(const struct tokenizer *t, enum prompt_style style,
                        const struct chat_message *msgs, size_t n, struct tok_ids *out);
 
-/* Append BOS and the ids of text. Same returns. */
+/* Append BOS (unless style has PROMPT_NO_BOS) and the ids of text. Same returns. */
 int prompt_encode_text(const struct tokenizer *t, enum prompt_style style, const char *text,
                        size_t len, struct tok_ids *out);
 
