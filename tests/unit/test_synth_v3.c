@@ -153,11 +153,21 @@ static void check_tensors(const struct safetensors *st, const struct synth_v3_sp
     CHECK(safetensors_count(st) == (size_t)n);
 }
 
+/* The smallest (want_max 0) or largest scale of n. */
+static float s_min_max(const void *data, int64_t n, int want_max)
+{
+    const float *s = data;
+    float m = s[0];
+    for (int64_t i = 1; i < n; i++)
+        m = want_max ? fmaxf(m, s[i]) : fminf(m, s[i]);
+    return m;
+}
+
 /* FP8: scale shapes, one +-448 code per block, and q * scale_inv close to the
  * same weight in the BF16 checkpoint (same seed, same name). */
 static void check_fp8_against_bf16(const struct safetensors *f8, const struct safetensors *bf)
 {
-    int n_checked = 0, partial = 0, bad_max = 0, bad_close = 0;
+    int n_checked = 0, partial = 0, bad_max = 0, bad_close = 0, varied = 0;
     for (size_t i = 0; i < safetensors_count(f8); i++) {
         const struct st_tensor *q = safetensors_at(f8, i);
         if (strcmp(q->dtype, "F8_E4M3") != 0)
@@ -178,6 +188,8 @@ static void check_fp8_against_bf16(const struct safetensors *f8, const struct sa
         }
         if (R % 128 || C % 128)
             partial++;
+        float smin = s_min_max(sc->data, RB * CB, 0), smax = s_min_max(sc->data, RB * CB, 1);
+        varied += RB * CB > 1 && smax > 1.3f * smin;
         const uint8_t *qb = q->data;
         const uint16_t *wb = w->data;
         const float *s = sc->data;
@@ -207,6 +219,9 @@ static void check_fp8_against_bf16(const struct safetensors *f8, const struct sa
     }
     CHECK(n_checked > 100);
     CHECK(partial > 0);     /* q_a (96 rows), kv_a (80 rows), q_b (192 rows) */
+    /* Blocks of one tensor have scales of their own (the writer's per-block
+     * gain), so a kernel that reads the wrong block's scale is caught. */
+    CHECK(varied > n_checked / 2);
     CHECK(bad_max == 0);
     CHECK(bad_close == 0);
 }

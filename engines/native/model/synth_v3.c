@@ -679,12 +679,33 @@ static void tensor_list(struct list *l, const struct synth_v3_spec *s, int vocab
 /* ---- Values and quantization ----------------------------------------------- */
 
 /* Fill w[0..rows*cols) with the next rows of tensor t's stream. */
-static void gen_rows(const struct v3t *t, uint64_t *st, float *w, int64_t n)
+/* The magnitude of a linear weight's 128x128 block (rb, cb), in [0.5, 2):
+ * without it every block of a uniform random matrix would have nearly the
+ * same max|w|, hence the same FP8 scale, and a kernel that applied the wrong
+ * block's scale (transposed, off by one) would still pass. Hashed from the
+ * tensor's stream seed and the block, not drawn from the stream, so values
+ * stay the same however the rows are banded. */
+static double block_gain(uint64_t seed, int64_t rb, int64_t cb)
 {
-    for (int64_t k = 0; k < n; k++) {
-        double u = unit(st);
-        w[k] = (float)(t->kind == K_NORM ? 1.0 + t->half_width * u : t->half_width * u);
-    }
+    uint64_t h = seed ^ ((uint64_t)rb * 0xd1b54a32d192ed03ull) ^ ((uint64_t)cb * 0x8cb92ba72f3d8dd7ull);
+    return 0.5 + 1.5 * (double)(mix(&h) >> 11) / 9007199254740992.0;
+}
+
+/* Fill w[0..nr*cols) with rows r0.. of tensor t; st is its stream, at row r0. */
+static void gen_rows(const struct v3t *t, uint64_t seed, uint64_t *st, float *w, int64_t r0,
+                     int nr, int64_t cols)
+{
+    for (int r = 0; r < nr; r++)
+        for (int64_t c = 0; c < cols; c++) {
+            double u = unit(st), v;
+            if (t->kind == K_NORM)
+                v = 1.0 + t->half_width * u;
+            else if (t->kind == K_LINEAR)
+                v = t->half_width * u * block_gain(seed, (r0 + r) / 128, c / 128);
+            else
+                v = t->half_width * u;
+            w[r * cols + c] = (float)v;
+        }
 }
 
 /* One band of up to 128 rows of a [rows][cols] weight: the scale of each
@@ -722,7 +743,8 @@ static int fill(void *ctx, size_t pos, FILE *f, size_t nbytes)
     if ((size_t)numel(t) * elem_size(t) != nbytes)
         return -1;
     const int64_t cols = g->cols ? g->cols : 1, rows = g->rows;   /* a vector is one column */
-    uint64_t st = stream_for(wr->l->seed, g->name);
+    const uint64_t seed = stream_for(wr->l->seed, g->name);
+    uint64_t st = seed;
     float *w = malloc(sizeof(float) * 128 * (size_t)cols);
     float *sc = malloc(sizeof(float) * (size_t)blocks(cols));
     unsigned char *out = malloc(4 * 128 * (size_t)cols);
@@ -730,7 +752,7 @@ static int fill(void *ctx, size_t pos, FILE *f, size_t nbytes)
     for (int64_t r0 = 0; rc == 0 && r0 < rows; r0 += 128) {
         int nr = (int)(rows - r0 < 128 ? rows - r0 : 128);
         int64_t n = nr * cols;
-        gen_rows(g, &st, w, n);
+        gen_rows(g, seed, &st, w, r0, nr, cols);
         size_t len;
         if (t->kind == K_SCALE) {
             quant_band(w, nr, cols, sc, NULL);

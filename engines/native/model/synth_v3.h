@@ -29,7 +29,10 @@
  * so the BF16 and FP8 checkpoints of one seed hold the same weights before
  * quantization, and the variants with and without q LoRA share every tensor
  * they both have):
- *   linear weights      uniform in +-1/sqrt(fan_in)
+ *   linear weights      uniform in +-g/sqrt(fan_in), where the gain g in
+ *                       [0.5, 2) is drawn per 128x128 block, so FP8 block
+ *                       scales differ and a kernel that used the wrong
+ *                       block's scale would be caught
  *   embed_tokens        uniform in +-1 (a scale of its own so the token
  *                       survives the first residual add)
  *   lm_head, MTP head   uniform in +-4/sqrt(hidden): peaked next-token
