@@ -80,7 +80,7 @@ static int expect_linear(const struct safetensors *st, int fp8, int64_t rows, in
 static int expect_layer(const struct safetensors *st, const struct synth_v3_spec *s, int l, int *n)
 {
     const int D = s->hidden, H = s->n_heads, f = s->fp8;
-    char p[128], q[160];
+    char p[64], q[256];
     int ok = 1;
     snprintf(p, sizeof(p), "model.layers.%d.", l);
 #define LIN(r, c, ...)                                                \
