@@ -80,8 +80,8 @@ def logprobs(stdout):
 
 
 def reference(model, tokens, extra=()):
-    return logprobs(run([sys.executable, REF, "--model", model, "--tokens",
-                         ",".join(map(str, tokens)), *extra]).stdout)
+    return logprobs(run([sys.executable, REF, model, "--tokens", ",".join(map(str, tokens)),
+                         *extra]).stdout)
 
 
 def engine(score, model, tokens, extra=()):
