@@ -10,6 +10,7 @@ The reference is what the C engine is judged by, so it is checked on its own:
   - RoPE: YaRN frequencies and the softmax scale against numbers worked out by
     hand for the tiny config; rotations keep norms and depend only on relative
     position, in both layouts; the adjacent layout pairs (2i, 2i+1);
+  - the acceptance rule of compare_logprobs.py on hand-made rows;
   - on tiny checkpoints written by cascade-gen-v3 (BF16, FP8, FP8 without q
     LoRA): naive and absorbed MLA agree to 1e-10; the logprobs of a prefix
     alone equal those positions of a longer sequence; rows are normalized;
@@ -31,6 +32,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import compare_logprobs as cmp  # noqa: E402
 import deepseek_v3_ref as ref  # noqa: E402
 
 passed = failed = skipped = 0
@@ -189,6 +191,26 @@ def test_rope():
               "rope is relative (%s)" % layout)
 
 
+# ---- The acceptance rule (compare_logprobs.py) -----------------------------------
+
+def test_compare():
+    r = [[-1.0, -2.0, -3.0], [-0.5, -0.5004, -4.0]]
+    check(cmp.compare(r, r, 1e-3) == ([], 0.0), "identical rows pass")
+    near = [[x + 0.0009 for x in row] for row in r]
+    check(not cmp.compare(r, near, 1e-3)[0], "a shift of 0.9e-3 passes")
+    far = [[-1.0, -2.0, -3.002], r[1]]
+    check(len(cmp.compare(r, far, 1e-3)[0]) == 1, "a token 2e-3 off fails")
+    # Position 1's reference top two are 4e-4 apart: a swapped top-1 is accepted.
+    swap = [r[0], [-0.5003, -0.5001, -4.0]]
+    check(not cmp.compare(r, swap, 1e-3)[0], "top-1 swap within a near tie passes")
+    # Top two 1.5e-3 apart, each moved 0.9e-3 towards the other: every diff is
+    # within tol, but the top-1 changed where the reference was not tied.
+    gap = [[-1.0, -1.0015, -3.0]]
+    check(len(cmp.compare(gap, [[-1.0009, -1.0006, -3.0]], 1e-3)[0]) == 1, "a real top-1 change fails")
+    check(len(cmp.compare(r, [r[0], [float("nan"), -0.5004, -4.0]], 1e-3)[0]) >= 1, "NaN fails")
+    check(len(cmp.compare(r, r[:1], 1e-3)[0]) == 1, "a missing position fails")
+
+
 # ---- On checkpoints ------------------------------------------------------------
 
 def find_gen():
@@ -228,6 +250,9 @@ def test_checkpoints(gen, tmp):
         check(float(np.abs(prefix - naive[:4]).max()) <= 1e-10,
               "%s: a prefix alone equals its positions in the longer sequence" % name)
         half = ref.Model(d, "half").logprobs(tokens)
+        check(bool(cmp.compare(naive.tolist(), half.tolist(), 1e-3)[0]) and
+              not cmp.compare(naive.tolist(), absorbed.tolist(), 1e-3)[0],
+              "%s: the acceptance rule passes absorbed, fails the half layout" % name)
         check(float(np.abs(half - naive).max()) > 0.1,
               "%s: the half rotation layout differs clearly (%g)" % (name, np.abs(half - naive).max()))
         check(bool(np.any(half[1:].argmax(1) != naive[1:].argmax(1))) or
@@ -281,6 +306,7 @@ def main():
     test_e4m3()
     test_gate()
     test_rope()
+    test_compare()
     gen = find_gen()
     if gen is None:
         skip("cascade-gen-v3 not found (set CASCADE_GEN_V3 or CASCADE_BUILD_DIR); "
