@@ -996,7 +996,7 @@ int main(void)
         test_attention(&d, 4, 2, 16);
         test_attention(&d, 6, 6, 8);
         test_attention(&d, 2, 1, 64);
-        const struct mla_shape small = {3, 16, 8, 12, 40}, wide = {2, 24, 8, 16, 200};
+        const struct mla_shape small = {3, 16, 8, 12, 40}, wide = {10, 24, 8, 16, 200};
         for (size_t j = 0; j < sizeof(all_dtypes) / sizeof(all_dtypes[0]); j++) {
             test_mla(&d, &small, all_dtypes[j]);
             test_mla(&d, &wide, all_dtypes[j]);

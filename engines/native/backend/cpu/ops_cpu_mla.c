@@ -11,7 +11,7 @@
  *   NAIVE, per sequence and head: decompress k_nope[p] = W_UK[h] c[p] and
  *     v[p] = W_UV[h] c[p] for every attended position into scratch, then
  *     plain softmax attention;
- *   ABSORB, per head and token: q_lat = W_UK[h]^T q_nope (kv_b's rows
+ *   ABSORB, per group of heads and token: q_lat = W_UK[h]^T q_nope (kv_b's rows
  *     scaled and summed: row access only, no transposed copy),
  *     s_p = q_lat . c[p] + q_pe . k_pe[p], o_lat = sum_p softmax(s)_p c[p],
  *     out = W_UV[h] o_lat. It reads each head's 256 rows of kv_b once per
@@ -24,9 +24,10 @@
  *   sc  [n_heads][maxp]               scores, then softmax numerators
  *   kvd [n_heads][maxp][nope + v]     naive: decompressed k_nope | v
  *
- * Threads: one task per head (each has its own slices of scratch), on the
- * backend's pool when the work pays for the hand-off. A (token, head) result
- * is the same instruction sequence whatever the thread count or the batch.
+ * Threads: one task per head (naive) or group of 8 heads (absorb), each with
+ * its own slices of scratch, on the backend's pool when the work pays for
+ * the hand-off. A (token, head) result is the same instruction sequence
+ * whatever the thread count, the grouping or the batch.
  */
 #include "engines/native/backend/cpu/cpu_internal.h"
 
@@ -46,6 +47,9 @@
 #define INLINE static inline __attribute__((always_inline))
 /* Below this many multiply-adds a call runs on the calling thread. */
 #define MLA_PARALLEL_MIN (64 * 1024)
+/* Heads per absorb task: their q_lat/o_lat (8 x 2 KiB at latent 512) stay
+ * in L1 while a cache row passes over all of them. */
+#define MLA_HEAD_GROUP 8
 
 INLINE float lanes_sum(const float l[8])
 {
@@ -275,41 +279,62 @@ static float softmax_numerators(float *sc, int n)
     return 1.0f / sum;
 }
 
-/* Absorb: head h, every token of the batch. */
-static void mla_absorb_task(void *arg, int h, int thread)
+/* Absorb: heads h0 .. h0 + MLA_HEAD_GROUP of every token of the batch.
+ * Positions run outermost inside a token, so each cache row is read once
+ * per group of heads (not once per head) while it is in L1; each head's
+ * chain of operations is the same whatever the grouping. */
+static void mla_absorb_task(void *arg, int task, int thread)
 {
     const struct mla_job *j = arg;
     const struct native_mla *p = j->p;
     const struct cpu_backend *cb = j->cb;
-    const int L = p->latent_dim, R = p->rope_dim, NP = p->nope_dim, V = p->v_dim;
+    const int L = p->latent_dim, R = p->rope_dim, NP = p->nope_dim, V = p->v_dim, H = p->n_heads;
     const int qd = NP + R, hr = NP + V;
-    const int64_t row0 = (int64_t)h * hr;
-    float *lat = j->lat + (size_t)h * (size_t)(L + V);
-    float *sc = j->sc + (size_t)h * (size_t)j->maxp;
+    const int h0 = task * MLA_HEAD_GROUP;
+    const int h1 = h0 + MLA_HEAD_GROUP < H ? h0 + MLA_HEAD_GROUP : H;
+    float inv[MLA_HEAD_GROUP];
     (void)thread;
 
+#define LAT(h) (j->lat + (size_t)(h) * (size_t)(L + V))
+#define SC(h) (j->sc + (size_t)(h) * (size_t)j->maxp)
+#define QN(h) (j->q + ((size_t)t * H + (h)) * qd)
     for (int t = 0; t < j->batch->n_tokens; t++) {
-        const float *qn = j->q + ((size_t)t * p->n_heads + h) * qd, *qp = qn + NP;
         const struct native_seq_view *sv = &j->batch->seqs[j->batch->seq[t]];
         const int np = j->batch->pos[t] + 1;
 
-        /* q_lat = sum_i q_nope[i] W_UK[h][i] */
-        memset(lat, 0, sizeof(float) * (size_t)L);
-        for (int i = 0; i < NP; i++)
-            waxpy(cb, &p->kv_b, row0 + i, qn[i], lat);
+        /* q_lat[h] = sum_i q_nope[h][i] W_UK[h][i] */
+        for (int h = h0; h < h1; h++) {
+            memset(LAT(h), 0, sizeof(float) * (size_t)L);
+            for (int i = 0; i < NP; i++)
+                waxpy(cb, &p->kv_b, (int64_t)h * hr + i, QN(h)[i], LAT(h));
+        }
+        /* s[h][p] = (q_lat[h] . c[p] + q_pe[h] . k_pe[p]) * scale */
         for (int pos = 0; pos < np; pos++) {
             const float *c = latent_row(j->kv, sv, pos, j->layer);
-            sc[pos] = (vdot(cb, lat, c, L) + vdot(cb, qp, c + L, R)) * p->softmax_scale;
+            for (int h = h0; h < h1; h++)
+                SC(h)[pos] = (vdot(cb, LAT(h), c, L) + vdot(cb, QN(h) + NP, c + L, R)) *
+                             p->softmax_scale;
         }
-        const float inv = softmax_numerators(sc, np);
-        /* o_lat = sum_p e_p c[p], in lat (q_lat is spent) */
-        memset(lat, 0, sizeof(float) * (size_t)L);
-        for (int pos = 0; pos < np; pos++)
-            vaxpy(cb, lat, sc[pos], latent_row(j->kv, sv, pos, j->layer), L);
-        float *o = j->out + ((size_t)t * p->n_heads + h) * V;
-        for (int i = 0; i < V; i++)
-            o[i] = wdot(cb, &p->kv_b, row0 + NP + i, lat) * inv;
+        for (int h = h0; h < h1; h++) {
+            inv[h - h0] = softmax_numerators(SC(h), np);
+            memset(LAT(h), 0, sizeof(float) * (size_t)L);   /* q_lat is spent: o_lat */
+        }
+        /* o_lat[h] = sum_p e[h][p] c[p] */
+        for (int pos = 0; pos < np; pos++) {
+            const float *c = latent_row(j->kv, sv, pos, j->layer);
+            for (int h = h0; h < h1; h++)
+                vaxpy(cb, LAT(h), SC(h)[pos], c, L);
+        }
+        /* out[t][h] = W_UV[h] o_lat[h] / sum */
+        for (int h = h0; h < h1; h++) {
+            float *o = j->out + ((size_t)t * H + h) * V;
+            for (int i = 0; i < V; i++)
+                o[i] = wdot(cb, &p->kv_b, (int64_t)h * hr + NP + i, LAT(h)) * inv[h - h0];
+        }
     }
+#undef LAT
+#undef SC
+#undef QN
 }
 
 /* Naive: head h of one sequence's tokens t0..t1. */
@@ -351,15 +376,15 @@ static void mla_naive_task(void *arg, int h, int thread)
     }
 }
 
-static void run_heads(const struct cpu_backend *cb, threadpool_fn fn, struct mla_job *job,
-                      int64_t work)
+static void run_tasks(const struct cpu_backend *cb, threadpool_fn fn, struct mla_job *job,
+                      int n_tasks, int64_t work)
 {
     if (cb->threads == 1 || work < MLA_PARALLEL_MIN) {
-        for (int h = 0; h < job->p->n_heads; h++)
-            fn(job, h, 0);
+        for (int i = 0; i < n_tasks; i++)
+            fn(job, i, 0);
         return;
     }
-    threadpool_run(cb->pool, fn, job, job->p->n_heads);
+    threadpool_run(cb->pool, fn, job, n_tasks);
 }
 
 void cpu_mla_attention(struct native_backend *b, float *out, const float *q, struct native_kv *kv,
@@ -388,7 +413,7 @@ void cpu_mla_attention(struct native_backend *b, float *out, const float *q, str
         for (int t = 0; t < batch->n_tokens; t++)
             work += (int64_t)H * ((int64_t)(p->nope_dim + V) * L +
                                   (int64_t)(batch->pos[t] + 1) * (2 * L + p->rope_dim));
-        run_heads(cb, mla_absorb_task, &job, work);
+        run_tasks(cb, mla_absorb_task, &job, (H + MLA_HEAD_GROUP - 1) / MLA_HEAD_GROUP, work);
         return;
     }
 
@@ -406,7 +431,7 @@ void cpu_mla_attention(struct native_backend *b, float *out, const float *q, str
         int64_t work = (int64_t)H * job.n_att * hr * L;
         for (int t = t0; t < t1; t++)
             work += (int64_t)H * (batch->pos[t] + 1) * (hr + p->rope_dim);
-        run_heads(cb, mla_naive_task, &job, work);
+        run_tasks(cb, mla_naive_task, &job, H, work);
         t0 = t1;
     }
 }
