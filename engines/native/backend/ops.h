@@ -222,6 +222,9 @@ struct native_ops {
     void (*download)(struct native_backend *b, void *dst, struct native_buf *buf, size_t offset,
                      size_t n);
     void (*synchronize)(struct native_backend *b);
+    /* 1 when buffer addresses are host memory the caller may read once the
+     * ops before have finished (the CPU): results need no download. */
+    int host_visible;
 
     /* The backend address for host weight bytes [host, host + n), which stay
      * valid and unchanged while the backend uses them (the model's mmap).

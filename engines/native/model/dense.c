@@ -217,7 +217,12 @@ static const float *dense_run(struct native_forward *base, struct native_kv *kv,
     ops->gather(b, f->xo, f->x, batch->out_rows, batch->n_out, c->dim);
     ops->rmsnorm(b, f->xo, f->xo, f->final_norm, batch->n_out, c->dim, c->dim, c->norm_eps);
     ops->matmul(b, batch->n_out, f->xo, 1, &f->lm_head, &f->logits, 0);
-    /* The logits are the one thing that comes back to the host each step. */
+    /* The logits are the one thing that comes back to the host each step;
+     * a backend whose buffers are host memory needs no copy. */
+    if (ops->host_visible) {
+        ops->synchronize(b);
+        return f->logits;
+    }
     ops->download(b, f->logits_host, f->act,
                   (size_t)((char *)f->logits - (char *)ops->buf_addr(b, f->act)),
                   (size_t)batch->n_out * (size_t)c->vocab_size * sizeof(float));

@@ -1500,6 +1500,7 @@ static const struct native_ops cpu_ops = {
     .upload = cpu_upload,
     .download = cpu_download,
     .synchronize = cpu_synchronize,
+    .host_visible = 1,
     .map_weights = cpu_map_weights,
     .unmap_weights = cpu_unmap_weights,
     .kv_new = cpu_kv_new,
