@@ -11,10 +11,11 @@ SUDO=""
 
 # Debian packages: the toolchain, the C libraries we link, Redis for the
 # cache and policies, Node for the test clients, Chromium for the dashboard
-# test, prometheus for promtool, and clang with its runtime for the libFuzzer
-# targets (tests/fuzz).
+# test, prometheus for promtool, clang with its runtime for the libFuzzer
+# targets (tests/fuzz), and numpy for the independent DeepSeek-V3 reference
+# (tests/reference, run by /usr/bin/python3).
 pkgs=(build-essential cmake pkg-config libevent-dev libjansson-dev libhiredis-dev libpcre2-dev libssl-dev
-      redis-server redis-tools curl chromium prometheus clang libclang-rt-14-dev)
+      redis-server redis-tools curl chromium prometheus clang libclang-rt-14-dev python3-numpy)
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 missing=()
@@ -55,4 +56,11 @@ if [ ! -f "$MODELS/model.safetensors" ]; then
     "$BUILD_DIR/engines/native/cascade-gen-model" --preset tiny --out "$MODELS" >/dev/null
   fi
 fi
-echo "setup: built $BUILD_DIR/gateway/cascaded; quickstart model in $MODELS"
+# The quickstart's large tier: a tiny DeepSeek-V3-architecture checkpoint
+# (MLA, MoE, FP8 with block scales) with seeded random weights, so "auto"
+# routes between a dense model and an MoE one without downloading 671B.
+V3="$BUILD_DIR/models/local-v3"
+if [ ! -f "$V3/config.json" ]; then
+  "$BUILD_DIR/engines/native/cascade-gen-v3" --preset tiny --dtype fp8 --out "$V3" >/dev/null
+fi
+echo "setup: built $BUILD_DIR/gateway/cascaded; quickstart models in $MODELS and $V3"
