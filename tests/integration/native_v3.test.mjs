@@ -12,7 +12,9 @@
 //   - the same tokens for every request of a concurrent burst (continuous
 //     batching must not change a sequence's numbers);
 //   - an answer after a client hangs up mid-stream (cancellation);
-//   - a start-up line naming the architecture, dtype and KV bytes per token.
+//   - a start-up line naming the architecture, dtype and KV bytes per token;
+// and cascaded hosting the same checkpoint as an in-process tier must give
+// the same greedy answer.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -20,7 +22,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
-import { BUILD_DIR, SOURCE_DIR, cleanupAfterAll, sleep, spawnReady } from '../support/harness.mjs';
+import {
+  BUILD_DIR, SOURCE_DIR, authHeaders, cleanupAfterAll, makeConfig, sleep, spawnReady, startGateway,
+} from '../support/harness.mjs';
 
 cleanupAfterAll();
 
@@ -203,5 +207,27 @@ describe('cascade-engine on a tiny DeepSeek-V3 checkpoint', () => {
     await sleep(100);
     const r = await chat({ logprobs: false, top_logprobs: undefined });
     assert.equal(r.choices[0].message.content, decode(chatWant.ids));
+  });
+
+  test('cascaded with the checkpoint as an in-process tier gives the same answer', async () => {
+    const gw = await startGateway({
+      config: makeConfig({
+        tiers: [{
+          name: 'large', model: 'tiny-v3',
+          engine: { kind: 'native', model: dir, name: 'tiny-v3', threads: 1 },
+          price: { input_per_1m: 10, output_per_1m: 20 },
+        }],
+      }),
+    });
+    const res = await fetch(`${gw.url}/v1/chat/completions`, {
+      method: 'POST', headers: { ...authHeaders(), 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'large', messages, temperature: 0, max_tokens: STEPS }),
+    });
+    assert.equal(res.status, 200);
+    const r = await res.json();
+    assert.equal(r.choices[0].message.content, decode(chatWant.ids));
+    assert.equal(r.usage.prompt_tokens, chatPrompt.length);
+    assert.equal(res.headers.get('x-cascade-tier'), 'large');
+    await gw.stop();
   });
 });
