@@ -20,7 +20,9 @@
  *   - Activations are float32, row-major, one row per token: x[t * dim + i],
  *     in buffers of the same backend.
  *   - struct native_batch lives in host memory (token ids, positions, block
- *     tables); a backend copies what it needs of it.
+ *     tables). A forward pass calls begin_batch() once per step before any
+ *     op that takes the batch, so a device backend copies it over once; every
+ *     op of that step then gets the same batch pointer, unchanged.
  *   - A batch mixes tokens of several sequences (prefill chunks and single
  *     decode tokens); tokens of one sequence are contiguous and in position
  *     order.
@@ -245,6 +247,11 @@ struct native_ops {
 
     /* ---- Compute ---- */
 
+    /* A new step's batch: the ops until the next begin_batch() get this
+     * pointer, with these contents. NULL for a backend that reads the host
+     * copy directly (the CPU); callers use native_begin_batch(). */
+    void (*begin_batch)(struct native_backend *b, const struct native_batch *batch);
+
     /* For each weight j < n_w sharing one input (q/k/v, or gate/up), so a
      * backend can run them as one launch:
      *   y[j][t * rows_j + r] (+)= sum_c x[t * cols + c] * w[j][r][c],  t < n
@@ -317,6 +324,12 @@ struct native_ops {
 struct native_backend {
     const struct native_ops *ops;
 };
+
+static inline void native_begin_batch(struct native_backend *b, const struct native_batch *batch)
+{
+    if (b->ops->begin_batch)
+        b->ops->begin_batch(b, batch);
+}
 
 static inline void native_backend_free(struct native_backend *b)
 {

@@ -343,6 +343,7 @@ static const float *v3_run(struct native_forward *base, struct native_kv *kv,
     const float eps = c->norm_eps;
 
     assert(n >= 1 && n <= f->o.max_tokens && batch->n_out <= f->o.max_out);
+    native_begin_batch(b, batch);
     ops->embed(b, f->x, &f->embed, batch->token, n);
     for (int l = 0; l < c->n_layers; l++) {
         const struct v3_layer *L = &f->layers[l];

@@ -187,6 +187,7 @@ static const float *dense_run(struct native_forward *base, struct native_kv *kv,
     const int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
 
     assert(n >= 1 && n <= f->max_tokens && batch->n_out <= f->max_out);
+    native_begin_batch(b, batch);
     ops->embed(b, f->x, &f->embed, batch->token, n);
     for (int l = 0; l < c->n_layers; l++) {
         const struct native_layer *L = &f->layers[l];
