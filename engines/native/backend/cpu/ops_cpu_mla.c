@@ -279,6 +279,159 @@ static float softmax_numerators(float *sc, int n)
     return 1.0f / sum;
 }
 
+#if HAVE_X86
+/* The absorbed path's two products over the latent, as register tiles (the
+ * GEMMs S = Q_lat C^T and O_lat = E C of FlashMLA, for 4 heads at a time):
+ *   scores: 4 heads x 3 positions, 12 accumulators; per 8 latent dims, 3
+ *           cache loads and 4 q_lat loads feed 12 FMAs;
+ *   o_lat:  4 heads x 24 latent dims, 12 accumulators held over every
+ *           position; per position 3 cache loads and 4 broadcasts feed 12.
+ * Edge tiles run at full size on a repeated head or position and throw the
+ * extra results away, so every kept value is the same chain (a dot product:
+ * 8 lanes over the dims in order, then reduce1; an o_lat element: FMAs over
+ * the positions in order) whatever tile it fell in. */
+AVX2_FN static void absorb_scores_avx2(const struct native_kv *kv, int layer,
+                                       const struct native_seq_view *sv, int np, const float *lat,
+                                       int lat_stride, const float *const *qpe, int nh, float *sc,
+                                       int sc_stride, float scale)
+{
+    const int L = kv->desc.latent_dim, R = kv->desc.rope_dim, nv = L / 8, rem = L % 8;
+    const __m256i m = tail_mask(rem);
+    for (int p0 = 0; p0 < np; p0 += 3) {
+        const int pn = np - p0 < 3 ? np - p0 : 3;
+        const float *c[3];
+        for (int i = 0; i < 3; i++)
+            c[i] = latent_row(kv, sv, p0 + (i < pn ? i : 0), layer);
+        for (int h = 0; h < nh; h += 4) {
+            const int hn = nh - h < 4 ? nh - h : 4;
+            const float *q[4];
+            for (int i = 0; i < 4; i++)
+                q[i] = lat + (size_t)(h + (i < hn ? i : 0)) * lat_stride;
+            __m256 a[4][3];
+            for (int i = 0; i < 4; i++)
+                for (int k = 0; k < 3; k++)
+                    a[i][k] = _mm256_setzero_ps();
+            for (int v = 0; v < nv; v++) {
+                const __m256 c0 = _mm256_loadu_ps(c[0] + 8 * v), c1 = _mm256_loadu_ps(c[1] + 8 * v);
+                const __m256 c2 = _mm256_loadu_ps(c[2] + 8 * v);
+                for (int i = 0; i < 4; i++) {
+                    const __m256 qv = _mm256_loadu_ps(q[i] + 8 * v);
+                    a[i][0] = _mm256_fmadd_ps(qv, c0, a[i][0]);
+                    a[i][1] = _mm256_fmadd_ps(qv, c1, a[i][1]);
+                    a[i][2] = _mm256_fmadd_ps(qv, c2, a[i][2]);
+                }
+            }
+            if (rem) {
+                const __m256 c0 = _mm256_maskload_ps(c[0] + 8 * nv, m);
+                const __m256 c1 = _mm256_maskload_ps(c[1] + 8 * nv, m);
+                const __m256 c2 = _mm256_maskload_ps(c[2] + 8 * nv, m);
+                for (int i = 0; i < 4; i++) {
+                    const __m256 qv = _mm256_maskload_ps(q[i] + 8 * nv, m);
+                    a[i][0] = _mm256_fmadd_ps(qv, c0, a[i][0]);
+                    a[i][1] = _mm256_fmadd_ps(qv, c1, a[i][1]);
+                    a[i][2] = _mm256_fmadd_ps(qv, c2, a[i][2]);
+                }
+            }
+            for (int i = 0; i < hn; i++)
+                for (int k = 0; k < pn; k++)
+                    sc[(size_t)(h + i) * sc_stride + p0 + k] =
+                        (reduce1(a[i][k]) + dot_avx2(qpe[h + i], c[k] + L, R)) * scale;
+        }
+    }
+}
+
+/* o[h][d] = sum_p e[h][p] c[p][d] for d in 8 * v0 .. 8 * (v0 + 3), p < np,
+ * four heads (o and e rows, repeated at the edge). masked: some of the
+ * three vectors run past L (then their lanes there load and store nothing). */
+INLINE AVX2_FN void olat_tile(const int masked, const struct native_kv *kv, int layer,
+                              const struct native_seq_view *sv, int np, int v0, float *const *o,
+                              const float *const *e, int hn)
+{
+    const int L = kv->desc.latent_dim, W = L + kv->desc.rope_dim, BS = kv->block_size;
+    __m256i mk[3];
+    for (int k = 0; k < 3; k++) {
+        int left = L - 8 * (v0 + k);
+        mk[k] = tail_mask(left < 0 ? 0 : left > 8 ? 8 : left);
+    }
+    __m256 a[4][3];
+    for (int i = 0; i < 4; i++)
+        for (int k = 0; k < 3; k++)
+            a[i][k] = _mm256_setzero_ps();
+    for (int p = 0; p < np;) {
+        const float *row = latent_row(kv, sv, p, layer) + 8 * v0;
+        const int n = BS - p % BS < np - p ? BS - p % BS : np - p;
+        for (int r = 0; r < n; r++, p++, row += W) {
+            __m256 cv[3];
+            for (int k = 0; k < 3; k++)
+                cv[k] = masked ? _mm256_maskload_ps(row + 8 * k, mk[k]) : _mm256_loadu_ps(row + 8 * k);
+            for (int i = 0; i < 4; i++) {
+                const __m256 ev = _mm256_broadcast_ss(e[i] + p);
+                for (int k = 0; k < 3; k++)
+                    a[i][k] = _mm256_fmadd_ps(ev, cv[k], a[i][k]);
+            }
+        }
+    }
+    for (int i = 0; i < hn; i++)
+        for (int k = 0; k < 3; k++) {
+            float *d = o[i] + 8 * (v0 + k);
+            if (masked)
+                _mm256_maskstore_ps(d, mk[k], a[i][k]);
+            else
+                _mm256_storeu_ps(d, a[i][k]);
+        }
+}
+
+AVX2_FN static void absorb_olat_avx2(const struct native_kv *kv, int layer,
+                                     const struct native_seq_view *sv, int np, float *lat,
+                                     int lat_stride, const float *sc, int sc_stride, int nh)
+{
+    const int L = kv->desc.latent_dim, nvec = (L + 7) / 8;
+    for (int h = 0; h < nh; h += 4) {
+        const int hn = nh - h < 4 ? nh - h : 4;
+        float *o[4];
+        const float *e[4];
+        for (int i = 0; i < 4; i++) {
+            o[i] = lat + (size_t)(h + (i < hn ? i : 0)) * lat_stride;
+            e[i] = sc + (size_t)(h + (i < hn ? i : 0)) * sc_stride;
+        }
+        for (int v0 = 0; v0 < nvec; v0 += 3) {
+            if (8 * (v0 + 3) <= L)
+                olat_tile(0, kv, layer, sv, np, v0, o, e, hn);
+            else
+                olat_tile(1, kv, layer, sv, np, v0, o, e, hn);
+        }
+    }
+}
+#endif
+
+/* The scores, softmax and o_lat of token t for heads h0..h1 with the AVX2
+ * tiles (q_lat in the lat rows on entry, o_lat on return, inv[] the
+ * softmax's 1 / sum); 0 when this build has none. */
+static int absorb_products_vec(const struct mla_job *j, int t, int h0, int h1, float *inv)
+{
+#if HAVE_X86
+    if (j->cb->avx2) {
+        const struct native_mla *p = j->p;
+        const int L = p->latent_dim, V = p->v_dim, qd = p->nope_dim + p->rope_dim;
+        const struct native_seq_view *sv = &j->batch->seqs[j->batch->seq[t]];
+        const int np = j->batch->pos[t] + 1;
+        float *lat = j->lat + (size_t)h0 * (size_t)(L + V);
+        float *sc = j->sc + (size_t)h0 * (size_t)j->maxp;
+        const float *qpe[MLA_HEAD_GROUP];
+        for (int h = h0; h < h1; h++)
+            qpe[h - h0] = j->q + ((size_t)t * p->n_heads + h) * qd + p->nope_dim;
+        absorb_scores_avx2(j->kv, j->layer, sv, np, lat, L + V, qpe, h1 - h0, sc, j->maxp,
+                           p->softmax_scale);
+        for (int h = 0; h < h1 - h0; h++)
+            inv[h] = softmax_numerators(sc + (size_t)h * j->maxp, np);
+        absorb_olat_avx2(j->kv, j->layer, sv, np, lat, L + V, sc, j->maxp, h1 - h0);
+        return 1;
+    }
+#endif
+    (void)j, (void)t, (void)h0, (void)h1, (void)inv;
+    return 0;
+}
+
 /* Absorb: heads h0 .. h0 + MLA_HEAD_GROUP of every token of the batch.
  * Positions run outermost inside a token, so each cache row is read once
  * per group of heads (not once per head) while it is in L1; each head's
@@ -308,22 +461,24 @@ static void mla_absorb_task(void *arg, int task, int thread)
             for (int i = 0; i < NP; i++)
                 waxpy(cb, &p->kv_b, (int64_t)h * hr + i, QN(h)[i], LAT(h));
         }
-        /* s[h][p] = (q_lat[h] . c[p] + q_pe[h] . k_pe[p]) * scale */
-        for (int pos = 0; pos < np; pos++) {
-            const float *c = latent_row(j->kv, sv, pos, j->layer);
-            for (int h = h0; h < h1; h++)
-                SC(h)[pos] = (vdot(cb, LAT(h), c, L) + vdot(cb, QN(h) + NP, c + L, R)) *
-                             p->softmax_scale;
-        }
-        for (int h = h0; h < h1; h++) {
-            inv[h - h0] = softmax_numerators(SC(h), np);
-            memset(LAT(h), 0, sizeof(float) * (size_t)L);   /* q_lat is spent: o_lat */
-        }
-        /* o_lat[h] = sum_p e[h][p] c[p] */
-        for (int pos = 0; pos < np; pos++) {
-            const float *c = latent_row(j->kv, sv, pos, j->layer);
-            for (int h = h0; h < h1; h++)
-                vaxpy(cb, LAT(h), SC(h)[pos], c, L);
+        if (!absorb_products_vec(j, t, h0, h1, inv)) {
+            /* s[h][p] = (q_lat[h] . c[p] + q_pe[h] . k_pe[p]) * scale */
+            for (int pos = 0; pos < np; pos++) {
+                const float *c = latent_row(j->kv, sv, pos, j->layer);
+                for (int h = h0; h < h1; h++)
+                    SC(h)[pos] = (vdot(cb, LAT(h), c, L) + vdot(cb, QN(h) + NP, c + L, R)) *
+                                 p->softmax_scale;
+            }
+            for (int h = h0; h < h1; h++) {
+                inv[h - h0] = softmax_numerators(SC(h), np);
+                memset(LAT(h), 0, sizeof(float) * (size_t)L);   /* q_lat is spent: o_lat */
+            }
+            /* o_lat[h] = sum_p e[h][p] c[p] */
+            for (int pos = 0; pos < np; pos++) {
+                const float *c = latent_row(j->kv, sv, pos, j->layer);
+                for (int h = h0; h < h1; h++)
+                    vaxpy(cb, LAT(h), SC(h)[pos], c, L);
+            }
         }
         /* out[t][h] = W_UV[h] o_lat[h] / sum */
         for (int h = h0; h < h1; h++) {
