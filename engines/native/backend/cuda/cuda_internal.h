@@ -1,0 +1,279 @@
+/* cuda_internal.h: what the CUDA backend's files share. Private to
+ * engines/native/backend/cuda/; every file that includes it is a .cu built
+ * by nvcc (C++ linkage between them; ops_cuda.h is the C face).
+ *
+ * Files:
+ *   ops_cuda.cu       the table, memory, weights, the KV cache, the batch
+ *                     mirror, the dense matmul (GEMV for small batches,
+ *                     cuBLAS for large ones), rmsnorm, rope, swiglu, embed,
+ *                     gather, kv_store and dense paged attention;
+ *   ops_cuda_fp8.cu   cuda_fp8_matmul: FP8 128x128 block-scaled GEMM   (H5)
+ *   ops_cuda_mla.cu   cuda_mla_attention over the latent cache          (H5)
+ *   ops_cuda_moe.cu   cuda_moe_gate, cuda_moe_experts                   (H5)
+ *   ops_cuda_v3.cu    placeholders for the three files above until they
+ *                     land; removed from the build when they do.
+ *
+ * Streams: everything runs on cb->stream, in op order, so an op may read
+ * what the op before it wrote and reuse a scratch slot without waiting. Ops
+ * never synchronize the host except download() and synchronize().
+ *
+ * Memory: plain cudaMalloc (never managed memory). Buffers, weights and the
+ * KV pool are allocated by their owners up front. The scratch slots below
+ * grow to the largest request they see and then stay; a forward pass asks
+ * for the same sizes every step, so they stop growing after the first one.
+ *
+ * Thread: one host thread drives a backend at a time (ops.h); it must be the
+ * thread that called cudaSetDevice(cb->device) -- every entry point sets it
+ * again cheaply with cuda_enter().
+ */
+#ifndef CASCADE_NATIVE_CUDA_INTERNAL_H
+#define CASCADE_NATIVE_CUDA_INTERNAL_H
+
+#include "engines/native/backend/ops.h"
+#include "engines/native/backend/cuda/ops_cuda.h"
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* Positions per KV block; the same 16 as the CPU, so both backends can be
+ * driven by one block table in tests. */
+#define CUDA_KV_BLOCK_SIZE 16
+
+/* Scratch slots: device memory an op may use between its launch and the
+ * next op's. Separate slots for ops that call each other (moe_experts calls
+ * the matmul, which uses CUDA_SCRATCH_MATMUL), so a callee never clobbers
+ * its caller's scratch. */
+enum cuda_scratch_slot {
+    CUDA_SCRATCH_MATMUL = 0,    /* BF16 copies of activations for cuBLAS, split-K partials */
+    CUDA_SCRATCH_FP8 = 1,       /* H5: quantized activations, dequantized tiles */
+    CUDA_SCRATCH_MLA = 2,       /* H5 */
+    CUDA_SCRATCH_MOE = 3,       /* H5: permutation, counts, offsets */
+    CUDA_SCRATCH_HOST_IDS = 4,  /* ids/rows/pos the ops get in host memory outside the batch */
+    CUDA_SCRATCH_COUNT
+};
+
+/* The device copy of the step's struct native_batch, made by begin_batch()
+ * with one cudaMemcpyAsync of a packed host staging buffer. All arrays are
+ * int32 in one device allocation:
+ *   token[n_tokens], pos[n_tokens], seq[n_tokens], out_rows[n_out],
+ *   block_off[n_seqs + 1], blocks[block_off[n_seqs]]
+ * Sequence s's block table is blocks[block_off[s] .. block_off[s + 1]), so
+ * position p of the sequence of token t lives in KV block
+ *   blocks[block_off[seq[t]] + p / CUDA_KV_BLOCK_SIZE].
+ * The host fields say what the arrays hold without a download. */
+struct cuda_batch {
+    const struct native_batch *host;    /* the pointer begin_batch() got */
+    const int32_t *host_token, *host_pos, *host_out_rows;   /* its arrays, to recognize them */
+    int n_tokens, n_seqs, n_out;
+    int max_pos;            /* max over tokens of pos + 1 (grid sizing for attention) */
+    int max_blocks;         /* max blocks of one sequence */
+    int64_t sum_ctx;        /* sum over tokens of pos + 1 (the attention's work) */
+    int32_t *token, *pos, *seq, *out_rows, *block_off, *blocks;     /* device */
+
+    /* storage behind the arrays */
+    int32_t *dev;           /* device, cap int32s */
+    int32_t *staging;       /* pinned host, cap int32s */
+    size_t cap;
+};
+
+/* A host cos/sin table uploaded once: the rope op's tables are host memory
+ * (ops.h), fixed for a model's life, so they are keyed by host pointer. */
+#define CUDA_ROPE_TABLES 8
+struct cuda_rope_table {
+    const float *host_cos, *host_sin;
+    int n_pos, half;
+    float *dev;             /* [n_pos][half] cos, then [n_pos][half] sin */
+};
+
+/* One map_weights() copy: unmap_weights() frees by device address. */
+struct cuda_weight_map {
+    const void *host;
+    void *dev;
+    size_t bytes;
+};
+
+struct cuda_backend {
+    struct native_backend base;
+    int device;
+    int cc_major, cc_minor;     /* compute capability: 8.x Ampere, 9.0 Hopper */
+    int sm_count;
+    size_t smem_optin;          /* max dynamic shared memory per block */
+    char name[64];              /* "cuda:0 (NVIDIA H200, sm_90)" */
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+    cublasLtHandle_t lt;
+    void *lt_ws;                /* cuBLAS(Lt) workspace, CUDA_LT_WS_BYTES */
+    size_t lt_ws_bytes;
+
+    struct cuda_batch batch;
+
+    void *scratch[CUDA_SCRATCH_COUNT];
+    size_t scratch_bytes[CUDA_SCRATCH_COUNT];
+
+    struct cuda_rope_table rope[CUDA_ROPE_TABLES];
+    int rope_next;              /* round-robin victim when all slots are used */
+
+    struct cuda_weight_map *maps;
+    size_t n_maps, cap_maps;
+    size_t weight_bytes;        /* sum of what map_weights() holds */
+
+    int last_error;             /* first CUDA error an op hit (cudaError_t), 0 if none */
+};
+
+#define CUDA_LT_WS_BYTES ((size_t)32 << 20)
+
+/* The device KV cache: the CPU's layout (cpu_internal.h), in one cudaMalloc
+ * of n_blocks blocks of CUDA_KV_BLOCK_SIZE positions. Inside a block, layer
+ * l starts at l * layer_stride floats:
+ *   dense:  K transposed [kv_dim][block_size], then V [block_size][kv_dim];
+ *           layer_stride = 2 * block_size * kv_dim.
+ *   latent: [block_size][latent_dim + rope_dim]: position i's latent c, then
+ *           its rope key k_pe; layer_stride = block_size * (latent + rope).
+ * The block tables come with the batch (struct cuda_batch), not with the
+ * cache: the runtime owns the tables and may change them every step. */
+struct native_kv {
+    struct native_kv_desc desc;
+    float *data;            /* device */
+    int block_size;
+    int n_blocks;
+    size_t layer_stride;    /* floats */
+    size_t block_stride;    /* floats: n_layers * layer_stride */
+    size_t bytes;
+};
+
+/* A buffer: device memory of bytes bytes. */
+struct native_buf {
+    void *dev;
+    size_t bytes;
+};
+
+/* ---- errors ----
+ * An op cannot return an error (ops.h): a CUDA failure inside one is
+ * reported once on stderr with the file and line, remembered in
+ * cb->last_error, and the op returns; download() and synchronize() then see
+ * the sticky error too. A device fault is not something a request can
+ * recover from, so the runtime treats it as fatal for the engine. */
+void cuda_report(struct cuda_backend *cb, cudaError_t e, const char *what, const char *file,
+                 int line);
+void cuda_report_blas(struct cuda_backend *cb, int status, const char *what, const char *file,
+                      int line);
+
+/* CUDA_CHECK(cb, call): evaluates call once; on failure reports it and
+ * evaluates to nonzero. Use as `if (CUDA_CHECK(cb, cudaMalloc(...))) goto fail;` */
+#define CUDA_CHECK(cb, call)                                                                        \
+    __extension__({                                                                                 \
+        cudaError_t cuda_check_e_ = (call);                                                         \
+        if (cuda_check_e_ != cudaSuccess)                                                           \
+            cuda_report((cb), cuda_check_e_, #call, __FILE__, __LINE__);                           \
+        cuda_check_e_ != cudaSuccess;                                                               \
+    })
+
+/* After a <<<>>> launch: a bad configuration shows up here, not in the launch. */
+#define CUDA_LAUNCHED(cb, name) CUDA_CHECK(cb, cudaGetLastError())
+
+#define CUBLAS_CHECK(cb, call)                                                                      \
+    __extension__({                                                                                 \
+        int cublas_check_s_ = (int)(call);                                                          \
+        if (cublas_check_s_ != 0)                                                                   \
+            cuda_report_blas((cb), cublas_check_s_, #call, __FILE__, __LINE__);                    \
+        cublas_check_s_ != 0;                                                                       \
+    })
+
+static inline struct cuda_backend *cuda_cb(struct native_backend *b)
+{
+    return (struct cuda_backend *)b;
+}
+
+/* Make cb's device current on this thread (cheap when it already is). */
+void cuda_enter(struct cuda_backend *cb);
+
+/* Device memory of at least bytes in slot, valid until the next call for the
+ * same slot. Growing waits for the stream (the old block may be in use) and
+ * reallocates; NULL (reported) when the device is out of memory. */
+void *cuda_scratch(struct cuda_backend *cb, enum cuda_scratch_slot slot, size_t bytes);
+
+/* A device copy of n int32 host values (ids, rows or positions an op got in
+ * host memory), through the CUDA_SCRATCH_HOST_IDS slot at element offset
+ * `at` (so one op may upload two arrays at different offsets). When host is
+ * one of the current batch's arrays the mirror is returned and nothing is
+ * copied. NULL on failure (reported). */
+const int32_t *cuda_host_ids(struct cuda_backend *cb, const int32_t *host, int n, size_t at);
+
+/* ---- kernels shared between the files ---- */
+
+/* y[t * w->rows + r] (+)= x[t] . w[r], t < n, for one BF16/F16/F32 weight,
+ * x and y device float32 (ops.h's matmul for n_w = 1). Picks the GEMV kernel
+ * for small n and cuBLAS otherwise. moe_experts calls it per expert on the
+ * gathered tokens. */
+void cuda_matmul_one(struct cuda_backend *cb, int n, const float *x, const struct native_mat *w,
+                     float *y, int accumulate);
+
+/* ops_cuda_fp8.cu (H5): the same for an F8_E4M3 weight with its 128x128
+ * block scales (w->scale, device). FP8 tensor cores on sm_90 when built for
+ * it, dequantize-on-load elsewhere; cuda_fp8_exact selects the BF16
+ * dequantizing path, for an exact comparison with the CPU. */
+void cuda_fp8_matmul(struct cuda_backend *cb, int n, const float *x, const struct native_mat *w,
+                     float *y, int accumulate);
+extern int cuda_fp8_exact;
+
+/* ops_cuda_mla.cu, ops_cuda_moe.cu (H5): the ops of the same names in ops.h,
+ * with the op table's signatures. The batch arrays are in cb->batch. */
+void cuda_mla_attention(struct native_backend *b, float *out, const float *q, struct native_kv *kv,
+                        int layer, const struct native_batch *batch, const struct native_mla *p,
+                        float *scratch);
+void cuda_moe_gate(struct native_backend *b, int32_t *ids, float *weights, const float *logits,
+                   int n, const struct native_moe_gate *g);
+void cuda_moe_experts(struct native_backend *b, float *y, const float *x, int n, const int32_t *ids,
+                      const float *weights, int top_k, const struct native_moe_experts *e,
+                      float *scratch);
+
+/* ---- device helpers for kernels (any .cu) ---- */
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+/* One weight element as float, by dtype (not F8: that has its own path). */
+static __device__ __forceinline__ float cuda_load_w(const void *w, enum native_dtype dt, int64_t i)
+{
+    if (dt == NATIVE_F32)
+        return ((const float *)w)[i];
+    if (dt == NATIVE_BF16)
+        return __uint_as_float((uint32_t)((const uint16_t *)w)[i] << 16);
+    return __half2float(((const __half *)w)[i]);
+}
+
+/* OCP e4m3fn -> float: sign, 4 exponent bits (bias 7), 3 mantissa bits; no
+ * infinities, 0x7f/0xff are NaN. */
+static __device__ __forceinline__ float cuda_e4m3_to_f32(uint8_t v)
+{
+    const uint32_t s = (uint32_t)(v & 0x80) << 24;
+    const int e = (v >> 3) & 0xf, m = v & 7;
+    if (e == 0xf && m == 7)
+        return __uint_as_float(s | 0x7fc00000u);
+    if (e == 0)     /* subnormal: m * 2^-9 */
+        return (s ? -1.0f : 1.0f) * (float)m * 0.001953125f;
+    return __uint_as_float(s | ((uint32_t)(e + 120) << 23) | ((uint32_t)m << 20));
+}
+
+static __device__ __forceinline__ float cuda_warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __device__ __forceinline__ float cuda_warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+#endif
+
+#endif
