@@ -4,14 +4,15 @@
  *
  * The math, for output row r, token t, column blocks kb of 128 columns:
  *   y[t][r] = sum_kb scale[r / 128][kb] * sum_{c in kb} e4m3(w[r][c]) * x[t][c]
- * The bytes are decoded inside the product, 128 columns at a time into a
- * small L1 buffer, never into a copy of the matrix: a decode step at batch 1
- * streams each FP8 byte once, and a batch reuses each decoded block for all
- * of its tokens.
+ * The bytes are decoded inside the product, never into a copy of the
+ * matrix: a lone token (decode at batch 1) multiplies straight from the
+ * decoded registers, streaming each FP8 byte once; a batch decodes 128
+ * columns of 4 rows at a time into a small L1 buffer and reuses them for
+ * up to 16 tokens in register tiles.
  *
  * Decoding. The portable path reads a 256-entry table (built once, from
- * dtype_e4m3_to_f32). The AVX2 path decodes 32 bytes in a handful of
- * integer instructions and one F16C conversion: the seven bits eeee.mmm of an
+ * dtype_e4m3_to_f32). The AVX2 and AVX-512 paths decode 32 bytes in a
+ * handful of integer instructions and F16C conversions: the seven bits eeee.mmm of an
  * e4m3 byte, moved to bits 13..7 of a half and the sign to bit 15, form the
  * half whose value is exactly e4m3 / 256 (exponent bias 15 against 7, and
  * e4m3 subnormals land on half subnormals, which vcvtph2ps converts exactly
@@ -20,10 +21,12 @@
  * is NaN (0x7f/0xff, which comes out as +-480); no checkpoint holds it.
  *
  * Determinism: every (token, row) result is the same instruction sequence
- * whatever the batch, the row range or the tile it falls in: 8 lanes
- * accumulate a block's columns in increasing order from zero, each block's
- * lanes are added to the running lanes as p * scale (one fused multiply-add
- * per lane in the AVX2 build), and the lanes end in ops_cpu.c's fixed tree.
+ * whatever the batch, the row range or the tile it falls in: 8 lanes (16
+ * in the AVX-512 build) accumulate a block's columns in increasing order
+ * from zero, each block's lanes are added to the running lanes as p * scale
+ * (one fused multiply-add per lane in the vector builds), and the lanes end
+ * in ops_cpu.c's fixed tree (AVX-512 first adds its high half to its low).
+ * The build is the backend's choice (its flags), never the batch's.
  *
  * Threads: pure functions over read-only weights; any thread may call them
  * (the matmul splits rows over the pool).
