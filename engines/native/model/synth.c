@@ -50,6 +50,21 @@ int synth_preset(const char *name, struct synth_spec *o)
         o->dtype = "BF16";
         return 0;
     }
+    if (!strcmp(name, "deepseek-llm-7b")) {
+        o->dim = 4096;
+        o->hidden_dim = 11008;
+        o->n_layers = 30;
+        o->n_heads = 32;
+        o->n_kv_heads = 32;
+        o->vocab_size = 102400;
+        o->max_pos = 4096;
+        o->rope_theta = 10000.0;
+        o->rope_scale = 1.0;
+        o->norm_eps = 1e-6;
+        o->tied = 0;
+        o->dtype = "BF16";
+        return 0;
+    }
     return -1;
 }
 

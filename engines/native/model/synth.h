@@ -32,7 +32,9 @@ struct synth_spec {
 
 /* A preset by name: "tiny" (stories260K's shapes, F32) or
  * "deepseek-coder-1.3b" (hidden 2048, intermediate 5504, 24 layers, 16
- * heads, vocab 32256, rope theta 100000 with linear scaling 4, BF16).
+ * heads, vocab 32256, rope theta 100000 with linear scaling 4, BF16) or
+ * "deepseek-llm-7b" (hidden 4096, intermediate 11008, 30 layers, 32 heads,
+ * vocab 102400, rope theta 10000, BF16: 13.8 GB, for the GPU benchmarks).
  * 0, or -1 for an unknown name. */
 int synth_preset(const char *name, struct synth_spec *out);
 

@@ -1,11 +1,11 @@
 /* cascade-gen-model: write a deterministic random-weight model (synth.h).
  *
- *   cascade-gen-model --out DIR [--preset tiny|deepseek-coder-1.3b]
+ *   cascade-gen-model --out DIR [--preset tiny|deepseek-coder-1.3b|deepseek-llm-7b]
  *                     [--dtype f32|f16|bf16] [--seed N] [--shards N] [--layers N]
  *
  * The tiny preset is the offline quickstart model (nonsense text, real
  * path); deepseek-coder-1.3b has that model's shapes with BF16 weights, for
- * benchmarks (about 2.7 GB).
+ * benchmarks (about 2.7 GB); deepseek-llm-7b that model's (about 13.8 GB).
  */
 #include "engines/native/model/synth.h"
 
@@ -15,7 +15,7 @@
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: cascade-gen-model --out DIR [--preset tiny|deepseek-coder-1.3b] "
+    fprintf(stderr, "usage: cascade-gen-model --out DIR [--preset tiny|deepseek-coder-1.3b|deepseek-llm-7b] "
                     "[--dtype f32|f16|bf16] [--seed N] [--shards N] [--layers N]\n");
     exit(2);
 }
