@@ -23,8 +23,9 @@
  * The bound: the bytes the step must read (the attention's FP8 weights and
  * scales, the router, the shared expert, every distinct expert the gate
  * chose in that step, and the B latent caches) over the copy bandwidth
- * measured in the same process: memcpy of 2 x 512 MiB on every thread, best
- * of 5, counted as 2 x bytes / time (read + write), as bench_native does.
+ * measured in the same process right before that step: memcpy of 256 MiB
+ * on every thread, best of 3, counted as 2 x bytes / time (read + write), as
+ * bench_native does. of_bound is the median over the steps of bound / time.
  */
 #include "engines/native/backend/cpu/ops_cpu.h"
 #include "engines/native/backend/cpu/threadpool.h"
@@ -141,24 +142,20 @@ static void copy_task(void *arg, int task, int thread)
     memcpy(a[task].dst, a[task].src, a[task].n);
 }
 
-static double copy_bandwidth(struct threadpool *pool, int threads)
+/* Copy bandwidth on every thread, best of reps, as 2 x bytes / time. */
+static double copy_bandwidth(struct threadpool *pool, int threads, char *src, char *dst, size_t n,
+                             int reps)
 {
-    const size_t n = (size_t)512 << 20;
-    char *src = big_alloc(n), *dst = big_alloc(n);
-    memset(src, 1, n);
-    memset(dst, 2, n);
     struct copy_arg a[64];
     for (int i = 0; i < threads; i++)
         a[i] = (struct copy_arg){dst + n / threads * i, src + n / threads * i, n / threads};
     double best = 0;
-    for (int rep = 0; rep < 5; rep++) {
+    for (int rep = 0; rep < reps; rep++) {
         double t0 = now_s();
         threadpool_run(pool, copy_task, a, threads);
         double bw = 2.0 * (double)(n / threads * threads) / (now_s() - t0);
         best = bw > best ? bw : best;
     }
-    munmap(src, n);
-    munmap(dst, n);
     return best;
 }
 
@@ -193,7 +190,13 @@ int main(int argc, char **argv)
     struct native_backend *be = ops_cpu_new(threads, 0);
     const struct native_ops *o = be->ops;
     struct threadpool *pool = threadpool_new(threads);
-    double copy_bw = copy_bandwidth(pool, threads);
+    /* The copy benchmark runs again right before every step (the machine
+     * is shared, so its bandwidth moves), and each step is set against the
+     * bandwidth measured next to it. */
+    const size_t copy_n = (size_t)256 << 20;
+    char *copy_src = big_alloc(copy_n), *copy_dst = big_alloc(copy_n);
+    memset(copy_src, 1, copy_n);
+    memset(copy_dst, 2, copy_n);
 
     /* ---- Weights ---- */
     const size_t attn_bytes = fp8_bytes(QLORA, HID) + fp8_bytes((int64_t)NH * QHD, QLORA) +
@@ -331,11 +334,14 @@ int main(int argc, char **argv)
     double tp[N_PARTS + 1];
     double *t_step = calloc((size_t)steps, sizeof(double)), *t_attn = calloc((size_t)steps, sizeof(double));
     double *bound = calloc((size_t)steps, sizeof(double));
+    double *step_bytes = calloc((size_t)steps, sizeof(double));
+    double *bw_step = calloc((size_t)steps, sizeof(double)), *ratio = calloc((size_t)steps, sizeof(double));
     int *distinct = calloc((size_t)steps, sizeof(int));
     for (int it = -1; it < steps; it++) {   /* it = -1: warm-up, not recorded */
         for (size_t i = 0; i < (size_t)B * HID; i++)
             xh[i] = frand();
         o->upload(be, x_b, 0, xh, sizeof(float) * (size_t)B * HID);
+        const double copy_bw = copy_bandwidth(pool, threads, copy_src, copy_dst, copy_n, 3);
         o->synchronize(be);
         double t0 = now_s();
         tp[0] = t0;
@@ -399,39 +405,47 @@ int main(int argc, char **argv)
         t_step[it] = t2 - t0;
         t_attn[it] = t1 - t0;
         bound[it] = bytes / copy_bw;
+        step_bytes[it] = bytes;
+        bw_step[it] = copy_bw;
+        ratio[it] = bound[it] / t_step[it];
         distinct[it] = nd;
     }
-    double med[3];
     double *cp = malloc(sizeof(double) * (size_t)steps);
-    memcpy(cp, t_step, sizeof(double) * (size_t)steps);
-    qsort(cp, (size_t)steps, sizeof(double), cmp_double);
-    med[0] = cp[steps / 2];
-    memcpy(cp, t_attn, sizeof(double) * (size_t)steps);
-    qsort(cp, (size_t)steps, sizeof(double), cmp_double);
-    med[1] = cp[steps / 2];
-    memcpy(cp, bound, sizeof(double) * (size_t)steps);
-    qsort(cp, (size_t)steps, sizeof(double), cmp_double);
-    med[2] = cp[steps / 2];
+#define MEDIAN(arr) (memcpy(cp, (arr), sizeof(double) * (size_t)steps),                  \
+                     qsort(cp, (size_t)steps, sizeof(double), cmp_double), cp[steps / 2])
+    const double med_step = MEDIAN(t_step), med_attn = MEDIAN(t_attn), med_bound = MEDIAN(bound);
+    const double med_bw = MEDIAN(bw_step), med_ratio = MEDIAN(ratio);
+    double lo = ratio[0], hi = ratio[0];
+    for (int i = 1; i < steps; i++) {
+        lo = ratio[i] < lo ? ratio[i] : lo;
+        hi = ratio[i] > hi ? ratio[i] : hi;
+    }
+    /* of_bound: the median over steps of (that step's bound / its time). */
     printf("{\"scenario\":\"v3_layer_decode\",\"kernels\":\"%s\",\"threads\":%d,\"batch\":%d,"
-           "\"ctx\":%d,\"thp\":%d,\"steps\":%d,\"fill_s\":%.1f,\"copy_gb_s\":%.2f,"
+           "\"ctx\":%d,\"thp\":%d,\"steps\":%d,\"fill_s\":%.1f,\"copy_gb_s_median\":%.2f,"
            "\"step_ms_median\":%.2f,\"attn_ms_median\":%.2f,\"bound_ms_median\":%.2f,"
-           "\"of_bound\":%.3f,\"steps_ms\":[",
-           ops_cpu_kernels(be), threads, B, P, use_thp, steps, t_fill, copy_bw / 1e9, med[0] * 1e3,
-           med[1] * 1e3, med[2] * 1e3, med[2] / med[0]);
+           "\"of_bound_median\":%.3f,\"of_bound_min\":%.3f,\"of_bound_max\":%.3f,\"steps_ms\":[",
+           ops_cpu_kernels(be), threads, B, P, use_thp, steps, t_fill, med_bw / 1e9,
+           med_step * 1e3, med_attn * 1e3, med_bound * 1e3, med_ratio, lo, hi);
     for (int i = 0; i < steps; i++)
         printf("%s%.2f", i ? "," : "", t_step[i] * 1e3);
     printf("],\"bound_ms\":[");
     for (int i = 0; i < steps; i++)
         printf("%s%.2f", i ? "," : "", bound[i] * 1e3);
+    printf("],\"copy_gb_s\":[");
+    for (int i = 0; i < steps; i++)
+        printf("%s%.1f", i ? "," : "", bw_step[i] / 1e9);
+    printf("],\"step_mb\":[");
+    for (int i = 0; i < steps; i++)
+        printf("%s%.1f", i ? "," : "", step_bytes[i] / 1e6);
     printf("],\"distinct_experts\":[");
     for (int i = 0; i < steps; i++)
         printf("%s%d", i ? "," : "", distinct[i]);
     printf("]");
     for (int k = 0; k < N_PARTS; k++) {
-        memcpy(cp, t_part[k], sizeof(double) * (size_t)steps);
-        qsort(cp, (size_t)steps, sizeof(double), cmp_double);
-        printf(",\"%s_ms\":%.2f", part_name[k], cp[steps / 2] * 1e3);
+        printf(",\"%s_ms\":%.2f", part_name[k], MEDIAN(t_part[k]) * 1e3);
     }
+#undef MEDIAN
     printf(",\"attn_weight_bytes\":%zu,\"expert_bytes\":%zu}\n", attn_bytes, expert_bytes);
     return 0;
 }
