@@ -86,7 +86,7 @@ struct v3_forward {
     float *xo;          /* [max_out][dim] rows whose logits are wanted */
     float *logits_dev;  /* [max_out][vocab] */
     struct native_buf *logits_buf;
-    float *logits;      /* host copy, returned to the caller */
+    float *logits;      /* host copy, returned to the caller (NULL when host_visible) */
     size_t bytes;
 };
 
@@ -272,12 +272,16 @@ struct native_forward *native_forward_v3_new(const struct native_model *m, struc
     f->expert_mats = calloc((size_t)c->n_layers * 3 * E, sizeof(*f->expert_mats));
     f->rope_cos = malloc(sizeof(float) * (size_t)o->n_ctx * half);
     f->rope_sin = malloc(sizeof(float) * (size_t)o->n_ctx * half);
-    f->logits = malloc(sizeof(float) * (size_t)o->max_out * (size_t)c->vocab_size);
-    if (!f->layers || !f->expert_mats || !f->rope_cos || !f->rope_sin || !f->logits) {
+    /* A host copy of the logits only where the backend's buffers are not
+     * host memory. */
+    const size_t host_logits = b->ops->host_visible ? 0 : (size_t)o->max_out * (size_t)c->vocab_size;
+    f->logits = host_logits ? malloc(sizeof(float) * host_logits) : NULL;
+    if (!f->layers || !f->expert_mats || !f->rope_cos || !f->rope_sin ||
+        (host_logits && !f->logits)) {
         snprintf(err, errlen, "out of memory for the DeepSeek-V3 forward pass");
         goto fail;
     }
-    f->bytes += sizeof(float) * ((size_t)o->n_ctx * half * 2 + (size_t)o->max_out * c->vocab_size);
+    f->bytes += sizeof(float) * ((size_t)o->n_ctx * half * 2 + host_logits);
     if (v3_map_weights(f) != 0) {
         snprintf(err, errlen, "%s: the %s backend could not map the weights", m->path, b->ops->name);
         goto fail;
@@ -419,10 +423,16 @@ static const float *v3_run(struct native_forward *base, struct native_kv *kv,
     /* Only rows that will be sampled go through the final norm and the
      * vocabulary projection. */
     if (batch->n_out == 0)
-        return f->logits;
+        return ops->host_visible ? f->logits_dev : f->logits;
     ops->gather(b, f->xo, f->x, batch->out_rows, batch->n_out, D);
     ops->rmsnorm(b, f->xo, f->xo, f->final_norm, batch->n_out, D, D, eps);
     ops->matmul(b, batch->n_out, f->xo, 1, &f->lm_head, &f->logits_dev, 0);
+    /* The logits are the one thing that comes back to the host each step;
+     * a backend whose buffers are host memory needs no copy. */
+    if (ops->host_visible) {
+        ops->synchronize(b);
+        return f->logits_dev;
+    }
     ops->download(b, f->logits, f->logits_buf, 0,
                   sizeof(float) * (size_t)batch->n_out * (size_t)c->vocab_size);
     return f->logits;
