@@ -8,7 +8,10 @@
  * router bias, FP8 block scales), the multi-token-prediction layer
  * ignored, the sizes the engine reports (parameters, active parameters, KV
  * bytes per token), errors that name the tensor, the DeepSeek chat template
- * chosen for the tokenizer beside the model, and add_bos_token honoured. */
+ * chosen for the tokenizer beside the model, and add_bos_token honoured.
+ * The published DeepSeek-V3 config.json (the fuzz seed) parses to its real
+ * shape, and each thing the forward pass does not implement is refused by
+ * name. */
 #include "engines/native/backend/cpu/ops_cpu.h"
 #include "engines/native/model/forward.h"
 #include "engines/native/model/model.h"
@@ -232,8 +235,72 @@ static void test_prompt(const char *dir)
     native_model_free(m);
 }
 
+/* The published config (tests/fuzz/corpus/hf_config/deepseek_v3.json), and
+ * edits of it that must be refused with a message naming the field. */
+static void test_real_config(void)
+{
+    const char *src = getenv("CASCADE_SOURCE_DIR");
+    char path[1024], err[512];
+    snprintf(path, sizeof(path), "%s/tests/fuzz/corpus/hf_config/deepseek_v3.json", src ? src : ".");
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL);
+    if (!f)
+        return;
+    static char text[8192], edit[8192];
+    size_t n = fread(text, 1, sizeof(text) - 1, f);
+    fclose(f);
+    text[n] = 0;
+
+    struct native_model_config c;
+    CHECK(native_model_config_parse(text, n, "config.json", &c, err, sizeof(err)) == 0);
+    CHECK(c.arch == NATIVE_ARCH_DEEPSEEK_V3 && c.dim == 7168 && c.n_layers == 61 && c.n_heads == 128);
+    CHECK(c.v3.q_lora_rank == 1536 && c.v3.kv_lora_rank == 512 && c.v3.qk_nope_head_dim == 128 &&
+          c.v3.qk_rope_head_dim == 64 && c.v3.v_head_dim == 128 && c.head_dim == 192);
+    CHECK(c.v3.n_routed_experts == 256 && c.v3.n_experts_per_tok == 8 && c.v3.n_group == 8 &&
+          c.v3.topk_group == 4 && c.v3.n_shared_experts == 1 && c.v3.moe_intermediate_size == 2048 &&
+          c.v3.first_k_dense_replace == 3 && c.v3.n_nextn_layers == 1 && c.v3.norm_topk_prob);
+    CHECK(c.yarn.factor == 40.0f && c.yarn.original_max_pos == 4096 && c.yarn.beta_fast == 32.0f &&
+          c.yarn.beta_slow == 1.0f && c.yarn.mscale == 1.0f && c.yarn.mscale_all_dim == 1.0f);
+    CHECK(c.vocab_size == 129280 && c.bos_id == 0 && c.n_eos == 1 && c.eos_ids[0] == 1);
+    /* (kv_lora_rank 512 + qk_rope_head_dim 64) x 61 layers x 4 bytes. */
+    CHECK(native_model_kv_bytes_per_token(&c) == 576 * 61 * 4);
+
+    static const struct {
+        const char *from, *to, *needle;
+    } bad[] = {
+        {"\"weight_block_size\": [128, 128]", "\"weight_block_size\": [64, 64]", "weight_block_size"},
+        {"\"fmt\": \"e4m3\"", "\"fmt\": \"e5m2\"", "fmt"},
+        {"\"quant_method\": \"fp8\"", "\"quant_method\": \"awq\"", "quant_method"},
+        {"\"topk_method\": \"noaux_tc\"", "\"topk_method\": \"greedy\"", "topk_method"},
+        {"\"scoring_func\": \"sigmoid\"", "\"scoring_func\": \"softmax\"", "scoring_func"},
+        {"\"n_group\": 8", "\"n_group\": 7", "n_group"},
+        {"\"topk_group\": 4", "\"topk_group\": 9", "topk_group"},
+        {"\"kv_lora_rank\": 512", "\"kv_lora_rank\": 4096", "kv_lora_rank"},
+        {"\"qk_rope_head_dim\": 64", "\"qk_rope_head_dim\": 63", "qk_rope_head_dim"},
+        {"\"num_experts_per_tok\": 8", "\"num_experts_per_tok\": 17", "num_experts_per_tok"},
+        {"\"type\": \"yarn\"", "\"type\": \"linear\"", "rope_scaling"},
+        {"\"beta_fast\": 32", "\"beta_fast\": -1", "rope_scaling"},
+        {"\"kv_lora_rank\": 512,", "", "kv_lora_rank"},
+        {"\"DeepseekV3ForCausalLM\"", "\"DeepseekV2ForCausalLM\"", "DeepseekV2ForCausalLM"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *at = strstr(text, bad[i].from);
+        CHECK(at != NULL);
+        if (!at)
+            continue;
+        snprintf(edit, sizeof(edit), "%.*s%s%s", (int)(at - text), text, bad[i].to,
+                 at + strlen(bad[i].from));
+        err[0] = 0;
+        int rc = native_model_config_parse(edit, strlen(edit), "config.json", &c, err, sizeof(err));
+        if (rc == 0 || !strstr(err, bad[i].needle))
+            fprintf(stderr, "edit %zu (%s): rc %d, \"%s\"\n", i, bad[i].to, rc, err);
+        CHECK(rc != 0 && strstr(err, bad[i].needle) != NULL);
+    }
+}
+
 int main(void)
 {
+    test_real_config();
     snprintf(root, sizeof(root), "/tmp/cascade-test-v3-XXXXXX");
     if (!mkdtemp(root)) {
         perror("mkdtemp");
