@@ -55,6 +55,7 @@ enum cuda_scratch_slot {
     CUDA_SCRATCH_MLA = 2,       /* H5 */
     CUDA_SCRATCH_MOE = 3,       /* H5: permutation, counts, offsets */
     CUDA_SCRATCH_HOST_IDS = 4,  /* ids/rows/pos the ops get in host memory outside the batch */
+    CUDA_SCRATCH_ATTN = 5,      /* dense attention's per-split partial results */
     CUDA_SCRATCH_COUNT
 };
 
@@ -78,8 +79,10 @@ struct cuda_batch {
 
     /* storage behind the arrays */
     int32_t *dev;           /* device, cap int32s */
-    int32_t *staging;       /* pinned host, cap int32s */
-    size_t cap;
+    int32_t *staging;       /* pinned host, cap int32s: also what the mirror holds, for comparing */
+    size_t cap, used;       /* int32s */
+    cudaEvent_t copied;     /* recorded after the copy out of staging */
+    int pending;            /* copied was recorded and staging may still be read */
 };
 
 /* A host cos/sin table uploaded once: the rope op's tables are host memory
@@ -88,15 +91,31 @@ struct cuda_batch {
 struct cuda_rope_table {
     const float *host_cos, *host_sin;
     int n_pos, half;
+    float fp[32];           /* sampled entries: a table freed and rebuilt at the same address differs */
     float *dev;             /* [n_pos][half] cos, then [n_pos][half] sin */
 };
 
-/* One map_weights() copy: unmap_weights() frees by device address. */
+/* One map_weights() copy, in an open-addressing table keyed by device
+ * address, so unmap_weights() is O(1) for the ~10^5 tensors of a large MoE. */
 struct cuda_weight_map {
-    const void *host;
-    void *dev;
+    void *dev;              /* NULL: empty slot; CUDA_MAP_TOMB: removed */
     size_t bytes;
 };
+#define CUDA_MAP_TOMB ((void *)1)
+
+/* How matmuls above the GEMV's token count run for BF16 weights
+ * (CASCADE_CUDA_GEMM=split3|split2|bf16): cuBLASLt on BF16 tensor cores
+ * with the float32 activations cut into 3, 2 or 1 BF16 parts (x = hi + mid +
+ * lo), one GEMM per part into the same F32 output. Three parts reproduce the
+ * float32 product to about 2^-24 (what the CPU comparison needs), one is the
+ * usual BF16 inference GEMM at a third of the work. */
+enum cuda_gemm_mode {
+    CUDA_GEMM_BF16 = 1,
+    CUDA_GEMM_SPLIT2 = 2,
+    CUDA_GEMM_SPLIT3 = 3,
+};
+
+struct cuda_lt_plan;        /* ops_cuda.cu: a cached cuBLASLt descriptor set and algorithm */
 
 struct cuda_backend {
     struct native_backend base;
@@ -104,7 +123,7 @@ struct cuda_backend {
     int cc_major, cc_minor;     /* compute capability: 8.x Ampere, 9.0 Hopper */
     int sm_count;
     size_t smem_optin;          /* max dynamic shared memory per block */
-    char name[64];              /* "cuda:0 (NVIDIA H200, sm_90)" */
+    char name[128];             /* "cuda:0 (NVIDIA H200, sm_90)" */
     cudaStream_t stream;
     cublasHandle_t cublas;
     cublasLtHandle_t lt;
@@ -120,10 +139,17 @@ struct cuda_backend {
     int rope_next;              /* round-robin victim when all slots are used */
 
     struct cuda_weight_map *maps;
-    size_t n_maps, cap_maps;
+    size_t n_maps, n_tomb, cap_maps;    /* cap_maps: a power of two */
     size_t weight_bytes;        /* sum of what map_weights() holds */
 
-    int last_error;             /* first CUDA error an op hit (cudaError_t), 0 if none */
+    int gemm_parts;             /* enum cuda_gemm_mode */
+    int gemv_max;               /* matmuls of up to this many tokens use the GEMV kernel */
+    struct cuda_lt_plan *plans; /* CUDA_LT_PLANS, round-robin replaced */
+    int plan_next;
+
+    int last_error;             /* first CUDA/cuBLAS error an op hit, 0 if none */
+    int n_errors;
+    char error[256];            /* its text */
 };
 
 #define CUDA_LT_WS_BYTES ((size_t)32 << 20)
