@@ -18,6 +18,9 @@
  * token.
  */
 #include "engines/native/backend/cpu/ops_cpu.h"
+#ifdef CASCADE_HAVE_CUDA
+#include "engines/native/backend/cuda/ops_cuda.h"
+#endif
 #include "engines/native/backend/dtype.h"
 #include "engines/native/backend/ops.h"
 #include "tests/unit/test.h"
@@ -41,15 +44,36 @@ static struct native_backend *cpu_avx2(void) { return ops_cpu_new(2, OPS_CPU_NO_
 static struct native_backend *cpu_portable(void) { return ops_cpu_new(2, OPS_CPU_PORTABLE); }
 static struct native_backend *cpu_one_thread(void) { return ops_cpu_new(1, 0); }
 
+#ifdef CASCADE_HAVE_CUDA
+/* Why the CUDA backend could not be made, for the SKIP or failure line. */
+static char cuda_why[256];
+static int cuda_devices;
+
+static struct native_backend *cuda_first(void)
+{
+    cuda_devices = ops_cuda_device_count(cuda_why, sizeof(cuda_why));
+    if (cuda_devices < 1)
+        return NULL;
+    return ops_cuda_new(0, cuda_why, sizeof(cuda_why));
+}
+#endif
+
+/* gpu: run only by `test_backend_ops gpu` (CTest test_backend_ops_cuda,
+ * label gpu), which reports SKIP with the reason when there is no device; the
+ * plain run (label unit) takes the CPU lines, so a machine without a GPU
+ * runs it green, CI=true included. */
 static const struct backend_entry {
     const char *name;
     struct native_backend *(*make)(void);
+    int gpu;
 } backends[] = {
-    {"cpu", cpu_default},               /* AVX-512 matmul where the CPU has it */
-    {"cpu-avx2", cpu_avx2},
-    {"cpu-portable", cpu_portable},
-    {"cpu-1thread", cpu_one_thread},
-    /* the CUDA backend adds its line here */
+    {"cpu", cpu_default, 0},               /* AVX-512 matmul where the CPU has it */
+    {"cpu-avx2", cpu_avx2, 0},
+    {"cpu-portable", cpu_portable, 0},
+    {"cpu-1thread", cpu_one_thread, 0},
+#ifdef CASCADE_HAVE_CUDA
+    {"cuda:0", cuda_first, 1},
+#endif
 };
 
 /* ---- Random numbers and helpers ---- */
@@ -526,10 +550,11 @@ static void run_mla(struct dev *d, const struct mla_shape *sh, const struct hmat
     dev_reset(d);
 }
 
-static void test_mla(struct dev *d, const struct mla_shape *sh, enum native_dtype dt)
+/* late: the decoding sequence's position (it attends late + 1 positions). */
+static void test_mla(struct dev *d, const struct mla_shape *sh, enum native_dtype dt, int late)
 {
     cur_case = "mla_attention";
-    const int late = 20, H = sh->H, NP = sh->nope, R = sh->rope, V = sh->v, L = sh->L;
+    const int H = sh->H, NP = sh->nope, R = sh->rope, V = sh->v, L = sh->L;
     struct hmat kvb = hmat_rand(dt, (int64_t)H * (NP + V), L, 0.3);
     const float *c_all[2], *kpe_all[2];
     for (int s = 0; s < 2; s++) {
@@ -767,6 +792,7 @@ static void test_moe_gate(struct dev *d)
     case_gate_random(d, 16, 4, 4, 4, 1, 1);     /* topk_group == n_group: plain top-k */
     case_gate_random(d, 16, 3, 1, 1, 0, 0);     /* one group, no bias, unnormalized */
     case_gate_random(d, 8, 2, 8, 2, 1, 1);      /* groups of one expert */
+    case_gate_random(d, 256, 8, 8, 4, 1, 1);    /* V3's real shape: 8 groups of 32 */
 
     int32_t ids[16];
     float w[16];
@@ -851,18 +877,19 @@ static void run_experts(struct dev *d, struct experts_host *eh, const float *x, 
     dev_reset(d);
 }
 
-static void test_moe_experts(struct dev *d, enum native_dtype dt)
+/* E <= 8 experts of dim D, inter I <= 64; n tokens with K experts each
+ * (ids); the tokens `alone` run again one at a time. */
+static void test_moe_experts(struct dev *d, enum native_dtype dt, int E, int D, int I, int n, int K,
+                             const int32_t *ids, const int *alone, int n_alone)
 {
     cur_case = "moe_experts";
-    struct experts_host eh = {6, 136, 40, {{0}}, {{0}}, {{0}}};
-    const int n = 5, K = 3;
+    struct experts_host eh = {E, D, I, {{0}}, {{0}}, {{0}}};
+    REQUIRE(E <= 8 && I <= 64);
     for (int e = 0; e < eh.E; e++) {
         eh.g[e] = hmat_rand(dt, eh.I, eh.D, 0.3);
         eh.u[e] = hmat_rand(dt, eh.I, eh.D, 0.3);
         eh.dn[e] = hmat_rand(dt, eh.D, eh.I, 0.3);
     }
-    /* Expert 3 takes four of the five tokens, expert 5 none. */
-    const int32_t ids[15] = {3, 0, 1, 3, 2, 4, 1, 3, 0, 3, 4, 2, 0, 1, 2};
     float *x = frand((size_t)n * eh.D, 1.0), *y0 = frand((size_t)n * eh.D, 1.0);
     float *wts = frand((size_t)n * K, 1.0);
     float *y = malloc(sizeof(float) * n * eh.D);
@@ -894,9 +921,13 @@ static void test_moe_experts(struct dev *d, enum native_dtype dt)
     check_close(y, ref, (size_t)n * eh.D, tol_of(dt) * 2, native_dtype_name(dt));
 
     /* A token alone gets the same bits as inside the batch. */
-    float y1[136];
-    run_experts(d, &eh, x + 2 * eh.D, y0 + 2 * eh.D, 1, ids + 2 * K, wts + 2 * K, K, y1);
-    CHECK(memcmp(y1, y + 2 * eh.D, sizeof(y1)) == 0);
+    float *y1 = malloc(sizeof(float) * eh.D);
+    for (int k = 0; k < n_alone; k++) {
+        const int t = alone[k];
+        run_experts(d, &eh, x + t * eh.D, y0 + t * eh.D, 1, ids + t * K, wts + t * K, K, y1);
+        CHECK(memcmp(y1, y + t * eh.D, sizeof(float) * eh.D) == 0);
+    }
+    free(y1);
 
     free(ref);
     free(x);
@@ -908,6 +939,75 @@ static void test_moe_experts(struct dev *d, enum native_dtype dt)
         hmat_free(&eh.u[e]);
         hmat_free(&eh.dn[e]);
     }
+}
+
+static void test_moe_experts_all(struct dev *d)
+{
+    /* Ragged rows (136, 40); expert 3 takes four of the five tokens, expert
+     * 5 none. */
+    static const int32_t ids5[15] = {3, 0, 1, 3, 2, 4, 1, 3, 0, 3, 4, 2, 0, 1, 2};
+    static const int alone5[1] = {2};
+    /* Rows of 16-multiples (a GPU's vector loads); expert 0 takes all 20
+     * tokens (more than one GPU tile of 8), the others share the rest. */
+    int32_t ids20[40];
+    for (int t = 0; t < 20; t++) {
+        ids20[2 * t] = 0;
+        ids20[2 * t + 1] = 1 + t % 3;
+    }
+    static const int alone20[2] = {2, 13};
+    const enum native_dtype dts[3] = {NATIVE_F32, NATIVE_BF16, NATIVE_F8_E4M3};
+    for (int k = 0; k < 3; k++) {
+        test_moe_experts(d, dts[k], 6, 136, 40, 5, 3, ids5, alone5, 1);
+        test_moe_experts(d, dts[k], 4, 128, 64, 20, 2, ids20, alone20, 2);
+    }
+}
+
+/* ---- FP8 matmul: a token's row is the same bits alone, in batches of
+ * several sizes, and read from an unaligned copy (a GPU backend picks its
+ * kernel by batch size and alignment; ops.h wants one result). ---- */
+
+static void test_matmul_fp8_invariance(struct dev *d)
+{
+    cur_case = "matmul fp8 invariance";
+    const int64_t rows = 136, cols = 512;
+    const int N = 20, tok = 2;
+    struct hmat m = hmat_rand(NATIVE_F8_E4M3, rows, cols, 0.5);
+    float *x = frand((size_t)N * cols, 1.0);
+    float *got = malloc(sizeof(float) * N * rows);
+    float one[136];
+    const int ns[4] = {20, 9, 3, 1};
+    for (int k = 0; k < 4; k++) {
+        struct native_mat w = dmat(d, &m);
+        const float *xs = x + (ns[k] == 1 ? tok * cols : 0);
+        float *xd = dup_in(d, xs, sizeof(float) * ns[k] * cols);
+        float *yd = dalloc(d, sizeof(float) * ns[k] * rows), *out[1] = {yd};
+        d->o->matmul(d->b, ns[k], xd, 1, &w, out, 0);
+        dl(d, got, yd, sizeof(float) * ns[k] * rows);
+        if (k == 0) {
+            double *ref = malloc(sizeof(double) * N * rows);
+            ref_matvec(&m, x, N, ref);
+            check_close(got, ref, (size_t)N * rows, tol_of(NATIVE_F8_E4M3), "n=20 cols=512");
+            free(ref);
+            memcpy(one, got + tok * rows, sizeof(one));
+        } else {
+            CHECK(memcmp(one, got + (ns[k] == 1 ? 0 : tok * rows), sizeof(one)) == 0);
+        }
+        dev_reset(d);
+    }
+    /* The same token from an address 4 bytes past a 16-byte boundary. */
+    {
+        struct native_mat w = dmat(d, &m);
+        float *buf = dalloc(d, sizeof(float) * (cols + 4));
+        d->o->upload(d->b, d->bufs[d->n_bufs - 1], sizeof(float), x + tok * cols, sizeof(float) * cols);
+        float *yd = dalloc(d, sizeof(float) * rows), *out[1] = {yd};
+        d->o->matmul(d->b, 1, buf + 1, 1, &w, out, 0);
+        dl(d, got, yd, sizeof(float) * rows);
+        CHECK(memcmp(one, got, sizeof(one)) == 0);
+        dev_reset(d);
+    }
+    free(got);
+    free(x);
+    hmat_free(&m);
 }
 
 /* ---- CPU only: one thread and two give the same bits ---- */
@@ -979,10 +1079,23 @@ static void test_cpu_thread_invariance(void)
     native_backend_free(b2);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    const int gpu = argc > 1 && strcmp(argv[1], "gpu") == 0;
     for (size_t k = 0; k < sizeof(backends) / sizeof(backends[0]); k++) {
+        if (backends[k].gpu != gpu)
+            continue;
         struct native_backend *b = backends[k].make();
+#ifdef CASCADE_HAVE_CUDA
+        /* No driver or no device: nothing to test here, said as a SKIP.
+         * A device that is there but will not start is a failure. */
+        if (!b && backends[k].gpu && cuda_devices < 1) {
+            TEST_SKIP("%s: %s", backends[k].name, cuda_why);
+            continue;
+        }
+        if (!b && backends[k].gpu)
+            fprintf(stderr, "%s: %s\n", backends[k].name, cuda_why);
+#endif
         CHECK(b != NULL);
         if (!b)
             continue;
@@ -991,6 +1104,7 @@ int main(void)
         int before = test_failed_;
 
         test_matmul(&d);
+        test_matmul_fp8_invariance(&d);
         test_rmsnorm(&d);
         test_rope(&d);
         test_attention(&d, 4, 2, 16);
@@ -998,18 +1112,39 @@ int main(void)
         test_attention(&d, 2, 1, 64);
         const struct mla_shape small = {3, 16, 8, 12, 40}, wide = {10, 24, 8, 16, 200};
         for (size_t j = 0; j < sizeof(all_dtypes) / sizeof(all_dtypes[0]); j++) {
-            test_mla(&d, &small, all_dtypes[j]);
-            test_mla(&d, &wide, all_dtypes[j]);
+            test_mla(&d, &small, all_dtypes[j], 20);
+            test_mla(&d, &wide, all_dtypes[j], 20);
         }
+        /* V3's latent and rope widths, heads not a multiple of 8, and 51
+         * positions: a GPU kernel's position tiles (32 on CUDA) and head
+         * groups (8) both end part-way. */
+        const struct mla_shape v3ish = {9, 32, 64, 32, 512};
+        test_mla(&d, &v3ish, NATIVE_BF16, 50);
+        test_mla(&d, &v3ish, NATIVE_F8_E4M3, 50);
         test_swiglu(&d);
         test_embed_gather(&d);
         test_moe_gate(&d);
-        test_moe_experts(&d, NATIVE_F32);
-        test_moe_experts(&d, NATIVE_BF16);
-        test_moe_experts(&d, NATIVE_F8_E4M3);
+        test_moe_experts_all(&d);
 
+#ifdef CASCADE_HAVE_CUDA
+        /* Ops cannot return errors; a device fault or an op not built is
+         * remembered by the backend. */
+        if (backends[k].gpu) {
+            b->ops->synchronize(b);
+            const char *e = ops_cuda_error(b);
+            if (e)
+                fprintf(stderr, "  [%s] CUDA error: %s\n", backends[k].name, e);
+            CHECK(e == NULL);
+        }
+#endif
         printf("%-14s %s\n", backends[k].name, test_failed_ == before ? "OK" : "FAILED");
         native_backend_free(b);
+    }
+    if (gpu) {
+#ifndef CASCADE_HAVE_CUDA
+        TEST_SKIP("gpu: this build has no CUDA backend (nvcc not found or -DCASCADE_CUDA=OFF)");
+#endif
+        TEST_MAIN_END();
     }
     test_cpu_thread_invariance();
     TEST_MAIN_END();
