@@ -4,6 +4,11 @@
  *   bench_gpu_decode --model DIR [--device cuda:N|cpu] [--batch 1,2,4,...]
  *                    [--prompt P] [--steps S] [--warmup W] [--bw-gib G]
  *                    [--threads T] [--name NAME]
+ *   bench_gpu_decode --probe
+ *
+ * --probe says whether this build can run on a GPU here (bench/gpu/run.sh
+ * asks it first): "gpu: N device(s)" and exit 0, "no GPU found: <reason>"
+ * and exit 3, or "no CUDA backend built" and exit 4.
  *
  * For each batch size B: B sequences of P random tokens are prefilled
  * (whole sequences per forward call, up to 2048 tokens a call), then W
@@ -148,6 +153,21 @@ int main(int argc, char **argv)
     long prompt = 64, steps = 32, warmup = 3, bw_gib = 4, threads = 0;
     char err[512];
 
+    if (argc == 2 && !strcmp(argv[1], "--probe")) {
+#ifdef CASCADE_HAVE_CUDA
+        char why[256];
+        int n = ops_cuda_device_count(why, sizeof(why));
+        if (n <= 0) {
+            printf("no GPU found: %s\n", why);
+            return 3;
+        }
+        printf("gpu: %d device(s)\n", n);
+        return 0;
+#else
+        printf("no CUDA backend built (configure where nvcc is, with CASCADE_CUDA=ON)\n");
+        return 4;
+#endif
+    }
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc)
             usage();
