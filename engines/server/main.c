@@ -4,8 +4,8 @@
  * (engines/native/runtime/native_engine.h) generates. No inference code lives here.
  *
  *   cascade-engine --model PATH [--listen HOST:PORT] [--tokenizer PATH]
- *                  [--name ID] [--threads N] [--kv-mib N] [--max-batch N]
- *                  [--max-queue N] [--ctx N]
+ *                  [--name ID] [--device cpu|cuda:N] [--threads N]
+ *                  [--kv-mib N] [--max-batch N] [--max-queue N] [--ctx N]
  *
  * Endpoints: POST /v1/chat/completions, POST /v1/completions (stream and
  * not, usage, logprobs), GET /v1/models, GET /health. Every error is an
@@ -22,6 +22,7 @@
 #include "common/log.h"
 #include "common/mem.h"
 #include "common/openai.h"
+#include "engines/native/backend/device.h"
 #include "engines/native/runtime/native_engine.h"
 
 #include <errno.h>
@@ -377,11 +378,13 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: cascade-engine --model PATH [--listen HOST:PORT] [--tokenizer PATH] [--name ID]\n"
-               "                      [--threads N] [--kv-mib N] [--max-batch N] [--max-queue N] [--ctx N]\n"
+               "                      [--device cpu|cuda:N] [--threads N] [--kv-mib N] [--max-batch N]\n"
+               "                      [--max-queue N] [--ctx N]\n"
                "  --model PATH       llama2.c .bin, or a Hugging Face folder (config.json + safetensors)\n"
                "  --listen HOST:PORT default 127.0.0.1:8000; port 0 picks a free one\n"
                "  --tokenizer PATH   default: tokenizer.json, tokenizer.bin or tok<vocab>.bin beside the model\n"
                "  --name ID          the model id in /v1/models (default: the model file or folder name)\n"
+               "  --device DEV       cpu (default) or cuda:N, the GPU to run on\n"
                "  --threads N        compute threads (default: one per CPU)\n"
                "  --kv-mib N         KV cache budget in MiB (default 256)\n"
                "  --max-batch N      sequences decoded together (default 16)\n"
@@ -396,13 +399,14 @@ int main(int argc, char **argv)
         {"tokenizer", required_argument, NULL, 't'}, {"name", required_argument, NULL, 'n'},
         {"threads", required_argument, NULL, 'T'}, {"kv-mib", required_argument, NULL, 'k'},
         {"max-batch", required_argument, NULL, 'b'}, {"max-queue", required_argument, NULL, 'q'},
-        {"ctx", required_argument, NULL, 'c'},     {"help", no_argument, NULL, 'h'},
+        {"ctx", required_argument, NULL, 'c'},     {"device", required_argument, NULL, 'd'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct native_engine_config cfg = {0};
     const char *listen_addr = "127.0.0.1:8000";
     int o;
-    while ((o = getopt_long(argc, argv, "m:l:t:n:T:k:b:q:c:h", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "m:l:t:n:T:k:b:q:c:d:h", opts, NULL)) != -1) {
         switch (o) {
         case 'm': cfg.model_path = optarg; break;
         case 'l': listen_addr = optarg; break;
@@ -413,6 +417,7 @@ int main(int argc, char **argv)
         case 'b': cfg.max_batch = atoi(optarg); break;
         case 'q': cfg.max_queue = atoi(optarg); break;
         case 'c': cfg.n_ctx = atoi(optarg); break;
+        case 'd': cfg.device = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -422,6 +427,12 @@ int main(int argc, char **argv)
         return 2;
     }
     char host[256], err[512];
+    struct native_device dev;
+    /* A mistyped device is a usage error, found before the model is read. */
+    if (native_device_parse(cfg.device, &dev, err, sizeof(err)) != 0) {
+        fprintf(stderr, "cascade-engine: --device: %s\n", err);
+        return 2;
+    }
     const char *colon = strrchr(listen_addr, ':');
     char *port_end = NULL;
     long want_port = colon ? strtol(colon + 1, &port_end, 10) : -1;
@@ -444,7 +455,7 @@ int main(int argc, char **argv)
     struct server s = {0};
     s.engine = native_engine_new(&cfg, err, sizeof(err));
     if (!s.engine) {
-        log_error("cannot load the model: %s", err);
+        log_error("cannot start the engine: %s", err);
         return 1;
     }
     int port = 0;

@@ -22,6 +22,7 @@
 #include "engines/native/runtime/prompt.h"
 #include "engines/native/runtime/sched.h"
 #include "engines/native/backend/cpu/ops_cpu.h"
+#include "engines/native/backend/device.h"
 #include "common/log.h"
 #include "tokenizer/tokenizer.h"
 
@@ -682,11 +683,13 @@ static void log_model(const struct native_engine *e)
     const struct native_model *m = e->m;
     const struct native_layer *l0 = &m->layers[m->cfg.n_layers > 1 ? m->cfg.n_layers - 1 : 0];
     const struct native_mat *w = m->cfg.arch == NATIVE_ARCH_DEEPSEEK_V3 ? &l0->mla.o : &l0->wo;
+    char dev[160];
+    native_device_describe(e->be, dev, sizeof(dev));
     log_info("model %s: arch %s, weights %s (%.1f MiB), %.3g parameters (%.3g active per token), "
              "KV cache %zu bytes per token, context %d, backend %s",
              e->name, native_arch_name(m->cfg.arch), native_dtype_name(w->dtype),
              (double)m->weight_bytes / (1 << 20), (double)m->n_params, (double)m->n_active_params,
-             native_model_kv_bytes_per_token(&m->cfg), sched_context(e->s), e->be->ops->name);
+             native_model_kv_bytes_per_token(&m->cfg), sched_context(e->s), dev);
 }
 
 /* Model, tokenizer and chat format, then the scheduler and its threads;
@@ -725,9 +728,9 @@ struct engine *native_engine_new(const struct native_engine_config *cfg, char *e
         goto fail;
     }
     /* The engine picks the backend; the scheduler is handed it. */
-    e->be = ops_cpu_new(cfg->threads, cfg->cpu_flags);
-    if (!e->be) {
-        snprintf(err, errlen, "cannot start the CPU backend");
+    struct native_device dev;
+    if (native_device_parse(cfg->device, &dev, err, errlen) != 0 ||
+        !(e->be = native_device_backend(&dev, cfg->threads, cfg->cpu_flags, err, errlen))) {
         pthread_mutex_destroy(&e->mu);
         goto fail;
     }
@@ -793,7 +796,7 @@ struct engine *native_engine_from_json(const char *json, const char *base_dir, c
     json_t *val;
     json_object_foreach(o, key, val) {
         int known = !strcmp(key, "kind") || !strcmp(key, "model") || !strcmp(key, "tokenizer") ||
-                    !strcmp(key, "name");
+                    !strcmp(key, "name") || !strcmp(key, "device");
         for (size_t i = 0; i < 5; i++) {
             if (strcmp(key, int_keys[i]) != 0)
                 continue;
@@ -813,11 +816,16 @@ struct engine *native_engine_from_json(const char *json, const char *base_dir, c
     const char *m = json_string_value(json_object_get(o, "model"));
     const char *t = json_string_value(json_object_get(o, "tokenizer"));
     json_t *jt = json_object_get(o, "tokenizer"), *jn = json_object_get(o, "name");
-    if (!m || (jt && !t) || (jn && !json_is_string(jn))) {
-        snprintf(err, errlen, "native engine: \"model\" (a path) is required; \"tokenizer\" "
-                              "and \"name\" must be strings");
+    json_t *jd = json_object_get(o, "device");
+    if (!m || (jt && !t) || (jn && !json_is_string(jn)) || (jd && !json_is_string(jd))) {
+        snprintf(err, errlen, "native engine: \"model\" (a path) is required; \"tokenizer\", "
+                              "\"name\" and \"device\" must be strings");
         goto out;
     }
+    /* A bad device name is refused here, before the model is read. */
+    struct native_device dev;
+    if (native_device_parse(json_string_value(jd), &dev, err, errlen) != 0)
+        goto out;
     model = resolve(base_dir, m);
     tok = resolve(base_dir, t);
     if (!model || (t && !tok)) {
@@ -828,6 +836,7 @@ struct engine *native_engine_from_json(const char *json, const char *base_dir, c
     cfg.model_path = model;
     cfg.tokenizer_path = tok;
     cfg.model_name = json_string_value(jn);
+    cfg.device = json_string_value(jd);
     cfg.threads = (int)v[0];
     cfg.kv_budget_bytes = (size_t)v[1] << 20;
     cfg.max_batch = (int)v[2];

@@ -51,6 +51,7 @@ struct native_engine_config {
     const char *model_path;     /* llama2.c .bin, or an HF folder / config.json */
     const char *tokenizer_path; /* NULL: found beside the model */
     const char *model_name;     /* the id reported to clients; NULL: the path's last part */
+    const char *device;         /* "cpu" (NULL: cpu) or "cuda:N" (backend/device.h) */
     int threads;                /* compute threads; 0: one per CPU */
     size_t kv_budget_bytes;     /* KV cache memory; 0: 256 MiB */
     int max_batch;              /* sequences decoded together; 0: 16 */
@@ -67,8 +68,10 @@ struct engine *native_engine_new(const struct native_engine_config *cfg, char *e
 /* The same, from a tier's "engine" section of cascaded's config (the JSON
  * text of the object):
  *   {"kind": "native", "model": PATH, "tokenizer": PATH, "name": ID,
- *    "threads": N, "kv_mib": N, "max_batch": N, "max_queue": N, "ctx": N}
- * Only "model" is required; the numbers default as in the struct above.
+ *    "device": "cpu" | "cuda:N", "threads": N, "kv_mib": N, "max_batch": N,
+ *    "max_queue": N, "ctx": N}
+ * Only "model" is required; the rest default as in the struct above. A
+ * device this build or machine cannot drive is an error naming why.
  * Relative paths are taken from base_dir when it is not NULL (the config
  * file's folder). Unknown keys are an error, so a typo does not go unseen. */
 struct engine *native_engine_from_json(const char *json, const char *base_dir, char *err,

@@ -1,10 +1,14 @@
 /* cascade-score: the log-probabilities a model gives a fixed token sequence,
- * through the library directly (loader, CPU backend, KV cache, forward
+ * through the library directly (loader, a backend, KV cache, forward
  * pass; no scheduler), for comparison with a reference implementation.
  *
  *   cascade-score --model DIR --tokens 0,5,17,... [--prefill P]
  *                 [--mla absorb|naive] [--batch-with N] [--seed S]
- *                 [--threads T] [--portable]
+ *                 [--device cpu|cuda:N] [--threads T] [--portable]
+ *
+ * --device runs the same steps on a GPU (default cpu), so the CUDA backend's
+ * log-probs can be compared with the CPU's and the reference's; a CUDA op
+ * that failed makes the run fail (exit 1) rather than print its output.
  *
  * The first P tokens (default: all) run as one prefill step whose logits
  * are taken at every position; each later token runs as its own decode
@@ -24,6 +28,7 @@
  * 2 on bad usage.
  */
 #include "engines/native/backend/cpu/ops_cpu.h"
+#include "engines/native/backend/device.h"
 #include "engines/native/model/forward.h"
 #include "engines/native/model/model.h"
 #include "engines/native/runtime/kvcache.h"
@@ -42,8 +47,8 @@
 static void usage(void)
 {
     fprintf(stderr, "usage: cascade-score --model DIR --tokens ID,ID,... [--prefill P] "
-                    "[--mla absorb|naive] [--batch-with N] [--seed S] [--threads T] "
-                    "[--portable]\n");
+                    "[--mla absorb|naive] [--batch-with N] [--seed S] [--device cpu|cuda:N] "
+                    "[--threads T] [--portable]\n");
     exit(2);
 }
 
@@ -113,7 +118,7 @@ static void print_row(const float *logits, int vocab, int first)
 
 int main(int argc, char **argv)
 {
-    const char *model_path = NULL, *tokens = NULL;
+    const char *model_path = NULL, *tokens = NULL, *device = NULL;
     long prefill = -1, others = 0, threads = 1;
     unsigned long long seed = 1;
     unsigned flags = 0;
@@ -139,6 +144,8 @@ int main(int argc, char **argv)
             others = parse_int(v, 0, MAX_OTHERS);
         else if (!strcmp(a, "--seed"))
             seed = (unsigned long long)parse_int(v, 0, INT32_MAX);
+        else if (!strcmp(a, "--device"))
+            device = v;
         else if (!strcmp(a, "--threads"))
             threads = parse_int(v, 0, 1024);
         else if (!strcmp(a, "--mla") && !strcmp(v, "absorb"))
@@ -150,6 +157,11 @@ int main(int argc, char **argv)
     }
     if (!model_path || !tokens)
         usage();
+    struct native_device dev;
+    if (native_device_parse(device, &dev, err, sizeof(err)) != 0) {
+        fprintf(stderr, "cascade-score: --device: %s\n", err);
+        return 2;
+    }
 
     static int32_t target[MAX_TOKENS];
     int n = parse_tokens(tokens, target, MAX_TOKENS);
@@ -206,8 +218,8 @@ int main(int argc, char **argv)
 
     struct native_kv_desc kvd;
     native_forward_kv_desc(m, &kvd);
-    if (!(be = ops_cpu_new((int)threads, flags))) {
-        fprintf(stderr, "cascade-score: the CPU backend could not start\n");
+    if (!(be = native_device_backend(&dev, (int)threads, flags, err, sizeof(err)))) {
+        fprintf(stderr, "cascade-score: %s\n", err);
         goto out;
     }
     const size_t block_bytes = be->ops->kv_block_bytes(be, &kvd);
@@ -275,6 +287,11 @@ int main(int argc, char **argv)
             .n_tokens = nt, .token = b_tok, .pos = b_pos, .seq = b_seq, .seqs = views,
             .n_seqs = n_seqs, .out_rows = b_out, .n_out = n_out};
         const float *logits = native_forward_run(fw, kvcache_kv(kv), &batch);
+        const char *dev_err = native_device_error(be);
+        if (dev_err) {
+            fprintf(stderr, "cascade-score: %s\n", dev_err);
+            goto out;
+        }
         for (int i = 0; i < target_count; i++)
             print_row(logits + (size_t)(target_first + i) * (size_t)c->vocab_size, c->vocab_size,
                       printed++ == 0);
