@@ -1,15 +1,45 @@
-/* test_parallel: the CPU collectives (comm.h) at world sizes 1, 2 and 4.
+/* test_parallel: tensor and expert parallelism on the CPU, at world sizes
+ * 1, 2 and 4.
  *
- * Each rank is a thread; what it finds wrong it counts in its own slot, and
- * the main thread turns the counts into CHECKs (test.h is single-threaded). */
+ * First the collectives alone (comm.h): each rank is a thread; what it finds
+ * wrong it counts in its own slot, and the main thread turns the counts into
+ * CHECKs (test.h is single-threaded).
+ *
+ * Then whole models through a parallel group (model/parallel.h) against the
+ * same model on one CPU backend: stories260K (dense, 8 heads over 4 KV
+ * heads, so tp 4 replicates KV heads) and the tiny DeepSeek-V3 checkpoints
+ * in BF16 and FP8, with tp only, ep only and both. One script of steps runs
+ * two sequences: prefill chunks of both in one batch, a mixed step, decode
+ * steps of both, then one sequence alone (so some ranks have no tokens of
+ * their own in an expert-parallel layer). Every row of logits must match:
+ *   - ep only: bit for bit. Attention is whole on every rank, and the
+ *     experts' outputs come back and are summed in routing order by
+ *     moe_combine, the same arithmetic as moe_experts on one rank.
+ *   - tp: the log-probabilities within TP_TOL, and the same argmax. Each
+ *     rank's o_proj / down sums only its part of the columns and the parts
+ *     are then added in rank order, so the float rounding of those sums
+ *     differs from one rank's single pass (and an FP8 matrix whose blocks a
+ *     cut splits is held as F32); the differences are float32 rounding, a
+ *     few 1e-6 in practice.
+ */
 #include "engines/native/backend/comm.h"
+#include "engines/native/backend/cpu/ops_cpu.h"
+#include "engines/native/model/forward.h"
+#include "engines/native/model/model.h"
+#include "engines/native/model/parallel.h"
+#include "engines/native/model/synth_v3.h"
+#include "engines/native/runtime/kvcache.h"
 
 #include "test.h"
 
+#include <ftw.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- the collectives alone ---- */
 
@@ -181,8 +211,234 @@ static void test_comm(void)
     CHECK(native_comm_cpu_new_all(NATIVE_MAX_WORLD + 1, c) != 0);
 }
 
+/* ---- whole models ---- */
+
+#define TP_TOL 1e-4
+
+/* A backend for m: one CPU backend (world 1), or a group of world CPU
+ * backends with one thread each. */
+static struct native_backend *make_backend(const struct native_model *m, int tp, int ep)
+{
+    const int world = tp > ep ? tp : ep;
+    if (world == 1)
+        return ops_cpu_new(1, 0);
+    struct native_backend *be[NATIVE_MAX_WORLD];
+    struct native_comm *comms[NATIVE_MAX_WORLD];
+    if (native_comm_cpu_new_all(world, comms) != 0)
+        return NULL;
+    for (int r = 0; r < world; r++)
+        be[r] = ops_cpu_new(1, 0);
+    char err[512];
+    struct native_parallel_config cfg = {tp, ep, be, comms};
+    struct native_backend *g = native_parallel_new(m, &cfg, err, sizeof(err));
+    if (!g)
+        fprintf(stderr, "native_parallel_new(tp %d, ep %d): %s\n", tp, ep, err);
+    return g;
+}
+
+enum { SCRIPT_ROWS = 22, MAX_ROWS = 64 };
+
+/* The script's logits, row after row, [n_rows][vocab]; NULL on failure. */
+static float *run_script(const struct native_model *m, int tp, int ep, int *n_rows)
+{
+    const int V = m->cfg.vocab_size;
+    char err[512];
+    int32_t tok[2][16];
+    for (int i = 0; i < 16; i++) {
+        tok[0][i] = (int32_t)((i * 37 + 11) % V);
+        tok[1][i] = (int32_t)((i * 101 + 5) % V);
+    }
+    struct native_backend *be = make_backend(m, tp, ep);
+    struct native_kv_desc kvd;
+    native_forward_kv_desc(m, &kvd);
+    struct kvcache *kv = be ? kvcache_new(be, &kvd, be->ops->kv_block_bytes(be, &kvd) * 8, err,
+                                          sizeof(err)) : NULL;
+    struct native_forward_opts fo = {.max_tokens = 16, .max_out = 16, .n_ctx = 32};
+    struct native_forward *fw = kv ? native_forward_new(m, be, &fo, err, sizeof(err)) : NULL;
+    float *out = malloc(sizeof(float) * (size_t)MAX_ROWS * (size_t)V);
+    int32_t blocks[2][4];
+    int rows = 0;
+    if (!fw) {
+        fprintf(stderr, "tp %d ep %d: %s\n", tp, ep, err);
+        goto fail;
+    }
+    for (int s = 0; s < 2; s++)
+        if (kvcache_alloc(kv, kvcache_blocks_for(kv, 16), blocks[s]) != 0)
+            goto fail;
+    struct native_seq_view views[2] = {{blocks[0], kvcache_blocks_for(kv, 16)},
+                                       {blocks[1], kvcache_blocks_for(kv, 16)}};
+    /* Steps: {tokens of A, tokens of B} to run. */
+    static const int script[][2] = {{6, 4}, {2, 1}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, {1, 0}};
+    int done[2] = {0, 0};
+    for (size_t st = 0; st < sizeof(script) / sizeof(script[0]); st++) {
+        int32_t b_tok[16], b_pos[16], b_seq[16], b_out[16];
+        int nt = 0;
+        /* B's tokens first in odd steps, so A's rows move around in the batch. */
+        for (int k = 0; k < 2; k++) {
+            const int s = st % 2 ? 1 - k : k;
+            for (int i = 0; i < script[st][s]; i++, nt++) {
+                b_tok[nt] = tok[s][done[s]];
+                b_pos[nt] = done[s]++;
+                b_seq[nt] = s;
+                b_out[nt] = nt;
+            }
+        }
+        struct native_batch batch = {.n_tokens = nt, .token = b_tok, .pos = b_pos, .seq = b_seq,
+                                     .seqs = views, .n_seqs = 2, .out_rows = b_out, .n_out = nt};
+        const float *lg = native_forward_run(fw, kvcache_kv(kv), &batch);
+        memcpy(out + (size_t)rows * V, lg, sizeof(float) * (size_t)nt * (size_t)V);
+        rows += nt;
+    }
+    native_forward_free(fw);
+    kvcache_free(kv);
+    native_backend_free(be);
+    *n_rows = rows;
+    return out;
+
+fail:
+    free(out);
+    native_forward_free(fw);
+    kvcache_free(kv);
+    native_backend_free(be);
+    return NULL;
+}
+
+static void log_softmax(const float *x, int n, double *y)
+{
+    double mx = -INFINITY, sum = 0;
+    for (int i = 0; i < n; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    for (int i = 0; i < n; i++)
+        sum += exp((double)x[i] - mx);
+    for (int i = 0; i < n; i++)
+        y[i] = (double)x[i] - mx - log(sum);
+}
+
+static int argmax(const float *x, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
+/* Every (tp, ep) of worlds 2 and 4 that the model has, against world 1. */
+static void compare_model(const char *name, const struct native_model *m)
+{
+    const int V = m->cfg.vocab_size, moe = m->cfg.arch == NATIVE_ARCH_DEEPSEEK_V3;
+    int n1 = 0;
+    float *ref = run_script(m, 1, 1, &n1);
+    CHECK(ref != NULL && n1 == SCRIPT_ROWS);
+    if (!ref)
+        return;
+    double *a = malloc(sizeof(double) * (size_t)V), *b = malloc(sizeof(double) * (size_t)V);
+    static const int worlds[] = {2, 4};
+    for (int wi = 0; wi < 2; wi++) {
+        const int w = worlds[wi];
+        const int combos[3][2] = {{w, 1}, {1, w}, {w, w}};
+        for (int k = 0; k < (moe ? 3 : 1); k++) {
+            const int tp = combos[k][0], ep = combos[k][1];
+            int n = 0;
+            float *got = run_script(m, tp, ep, &n);
+            CHECK(got != NULL && n == n1);
+            if (!got || n != n1) {
+                free(got);
+                continue;
+            }
+            double worst = 0;
+            int same_argmax = 1;
+            for (int r = 0; r < n; r++) {
+                const float *x = ref + (size_t)r * V, *y = got + (size_t)r * V;
+                log_softmax(x, V, a);
+                log_softmax(y, V, b);
+                for (int i = 0; i < V; i++)
+                    worst = fabs(a[i] - b[i]) > worst ? fabs(a[i] - b[i]) : worst;
+                same_argmax &= argmax(x, V) == argmax(y, V);
+            }
+            const int exact = memcmp(ref, got, sizeof(float) * (size_t)n * (size_t)V) == 0;
+            printf("%s tp %d ep %d: %d rows, max |dlogprob| %.3g%s, argmax %s\n", name, tp, ep,
+                   n, worst, exact ? " (bit-identical)" : "", same_argmax ? "same" : "DIFFERS");
+            CHECK(same_argmax);
+            if (tp == 1)
+                CHECK(exact);   /* ep only: bit for bit */
+            else
+                CHECK(worst <= TP_TOL);
+            free(got);
+        }
+    }
+    free(a);
+    free(b);
+    free(ref);
+}
+
+/* A shape that does not split is refused with a message, not run. */
+static void test_refusals(const struct native_model *dense)
+{
+    struct native_backend *be[3];
+    struct native_comm *comms[3];
+    char err[512];
+    CHECK(native_comm_cpu_new_all(3, comms) == 0);
+    for (int r = 0; r < 3; r++)
+        be[r] = ops_cpu_new(1, 0);
+    struct native_parallel_config cfg = {3, 1, be, comms};   /* 8 heads over 3 ranks */
+    CHECK(native_parallel_new(dense, &cfg, err, sizeof(err)) == NULL);
+    CHECK(strstr(err, "cannot be split") != NULL);
+    CHECK(native_comm_cpu_new_all(2, comms) == 0);
+    for (int r = 0; r < 2; r++)
+        be[r] = ops_cpu_new(1, 0);
+    struct native_parallel_config cfg2 = {1, 2, be, comms};  /* experts of a dense model */
+    CHECK(native_parallel_new(dense, &cfg2, err, sizeof(err)) == NULL);
+    CHECK(strstr(err, "no experts") != NULL);
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static void test_models(void)
+{
+    char err[512], path[512];
+    struct native_model *m = NULL;
+    snprintf(path, sizeof(path), "%s/models/stories260K/stories260K.bin", test_shared_dir());
+    if (access(path, R_OK) != 0) {
+        TEST_SKIP("stories260K under tensor parallelism: %s not found", path);
+    } else {
+        CHECK(native_model_load(path, &m, err, sizeof(err)) == 0);
+        if (m) {
+            CHECK(m->cfg.n_heads == 8 && m->cfg.n_kv_heads == 4);
+            compare_model("stories260K", m);
+            test_refusals(m);
+            native_model_free(m);
+        }
+    }
+
+    char root[] = "/tmp/cascade-test-parallel-XXXXXX";
+    if (!mkdtemp(root)) {
+        CHECK(!"mkdtemp");
+        return;
+    }
+    for (int fp8 = 0; fp8 < 2; fp8++) {
+        struct synth_v3_spec spec;
+        synth_v3_preset("tiny", &spec);
+        spec.fp8 = fp8;
+        snprintf(path, sizeof(path), "%s/%s", root, fp8 ? "fp8" : "bf16");
+        CHECK(synth_v3_write(&spec, path, err, sizeof(err)) == 0);
+        m = NULL;
+        CHECK(native_model_load(path, &m, err, sizeof(err)) == 0);
+        if (m) {
+            compare_model(fp8 ? "tiny V3 FP8" : "tiny V3 BF16", m);
+            native_model_free(m);
+        }
+    }
+    nftw(root, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
+
 int main(void)
 {
     test_comm();
+    test_models();
     TEST_MAIN_END();
 }

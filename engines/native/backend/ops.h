@@ -317,6 +317,16 @@ struct native_ops {
                         const int32_t *ids, const float *weights, int top_k,
                         const struct native_moe_experts *e, float *scratch);
 
+    /* y[t] += sum_i weights[t][i] * rows[t * top_k + i], i < top_k in order,
+     * for t < n rows of dim floats: the weighted sum that ends moe_experts,
+     * for expert outputs computed elsewhere (expert parallelism: the experts
+     * ran on other ranks and their rows came back). It must do the same
+     * arithmetic as moe_experts' own sum, so that splitting the experts over
+     * ranks changes no bit. NULL where a backend has no expert parallelism
+     * yet; the forward pass then refuses ep > 1. */
+    void (*moe_combine)(struct native_backend *b, float *y, const float *rows, int n,
+                        const float *weights, int top_k, int dim);
+
     void (*free)(struct native_backend *b);
 };
 

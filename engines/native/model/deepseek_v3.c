@@ -88,7 +88,25 @@ struct v3_forward {
     struct native_buf *logits_buf;
     float *logits;      /* host copy, returned to the caller (NULL when host_visible) */
     size_t bytes;
+
+    /* Several ranks (model/parallel.h; the model is this rank's shard).
+     * Tensor parallelism: o_proj, the dense MLP's down and the shared
+     * experts' down give partial sums; rank 0 adds its part into x, the
+     * others write theirs over x, and tp_sum() adds them up in rank order. */
+    struct native_comm *comm;       /* NULL: one rank */
+    int tp, ep;                     /* > 1: on */
+    int acc;                        /* accumulate flag of those projections */
+    int n_local;                    /* routed experts held here: [rank * n_local, +n_local) */
+    /* Expert parallelism (v3_ep_moe): backend rows of (token, expert) pairs
+     * sent, received and computed, at most max_tokens * top_k of each. */
+    float *ep_send, *ep_recv, *ep_out, *ep_ones;
+    int32_t *ep_send_ids, *ep_recv_ids;
+    struct native_buf *ids_buf, *ep_out_buf, *ep_send_ids_buf;
+    int32_t *ep_host;               /* host: ids, rows, slot, local ids, each [T * top_k] */
+    float *ep_zeros;                /* host: zeros, EP_ZERO_FLOATS, to clear ep_out */
 };
+
+#define EP_ZERO_FLOATS 16384
 
 static const struct native_forward_impl v3_impl;
 
@@ -196,7 +214,7 @@ static int v3_map_weights(struct v3_forward *f)
             v3_map_mat(f, &w->sh_gate, &dst->sh_gate) || v3_map_mat(f, &w->sh_up, &dst->sh_up) ||
             v3_map_mat(f, &w->sh_down, &dst->sh_down))
             return -1;
-        for (int e = 0; e < E; e++)
+        for (int e = 0; e < f->n_local; e++)
             if (v3_map_mat(f, &w->gate[e], &dst->gate[e]) || v3_map_mat(f, &w->up[e], &dst->up[e]) ||
                 v3_map_mat(f, &w->down[e], &dst->down[e]))
                 return -1;
@@ -219,6 +237,8 @@ static void v3_free(struct native_forward *base)
     free(f->rope_cos);
     free(f->rope_sin);
     free(f->logits);
+    free(f->ep_host);
+    free(f->ep_zeros);
     free(f);
 }
 
@@ -259,6 +279,16 @@ struct native_forward *native_forward_v3_new(const struct native_model *m, struc
     f->m = m;
     f->b = b;
     f->o = *o;
+    f->comm = o->comm && (o->tp > 1 || o->ep > 1) ? o->comm : NULL;
+    f->tp = f->comm && o->tp > 1 ? o->tp : 1;
+    f->ep = f->comm && o->ep > 1 ? o->ep : 1;
+    f->acc = f->tp == 1 || f->comm->rank == 0;
+    f->n_local = v->n_routed_experts / f->ep;
+    if (f->ep > 1 && !b->ops->moe_combine) {
+        snprintf(err, errlen, "the %s backend has no moe_combine, so no expert parallelism",
+                 b->ops->name);
+        goto fail;
+    }
 
     const size_t T = (size_t)o->max_tokens, D = (size_t)c->dim, H = (size_t)c->n_heads;
     const size_t QK = (size_t)(v->qk_nope_head_dim + v->qk_rope_head_dim);
@@ -308,7 +338,7 @@ struct native_forward *native_forward_v3_new(const struct native_model *m, struc
     f->gate = v3_alloc(f, T * FF, sizeof(float), NULL);
     f->up = v3_alloc(f, T * FF, sizeof(float), NULL);
     f->router = v3_alloc(f, T * E, sizeof(float), NULL);
-    f->ids = v3_alloc(f, T * K, sizeof(int32_t), NULL);
+    f->ids = v3_alloc(f, T * K, sizeof(int32_t), &f->ids_buf);
     f->weights = v3_alloc(f, T * K, sizeof(float), NULL);
     f->moe_scratch = v3_alloc(f, native_moe_scratch_floats(o->max_tokens, (int)K, c->dim,
                                                            v->moe_intermediate_size),
@@ -317,6 +347,29 @@ struct native_forward *native_forward_v3_new(const struct native_model *m, struc
     f->xo = v3_alloc(f, (size_t)o->max_out * D, sizeof(float), NULL);
     f->logits_dev = v3_alloc(f, (size_t)o->max_out * (size_t)c->vocab_size, sizeof(float),
                              &f->logits_buf);
+    if (f->ep > 1) {
+        const size_t P = T * K;
+        f->ep_send = v3_alloc(f, P * D, sizeof(float), NULL);
+        f->ep_recv = v3_alloc(f, P * D, sizeof(float), NULL);
+        f->ep_out = v3_alloc(f, P * D, sizeof(float), &f->ep_out_buf);
+        struct native_buf *ones_buf = NULL;
+        f->ep_ones = v3_alloc(f, P, sizeof(float), &ones_buf);
+        f->ep_send_ids = v3_alloc(f, P, sizeof(int32_t), &f->ep_send_ids_buf);
+        f->ep_recv_ids = v3_alloc(f, P, sizeof(int32_t), NULL);
+        f->ep_host = malloc(sizeof(int32_t) * 4 * P);
+        f->ep_zeros = calloc(EP_ZERO_FLOATS, sizeof(float));
+        if (!f->ep_send || !f->ep_recv || !f->ep_out || !f->ep_ones || !f->ep_send_ids ||
+            !f->ep_recv_ids || !f->ep_host || !f->ep_zeros) {
+            snprintf(err, errlen, "out of memory for the expert-parallel buffers");
+            goto fail;
+        }
+        /* The owner runs each received row through one expert with weight 1:
+         * 0 + 1 * out is out exactly, and the weighted sum is left to the
+         * token's own rank. */
+        for (size_t i = 0; i < P; i++)
+            f->ep_host[i] = 0x3f800000;     /* 1.0f */
+        b->ops->upload(b, ones_buf, 0, f->ep_host, sizeof(float) * P);
+    }
     if (!f->x || !f->h || (v->q_lora_rank > 0 && !f->qa) || !f->q || !f->kva || !f->att ||
         !f->gate || !f->up || !f->router || !f->ids || !f->weights || !f->moe_scratch ||
         !f->mla_scratch || !f->xo || !f->logits_dev) {
@@ -332,6 +385,128 @@ fail:
 }
 
 /* ---- the pass ---- */
+
+/* Sum the ranks' partial residual streams (tensor parallelism). A failed
+ * collective leaves the ranks out of step, which nothing here can repair. */
+static void tp_sum(struct v3_forward *f, int n)
+{
+    if (native_comm_all_reduce_sum(f->comm, f->b, f->x, (size_t)n * (size_t)f->m->cfg.dim) != 0) {
+        fprintf(stderr, "deepseek_v3: all_reduce_sum failed on rank %d; stopping\n",
+                f->comm->rank);
+        abort();
+    }
+}
+
+static void ep_check(struct v3_forward *f, int rc)
+{
+    if (rc != 0) {
+        fprintf(stderr, "deepseek_v3: an expert-parallel exchange failed on rank %d; stopping\n",
+                f->comm->rank);
+        abort();
+    }
+}
+
+/* The routed experts, expert-parallel: x[t] += sum_i w_i expert_{e_i}(h[t])
+ * for every token t of the batch, the experts spread over the ranks.
+ *   1. Each rank takes its share of the batch, tokens [t0, t1) (its "home"
+ *      tokens; a share may be empty), and routes them.
+ *   2. Dispatch: each (token, expert) pair's input row goes to the rank that
+ *      holds the expert, grouped by that rank, pairs in routing order; the
+ *      ranks first swap how many rows each sends each other, then the rows
+ *      and their experts' local ids.
+ *   3. Each rank runs what it got through its experts, grouped per expert
+ *      (moe_experts with one expert per row and weight 1).
+ *   4. Combine: the outputs go back the way they came; the home rank puts
+ *      them in (token, i) order and adds them into x[t] with the routing
+ *      weights in i order (moe_combine: the same sum moe_experts does, so a
+ *      token's result has the bits it has on one rank).
+ *   5. Every rank's x gets every home rank's rows (an all-gather), so the
+ *      next layer starts from the same residual stream everywhere. */
+static void v3_ep_moe(struct v3_forward *f, const struct v3_layer *L,
+                      const struct native_moe_gate *g, const struct native_moe_experts *e, int n)
+{
+    const struct native_ops *ops = f->b->ops;
+    struct native_backend *b = f->b;
+    const int W = f->comm->world, r = f->comm->rank, K = g->top_k, D = f->m->cfg.dim;
+    const int t0 = (int)((int64_t)n * r / W), t1 = (int)((int64_t)n * (r + 1) / W);
+    const int nh = t1 - t0, P = nh * K;
+    const size_t row = sizeof(float) * (size_t)D, cap = (size_t)f->o.max_tokens * (size_t)K;
+    int32_t sc[NATIVE_MAX_WORLD], sd[NATIVE_MAX_WORLD], rc[NATIVE_MAX_WORLD], rd[NATIVE_MAX_WORLD];
+    int32_t fill[NATIVE_MAX_WORLD];
+    int32_t *ids_host = f->ep_host, *rows = ids_host + cap, *slot = rows + cap, *lid = slot + cap;
+
+    /* 1. Route the home tokens; their expert ids are needed on the host to
+     * sort the pairs by destination. */
+    const int32_t *ids = f->ids;
+    if (nh > 0) {
+        ops->matmul(b, nh, f->h + (size_t)t0 * D, 1, &L->router, &f->router, 0);
+        ops->moe_gate(b, f->ids, f->weights, f->router, nh, g);
+    }
+    if (!ops->host_visible) {
+        if (P > 0)
+            ops->download(b, ids_host, f->ids_buf, 0, sizeof(int32_t) * (size_t)P);
+        ids = ids_host;
+    } else {
+        ops->synchronize(b);
+    }
+
+    /* 2. Dispatch: a stable counting sort of the pairs by owner. */
+    memset(sc, 0, sizeof(sc));
+    for (int q = 0; q < P; q++)
+        sc[ids[q] / f->n_local]++;
+    for (int p = 0, off = 0; p < W; p++) {
+        sd[p] = fill[p] = off;
+        off += sc[p];
+    }
+    for (int q = 0; q < P; q++) {
+        const int p = ids[q] / f->n_local, s = fill[p]++;
+        slot[q] = s;
+        rows[s] = t0 + q / K;
+        lid[s] = ids[q] - p * f->n_local;
+    }
+    if (P > 0) {
+        ops->gather(b, f->ep_send, f->h, rows, P, D);
+        ops->upload(b, f->ep_send_ids_buf, 0, lid, sizeof(int32_t) * (size_t)P);
+    }
+    ep_check(f, native_comm_exchange_counts(f->comm, b, sc, rc));
+    int nr = 0;
+    for (int p = 0; p < W; p++) {
+        rd[p] = nr;
+        nr += rc[p];
+    }
+    assert((size_t)nr <= cap);
+    ep_check(f, native_comm_all_to_all(f->comm, b, f->ep_send, sc, sd, f->ep_recv, rc, rd, row));
+    ep_check(f, native_comm_all_to_all(f->comm, b, f->ep_send_ids, sc, sd, f->ep_recv_ids, rc, rd,
+                                       sizeof(int32_t)));
+
+    /* 3. This rank's experts over the rows it got, into cleared rows. */
+    if (nr > 0) {
+        const size_t total = (size_t)nr * (size_t)D;
+        for (size_t off = 0; off < total; off += EP_ZERO_FLOATS) {
+            size_t m = total - off < EP_ZERO_FLOATS ? total - off : EP_ZERO_FLOATS;
+            ops->upload(b, f->ep_out_buf, off * sizeof(float), f->ep_zeros, m * sizeof(float));
+        }
+        ops->moe_experts(b, f->ep_out, f->ep_recv, nr, f->ep_recv_ids, f->ep_ones, 1, e,
+                         f->moe_scratch);
+    }
+
+    /* 4. Combine: the outputs back to their home ranks, into ep_recv (free
+     * again), then in (token, i) order into ep_send, then weighted into x. */
+    ep_check(f, native_comm_all_to_all(f->comm, b, f->ep_out, rc, rd, f->ep_recv, sc, sd, row));
+    if (P > 0) {
+        ops->gather(b, f->ep_send, f->ep_recv, slot, P, D);
+        ops->moe_combine(b, f->x + (size_t)t0 * D, f->ep_send, nh, f->weights, K, D);
+    }
+
+    /* 5. Everyone's home rows to everyone, in place. */
+    for (int p = 0; p < W; p++) {
+        sc[p] = nh;
+        sd[p] = t0;
+        rd[p] = (int)((int64_t)n * p / W);
+        rc[p] = (int)((int64_t)n * (p + 1) / W) - rd[p];
+    }
+    ep_check(f, native_comm_all_to_all(f->comm, b, f->x, sc, sd, f->x, rc, rd, row));
+}
 
 static const float *v3_run(struct native_forward *base, struct native_kv *kv,
                            const struct native_batch *batch)
@@ -378,7 +553,9 @@ static const float *v3_run(struct native_forward *base, struct native_kv *kv,
         ops->kv_store(b, kv, l, batch, f->kva, KVA, f->kva + KVL, KVA);
         struct native_mla mla = v3_mla(f, l);
         ops->mla_attention(b, f->att, f->q, kv, l, batch, &mla, f->mla_scratch);
-        ops->matmul(b, n, f->att, 1, &a->o, &f->x, 1);
+        ops->matmul(b, n, f->att, 1, &a->o, &f->x, f->acc);
+        if (f->tp > 1)
+            tp_sum(f, n);
 
         /* ---- MLP: dense SwiGLU, or routed experts plus shared ones ---- */
         ops->rmsnorm(b, f->h, f->x, L->ffn_norm, n, D, D, eps);
@@ -387,10 +564,11 @@ static const float *v3_run(struct native_forward *base, struct native_kv *kv,
             float *y[2] = {f->gate, f->up};
             ops->matmul(b, n, f->h, 2, w, y, 0);
             ops->swiglu(b, f->gate, f->gate, f->up, (size_t)n * (size_t)c->hidden_dim);
-            ops->matmul(b, n, f->gate, 1, &L->w_down, &f->x, 1);
+            ops->matmul(b, n, f->gate, 1, &L->w_down, &f->x, f->acc);
+            if (f->tp > 1)
+                tp_sum(f, n);
             continue;
         }
-        ops->matmul(b, n, f->h, 1, &L->router, &f->router, 0);
         struct native_moe_gate g = {
             .n_experts = v->n_routed_experts,
             .top_k = v->n_experts_per_tok,
@@ -400,24 +578,33 @@ static const float *v3_run(struct native_forward *base, struct native_kv *kv,
             .routed_scale = v->routed_scaling_factor,
             .bias = L->bias,
         };
-        ops->moe_gate(b, f->ids, f->weights, f->router, n, &g);
         struct native_moe_experts e = {
-            .n_experts = v->n_routed_experts,
+            .n_experts = f->n_local,
             .dim = D,
             .inter = v->moe_intermediate_size,
             .gate = L->gate,
             .up = L->up,
             .down = L->down,
         };
-        ops->moe_experts(b, f->x, f->h, n, f->ids, f->weights, v->n_experts_per_tok, &e,
-                         f->moe_scratch);
+        /* Routed experts: all of them on every rank (ep 1; with tp > 1 each
+         * rank adds the same sum into its x), or spread over the ranks. */
+        if (f->ep > 1) {
+            v3_ep_moe(f, L, &g, &e, n);
+        } else {
+            ops->matmul(b, n, f->h, 1, &L->router, &f->router, 0);
+            ops->moe_gate(b, f->ids, f->weights, f->router, n, &g);
+            ops->moe_experts(b, f->x, f->h, n, f->ids, f->weights, v->n_experts_per_tok, &e,
+                             f->moe_scratch);
+        }
         if (L->sh_gate.rows > 0) {
             const size_t SH = (size_t)L->sh_gate.rows;
             struct native_mat w[2] = {L->sh_gate, L->sh_up};
             float *y[2] = {f->gate, f->up};
             ops->matmul(b, n, f->h, 2, w, y, 0);
             ops->swiglu(b, f->gate, f->gate, f->up, (size_t)n * SH);
-            ops->matmul(b, n, f->gate, 1, &L->sh_down, &f->x, 1);
+            ops->matmul(b, n, f->gate, 1, &L->sh_down, &f->x, f->acc);
+            if (f->tp > 1)
+                tp_sum(f, n);
         }
     }
     /* Only rows that will be sampled go through the final norm and the

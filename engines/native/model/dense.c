@@ -39,6 +39,12 @@ struct dense_forward {
     float *logits;  /* [max_out][vocab] on the backend */
     float *logits_host;
     size_t bytes;
+    /* Tensor parallelism (model/parallel.h): o_proj and down give this
+     * rank's partial sums. Rank 0 adds its part into x as one rank would;
+     * the others write theirs over x (its old value is on rank 0 already),
+     * and the all-reduce then adds them up in rank order. */
+    struct native_comm *tp_comm;    /* NULL: one rank */
+    int acc;                        /* accumulate flag of o_proj and down */
 };
 
 static const struct native_forward_impl dense_impl;
@@ -109,6 +115,12 @@ struct native_forward *native_forward_dense_new(const struct native_model *m,
     }
     f->max_tokens = o->max_tokens;
     f->max_out = o->max_out;
+    f->tp_comm = o->comm && o->tp > 1 ? o->comm : NULL;
+    f->acc = !f->tp_comm || f->tp_comm->rank == 0;
+    if (o->ep > 1) {
+        snprintf(err, errlen, "%s: a dense model has no experts to split (ep %d)", m->path, o->ep);
+        goto fail;
+    }
 
     const size_t T = (size_t)o->max_tokens, D = (size_t)c->dim;
     const size_t Q = (size_t)c->n_heads * (size_t)c->head_dim;
@@ -176,6 +188,17 @@ fail:
     return NULL;
 }
 
+/* Sum the ranks' partial residual streams (tensor parallelism). A failed
+ * collective leaves the ranks out of step, which nothing here can repair. */
+static void tp_sum(struct dense_forward *f, int n)
+{
+    if (native_comm_all_reduce_sum(f->tp_comm, f->b, f->x,
+                                   (size_t)n * (size_t)f->m->cfg.dim) != 0) {
+        fprintf(stderr, "dense: all_reduce_sum failed on rank %d; stopping\n", f->tp_comm->rank);
+        abort();
+    }
+}
+
 static const float *dense_run(struct native_forward *base, struct native_kv *kv,
                               const struct native_batch *batch)
 {
@@ -201,7 +224,9 @@ static const float *dense_run(struct native_forward *base, struct native_kv *kv,
         ops->rope(b, f->k, n, c->n_kv_heads, c->head_dim, kv_dim, batch->pos, &f->rope);
         ops->kv_store(b, kv, l, batch, f->k, kv_dim, f->v, kv_dim);
         ops->attention(b, f->h, f->q, kv, l, batch, c->n_heads, c->n_kv_heads, c->head_dim);
-        ops->matmul(b, n, f->h, 1, &L->wo, &f->x, 1);
+        ops->matmul(b, n, f->h, 1, &L->wo, &f->x, f->acc);
+        if (f->tp_comm)
+            tp_sum(f, n);
 
         /* Feed-forward block. */
         ops->rmsnorm(b, f->h, f->x, L->ffn_norm, n, c->dim, c->dim, c->norm_eps);
@@ -209,7 +234,9 @@ static const float *dense_run(struct native_forward *base, struct native_kv *kv,
         float *gu_out[2] = {f->gate, f->up};
         ops->matmul(b, n, f->h, 2, gu, gu_out, 0);
         ops->swiglu(b, f->gate, f->gate, f->up, (size_t)n * (size_t)c->hidden_dim);
-        ops->matmul(b, n, f->gate, 1, &L->w_down, &f->x, 1);
+        ops->matmul(b, n, f->gate, 1, &L->w_down, &f->x, f->acc);
+        if (f->tp_comm)
+            tp_sum(f, n);
     }
     /* Only rows that will be sampled go through the final norm and the
      * vocabulary projection, the most expensive matmul for small models. */

@@ -3,6 +3,7 @@
 #include "engines/native/model/forward.h"
 
 #include "engines/native/model/forward_impl.h"
+#include "engines/native/model/parallel.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -30,6 +31,8 @@ struct native_forward *native_forward_new(const struct native_model *m, struct n
                  o->max_out, o->n_ctx);
         return NULL;
     }
+    if (native_parallel_is(b))
+        return native_forward_parallel_new(m, b, o, err, errlen);
     switch (m->cfg.arch) {
     case NATIVE_ARCH_DENSE:
         return native_forward_dense_new(m, b, o, err, errlen);

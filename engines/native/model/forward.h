@@ -9,7 +9,8 @@
  * against the op table (backend/ops.h), so any backend runs it:
  *   - dense.c        LLaMA: GQA attention, SwiGLU MLP
  *   - deepseek_v3.c  DeepSeek-V3: MLA attention, MoE MLP, YaRN RoPE
- * native_forward_new() picks the one the model's arch names.
+ * native_forward_new() picks the one the model's arch names; on a group of
+ * ranks (model/parallel.h) it builds one pass per rank, run together.
  *
  * Memory: every activation buffer lives on the backend and is allocated
  * once by native_forward_new(), with the RoPE tables; running a batch
@@ -21,6 +22,7 @@
 #ifndef CASCADE_NATIVE_FORWARD_H
 #define CASCADE_NATIVE_FORWARD_H
 
+#include "engines/native/backend/comm.h"
 #include "engines/native/backend/ops.h"
 #include "engines/native/model/model.h"
 
@@ -31,6 +33,13 @@ struct native_forward_opts {
     int max_out;                /* logit rows per call (<= max_tokens) */
     int n_ctx;                  /* positions 0..n_ctx-1 may be used */
     enum native_mla_mode mla;   /* DeepSeek-V3: absorbed (default) or naive attention */
+    /* One rank of several (model/parallel.h sets these for each rank's pass;
+     * NULL and 0 for a single rank): the rank's comm, and whether attention
+     * and the dense MLPs are tensor-parallel (tp > 1) and the routed experts
+     * expert-parallel (ep > 1) over comm's world. The model is then the
+     * rank's shard (shard.h). */
+    struct native_comm *comm;
+    int tp, ep;
 };
 
 /* Every architecture's pass starts with this (forward_impl.h fills it). */

@@ -68,5 +68,7 @@ void cpu_moe_gate(struct native_backend *b, int32_t *ids, float *weights, const 
 void cpu_moe_experts(struct native_backend *b, float *y, const float *x, int n,
                      const int32_t *ids, const float *weights, int top_k,
                      const struct native_moe_experts *e, float *scratch);
+void cpu_moe_combine(struct native_backend *b, float *y, const float *rows, int n,
+                     const float *weights, int top_k, int dim);
 
 #endif

@@ -1518,6 +1518,7 @@ static const struct native_ops cpu_ops = {
     .gather = cpu_gather,
     .moe_gate = cpu_moe_gate,
     .moe_experts = cpu_moe_experts,
+    .moe_combine = cpu_moe_combine,
     .free = cpu_free,
 };
 

@@ -1,5 +1,5 @@
 /* ops_cpu_moe.c: DeepSeek-V3's MoE routing and its grouped routed experts
- * on the CPU; the ops moe_gate and moe_experts of ops.h.
+ * on the CPU; the ops moe_gate, moe_experts and moe_combine of ops.h.
  *
  * Routing (struct native_moe_gate) is a few hundred comparisons per token,
  * done on the calling thread. The experts are the cost: each token visits
@@ -97,6 +97,25 @@ void cpu_moe_gate(struct native_backend *b, int32_t *ids, float *weights, const 
     }
 }
 
+/* y[t] += sum_i w[t][i] * out(t, i), i in order, where pair q = t * top_k + i
+ * has its row at out + slot[q] * D (slot NULL: at q). One function for
+ * moe_experts and moe_combine, kept out of line so both run the very same
+ * instructions: expert parallelism relies on getting the same bits. */
+__attribute__((noinline)) static void combine(float *y, const float *out, const int32_t *slot,
+                                              int n, const float *weights, int top_k, int D)
+{
+    for (int t = 0; t < n; t++) {
+        float *yt = y + (size_t)t * D;
+        for (int i = 0; i < top_k; i++) {
+            const size_t q = (size_t)t * top_k + i;
+            const float wq = weights[q];
+            const float *o = out + (slot ? (size_t)slot[q] : q) * D;
+            for (int d = 0; d < D; d++)
+                yt[d] += wq * o[d];
+        }
+    }
+}
+
 /* Scratch, in floats, for P = n * top_k (token, expert) pairs; it matches
  * native_moe_scratch_floats() in ops.h:
  *   xg   [P][dim]     the pairs' inputs, gathered in expert order
@@ -159,15 +178,12 @@ void cpu_moe_experts(struct native_backend *b, float *y, const float *x, int n,
         b->ops->matmul(b, m, gy[0], 1, &e->down[ex], dy, 0);
     }
 
-    /* y[t] += sum_i w[t][i] * out(t, i), i in order. */
-    for (int t = 0; t < n; t++) {
-        float *yt = y + (size_t)t * D;
-        for (int i = 0; i < top_k; i++) {
-            const size_t q = (size_t)t * top_k + i;
-            const float wq = weights[q];
-            const float *o = out + (size_t)slot[q] * D;
-            for (int d = 0; d < D; d++)
-                yt[d] += wq * o[d];
-        }
-    }
+    combine(y, out, slot, n, weights, top_k, D);
+}
+
+void cpu_moe_combine(struct native_backend *b, float *y, const float *rows, int n,
+                     const float *weights, int top_k, int dim)
+{
+    (void)b;
+    combine(y, rows, NULL, n, weights, top_k, dim);
 }
