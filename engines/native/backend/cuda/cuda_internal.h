@@ -147,6 +147,9 @@ struct cuda_backend {
     struct cuda_lt_plan *plans; /* CUDA_LT_PLANS, round-robin replaced */
     int plan_next;
 
+    int32_t *att_tiles;         /* host: attention's token tiles, (first, count) pairs */
+    size_t att_tiles_cap;       /* int32s */
+
     int last_error;             /* first CUDA/cuBLAS error an op hit, 0 if none */
     int n_errors;
     char error[256];            /* its text */

@@ -41,10 +41,10 @@
 #define TILE_N 64
 #define TILE_K 16
 /* Dense attention: 16 positions (one KV block) per tile, 128 threads, up to
- * 8 query heads of one KV group per block; contexts split in 256-position
- * pieces combined by a second kernel. */
+ * 8 rows (token, query head) of one sequence and KV group per block;
+ * contexts split in 256-position pieces combined by a second kernel. */
 #define ATT_THREADS 128
-#define ATT_MAX_REP 8
+#define ATT_MAX_ROWS 8
 #define ATT_SPLIT 256
 #define CUDA_LT_PLANS 64
 #define HOST_IDS_MIN_INTS ((size_t)1 << 20)
@@ -1238,57 +1238,83 @@ static void cuda_kv_store(struct native_backend *b, struct native_kv *kv, int la
     CUDA_LAUNCHED(cb, "kv_store");
 }
 
-/* Dense causal GQA attention over the paged cache, one block per (token t,
- * KV group g, chunk of <= ATT_MAX_REP of its query heads, context split z).
- * Split z covers positions [z * ATT_SPLIT, min((z + 1) * ATT_SPLIT, pos[t] + 1))
- * in tiles of one KV block (16 positions), with the online softmax:
- *   s_j = q . K_j * scale;  m' = max(m, max_j s_j);  c = e^(m - m')
+/* Dense causal GQA attention over the paged cache. A block takes up to
+ * ATT_MAX_ROWS rows, a row being one (token, query head): the heads of KV
+ * group g (blockIdx.y) of a tile of consecutive tokens of one sequence
+ * (tiles[blockIdx.x]: first token, count; ATT_MAX_ROWS / heads-per-group
+ * tokens at most, one token when a group has more heads than that, the
+ * heads then split in chunks). All rows read the same sequence's K/V, so
+ * each K/V tile is loaded once for all of them: a prefill chunk's queries
+ * share their loads (flash-style), a decode token's heads do.
+ *
+ * blockIdx.z = split * n_chunks + chunk: split z covers positions
+ * [z * ATT_SPLIT, min((z + 1) * ATT_SPLIT, pos + 1)) of each row's context,
+ * in tiles of one KV block (16 positions), with the online softmax
+ *   s_j = (q . K_j) * scale;  m' = max(m, max_j s_j);  c = e^(m - m')
  *   l' = l c + sum_j e^(s_j - m');  acc' = acc c + sum_j e^(s_j - m') V_j
- * and writes (m, l, acc) for attn_combine_kernel. In a tile, thread
- * (j = tid % 16, slice = tid / 16) sums dims slice, slice + 8, ... of
- * position j's dot product for every head of the chunk (K is stored
- * transposed, so the 16 threads of a slice read 64 contiguous bytes); the
- * eight slices are added in shared memory in a fixed order. */
+ * and writes (m, l, acc) for attn_combine_kernel.
+ *
+ * In a tile, thread (j = tid % 16, slice = tid / 16) sums dims slice,
+ * slice + 8, ... of position j's dot product for every row (K is stored
+ * transposed, so a slice's 16 threads read 64 contiguous bytes); the eight
+ * slices are added in order in shared memory. A row whose context ends
+ * before the tile does nothing in it. So a row's arithmetic is the same
+ * sequence whatever tile, chunk or batch it runs in: a token gets the same
+ * bits alone, decoding, or inside a prefill chunk. */
 __global__ void __launch_bounds__(ATT_THREADS)
 attn_split_kernel(float *__restrict__ part, const float *__restrict__ q, const float *__restrict__ kvdata,
                   size_t block_stride, size_t layer_off, int n_pool, int kv_dim,
-                  const int32_t *__restrict__ pos, const int32_t *__restrict__ seq,
-                  const int32_t *__restrict__ block_off, const int32_t *__restrict__ blocks, int n_heads,
-                  int n_kv_heads, int hd, int n_chunks, int max_splits, float scale)
+                  const int32_t *__restrict__ tiles, const int32_t *__restrict__ pos,
+                  const int32_t *__restrict__ seq, const int32_t *__restrict__ block_off,
+                  const int32_t *__restrict__ blocks, int n_heads, int n_kv_heads, int hd, int n_chunks,
+                  int max_splits, float scale)
 {
     constexpr int BS = CUDA_KV_BLOCK_SIZE;
     constexpr int SLICES = ATT_THREADS / BS;
+    constexpr int MR = ATT_MAX_ROWS;
     extern __shared__ float sm[];
-    float *qs = sm;                             /* [ATT_MAX_REP][hd] */
-    float *acc = qs + ATT_MAX_REP * hd;         /* [ATT_MAX_REP][hd] */
-    float *pd = acc + ATT_MAX_REP * hd;         /* [SLICES][ATT_MAX_REP][BS] */
-    float *sc = pd + SLICES * ATT_MAX_REP * BS; /* [ATT_MAX_REP][BS] */
-    float *mrow = sc + ATT_MAX_REP * BS, *lrow = mrow + ATT_MAX_REP, *crow = lrow + ATT_MAX_REP;
+    float *qs = sm;                     /* [MR][hd] */
+    float *acc = qs + MR * hd;          /* [MR][hd] */
+    float *pd = acc + MR * hd;          /* [SLICES][MR][BS] */
+    float *sc = pd + SLICES * MR * BS;  /* [MR][BS] */
+    float *mrow = sc + MR * BS, *lrow = mrow + MR, *crow = lrow + MR;
+    __shared__ int row_t[MR], row_h[MR], row_p1[MR], row_nj[MR];
 
-    const int t = blockIdx.x, g = blockIdx.y;
+    const int t0 = tiles[2 * blockIdx.x], nt = tiles[2 * blockIdx.x + 1];
+    const int g = blockIdx.y;
     const int chunk = blockIdx.z % n_chunks, split = blockIdx.z / n_chunks;
     const int rep = n_heads / n_kv_heads;
-    const int h0 = g * rep + chunk * ATT_MAX_REP;
-    const int nh = min(ATT_MAX_REP, (g + 1) * rep - h0);
-    const int n_pos = pos[t] + 1;
+    const int h0 = g * rep + chunk * MR;
+    const int nh = min(MR, (g + 1) * rep - h0);     /* heads per token in this block */
+    const int rows = nh * nt;
     const int p0 = split * ATT_SPLIT;
-    if (nh <= 0 || p0 >= n_pos)
-        return;
-    const int p1 = min(n_pos, p0 + ATT_SPLIT);
-    const int s = seq[t];
     const int tid = threadIdx.x;
+    if (nh <= 0 || rows > MR)
+        return;
 
-    for (int i = tid; i < nh * hd; i += ATT_THREADS) {
-        qs[i] = q[((size_t)t * n_heads + h0) * hd + i];
-        acc[i] = 0.0f;
-    }
-    if (tid < ATT_MAX_REP) {
+    /* Rows, and the furthest position any of them reaches in this split. */
+    int p_end = 0;
+    for (int r = 0; r < rows; r++)
+        p_end = max(p_end, min(pos[t0 + r / nh] + 1, p0 + ATT_SPLIT));
+    if (p_end <= p0)
+        return;     /* no row's context reaches this split */
+    if (tid < rows) {
+        row_t[tid] = t0 + tid / nh;
+        row_h[tid] = h0 + tid % nh;
+        row_p1[tid] = min(pos[t0 + tid / nh] + 1, p0 + ATT_SPLIT);
         mrow[tid] = -INFINITY;
         lrow[tid] = 0.0f;
     }
     __syncthreads();
+    for (int i = tid; i < rows * hd; i += ATT_THREADS) {
+        const int r = i / hd;
+        qs[i] = q[((size_t)row_t[r] * n_heads + row_h[r]) * hd + i % hd];
+        acc[i] = 0.0f;
+    }
+    const int s = seq[t0];
+    __syncthreads();
 
-    for (int pt = p0; pt < p1; pt += BS) {
+    for (int pt = p0; pt < p_end; pt += BS) {
         int off = 0;
         const float *blk = kv_block_of(const_cast<float *>(kvdata), block_stride, layer_off, n_pool, block_off,
                                        blocks, s, pt, &off);
@@ -1296,69 +1322,74 @@ attn_split_kernel(float *__restrict__ part, const float *__restrict__ q, const f
             break;      /* uniform across the block: every thread read the same table */
         const float *K = blk + (size_t)g * hd * BS;
         const float *V = blk + (size_t)BS * kv_dim + (size_t)g * hd;
-        const int nj = min(BS, p1 - pt);
+        if (tid < rows)
+            row_nj[tid] = max(0, min(BS, row_p1[tid] - pt));
+        __syncthreads();
         const int j = tid % BS, sl = tid / BS;
-        float d[ATT_MAX_REP];
+        float d[MR];
 #pragma unroll
-        for (int h = 0; h < ATT_MAX_REP; h++)
-            d[h] = 0.0f;
-        if (j < nj) {
-            for (int i = sl; i < hd; i += SLICES) {
-                const float kv = K[(size_t)i * BS + j];
+        for (int r = 0; r < MR; r++)
+            d[r] = 0.0f;
+        for (int i = sl; i < hd; i += SLICES) {
+            const float kv = K[(size_t)i * BS + j];
 #pragma unroll
-                for (int h = 0; h < ATT_MAX_REP; h++)
-                    if (h < nh)
-                        d[h] = fmaf(qs[h * hd + i], kv, d[h]);
-            }
+            for (int r = 0; r < MR; r++)
+                if (r < rows && j < row_nj[r])
+                    d[r] = fmaf(qs[r * hd + i], kv, d[r]);
         }
 #pragma unroll
-        for (int h = 0; h < ATT_MAX_REP; h++)
-            pd[(sl * ATT_MAX_REP + h) * BS + j] = d[h];
+        for (int r = 0; r < MR; r++)
+            pd[(sl * MR + r) * BS + j] = d[r];
         __syncthreads();
-        if (tid < ATT_MAX_REP * BS) {
-            const int h = tid / BS, jj = tid % BS;
+        if (tid < MR * BS) {
+            const int r = tid / BS, jj = tid % BS;
             float v = -INFINITY;
-            if (h < nh && jj < nj) {
+            if (r < rows && jj < row_nj[r]) {
                 v = 0.0f;
                 for (int q2 = 0; q2 < SLICES; q2++)
-                    v += pd[(q2 * ATT_MAX_REP + h) * BS + jj];
+                    v += pd[(q2 * MR + r) * BS + jj];
                 v *= scale;
             }
-            sc[h * BS + jj] = v;
+            sc[r * BS + jj] = v;
         }
         __syncthreads();
-        if (tid < nh) {
-            const int h = tid;
+        if (tid < rows && row_nj[tid] > 0) {
+            const int r = tid, nj = row_nj[r];
             float mb = -INFINITY;
             for (int jj = 0; jj < nj; jj++)
-                mb = fmaxf(mb, sc[h * BS + jj]);
-            const float mn = fmaxf(mrow[h], mb);
-            const float c = expf(mrow[h] - mn);
-            float l = lrow[h] * c;
-            for (int jj = 0; jj < BS; jj++) {
-                const float pv = jj < nj ? expf(sc[h * BS + jj] - mn) : 0.0f;
-                sc[h * BS + jj] = pv;
+                mb = fmaxf(mb, sc[r * BS + jj]);
+            const float mn = fmaxf(mrow[r], mb);
+            const float c = expf(mrow[r] - mn);
+            float l = lrow[r] * c;
+            for (int jj = 0; jj < nj; jj++) {
+                const float pv = expf(sc[r * BS + jj] - mn);
+                sc[r * BS + jj] = pv;
                 l += pv;
             }
-            lrow[h] = l;
-            mrow[h] = mn;
-            crow[h] = c;
+            lrow[r] = l;
+            mrow[r] = mn;
+            crow[r] = c;
         }
         __syncthreads();
-        for (int idx = tid; idx < nh * hd; idx += ATT_THREADS) {
-            const int h = idx / hd, i = idx % hd;
-            float a = acc[idx] * crow[h];
+        for (int idx = tid; idx < rows * hd; idx += ATT_THREADS) {
+            const int r = idx / hd, i = idx % hd, nj = row_nj[r];
+            if (nj == 0)
+                continue;
+            float a = acc[idx] * crow[r];
             for (int jj = 0; jj < nj; jj++)
-                a = fmaf(sc[h * BS + jj], V[(size_t)jj * kv_dim + i], a);
+                a = fmaf(sc[r * BS + jj], V[(size_t)jj * kv_dim + i], a);
             acc[idx] = a;
         }
         __syncthreads();
     }
-    /* part[((t * n_heads + h) * max_splits + split)] = (m, l, acc[hd]) */
-    for (int idx = tid; idx < nh * (hd + 2); idx += ATT_THREADS) {
-        const int h = idx / (hd + 2), i = idx % (hd + 2);
-        float *o = part + (((size_t)t * n_heads + h0 + h) * max_splits + split) * (size_t)(hd + 2);
-        o[i] = i == 0 ? mrow[h] : i == 1 ? lrow[h] : acc[h * hd + i - 2];
+    /* part[((t * n_heads + h) * max_splits + split)] = (m, l, acc[hd]) for
+     * the rows whose context reaches this split. */
+    for (int idx = tid; idx < rows * (hd + 2); idx += ATT_THREADS) {
+        const int r = idx / (hd + 2), i = idx % (hd + 2);
+        if (row_p1[r] <= p0)
+            continue;
+        float *o = part + (((size_t)row_t[r] * n_heads + row_h[r]) * max_splits + split) * (size_t)(hd + 2);
+        o[i] = i == 0 ? mrow[r] : i == 1 ? lrow[r] : acc[r * hd + i - 2];
     }
 }
 
@@ -1403,25 +1434,50 @@ static void cuda_attention(struct native_backend *b, float *out, const float *q,
     if (!m)
         return;
     const int rep = n_heads / n_kv_heads;
-    const int n_chunks = (rep + ATT_MAX_REP - 1) / ATT_MAX_REP;
+    const int n_chunks = (rep + ATT_MAX_ROWS - 1) / ATT_MAX_ROWS;
+    const int per_tile = rep >= ATT_MAX_ROWS ? 1 : ATT_MAX_ROWS / rep;
     const int max_splits = (m->max_pos + ATT_SPLIT - 1) / ATT_SPLIT;
     if (max_splits < 1)
         return;
-    const size_t part_floats = (size_t)n * n_heads * max_splits * (size_t)(head_dim + 2);
-    float *part = (float *)cuda_scratch(cb, CUDA_SCRATCH_ATTN, part_floats * sizeof(float));
-    if (!part)
-        return;
-    if ((size_t)n_chunks * (size_t)max_splits > 65535) {
+    if ((size_t)n_chunks * (size_t)max_splits > 65535 || n_kv_heads > 65535) {
         note_error(cb, -5, "attention: context too long for the grid");
         return;
     }
-    const size_t smem = sizeof(float) * (2 * (size_t)ATT_MAX_REP * head_dim +
-                                         (size_t)(ATT_THREADS / CUDA_KV_BLOCK_SIZE) * ATT_MAX_REP * CUDA_KV_BLOCK_SIZE +
-                                         (size_t)ATT_MAX_REP * CUDA_KV_BLOCK_SIZE + 3 * ATT_MAX_REP);
-    const dim3 grid((unsigned)n, (unsigned)n_kv_heads, (unsigned)(n_chunks * max_splits));
+    /* Token tiles: runs of up to per_tile consecutive tokens of one
+     * sequence (a batch keeps a sequence's tokens together), as (first,
+     * count) pairs, built from the host batch and copied with the step. */
+    if ((size_t)n * 2 > cb->att_tiles_cap) {
+        int32_t *nt = (int32_t *)realloc(cb->att_tiles, sizeof(int32_t) * (size_t)n * 2);
+        if (!nt) {
+            note_error(cb, -6, "attention: out of host memory");
+            return;
+        }
+        cb->att_tiles = nt;
+        cb->att_tiles_cap = (size_t)n * 2;
+    }
+    int n_tiles = 0;
+    for (int t = 0; t < n; t++) {
+        int32_t *last = n_tiles ? cb->att_tiles + 2 * (n_tiles - 1) : NULL;
+        if (last && batch->seq[last[0]] == batch->seq[t] && last[1] < per_tile) {
+            last[1]++;
+        } else {
+            cb->att_tiles[2 * n_tiles] = t;
+            cb->att_tiles[2 * n_tiles + 1] = 1;
+            n_tiles++;
+        }
+    }
+    const int32_t *tiles = cuda_host_ids(cb, cb->att_tiles, 2 * n_tiles, 0);
+    const size_t part_floats = (size_t)n * n_heads * max_splits * (size_t)(head_dim + 2);
+    float *part = (float *)cuda_scratch(cb, CUDA_SCRATCH_ATTN, part_floats * sizeof(float));
+    if (!tiles || !part)
+        return;
+    const size_t smem = sizeof(float) * (2 * (size_t)ATT_MAX_ROWS * head_dim +
+                                         (size_t)(ATT_THREADS / CUDA_KV_BLOCK_SIZE) * ATT_MAX_ROWS * CUDA_KV_BLOCK_SIZE +
+                                         (size_t)ATT_MAX_ROWS * CUDA_KV_BLOCK_SIZE + 3 * ATT_MAX_ROWS);
+    const dim3 grid((unsigned)n_tiles, (unsigned)n_kv_heads, (unsigned)(n_chunks * max_splits));
     attn_split_kernel<<<grid, ATT_THREADS, smem, cb->stream>>>(
         part, q, kv->data, kv->block_stride, (size_t)layer * kv->layer_stride, kv->n_blocks, kv->desc.kv_dim,
-        m->pos, m->seq, m->block_off, m->blocks, n_heads, n_kv_heads, head_dim, n_chunks, max_splits,
+        tiles, m->pos, m->seq, m->block_off, m->blocks, n_heads, n_kv_heads, head_dim, n_chunks, max_splits,
         1.0f / sqrtf((float)head_dim));
     if (CUDA_LAUNCHED(cb, "attention"))
         return;
@@ -1456,6 +1512,7 @@ static void cuda_free(struct native_backend *b)
     cudaFree(cb->batch.dev);
     if (cb->batch.copied)
         cudaEventDestroy(cb->batch.copied);
+    free(cb->att_tiles);
     cudaFree(cb->lt_ws);
     if (cb->lt)
         cublasLtDestroy(cb->lt);
