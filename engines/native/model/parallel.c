@@ -11,6 +11,9 @@
 
 #include "engines/native/model/forward_impl.h"
 #include "engines/native/model/shard.h"
+#if defined(CASCADE_HAVE_CUDA) && defined(CASCADE_HAVE_NCCL)
+#include "engines/native/backend/cuda/comm_nccl.h"
+#endif
 
 #include <pthread.h>
 #include <stdio.h>
@@ -216,6 +219,78 @@ fail_take:
         native_backend_free(cfg->backends[r]);
     }
     free(p);
+    return NULL;
+}
+
+struct native_backend *native_parallel_on_device(const struct native_model *m,
+                                                 const struct native_device *d, int tp, int ep,
+                                                 int threads, unsigned cpu_flags, char *err,
+                                                 size_t errlen)
+{
+    const int gpus = d->kind == NATIVE_DEVICE_CUDA ? d->n : 1;
+    if (tp <= 0)
+        tp = gpus;
+    if (ep <= 0)
+        ep = m->cfg.arch == NATIVE_ARCH_DEEPSEEK_V3 ? gpus : 1;
+    const int world = tp > ep ? tp : ep;
+    if (world > NATIVE_MAX_WORLD || (tp != 1 && tp != world) || (ep != 1 && ep != world)) {
+        snprintf(err, errlen, "tp %d, ep %d: each must be 1 or the number of ranks (at most %d)",
+                 tp, ep, NATIVE_MAX_WORLD);
+        return NULL;
+    }
+    if (d->kind == NATIVE_DEVICE_CUDA && world != d->n) {
+        snprintf(err, errlen, "tp %d, ep %d make %d ranks, one per GPU, but %d GPU%s named", tp,
+                 ep, world, d->n, d->n == 1 ? " is" : "s are");
+        return NULL;
+    }
+    if (world == 1)
+        return native_device_backend(d, threads, cpu_flags, err, errlen);
+
+    struct native_backend *be[NATIVE_MAX_WORLD] = {0};
+    struct native_comm *comms[NATIVE_MAX_WORLD] = {0};
+    int r = 0;
+    for (; r < world; r++) {
+        struct native_device one = *d;
+        if (d->kind == NATIVE_DEVICE_CUDA) {
+            one.n = 1;
+            one.ids[0] = d->ids[r];
+        }
+        if (!(be[r] = native_device_backend(&one, threads, cpu_flags, err, errlen)))
+            goto fail;
+    }
+    if (d->kind == NATIVE_DEVICE_CPU) {
+        if (native_comm_cpu_new_all(world, comms) != 0) {
+            snprintf(err, errlen, "cannot make the CPU comm of %d ranks", world);
+            goto fail;
+        }
+    } else {
+#if defined(CASCADE_HAVE_CUDA) && defined(CASCADE_HAVE_NCCL)
+        if (native_comm_nccl_new_all(world, d->ids, comms, err, errlen) != 0)
+            goto fail;
+#else
+        snprintf(err, errlen, "%d GPUs: this build has no NCCL, so one GPU at most", world);
+        goto fail;
+#endif
+    }
+    struct native_parallel_config cfg = {tp, ep, be, comms};
+    return native_parallel_new(m, &cfg, err, errlen);
+
+fail:
+    for (int q = 0; q < r; q++)
+        native_backend_free(be[q]);
+    return NULL;
+}
+
+const char *native_parallel_error(const struct native_backend *b)
+{
+    if (!native_parallel_is(b))
+        return native_device_error(b);
+    const struct par_backend *p = (const struct par_backend *)b;
+    for (int r = 0; r < p->world; r++) {
+        const char *e = native_device_error(p->be[r]);
+        if (e)
+            return e;
+    }
     return NULL;
 }
 

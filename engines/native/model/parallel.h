@@ -38,6 +38,7 @@
 #define CASCADE_NATIVE_PARALLEL_H
 
 #include "engines/native/backend/comm.h"
+#include "engines/native/backend/device.h"
 #include "engines/native/backend/ops.h"
 #include "engines/native/model/forward.h"
 #include "engines/native/model/model.h"
@@ -57,6 +58,21 @@ struct native_parallel_config {
 struct native_backend *native_parallel_new(const struct native_model *m,
                                            const struct native_parallel_config *cfg, char *err,
                                            size_t errlen);
+
+/* The group for tp and ep over device d (backend/device.h): world =
+ * max(tp, ep) CPU backends of `threads` threads each with the CPU comm, or
+ * one GPU per rank (d names exactly world GPUs) with NCCL. tp/ep 0 mean the
+ * default: the number of GPUs d names (1 on the CPU), and for ep 1 when the
+ * model has no experts. A world of 1 is the plain backend of device.h. NULL
+ * and the reason in err. */
+struct native_backend *native_parallel_on_device(const struct native_model *m,
+                                                 const struct native_device *d, int tp, int ep,
+                                                 int threads, unsigned cpu_flags, char *err,
+                                                 size_t errlen);
+
+/* The first device error of any rank (device.h's native_device_error()),
+ * or NULL; for any backend. */
+const char *native_parallel_error(const struct native_backend *b);
 
 /* 1 when b was made by native_parallel_new(). */
 int native_parallel_is(const struct native_backend *b);

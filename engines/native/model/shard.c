@@ -180,8 +180,12 @@ struct native_shard *native_shard_new(const struct native_model *m, int rank, in
         return NULL;
     }
     if (ep > 1 && (!v3 || E % ep != 0)) {
-        snprintf(err, errlen, "%s: %s cannot be split over %d ranks", m->path,
-                 v3 ? "the routed experts" : "a dense model has no experts: ep", ep);
+        if (v3)
+            snprintf(err, errlen, "%s: %d routed experts cannot be split over %d ranks", m->path,
+                     E, ep);
+        else
+            snprintf(err, errlen, "%s: a dense model has no experts to split over %d ranks (ep)",
+                     m->path, ep);
         return NULL;
     }
 

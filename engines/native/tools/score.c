@@ -4,11 +4,18 @@
  *
  *   cascade-score --model DIR --tokens 0,5,17,... [--prefill P]
  *                 [--mla absorb|naive] [--batch-with N] [--seed S]
- *                 [--device cpu|cuda:N] [--threads T] [--portable]
+ *                 [--device cpu|cuda:N[,M...]] [--tp N] [--ep N] [--threads T]
+ *                 [--portable]
  *
  * --device runs the same steps on a GPU (default cpu), so the CUDA backend's
  * log-probs can be compared with the CPU's and the reference's; a CUDA op
  * that failed makes the run fail (exit 1) rather than print its output.
+ *
+ * --tp N / --ep N run the model over N ranks in this process, tensor- and
+ * expert-parallel (model/parallel.h): one rank per GPU named, or on the CPU
+ * N backends of --threads threads each, as threads of this process. They
+ * default to the number of GPUs named (1 on the CPU; ep 1 for a dense
+ * model), so that the output can be compared with a single rank's.
  *
  * The first P tokens (default: all) run as one prefill step whose logits
  * are taken at every position; each later token runs as its own decode
@@ -31,6 +38,7 @@
 #include "engines/native/backend/device.h"
 #include "engines/native/model/forward.h"
 #include "engines/native/model/model.h"
+#include "engines/native/model/parallel.h"
 #include "engines/native/runtime/kvcache.h"
 
 #include <errno.h>
@@ -48,7 +56,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: cascade-score --model DIR --tokens ID,ID,... [--prefill P] "
                     "[--mla absorb|naive] [--batch-with N] [--seed S] [--device cpu|cuda:N] "
-                    "[--threads T] [--portable]\n");
+                    "[--tp N] [--ep N] [--threads T] [--portable]\n");
     exit(2);
 }
 
@@ -119,7 +127,7 @@ static void print_row(const float *logits, int vocab, int first)
 int main(int argc, char **argv)
 {
     const char *model_path = NULL, *tokens = NULL, *device = NULL;
-    long prefill = -1, others = 0, threads = 1;
+    long prefill = -1, others = 0, threads = 1, tp = 0, ep = 0;
     unsigned long long seed = 1;
     unsigned flags = 0;
     enum native_mla_mode mla = NATIVE_MLA_ABSORB;
@@ -146,6 +154,10 @@ int main(int argc, char **argv)
             seed = (unsigned long long)parse_int(v, 0, INT32_MAX);
         else if (!strcmp(a, "--device"))
             device = v;
+        else if (!strcmp(a, "--tp"))
+            tp = parse_int(v, 1, NATIVE_MAX_WORLD);
+        else if (!strcmp(a, "--ep"))
+            ep = parse_int(v, 1, NATIVE_MAX_WORLD);
         else if (!strcmp(a, "--threads"))
             threads = parse_int(v, 0, 1024);
         else if (!strcmp(a, "--mla") && !strcmp(v, "absorb"))
@@ -218,7 +230,8 @@ int main(int argc, char **argv)
 
     struct native_kv_desc kvd;
     native_forward_kv_desc(m, &kvd);
-    if (!(be = native_device_backend(&dev, (int)threads, flags, err, sizeof(err)))) {
+    if (!(be = native_parallel_on_device(m, &dev, (int)tp, (int)ep, (int)threads, flags, err,
+                                         sizeof(err)))) {
         fprintf(stderr, "cascade-score: %s\n", err);
         goto out;
     }
@@ -287,7 +300,7 @@ int main(int argc, char **argv)
             .n_tokens = nt, .token = b_tok, .pos = b_pos, .seq = b_seq, .seqs = views,
             .n_seqs = n_seqs, .out_rows = b_out, .n_out = n_out};
         const float *logits = native_forward_run(fw, kvcache_kv(kv), &batch);
-        const char *dev_err = native_device_error(be);
+        const char *dev_err = native_parallel_error(be);
         if (dev_err) {
             fprintf(stderr, "cascade-score: %s\n", dev_err);
             goto out;
