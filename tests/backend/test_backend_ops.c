@@ -500,6 +500,118 @@ static void test_attention(struct dev *d, int H, int G, int hd)
     dev_reset(d);
 }
 
+/* ---- attention over long contexts: three sequences in one step --
+ * sequence 0 prefills positions 590..599 (a chunk after 590 stored ones),
+ * sequence 1 decodes position 511 (exactly two 256-position pieces, where a
+ * GPU splits a context), sequence 2 decodes position 256 (a piece of one
+ * position) -- with block tables scattered over the pool. ---- */
+
+static void test_attention_long(struct dev *d, int H, int G, int hd)
+{
+    cur_case = "attention long";
+    enum { NS = 3, NOW = 12 };
+    const int first[NS] = {590, 511, 256}, count[NS] = {10, 1, 1};
+    const int D = G * hd, BS = d->o->kv_block_size;
+    int32_t *tables[NS];
+    struct native_seq_view sv[NS];
+    int n_blocks = 0;
+    for (int s = 0; s < NS; s++)
+        n_blocks += (first[s] + count[s] + BS - 1) / BS;
+    /* Block ids: a permutation of the pool (37 is prime to it). */
+    const int pool = n_blocks + 5;
+    REQUIRE(pool % 37 != 0);
+    for (int s = 0, k = 0; s < NS; s++) {
+        const int nb = (first[s] + count[s] + BS - 1) / BS;
+        tables[s] = malloc(sizeof(int32_t) * nb);
+        for (int i = 0; i < nb; i++, k++)
+            tables[s][i] = (int32_t)((k * 37 + 3) % pool);
+        sv[s] = (struct native_seq_view){tables[s], nb};
+    }
+    struct native_kv_desc desc = {NATIVE_KV_DENSE, 1, D, 0, 0};
+    char err[128];
+    struct native_kv *kv = d->o->kv_new(d->b, &desc, pool, err, sizeof(err));
+    CHECK(kv != NULL);
+    if (!kv)
+        return;
+    /* K/V rows by (sequence, position); the history of every sequence as
+     * one earlier step, then this step's tokens. */
+    float *K[NS], *V[NS];
+    int n_hist = 0;
+    for (int s = 0; s < NS; s++) {
+        K[s] = frand((size_t)(first[s] + count[s]) * D, 1.0);
+        V[s] = frand((size_t)(first[s] + count[s]) * D, 1.0);
+        n_hist += first[s];
+    }
+    int32_t *hpos = malloc(sizeof(int32_t) * n_hist), *hseq = malloc(sizeof(int32_t) * n_hist);
+    float *hk = malloc(sizeof(float) * (size_t)n_hist * D), *hv = malloc(sizeof(float) * (size_t)n_hist * D);
+    for (int s = 0, t = 0; s < NS; s++)
+        for (int p = 0; p < first[s]; p++, t++) {
+            hpos[t] = p;
+            hseq[t] = s;
+            memcpy(hk + (size_t)t * D, K[s] + (size_t)p * D, sizeof(float) * D);
+            memcpy(hv + (size_t)t * D, V[s] + (size_t)p * D, sizeof(float) * D);
+        }
+    struct native_batch hist = {n_hist, NULL, hpos, hseq, sv, NS, NULL, 0};
+    d->o->kv_store(d->b, kv, 0, &hist, dup_in(d, hk, sizeof(float) * (size_t)n_hist * D), D,
+                   dup_in(d, hv, sizeof(float) * (size_t)n_hist * D), D);
+    int32_t pos[NOW], seq[NOW], tok[NOW] = {0};
+    float nk[NOW * 256], nv[NOW * 256];
+    for (int s = 0, t = 0; s < NS; s++)
+        for (int i = 0; i < count[s]; i++, t++) {
+            pos[t] = first[s] + i;
+            seq[t] = s;
+            memcpy(nk + t * D, K[s] + (size_t)pos[t] * D, sizeof(float) * D);
+            memcpy(nv + t * D, V[s] + (size_t)pos[t] * D, sizeof(float) * D);
+        }
+    struct native_batch now = {NOW, tok, pos, seq, sv, NS, NULL, 0};
+    native_begin_batch(d->b, &now);
+    d->o->kv_store(d->b, kv, 0, &now, dup_in(d, nk, sizeof(float) * NOW * D), D,
+                   dup_in(d, nv, sizeof(float) * NOW * D), D);
+    const size_t nq = (size_t)NOW * H * hd;
+    float *q = frand(nq, 1.0);
+    float *od = dalloc(d, sizeof(float) * nq);
+    d->o->attention(d->b, od, dup_in(d, q, sizeof(float) * nq), kv, 0, &now, H, G, hd);
+    double *ref = calloc(nq, sizeof(double));
+    double *sc = malloc(sizeof(double) * 1024);
+    for (int t = 0; t < NOW; t++)
+        for (int h = 0; h < H; h++) {
+            const int s = seq[t], g = h / (H / G), np = pos[t] + 1;
+            double m = -INFINITY, sum = 0;
+            for (int p = 0; p < np; p++) {
+                double a = 0;
+                for (int i = 0; i < hd; i++)
+                    a += (double)q[((size_t)t * H + h) * hd + i] * K[s][(size_t)p * D + g * hd + i];
+                sc[p] = a / sqrt((double)hd);
+                m = sc[p] > m ? sc[p] : m;
+            }
+            for (int p = 0; p < np; p++)
+                sum += (sc[p] = exp(sc[p] - m));
+            for (int p = 0; p < np; p++)
+                for (int i = 0; i < hd; i++)
+                    ref[((size_t)t * H + h) * hd + i] += sc[p] / sum * V[s][(size_t)p * D + g * hd + i];
+        }
+    float *got = malloc(sizeof(float) * nq);
+    dl(d, got, od, sizeof(float) * nq);
+    char what[64];
+    snprintf(what, sizeof(what), "H=%d G=%d hd=%d", H, G, hd);
+    check_close(got, ref, nq, 1e-6, what);
+    free(got);
+    free(ref);
+    free(sc);
+    free(q);
+    free(hpos);
+    free(hseq);
+    free(hk);
+    free(hv);
+    for (int s = 0; s < NS; s++) {
+        free(K[s]);
+        free(V[s]);
+        free(tables[s]);
+    }
+    d->o->kv_free(d->b, kv);
+    dev_reset(d);
+}
+
 /* ---- kv_store (latent) + mla_attention, both modes ---- */
 
 struct mla_shape {
@@ -1110,6 +1222,8 @@ int main(int argc, char **argv)
         test_attention(&d, 4, 2, 16);
         test_attention(&d, 6, 6, 8);
         test_attention(&d, 2, 1, 64);
+        test_attention_long(&d, 8, 2, 128);     /* 4 heads per group: 2-token tiles on a GPU */
+        test_attention_long(&d, 20, 2, 32);     /* 10 heads per group: chunks of 8 and 2 */
         const struct mla_shape small = {3, 16, 8, 12, 40}, wide = {10, 24, 8, 16, 200};
         for (size_t j = 0; j < sizeof(all_dtypes) / sizeof(all_dtypes[0]); j++) {
             test_mla(&d, &small, all_dtypes[j], 20);
