@@ -6,6 +6,7 @@
  *   cascade-engine --model PATH [--listen HOST:PORT] [--tokenizer PATH]
  *                  [--name ID] [--device cpu|cuda:N] [--threads N]
  *                  [--kv-mib N] [--max-batch N] [--max-queue N] [--ctx N]
+ *                  [--tp N] [--ep N]
  *
  * Endpoints: POST /v1/chat/completions, POST /v1/completions (stream and
  * not, usage, logprobs), GET /v1/models, GET /health. Every error is an
@@ -22,6 +23,7 @@
 #include "common/log.h"
 #include "common/mem.h"
 #include "common/openai.h"
+#include "engines/native/backend/comm.h"
 #include "engines/native/backend/device.h"
 #include "engines/native/runtime/native_engine.h"
 
@@ -379,7 +381,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: cascade-engine --model PATH [--listen HOST:PORT] [--tokenizer PATH] [--name ID]\n"
                "                      [--device cpu|cuda:N] [--threads N] [--kv-mib N] [--max-batch N]\n"
-               "                      [--max-queue N] [--ctx N]\n"
+               "                      [--max-queue N] [--ctx N] [--tp N] [--ep N]\n"
                "  --model PATH       llama2.c .bin, or a Hugging Face folder (config.json + safetensors)\n"
                "  --listen HOST:PORT default 127.0.0.1:8000; port 0 picks a free one\n"
                "  --tokenizer PATH   default: tokenizer.json, tokenizer.bin or tok<vocab>.bin beside the model\n"
@@ -389,7 +391,9 @@ static void usage(FILE *f)
                "  --kv-mib N         KV cache budget in MiB (default 256)\n"
                "  --max-batch N      sequences decoded together (default 16)\n"
                "  --max-queue N      requests that may wait for a slot before 503 (default 64)\n"
-               "  --ctx N            context limit in tokens (default: the model's)\n");
+               "  --ctx N            context limit in tokens (default: the model's)\n"
+               "  --tp N, --ep N     tensor / expert parallel ranks in this process, 1 or the\n"
+               "                     number of ranks (default: the GPUs named; 1 on the CPU)\n");
 }
 
 int main(int argc, char **argv)
@@ -400,13 +404,14 @@ int main(int argc, char **argv)
         {"threads", required_argument, NULL, 'T'}, {"kv-mib", required_argument, NULL, 'k'},
         {"max-batch", required_argument, NULL, 'b'}, {"max-queue", required_argument, NULL, 'q'},
         {"ctx", required_argument, NULL, 'c'},     {"device", required_argument, NULL, 'd'},
+        {"tp", required_argument, NULL, 'P'},      {"ep", required_argument, NULL, 'E'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct native_engine_config cfg = {0};
     const char *listen_addr = "127.0.0.1:8000";
     int o;
-    while ((o = getopt_long(argc, argv, "m:l:t:n:T:k:b:q:c:d:h", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "m:l:t:n:T:k:b:q:c:d:P:E:h", opts, NULL)) != -1) {
         switch (o) {
         case 'm': cfg.model_path = optarg; break;
         case 'l': listen_addr = optarg; break;
@@ -418,6 +423,19 @@ int main(int argc, char **argv)
         case 'q': cfg.max_queue = atoi(optarg); break;
         case 'c': cfg.n_ctx = atoi(optarg); break;
         case 'd': cfg.device = optarg; break;
+        case 'P':
+        case 'E': {
+            /* Ranks: a whole number 1..NATIVE_MAX_WORLD, or a usage error. */
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (end == optarg || *end || v < 1 || v > NATIVE_MAX_WORLD) {
+                fprintf(stderr, "cascade-engine: --%s: expected 1..%d\n", o == 'P' ? "tp" : "ep",
+                        NATIVE_MAX_WORLD);
+                return 2;
+            }
+            *(o == 'P' ? &cfg.tp : &cfg.ep) = (int)v;
+            break;
+        }
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }

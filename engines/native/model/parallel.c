@@ -294,6 +294,18 @@ const char *native_parallel_error(const struct native_backend *b)
     return NULL;
 }
 
+void native_parallel_describe(const struct native_backend *b, char *buf, size_t n)
+{
+    if (!native_parallel_is(b)) {
+        native_device_describe(b, buf, n);
+        return;
+    }
+    const struct par_backend *p = (const struct par_backend *)b;
+    char one[160];
+    native_device_describe(p->be[0], one, sizeof(one));
+    snprintf(buf, n, "tp %d, ep %d: %d x %s", p->tp, p->ep, p->world, one);
+}
+
 /* ---- the multi-rank forward pass ---- */
 
 struct par_forward;

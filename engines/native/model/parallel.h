@@ -74,6 +74,10 @@ struct native_backend *native_parallel_on_device(const struct native_model *m,
  * or NULL; for any backend. */
 const char *native_parallel_error(const struct native_backend *b);
 
+/* For start-up lines: "tp 2, ep 2: 2 x cpu (avx2, 1 threads)", or
+ * device.h's description of any other backend. */
+void native_parallel_describe(const struct native_backend *b, char *buf, size_t n);
+
 /* 1 when b was made by native_parallel_new(). */
 int native_parallel_is(const struct native_backend *b);
 

@@ -19,6 +19,7 @@
 
 #include "common/openai.h"
 #include "engines/native/model/model.h"
+#include "engines/native/model/parallel.h"
 #include "engines/native/runtime/prompt.h"
 #include "engines/native/runtime/sched.h"
 #include "engines/native/backend/cpu/ops_cpu.h"
@@ -35,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 enum ev_kind { EV_TOKEN, EV_DONE, EV_ERROR };
 
@@ -684,12 +686,18 @@ static void log_model(const struct native_engine *e)
     const struct native_layer *l0 = &m->layers[m->cfg.n_layers > 1 ? m->cfg.n_layers - 1 : 0];
     const struct native_mat *w = m->cfg.arch == NATIVE_ARCH_DEEPSEEK_V3 ? &l0->mla.o : &l0->wo;
     char dev[160];
-    native_device_describe(e->be, dev, sizeof(dev));
+    native_parallel_describe(e->be, dev, sizeof(dev));
     log_info("model %s: arch %s, weights %s (%.1f MiB), %.3g parameters (%.3g active per token), "
              "KV cache %zu bytes per token, context %d, backend %s",
              e->name, native_arch_name(m->cfg.arch), native_dtype_name(w->dtype),
              (double)m->weight_bytes / (1 << 20), (double)m->n_params, (double)m->n_active_params,
              native_model_kv_bytes_per_token(&m->cfg), sched_context(e->s), dev);
+}
+
+/* Ranks asked for explicitly (tp/ep are 1 or 0 by default on the CPU). */
+static int explicit_ranks(const struct native_engine_config *cfg)
+{
+    return cfg->tp > cfg->ep ? cfg->tp : cfg->ep > 1 ? cfg->ep : 1;
 }
 
 /* Model, tokenizer and chat format, then the scheduler and its threads;
@@ -729,8 +737,16 @@ struct engine *native_engine_new(const struct native_engine_config *cfg, char *e
     }
     /* The engine picks the backend; the scheduler is handed it. */
     struct native_device dev;
+    int threads = cfg->threads;
+    if (explicit_ranks(cfg) > 1) {
+        /* CPU ranks share the machine's (or the configured) threads. */
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = (int)((threads ? threads : ncpu > 0 ? ncpu : 1) / explicit_ranks(cfg));
+        threads = threads > 0 ? threads : 1;
+    }
     if (native_device_parse(cfg->device, &dev, err, errlen) != 0 ||
-        !(e->be = native_device_backend(&dev, cfg->threads, cfg->cpu_flags, err, errlen))) {
+        !(e->be = native_parallel_on_device(e->m, &dev, cfg->tp, cfg->ep, threads, cfg->cpu_flags,
+                                            err, errlen))) {
         pthread_mutex_destroy(&e->mu);
         goto fail;
     }
@@ -781,12 +797,14 @@ static char *resolve(const char *base_dir, const char *p)
 struct engine *native_engine_from_json(const char *json, const char *base_dir, char *err,
                                        size_t errlen)
 {
-    static const char *const int_keys[] = {"threads", "kv_mib", "max_batch", "max_queue", "ctx"};
+    static const char *const int_keys[] = {"threads", "kv_mib", "max_batch", "max_queue", "ctx",
+                                           "tp", "ep"};
+    enum { N_INT_KEYS = sizeof(int_keys) / sizeof(int_keys[0]) };
     json_error_t jerr;
     json_t *o = json_loads(json, 0, &jerr);
     struct engine *e = NULL;
     char *model = NULL, *tok = NULL;
-    long long v[5] = {0};
+    long long v[N_INT_KEYS] = {0};
 
     if (!json_is_object(o)) {
         snprintf(err, errlen, "native engine: the engine section must be a JSON object");
@@ -797,12 +815,12 @@ struct engine *native_engine_from_json(const char *json, const char *base_dir, c
     json_object_foreach(o, key, val) {
         int known = !strcmp(key, "kind") || !strcmp(key, "model") || !strcmp(key, "tokenizer") ||
                     !strcmp(key, "name") || !strcmp(key, "device");
-        for (size_t i = 0; i < 5; i++) {
+        for (size_t i = 0; i < N_INT_KEYS; i++) {
             if (strcmp(key, int_keys[i]) != 0)
                 continue;
             known = 1;
             if (!json_is_integer(val) || json_integer_value(val) < (i == 3 ? -1 : 0) ||
-                json_integer_value(val) > (i == 1 ? (1ll << 30) : (1ll << 24))) {
+                json_integer_value(val) > (i == 1 ? (1ll << 30) : i >= 5 ? NATIVE_MAX_WORLD : (1ll << 24))) {
                 snprintf(err, errlen, "native engine: \"%s\" must be a non-negative integer", key);
                 goto out;
             }
@@ -842,6 +860,8 @@ struct engine *native_engine_from_json(const char *json, const char *base_dir, c
     cfg.max_batch = (int)v[2];
     cfg.max_queue = (int)v[3];
     cfg.n_ctx = (int)v[4];
+    cfg.tp = (int)v[5];
+    cfg.ep = (int)v[6];
     e = native_engine_new(&cfg, err, errlen);
 out:
     free(model);

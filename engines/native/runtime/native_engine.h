@@ -60,6 +60,10 @@ struct native_engine_config {
     int n_ctx;                  /* context limit; 0: the model's */
     unsigned cpu_flags;         /* OPS_CPU_* (ops_cpu.h) */
     enum native_mla_mode mla;   /* MLA models: NATIVE_MLA_ABSORB (default) or _NAIVE */
+    /* Tensor / expert parallel ranks in this process (model/parallel.h);
+     * 0: one per GPU that device names (1 on the CPU; ep 1 for a dense
+     * model). On the CPU, threads are shared out among the ranks. */
+    int tp, ep;
 };
 
 /* Load the model and start the engine; NULL and a message in err on failure. */
@@ -69,7 +73,7 @@ struct engine *native_engine_new(const struct native_engine_config *cfg, char *e
  * text of the object):
  *   {"kind": "native", "model": PATH, "tokenizer": PATH, "name": ID,
  *    "device": "cpu" | "cuda:N", "threads": N, "kv_mib": N, "max_batch": N,
- *    "max_queue": N, "ctx": N}
+ *    "max_queue": N, "ctx": N, "tp": N, "ep": N}
  * Only "model" is required; the rest default as in the struct above. A
  * device this build or machine cannot drive is an error naming why.
  * Relative paths are taken from base_dir when it is not NULL (the config
