@@ -54,7 +54,7 @@ enum cuda_scratch_slot {
     CUDA_SCRATCH_FP8 = 1,       /* H5: quantized activations, dequantized tiles */
     CUDA_SCRATCH_MLA = 2,       /* H5 */
     CUDA_SCRATCH_MOE = 3,       /* H5: permutation, counts, offsets */
-    CUDA_SCRATCH_HOST_IDS = 4,  /* ids/rows/pos the ops get in host memory outside the batch */
+    CUDA_SCRATCH_HOST_IDS = 4,  /* unused: cuda_host_ids() has its own ring */
     CUDA_SCRATCH_ATTN = 5,      /* dense attention's per-split partial results */
     CUDA_SCRATCH_COUNT
 };
@@ -147,6 +147,16 @@ struct cuda_backend {
     struct cuda_lt_plan *plans; /* CUDA_LT_PLANS, round-robin replaced */
     int plan_next;
 
+    /* Small host int arrays ops get (ids, rows, positions outside the
+     * batch, attention's tiles) go through a pinned ring and its device
+     * twin: a copy from pageable memory may wait for the whole stream,
+     * one from pinned memory never does. ids_done follows the latest copy
+     * out of the ring; wrapping waits for it. */
+    int32_t *ids_host, *ids_dev;
+    size_t ids_cap, ids_off;    /* int32s */
+    cudaEvent_t ids_done;
+    int ids_pending;
+
     int32_t *att_tiles;         /* host: attention's token tiles, (first, count) pairs */
     size_t att_tiles_cap;       /* int32s */
 
@@ -228,10 +238,11 @@ void cuda_enter(struct cuda_backend *cb);
 void *cuda_scratch(struct cuda_backend *cb, enum cuda_scratch_slot slot, size_t bytes);
 
 /* A device copy of n int32 host values (ids, rows or positions an op got in
- * host memory), through the CUDA_SCRATCH_HOST_IDS slot at element offset
- * `at` (so one op may upload two arrays at different offsets). When host is
- * one of the current batch's arrays the mirror is returned and nothing is
- * copied. NULL on failure (reported). */
+ * host memory), queued on the stream through the pinned ring (cb->ids_*),
+ * so the host never waits; valid for the kernels queued after it in this
+ * step. When host is one of the current batch's arrays the mirror is
+ * returned and nothing is copied. `at` is unused (kept for callers). NULL on
+ * failure (reported). */
 const int32_t *cuda_host_ids(struct cuda_backend *cb, const int32_t *host, int n, size_t at);
 
 /* ---- kernels shared between the files ---- */

@@ -47,7 +47,7 @@
 #define ATT_MAX_ROWS 8
 #define ATT_SPLIT 256
 #define CUDA_LT_PLANS 64
-#define HOST_IDS_MIN_INTS ((size_t)1 << 20)
+#define HOST_IDS_MIN_INTS ((size_t)1 << 18)     /* 1 MiB of pinned ring */
 
 struct cuda_lt_plan {
     int used;
@@ -121,8 +121,6 @@ void *cuda_scratch(struct cuda_backend *cb, enum cuda_scratch_slot slot, size_t 
     /* Grow with headroom, so a slowly rising size does not reallocate every step. */
     size_t nb = bytes + bytes / 4;
     nb = (nb + ((size_t)1 << 20) - 1) & ~(((size_t)1 << 20) - 1);
-    if (slot == CUDA_SCRATCH_HOST_IDS && nb < HOST_IDS_MIN_INTS * sizeof(int32_t))
-        nb = HOST_IDS_MIN_INTS * sizeof(int32_t);
     if (cb->scratch[slot]) {
         /* Queued kernels may still read the old block. */
         CUDA_CHECK(cb, cudaStreamSynchronize(cb->stream));
@@ -513,13 +511,43 @@ const int32_t *cuda_host_ids(struct cuda_backend *cb, const int32_t *host, int n
         if (host == m->host_out_rows && n <= m->n_out && same_ints(m->staging + 3 * nt, host, n))
             return m->out_rows;
     }
-    int32_t *d = (int32_t *)cuda_scratch(cb, CUDA_SCRATCH_HOST_IDS, (at + (size_t)n) * sizeof(int32_t));
-    if (!d)
+    (void)at;
+    /* Grow, or wrap when the rest of the ring is too short: either way the
+     * ring's earlier copies must be done first (they precede ids_done on
+     * the stream). 64-byte steps keep every copy's start aligned. */
+    const size_t need = ((size_t)n + 15) & ~(size_t)15;
+    if (cb->ids_off + need > cb->ids_cap) {
+        if (cb->ids_pending && CUDA_CHECK(cb, cudaEventSynchronize(cb->ids_done)))
+            return NULL;
+        cb->ids_pending = 0;
+        cb->ids_off = 0;
+        if (need > cb->ids_cap) {
+            size_t cap = cb->ids_cap ? cb->ids_cap : HOST_IDS_MIN_INTS;
+            while (cap < need)
+                cap *= 2;
+            CUDA_CHECK(cb, cudaStreamSynchronize(cb->stream));  /* kernels may read the old twin */
+            cudaFreeHost(cb->ids_host);
+            cudaFree(cb->ids_dev);
+            cb->ids_host = NULL;
+            cb->ids_dev = NULL;
+            cb->ids_cap = 0;
+            if (CUDA_CHECK(cb, cudaMallocHost((void **)&cb->ids_host, cap * sizeof(int32_t))) ||
+                CUDA_CHECK(cb, cudaMalloc((void **)&cb->ids_dev, cap * sizeof(int32_t)))) {
+                cudaFreeHost(cb->ids_host);
+                cb->ids_host = NULL;
+                return NULL;
+            }
+            cb->ids_cap = cap;
+        }
+    }
+    int32_t *h = cb->ids_host + cb->ids_off, *d = cb->ids_dev + cb->ids_off;
+    memcpy(h, host, sizeof(int32_t) * (size_t)n);
+    cb->ids_off += need;
+    if (CUDA_CHECK(cb, cudaMemcpyAsync(d, h, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice, cb->stream)))
         return NULL;
-    if (CUDA_CHECK(cb, cudaMemcpyAsync(d + at, host, sizeof(int32_t) * (size_t)n,
-                                       cudaMemcpyHostToDevice, cb->stream)))
-        return NULL;
-    return d + at;
+    if (!CUDA_CHECK(cb, cudaEventRecord(cb->ids_done, cb->stream)))
+        cb->ids_pending = 1;
+    return d;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -545,25 +573,55 @@ static __device__ __forceinline__ void unpack8(const uint4 v, float f[8])
     }
 }
 
+/* Up to GEMV_MAX_SET weights of one dtype and width sharing an input (q/k/v,
+ * gate/up), run by one launch: block b works on weight j where
+ * first_block[j] <= b < first_block[j + 1]. */
+#define GEMV_MAX_SET 4
+struct gemv_set {
+    const void *w[GEMV_MAX_SET];
+    float *y[GEMV_MAX_SET];
+    int64_t rows[GEMV_MAX_SET];
+    unsigned first_block[GEMV_MAX_SET + 1];
+    int n_w;
+    int dt;
+    int64_t cols;
+    const float *x;
+    int accumulate;
+};
+
+/* This warp's weight and row, or -1 when it has none. */
+static __device__ __forceinline__ int64_t gemv_row(const struct gemv_set &a, int *j)
+{
+    int k = 0;
+    while (k + 1 < a.n_w && blockIdx.x >= a.first_block[k + 1])
+        k++;
+    *j = k;
+    const int64_t r = (int64_t)(blockIdx.x - a.first_block[k]) * GEMV_WARPS + (threadIdx.x >> 5);
+    return r < a.rows[k] ? r : -1;
+}
+
 /* GEMV, y[t][r] (+)= w[r] . x[t] for NT tokens, one warp per row.
- * Lane l reads 16-byte vectors l, l + 32, ... of the row (8 BF16/F16 or 4
+ * Lane l takes the row's 16-byte vectors l, l + 32, ... (8 BF16/F16 or 4
  * F32 weights each), GEMV_UNROLL loads in flight, weights with the
  * streaming hint (each is read once per step), x through the cache (every
- * warp reads it). Needs cols % 8 == 0 and 16-byte aligned w and x; per lane
- * the products accumulate in k order, then the warp's shuffle tree adds the
- * lanes: the same sequence for every NT. */
+ * warp reads it). Needs cols % 8 == 0 and 16-byte aligned w and x.
+ * Order, fixed: per lane, its vectors in increasing order and each
+ * vector's elements in order, one FMA each; then the warp's xor-shuffle
+ * tree. It is the same for every NT, so a token gets the same bits alone
+ * or with up to 7 others, and gemv_any_kernel keeps it too. */
 template <int NT, int DT>
-__global__ void __launch_bounds__(GEMV_WARPS * 32)
-gemv_vec_kernel(const void *__restrict__ w, int64_t rows, int64_t cols, const float *__restrict__ x,
-                float *__restrict__ y, int accumulate)
+__global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_vec_kernel(const struct gemv_set a)
 {
     const int lane = threadIdx.x & 31;
-    const int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    if (r >= rows)
+    int j;
+    const int64_t r = gemv_row(a, &j);
+    if (r < 0)
         return;
+    const int64_t cols = a.cols;
+    const float *__restrict__ x = a.x;
     constexpr int EPV = DT == NATIVE_F32 ? 4 : 8;     /* elements per 16-byte vector */
     const int64_t nv = cols / EPV;
-    const uint4 *wr = reinterpret_cast<const uint4 *>(static_cast<const char *>(w) +
+    const uint4 *wr = reinterpret_cast<const uint4 *>(static_cast<const char *>(a.w[j]) +
                                                       (size_t)r * (size_t)cols * (DT == NATIVE_F32 ? 4 : 2));
     float acc[NT];
 #pragma unroll
@@ -597,100 +655,118 @@ gemv_vec_kernel(const void *__restrict__ w, int64_t rows, int64_t cols, const fl
 #pragma unroll
                 for (int t = 0; t < NT; t++) {
                     const float4 *xp = reinterpret_cast<const float4 *>(x + (size_t)t * cols) + 2 * v;
-                    const float4 a = __ldg(xp), bq = __ldg(xp + 1);
-                    acc[t] = fmaf(wf[0], a.x, acc[t]);
-                    acc[t] = fmaf(wf[1], a.y, acc[t]);
-                    acc[t] = fmaf(wf[2], a.z, acc[t]);
-                    acc[t] = fmaf(wf[3], a.w, acc[t]);
-                    acc[t] = fmaf(wf[4], bq.x, acc[t]);
-                    acc[t] = fmaf(wf[5], bq.y, acc[t]);
-                    acc[t] = fmaf(wf[6], bq.z, acc[t]);
-                    acc[t] = fmaf(wf[7], bq.w, acc[t]);
+                    const float4 p = __ldg(xp), q = __ldg(xp + 1);
+                    acc[t] = fmaf(wf[0], p.x, acc[t]);
+                    acc[t] = fmaf(wf[1], p.y, acc[t]);
+                    acc[t] = fmaf(wf[2], p.z, acc[t]);
+                    acc[t] = fmaf(wf[3], p.w, acc[t]);
+                    acc[t] = fmaf(wf[4], q.x, acc[t]);
+                    acc[t] = fmaf(wf[5], q.y, acc[t]);
+                    acc[t] = fmaf(wf[6], q.z, acc[t]);
+                    acc[t] = fmaf(wf[7], q.w, acc[t]);
                 }
             }
         }
     }
+    const int64_t rows = a.rows[j];
+    float *y = a.y[j];
 #pragma unroll
     for (int t = 0; t < NT; t++) {
-        const float s = cuda_warp_sum(acc[t]);
+        const float sum = cuda_warp_sum(acc[t]);
         if (lane == t % 32) {
             float *o = y + (size_t)t * (size_t)rows + r;
-            *o = accumulate ? *o + s : s;
+            *o = a.accumulate ? *o + sum : sum;
         }
     }
 }
 
-/* The same for any shape and alignment: lane l takes elements l, l + 32, ... */
+/* The same for any width and alignment, element by element in the vector
+ * kernel's order (lane l: elements EPV*l .. EPV*l + EPV-1, then 32 vectors
+ * further, ...), so where both apply they give the same bits. */
 template <int NT>
-__global__ void __launch_bounds__(GEMV_WARPS * 32)
-gemv_any_kernel(const void *__restrict__ w, int dt, int64_t rows, int64_t cols,
-                const float *__restrict__ x, float *__restrict__ y, int accumulate)
+__global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_any_kernel(const struct gemv_set a)
 {
     const int lane = threadIdx.x & 31;
-    const int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    if (r >= rows)
+    int j;
+    const int64_t r = gemv_row(a, &j);
+    if (r < 0)
         return;
+    const int64_t cols = a.cols;
+    const enum native_dtype dt = (enum native_dtype)a.dt;
+    const int epv = dt == NATIVE_F32 ? 4 : 8;
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++)
         acc[t] = 0.0f;
     const int64_t base = r * cols;
-    for (int64_t k = lane; k < cols; k += 32) {
-        const float wv = cuda_load_w(w, (enum native_dtype)dt, base + k);
+    for (int64_t k0 = (int64_t)lane * epv; k0 < cols; k0 += 32 * (int64_t)epv) {
+        for (int e = 0; e < epv && k0 + e < cols; e++) {
+            const float wv = cuda_load_w(a.w[j], dt, base + k0 + e);
 #pragma unroll
-        for (int t = 0; t < NT; t++)
-            acc[t] = fmaf(wv, x[(size_t)t * cols + k], acc[t]);
+            for (int t = 0; t < NT; t++)
+                acc[t] = fmaf(wv, a.x[(size_t)t * cols + k0 + e], acc[t]);
+        }
     }
+    const int64_t rows = a.rows[j];
+    float *y = a.y[j];
 #pragma unroll
     for (int t = 0; t < NT; t++) {
-        const float s = cuda_warp_sum(acc[t]);
+        const float sum = cuda_warp_sum(acc[t]);
         if (lane == t % 32) {
             float *o = y + (size_t)t * (size_t)rows + r;
-            *o = accumulate ? *o + s : s;
+            *o = a.accumulate ? *o + sum : sum;
         }
     }
 }
 
 template <int NT>
-static void gemv_launch_nt(struct cuda_backend *cb, const float *x, const struct native_mat *w,
-                           float *y, int accumulate, int vec)
+static void gemv_launch_nt(struct cuda_backend *cb, const struct gemv_set &a, int vec)
 {
-    const dim3 grid((unsigned)((w->rows + GEMV_WARPS - 1) / GEMV_WARPS)), block(GEMV_WARPS * 32);
-    if (!vec) {
-        gemv_any_kernel<NT><<<grid, block, 0, cb->stream>>>(w->data, (int)w->dtype, w->rows, w->cols,
-                                                             x, y, accumulate);
-    } else if (w->dtype == NATIVE_BF16) {
-        gemv_vec_kernel<NT, NATIVE_BF16><<<grid, block, 0, cb->stream>>>(w->data, w->rows, w->cols, x,
-                                                                        y, accumulate);
-    } else if (w->dtype == NATIVE_F16) {
-        gemv_vec_kernel<NT, NATIVE_F16><<<grid, block, 0, cb->stream>>>(w->data, w->rows, w->cols, x,
-                                                                       y, accumulate);
-    } else {
-        gemv_vec_kernel<NT, NATIVE_F32><<<grid, block, 0, cb->stream>>>(w->data, w->rows, w->cols, x,
-                                                                       y, accumulate);
-    }
+    const dim3 grid(a.first_block[a.n_w]), block(GEMV_WARPS * 32);
+    if (!vec)
+        gemv_any_kernel<NT><<<grid, block, 0, cb->stream>>>(a);
+    else if (a.dt == NATIVE_BF16)
+        gemv_vec_kernel<NT, NATIVE_BF16><<<grid, block, 0, cb->stream>>>(a);
+    else if (a.dt == NATIVE_F16)
+        gemv_vec_kernel<NT, NATIVE_F16><<<grid, block, 0, cb->stream>>>(a);
+    else
+        gemv_vec_kernel<NT, NATIVE_F32><<<grid, block, 0, cb->stream>>>(a);
     CUDA_LAUNCHED(cb, "gemv");
 }
 
-/* n <= GEMV_MAX_TEMPLATE tokens; more are run in groups of that many. */
-static void gemv(struct cuda_backend *cb, int n, const float *x, const struct native_mat *w, float *y,
-                 int accumulate)
+/* n tokens (any n; groups of GEMV_MAX_TEMPLATE) through n_w <= GEMV_MAX_SET
+ * weights of one dtype and width, one launch per group. */
+static void gemv(struct cuda_backend *cb, int n, const float *x, int n_w, const struct native_mat *w,
+                 float *const *y, int accumulate)
 {
-    const uintptr_t mis = (uintptr_t)x | (uintptr_t)w->data;
-    const int vec = w->cols % 8 == 0 && (mis & 15) == 0;
+    struct gemv_set a;
+    memset(&a, 0, sizeof(a));
+    uintptr_t mis = (uintptr_t)x;
+    a.n_w = n_w;
+    a.dt = (int)w[0].dtype;
+    a.cols = w[0].cols;
+    a.accumulate = accumulate;
+    for (int j = 0; j < n_w; j++) {
+        a.w[j] = w[j].data;
+        a.rows[j] = w[j].rows;
+        a.first_block[j + 1] = a.first_block[j] + (unsigned)((w[j].rows + GEMV_WARPS - 1) / GEMV_WARPS);
+        mis |= (uintptr_t)w[j].data;
+    }
+    const int vec = a.cols % 8 == 0 && (mis & 15) == 0;
     for (int t0 = 0; t0 < n; t0 += GEMV_MAX_TEMPLATE) {
         const int nt = n - t0 < GEMV_MAX_TEMPLATE ? n - t0 : GEMV_MAX_TEMPLATE;
-        const float *xt = x + (size_t)t0 * (size_t)w->cols;
-        float *yt = y + (size_t)t0 * (size_t)w->rows;
+        a.x = x + (size_t)t0 * (size_t)a.cols;
+        for (int j = 0; j < n_w; j++)
+            a.y[j] = y[j] + (size_t)t0 * (size_t)w[j].rows;
         switch (nt) {
-        case 1: gemv_launch_nt<1>(cb, xt, w, yt, accumulate, vec); break;
-        case 2: gemv_launch_nt<2>(cb, xt, w, yt, accumulate, vec); break;
-        case 3: gemv_launch_nt<3>(cb, xt, w, yt, accumulate, vec); break;
-        case 4: gemv_launch_nt<4>(cb, xt, w, yt, accumulate, vec); break;
-        case 5: gemv_launch_nt<5>(cb, xt, w, yt, accumulate, vec); break;
-        case 6: gemv_launch_nt<6>(cb, xt, w, yt, accumulate, vec); break;
-        case 7: gemv_launch_nt<7>(cb, xt, w, yt, accumulate, vec); break;
-        default: gemv_launch_nt<8>(cb, xt, w, yt, accumulate, vec); break;
+        case 1: gemv_launch_nt<1>(cb, a, vec); break;
+        case 2: gemv_launch_nt<2>(cb, a, vec); break;
+        case 3: gemv_launch_nt<3>(cb, a, vec); break;
+        case 4: gemv_launch_nt<4>(cb, a, vec); break;
+        case 5: gemv_launch_nt<5>(cb, a, vec); break;
+        case 6: gemv_launch_nt<6>(cb, a, vec); break;
+        case 7: gemv_launch_nt<7>(cb, a, vec); break;
+        default: gemv_launch_nt<8>(cb, a, vec); break;
         }
     }
 }
@@ -919,7 +995,7 @@ void cuda_matmul_one(struct cuda_backend *cb, int n, const float *x, const struc
         return;
     }
     if (n <= cb->gemv_max) {
-        gemv(cb, n, x, w, y, accumulate);
+        gemv(cb, n, x, 1, w, &y, accumulate);
         return;
     }
     /* Tensor cores would round F16 weights' activations to F16 (range as
@@ -933,7 +1009,20 @@ static void cuda_matmul(struct native_backend *b, int n, const float *x, int n_w
                         const struct native_mat *w, float *const *y, int accumulate)
 {
     struct cuda_backend *cb = cuda_cb(b);
+    if (n <= 0)
+        return;
     cuda_enter(cb);
+    /* Decode: weights of one dtype that share the input run as one GEMV
+     * launch (q/k/v, gate/up), a third of the launches and one tail. */
+    int same = n <= cb->gemv_max && n_w <= GEMV_MAX_SET && w[0].dtype != NATIVE_F8_E4M3;
+    for (int j = 1; j < n_w && same; j++)
+        same = w[j].dtype == w[0].dtype && w[j].cols == w[0].cols;
+    for (int j = 0; j < n_w && same; j++)
+        same = w[j].rows > 0;
+    if (same && n_w > 1) {
+        gemv(cb, n, x, n_w, w, y, accumulate);
+        return;
+    }
     for (int j = 0; j < n_w; j++)
         cuda_matmul_one(cb, n, x, &w[j], y[j], accumulate);
 }
@@ -1510,6 +1599,10 @@ static void cuda_free(struct native_backend *b)
     }
     cudaFreeHost(cb->batch.staging);
     cudaFree(cb->batch.dev);
+    cudaFreeHost(cb->ids_host);
+    cudaFree(cb->ids_dev);
+    if (cb->ids_done)
+        cudaEventDestroy(cb->ids_done);
     if (cb->batch.copied)
         cudaEventDestroy(cb->batch.copied);
     free(cb->att_tiles);
@@ -1619,6 +1712,7 @@ extern "C" struct native_backend *ops_cuda_new(int device, char *err, size_t err
     }
     if ((e = cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking)) != cudaSuccess ||
         (e = cudaEventCreateWithFlags(&cb->batch.copied, cudaEventDisableTiming)) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&cb->ids_done, cudaEventDisableTiming)) != cudaSuccess ||
         (e = cudaMalloc(&cb->lt_ws, CUDA_LT_WS_BYTES)) != cudaSuccess)
         goto fail_cuda;
     cb->lt_ws_bytes = CUDA_LT_WS_BYTES;
