@@ -25,6 +25,14 @@
  * code the cos/sin carry the amplitude mscale(mscale) / mscale(mscale_all_dim)
  * and the softmax scale is (nope + rope)^-1/2 * mscale(mscale_all_dim)^2.
  *
+ * Several ranks (model/parallel.h): the model is then the rank's shard. With
+ * tensor parallelism each rank has its heads (q_b, kv_b rows; the latent is
+ * whole, so each rank keeps the whole latent cache) and its part of the dense
+ * MLP and the shared experts; o_proj, down and the shared down give partial
+ * sums that tp_sum() adds up over the ranks. With expert parallelism each
+ * rank holds a range of the routed experts and v3_ep_moe() sends the tokens'
+ * rows to them and back. A single rank runs none of this.
+ *
  * Memory: every activation buffer is a backend buffer sized in
  * native_forward_v3_new() for max_tokens rows (the logits for max_out),
  * with the scratch the MLA and MoE ops ask for; the weights are mapped into

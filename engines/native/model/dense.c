@@ -8,6 +8,11 @@
  *
  * Activations live in one backend buffer carved into the slices below; the
  * weights are the model's, mapped onto the backend once by new().
+ *
+ * As one rank of a tensor-parallel group (model/parallel.h) the model is the
+ * rank's shard, with its heads, KV heads and part of the MLP, and the two
+ * projections back into the residual stream (wo, w_down) give partial sums
+ * that tp_sum() adds up over the ranks; everything else runs as is.
  */
 #include "engines/native/model/forward_impl.h"
 
