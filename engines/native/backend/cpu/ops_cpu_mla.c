@@ -404,13 +404,140 @@ AVX2_FN static void absorb_olat_avx2(const struct native_kv *kv, int layer,
 }
 #endif
 
+#if HAVE_X86
+/* The same two tiles over 16 lanes and 32 registers, for the backends that
+ * run AVX-512 (twice the multiply-adds per instruction where the core has
+ * full-width units): scores in 8-head x 3-position tiles, o_lat in 8-head x
+ * 48-dim tiles. Same rules: edge tiles repeat a head or position, each kept
+ * value is one fixed chain (16 lanes folded to 8 before reduce1's tree). */
+#define AVX512_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+
+INLINE AVX512_FN float reduce16(__m512 a)
+{
+    return reduce1(_mm256_add_ps(_mm512_castps512_ps256(a),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1))));
+}
+
+AVX512_FN static void absorb_scores_avx512(const struct native_kv *kv, int layer,
+                                           const struct native_seq_view *sv, int np,
+                                           const float *lat, int lat_stride,
+                                           const float *const *qpe, int nh, float *sc,
+                                           int sc_stride, float scale)
+{
+    const int L = kv->desc.latent_dim, R = kv->desc.rope_dim, nv = L / 16, rem = L % 16;
+    const __mmask16 m = (__mmask16)((1u << rem) - 1);
+    for (int p0 = 0; p0 < np; p0 += 3) {
+        const int pn = np - p0 < 3 ? np - p0 : 3;
+        const float *c[3];
+        for (int i = 0; i < 3; i++)
+            c[i] = latent_row(kv, sv, p0 + (i < pn ? i : 0), layer);
+        for (int h = 0; h < nh; h += 8) {
+            const int hn = nh - h < 8 ? nh - h : 8;
+            const float *q[8];
+            for (int i = 0; i < 8; i++)
+                q[i] = lat + (size_t)(h + (i < hn ? i : 0)) * lat_stride;
+            __m512 a[8][3];
+            for (int i = 0; i < 8; i++)
+                for (int k = 0; k < 3; k++)
+                    a[i][k] = _mm512_setzero_ps();
+            for (int v = 0; v < nv; v++) {
+                const __m512 c0 = _mm512_loadu_ps(c[0] + 16 * v), c1 = _mm512_loadu_ps(c[1] + 16 * v);
+                const __m512 c2 = _mm512_loadu_ps(c[2] + 16 * v);
+                for (int i = 0; i < 8; i++) {
+                    const __m512 qv = _mm512_loadu_ps(q[i] + 16 * v);
+                    a[i][0] = _mm512_fmadd_ps(qv, c0, a[i][0]);
+                    a[i][1] = _mm512_fmadd_ps(qv, c1, a[i][1]);
+                    a[i][2] = _mm512_fmadd_ps(qv, c2, a[i][2]);
+                }
+            }
+            if (rem) {
+                const __m512 c0 = _mm512_maskz_loadu_ps(m, c[0] + 16 * nv);
+                const __m512 c1 = _mm512_maskz_loadu_ps(m, c[1] + 16 * nv);
+                const __m512 c2 = _mm512_maskz_loadu_ps(m, c[2] + 16 * nv);
+                for (int i = 0; i < 8; i++) {
+                    const __m512 qv = _mm512_maskz_loadu_ps(m, q[i] + 16 * nv);
+                    a[i][0] = _mm512_fmadd_ps(qv, c0, a[i][0]);
+                    a[i][1] = _mm512_fmadd_ps(qv, c1, a[i][1]);
+                    a[i][2] = _mm512_fmadd_ps(qv, c2, a[i][2]);
+                }
+            }
+            for (int i = 0; i < hn; i++)
+                for (int k = 0; k < pn; k++)
+                    sc[(size_t)(h + i) * sc_stride + p0 + k] =
+                        (reduce16(a[i][k]) + dot_avx2(qpe[h + i], c[k] + L, R)) * scale;
+        }
+    }
+}
+
+INLINE AVX512_FN void olat_tile512(const int masked, const struct native_kv *kv, int layer,
+                                   const struct native_seq_view *sv, int np, int v0,
+                                   float *const *o, const float *const *e, int hn)
+{
+    const int L = kv->desc.latent_dim, W = L + kv->desc.rope_dim, BS = kv->block_size;
+    __mmask16 mk[3];
+    for (int k = 0; k < 3; k++) {
+        int left = L - 16 * (v0 + k);
+        left = left < 0 ? 0 : left > 16 ? 16 : left;
+        mk[k] = (__mmask16)((1u << left) - 1);
+    }
+    __m512 a[8][3];
+    for (int i = 0; i < 8; i++)
+        for (int k = 0; k < 3; k++)
+            a[i][k] = _mm512_setzero_ps();
+    for (int p = 0; p < np;) {
+        const float *row = latent_row(kv, sv, p, layer) + 16 * v0;
+        const int n = BS - p % BS < np - p ? BS - p % BS : np - p;
+        for (int r = 0; r < n; r++, p++, row += W) {
+            __m512 cv[3];
+            for (int k = 0; k < 3; k++)
+                cv[k] = masked ? _mm512_maskz_loadu_ps(mk[k], row + 16 * k) : _mm512_loadu_ps(row + 16 * k);
+            for (int i = 0; i < 8; i++) {
+                const __m512 ev = _mm512_set1_ps(e[i][p]);
+                for (int k = 0; k < 3; k++)
+                    a[i][k] = _mm512_fmadd_ps(ev, cv[k], a[i][k]);
+            }
+        }
+    }
+    for (int i = 0; i < hn; i++)
+        for (int k = 0; k < 3; k++) {
+            float *d = o[i] + 16 * (v0 + k);
+            if (masked)
+                _mm512_mask_storeu_ps(d, mk[k], a[i][k]);
+            else
+                _mm512_storeu_ps(d, a[i][k]);
+        }
+}
+
+AVX512_FN static void absorb_olat_avx512(const struct native_kv *kv, int layer,
+                                         const struct native_seq_view *sv, int np, float *lat,
+                                         int lat_stride, const float *sc, int sc_stride, int nh)
+{
+    const int L = kv->desc.latent_dim, nvec = (L + 15) / 16;
+    for (int h = 0; h < nh; h += 8) {
+        const int hn = nh - h < 8 ? nh - h : 8;
+        float *o[8];
+        const float *e[8];
+        for (int i = 0; i < 8; i++) {
+            o[i] = lat + (size_t)(h + (i < hn ? i : 0)) * lat_stride;
+            e[i] = sc + (size_t)(h + (i < hn ? i : 0)) * sc_stride;
+        }
+        for (int v0 = 0; v0 < nvec; v0 += 3) {
+            if (16 * (v0 + 3) <= L)
+                olat_tile512(0, kv, layer, sv, np, v0, o, e, hn);
+            else
+                olat_tile512(1, kv, layer, sv, np, v0, o, e, hn);
+        }
+    }
+}
+#endif
+
 /* The scores, softmax and o_lat of token t for heads h0..h1 with the AVX2
- * tiles (q_lat in the lat rows on entry, o_lat on return, inv[] the
+ * or AVX-512 tiles (q_lat in the lat rows on entry, o_lat on return, inv[] the
  * softmax's 1 / sum); 0 when this build has none. */
 static int absorb_products_vec(const struct mla_job *j, int t, int h0, int h1, float *inv)
 {
 #if HAVE_X86
-    if (j->cb->avx2) {
+    if (j->cb->avx2 || j->cb->avx512) {
         const struct native_mla *p = j->p;
         const int L = p->latent_dim, V = p->v_dim, qd = p->nope_dim + p->rope_dim;
         const struct native_seq_view *sv = &j->batch->seqs[j->batch->seq[t]];
@@ -420,11 +547,19 @@ static int absorb_products_vec(const struct mla_job *j, int t, int h0, int h1, f
         const float *qpe[MLA_HEAD_GROUP];
         for (int h = h0; h < h1; h++)
             qpe[h - h0] = j->q + ((size_t)t * p->n_heads + h) * qd + p->nope_dim;
-        absorb_scores_avx2(j->kv, j->layer, sv, np, lat, L + V, qpe, h1 - h0, sc, j->maxp,
-                           p->softmax_scale);
+        /* The build is the backend's choice, never the batch's. */
+        if (j->cb->avx512)
+            absorb_scores_avx512(j->kv, j->layer, sv, np, lat, L + V, qpe, h1 - h0, sc, j->maxp,
+                                 p->softmax_scale);
+        else
+            absorb_scores_avx2(j->kv, j->layer, sv, np, lat, L + V, qpe, h1 - h0, sc, j->maxp,
+                               p->softmax_scale);
         for (int h = 0; h < h1 - h0; h++)
             inv[h] = softmax_numerators(sc + (size_t)h * j->maxp, np);
-        absorb_olat_avx2(j->kv, j->layer, sv, np, lat, L + V, sc, j->maxp, h1 - h0);
+        if (j->cb->avx512)
+            absorb_olat_avx512(j->kv, j->layer, sv, np, lat, L + V, sc, j->maxp, h1 - h0);
+        else
+            absorb_olat_avx2(j->kv, j->layer, sv, np, lat, L + V, sc, j->maxp, h1 - h0);
         return 1;
     }
 #endif
