@@ -48,8 +48,9 @@ struct native_backend *native_device_backend(const struct native_device *d, int 
                                              unsigned cpu_flags, char *err, size_t errlen);
 
 /* The first error a device backend's ops hit (ops return none: a GPU fault
- * or an op this build lacks is remembered), or NULL; the CPU has none. Call
- * after synchronize() or a download. */
+ * or an op this build lacks is remembered), or NULL; the CPU has none. Any
+ * thread; an error shows once the op that hit it has run (after
+ * synchronize() or a download, for a fault inside a kernel). */
 const char *native_device_error(const struct native_backend *b);
 
 /* "cpu (avx512, 8 threads)" or "cuda:0 (NVIDIA H200, sm_90)", for start-up lines. */

@@ -626,9 +626,12 @@ static void native_cancel(struct engine *eng, uint64_t id)
     nreq_unref(r);      /* the base's reference; deliver() holds its own if running */
 }
 
+/* A device that faulted (ops_cuda_error) cannot serve again: unhealthy, so
+ * the gateway routes around it. */
 static int native_health(struct engine *eng)
 {
-    return ((struct native_engine *)eng)->s != NULL;
+    struct native_engine *e = (struct native_engine *)eng;
+    return e->s != NULL && native_device_error(e->be) == NULL;
 }
 
 /* Stops the scheduler (requests still running end with a 503 posted to

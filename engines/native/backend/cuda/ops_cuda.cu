@@ -67,9 +67,11 @@ static void note_error(struct cuda_backend *cb, int code, const char *text)
 {
     if (!cb)
         return;
-    if (!cb->last_error) {
-        cb->last_error = code ? code : -1;
+    /* The text first, then the code with release order: another thread
+     * (an engine's health check) may read them through ops_cuda_error(). */
+    if (!__atomic_load_n(&cb->last_error, __ATOMIC_RELAXED)) {
         snprintf(cb->error, sizeof(cb->error), "%s", text);
+        __atomic_store_n(&cb->last_error, code ? code : -1, __ATOMIC_RELEASE);
     }
     cb->n_errors++;
 }
@@ -1752,5 +1754,5 @@ extern "C" int ops_cuda_mem_info(const struct native_backend *b, size_t *free_by
 extern "C" const char *ops_cuda_error(const struct native_backend *b)
 {
     const struct cuda_backend *cb = (const struct cuda_backend *)b;
-    return cb->last_error ? cb->error : NULL;
+    return __atomic_load_n(&cb->last_error, __ATOMIC_ACQUIRE) ? cb->error : NULL;
 }

@@ -46,7 +46,8 @@ const char *ops_cuda_name(const struct native_backend *b);
 int ops_cuda_mem_info(const struct native_backend *b, size_t *free_bytes, size_t *total_bytes);
 
 /* The first CUDA error an op hit, as text, or NULL when none: ops cannot
- * return errors, so a caller checks this after synchronize(). */
+ * return errors, so a caller checks this after synchronize(). Any thread
+ * may ask (the text is complete before it is published). */
 const char *ops_cuda_error(const struct native_backend *b);
 
 #ifdef __cplusplus
