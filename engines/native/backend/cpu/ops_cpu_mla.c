@@ -11,12 +11,14 @@
  *   NAIVE, per sequence and head: decompress k_nope[p] = W_UK[h] c[p] and
  *     v[p] = W_UV[h] c[p] for every attended position into scratch, then
  *     plain softmax attention;
- *   ABSORB, per group of heads and token: q_lat = W_UK[h]^T q_nope (kv_b's rows
- *     scaled and summed: row access only, no transposed copy),
+ *   ABSORB, per group of 8 heads and token: q_lat = W_UK[h]^T q_nope
+ *     (kv_b's rows scaled and summed: row access only, no transposed copy),
  *     s_p = q_lat . c[p] + q_pe . k_pe[p], o_lat = sum_p softmax(s)_p c[p],
- *     out = W_UV[h] o_lat. It reads each head's 256 rows of kv_b once per
- *     token (from cache after the first token) and only the latent per
- *     position.
+ *     out = W_UV[h] o_lat. It reads each head's rows of kv_b once per token
+ *     (from cache after the first token) and each cached latent once per
+ *     group of heads. The two latent products are GEMMs over heads x
+ *     positions x latent (134 M multiply-adds per token at V3's size and
+ *     1025 positions), so the vector builds run them as register tiles.
  *
  * Scratch (floats), maxp = the most positions any token of the call attends
  * (at most the n_ctx that native_mla_scratch_floats() was given):
