@@ -107,7 +107,15 @@ void native_device_describe(const struct native_backend *b, char *buf, size_t n)
 {
 #ifdef CASCADE_HAVE_CUDA
     if (!strcmp(b->ops->name, "cuda")) {
-        snprintf(buf, n, "%s", ops_cuda_name(b));
+        /* After the weights and the KV pool are in: what is left is the
+         * room for workspaces, and the first thing to read when a start
+         * fails for memory. */
+        size_t fr = 0, tot = 0;
+        if (ops_cuda_mem_info(b, &fr, &tot) == 0)
+            snprintf(buf, n, "%s, %.1f of %.1f GiB free", ops_cuda_name(b), (double)fr / (1 << 30),
+                     (double)tot / (1 << 30));
+        else
+            snprintf(buf, n, "%s", ops_cuda_name(b));
         return;
     }
 #endif

@@ -53,7 +53,8 @@ struct native_backend *native_device_backend(const struct native_device *d, int 
  * synchronize() or a download, for a fault inside a kernel). */
 const char *native_device_error(const struct native_backend *b);
 
-/* "cpu (avx512, 8 threads)" or "cuda:0 (NVIDIA H200, sm_90)", for start-up lines. */
+/* "cpu (avx512, 8 threads)" or "cuda:0 (NVIDIA H200, sm_90), 120.5 of 139.8
+ * GiB free", for start-up lines. */
 void native_device_describe(const struct native_backend *b, char *buf, size_t n);
 
 #endif
