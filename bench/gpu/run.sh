@@ -4,19 +4,26 @@
 # minutes on one H100/H200, and writes its results after each stage, so a run
 # that is cut short still reports.
 #
-#   bench/gpu/run.sh [--out DIR] [--models DIR] [--bin DIR] [--build DIR]
-#                    [--work DIR] [--budget SECONDS] [--no-bench]
-#   bench/gpu/run.sh --prepare DIR     (here: build and assemble what to carry)
+#   bench/gpu/run.sh [--carried DIR | --bin DIR | --build DIR] [--models DIR]
+#                    [--out DIR] [--work DIR] [--budget SECONDS] [--no-bench]
+#   bench/gpu/run.sh --prepare DIR [--build DIR]   (where it is built)
 #
-# Binaries: --bin DIR (the carried ones --prepare made), else the build in
-#   --build DIR (default build-gpu), configured with CASCADE_NATIVE_ONLY and
-#   built when missing (that needs cmake, gcc, nvcc and jansson's headers).
-# Models: --models DIR (default: the carried one beside --bin, else
-#   ../shared/models) holds stories260K/ and, optionally, v3-tiny-bf16/ and
-#   v3-tiny-fp8/ (made with cascade-gen-v3 into --work when absent). The
-#   DeepSeek-Coder-1.3B- and DeepSeek-LLM-7B-shaped random BF16 models (2.7
-#   and 13.8 GB) are generated into --work (default $TMPDIR/cascade-gpu), in
-#   the background while the tests run; they are kept for a second run.
+# Binaries, one of:
+#   --carried DIR  what --prepare made on another machine (a lent GPU machine
+#                  starts bare and can fetch nothing): bin.tar.xz (every tool,
+#                  test and benchmark, CASCADE_NATIVE_ONLY, Release),
+#                  gpu-tests.tsv, models/, and deps/ (jansson's header and
+#                  static library, for building there when the carried
+#                  binaries cannot run);
+#   --bin DIR      a folder of those binaries;
+#   --build DIR    a CASCADE_NATIVE_ONLY build (default build-gpu), configured
+#                  and built when missing (needs cmake, gcc, nvcc, jansson).
+# Models: --models DIR (default: the carried models/, else ../shared/models)
+#   holds stories260K/ and, optionally, v3-tiny-bf16/ and v3-tiny-fp8/ (made
+#   with cascade-gen-v3 into --work when absent). The DeepSeek-Coder-1.3B-
+#   and DeepSeek-LLM-7B-shaped random BF16 models (2.7 and 13.8 GB) are
+#   generated into --work (default $TMPDIR/cascade-gpu), in the background
+#   while the tests run; they are kept for a second run.
 # Results, in --out (default $OUT when set, else ./gpu-results):
 #   results.jsonl  one JSON object per stage ("stage", "status", "seconds",
 #                  ...) and per benchmark row ("bench": ...);
@@ -24,8 +31,10 @@
 #                  every stage;
 #   log.txt        every command and its output.
 #
-# Stages: probe (is there a GPU, and a CUDA build), build, test_backend_ops
-# (every op of every backend against the reference), logprobs_* (cascade-score
+# Stages: build, probe (is there a GPU, and a CUDA build), test_backend_ops
+# (every op of the CPU backends against the reference), every CTest entry
+# labelled gpu (test_backend_ops_cuda: every CUDA op against the reference,
+# and whatever else the CUDA backend registers), logprobs_* (cascade-score
 # --device cuda:0 against cascade-score on the CPU, judged by
 # tests/reference/compare_logprobs.py at the model's dtype tolerance), greedy_*
 # (stories260K: each backend's top-1 at every position reproduces the golden
@@ -39,7 +48,7 @@
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT_DIR=${OUT:-$PWD/gpu-results}
-MODELS="" BIN="" BUILD="$ROOT/build-gpu" PREPARE="" NO_BENCH=0
+MODELS="" BIN="" CARRIED="" BUILD="$ROOT/build-gpu" PREPARE="" NO_BENCH=0
 WORK=${CASCADE_GPU_WORK:-${TMPDIR:-/tmp}/cascade-gpu}
 BUDGET=${CASCADE_GPU_BUDGET_S:-290}
 # Log-probability tolerances per dtype (compare_logprobs.py --tol); the FP8
@@ -47,7 +56,7 @@ BUDGET=${CASCADE_GPU_BUDGET_S:-290}
 TOL_F32=${TOL_F32:-1e-3} TOL_BF16=${TOL_BF16:-2e-2} TOL_FP8=${TOL_FP8:-5e-2}
 
 usage() {
-    sed -n '5,7p' "$0" | sed 's/^# //' >&2
+    sed -n '7,9p' "$0" | sed 's/^# //' >&2
     exit 2
 }
 while [ $# -gt 0 ]; do
@@ -55,6 +64,7 @@ while [ $# -gt 0 ]; do
     --out) OUT_DIR=$2; shift 2 ;;
     --models) MODELS=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
+    --carried) CARRIED=$2; shift 2 ;;
     --build) BUILD=$2; shift 2 ;;
     --work) WORK=$2; shift 2 ;;
     --budget) BUDGET=$2; shift 2 ;;
@@ -70,25 +80,56 @@ T0=$(date +%s)
 # machine needs into one folder of at most 64 MiB: bin/ (stripped), models/.
 TOOLS="cascade-score cascade-gen-model cascade-gen-v3 cascade-convert-llama2c test_backend_ops"
 BENCHES="bench_gpu_decode bench_gpu_v3"
+# gpu_tests BUILD: the CTest entries labelled gpu, one per line as
+# "name<TAB>absolute binary<TAB>arguments..." (so the tests the CUDA
+# backend's authors register are run here without being named here).
+gpu_tests() {
+    ctest --test-dir "$1" -L gpu --show-only=json-v1 2>/dev/null | python3 -c '
+import json, sys
+for t in json.load(sys.stdin).get("tests", []):
+    cmd = t.get("command") or []
+    if cmd:
+        print("\t".join([t["name"]] + cmd))
+'
+}
+
 if [ -n "$PREPARE" ]; then
     set -e
+    PREPARE=$(mkdir -p "$PREPARE" && cd "$PREPARE" && pwd)
     cmake -S "$ROOT" -B "$BUILD" -DCASCADE_NATIVE_ONLY=ON -DCMAKE_BUILD_TYPE=Release >/dev/null
-    cmake --build "$BUILD" -j"$NPROC" --target $TOOLS $BENCHES
+    cmake --build "$BUILD" -j"$NPROC"
     rm -rf "$PREPARE"
-    mkdir -p "$PREPARE/bin" "$PREPARE/models"
-    for t in $TOOLS; do cp "$BUILD/engines/native/$t" "$PREPARE/bin/"; done
-    for t in $BENCHES; do cp "$BUILD/bench/gpu/$t" "$PREPARE/bin/"; done
-    strip "$PREPARE"/bin/* 2>/dev/null || true
+    stage=$(mktemp -d)
+    mkdir -p "$stage/bin" "$PREPARE/models" "$PREPARE/deps/include" "$PREPARE/deps/lib"
+    for t in $TOOLS; do cp "$BUILD/engines/native/$t" "$stage/bin/"; done
+    for t in $BENCHES; do cp "$BUILD/bench/gpu/$t" "$stage/bin/"; done
+    gpu_tests "$BUILD" | while IFS=$'\t' read -r name exe args; do
+        cp -n "$exe" "$stage/bin/" 2>/dev/null || true
+        printf '%s\t%s\t%s\n' "$name" "$(basename "$exe")" "$args"
+    done >"$PREPARE/gpu-tests.tsv"
+    echo "gpu-labelled tests: $(cut -f1 "$PREPARE/gpu-tests.tsv" | tr '\n' ' ')"
+    strip "$stage"/bin/*
+    echo "libraries the binaries need:"
+    ldd "$stage/bin/cascade-score" | sed 's/^/  /' | tee "$PREPARE/ldd.txt"
+    # Each binary holds the same CUDA fat binary (~20 MB); one xz stream
+    # with xz -9's 64 MiB window stores it about once.
+    tar -C "$stage" -cf - bin | xz -9 >"$PREPARE/bin.tar.xz"
+    rm -rf "$stage"
     cp -r "$ROOT/../shared/models/stories260K" "$PREPARE/models/"
     chmod -R u+w "$PREPARE/models"
-    "$PREPARE/bin/cascade-gen-v3" --out "$PREPARE/models/v3-tiny-bf16" --preset tiny --dtype bf16
-    "$PREPARE/bin/cascade-gen-v3" --out "$PREPARE/models/v3-tiny-fp8" --preset tiny --dtype fp8
-    echo "libraries the binaries need:"
-    ldd "$PREPARE/bin/cascade-score" | sed 's/^/  /'
+    "$BUILD/engines/native/cascade-gen-v3" --out "$PREPARE/models/v3-tiny-bf16" --preset tiny --dtype bf16
+    "$BUILD/engines/native/cascade-gen-v3" --out "$PREPARE/models/v3-tiny-fp8" --preset tiny --dtype fp8
+    # For a build there, should these binaries not run (another libc, say).
+    inc=$(dirname "$(echo '#include <jansson.h>' | cpp -H -o /dev/null 2>&1 | awk '/jansson.h/ {print $2; exit}')")
+    cp "$inc/jansson.h" "$inc/jansson_config.h" "$PREPARE/deps/include/"
+    lib=$(find /usr/lib /usr/local/lib /usr/lib64 -name libjansson.a 2>/dev/null | head -n 1)
+    [ -n "$lib" ] && cp "$lib" "$PREPARE/deps/lib/"
+    echo "$(git -C "$ROOT" rev-parse HEAD) $(date -u '+%Y-%m-%dT%H:%M:%SZ') $(uname -m)" >"$PREPARE/built-from"
     du -sh "$PREPARE"
     size=$(du -sk "$PREPARE" | cut -f1)
-    [ "$size" -le 65536 ] || { echo "run.sh: $PREPARE is over 64 MiB" >&2; exit 1; }
-    echo "carry it: run(command=\"bash bench/gpu/run.sh --bin ${PREPARE#$ROOT/}/bin --out \$OUT\", carry=[\"${PREPARE#$ROOT/}\"])"
+    [ "$size" -le 60000 ] || { echo "run.sh: $PREPARE is over the 64 MiB a device call carries" >&2; exit 1; }
+    rel=${PREPARE#"$ROOT"/}
+    echo "carry it: run(command=\"bash bench/gpu/run.sh --carried $rel --out \$OUT\", carry=[\"$rel\"])"
     exit 0
 fi
 
@@ -164,45 +205,76 @@ bin() {
 }
 
 # ---- Stage: build, or the carried binaries ----
-t=$(date +%s)
-if [ -n "$BIN" ]; then
-    missing=""
-    for b in $TOOLS $BENCHES; do [ -x "$BIN/$b" ] || missing="$missing $b"; done
-    if [ -n "$missing" ]; then
-        record build fail 0 "carried binaries missing in $BIN:$missing"
+# build_here: configure and build CASCADE_NATIVE_ONLY in $BUILD ($1 a note).
+build_here() {
+    local t=$(date +%s) prefix=""
+    [ -n "$CARRIED" ] && [ -d "$CARRIED/deps" ] && prefix="-DCMAKE_PREFIX_PATH=$CARRIED/deps"
+    BIN=""
+    # shellcheck disable=SC2086
+    if run_to "$WORK/configure.out" "$(budget_for 120)" cmake -S "$ROOT" -B "$BUILD" \
+        -DCASCADE_NATIVE_ONLY=ON -DCMAKE_BUILD_TYPE=Release $prefix &&
+        run_to "$WORK/build.out" "$(budget_for 300)" cmake --build "$BUILD" -j"$NPROC"; then
+        record build pass $(($(date +%s) - t)) "CASCADE_NATIVE_ONLY in $BUILD$1"
     else
-        record build carried 0 "binaries from $BIN"
+        record build fail $(($(date +%s) - t)) "$(cat "$WORK/configure.out.err" "$WORK/build.out" "$WORK/build.out.err" 2>/dev/null | grep -iE 'error|not found' | head -n 3 | tr '\n' ' ' | cut -c1-300)"
     fi
-    [ -z "$MODELS" ] && [ -d "$BIN/../models" ] && MODELS=$(cd "$BIN/../models" && pwd)
-else
-    if [ ! -x "$BUILD/bench/gpu/bench_gpu_decode" ] || [ ! -x "$BUILD/engines/native/cascade-score" ]; then
-        if run_to "$WORK/configure.out" "$(budget_for 120)" cmake -S "$ROOT" -B "$BUILD" \
-            -DCASCADE_NATIVE_ONLY=ON -DCMAKE_BUILD_TYPE=Release &&
-            run_to "$WORK/build.out" "$(budget_for 240)" cmake --build "$BUILD" -j"$NPROC" \
-                --target $TOOLS $BENCHES; then
-            record build pass $(($(date +%s) - t)) "CASCADE_NATIVE_ONLY in $BUILD"
-        else
-            record build fail $(($(date +%s) - t)) "$(tail -n 3 "$WORK/configure.out.err" "$WORK/build.out" "$WORK/build.out.err" 2>/dev/null | grep -v '^==>' | tr '\n' ' ' | cut -c1-300)"
-        fi
-    else
-        record build reused 0 "the build in $BUILD"
-    fi
-fi
-[ -z "$MODELS" ] && MODELS=$ROOT/../shared/models
-
-# ---- Stage: probe (a GPU, and a build with CUDA) ----
+}
+# runs_here EXE: the binary starts here (libc, libstdc++ and the CUDA
+# libraries resolve); its probe's exit status says nothing else.
+runs_here() {
+    "$1" --probe >"$WORK/runs.out" 2>&1
+    local rc=$?
+    [ $rc -ne 126 ] && [ $rc -ne 127 ] && ! grep -qE 'error while loading|GLIBC|GLIBCXX|cannot execute' "$WORK/runs.out"
+}
 # The shared CUDA libraries the binaries link (cuBLAS, cuBLASLt, the runtime,
 # NCCL) may sit outside the loader's path on the GPU machine: look in CUDA's
 # folders and in Python's nvidia-* packages.
-if ldd "$(bin cascade-score)" 2>/dev/null | grep -q 'not found'; then
-    for lib in $(ldd "$(bin cascade-score)" | awk '/not found/ {print $1}'); do
-        d=$(find /usr/local/cuda/lib64 /usr/local/cuda/targets /usr/lib /usr/local/lib /opt \
+find_libs() {
+    ldd "$1" 2>/dev/null | grep -q 'not found' || return 0
+    for lib in $(ldd "$1" | awk '/not found/ {print $1}'); do
+        local d
+        d=$(find /usr/local/cuda/lib64 /usr/local/cuda/targets /usr/local /usr/lib /opt \
             -name "$lib" 2>/dev/null | head -n 1)
         [ -n "$d" ] && LD_LIBRARY_PATH=$(dirname "$d")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     done
     export LD_LIBRARY_PATH
     log "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+}
+
+if [ -n "$CARRIED" ]; then
+    CARRIED=$(cd "$CARRIED" && pwd)
+    [ -z "$MODELS" ] && MODELS=$CARRIED/models
+    log "carried: $(cat "$CARRIED/built-from" 2>/dev/null)"
+    rm -rf "$WORK/bin"
+    if tar -C "$WORK" -xJf "$CARRIED/bin.tar.xz" 2>"$WORK/untar.err"; then
+        BIN=$WORK/bin
+        find_libs "$BIN/bench_gpu_decode"
+        if runs_here "$BIN/bench_gpu_decode"; then
+            record build carried 0 "binaries built $(cut -d' ' -f2 "$CARRIED/built-from" 2>/dev/null) from $(cut -c1-12 "$CARRIED/built-from" 2>/dev/null)"
+        else
+            log "the carried binaries do not run here: $(head -c 300 "$WORK/runs.out")"
+            build_here " (the carried binaries do not run here: $(head -c 120 "$WORK/runs.out" | tr '\n' ' '))"
+        fi
+    else
+        build_here " (bin.tar.xz did not unpack: $(head -c 120 "$WORK/untar.err"))"
+    fi
+elif [ -n "$BIN" ]; then
+    missing=""
+    for b in $TOOLS $BENCHES; do [ -x "$BIN/$b" ] || missing="$missing $b"; done
+    if [ -n "$missing" ]; then
+        record build fail 0 "binaries missing in $BIN:$missing"
+    else
+        record build given 0 "binaries from $BIN"
+    fi
+elif [ -x "$BUILD/bench/gpu/bench_gpu_decode" ] && [ -x "$BUILD/engines/native/cascade-score" ]; then
+    record build reused 0 "the build in $BUILD"
+else
+    build_here ""
 fi
+[ -z "$MODELS" ] && MODELS=$ROOT/../shared/models
+find_libs "$(bin cascade-score)"
+
+# ---- Stage: probe (a GPU, and a build with CUDA) ----
 ldd "$(bin cascade-score)" >>"$LOG" 2>&1
 HAVE_GPU=0
 GPU_WHY=""
@@ -257,8 +329,40 @@ case $rc in
 124 | 137) st=timeout ;;
 *) st=fail ;;
 esac
-if [ $HAVE_GPU = 0 ] && [ $rc = 0 ]; then st=pass-cpu; note="CPU backend only ($GPU_WHY) $note"; fi
+if [ $HAVE_GPU = 0 ] && [ $rc = 0 ]; then st=pass-cpu; note="CPU backends only (no GPU): $note"; fi
 record test_backend_ops "$st" $(($(date +%s) - t)) "$note"
+
+# ---- Stage: every test labelled gpu (test_backend_ops gpu: the CUDA ops;
+# whatever else the backend registers) ----
+if [ -n "$CARRIED" ] && [ -n "$BIN" ]; then
+    TESTS_TSV=$CARRIED/gpu-tests.tsv
+else
+    TESTS_TSV=$WORK/gpu-tests.tsv
+    gpu_tests "$BUILD" | while IFS=$'\t' read -r name exe args; do
+        printf '%s\t%s\t%s\n' "$name" "$exe" "$args"
+    done >"$TESTS_TSV"
+fi
+if [ ! -s "$TESTS_TSV" ]; then
+    record gpu_tests "$([ $HAVE_GPU = 1 ] && echo fail || echo skip)" 0 \
+        "no test labelled gpu in this build${GPU_WHY:+ ($GPU_WHY)}"
+fi
+while IFS=$'\t' read -r name exe args; do
+    [ -n "$name" ] || continue
+    case "$exe" in /*) ;; *) exe=$BIN/$exe ;; esac
+    t=$(date +%s)
+    # shellcheck disable=SC2086
+    CASCADE_SOURCE_DIR=$ROOT CASCADE_SHARED_DIR=$(dirname "$MODELS") CASCADE_BUILD_DIR=$BUILD \
+        run_to "$WORK/test-$name.out" "$(budget_for 300)" "$exe" $args
+    rc=$?
+    note=$(cat "$WORK/test-$name.out" "$WORK/test-$name.out.err" 2>/dev/null | grep -v '^ *$' | tail -n 2 | tr '\n' ' ' | cut -c1-300)
+    case $rc in
+    0) st=pass ;;
+    77) st=skip ;;
+    124 | 137) st=timeout ;;
+    *) st=fail ;;
+    esac
+    record "$name" "$st" $(($(date +%s) - t)) "$note"
+done <"$TESTS_TSV"
 
 # ---- Log-probabilities: CUDA against the CPU ----
 # tokens N V: N deterministic ids below V
@@ -280,7 +384,7 @@ logprobs() {
         return
     fi
     if [ $HAVE_GPU = 0 ]; then
-        record "logprobs_$name" skip $(($(date +%s) - t)) "CPU reference ran ($(echo "$toks" | tr ',' '\n' | wc -l) positions); no GPU: $GPU_WHY"
+        record "logprobs_$name" skip $(($(date +%s) - t)) "CPU reference ran ($(echo "$toks" | tr ',' '\n' | wc -l) positions); CUDA side skipped: no GPU"
         return
     fi
     if ! run_to "$gpu" "$(budget_for 120)" "$(bin cascade-score)" --model "$model" --tokens "$toks" \
@@ -329,7 +433,7 @@ greedy() {   # greedy DEVICE_NAME [--device ...]
 }
 if [ -f "$S260/stories260K.bin" ]; then
     greedy cpu --threads "$NPROC"
-    if [ $HAVE_GPU = 1 ]; then greedy cuda --device cuda:0; else record greedy_stories260K_cuda skip 0 "no GPU: $GPU_WHY"; fi
+    if [ $HAVE_GPU = 1 ]; then greedy cuda --device cuda:0; else record greedy_stories260K_cuda skip 0 "no GPU"; fi
 else
     record greedy_stories260K fail 0 "model missing: $S260"
 fi
@@ -386,7 +490,7 @@ else
     # their code is exercised; these rows are no figures of issue 14.
     tiny=$WORK/tiny
     [ -f "$tiny/config.json" ] || "$(bin cascade-gen-model)" --out "$tiny" --preset tiny >/dev/null 2>&1
-    record benchmarks skip 0 "no GPU: $GPU_WHY; CPU smoke runs of the programs follow (not figures)"
+    record benchmarks skip 0 "no GPU; CPU smoke runs of the programs follow (not figures)"
     bench smoke_cpu_bench_gpu_decode 60 "$(bin bench_gpu_decode)" --model "$tiny" --name tiny \
         --device cpu --batch 1,4 --prompt 8 --steps 4
     bench smoke_cpu_bench_gpu_v3 120 "$(bin bench_gpu_v3)" --device cpu --experts 16 --layers 1 \
