@@ -58,7 +58,8 @@ static int nccl_all_reduce_sum(struct native_comm *base, struct native_backend *
                                size_t n)
 {
     struct comm_nccl *c = (struct comm_nccl *)base;
-    if (base->world == 1 || n == 0)
+    /* World 1 goes through NCCL too: that is how a one-GPU machine checks it. */
+    if (n == 0)
         return 0;
     if (enter(c, b) ||
         nccl_ok(c, ncclAllReduce(buf, buf, n, ncclFloat, ncclSum, c->nc, c->stream), "ncclAllReduce"))
