@@ -40,6 +40,7 @@
 #include "engines/native/backend/cuda/cuda_rows.cuh"
 
 #include <math.h>
+#include <string.h>
 
 #define MLA_HG 8            /* heads per absorb CTA: one warp each in the softmax step */
 #define MLA_TP 32           /* positions per tile: one lane each in the softmax step */
@@ -372,14 +373,32 @@ __global__ void __launch_bounds__(MLA_NAIVE_WARPS * 32) mla_naive_kernel(const m
 /* The op                                                                    */
 /* ------------------------------------------------------------------------ */
 
-/* The device mirror of batch: the one begin_batch() made, or a new one when
- * the caller went straight to the op (the backend tests do). */
-static const struct cuda_batch *mla_batch(struct cuda_backend *cb, const struct native_batch *batch)
+/* The device mirror of batch: the one begin_batch() made when it holds
+ * this batch (same pointer, and the same positions, sequences and block
+ * tables in the staging copy it was sent from: a caller may reuse a struct
+ * for another batch, as the backend tests do), else a new one. Host reads
+ * only, so a decode step never waits here. NULL when the mirror could not
+ * be made (reported by begin_batch). */
+static const struct cuda_batch *mla_batch(struct cuda_backend *cb, const struct native_batch *bt)
 {
-    if (cb->batch.host != batch || cb->batch.host_pos != batch->pos ||
-        cb->batch.n_tokens != batch->n_tokens)
-        cb->base.ops->begin_batch(&cb->base, batch);
-    return &cb->batch;
+    const struct cuda_batch *m = &cb->batch;
+    const int nt = bt->n_tokens;
+    bool same = m->host == bt && m->dev && m->staging && m->n_tokens == nt &&
+                m->n_seqs == bt->n_seqs && m->n_out == bt->n_out;
+    if (same) {
+        const int32_t *s = m->staging;
+        same = !memcmp(s + nt, bt->pos, sizeof(int32_t) * (size_t)nt) &&
+               !memcmp(s + 2 * nt, bt->seq, sizeof(int32_t) * (size_t)nt);
+        const int32_t *off = s + 3 * nt + bt->n_out, *blocks = off + bt->n_seqs + 1;
+        for (int q = 0; same && q < bt->n_seqs; q++) {
+            const int nb = bt->seqs[q].n_blocks > 0 ? bt->seqs[q].n_blocks : 0;
+            same = off[q + 1] - off[q] == nb &&
+                   (nb == 0 || !memcmp(blocks + off[q], bt->seqs[q].blocks, sizeof(int32_t) * (size_t)nb));
+        }
+    }
+    if (!same)
+        cb->base.ops->begin_batch(&cb->base, bt);
+    return m->host == bt && m->dev ? m : NULL;
 }
 
 template <int DT>
@@ -413,6 +432,8 @@ void cuda_mla_attention(struct native_backend *b, float *out, const float *q, st
     }
     cuda_enter(cb);
     const struct cuda_batch *db = mla_batch(cb, batch);
+    if (!db)
+        return;     /* reported */
 
     mla_args a;
     a.kvb = p->kv_b.data;
