@@ -822,9 +822,13 @@ struct engine *native_engine_from_json(const char *json, const char *base_dir, c
             if (strcmp(key, int_keys[i]) != 0)
                 continue;
             known = 1;
-            if (!json_is_integer(val) || json_integer_value(val) < (i == 3 ? -1 : 0) ||
-                json_integer_value(val) > (i == 1 ? (1ll << 30) : i >= 5 ? NATIVE_MAX_WORLD : (1ll << 24))) {
-                snprintf(err, errlen, "native engine: \"%s\" must be a non-negative integer", key);
+            /* max_queue may be -1 (no queue); tp and ep count ranks. */
+            const long long lo = i == 3 ? -1 : 0;
+            const long long hi = i == 1 ? (1ll << 30) : i >= 5 ? NATIVE_MAX_WORLD : (1ll << 24);
+            if (!json_is_integer(val) || json_integer_value(val) < lo ||
+                json_integer_value(val) > hi) {
+                snprintf(err, errlen, "native engine: \"%s\" must be an integer from %lld to %lld",
+                         key, lo, hi);
                 goto out;
             }
             v[i] = json_integer_value(val);
