@@ -6,6 +6,7 @@
 #
 #   bench/gpu/run.sh [--carried DIR | --bin DIR | --build DIR] [--models DIR]
 #                    [--out DIR] [--work DIR] [--budget SECONDS] [--no-bench]
+#                    [--dry-run-cpu]
 #   bench/gpu/run.sh --prepare DIR [--build DIR]   (where it is built)
 #
 # Binaries, one of:
@@ -45,10 +46,16 @@
 # CPU backend's tests, the CPU reference runs, the greedy check on the CPU,
 # smoke runs of the benchmark programs on tiny inputs) and exits 0 when that
 # passed. With a GPU it exits 1 when any stage failed.
+#
+# --dry-run-cpu checks this script where there is no GPU: every GPU stage
+# runs with --device cpu in place of cuda:0 (the comparisons then compare the
+# CPU with itself), the benchmarks on tiny inputs; every row says DRY RUN and
+# none is a GPU figure.
 set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT_DIR=${OUT:-$PWD/gpu-results}
-MODELS="" BIN="" CARRIED="" BUILD="$ROOT/build-gpu" PREPARE="" NO_BENCH=0
+MODELS="" BIN="" CARRIED="" BUILD="$ROOT/build-gpu" PREPARE="" NO_BENCH=0 DRY=0
+DEV=cuda:0      # the device under test; --dry-run-cpu makes it the CPU
 WORK=${CASCADE_GPU_WORK:-${TMPDIR:-/tmp}/cascade-gpu}
 BUDGET=${CASCADE_GPU_BUDGET_S:-290}
 # Log-probability tolerances per dtype (compare_logprobs.py --tol); the FP8
@@ -70,6 +77,7 @@ while [ $# -gt 0 ]; do
     --budget) BUDGET=$2; shift 2 ;;
     --prepare) PREPARE=$2; shift 2 ;;
     --no-bench) NO_BENCH=1; shift ;;
+    --dry-run-cpu) DRY=1; shift ;;
     *) usage ;;
     esac
 done
@@ -284,7 +292,13 @@ probe=$(cat "$WORK/probe.out" "$WORK/probe.out.err" 2>/dev/null | head -n 3 | tr
 smi=""
 command -v nvidia-smi >/dev/null 2>&1 &&
     smi=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -n 1)
-if [ $prc -eq 0 ]; then
+if [ $DRY = 1 ]; then
+    HAVE_GPU=1
+    DEV=cpu
+    DEVICE_LINE="DRY RUN: the CPU backend stands in for the GPU (probe: $probe); no row is a GPU figure"
+    log "## $DEVICE_LINE"
+    record probe dry-run 0 "$DEVICE_LINE"
+elif [ $prc -eq 0 ]; then
     HAVE_GPU=1
     DEVICE_LINE="${smi:-$probe} ($probe)"
     record probe pass 0 "$DEVICE_LINE"
@@ -312,7 +326,7 @@ gen_dense() {   # gen_dense PRESET: into $WORK/PRESET unless already there
 gen_dense deepseek-coder-1.3b &
 PID_13=$!
 PID_7=""
-if [ $HAVE_GPU = 1 ] && [ $NO_BENCH = 0 ]; then
+if [ $HAVE_GPU = 1 ] && [ $NO_BENCH = 0 ] && [ $DRY = 0 ]; then
     gen_dense deepseek-llm-7b &
     PID_7=$!
 fi
@@ -388,7 +402,7 @@ logprobs() {
         return
     fi
     if ! run_to "$gpu" "$(budget_for 120)" "$(bin cascade-score)" --model "$model" --tokens "$toks" \
-        --device cuda:0 "$@"; then
+        --device "$DEV" "$@"; then
         record "logprobs_$name" fail $(($(date +%s) - t)) "CUDA cascade-score: $(head -c 200 "$gpu.err")"
         return
     fi
@@ -433,7 +447,7 @@ greedy() {   # greedy DEVICE_NAME [--device ...]
 }
 if [ -f "$S260/stories260K.bin" ]; then
     greedy cpu --threads "$NPROC"
-    if [ $HAVE_GPU = 1 ]; then greedy cuda --device cuda:0; else record greedy_stories260K_cuda skip 0 "no GPU"; fi
+    if [ $HAVE_GPU = 1 ]; then greedy "$([ $DRY = 1 ] && echo dry_cpu || echo cuda)" --device "$DEV"; else record greedy_stories260K_cuda skip 0 "no GPU"; fi
 else
     record greedy_stories260K fail 0 "model missing: $S260"
 fi
@@ -475,6 +489,17 @@ bench() {
 }
 if [ $NO_BENCH = 1 ]; then
     record benchmarks skip 0 "--no-bench"
+elif [ $DRY = 1 ]; then
+    # The GPU branch's commands on the CPU and tiny inputs: the 1.3B model
+    # once, batch 1; a tiny model for the sweep; one small V3 layer.
+    tiny=$WORK/tiny
+    [ -f "$tiny/config.json" ] || "$(bin cascade-gen-model)" --out "$tiny" --preset tiny >/dev/null 2>&1
+    bench dry_bench_decode_coder_1.3b 120 "$(bin bench_gpu_decode)" --model "$WORK/deepseek-coder-1.3b" \
+        --name deepseek-coder-1.3b --device cpu --batch 1 --prompt 4 --steps 3 --warmup 1
+    bench dry_bench_decode_sweep_tiny 60 "$(bin bench_gpu_decode)" --model "$tiny" --name tiny \
+        --device cpu --batch 1,2,4,8,16,32,64,128,256 --prompt 8 --steps 4
+    bench dry_bench_v3_layers 120 "$(bin bench_gpu_v3)" --device cpu --experts 16 --layers 2 \
+        --batch 1,4 --ctx 16 --steps 2
 elif [ $HAVE_GPU = 1 ]; then
     bench bench_decode_coder_1.3b 90 "$(bin bench_gpu_decode)" --model "$WORK/deepseek-coder-1.3b" \
         --name deepseek-coder-1.3b --device cuda:0 --batch 1 --steps 64
@@ -498,7 +523,8 @@ else
 fi
 
 record done "$([ $FAILED = 0 ] && echo pass || echo fail)" "$(elapsed)" \
-    "$([ $HAVE_GPU = 1 ] && echo "GPU run" || echo "NO GPU FOUND ($GPU_WHY): CPU side only")"
+    "$([ $DRY = 1 ] && echo "DRY RUN on the CPU: the script's GPU path, no GPU figures" ||
+        ([ $HAVE_GPU = 1 ] && echo "GPU run" || echo "NO GPU FOUND ($GPU_WHY): CPU side only"))"
 cat "$SUM"
 [ $HAVE_GPU = 0 ] && [ $FAILED = 0 ] && exit 0
 exit $FAILED
