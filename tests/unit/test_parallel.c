@@ -7,8 +7,11 @@
  *
  * Then whole models through a parallel group (model/parallel.h) against the
  * same model on one CPU backend: stories260K (dense, 8 heads over 4 KV
- * heads, so tp 4 replicates KV heads) and the tiny DeepSeek-V3 checkpoints
- * in BF16 and FP8, with tp only, ep only and both. One script of steps runs
+ * heads, tp 2 and 4 split them), a synthetic dense BF16 checkpoint with 8
+ * heads over 2 KV heads (tp 4 and 8 give each rank the one KV head its query
+ * heads read, so ranks hold the same KV head) and the tiny DeepSeek-V3 checkpoints
+ * (BF16 with absorbed and naive MLA, FP8, FP8 without q LoRA), with tp only,
+ * ep only and both. One script of steps runs
  * two sequences: prefill chunks of both in one batch, a mixed step, decode
  * steps of both, then one sequence alone (so some ranks have no tokens of
  * their own in an expert-parallel layer). Every row of logits must match:
@@ -27,6 +30,8 @@
 #include "engines/native/model/forward.h"
 #include "engines/native/model/model.h"
 #include "engines/native/model/parallel.h"
+#include "engines/native/model/shard.h"
+#include "engines/native/model/synth.h"
 #include "engines/native/model/synth_v3.h"
 #include "engines/native/runtime/kvcache.h"
 #include "engines/native/runtime/sched.h"
@@ -240,7 +245,8 @@ static struct native_backend *make_backend(const struct native_model *m, int tp,
 enum { SCRIPT_ROWS = 22, MAX_ROWS = 64 };
 
 /* The script's logits, row after row, [n_rows][vocab]; NULL on failure. */
-static float *run_script(const struct native_model *m, int tp, int ep, int *n_rows)
+static float *run_script(const struct native_model *m, int tp, int ep, enum native_mla_mode mla,
+                         int *n_rows)
 {
     const int V = m->cfg.vocab_size;
     char err[512];
@@ -254,7 +260,7 @@ static float *run_script(const struct native_model *m, int tp, int ep, int *n_ro
     native_forward_kv_desc(m, &kvd);
     struct kvcache *kv = be ? kvcache_new(be, &kvd, be->ops->kv_block_bytes(be, &kvd) * 8, err,
                                           sizeof(err)) : NULL;
-    struct native_forward_opts fo = {.max_tokens = 16, .max_out = 16, .n_ctx = 32};
+    struct native_forward_opts fo = {.max_tokens = 16, .max_out = 16, .n_ctx = 32, .mla = mla};
     struct native_forward *fw = kv ? native_forward_new(m, be, &fo, err, sizeof(err)) : NULL;
     float *out = malloc(sizeof(float) * (size_t)MAX_ROWS * (size_t)V);
     int32_t blocks[2][4];
@@ -324,24 +330,25 @@ static int argmax(const float *x, int n)
     return best;
 }
 
-/* Every (tp, ep) of worlds 2 and 4 that the model has, against world 1. */
-static void compare_model(const char *name, const struct native_model *m)
+/* Every (tp, ep) of worlds 2 up to max_world that the model has, against world 1. */
+static void compare_model(const char *name, const struct native_model *m,
+                          enum native_mla_mode mla, int max_world)
 {
     const int V = m->cfg.vocab_size, moe = m->cfg.arch == NATIVE_ARCH_DEEPSEEK_V3;
     int n1 = 0;
-    float *ref = run_script(m, 1, 1, &n1);
+    float *ref = run_script(m, 1, 1, mla, &n1);
     CHECK(ref != NULL && n1 == SCRIPT_ROWS);
     if (!ref)
         return;
     double *a = malloc(sizeof(double) * (size_t)V), *b = malloc(sizeof(double) * (size_t)V);
-    static const int worlds[] = {2, 4};
-    for (int wi = 0; wi < 2; wi++) {
+    static const int worlds[] = {2, 4, 8};
+    for (int wi = 0; wi < 3 && worlds[wi] <= max_world; wi++) {
         const int w = worlds[wi];
         const int combos[3][2] = {{w, 1}, {1, w}, {w, w}};
         for (int k = 0; k < (moe ? 3 : 1); k++) {
             const int tp = combos[k][0], ep = combos[k][1];
             int n = 0;
-            float *got = run_script(m, tp, ep, &n);
+            float *got = run_script(m, tp, ep, mla, &n);
             CHECK(got != NULL && n == n1);
             if (!got || n != n1) {
                 free(got);
@@ -371,6 +378,65 @@ static void compare_model(const char *name, const struct native_model *m)
     free(a);
     free(b);
     free(ref);
+}
+
+/* What a rank of a dense model with 8 heads over 2 KV heads holds: its
+ * heads' rows of wq, its KV heads' rows of wk/wv (the one its query heads
+ * read when there are fewer KV heads than ranks), its columns of wo, copied. */
+static void test_dense_shard(const struct native_model *m)
+{
+    char err[256];
+    const int hd = m->cfg.head_dim;
+    const size_t es = native_dtype_size(m->layers[0].wq.dtype);
+    static const int cases[][3] = {{2, 1, 1}, {4, 1, 0}, {4, 3, 1}, {8, 2, 0}, {8, 5, 1}}; /* tp, rank, KV head */
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const int tp = cases[i][0], r = cases[i][1], g = cases[i][2];
+        struct native_shard *s = native_shard_new(m, r, tp, 1, err, sizeof(err));
+        CHECK(s != NULL);
+        if (!s)
+            continue;
+        const struct native_model *v = native_shard_model(s);
+        const struct native_layer *L = &m->layers[1], *S = &v->layers[1];
+        const int kv = m->cfg.n_kv_heads / tp > 0 ? m->cfg.n_kv_heads / tp : 1;
+        CHECK(v->cfg.n_heads == 8 / tp && v->cfg.n_kv_heads == kv);
+        CHECK(S->wq.rows == (int64_t)(8 / tp) * hd &&
+              S->wq.data == (const char *)L->wq.data + (size_t)r * (8 / tp) * hd * L->wq.cols * es);
+        CHECK(S->wk.rows == (int64_t)kv * hd &&
+              S->wk.data == (const char *)L->wk.data + (size_t)g * hd * L->wk.cols * es);
+        CHECK(S->wo.cols == (int64_t)(8 / tp) * hd && S->wo.rows == L->wo.rows);
+        /* wo's element (row 5, first column of the rank) is the whole's. */
+        CHECK(memcmp((const char *)S->wo.data + 5 * S->wo.cols * es,
+                     (const char *)L->wo.data + (5 * L->wo.cols + (size_t)r * (8 / tp) * hd) * es,
+                     es) == 0);
+        CHECK(native_shard_dequantized(s) == 0);
+        native_shard_free(s);
+    }
+}
+
+/* The tiny FP8 V3 at tp 2: q_b's 192 rows split at 96, inside a 128-row
+ * block, so each rank's q_b is dequantized to F32 (one per layer); kv_b's
+ * 256 rows split at 128 and o_proj's columns at 64 (inside one block) keep
+ * FP8 with their scales. */
+static void test_v3_shard(const struct native_model *m)
+{
+    char err[256];
+    struct native_shard *s = native_shard_new(m, 1, 2, 1, err, sizeof(err));
+    CHECK(s != NULL);
+    if (!s)
+        return;
+    const struct native_model *v = native_shard_model(s);
+    const struct native_layer *S = &v->layers[2];
+    CHECK(native_shard_dequantized(s) == m->cfg.n_layers);
+    CHECK(S->mla.q_b.dtype == NATIVE_F32 && S->mla.q_b.rows == 96);
+    CHECK(S->mla.kv_b.dtype == NATIVE_F8_E4M3 && S->mla.kv_b.rows == 128 &&
+          S->mla.kv_b.scale == m->layers[2].mla.kv_b.scale + 1);
+    CHECK(S->mla.o.dtype == NATIVE_F8_E4M3 && S->mla.o.cols == 64 && S->mla.o.scale != NULL &&
+          S->mla.o.scale[0] == m->layers[2].mla.o.scale[0]);
+    native_shard_free(s);
+    /* ep 4, rank 2: experts 8..11. */
+    s = native_shard_new(m, 2, 1, 4, err, sizeof(err));
+    CHECK(s && native_shard_model(s)->layers[2].moe->gate == m->layers[2].moe->gate + 8);
+    native_shard_free(s);
 }
 
 /* A shape that does not split is refused with a message, not run. */
@@ -496,7 +562,7 @@ static void test_models(void)
         CHECK(native_model_load(path, &m, err, sizeof(err)) == 0);
         if (m) {
             CHECK(m->cfg.n_heads == 8 && m->cfg.n_kv_heads == 4);
-            compare_model("stories260K", m);
+            compare_model("stories260K", m, NATIVE_MLA_ABSORB, 4);
             test_sched("stories260K", m, 4, 1);
             test_refusals(m);
             native_model_free(m);
@@ -508,20 +574,47 @@ static void test_models(void)
         CHECK(!"mkdtemp");
         return;
     }
-    for (int fp8 = 0; fp8 < 2; fp8++) {
+    /* A dense model with fewer KV heads than ranks. */
+    struct synth_spec ds;
+    synth_preset("tiny", &ds);
+    ds.dim = 64, ds.hidden_dim = 128, ds.n_layers = 2, ds.n_heads = 8, ds.n_kv_heads = 2;
+    ds.vocab_size = 300, ds.dtype = "BF16", ds.tied = 0, ds.n_shards = 1;
+    snprintf(path, sizeof(path), "%s/dense", root);
+    CHECK(synth_write(&ds, path, err, sizeof(err)) == 0);
+    m = NULL;
+    CHECK(native_model_load(path, &m, err, sizeof(err)) == 0);
+    if (m) {
+        CHECK(m->cfg.n_heads == 8 && m->cfg.n_kv_heads == 2);
+        compare_model("dense 8/2 heads BF16", m, NATIVE_MLA_ABSORB, 8);
+        test_dense_shard(m);
+        native_model_free(m);
+    }
+
+    /* name, FP8, q LoRA */
+    static const struct {
+        const char *name;
+        int fp8, q_lora;
+    } v3s[] = {{"tiny V3 BF16", 0, 1}, {"tiny V3 FP8", 1, 1}, {"tiny V3 FP8 no q LoRA", 1, 0}};
+    for (size_t i = 0; i < sizeof(v3s) / sizeof(v3s[0]); i++) {
         struct synth_v3_spec spec;
         synth_v3_preset("tiny", &spec);
-        spec.fp8 = fp8;
-        snprintf(path, sizeof(path), "%s/%s", root, fp8 ? "fp8" : "bf16");
+        spec.fp8 = v3s[i].fp8;
+        if (!v3s[i].q_lora)
+            spec.q_lora_rank = 0;
+        snprintf(path, sizeof(path), "%s/v3-%zu", root, i);
         CHECK(synth_v3_write(&spec, path, err, sizeof(err)) == 0);
         m = NULL;
         CHECK(native_model_load(path, &m, err, sizeof(err)) == 0);
-        if (m) {
-            compare_model(fp8 ? "tiny V3 FP8" : "tiny V3 BF16", m);
-            if (fp8)
-                test_sched("tiny V3 FP8", m, 2, 2);
-            native_model_free(m);
+        if (!m)
+            continue;
+        compare_model(v3s[i].name, m, NATIVE_MLA_ABSORB, 4);
+        if (i == 0)
+            compare_model("tiny V3 BF16 naive MLA", m, NATIVE_MLA_NAIVE, 4);
+        if (i == 1) {
+            test_v3_shard(m);
+            test_sched("tiny V3 FP8", m, 2, 2);
         }
+        native_model_free(m);
     }
     nftw(root, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
 }
