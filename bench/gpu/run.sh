@@ -56,7 +56,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT_DIR=${OUT:-$PWD/gpu-results}
 MODELS="" BIN="" CARRIED="" BUILD="$ROOT/build-gpu" PREPARE="" NO_BENCH=0 DRY=0
 DEV=cuda:0      # the device under test; --dry-run-cpu makes it the CPU
-WORK=${CASCADE_GPU_WORK:-${TMPDIR:-/tmp}/cascade-gpu}
+WORK=${CASCADE_GPU_WORK:-}
 BUDGET=${CASCADE_GPU_BUDGET_S:-290}
 # Log-probability tolerances per dtype (compare_logprobs.py --tol); the FP8
 # one allows for the tensor-core GEMM quantizing activations to FP8.
@@ -141,7 +141,20 @@ if [ -n "$PREPARE" ]; then
     exit 0
 fi
 
+# The work folder holds the generated models (16.5 GB): the first of these
+# with 20 GiB free, unless --work or CASCADE_GPU_WORK names one.
+if [ -z "$WORK" ]; then
+    for d in "${TMPDIR:-/tmp}" /dev/shm /var/tmp "$ROOT/.."; do
+        free=$(df -Pk "$d" 2>/dev/null | awk 'NR == 2 {print $4}')
+        if [ -n "$free" ] && [ "$free" -ge $((20 << 20)) ]; then
+            WORK=$d/cascade-gpu
+            break
+        fi
+    done
+    WORK=${WORK:-${TMPDIR:-/tmp}/cascade-gpu}
+fi
 mkdir -p "$OUT_DIR" "$WORK"
+WORK=$(cd "$WORK" && pwd)
 RES=$OUT_DIR/results.jsonl SUM=$OUT_DIR/summary.txt LOG=$OUT_DIR/log.txt
 : >"$RES"
 : >"$LOG"
@@ -211,6 +224,8 @@ bin() {
     elif [ -x "$BUILD/engines/native/$1" ]; then echo "$BUILD/engines/native/$1"
     else echo "$BUILD/bench/gpu/$1"; fi
 }
+
+log "work folder: $WORK ($(df -Ph "$WORK" | awk 'NR == 2 {print $4}') free), results: $OUT_DIR"
 
 # ---- Stage: build, or the carried binaries ----
 # build_here: configure and build CASCADE_NATIVE_ONLY in $BUILD ($1 a note).
@@ -366,7 +381,7 @@ while IFS=$'\t' read -r name exe args; do
     t=$(date +%s)
     # shellcheck disable=SC2086
     CASCADE_SOURCE_DIR=$ROOT CASCADE_SHARED_DIR=$(dirname "$MODELS") CASCADE_BUILD_DIR=$BUILD \
-        run_to "$WORK/test-$name.out" "$(budget_for 300)" "$exe" $args
+        run_to "$WORK/test-$name.out" "$(budget_for 120)" "$exe" $args
     rc=$?
     note=$(cat "$WORK/test-$name.out" "$WORK/test-$name.out.err" 2>/dev/null | grep -v '^ *$' | tail -n 2 | tr '\n' ' ' | cut -c1-300)
     case $rc in
