@@ -10,8 +10,6 @@
  *   ops_cuda_fp8.cu   cuda_fp8_matmul: FP8 128x128 block-scaled GEMM   (H5)
  *   ops_cuda_mla.cu   cuda_mla_attention over the latent cache          (H5)
  *   ops_cuda_moe.cu   cuda_moe_gate, cuda_moe_experts                   (H5)
- *   ops_cuda_v3.cu    placeholders for the three files above until they
- *                     land; removed from the build when they do.
  *
  * Streams: everything runs on cb->stream, in op order, so an op may read
  * what the op before it wrote and reuse a scratch slot without waiting. Ops
