@@ -9,8 +9,15 @@
  *
  * Kernels are built for sm_80 and sm_90 (compute_90a for the FP8 tensor-core
  * GEMM). Dense matmuls use a GEMV kernel that streams BF16/F16/F32 weights
- * for batches of up to a few tokens, and cuBLAS (BF16 in, F32 accumulate
- * and out) above that.
+ * for batches of up to a few tokens, and cuBLASLt (BF16 in, F32 accumulate
+ * and out) above that. Two environment variables, read when a backend is
+ * made, trade exactness for speed there:
+ *   CASCADE_CUDA_GEMM=split3 (default) | split2 | bf16: the float32
+ *     activations go to the BF16 tensor cores as 3, 2 or 1 BF16 parts;
+ *     split3 matches the CPU's float32 product to ~1e-7, bf16 is the usual
+ *     inference GEMM at a third of the tensor-core work (errors ~1e-3);
+ *   CASCADE_CUDA_GEMV_MAX=N (default 8): matmuls of up to N tokens use the
+ *     GEMV kernel (its results do not depend on the token count up to N).
  *
  * Thread: one host thread drives a backend at a time; the backend makes its
  * device current on that thread at each call. ops_cuda_device_count() may be
