@@ -103,6 +103,18 @@ const char *native_device_error(const struct native_backend *b)
     return NULL;
 }
 
+int native_device_memory(const struct native_backend *b, size_t *free_bytes, size_t *total_bytes)
+{
+#ifdef CASCADE_HAVE_CUDA
+    if (!strcmp(b->ops->name, "cuda"))
+        return ops_cuda_mem_info(b, free_bytes, total_bytes);
+#endif
+    (void)b;
+    (void)free_bytes;
+    (void)total_bytes;
+    return -1;
+}
+
 void native_device_describe(const struct native_backend *b, char *buf, size_t n)
 {
 #ifdef CASCADE_HAVE_CUDA

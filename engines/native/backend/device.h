@@ -53,6 +53,10 @@ struct native_backend *native_device_backend(const struct native_device *d, int 
  * synchronize() or a download, for a fault inside a kernel). */
 const char *native_device_error(const struct native_backend *b);
 
+/* A GPU backend's free and total device memory now, for planning the KV
+ * pool; -1 for the CPU (its pool is virtual memory, sized by the budget). */
+int native_device_memory(const struct native_backend *b, size_t *free_bytes, size_t *total_bytes);
+
 /* "cpu (avx512, 8 threads)" or "cuda:0 (NVIDIA H200, sm_90), 120.5 of 139.8
  * GiB free", for start-up lines. */
 void native_device_describe(const struct native_backend *b, char *buf, size_t n);

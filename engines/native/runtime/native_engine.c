@@ -753,8 +753,31 @@ struct engine *native_engine_new(const struct native_engine_config *cfg, char *e
         pthread_mutex_destroy(&e->mu);
         goto fail;
     }
+    /* On a GPU with no kv_mib given, the KV pool is planned from free device
+     * memory, before anything else is allocated: what max_batch sequences
+     * at the full context need, capped by what the weights leave, less a
+     * tenth of the device (and 1 GiB) for activations, scratch and cuBLAS. */
+    size_t kv_budget = cfg->kv_budget_bytes, dev_free = 0, dev_total = 0;
+    if (!kv_budget && native_device_memory(e->be, &dev_free, &dev_total) == 0) {
+        const size_t ctx = (size_t)(cfg->n_ctx > 0 && cfg->n_ctx < e->m->cfg.max_pos ? cfg->n_ctx
+                                                                                    : e->m->cfg.max_pos);
+        const size_t want = (size_t)(cfg->max_batch > 0 ? cfg->max_batch : 16) * (ctx + 64) *
+                            native_model_kv_bytes_per_token(&e->m->cfg);
+        const size_t keep = e->m->weight_bytes + dev_total / 10 + ((size_t)1 << 30);
+        const size_t room = dev_free > keep ? dev_free - keep : 0;
+        kv_budget = want < room ? want : room;
+        if (kv_budget < ((size_t)64 << 20)) {
+            snprintf(err, errlen, "%.1f GiB of device memory free: not enough for %.1f GiB of weights and a KV cache",
+                     (double)dev_free / (1 << 30), (double)e->m->weight_bytes / (1 << 30));
+            pthread_mutex_destroy(&e->mu);
+            goto fail;
+        }
+        log_info("KV cache planned at %.1f MiB (%.1f GiB free on the device, weights %.1f GiB)",
+                 (double)kv_budget / (1 << 20), (double)dev_free / (1 << 30),
+                 (double)e->m->weight_bytes / (1 << 30));
+    }
     struct sched_config sc = {cfg->max_batch, cfg->max_queue, cfg->max_step_tokens,
-                              cfg->kv_budget_bytes, cfg->n_ctx, cfg->mla};
+                              kv_budget, cfg->n_ctx, cfg->mla};
     e->s = sched_new(e->m, e->be, &sc, err, errlen);
     if (!e->s) {
         pthread_mutex_destroy(&e->mu);
