@@ -7,8 +7,14 @@
  *
  * Every op queues work on cb->stream and returns. Host arrays an op is given
  * (token ids, positions, rows) are either the current batch's, which
- * begin_batch() already copied, or copied with a small async upload that the
- * stream orders before the kernel reading it.
+ * begin_batch() already copied, or go through the pinned ring
+ * (cuda_host_ids), an async copy the stream orders before the kernel that
+ * reads it; nothing in a step makes the host wait for the device.
+ *
+ * Memory a step may add on its first run (then kept): scratch slots, the
+ * ring, the rope tables. Attention's partials take n_tokens x n_heads x
+ * ceil(max_pos / 256) x (head_dim + 2) floats, which bounds how long a
+ * prefill chunk should be at long contexts.
  *
  * Determinism (ops.h): a GEMV output element is a fixed sequence of FMAs per
  * lane followed by a fixed shuffle tree, whatever the number of tokens (up to
@@ -17,7 +23,8 @@
  * batch around it. Above gemv_max tokens the matmul switches to cuBLASLt,
  * whose summation order differs from the GEMV's: a decode token's logits are
  * batch-invariant among batches of up to gemv_max tokens, not across that
- * threshold.
+ * threshold. Attention rows keep their arithmetic in any tile, so a token
+ * gets the same attention output decoding alone or inside a prefill chunk.
  */
 #include "engines/native/backend/cuda/cuda_internal.h"
 
@@ -1645,6 +1652,7 @@ static const struct native_ops cuda_ops = {
     .gather = cuda_gather,
     .moe_gate = cuda_moe_gate,
     .moe_experts = cuda_moe_experts,
+    .moe_combine = cuda_moe_combine,
     .free = cuda_free,
 };
 
