@@ -617,7 +617,9 @@ static const float *v3_run(struct native_forward *base, struct native_kv *kv,
     }
     /* Only rows that will be sampled go through the final norm and the
      * vocabulary projection. */
-    if (batch->n_out == 0)
+    /* Ranks of a group hold the same residual stream by now; rank 0 alone
+     * returns the logits (model/parallel.h), so the others stop here. */
+    if (batch->n_out == 0 || (f->comm && f->comm->rank != 0))
         return ops->host_visible ? f->logits_dev : f->logits;
     ops->gather(b, f->xo, f->x, batch->out_rows, batch->n_out, D);
     ops->rmsnorm(b, f->xo, f->xo, f->final_norm, batch->n_out, D, D, eps);

@@ -244,8 +244,11 @@ static const float *dense_run(struct native_forward *base, struct native_kv *kv,
             tp_sum(f, n);
     }
     /* Only rows that will be sampled go through the final norm and the
-     * vocabulary projection, the most expensive matmul for small models. */
-    if (batch->n_out == 0)
+     * vocabulary projection, the most expensive matmul for small models. In
+     * a tensor-parallel group every rank holds the whole residual stream
+     * now, and rank 0 alone returns the logits (model/parallel.h), so the
+     * others stop here. */
+    if (batch->n_out == 0 || (f->tp_comm && f->tp_comm->rank != 0))
         return f->logits_host;
     ops->gather(b, f->xo, f->x, batch->out_rows, batch->n_out, c->dim);
     ops->rmsnorm(b, f->xo, f->xo, f->final_norm, batch->n_out, c->dim, c->dim, c->norm_eps);
