@@ -1041,6 +1041,30 @@ static void test_moe_experts(struct dev *d, enum native_dtype dt, int E, int D, 
     }
     free(y1);
 
+    /* moe_combine (expert parallelism: the rows come back from other ranks)
+     * adds each pair's expert row exactly as moe_experts does: each row is
+     * that expert alone with weight 1 on a zero y, then the combine must
+     * give moe_experts' bits. */
+    if (d->o->moe_combine) {
+        cur_case = "moe_combine";
+        const size_t P = (size_t)n * K;
+        float *rows = malloc(sizeof(float) * P * eh.D), *zero = calloc(eh.D, sizeof(float));
+        const float one = 1.0f;
+        for (size_t q = 0; q < P; q++)
+            run_experts(d, &eh, x + (q / K) * eh.D, zero, 1, ids + q, &one, 1, rows + q * eh.D);
+        float *yd = dup_in(d, y0, sizeof(float) * n * eh.D);
+        d->o->moe_combine(d->b, yd, dup_in(d, rows, sizeof(float) * P * eh.D), n,
+                          dup_in(d, wts, sizeof(float) * P), K, eh.D);
+        float *yc = malloc(sizeof(float) * n * eh.D);
+        dl(d, yc, yd, sizeof(float) * n * eh.D);
+        CHECK(memcmp(yc, y, sizeof(float) * n * eh.D) == 0);
+        dev_reset(d);
+        free(yc);
+        free(rows);
+        free(zero);
+        cur_case = "moe_experts";
+    }
+
     free(ref);
     free(x);
     free(y0);

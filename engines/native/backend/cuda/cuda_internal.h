@@ -9,7 +9,7 @@
  *                     gather, kv_store and dense paged attention;
  *   ops_cuda_fp8.cu   cuda_fp8_matmul: FP8 128x128 block-scaled GEMM   (H5)
  *   ops_cuda_mla.cu   cuda_mla_attention over the latent cache          (H5)
- *   ops_cuda_moe.cu   cuda_moe_gate, cuda_moe_experts                   (H5)
+ *   ops_cuda_moe.cu   cuda_moe_gate, cuda_moe_experts, cuda_moe_combine (H5)
  *
  * Streams: everything runs on cb->stream, in op order, so an op may read
  * what the op before it wrote and reuse a scratch slot without waiting. Ops
@@ -270,6 +270,8 @@ void cuda_moe_gate(struct native_backend *b, int32_t *ids, float *weights, const
 void cuda_moe_experts(struct native_backend *b, float *y, const float *x, int n, const int32_t *ids,
                       const float *weights, int top_k, const struct native_moe_experts *e,
                       float *scratch);
+void cuda_moe_combine(struct native_backend *b, float *y, const float *rows, int n,
+                      const float *weights, int top_k, int dim);
 
 /* ---- device helpers for kernels (any .cu) ---- */
 #ifdef __CUDACC__

@@ -1,6 +1,7 @@
 /* ops_cuda_moe.cu: DeepSeek-V3's MoE routing and its grouped routed experts
- * on the GPU; cuda_moe_gate and cuda_moe_experts of cuda_internal.h, the ops
- * moe_gate and moe_experts of ops.h (whose comments hold the math).
+ * on the GPU; cuda_moe_gate, cuda_moe_experts and cuda_moe_combine of
+ * cuda_internal.h, the ops of the same names in ops.h (whose comments hold
+ * the math).
  *
  * moe_gate: one warp per token. The sigmoid scores and biased scores go to
  * shared memory; one lane per group takes its two best biased scores, lane
@@ -9,6 +10,9 @@
  * top_k warp-wide argmax rounds (value descending, ties to the lower index;
  * for scores without NaN that is the CPU's sequential rule, and a NaN never
  * beats a number). The weights are the CPU's formula, summed in i order.
+ *
+ * moe_combine: step 4 below alone, for expert outputs computed on other
+ * ranks (expert parallelism), with the same kernel so the bits agree.
  *
  * moe_experts, all on the device so a decode step never waits for the host:
  *   1. route (one CTA): count the (token, i) pairs per expert, prefix sums,
@@ -330,7 +334,8 @@ __global__ void __launch_bounds__(ROWS_WARPS * 32) moe_mm_kernel(const moe_mm_ar
                     GLU ? rows_silu_mul(acc[0][i][t], acc[NW - 1][i][t]) : acc[0][i][t];
 }
 
-/* y[t][d] += sum_i w[t][i] * out[slot[t][i]][d], i in order. */
+/* y[t][d] += sum_i w[t][i] * out[slot[t][i]][d], i in order; slot NULL:
+ * the pair's row is its own index t * top_k + i (moe_combine). */
 __global__ void moe_combine_kernel(float *y, const float *out, const int32_t *slot,
                                    const float *weights, int n, int top_k, int D)
 {
@@ -340,7 +345,7 @@ __global__ void moe_combine_kernel(float *y, const float *out, const int32_t *sl
     for (int t = blockIdx.y; t < n; t += gridDim.y) {
         float v = y[(size_t)t * D + d];
         for (int i = 0; i < top_k; i++) {
-            const int s = slot[t * top_k + i];
+            const int s = slot ? slot[t * top_k + i] : t * top_k + i;
             if (s >= 0)
                 v = __fmaf_rn(weights[t * top_k + i], out[(size_t)s * D + d], v);
         }
@@ -496,5 +501,21 @@ void cuda_moe_experts(struct native_backend *b, float *y, const float *x, int n,
 
     moe_combine_kernel<<<dim3((unsigned)((D + 255) / 256), (unsigned)(n < 65535 ? n : 65535)), 256,
                          0, cb->stream>>>(y, out, slot, weights, n, top_k, D);
+    CUDA_LAUNCHED(cb, "moe_combine_kernel");
+}
+
+/* moe_combine (ops.h): the expert outputs came from elsewhere (expert
+ * parallelism), one row per (token, i) pair in pair order; the same kernel
+ * and arithmetic as moe_experts' own combine, so splitting the experts over
+ * ranks changes no bit. */
+void cuda_moe_combine(struct native_backend *b, float *y, const float *rows, int n,
+                      const float *weights, int top_k, int dim)
+{
+    struct cuda_backend *cb = cuda_cb(b);
+    if (n <= 0 || dim <= 0 || top_k <= 0)
+        return;
+    cuda_enter(cb);
+    moe_combine_kernel<<<dim3((unsigned)((dim + 255) / 256), (unsigned)(n < 65535 ? n : 65535)), 256,
+                         0, cb->stream>>>(y, rows, NULL, weights, n, top_k, dim);
     CUDA_LAUNCHED(cb, "moe_combine_kernel");
 }
