@@ -132,7 +132,8 @@ if [ -n "$PREPARE" ]; then
     cp "$inc/jansson.h" "$inc/jansson_config.h" "$PREPARE/deps/include/"
     lib=$(find /usr/lib /usr/local/lib /usr/lib64 -name libjansson.a 2>/dev/null | head -n 1)
     [ -n "$lib" ] && cp "$lib" "$PREPARE/deps/lib/"
-    echo "$(git -C "$ROOT" rev-parse HEAD) $(date -u '+%Y-%m-%dT%H:%M:%SZ') $(uname -m)" >"$PREPARE/built-from"
+    dirty=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | wc -l)
+    echo "$(git -C "$ROOT" rev-parse HEAD) $(date -u '+%Y-%m-%dT%H:%M:%SZ') $(uname -m)$([ "$dirty" -gt 0 ] && echo " +$dirty modified files")" >"$PREPARE/built-from"
     du -sh "$PREPARE"
     size=$(du -sk "$PREPARE" | cut -f1)
     [ "$size" -le 60000 ] || { echo "run.sh: $PREPARE is over the 64 MiB a device call carries" >&2; exit 1; }
@@ -273,7 +274,7 @@ if [ -n "$CARRIED" ]; then
         BIN=$WORK/bin
         find_libs "$BIN/bench_gpu_decode"
         if runs_here "$BIN/bench_gpu_decode"; then
-            record build carried 0 "binaries built $(cut -d' ' -f2 "$CARRIED/built-from" 2>/dev/null) from $(cut -c1-12 "$CARRIED/built-from" 2>/dev/null)"
+            record build carried 0 "binaries built $(cut -d' ' -f2 "$CARRIED/built-from" 2>/dev/null) from $(cut -c1-12 "$CARRIED/built-from" 2>/dev/null)$(cut -d' ' -f4- "$CARRIED/built-from" 2>/dev/null | sed 's/^./ &/')"
         else
             log "the carried binaries do not run here: $(head -c 300 "$WORK/runs.out")"
             build_here " (the carried binaries do not run here: $(head -c 120 "$WORK/runs.out" | tr '\n' ' '))"
