@@ -168,7 +168,9 @@ elapsed() { echo $(($(date +%s) - T0)); }
 
 # A JSON string literal of $1.
 jstr() {
-    local s=${1//\\/\\\\}
+    local s
+    s=$(printf '%s' "$1" | tr -d '\000-\010\013-\037')   # keep \t and \n, drop other controls
+    s=${s//\\/\\\\}
     s=${s//\"/\\\"}
     s=${s//$'\n'/\\n}
     s=${s//$'\t'/ }
