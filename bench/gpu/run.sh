@@ -308,8 +308,10 @@ run_to "$WORK/probe.out" 30 "$(bin bench_gpu_decode)" --probe
 prc=$?
 probe=$(cat "$WORK/probe.out" "$WORK/probe.out.err" 2>/dev/null | head -n 3 | tr '\n' ' ')
 smi=""
-command -v nvidia-smi >/dev/null 2>&1 &&
+if command -v nvidia-smi >/dev/null 2>&1; then
     smi=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -n 1)
+    nvidia-smi >>"$LOG" 2>&1
+fi
 if [ $DRY = 1 ]; then
     HAVE_GPU=1
     DEV=cpu
