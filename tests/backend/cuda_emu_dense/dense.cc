@@ -1,6 +1,7 @@
 /* dense.cc: ops_cuda.cu's dense kernels (GEMV in every dtype, vector and
- * any-alignment paths and fused weight sets; rmsnorm; rope in both layouts;
- * kv_store; paged attention with its token tiles, head chunks, 256-position
+ * any-alignment paths and fused weight sets; the SIMT tile GEMM; rmsnorm;
+ * rope in both layouts; swiglu, embed, gather; kv_store in both layouts;
+ * paged attention with its token tiles, head chunks, 256-position
  * splits and combine) run unchanged on the CPU through the emulation of
  * CUDA's execution model in tests/backend/cuda_emu/emu.h, against references
  * in double; and a token's attention output is checked to be the same bits
@@ -216,6 +217,115 @@ static void test_rms_rope()
     }
 }
 
+/* The SIMT tile GEMM (F16 weights and fallbacks above the GEMV's tokens):
+ * ragged rows, columns and tokens over several tiles. */
+static void test_simt(int dt, int rows, int cols, int n, int accumulate)
+{
+    std::vector<uint16_t> w16((size_t)rows * cols);
+    std::vector<float> w32((size_t)rows * cols), x((size_t)n * cols), y((size_t)n * rows), y0;
+    for (size_t i = 0; i < w32.size(); i++) {
+        float f = ur();
+        w16[i] = dt == NATIVE_BF16 ? dtype_f32_to_bf16(f) : dtype_f32_to_f16(f);
+        w32[i] = dt == NATIVE_F32 ? f : cuda_load_w(w16.data(), (native_dtype)dt, i);
+    }
+    for (auto &v : x)
+        v = ur();
+    for (auto &v : y)
+        v = ur();
+    y0 = y;
+    const void *w = dt == NATIVE_F32 ? (const void *)w32.data() : (const void *)w16.data();
+    const float *xp = x.data();
+    float *yp = y.data();
+    emu_run(dim3((rows + TILE_M - 1) / TILE_M, (n + TILE_N - 1) / TILE_N), dim3(256), 0,
+            [=]() { gemm_simt_kernel(w, dt, rows, cols, xp, n, yp, accumulate); });
+    std::vector<double> ref((size_t)n * rows);
+    for (int t = 0; t < n; t++)
+        for (int r = 0; r < rows; r++) {
+            double acc = accumulate ? y0[(size_t)t * rows + r] : 0;
+            for (int c = 0; c < cols; c++)
+                acc += (double)w32[(size_t)r * cols + c] * x[(size_t)t * cols + c];
+            ref[(size_t)t * rows + r] = acc;
+        }
+    char what[96];
+    snprintf(what, sizeof what, "gemm_simt dt=%d rows=%d cols=%d n=%d acc=%d", dt, rows, cols, n, accumulate);
+    check(what, y.data(), ref.data(), ref.size(), 1e-6);
+}
+
+/* kv_store into the latent layout: rows [c | k_pe] per position, from
+ * strided rows, at the block the table names. */
+static void test_kv_latent()
+{
+    const int L = 40, R = 8, S = L + R + 5, n = 3, pool = 4;
+    const size_t block_stride = (size_t)16 * (L + R) * 2;  /* 2 layers */
+    std::vector<float> data(pool * block_stride, -7.0f), a((size_t)n * S);
+    for (auto &v : a)
+        v = ur();
+    int32_t pos[3] = {0, 17, 33}, seq[3] = {0, 0, 0}, off[2] = {0, 3}, blocks[3] = {2, 0, 3};
+    float *dp = data.data();
+    const float *ap = a.data();
+    const int32_t *pp = pos, *sp = seq, *op = off, *bp = blocks;
+    const size_t layer_off = (size_t)16 * (L + R);   /* layer 1 */
+    emu_run(dim3(1, n), dim3(256), 0, [=]() {
+        kv_store_kernel(dp, block_stride, layer_off, pool, 1, 0, L, R, pp, sp, op, bp, ap, S, ap + L + 2, S);
+    });
+    int ok = 1;
+    for (int t = 0; t < n; t++) {
+        const float *row = data.data() + (size_t)blocks[pos[t] / 16] * block_stride + layer_off +
+                           (size_t)(pos[t] % 16) * (L + R);
+        for (int i = 0; i < L; i++)
+            ok &= row[i] == a[(size_t)t * S + i];
+        for (int i = 0; i < R; i++)
+            ok &= row[L + i] == a[(size_t)t * S + L + 2 + i];
+    }
+    size_t written = 0;
+    for (float v : data)
+        written += v != -7.0f;
+    ok &= written == (size_t)n * (L + R);
+    printf("%-60s %s\n", "kv_store latent (strided rows, scattered blocks)", ok ? "ok" : "FAIL");
+    fails += !ok;
+}
+
+/* swiglu, embed and gather: exact elementwise results. */
+static void test_small()
+{
+    const int n = 77;
+    std::vector<float> g(n), u(n), h(n);
+    for (int i = 0; i < n; i++) {
+        g[i] = 8 * ur();
+        u[i] = 2 * ur();
+    }
+    std::vector<double> ref(n);
+    for (int i = 0; i < n; i++)
+        ref[i] = g[i] / (1.0 + exp(-(double)g[i])) * u[i];
+    float *hp = h.data();
+    const float *gp = g.data(), *up = u.data();
+    emu_run(dim3(1), dim3(64), 0, [=]() { swiglu_kernel(hp, gp, up, n); });
+    check("swiglu", h.data(), ref.data(), n, 1e-6);
+    const int V = 11, D = 19;
+    std::vector<uint16_t> tab(V * D);
+    for (auto &v : tab)
+        v = dtype_f32_to_bf16(ur());
+    int32_t ids[4] = {3, 0, 10, 3};
+    std::vector<float> x(4 * D), dst(4 * D);
+    float *xp = x.data();
+    const uint16_t *tp = tab.data();
+    const int32_t *ip = ids;
+    emu_run(dim3(1), dim3(64), 0, [=]() { embed_kernel(xp, tp, NATIVE_BF16, D, ip, 4); });
+    int ok = 1;
+    for (int t = 0; t < 4; t++)
+        for (int i = 0; i < D; i++)
+            ok &= x[t * D + i] == dtype_bf16_to_f32(tab[ids[t] * D + i]);
+    int32_t rows[4] = {2, 0, 0, 3};
+    float *dp = dst.data();
+    const int32_t *rp = rows;
+    emu_run(dim3(1), dim3(64), 0, [=]() { gather_kernel(dp, xp, rp, 4, D); });
+    for (int t = 0; t < 4; t++)
+        for (int i = 0; i < D; i++)
+            ok &= dst[t * D + i] == x[rows[t] * D + i];
+    printf("%-60s %s\n", "embed (BF16) and gather", ok ? "ok" : "FAIL");
+    fails += !ok;
+}
+
 int main()
 {
     for (int dt : {NATIVE_F32, NATIVE_F16, NATIVE_BF16})
@@ -223,6 +333,11 @@ int main()
             for (int n : {1, 3, 8})
                 test_gemv(dt, cols, n, n == 3 ? 3 : 1);
     test_rms_rope();
+    test_simt(NATIVE_F16, 130, 129, 17, 1);
+    test_simt(NATIVE_BF16, 64, 64, 64, 0);
+    test_simt(NATIVE_F32, 257, 37, 70, 0);
+    test_kv_latent();
+    test_small();
     test_attn(4, 2, 16, {0, 20}, {5, 1});
     test_attn(8, 2, 128, {590, 511, 256}, {10, 1, 1});
     test_attn(20, 2, 32, {590, 511, 256}, {10, 1, 1});
