@@ -247,15 +247,17 @@ const int32_t *cuda_host_ids(struct cuda_backend *cb, const int32_t *host, int n
 
 /* y[t * w->rows + r] (+)= x[t] . w[r], t < n, for one BF16/F16/F32 weight,
  * x and y device float32 (ops.h's matmul for n_w = 1). Picks the GEMV kernel
- * for small n and cuBLAS otherwise. moe_experts calls it per expert on the
- * gathered tokens. */
+ * for small n and cuBLAS otherwise. (moe_experts does not: its grouped
+ * kernel runs every dtype through cuda_rows.cuh, without a host round trip.) */
 void cuda_matmul_one(struct cuda_backend *cb, int n, const float *x, const struct native_mat *w,
                      float *y, int accumulate);
 
 /* ops_cuda_fp8.cu (H5): the same for an F8_E4M3 weight with its 128x128
- * block scales (w->scale, device). FP8 tensor cores on sm_90 when built for
- * it, dequantize-on-load elsewhere; cuda_fp8_exact selects the BF16
- * dequantizing path, for an exact comparison with the CPU. */
+ * block scales (w->scale, device): the bytes decoded exactly to float32
+ * inside the product and summed in float32, in cuda_rows.cuh's fixed order
+ * (so the CPU comparison holds at its own tolerance). There is no FP8
+ * tensor-core path yet; cuda_fp8_exact is there to keep this exact path
+ * selectable once an sm_90a one (FP8 activations, FP8 tolerance) exists. */
 void cuda_fp8_matmul(struct cuda_backend *cb, int n, const float *x, const struct native_mat *w,
                      float *y, int accumulate);
 extern int cuda_fp8_exact;
