@@ -56,6 +56,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT_DIR=${OUT:-$PWD/gpu-results}
 MODELS="" BIN="" CARRIED="" BUILD="$ROOT/build-gpu" PREPARE="" NO_BENCH=0 DRY=0
 DEV=cuda:0      # the device under test; --dry-run-cpu makes it the CPU
+DEV_ENV=""      # environment for the device side of a comparison
 WORK=${CASCADE_GPU_WORK:-}
 BUDGET=${CASCADE_GPU_BUDGET_S:-290}
 # Log-probability tolerances per dtype (compare_logprobs.py --tol); the FP8
@@ -421,8 +422,9 @@ logprobs() {
         record "logprobs_$name" skip $(($(date +%s) - t)) "CPU reference ran ($(echo "$toks" | tr ',' '\n' | wc -l) positions); CUDA side skipped: no GPU"
         return
     fi
-    if ! run_to "$gpu" "$(budget_for 120)" "$(bin cascade-score)" --model "$model" --tokens "$toks" \
-        --device "$DEV" "$@"; then
+    # shellcheck disable=SC2086
+    if ! run_to "$gpu" "$(budget_for 120)" env $DEV_ENV "$(bin cascade-score)" --model "$model" \
+        --tokens "$toks" --device "$DEV" "$@"; then
         record "logprobs_$name" fail $(($(date +%s) - t)) "CUDA cascade-score: $(head -c 200 "$gpu.err")"
         return
     fi
@@ -433,7 +435,7 @@ logprobs() {
     local last
     last=$(echo "$cmp" | tail -n 1)
     record "logprobs_$name" "$([ $rc = 0 ] && echo pass || echo fail)" $(($(date +%s) - t)) "$last" \
-        "\"tol\":$tol,\"options\":$(jstr "$*")"
+        "\"tol\":$tol,\"options\":$(jstr "$*"),\"device_env\":$(jstr "$DEV_ENV")"
 }
 
 S260=$MODELS/stories260K
@@ -491,7 +493,15 @@ done
 t=$(date +%s)
 wait $PID_13
 log "deepseek-coder-1.3b generated (waited $(($(date +%s) - t)) s): $(cat "$WORK/gen-deepseek-coder-1.3b.out")"
-logprobs coder_1.3b_bf16 "$WORK/deepseek-coder-1.3b" "$TOL_BF16" "$(tokens 16 32256)" --prefill 8
+# A prefill of 16 tokens takes the GEMM path (more than CASCADE_CUDA_GEMV_MAX,
+# 8, tokens), the 8 decode steps the GEMV one; then again with the GEMM's
+# activations as one BF16 part (CASCADE_CUDA_GEMM=bf16, the fast inference
+# setting) instead of the default three.
+logprobs coder_1.3b_bf16 "$WORK/deepseek-coder-1.3b" "$TOL_BF16" "$(tokens 24 32256)" --prefill 16
+DEV_ENV="CASCADE_CUDA_GEMM=bf16"
+logprobs coder_1.3b_bf16_gemm_bf16 "$WORK/deepseek-coder-1.3b" "$TOL_BF16" "$(tokens 24 32256)" \
+    --prefill 16
+DEV_ENV=""
 
 # ---- Benchmarks ----
 # bench NAME LIMIT CMD...: each JSON line the program prints goes to results.
@@ -528,6 +538,12 @@ elif [ $HAVE_GPU = 1 ]; then
     log "deepseek-llm-7b generated (waited $(($(date +%s) - t)) s, $(($(date +%s) - T_GEN)) s since the start): $(cat "$WORK/gen-deepseek-llm-7b.out")"
     bench bench_decode_llm_7b 150 "$(bin bench_gpu_decode)" --model "$WORK/deepseek-llm-7b" \
         --name deepseek-llm-7b --device cuda:0 --batch 1,2,4,8,16,32,64,128,256
+    # Above 8 tokens the matmuls are cuBLASLt GEMMs, by default exact to the
+    # CPU's float32 (activations as 3 BF16 parts); the usual inference GEMM
+    # (1 part) is the throughput a server would see.
+    CASCADE_CUDA_GEMM=bf16 bench bench_decode_llm_7b_gemm_bf16 90 "$(bin bench_gpu_decode)" \
+        --model "$WORK/deepseek-llm-7b" --name deepseek-llm-7b-gemm-bf16 --device cuda:0 \
+        --batch 16,32,64,128,256
     bench bench_v3_layers 150 "$(bin bench_gpu_v3)" --device cuda:0 --layers 4 --batch 1,32,256 \
         --ctx 1024 --steps 10
 else
