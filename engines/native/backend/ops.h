@@ -196,11 +196,15 @@ static inline size_t native_moe_scratch_floats(int n, int top_k, int dim, int in
     return (size_t)n * (size_t)top_k * (2 * (size_t)dim + 2 * (size_t)inter + 2);
 }
 
-/* Floats of scratch mla_attention needs when a sequence attends to up to
- * n_ctx positions (the naive path decompresses them). */
+/* Floats of scratch mla_attention needs in p->mode when a sequence attends
+ * to up to n_ctx positions: a score per head and position, plus, for the
+ * naive path only, the decompressed k_nope | v of every position and head.
+ * The absorbed path must not pay for the naive one: at V3's size and
+ * context (128 heads, 163840 positions) that term alone is 21 GB. */
 static inline size_t native_mla_scratch_floats(int n_ctx, const struct native_mla *p)
 {
-    return (size_t)n_ctx * (size_t)p->n_heads * (size_t)(p->nope_dim + p->v_dim + 1) +
+    size_t per_pos = 1 + (p->mode == NATIVE_MLA_NAIVE ? (size_t)(p->nope_dim + p->v_dim) : 0);
+    return (size_t)n_ctx * (size_t)p->n_heads * per_pos +
            (size_t)p->n_heads * (size_t)(p->latent_dim + p->v_dim);
 }
 
