@@ -112,6 +112,9 @@ if [ -n "$PREPARE" ]; then
     mkdir -p "$stage/bin" "$PREPARE/models" "$PREPARE/deps/include" "$PREPARE/deps/lib"
     for t in $TOOLS; do cp "$BUILD/engines/native/$t" "$stage/bin/"; done
     for t in $BENCHES; do cp "$BUILD/bench/gpu/$t" "$stage/bin/"; done
+    # The CUDA backend is a module the binaries load on first use
+    # (backend/cuda/cuda_loader.c); beside them is one place it is looked for.
+    cp "$BUILD/engines/native/backend/cuda/libcascade_cuda.so" "$stage/bin/"
     gpu_tests "$BUILD" | while IFS=$'\t' read -r name exe args; do
         cp -n "$exe" "$stage/bin/" 2>/dev/null || true
         printf '%s\t%s\t%s\n' "$name" "$(basename "$exe")" "$args"
@@ -276,6 +279,7 @@ if [ -n "$CARRIED" ]; then
     if tar -C "$WORK" -xJf "$CARRIED/bin.tar.xz" 2>"$WORK/untar.err"; then
         BIN=$WORK/bin
         find_libs "$BIN/bench_gpu_decode"
+        [ -f "$BIN/libcascade_cuda.so" ] && find_libs "$BIN/libcascade_cuda.so"
         if runs_here "$BIN/bench_gpu_decode"; then
             record build carried 0 "binaries built $(cut -d' ' -f2 "$CARRIED/built-from" 2>/dev/null) from $(cut -c1-12 "$CARRIED/built-from" 2>/dev/null)$(cut -d' ' -f4- "$CARRIED/built-from" 2>/dev/null | sed 's/^./ &/')"
         else
@@ -300,6 +304,10 @@ else
 fi
 [ -z "$MODELS" ] && MODELS=$ROOT/../shared/models
 find_libs "$(bin cascade-score)"
+# The CUDA backend module's own libraries (cuBLAS, cuBLASLt, NCCL).
+for m in "$(dirname "$(bin cascade-score)")/libcascade_cuda.so" "$BUILD/engines/native/backend/cuda/libcascade_cuda.so"; do
+    [ -f "$m" ] && find_libs "$m" && break
+done
 
 # ---- Stage: probe (a GPU, and a build with CUDA) ----
 ldd "$(bin cascade-score)" >>"$LOG" 2>&1
