@@ -18,6 +18,7 @@
 #include <event2/thread.h>
 #include <dirent.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <unistd.h>
 
 struct call {
@@ -38,8 +39,10 @@ struct call {
     int *outstanding;
 };
 
-static int in_submit;
-static int wrong_thread;
+/* Per thread: the threaded test submits from two event loops at once, and
+ * one thread's submit says nothing about a callback on the other's loop. */
+static _Thread_local int in_submit;
+static atomic_int wrong_thread;
 
 static void finish_one(struct call *c)
 {
