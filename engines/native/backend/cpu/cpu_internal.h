@@ -15,6 +15,28 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Build switches every kernel file shares. The vector kernels exist in
+ * every build (compiled with target attributes) and are picked at run time
+ * from cb->avx2 / cb->avx512, so the default build runs on any x86-64. */
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define HAVE_X86 1
+#else
+#define HAVE_X86 0
+#endif
+
+#define INLINE static inline __attribute__((always_inline))
+#define AVX2_FN __attribute__((target("avx2,fma,f16c")))
+#define AVX512_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+
+/* The sum of 8 lanes in one fixed tree: every dot product of the CPU
+ * kernels ends with it, so a result does not depend on which kernel or
+ * tile computed it. */
+INLINE float lanes_sum(const float l[8])
+{
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
 struct cpu_backend {
     struct native_backend base;
     struct threadpool *pool;

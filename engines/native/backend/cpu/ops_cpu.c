@@ -29,15 +29,9 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#if defined(__x86_64__) || defined(__i386__)
+#if HAVE_X86
 #include <cpuid.h>
-#include <immintrin.h>
-#define HAVE_X86 1
-#else
-#define HAVE_X86 0
 #endif
-
-#define INLINE static inline __attribute__((always_inline))
 
 /* Work below these sizes runs on the calling thread: waking a worker and
  * waiting for it costs about a microsecond, more than the op itself. */
@@ -73,11 +67,6 @@ INLINE float load_w(const void *w, enum native_dtype dt, int64_t i)
 
 /* The fixed lane tree every dot product ends with, ((l0+l1)+(l2+l3)) +
  * ((l4+l5)+(l6+l7)), the order the AVX2 reductions below produce. */
-INLINE float lanes_sum(const float l[8])
-{
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
-
 /* y[t * ldy + r] (+)= dot(w[r], x[t]) for r in [r0, r1), t < n. */
 INLINE void mm_rows_portable_dt(const void *w, enum native_dtype dt, int64_t K, int64_t r0,
                                 int64_t r1, const float *x, int n, float *y, int64_t ldy,
@@ -174,7 +163,6 @@ static void swiglu_portable(float *h, const float *g, const float *u, size_t n)
 /* AVX2 + FMA + F16C kernels                                                 */
 /* ------------------------------------------------------------------------ */
 #if HAVE_X86
-#define AVX2_FN __attribute__((target("avx2,fma,f16c")))
 
 INLINE AVX2_FN __m256 ld_w8(const void *w, enum native_dtype dt, int64_t i)
 {
@@ -740,7 +728,6 @@ AVX2_FN static void attn_group_avx2(float *out, const float *q, const struct nat
  * lanes_sum's tree; every tile does exactly that, so results still do not
  * depend on the batch. (They differ in the last bits from the AVX2 kernels;
  * one backend uses one set throughout.) */
-#define AVX512_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 #define ROW(i) ((const char *)w + ((size_t)(r + (i)) * (size_t)K) * es)
 
 INLINE AVX512_FN __m512 wload16(const enum native_dtype dt, const void *w, int64_t k, int rem)

@@ -39,14 +39,6 @@
 #include <pthread.h>
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define HAVE_X86 1
-#else
-#define HAVE_X86 0
-#endif
-
-#define INLINE static inline __attribute__((always_inline))
 #define QB NATIVE_FP8_BLOCK
 /* Tokens per pass over a row group: their running lanes (16 x 4 vectors,
  * 2 KiB) stay in L1 next to the decoded block. */
@@ -70,11 +62,6 @@ static const float *e4m3_table(void)
 }
 
 /* ops_cpu.c's lane tree: ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)). */
-INLINE float lanes_sum(const float l[8])
-{
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
-
 INLINE const float *scale_row(const struct native_mat *w, int64_t r)
 {
     return w->scale + (r / QB) * ((w->cols + QB - 1) / QB);
@@ -146,7 +133,6 @@ static void fp8_axpy_portable(const struct native_mat *w, int64_t r, float a, fl
 /* AVX2 + FMA + F16C                                                         */
 /* ------------------------------------------------------------------------ */
 #if HAVE_X86
-#define AVX2_FN __attribute__((target("avx2,fma,f16c")))
 
 /* 32 e4m3 bytes -> e4m3 / 256 as floats, in element order: d[0] = 0..7,
  * d[1] = 8..15, d[2] = 16..23, d[3] = 24..31. Unpacking against zero puts
@@ -410,7 +396,6 @@ AVX2_FN static void fp8_axpy_avx2(const struct native_mat *w, int64_t r, float a
  * and, add, two conversions), which is what keeps a decode step streaming at
  * the memory's speed rather than the core's. The 16 lanes fold to 8 (low
  * half + high half) before AVX2's lane tree. */
-#define AVX512_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 #define FP8_T512 4      /* tokens per register tile */
 
 /* 32 e4m3 bytes -> e4m3 / 256 in two vectors of 16, in element order:

@@ -39,24 +39,11 @@
 #include <math.h>
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define HAVE_X86 1
-#else
-#define HAVE_X86 0
-#endif
-
-#define INLINE static inline __attribute__((always_inline))
 /* Below this many multiply-adds a call runs on the calling thread. */
 #define MLA_PARALLEL_MIN (64 * 1024)
 /* Heads per absorb task: their q_lat/o_lat (8 x 2 KiB at latent 512) stay
  * in L1 while a cache row passes over all of them. */
 #define MLA_HEAD_GROUP 8
-
-INLINE float lanes_sum(const float l[8])
-{
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
 
 INLINE float wval(const struct native_mat *w, int64_t i)
 {
@@ -107,7 +94,6 @@ static void waxpy_portable(const struct native_mat *w, int64_t r, float a, float
 
 /* ---- AVX2 vector helpers ---- */
 #if HAVE_X86
-#define AVX2_FN __attribute__((target("avx2,fma,f16c")))
 
 INLINE AVX2_FN __m256i tail_mask(int rem)
 {
@@ -412,7 +398,6 @@ AVX2_FN static void absorb_olat_avx2(const struct native_kv *kv, int layer,
  * full-width units): scores in 8-head x 3-position tiles, o_lat in 8-head x
  * 48-dim tiles. Same rules: edge tiles repeat a head or position, each kept
  * value is one fixed chain (16 lanes folded to 8 before reduce1's tree). */
-#define AVX512_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 
 INLINE AVX512_FN float reduce16(__m512 a)
 {
