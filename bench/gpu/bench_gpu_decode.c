@@ -34,6 +34,7 @@
  * CUDA backend in the build, or without a GPU, it prints why and exits 0.
  * Exit 1 on a model or backend error, 2 on bad usage.
  */
+#include "bench/gpu/bench_util.h"
 #include "engines/native/backend/cpu/ops_cpu.h"
 #include "engines/native/model/forward.h"
 #include "engines/native/model/model.h"
@@ -71,19 +72,6 @@ static long parse_int(const char *s, long lo, long hi)
     return v;
 }
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* The q-quantile of n sorted values (nearest rank). */
 static double quantile(const double *v, int n, double q)
 {
@@ -112,29 +100,6 @@ static double weight_bytes_per_token(const struct native_model *m)
     b += (double)mat_bytes(&m->lm_head) + (double)c->dim * sizeof(float) +
          (double)c->dim * native_dtype_size(m->embed.dtype);
     return b;
-}
-
-/* memcpy bandwidth of 2 x 512 MiB, read + write counted, best of 3: the
- * CPU stand-in for the read kernel, so the program runs without a GPU. */
-static double cpu_copy_bandwidth(void)
-{
-    const size_t n = (size_t)512 << 20;
-    char *src = malloc(n), *dst = malloc(n);
-    double best = 0;
-    if (!src || !dst)
-        goto out;
-    memset(src, 1, n);
-    memset(dst, 2, n);
-    for (int r = 0; r < 3; r++) {
-        double t0 = now_s();
-        memcpy(dst, src, n);
-        double bw = 2.0 * (double)n / (now_s() - t0);
-        best = bw > best ? bw : best;
-    }
-out:
-    free(src);
-    free(dst);
-    return best;
 }
 
 /* splitmix64 for the random prompts and tokens */
@@ -218,7 +183,7 @@ int main(int argc, char **argv)
         }
         snprintf(dev_name, sizeof(dev_name), "cpu (%s kernels, %d threads)", ops_cpu_kernels(be),
                  ops_cpu_threads(be));
-        bw = bw_median = cpu_copy_bandwidth();
+        bw = bw_median = bench_cpu_copy_bandwidth();
         bw_method = "memcpy 512 MiB, read+write counted, best of 3";
     } else if (!strncmp(device, "cuda:", 5)) {
         int dev = (int)parse_int(device + 5, 0, 64);
@@ -261,7 +226,7 @@ int main(int argc, char **argv)
     struct native_seq_view *views = NULL;
     double *t_step = NULL;
     int rc = 1;
-    double t_load = now_s();
+    double t_load = bench_now_s();
     if (native_model_load(model_path, &m, err, sizeof(err)) != 0) {
         fprintf(stderr, "bench_gpu_decode: %s\n", err);
         goto out;
@@ -296,7 +261,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_gpu_decode: %s\n", err);
         goto out;
     }
-    t_load = now_s() - t_load;
+    t_load = bench_now_s() - t_load;
     tok = malloc(sizeof(int32_t) * (size_t)max_tokens);
     pos = malloc(sizeof(int32_t) * (size_t)max_tokens);
     seq = malloc(sizeof(int32_t) * (size_t)max_tokens);
@@ -322,7 +287,7 @@ int main(int argc, char **argv)
         for (int s = 0; s < B; s++)
             views[s] = (struct native_seq_view){blocks + (size_t)s * per_seq, per_seq};
         /* prefill: whole sequences, chunk_seqs at a time */
-        double t_pre = now_s();
+        double t_pre = bench_now_s();
         for (int s0 = 0; s0 < B; s0 += chunk_seqs) {
             int nt = 0, no = 0;
             for (int s = s0; s < B && s < s0 + chunk_seqs; s++) {
@@ -337,7 +302,7 @@ int main(int argc, char **argv)
             struct native_batch b = {nt, tok, pos, seq, views, B, out_rows, no};
             native_forward_run(fw, kvcache_kv(kv), &b);
         }
-        t_pre = now_s() - t_pre;
+        t_pre = bench_now_s() - t_pre;
         /* decode */
         for (int it = -(int)warmup; it < steps; it++) {
             for (int s = 0; s < B; s++) {
@@ -347,9 +312,9 @@ int main(int argc, char **argv)
                 out_rows[s] = s;
             }
             struct native_batch b = {B, tok, pos, seq, views, B, out_rows, B};
-            double t0 = now_s();
+            double t0 = bench_now_s();
             native_forward_run(fw, kvcache_kv(kv), &b);
-            double dt = now_s() - t0;
+            double dt = bench_now_s() - t0;
             if (it >= 0)
                 t_step[it] = dt;
         }
@@ -360,7 +325,7 @@ int main(int argc, char **argv)
             goto out;
         }
 #endif
-        qsort(t_step, (size_t)steps, sizeof(double), cmp_double);
+        qsort(t_step, (size_t)steps, sizeof(double), bench_cmp_double);
         const double med = quantile(t_step, (int)steps, 0.5);
         printf("{\"bench\":\"decode\",\"model\":\"%s\",\"device\":\"%s\",\"dtype\":\"%s\","
                "\"layers\":%d,\"dim\":%d,\"vocab\":%d,\"batch\":%d,\"prompt\":%ld,\"steps\":%ld,"

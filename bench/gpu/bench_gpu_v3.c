@@ -28,6 +28,7 @@
  * it prints why and exits 0. Exit 1 on an error, 2 on bad usage.
  */
 #include "bench/common/v3_layer.h"
+#include "bench/gpu/bench_util.h"
 #include "engines/native/backend/cpu/ops_cpu.h"
 #ifdef CASCADE_HAVE_CUDA
 #include "bench/gpu/hbm_read.h"
@@ -59,44 +60,10 @@ static long parse_int(const char *s, long lo, long hi)
     return v;
 }
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static double median(double *v, int n)
 {
-    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    qsort(v, (size_t)n, sizeof(double), bench_cmp_double);
     return v[n / 2];
-}
-
-/* memcpy bandwidth, read + write counted, best of 3 (the CPU stand-in). */
-static double cpu_copy_bandwidth(void)
-{
-    const size_t n = (size_t)512 << 20;
-    char *src = malloc(n), *dst = malloc(n);
-    double best = 0;
-    if (src && dst) {
-        memset(src, 1, n);
-        memset(dst, 2, n);
-        for (int r = 0; r < 3; r++) {
-            double t0 = now_s();
-            memcpy(dst, src, n);
-            double bw = 2.0 * (double)n / (now_s() - t0);
-            best = bw > best ? bw : best;
-        }
-    }
-    free(src);
-    free(dst);
-    return best;
 }
 
 int main(int argc, char **argv)
@@ -152,7 +119,7 @@ int main(int argc, char **argv)
         }
         snprintf(dev_name, sizeof(dev_name), "cpu (%s kernels, %d threads)", ops_cpu_kernels(be),
                  ops_cpu_threads(be));
-        bw = bw_median = cpu_copy_bandwidth();
+        bw = bw_median = bench_cpu_copy_bandwidth();
     } else if (!strncmp(device, "cuda:", 5)) {
         int dev = (int)parse_int(device + 5, 0, 64);
 #ifdef CASCADE_HAVE_CUDA
@@ -181,14 +148,14 @@ int main(int argc, char **argv)
         usage();
     }
 
-    double t_fill = now_s();
+    double t_fill = bench_now_s();
     struct v3l_host *h = v3l_host_new((int)experts, (int)threads, 1, err, sizeof(err));
     if (!h) {
         fprintf(stderr, "bench_gpu_v3: %s\n", err);
         native_backend_free(be);
         return 1;
     }
-    t_fill = now_s() - t_fill;
+    t_fill = bench_now_s() - t_fill;
     printf("{\"bench\":\"v3_layer_setup\",\"device\":\"%s\",\"read_gb_s_best\":%.1f,"
            "\"read_gb_s_median\":%.1f,\"layer_gb\":%.2f,\"experts\":%ld,\"host_fill_s\":%.1f}\n",
            dev_name, bw / 1e9, bw_median / 1e9, (double)v3l_host_bytes(h) / 1e9, experts, t_fill);
@@ -205,20 +172,20 @@ int main(int argc, char **argv)
     int max_b = 0;
     for (int bi = 0; bi < n_batches; bi++)
         max_b = batches[bi] > max_b ? batches[bi] : max_b;
-    double t_map = now_s();
+    double t_map = bench_now_s();
     struct v3l *v = rc ? NULL : v3l_new(be, h, (int)layers, max_b, (int)ctx, err, sizeof(err));
     if (!rc && !v) {
         fprintf(stderr, "bench_gpu_v3: %s\n", err);
         rc = 1;
     }
-    t_map = now_s() - t_map;
+    t_map = bench_now_s() - t_map;
     for (int bi = 0; !rc && bi < n_batches; bi++) {
         const int B = batches[bi];
         for (int it = -1; it < steps; it++) {   /* it = -1: warm-up */
             v3l_new_input(v, B);
-            double t0 = now_s();
+            double t0 = bench_now_s();
             v3l_step(v, B, NULL);
-            double dt = now_s() - t0;
+            double dt = bench_now_s() - t0;
             int nd = 0;
             double bytes = v3l_step_bytes(v, B, &nd);
             if (it < 0)
