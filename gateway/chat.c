@@ -48,7 +48,7 @@
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 #include "gateway/access.h"
-#include "gateway/gateway.h"
+#include "gateway/snapshot.h"
 #include "gateway/metrics.h"
 #include "policies/stats.h"
 #include "classifier/classifier.h"
@@ -82,7 +82,7 @@ enum cache_plan {
 };
 
 struct chat {
-    struct worker *w;
+    const struct chat_services *svc; /* the worker's loop and the shared services */
     struct config_snap *snap;       /* the config this request runs under */
     const struct config *cfg;
     struct httpd_req *r;            /* NULL once released */
@@ -180,7 +180,7 @@ static void chat_free(struct chat *c)
     free(c->lps);
     if (c->resume_ev)
         event_free(c->resume_ev);
-    gateway_snap_release(c->snap);
+    snapshot_release(c->snap);
     free(c);
 }
 
@@ -267,7 +267,7 @@ static void settle(struct chat *c, int status)
         return;
     struct settle_info info = {c->cost_nano, money_add(prompt, completion), c->saved_cache_nano,
                                c->saved_routing_nano};
-    policy_settle(c->w->gw->policy, c->w->base, c->resv, &info);
+    policy_settle(c->svc->policy, c->svc->base, c->resv, &info);
     c->resv = NULL;
 }
 
@@ -302,13 +302,13 @@ static void finish_flight(struct chat *c, const char *value, size_t len)
     if (!c->leader)
         return;
     c->leader = 0;
-    sf_finish(cache_flights(c->w->gw->cache), c->key, value, len);
+    sf_finish(cache_flights(c->svc->cache), c->key, value, len);
 }
 
 /* Fleet stats and Prometheus: what this request did, once, at its end. */
 static void record(struct chat *c, int status)
 {
-    struct gateway *gw = c->w->gw;
+    const struct chat_services *svc = c->svc;
     enum stats_cache cache = !c->cache_header || strcmp(c->cache_header, "bypass") == 0 ? STATS_CACHE_BYPASS
                              : strcmp(c->cache_header, "hit") == 0                   ? STATS_CACHE_HIT
                                                                                      : STATS_CACHE_MISS;
@@ -323,8 +323,8 @@ static void record(struct chat *c, int status)
         .cost_nano = c->cost_nano, .saved_cache_nano = c->saved_cache_nano,
         .saved_routing_nano = c->saved_routing_nano, .latency_us = total,
     };
-    stats_record(gw->stats, c->w->base, &x);
-    metrics_request(gw->metrics, c->tenant->metrics_index, tier, status, cache, c->escalated, x.tokens_in, x.tokens_out, c->cost_nano,
+    stats_record(svc->stats, c->svc->base, &x);
+    metrics_request(svc->metrics, c->tenant->metrics_index, tier, status, cache, c->escalated, x.tokens_in, x.tokens_out, c->cost_nano,
                     c->saved_cache_nano + c->saved_routing_nano, total, c->req.stream ? c->ttft_us : 0,
                     total > c->engine_us ? total - c->engine_us : 0, c->scored ? c->classifier_us : 0);
 }
@@ -335,7 +335,7 @@ static void chat_finish(struct chat *c)
     int status = c->done_status;
     settle(c, status);
     record(c, status);
-    metrics_inflight_add(c->w->gw->metrics, -1);
+    metrics_inflight_add(c->svc->metrics, -1);
     log_access(c, status);
     chat_free(c);
 }
@@ -347,7 +347,7 @@ static void count_text_work(void *arg)
     size_t n = evbuffer_get_length(c->content);
     const char *text = (const char *)evbuffer_pullup(c->content, -1);
     struct tok_ids ids = {0};
-    if (text && tokenizer_encode(c->w->gw->tokenizer, text, n, TOK_ADDED_AS_TEXT, &ids) == TOK_OK)
+    if (text && tokenizer_encode(c->svc->tokenizer, text, n, TOK_ADDED_AS_TEXT, &ids) == TOK_OK)
         c->counted_tokens = (int64_t)ids.n;
     tok_ids_free(&ids);
 }
@@ -368,9 +368,9 @@ static void chat_done(struct chat *c, int status)
     size_t n = c->content ? evbuffer_get_length(c->content) : 0;
     if (c->count_mode == COUNT_TEXT && c->engine_started && c->hit_tier < 0 && c->usage.completion_tokens <= 0 &&
         n > 0) {
-        struct workpool *pool = c->w->gw->pool;
+        struct workpool *pool = c->svc->pool;
         if (n > OFFLOAD_COUNT_BYTES && pool &&
-            workpool_submit(pool, c->w->base, count_text_work, count_text_done, c) == 0)
+            workpool_submit(pool, c->svc->base, count_text_work, count_text_done, c) == 0)
             return;
         count_text_work(c);
     }
@@ -421,7 +421,7 @@ static void open_stream(struct chat *c)
     httpd_resp_header(c->r, "Cache-Control", "no-cache");
     httpd_stream_begin(c->r, 200, "text/event-stream");
     size_t n;
-    char *ev = openai_chat_chunk_event(c->id, c->created, model_name(c), "assistant", "", 0, NULL, NULL, &n);
+    char *ev = openai_chat_chunk_event(c->id, c->created, model_name(c), "assistant", "", 0, NULL, NULL, NULL, NULL, &n);
     httpd_stream_write(c->r, ev, n);
     free(ev);
 }
@@ -431,7 +431,7 @@ static void stream_piece(struct chat *c, const char *text, size_t len, json_t *e
     open_stream(c);
     json_t *arr = entry ? json_pack("[O]", entry) : NULL;
     size_t n;
-    char *ev = openai_chat_chunk_event(c->id, c->created, model_name(c), NULL, text, len, arr, NULL, &n);
+    char *ev = openai_chat_chunk_event(c->id, c->created, model_name(c), NULL, text, len, arr, NULL, NULL, NULL, &n);
     httpd_stream_write(c->r, ev, n);
     free(ev);
     json_decref(arr);
@@ -463,11 +463,11 @@ static void send_final(struct chat *c, const char *finish_reason)
     if (c->req.stream) {
         open_stream(c);
         size_t n;
-        char *ev = openai_chat_chunk_event(c->id, c->created, model_name(c), NULL, NULL, 0, NULL, finish_reason, &n);
+        char *ev = openai_chat_chunk_event(c->id, c->created, model_name(c), NULL, NULL, 0, NULL, finish_reason, NULL, NULL, &n);
         httpd_stream_write(c->r, ev, n);
         free(ev);
         if (c->req.include_usage) {
-            ev = openai_chat_usage_event(c->id, c->created, model_name(c), &u, &n);
+            ev = openai_chat_usage_event(c->id, c->created, model_name(c), &u, NULL, &n);
             httpd_stream_write(c->r, ev, n);
             free(ev);
         }
@@ -478,7 +478,7 @@ static void send_final(struct chat *c, const char *finish_reason)
         const char *text = (const char *)evbuffer_pullup(c->content, -1);
         json_t *lp = c->req.logprobs ? (c->logprobs ? json_incref(c->logprobs) : json_array()) : NULL;
         char *body = openai_chat_response(c->id, c->created, model_name(c), text ? text : "", len, finish_reason,
-                                          &u, lp);
+                                          &u, lp, NULL, NULL);
         json_decref(lp);
         set_headers(c);
         if (c->tenant->expose_headers) {
@@ -615,7 +615,7 @@ static void backpressure(struct chat *c)
     if (c->paused || !c->r || httpd_stream_backlog(c->r) <= STREAM_BACKLOG_HIGH)
         return;
     if (!c->resume_ev)
-        c->resume_ev = event_new(c->w->base, -1, 0, resume_cb, c);
+        c->resume_ev = event_new(c->svc->base, -1, 0, resume_cb, c);
     if (!c->resume_ev)
         return; /* out of memory: no backpressure, the byte caps still hold */
     c->paused = 1;
@@ -720,7 +720,7 @@ static void on_done(void *ctx, const struct engine_usage *usage, const char *fin
     char *value = c->store && c->usage.completion_tokens > 0 ? cache_value(c, finish_reason, &vlen) : NULL;
     if (value) {
         const struct tenant_config *t = c->tenant;
-        cache_put(c->w->gw->cache, c->w->base, t->id, c->key, value, vlen, t->cache_ttl_s);
+        cache_put(c->svc->cache, c->svc->base, t->id, c->key, value, vlen, t->cache_ttl_s);
         finish_flight(c, value, vlen);
         free(value);
     }
@@ -764,17 +764,17 @@ static void start_engine(struct chat *c)
     if (!c->content)
         c->content = evbuffer_new();
     struct engine_request er = {
-        .base = c->w->base,
+        .base = c->svc->base,
         .chat = &c->req,
         .model = model_name(c),
         .stream = c->req.stream,
         .request_id = c->request_id,
         .max_tokens = output_bound(c, c->tier),
     };
-    c->engine = c->w->gw->engines[c->tier];
+    c->engine = c->svc->engines[c->tier];
     c->engine_t0 = clock_mono_us();
     /* Without usage from the engine, settle counts what it sent (above). */
-    c->count_mode = c->w->gw->tokenizer ? COUNT_TEXT : COUNT_BYTES;
+    c->count_mode = c->svc->tokenizer ? COUNT_TEXT : COUNT_BYTES;
     if (engine_token_pieces(c->engine))
         c->count_mode = COUNT_PIECES;
     c->paused = 0;
@@ -797,7 +797,7 @@ static void start_engine(struct chat *c)
                  "This model's maximum context length is %" PRId64 " tokens. However, your messages resulted in "
                  "%" PRId64 " tokens. Please reduce the length of the messages.",
                  c->counted_context, c->prompt_tokens);
-        struct engine_error err = {400, "invalid_request_error", "context_length_exceeded", msg};
+        struct engine_error err = {.status = 400, .type = "invalid_request_error", .code = "context_length_exceeded", .message = msg};
         c->engine_running = 1; /* on_error ends the call that never started */
         on_error(c, &err);
         return;
@@ -852,7 +852,7 @@ static void on_lookup(void *ctx, enum cache_status st, const char *value, size_t
     }
     c->cache_header = "miss";
     c->store = 1;
-    c->waiter = sf_join(cache_flights(c->w->gw->cache), c->key, c->w->base, on_flight, c);
+    c->waiter = sf_join(cache_flights(c->svc->cache), c->key, c->svc->base, on_flight, c);
     if (c->waiter) {
         c->cache_header = "hit"; /* answered by the leader's engine call, not ours */
         return;
@@ -915,7 +915,7 @@ static void keyed(struct chat *c)
         return;
     }
     c->lookup_pending = 1;
-    cache_get(c->w->gw->cache, c->w->base, c->tenant->id, c->key, on_lookup, c);
+    cache_get(c->svc->cache, c->svc->base, c->tenant->id, c->key, on_lookup, c);
 }
 
 /* ---- admission ---------------------------------------------------------- */
@@ -1002,7 +1002,7 @@ static void route_auto(struct chat *c)
         }
     }
     uint64_t t = clock_mono_us();
-    c->score = classifier_score(c->w->gw->classifier, &in);
+    c->score = classifier_score(c->svc->classifier, &in);
     c->classifier_us = clock_mono_us() - t;
     c->scored = 1;
     const struct tenant_config *tc = c->tenant;
@@ -1020,14 +1020,14 @@ static int64_t count_prompt(struct chat *c)
     c->counted_by = NULL;
     /* An engine that can count (the in-process one) counts with its own
      * tokenizer, as it will bill. */
-    struct engine *e = c->w->gw->engines[c->tier];
+    struct engine *e = c->svc->engines[c->tier];
     struct engine_prompt_count own;
     if (engine_count_prompt(e, &c->req, &own) == 0) {
         c->counted_by = e;
         c->counted_context = own.context;
         return own.tokens;
     }
-    const struct tokenizer *tok = c->w->gw->tokenizer;
+    const struct tokenizer *tok = c->svc->tokenizer;
     if (tok) {
         struct chat_turn *turns = xcalloc(c->req.n_messages, sizeof *turns);
         for (size_t i = 0; i < c->req.n_messages; i++) {
@@ -1098,7 +1098,7 @@ static void on_client_close(struct httpd_req *r, void *arg)
         c->engine_running = 0;
     }
     if (c->waiter) {
-        sf_leave(cache_flights(c->w->gw->cache), c->waiter);
+        sf_leave(cache_flights(c->svc->cache), c->waiter);
         c->waiter = NULL;
     }
     if (c->lookup_pending || c->admit_pending) {
@@ -1126,7 +1126,7 @@ static void prepare_work(void *arg)
     if (c->asked_tier < 0 || !config_tenant_allows(c->tenant, c->asked_tier))
         return;
     c->tier = c->asked_tier;
-    if (c->is_auto && c->w->gw->classifier)
+    if (c->is_auto && c->svc->classifier)
         route_auto(c);
     c->prompt_tokens = count_prompt(c);
 }
@@ -1184,11 +1184,11 @@ static void offload(struct chat *c, workpool_fn work, void (*next)(struct chat *
 {
     size_t len;
     httpd_req_body(c->r, &len);
-    struct workpool *pool = c->w->gw->pool;
+    struct workpool *pool = c->svc->pool;
     if (len > OFFLOAD_BODY_BYTES && pool) {
         httpd_req_on_close(c->r, on_client_close, c);
         c->offload_next = next;
-        if (workpool_submit(pool, c->w->base, work, offload_done, c) == 0) {
+        if (workpool_submit(pool, c->svc->base, work, offload_done, c) == 0) {
             c->offload_pending = 1;
             return;
         }
@@ -1206,11 +1206,11 @@ static int is_json_type(const char *ct)
     return n == 16 && strncasecmp(ct, "application/json", 16) == 0;
 }
 
-void chat_handle(struct worker *w, struct httpd_req *r, struct config_snap *snap, const struct tenant_config *tenant,
+void chat_handle(const struct chat_services *svc, struct httpd_req *r, struct config_snap *snap, const struct tenant_config *tenant,
                  const char *request_id, uint64_t t0)
 {
     struct chat *c = xcalloc(1, sizeof *c);
-    c->w = w;
+    c->svc = svc;
     c->snap = snap;
     c->cfg = &snap->cfg;
     c->r = r;
@@ -1236,7 +1236,7 @@ void chat_handle(struct worker *w, struct httpd_req *r, struct config_snap *snap
 /* Prepared: fix the output bound, estimate the cost, and ask the policy. */
 static void admit_start(struct chat *c)
 {
-    struct worker *w = c->w;
+    const struct chat_services *svc = c->svc;
     const struct tenant_config *tenant = c->tenant;
     bound_max_tokens(c);
     /* A cascade may run both tiers: reserve both, each at its own bound.
@@ -1259,5 +1259,5 @@ static void admit_start(struct chat *c)
     if (tenant->downgrade && (tenant->cheapest_tier != c->tier || c->escalate_to >= 0))
         aq.alt_cost_nano = tier_cost(c, tenant->cheapest_tier, c->prompt_tokens, output_bound(c, tenant->cheapest_tier));
     c->admit_pending = 1;
-    policy_admit(w->gw->policy, w->base, &aq, on_admit, c);
+    policy_admit(svc->policy, svc->base, &aq, on_admit, c);
 }

@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 
+#include "gateway/chat.h"
 #include "gateway/config.h"
 
 struct cache;
@@ -31,6 +32,7 @@ struct event;
 struct httpd;
 struct httpd_req;
 struct workpool;
+struct snapshot_store;
 
 struct worker {
     struct gateway *gw;
@@ -40,24 +42,16 @@ struct worker {
     struct httpd *httpd;
     struct event *drain_ev;     /* made active by the main thread to start draining */
     struct event *drain_poll;   /* checks whether draining is done */
+    struct chat_services svc;   /* what this worker's chat requests use */
     int stats_flushed;          /* draining: the last stats were sent */
     atomic_int done;
-};
-
-/* A config as loaded, shared by the requests that started under it. SIGHUP
- * swaps in a new one; the old one is freed when its last request ends. */
-struct config_snap {
-    struct config cfg;
-    atomic_int refs;
 };
 
 struct gateway {
     struct config cfg;          /* as loaded at start: listen, workers, tiers, engines */
     const char *config_path;    /* reread on SIGHUP */
     const char *listen_override;    /* --listen, applied to every reload */
-    struct config_snap *snap;   /* the current policies; guarded by snap_mu */
-    pthread_mutex_t snap_mu;
-    int snap_mu_ready;
+    struct snapshot_store *snaps;   /* the current policies (gateway/snapshot.h) */
     struct tokenizer *tokenizer;    /* DeepSeek's, for prompt token counts; may be NULL */
     struct classifier *classifier;  /* scores "auto" requests; may be NULL */
     struct policy *policy;
@@ -80,13 +74,6 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen);
 /* Start the workers and serve until a signal asks to stop; then drain. */
 int gateway_run(struct gateway *gw);
 void gateway_free(struct gateway *gw);
-
-/* The current config, held until gateway_snap_release (any thread). */
-struct config_snap *gateway_snap_acquire(struct gateway *gw);
-void gateway_snap_release(struct config_snap *s);
-/* Load the config file again and swap it in if only policies changed;
- * `why` names the trigger in the log. */
-int gateway_reload(struct gateway *gw, const char *why);
 
 /* The request router (server.c): the httpd handler of every worker. */
 void gateway_handle(struct httpd_req *r, void *worker);

@@ -20,6 +20,7 @@
 #include "common/httpd.h"
 #include "common/log.h"
 #include "common/mem.h"
+#include "common/secret.h"
 #include "common/workpool.h"
 #include "engines/engine.h"
 #include "engines/remote/remote.h"
@@ -28,6 +29,7 @@
 #include "gateway/chat.h"
 #include "gateway/dashboard.h"
 #include "gateway/metrics.h"
+#include "gateway/snapshot.h"
 #include "policies/stats.h"
 #include "gateway/engines.h"
 #include "classifier/classifier.h"
@@ -251,7 +253,7 @@ static int admin_stats(struct worker *w, struct httpd_req *r, const struct confi
  * Bearer token, or the admin token. Both compared as SHA-256 in constant time. */
 static int metrics_allowed(struct gateway *gw, struct httpd_req *r)
 {
-    struct config_snap *snap = gateway_snap_acquire(gw);
+    struct config_snap *snap = snapshot_acquire(gw->snaps);
     const struct config *cfg = &snap->cfg;
     int ok = !cfg->has_metrics_token;
     if (!ok) {
@@ -262,7 +264,7 @@ static int metrics_allowed(struct gateway *gw, struct httpd_req *r)
             ok = hash_ct_equal(digest, cfg->metrics_key, SHA256_LEN) | auth_is_admin(cfg, key);
         }
     }
-    gateway_snap_release(snap);
+    snapshot_release(snap);
     return ok;
 }
 
@@ -319,14 +321,14 @@ void gateway_handle(struct httpd_req *r, void *arg)
     snprintf(method_copy, sizeof method_copy, "%s", method);
     snprintf(path_copy, sizeof path_copy, "%s", path);
     struct access_entry e = {.request_id = rid, .method = method_copy, .path = path_copy};
-    struct config_snap *snap = gateway_snap_acquire(gw);
+    struct config_snap *snap = snapshot_acquire(gw->snaps);
     const struct config *cfg = &snap->cfg;
     const char *key = auth_bearer(httpd_req_header(r, "Authorization"));
     int chat = strcmp(path, "/v1/chat/completions") == 0, models = strcmp(path, "/v1/models") == 0;
     int stats = strcmp(path, "/admin/v1/stats") == 0;
     int dash_status = strncmp(path, "/dashboard", 10) == 0 ? dashboard_serve(r, path) : 0;
     if (dash_status) {
-        gateway_snap_release(snap);
+        snapshot_release(snap);
         e.status = dash_status;
         e.latency_us = clock_mono_us() - t0;
         access_log(&e);
@@ -361,7 +363,7 @@ void gateway_handle(struct httpd_req *r, void *arg)
                                 clock_mono_us() - t0, 0, clock_mono_us() - t0, 0);
         } else if (chat) {
             metrics_inflight_add(gw->metrics, 1); /* chat_done takes it back */
-            chat_handle(w, r, snap, t, rid, t0);
+            chat_handle(&w->svc, r, snap, t, rid, t0);
             return; /* the chat state machine logs its own line and releases snap */
         } else {
             e.tenant = t->id;
@@ -369,7 +371,7 @@ void gateway_handle(struct httpd_req *r, void *arg)
             e.status = list_models(cfg, r, t);
         }
     }
-    gateway_snap_release(snap);
+    snapshot_release(snap);
     e.latency_us = clock_mono_us() - t0;
     access_log(&e);
 }
@@ -384,10 +386,10 @@ static int gateway_head(struct httpd_req *r, void *arg)
     struct worker *w = arg;
     if (strncmp(httpd_req_path(r), "/v1/", 4) != 0)
         return 0;
-    struct config_snap *snap = gateway_snap_acquire(w->gw);
+    struct config_snap *snap = snapshot_acquire(w->gw->snaps);
     const char *key = auth_bearer(httpd_req_header(r, "Authorization"));
     int ok = auth_tenant(&snap->cfg, key) != NULL;
-    gateway_snap_release(snap);
+    snapshot_release(snap);
     if (ok)
         return 0;
     gateway_handle(r, arg);
@@ -452,69 +454,6 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-struct config_snap *gateway_snap_acquire(struct gateway *gw)
-{
-    pthread_mutex_lock(&gw->snap_mu);
-    struct config_snap *s = gw->snap;
-    atomic_fetch_add(&s->refs, 1);
-    pthread_mutex_unlock(&gw->snap_mu);
-    return s;
-}
-
-void gateway_snap_release(struct config_snap *s)
-{
-    if (s && atomic_fetch_sub(&s->refs, 1) == 1) {
-        config_free(&s->cfg);
-        free(s);
-    }
-}
-
-static struct config_snap *snap_load(struct gateway *gw, char *err, size_t errlen)
-{
-    struct config_snap *s = xcalloc(1, sizeof *s);
-    if (config_load(gw->config_path, &s->cfg, err, errlen) < 0) {
-        free(s);
-        return NULL;
-    }
-    if (gw->listen_override) {
-        free(s->cfg.listen_host);
-        config_parse_listen(gw->listen_override, &s->cfg.listen_host, &s->cfg.listen_port);
-    }
-    /* Metrics labels were fixed at start-up; find each tenant's slot once
-     * here rather than on every request. */
-    for (size_t i = 0; i < s->cfg.n_tenants; i++) {
-        s->cfg.tenants[i].metrics_index = -1;
-        for (size_t k = 0; k < gw->cfg.n_tenants; k++)
-            if (strcmp(gw->cfg.tenants[k].id, s->cfg.tenants[i].id) == 0)
-                s->cfg.tenants[i].metrics_index = (int)k;
-    }
-    atomic_init(&s->refs, 1);
-    return s;
-}
-
-int gateway_reload(struct gateway *gw, const char *why)
-{
-    char err[512];
-    struct config_snap *next = snap_load(gw, err, sizeof err);
-    if (!next) {
-        log_error("%s: reload failed, keeping the running config: %s", why, err);
-        return -1;
-    }
-    const char *conflict = config_reload_conflict(&gw->cfg, &next->cfg);
-    if (conflict) {
-        log_error("%s: reload refused (%s; those need a restart), keeping the running config", why, conflict);
-        gateway_snap_release(next);
-        return -1;
-    }
-    pthread_mutex_lock(&gw->snap_mu);
-    struct config_snap *old = gw->snap;
-    gw->snap = next;
-    pthread_mutex_unlock(&gw->snap_mu);
-    gateway_snap_release(old); /* freed when its last request ends */
-    log_info("%s: configuration reloaded (%zu tenants)", why, next->cfg.n_tenants);
-    return 0;
-}
-
 void gateway_block_signals(sigset_t *set)
 {
     sigemptyset(set);
@@ -555,10 +494,8 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
         *slash = '\0';
     else
         snprintf(base_dir, sizeof base_dir, ".");
-    pthread_mutex_init(&gw->snap_mu, NULL);
-    gw->snap_mu_ready = 1;
-    gw->snap = snap_load(gw, err, errlen);
-    if (!gw->snap)
+    gw->snaps = snapshot_store_new(gw->config_path, gw->listen_override, cfg, err, errlen);
+    if (!gw->snaps)
         return -1;
     if (cfg->tokenizer) {
         if (tok_bpe_load(from_config(base_dir, cfg->tokenizer, path, sizeof path), &gw->tokenizer, err, errlen) !=
@@ -578,8 +515,14 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
         log_warn("no \"classifier\" in the config: model \"auto\" goes to each tenant's default tier");
     }
     if (cfg->redis.url) {
-        struct redis_settings rs = {cfg->redis.url, cfg->redis.timeout_ms};
+        /* The password, when the config names where it lives (secret.h). */
+        char *password = NULL;
+        if ((cfg->redis.password_env || cfg->redis.password_file) &&
+            secret_read(cfg->redis.password_env, cfg->redis.password_file, &password, err, errlen) < 0)
+            return -1;
+        struct redis_settings rs = {cfg->redis.url, cfg->redis.timeout_ms, password};
         gw->redis = redis_shared_new(&rs, err, errlen);
+        free(password);
         if (!gw->redis)
             return -1;
     }
@@ -669,6 +612,17 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
         httpd_set_head_hook(w->httpd, gateway_head);
         w->drain_ev = event_new(w->base, -1, 0, drain_cb, w);
         w->drain_poll = event_new(w->base, -1, EV_PERSIST, drain_poll_cb, w);
+        w->svc = (struct chat_services){
+            .base = w->base,
+            .cache = gw->cache,
+            .policy = gw->policy,
+            .stats = gw->stats,
+            .metrics = gw->metrics,
+            .pool = gw->pool,
+            .tokenizer = gw->tokenizer,
+            .classifier = gw->classifier,
+            .engines = gw->engines,
+        };
     }
     gw->port = port;
     return 0;
@@ -691,7 +645,7 @@ int gateway_run(struct gateway *gw)
         if (sigwait(&set, &sig) != 0)
             continue;
         if (sig == SIGHUP) {
-            gateway_reload(gw, "SIGHUP");
+            snapshot_reload(gw->snaps, "SIGHUP");
             continue;
         }
         log_info("signal %d: draining (up to %u ms)", sig, gw->cfg.limits.drain_timeout_ms);
@@ -743,9 +697,7 @@ void gateway_free(struct gateway *gw)
     cache_free(gw->cache);
     tokenizer_free(gw->tokenizer);
     classifier_free(gw->classifier);
-    gateway_snap_release(gw->snap);
-    if (gw->snap_mu_ready)
-        pthread_mutex_destroy(&gw->snap_mu);
+    snapshot_store_free(gw->snaps);
     for (int i = 0; gw->workers && i < gw->n_workers; i++)
         if (gw->workers[i].base)
             event_base_free(gw->workers[i].base);
