@@ -59,6 +59,30 @@ static int logprobs_ok(json_t *lp)
     return 1;
 }
 
+/* message: the assistant message's fields beside content (tool_calls,
+ * reasoning_content, refusal, ...), replayed to the client as they are, so
+ * the parts a client acts on are checked: each tool call is an object whose
+ * function, when present, has a string name and string arguments. */
+static int message_ok(json_t *m)
+{
+    if (!json_is_object(m))
+        return 0;
+    json_t *calls = json_object_get(m, "tool_calls");
+    if (!calls)
+        return 1;
+    if (!json_is_array(calls))
+        return 0;
+    size_t i;
+    json_t *c;
+    json_array_foreach(calls, i, c) {
+        json_t *fn = json_object_get(c, "function");
+        if (!json_is_object(c) || (fn && (!json_is_object(fn) || !json_is_string(json_object_get(fn, "name")) ||
+                                          !json_is_string(json_object_get(fn, "arguments")))))
+            return 0;
+    }
+    return 1;
+}
+
 int cache_entry_decode(const char *buf, size_t len, struct cache_entry *e)
 {
     memset(e, 0, sizeof(*e));
@@ -72,6 +96,18 @@ int cache_entry_decode(const char *buf, size_t len, struct cache_entry *e)
     json_t *usage = json_object_get(root, "usage");
     json_t *created = json_object_get(root, "created");
     json_t *lp = json_object_get(root, "logprobs");
+    json_t *version = json_object_get(root, "v");
+    json_t *message = json_object_get(root, "message");
+    json_t *meta = json_object_get(root, "meta");
+    /* Another version's entry is a miss: its shape may differ from what
+     * this version replays (a rolling upgrade runs both at once). */
+    if (!json_is_integer(version) || json_integer_value(version) != CACHE_ENTRY_VERSION)
+        goto fail;
+    if ((message && !json_is_null(message) && !message_ok(message)) ||
+        (meta && !json_is_null(meta) && !json_is_object(meta)))
+        goto fail;
+    e->message = json_is_object(message) ? message : NULL;
+    e->meta = json_is_object(meta) ? meta : NULL;
     if (!json_is_string(content) || !json_is_string(fr) || !finish_reason_ok(json_string_value(fr)) ||
         !json_is_object(usage) ||
         !count_ok(json_object_get(usage, "prompt_tokens"), &e->prompt_tokens) ||
@@ -108,7 +144,7 @@ void cache_entry_free(struct cache_entry *e)
 
 char *cache_entry_encode(const struct cache_entry *e, size_t *len)
 {
-    json_t *o = json_pack("{s:s%, s:s, s:{s:I, s:I}}", "content", e->content ? e->content : "",
+    json_t *o = json_pack("{s:i, s:s%, s:s, s:{s:I, s:I}}", "v", CACHE_ENTRY_VERSION, "content", e->content ? e->content : "",
                           e->content ? e->content_len : 0, "finish_reason", e->finish_reason,
                           "usage", "prompt_tokens", (json_int_t)e->prompt_tokens,
                           "completion_tokens", (json_int_t)e->completion_tokens);
@@ -117,7 +153,9 @@ char *cache_entry_encode(const struct cache_entry *e, size_t *len)
     if ((e->tier && json_object_set_new(o, "tier", json_string(e->tier)) != 0) ||
         (e->model && json_object_set_new(o, "model", json_string(e->model)) != 0) ||
         json_object_set_new(o, "created", json_integer(e->created)) != 0 ||
-        (e->logprobs && json_object_set(o, "logprobs", e->logprobs) != 0)) {
+        (e->logprobs && json_object_set(o, "logprobs", e->logprobs) != 0) ||
+        (json_object_size(e->message) && json_object_set(o, "message", e->message) != 0) ||
+        (json_object_size(e->meta) && json_object_set(o, "meta", e->meta) != 0)) {
         json_decref(o);
         return NULL;
     }

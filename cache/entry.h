@@ -1,11 +1,21 @@
 /* entry.h: the response cache's entry format, what a cache hit replays.
  *
  * An entry is compact JSON (so an operator can read it with redis-cli):
- *   {"content": "...", "finish_reason": "stop",
+ *   {"v": 2, "content": "...", "finish_reason": "stop",
  *    "usage": {"prompt_tokens": 12, "completion_tokens": 34},
  *    "tier": "small", "model": "deepseek-coder-1.3b", "created": 1733000000,
- *    "logprobs": [{"token": "...", "logprob": -0.1, ...}, ...]}
- * tier, model, created and logprobs are optional.
+ *    "logprobs": [{"token": "...", "logprob": -0.1, ...}, ...],
+ *    "message": {"tool_calls": [...], "reasoning_content": "...", ...},
+ *    "meta": {"system_fingerprint": "..."}}
+ * tier, model, created, logprobs, message and meta are optional. "message"
+ * is the whole assistant message beside its content, as openai_delta_merge
+ * (common/openai.h) builds it, so a hit replays tool calls too; "meta" the
+ * response's own fields we pass through.
+ *
+ * "v" is the format's version. An entry of any other version (or none: the
+ * entries of gateways before it) decodes as unusable, which the caller
+ * treats as a miss and overwrites, so a rolling upgrade never replays an
+ * old shape to a new client, nor a new one to an old gateway.
  *
  * The bytes come back from Redis, which other processes (other gateway
  * versions, an operator, anything that can reach it) may have written, so
@@ -26,6 +36,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define CACHE_ENTRY_VERSION 2
+
 /* No real answer comes near this; a larger count is a corrupt entry. */
 #define CACHE_ENTRY_MAX_TOKENS ((int64_t)INT32_MAX)
 
@@ -39,6 +51,8 @@ struct cache_entry {
     const char *model;          /* NULL when absent */
     int64_t created;            /* 0 when absent */
     json_t *logprobs;           /* borrowed array of entries, or NULL */
+    json_t *message;            /* borrowed: the message's other fields, or NULL */
+    json_t *meta;               /* borrowed: system_fingerprint and such, or NULL */
     json_t *root_;              /* private: owns everything above after decode */
 };
 

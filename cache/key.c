@@ -16,14 +16,26 @@ static void put_real(json_t *o, const char *k, int has, double v)
 void cache_key(const char *tenant, const char *route, const struct chat_request *req, uint8_t out[SHA256_LEN])
 {
     json_t *o = json_object();
-    json_object_set_new(o, "v", json_integer(1)); /* bump when this encoding changes */
+    json_object_set_new(o, "v", json_integer(2)); /* bump when this encoding changes */
     json_object_set_new(o, "tenant", json_string(tenant));
     json_object_set_new(o, "route", json_string(route));
-    static const char *const verbatim[] = {"messages", "tools", "tool_choice", "response_format"};
-    for (size_t i = 0; i < sizeof verbatim / sizeof verbatim[0]; i++) {
-        json_t *v = json_object_get(req->root, verbatim[i]);
-        if (v && !json_is_null(v))
-            json_object_set(o, verbatim[i], v);
+    /* Every field the client sent may change the answer (tools,
+     * response_format, penalties, logit_bias, reasoning_effort, fields we
+     * have never heard of), so each goes in verbatim, except those that
+     * cannot change it (how it is delivered, who asked) and those given
+     * in canonical form below. Leaving one out would let two different
+     * requests share an answer. */
+    static const char *const skip[] = {"model", "stream", "stream_options", "user", "metadata", "store",
+                                       "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop",
+                                       "seed", "logprobs", "top_logprobs", NULL};
+    const char *k;
+    json_t *v;
+    json_object_foreach(req->root, k, v) {
+        int skipped = json_is_null(v);
+        for (size_t i = 0; skip[i] && !skipped; i++)
+            skipped = strcmp(k, skip[i]) == 0;
+        if (!skipped)
+            json_object_set(o, k, v);
     }
     put_real(o, "temperature", req->has_temperature, req->temperature);
     put_real(o, "top_p", req->has_top_p, req->top_p);

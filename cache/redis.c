@@ -158,6 +158,10 @@ struct redis_shared *redis_shared_new(const struct redis_settings *s, char *err,
         free(rs);
         return NULL;
     }
+    if (s->password) {
+        free(rs->password);
+        rs->password = xstrdup(s->password);
+    }
     rs->timeout_ms = s->timeout_ms ? s->timeout_ms : 100;
     char d[300];
     if (rs->unix_path)

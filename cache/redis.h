@@ -39,6 +39,7 @@ typedef void (*redis_reply_cb)(void *ctx, enum redis_call_status status, redisRe
 struct redis_settings {
     const char *url;            /* redis://[:password@]host[:port][/db] or unix:///path[?db=N] */
     unsigned timeout_ms;        /* per command, and for connecting */
+    const char *password;       /* when set, used instead of the URL's (a secret kept out of the config) */
 };
 
 /* Parse the URL and keep the settings. NULL with err set when the URL is bad. */

@@ -1,5 +1,6 @@
 #include "common/openai.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -67,8 +68,38 @@ static json_t *opt(json_t *root, const char *key)
     return json_is_null(v) ? NULL : v;
 }
 
+static const char *const part_names[] = {"text", "image_url", "input_audio", "file"};
+
+unsigned openai_part_bit(const char *type)
+{
+    for (unsigned i = 0; i < sizeof part_names / sizeof part_names[0]; i++)
+        if (strcmp(type, part_names[i]) == 0)
+            return 1u << i;
+    return 0;
+}
+
+const char *openai_part_name(unsigned bit)
+{
+    for (unsigned i = 0; i < sizeof part_names / sizeof part_names[0]; i++)
+        if (bit == 1u << i)
+            return part_names[i];
+    return "unknown";
+}
+
+/* A non-text part carries an object named as its type (image_url holds a
+ * string url); what is inside is the upstream's to judge. */
+static int check_media_part(json_t *part, unsigned bit)
+{
+    json_t *o = json_object_get(part, openai_part_name(bit));
+    if (!json_is_object(o))
+        return -1;
+    if (bit == OPENAI_PART_IMAGE && !json_is_string(json_object_get(o, "url")))
+        return -1;
+    return 0;
+}
+
 static int parse_content(json_t *msg, size_t i, struct chat_message *m, struct chat_owned *own,
-                         struct openai_error *err)
+                         struct chat_request *req, struct openai_error *err)
 {
     json_t *c = json_object_get(msg, "content");
     if (!c || json_is_null(c)) {
@@ -86,27 +117,46 @@ static int parse_content(json_t *msg, size_t i, struct chat_message *m, struct c
         return 0;
     }
     if (!json_is_array(c))
-        return BAD(err, "messages", "messages[%zu].content must be a string or an array of text parts", i);
-    /* Text parts are joined with a newline, as vLLM does for the same input. */
+        return BAD(err, "messages", "messages[%zu].content must be a string or an array of content parts", i);
+    /* Text parts are joined with a newline, as vLLM does for the same
+     * input. Other parts (images, audio, files) are checked for shape only
+     * and counted: the gateway cannot read them, an upstream that accepts
+     * them gets them as sent (in root), and the caller decides whether the
+     * tier takes them (req->parts). */
     size_t total = 0, idx;
     json_t *part;
     json_array_foreach(c, idx, part) {
         json_t *type = json_object_get(part, "type");
-        json_t *text = json_object_get(part, "text");
         if (!json_is_object(part) || !json_is_string(type))
             return BAD(err, "messages", "messages[%zu].content[%zu] must be an object with a type", i, idx);
-        if (strcmp(json_string_value(type), "text") != 0)
-            return BAD(err, "messages", "messages[%zu].content[%zu]: unsupported content part type '%s'",
+        unsigned bit = openai_part_bit(json_string_value(type));
+        if (!bit)
+            return BAD(err, "messages", "messages[%zu].content[%zu]: unsupported content part type '%.40s'",
                        i, idx, json_string_value(type));
-        if (!json_is_string(text))
-            return BAD(err, "messages", "messages[%zu].content[%zu].text must be a string", i, idx);
-        total += json_string_length(text) + 1;
+        if (bit == OPENAI_PART_TEXT) {
+            json_t *text = json_object_get(part, "text");
+            if (!json_is_string(text))
+                return BAD(err, "messages", "messages[%zu].content[%zu].text must be a string", i, idx);
+            total += json_string_length(text) + 1;
+        } else if (check_media_part(part, bit) < 0) {
+            return BAD(err, "messages", "messages[%zu].content[%zu]: a '%s' part needs a '%s' object%s", i, idx,
+                       openai_part_name(bit), openai_part_name(bit),
+                       bit == OPENAI_PART_IMAGE ? " with a string url" : "");
+        } else {
+            req->n_media_parts++;
+        }
+        req->parts |= bit;
     }
     char *buf = xmalloc(total + 1), *p = buf;
+    int first = 1;
     json_array_foreach(c, idx, part) {
         json_t *text = json_object_get(part, "text");
-        if (idx)
+        if (!json_is_string(text) || openai_part_bit(json_string_value(json_object_get(part, "type"))) !=
+                                         OPENAI_PART_TEXT)
+            continue;
+        if (!first)
             *p++ = '\n';
+        first = 0;
         memcpy(p, json_string_value(text), json_string_length(text));
         p += json_string_length(text);
     }
@@ -143,7 +193,7 @@ static int parse_messages(json_t *root, struct chat_request *req, struct chat_ow
             return BAD(err, "messages",
                        "messages[%zu].role '%.40s' is not one of system, developer, user, assistant, tool",
                        i, json_string_value(role));
-        if (parse_content(msg, i, m, own, err) < 0)
+        if (parse_content(msg, i, m, own, req, err) < 0)
             return -1;
     }
     return 0;
@@ -202,6 +252,89 @@ static int parse_stop(json_t *root, struct chat_request *req, struct openai_erro
             return BAD(err, "stop", "stop[%zu] must be a non-empty string", i);
         req->stop[req->n_stop++] = json_string_value(s);
     }
+    return 0;
+}
+
+/* {"<token id>": bias, ...}: the ids are decimal strings, as OpenAI takes
+ * them; whether an id exists is the engine's to check (it knows its
+ * vocabulary). */
+static int parse_logit_bias(json_t *root, struct chat_request *req, struct openai_error *err)
+{
+    json_t *lb = opt(root, "logit_bias");
+    if (!lb)
+        return 0;
+    if (!json_is_object(lb))
+        return BAD(err, "logit_bias", "'logit_bias' must be an object mapping token ids to numbers");
+    if (json_object_size(lb) > OPENAI_MAX_LOGIT_BIAS)
+        return BAD(err, "logit_bias", "'logit_bias' may hold at most %d tokens", OPENAI_MAX_LOGIT_BIAS);
+    req->logit_bias = xcalloc(json_object_size(lb) + 1, sizeof *req->logit_bias);
+    const char *key;
+    json_t *v;
+    json_object_foreach(lb, key, v) {
+        char *end;
+        errno = 0;
+        long long id = strtoll(key, &end, 10);
+        if (!*key || *end || errno || id < 0 || key[0] == '+' || key[0] == '-' || key[0] == ' ')
+            return BAD(err, "logit_bias", "logit_bias key '%.40s' is not a token id", key);
+        if (!json_is_number(v) || !(json_number_value(v) >= -100 && json_number_value(v) <= 100))
+            return BAD(err, "logit_bias", "logit_bias['%.40s'] must be a number between -100 and 100", key);
+        req->logit_bias[req->n_logit_bias].token = id;
+        req->logit_bias[req->n_logit_bias].bias = json_number_value(v);
+        req->n_logit_bias++;
+    }
+    return 0;
+}
+
+static int parse_response_format(json_t *root, struct chat_request *req, struct openai_error *err)
+{
+    json_t *rf = opt(root, "response_format");
+    if (!rf)
+        return 0;
+    json_t *type = json_object_get(rf, "type");
+    if (!json_is_object(rf) || !json_is_string(type))
+        return BAD(err, "response_format", "'response_format' must be an object with a type");
+    const char *t = json_string_value(type);
+    if (strcmp(t, "text") == 0)
+        req->response_format = OPENAI_RF_TEXT;
+    else if (strcmp(t, "json_object") == 0)
+        req->response_format = OPENAI_RF_JSON_OBJECT;
+    else if (strcmp(t, "json_schema") == 0 && json_is_object(json_object_get(rf, "json_schema")))
+        req->response_format = OPENAI_RF_JSON_SCHEMA;
+    else
+        return BAD(err, "response_format",
+                   "'response_format.type' must be text, json_object, or json_schema with a json_schema object");
+    return 0;
+}
+
+/* tools (and the legacy functions): checked for shape, since a remote tier
+ * passes them on as sent and a bad one should fail here, not upstream. */
+static int parse_tools(json_t *root, struct chat_request *req, struct openai_error *err)
+{
+    json_t *tools = opt(root, "tools");
+    if (tools) {
+        if (!json_is_array(tools))
+            return BAD(err, "tools", "'tools' must be an array");
+        size_t i;
+        json_t *t;
+        json_array_foreach(tools, i, t) {
+            json_t *fn = json_object_get(t, "function");
+            if (!json_is_object(t) || !json_is_string(json_object_get(t, "type")))
+                return BAD(err, "tools", "tools[%zu] must be an object with a type", i);
+            if (strcmp(json_string_value(json_object_get(t, "type")), "function") == 0 &&
+                (!json_is_object(fn) || !json_is_string(json_object_get(fn, "name"))))
+                return BAD(err, "tools", "tools[%zu].function must be an object with a string name", i);
+        }
+        req->has_tools = json_array_size(tools) > 0;
+    }
+    json_t *fns = opt(root, "functions");
+    if (fns) {
+        if (!json_is_array(fns))
+            return BAD(err, "functions", "'functions' must be an array");
+        req->has_tools |= json_array_size(fns) > 0;
+    }
+    json_t *tc = opt(root, "tool_choice");
+    if (tc && !json_is_string(tc) && !json_is_object(tc))
+        return BAD(err, "tool_choice", "'tool_choice' must be a string or an object");
     return 0;
 }
 
@@ -272,6 +405,13 @@ static int parse_fields(json_t *root, struct chat_request *req, struct openai_er
             return BAD(err, "top_logprobs", "'top_logprobs' requires 'logprobs' to be true");
         req->top_logprobs = (int)json_integer_value(tl);
     }
+    if (parse_number(root, "presence_penalty", -2, 2, &req->has_presence_penalty, &req->presence_penalty, err) < 0 ||
+        parse_number(root, "frequency_penalty", -2, 2, &req->has_frequency_penalty, &req->frequency_penalty,
+                     err) < 0)
+        return -1;
+    if (parse_logit_bias(root, req, err) < 0 || parse_response_format(root, req, err) < 0 ||
+        parse_tools(root, req, err) < 0)
+        return -1;
     return 0;
 }
 
@@ -313,6 +453,7 @@ void chat_request_free(struct chat_request *req)
     }
     free(req->messages);
     free(req->stop);
+    free(req->logit_bias);
     json_decref(req->root);
     memset(req, 0, sizeof *req);
     req->max_tokens = -1;
@@ -407,43 +548,97 @@ static void jw_head(struct jsonw *w, const char *id, const char *object, int64_t
     jw_cstr(w, model);
 }
 
+/* ,"key":value for each field of o whose key is not in skip (NULL-ended);
+ * *first says whether a comma is due. Values are written as jansson
+ * serializes them: they came from JSON and go back as JSON. */
+static void jw_fields(struct jsonw *w, json_t *o, const char *const *skip, int *first)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(o, key, v) {
+        int skipped = 0;
+        for (size_t i = 0; skip[i] && !skipped; i++)
+            skipped = strcmp(key, skip[i]) == 0;
+        if (skipped)
+            continue;
+        char *js = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (!js)
+            continue;
+        if (!*first)
+            jw_lit(w, ",");
+        *first = 0;
+        jw_cstr(w, key);
+        jw_lit(w, ":");
+        jw_lit(w, js);
+        free(js);
+    }
+}
+
+static const char *const message_own[] = {"role", "content", NULL};
+static const char *const object_own[] = {"id", "object", "created", "model", "choices", "usage", NULL};
+
+static int has_tool_calls(json_t *extra)
+{
+    json_t *tc = json_object_get(extra, "tool_calls");
+    return json_is_array(tc) && json_array_size(tc) > 0;
+}
+
 /* These writers run for every response and every stream chunk, so they write
  * the text directly (jsonw.h) instead of building a jansson tree. */
 char *openai_chat_response(const char *id, int64_t created, const char *model, const char *content, size_t len,
-                           const char *finish_reason, const struct openai_usage *usage, json_t *logprobs_content)
+                           const char *finish_reason, const struct openai_usage *usage, json_t *logprobs_content,
+                           json_t *extra, json_t *meta)
 {
     struct jsonw w;
     jw_init(&w, 256 + len + len / 8);
     jw_head(&w, id, "chat.completion", created, model);
     jw_lit(&w, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
-    jw_str(&w, content, len);
-    jw_lit(&w, ",\"refusal\":null},");
+    if (len == 0 && has_tool_calls(extra))
+        jw_lit(&w, "null");
+    else
+        jw_str(&w, content, len);
+    if (!json_object_get(extra, "refusal"))
+        jw_lit(&w, ",\"refusal\":null");
+    int first = 0;
+    if (json_is_object(extra))
+        jw_fields(&w, extra, message_own, &first);
+    jw_lit(&w, "},");
     jw_logprobs(&w, logprobs_content);
     jw_lit(&w, ",\"finish_reason\":");
     jw_cstr(&w, finish_reason);
     jw_lit(&w, "}],\"usage\":");
     jw_usage(&w, usage);
+    if (json_is_object(meta))
+        jw_fields(&w, meta, object_own, &first);
     jw_lit(&w, "}");
     return jw_take(&w, NULL);
 }
 
 char *openai_chat_chunk_event(const char *id, int64_t created, const char *model, const char *role,
                               const char *content, size_t len, json_t *logprobs_content,
-                              const char *finish_reason, size_t *out_len)
+                              const char *finish_reason, json_t *extra, json_t *meta, size_t *out_len)
 {
     struct jsonw w;
     jw_init(&w, 224 + len + len / 8);
     jw_lit(&w, "data: ");
     jw_head(&w, id, "chat.completion.chunk", created, model);
+    int first = 0;
+    if (json_is_object(meta))
+        jw_fields(&w, meta, object_own, &first);
     jw_lit(&w, ",\"choices\":[{\"index\":0,\"delta\":{");
+    first = 1;
     if (role) {
         jw_lit(&w, "\"role\":");
         jw_cstr(&w, role);
+        first = 0;
     }
     if (content) {
-        jw_lit(&w, role ? ",\"content\":" : "\"content\":");
+        jw_lit(&w, first ? "\"content\":" : ",\"content\":");
         jw_str(&w, content, len);
+        first = 0;
     }
+    if (json_is_object(extra))
+        jw_fields(&w, extra, message_own, &first);
     jw_lit(&w, "},");
     jw_logprobs(&w, logprobs_content);
     jw_lit(&w, ",\"finish_reason\":");
@@ -453,12 +648,15 @@ char *openai_chat_chunk_event(const char *id, int64_t created, const char *model
 }
 
 char *openai_chat_usage_event(const char *id, int64_t created, const char *model,
-                              const struct openai_usage *usage, size_t *out_len)
+                              const struct openai_usage *usage, json_t *meta, size_t *out_len)
 {
     struct jsonw w;
     jw_init(&w, 256);
     jw_lit(&w, "data: ");
     jw_head(&w, id, "chat.completion.chunk", created, model);
+    int first = 0;
+    if (json_is_object(meta))
+        jw_fields(&w, meta, object_own, &first);
     jw_lit(&w, ",\"choices\":[],\"usage\":");
     jw_usage(&w, usage);
     jw_lit(&w, "}\n\n");
@@ -486,4 +684,144 @@ json_t *openai_logprob_entry(const char *token, size_t len, double logprob, cons
     return json_pack("{s:o, s:f, s:o, s:o}", "token", openai_text_json(token, len), "logprob",
                      isfinite(logprob) ? logprob : -9999.0, "bytes", bytes_json(token, len),
                      "top_logprobs", top);
+}
+
+/* ---- accumulating a streamed message ------------------------------------ */
+
+/* Append s to the string at o[key] (or set it). */
+static void append_string(json_t *o, const char *key, json_t *s)
+{
+    json_t *cur = json_object_get(o, key);
+    if (!json_is_string(cur)) {
+        json_object_set(o, key, s);
+        return;
+    }
+    size_t a = json_string_length(cur), b = json_string_length(s);
+    char *buf = xmalloc(a + b + 1);
+    memcpy(buf, json_string_value(cur), a);
+    memcpy(buf + a, json_string_value(s), b);
+    json_object_set_new(o, key, json_stringn(buf, a + b));
+    free(buf);
+}
+
+/* One tool_calls entry of a delta into its accumulated call. */
+static int merge_tool_call(json_t *call, json_t *frag)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(frag, key, v) {
+        if (strcmp(key, "index") == 0)
+            continue;
+        if (strcmp(key, "function") != 0) {
+            json_object_set(call, key, v);
+            continue;
+        }
+        if (!json_is_object(v))
+            return -1;
+        json_t *fn = json_object_get(call, "function");
+        if (!fn) {
+            fn = json_object();
+            json_object_set_new(call, "function", fn);
+        }
+        const char *fk;
+        json_t *fv;
+        json_object_foreach(v, fk, fv) {
+            if (strcmp(fk, "arguments") == 0 && json_is_string(fv))
+                append_string(fn, fk, fv);
+            else if (strcmp(fk, "name") == 0 && json_is_string(fv) && json_object_get(fn, "name"))
+                continue; /* given once; a repeat is not a continuation */
+            else
+                json_object_set(fn, fk, fv);
+        }
+    }
+    return 0;
+}
+
+static int merge_tool_calls(json_t *acc, json_t *frags)
+{
+    if (!json_is_array(frags))
+        return -1;
+    json_t *calls = json_object_get(acc, "tool_calls");
+    if (!json_is_array(calls)) {
+        calls = json_array();
+        json_object_set_new(acc, "tool_calls", calls);
+    }
+    size_t i;
+    json_t *f;
+    json_array_foreach(frags, i, f) {
+        if (!json_is_object(f))
+            return -1;
+        json_t *idx = json_object_get(f, "index");
+        size_t at;
+        if (!idx) {
+            at = json_array_size(calls);
+        } else if (json_is_integer(idx) && json_integer_value(idx) >= 0 &&
+                   json_integer_value(idx) < OPENAI_MAX_TOOL_CALLS) {
+            at = (size_t)json_integer_value(idx);
+        } else {
+            return -1;
+        }
+        if (at >= OPENAI_MAX_TOOL_CALLS)
+            return -1;
+        while (json_array_size(calls) <= at)
+            json_array_append_new(calls, json_object());
+        if (merge_tool_call(json_array_get(calls, at), f) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+int openai_delta_merge(json_t *acc, json_t *delta)
+{
+    if (!json_is_object(acc) || !json_is_object(delta))
+        return -1;
+    const char *key;
+    json_t *v;
+    json_object_foreach(delta, key, v) {
+        if (strcmp(key, "role") == 0 || strcmp(key, "content") == 0)
+            continue;
+        if (strcmp(key, "tool_calls") == 0) {
+            if (json_is_null(v))
+                continue;
+            if (merge_tool_calls(acc, v) < 0)
+                return -1;
+        } else if (json_is_string(v)) {
+            append_string(acc, key, v);
+        } else if (!json_is_null(v) || !json_object_get(acc, key)) {
+            /* A later null (reasoning_content: null beside content) does
+             * not erase what came before. */
+            json_object_set(acc, key, v);
+        }
+    }
+    return 0;
+}
+
+json_t *openai_message_deltas(json_t *extra)
+{
+    json_t *out = json_array();
+    if (!json_is_object(extra))
+        return out;
+    json_t *rest = json_object();
+    const char *key;
+    json_t *v;
+    json_object_foreach(extra, key, v) {
+        if (strcmp(key, "tool_calls") != 0)
+            json_object_set(rest, key, v);
+    }
+    if (json_object_size(rest))
+        json_array_append(out, rest);
+    json_decref(rest);
+    json_t *calls = json_object_get(extra, "tool_calls");
+    size_t i;
+    json_t *call;
+    json_array_foreach(calls, i, call) {
+        json_t *c = json_copy(call);
+        if (!json_is_object(c)) {
+            json_decref(c);
+            continue;
+        }
+        json_object_set_new(c, "index", json_integer((json_int_t)i));
+        json_array_append_new(out, json_pack("{s:[o]}", "tool_calls", c));
+    }
+    return out;
 }

@@ -27,6 +27,7 @@
 
 struct event_base;
 struct chat_request;
+struct json_t;              /* jansson's json_t */
 
 /* One alternative at a position, for OpenAI's top_logprobs. */
 struct engine_top_logprob {
@@ -34,7 +35,22 @@ struct engine_top_logprob {
     double logprob;
 };
 
-/* One generated piece. text may be empty (a partial UTF-8 sequence held back). */
+/* One generated piece. text may be empty: a partial UTF-8 sequence held
+ * back, or a piece that carries only `extra` (a tool call's fragment).
+ *
+ * extra and meta are how a remote tier's answer reaches the client whole,
+ * without the gateway knowing every field OpenAI or an upstream may add:
+ *   extra: the fields of the upstream's choice delta (stream) or message
+ *          (non-stream) other than role and content, as one JSON object:
+ *          tool_calls (in a stream, fragments whose arguments arrive in
+ *          pieces, keyed by index), reasoning_content, refusal, audio, ...
+ *          A stream's extras are merged in order (openai_delta_merge) to
+ *          make the whole message's.
+ *   meta:  the fields of the upstream's chunk or response object other than
+ *          id, object, created, model, choices and usage: system_fingerprint,
+ *          service_tier, ...
+ * Both are borrowed for the call and NULL when there is nothing. The native
+ * engine sends neither. */
 struct engine_token {
     const char *text;
     size_t len;
@@ -42,6 +58,8 @@ struct engine_token {
     double logprob;
     const struct engine_top_logprob *top;
     size_t n_top;
+    struct json_t *extra;
+    struct json_t *meta;
 };
 
 /* Token counts as the model's own tokenizer counts them. */
@@ -57,6 +75,15 @@ struct engine_error {
     const char *type;
     const char *code;
     const char *message;
+    /* Set when the request failed before the engine produced any output,
+     * for a reason another tier need not share: no replica reachable, every
+     * replica answered 5xx or 429, or timed out (after the engine's own
+     * retries). The caller may then try the tier's fallback. Never set for
+     * a refusal of the request itself (4xx other than 429). */
+    int retryable;
+    /* A replica's Retry-After, in seconds, when its last answer was 429 or
+     * 503 and gave one; 0 otherwise. */
+    int64_t retry_after_s;
 };
 
 struct engine_callbacks {
@@ -65,9 +92,25 @@ struct engine_callbacks {
     void (*on_error)(void *ctx, const struct engine_error *err);
 };
 
+/* What a request asks for: OpenAI's three generation endpoints. */
+enum engine_endpoint {
+    ENGINE_EP_CHAT,         /* /v1/chat/completions */
+    ENGINE_EP_COMPLETIONS,  /* /v1/completions: the prompt is the one user message, no chat template */
+    ENGINE_EP_EMBEDDINGS,   /* /v1/embeddings: remote only; see on_token below */
+};
+
 struct engine_request {
     struct event_base *base;            /* callbacks run on this base's thread */
-    const struct chat_request *chat;    /* messages and sampling parameters */
+    /* The request's parsed body: messages and sampling parameters, and in
+     * chat->root every field the client sent, which a remote tier passes
+     * upstream as sent (tools, response_format, fields we do not know),
+     * except where a typed field below overrides it. No engine edits it. */
+    const struct chat_request *chat;
+    /* ENGINE_EP_CHAT unless set. For ENGINE_EP_EMBEDDINGS the remote engine
+     * posts chat->root (model replaced) to the replica's /embeddings and
+     * delivers the upstream's whole JSON response as one on_token piece,
+     * then on_done with usage.prompt_tokens from it. */
+    enum engine_endpoint endpoint;
     const char *model;                  /* the model id this engine should run */
     int stream;                         /* deliver tokens as they are generated */
     const char *request_id;             /* for logs and the upstream's x-request-id */
@@ -79,6 +122,16 @@ struct engine_request {
      * client's request is never rewritten; remote writes it into the body it
      * builds for the upstream, and chat->max_tokens is NOT read. */
     int64_t max_tokens;
+    /* Token logprobs, as the caller wants them now: the client's own
+     * logprobs/top_logprobs, or forced on by the gateway's cascade, which
+     * judges the cheap answer by them. Engines read these, not
+     * chat->logprobs; remote writes them into the upstream body. */
+    int logprobs;
+    int top_logprobs;
+    /* W3C trace context to forward upstream (traceparent, tracestate); NULL
+     * when none. */
+    const char *traceparent;
+    const char *tracestate;
 };
 
 /* A prompt as an engine counts it (engine_count_prompt). */

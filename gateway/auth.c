@@ -13,7 +13,7 @@ const char *auth_bearer(const char *h)
     return *h ? h : NULL;
 }
 
-const struct tenant_config *auth_tenant(const struct config *cfg, const char *key)
+const struct tenant_config *auth_tenant_key(const struct config *cfg, const char *key, const char **key_id)
 {
     if (!key)
         return NULL;
@@ -21,11 +21,21 @@ const struct tenant_config *auth_tenant(const struct config *cfg, const char *ke
     hash_sha256(key, strlen(key), digest);
     /* Visit every key, with no early exit, so timing reveals nothing. */
     const struct tenant_config *found = NULL;
+    const char *id = NULL;
     for (size_t t = 0; t < cfg->n_tenants; t++)
         for (size_t k = 0; k < cfg->tenants[t].n_keys; k++)
-            if (hash_ct_equal(digest, cfg->tenants[t].keys[k], SHA256_LEN))
+            if (hash_ct_equal(digest, cfg->tenants[t].keys[k], SHA256_LEN)) {
                 found = &cfg->tenants[t];
+                id = cfg->tenants[t].key_ids ? cfg->tenants[t].key_ids[k] : NULL;
+            }
+    if (found && key_id)
+        *key_id = id;
     return found;
+}
+
+const struct tenant_config *auth_tenant(const struct config *cfg, const char *key)
+{
+    return auth_tenant_key(cfg, key, NULL);
 }
 
 int auth_is_admin(const struct config *cfg, const char *key)

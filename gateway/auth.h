@@ -14,6 +14,9 @@
 const char *auth_bearer(const char *authorization);
 /* The tenant owning this key, or NULL. */
 const struct tenant_config *auth_tenant(const struct config *cfg, const char *key);
+/* The same, and the key's id from the config in *key_id (valid as long as
+ * cfg) when found. */
+const struct tenant_config *auth_tenant_key(const struct config *cfg, const char *key, const char **key_id);
 /* 1 when key is the admin token. */
 int auth_is_admin(const struct config *cfg, const char *key);
 

@@ -265,8 +265,8 @@ static void settle(struct chat *c, int status)
     }
     if (!c->resv)
         return;
-    struct settle_info info = {c->cost_nano, money_add(prompt, completion), c->saved_cache_nano,
-                               c->saved_routing_nano};
+    struct settle_info info = {.cost_nano = c->cost_nano, .tokens = money_add(prompt, completion),
+                               .saved_cache_nano = c->saved_cache_nano, .saved_routing_nano = c->saved_routing_nano};
     policy_settle(c->svc->policy, c->svc->base, c->resv, &info);
     c->resv = NULL;
 }

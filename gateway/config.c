@@ -8,6 +8,7 @@
 #include "cache/redis.h"
 #include "common/cfgjson.h"
 #include "common/mem.h"
+#include "common/openai.h"
 #include "policies/price.h"
 
 #define MAX_WORKERS 256
@@ -116,7 +117,7 @@ static int parse_limits(json_t *root, struct limits_config *l, char *err, size_t
 
 static int parse_redis(json_t *root, struct redis_config *rc, char *err, size_t n)
 {
-    static const char *const keys[] = {"url", "timeout_ms", NULL};
+    static const char *const keys[] = {"url", "timeout_ms", "password_env", "password_file", NULL};
     rc->timeout_ms = 100;
     json_t *o;
     if (cfgj_object(root, "", "redis", 0, &o, err, n) < 0)
@@ -136,6 +137,18 @@ static int parse_redis(json_t *root, struct redis_config *rc, char *err, size_t 
     if (cfgj_uint(o, "redis", "timeout_ms", 1, 60000, &v, err, n) < 0)
         return -1;
     rc->timeout_ms = (unsigned)v;
+    /* The password from the environment or a file, read at start-up
+     * (common/secret.h); the URL may then carry none. */
+    const char *pe = NULL, *pf = NULL;
+    if (cfgj_string(o, "redis", "password_env", 0, &pe, err, n) < 0 ||
+        cfgj_string(o, "redis", "password_file", 0, &pf, err, n) < 0)
+        return -1;
+    if (pe && pf)
+        return cfgj_fail(err, n, "redis.password_env", "give password_env or password_file, not both");
+    if ((pe && !*pe) || (pf && !*pf))
+        return cfgj_fail(err, n, pe ? "redis.password_env" : "redis.password_file", "must not be empty");
+    rc->password_env = pe ? xstrdup(pe) : NULL;
+    rc->password_file = pf ? xstrdup(pf) : NULL;
     return 0;
 }
 
@@ -207,10 +220,130 @@ static int parse_policy(json_t *root, struct policy_config *pc, char *err, size_
     return 0;
 }
 
+/* A list of names from `names` (NULL-ended) as bits (1 << index). */
+static int parse_name_bits(json_t *t, const char *path, const char *key, const char *const *names,
+                           unsigned *out, char *err, size_t n)
+{
+    json_t *arr;
+    if (cfgj_array(t, path, key, 0, &arr, err, n) < 0)
+        return -1;
+    if (!arr)
+        return 0;
+    char p[280], ep[300];
+    cfgj_path(p, sizeof p, path, key);
+    unsigned bits = 0;
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v) {
+        cfgj_path_index(ep, sizeof ep, p, i);
+        unsigned bit = 0;
+        for (unsigned k = 0; names[k] && json_is_string(v) && !bit; k++)
+            if (strcmp(json_string_value(v), names[k]) == 0)
+                bit = 1u << k;
+        if (!bit) {
+            char list[200] = "";
+            for (unsigned k = 0; names[k]; k++)
+                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? ", " : "", names[k]);
+            return cfgj_fail(err, n, ep, "must be one of %s", list);
+        }
+        bits |= bit;
+    }
+    *out = bits;
+    return 0;
+}
+
+/* What a tier serves and takes, and how it fails over: accepts,
+ * endpoints, retry; fallback is a name here, resolved once every tier is
+ * known (resolve_fallbacks). */
+static int parse_tier_serving(json_t *t, const char *path, struct tier_config *tc, char *err, size_t n)
+{
+    static const char *const parts[] = {"text", "image_url", "input_audio", "file", NULL};
+    static const char *const eps[] = {"chat", "completions", "embeddings", NULL};
+    static const char *const retry_keys[] = {"attempts", "backoff_ms", NULL};
+    char p[280];
+    tc->accepts = OPENAI_PART_TEXT;
+    if (parse_name_bits(t, path, "accepts", parts, &tc->accepts, err, n) < 0)
+        return -1;
+    tc->accepts |= OPENAI_PART_TEXT;
+    int remote = tc->kind == ENGINE_REMOTE;
+    tc->endpoints = TIER_EP_CHAT | TIER_EP_COMPLETIONS | (remote ? TIER_EP_EMBEDDINGS : 0);
+    if (parse_name_bits(t, path, "endpoints", eps, &tc->endpoints, err, n) < 0)
+        return -1;
+    cfgj_path(p, sizeof p, path, "endpoints");
+    if (!tc->endpoints)
+        return cfgj_fail(err, n, p, "must name at least one endpoint");
+    if (!remote && (tc->endpoints & TIER_EP_EMBEDDINGS))
+        return cfgj_fail(err, n, p, "a native tier does not serve embeddings");
+    if (!remote && (tc->accepts & ~OPENAI_PART_TEXT)) {
+        cfgj_path(p, sizeof p, path, "accepts");
+        return cfgj_fail(err, n, p, "a native tier takes text parts only");
+    }
+    tc->tools = remote;
+    unsigned long long mpt = 1024;
+    if (cfgj_uint(t, path, "media_part_tokens", 0, 1u << 24, &mpt, err, n) < 0)
+        return -1;
+    tc->media_part_tokens = (int64_t)mpt;
+    /* Retries over the replicas of a remote tier: the first try and
+     * attempts-1 more, before the fallback tier is asked. */
+    unsigned long long attempts = remote && tc->remote.n_urls > 1 ? 2 : 1, backoff = 50;
+    json_t *r;
+    if (cfgj_object(t, path, "retry", 0, &r, err, n) < 0)
+        return -1;
+    if (r) {
+        cfgj_path(p, sizeof p, path, "retry");
+        if (!remote)
+            return cfgj_fail(err, n, p, "only a remote tier retries (a native one has no replicas)");
+        if (cfgj_known_keys(r, p, retry_keys, err, n) < 0 ||
+            cfgj_uint(r, p, "attempts", 1, 10, &attempts, err, n) < 0 ||
+            cfgj_uint(r, p, "backoff_ms", 0, 60000, &backoff, err, n) < 0)
+            return -1;
+    }
+    if (remote) {
+        tc->remote.retry_attempts = (unsigned)attempts;
+        tc->remote.retry_backoff_ms = (unsigned)backoff;
+    }
+    tc->fallback = -1;
+    return 0;
+}
+
+/* tiers[i].fallback names another tier; the chain may not loop. */
+static int resolve_fallbacks(json_t *tiers, struct config *cfg, char *err, size_t n)
+{
+    char p[280];
+    for (size_t i = 0; i < cfg->n_tiers; i++) {
+        char tp[64];
+        cfgj_path_index(tp, sizeof tp, "tiers", i);
+        const char *fb = NULL;
+        if (cfgj_string(json_array_get(tiers, i), tp, "fallback", 0, &fb, err, n) < 0)
+            return -1;
+        if (!fb)
+            continue;
+        cfgj_path(p, sizeof p, tp, "fallback");
+        int fi = config_tier_index(cfg, fb);
+        if (fi < 0 || strcmp(cfg->tiers[fi].name, fb) != 0)
+            return cfgj_fail(err, n, p, "not the name of a tier");
+        if (fi == (int)i)
+            return cfgj_fail(err, n, p, "a tier cannot fall back to itself");
+        cfg->tiers[i].fallback = fi;
+    }
+    for (size_t i = 0; i < cfg->n_tiers; i++) {
+        size_t steps = 0;
+        for (int t = cfg->tiers[i].fallback; t >= 0; t = cfg->tiers[t].fallback)
+            if (++steps > cfg->n_tiers) {
+                char tp[64];
+                cfgj_path_index(tp, sizeof tp, "tiers", i);
+                cfgj_path(p, sizeof p, tp, "fallback");
+                return cfgj_fail(err, n, p, "the fallback chain from tier '%s' loops", cfg->tiers[i].name);
+            }
+    }
+    return 0;
+}
+
 static int parse_tier(json_t *t, const char *path, const struct limits_config *lim, struct tier_config *tc,
                       char *err, size_t n)
 {
-    static const char *const keys[] = {"name", "model", "engine", "price", "max_output_tokens", "logprobs", NULL};
+    static const char *const keys[] = {"name", "model", "engine", "price", "max_output_tokens", "logprobs",
+                                       "accepts", "endpoints", "retry", "fallback", "media_part_tokens", NULL};
     static const char *const price_keys[] = {"input_per_1m", "output_per_1m", NULL};
     char p[256];
     if (!json_is_object(t))
@@ -272,7 +405,7 @@ static int parse_tier(json_t *t, const char *path, const struct limits_config *l
         cfgj_path(kp, sizeof kp, p, "kind");
         return cfgj_fail(err, n, kp, "must be \"remote\" or \"native\"");
     }
-    return 0;
+    return parse_tier_serving(t, path, tc, err, n);
 }
 
 static int parse_tenant_cache(json_t *t, const char *path, const struct config *cfg, struct tenant_config *tc,
@@ -364,9 +497,34 @@ static int parse_tenant_policy(json_t *t, const char *path, struct tenant_config
     return 0;
 }
 
+/* routing.baseline_tier: what a routed request's savings are measured
+ * against. Default (-1 here): the most expensive allowed tier, set by the
+ * caller once the allowed tiers' prices are known. */
+static int parse_baseline(json_t *t, const char *path, const struct config *cfg, struct tenant_config *tc, char *err,
+                          size_t n)
+{
+    char p[280], bp[300];
+    json_t *o = json_object_get(t, "routing");
+    const char *b = NULL;
+    tc->baseline_tier = -1;
+    cfgj_path(p, sizeof p, path, "routing");
+    if (!json_is_object(o) || cfgj_string(o, p, "baseline_tier", 0, &b, err, n) < 0)
+        return json_is_object(o) ? -1 : 0;
+    if (!b)
+        return 0;
+    cfgj_path(bp, sizeof bp, p, "baseline_tier");
+    int ti = config_tier_index(cfg, b);
+    if (ti < 0 || strcmp(cfg->tiers[ti].name, b) != 0)
+        return cfgj_fail(err, n, bp, "not the name of a tier");
+    if (!config_tenant_allows(tc, ti))
+        return cfgj_fail(err, n, bp, "not one of this tenant's allowed_tiers");
+    tc->baseline_tier = ti;
+    return 0;
+}
+
 static int parse_tenant_routing(json_t *t, const char *path, struct tenant_config *tc, char *err, size_t n)
 {
-    static const char *const keys[] = {"quality", "band", "t_low", "t_high", "cascade", NULL};
+    static const char *const keys[] = {"quality", "band", "t_low", "t_high", "cascade", "baseline_tier", NULL};
     static const char *const ckeys[] = {"enabled", "min_mean_logprob", "min_window_logprob", "window", "stream",
                                         NULL};
     char p[256], cp[280];
@@ -434,6 +592,33 @@ static int parse_tenant_routing(json_t *t, const char *path, struct tenant_confi
     return 0;
 }
 
+/* One entry of keys: a SHA-256 hex string, or {"id": name, "sha256": hex}.
+ * The id names the key in access logs and usage records (never the key);
+ * a bare hash gets "<tenant>#<index>". */
+static int parse_key(json_t *v, const char *path, const char *tenant, size_t i, struct tenant_config *tc,
+                     char *err, size_t n)
+{
+    static const char *const keys[] = {"id", "sha256", NULL};
+    char p[300];
+    if (json_is_string(v)) {
+        char id[160];
+        snprintf(id, sizeof id, "%s#%zu", tenant, i);
+        tc->key_ids[i] = xstrdup(id);
+        return parse_key_hex(v, path, tc->keys[i], err, n);
+    }
+    if (!json_is_object(v))
+        return cfgj_fail(err, n, path, "must be a sha256 hex string or an object {id, sha256}");
+    const char *id;
+    if (cfgj_known_keys(v, path, keys, err, n) < 0 || cfgj_string(v, path, "id", 1, &id, err, n) < 0)
+        return -1;
+    cfgj_path(p, sizeof p, path, "id");
+    if (!*id || strlen(id) > 128 || strpbrk(id, "{}\"\\ \t\r\n"))
+        return cfgj_fail(err, n, p, "must be 1..128 characters without spaces, quotes or braces");
+    tc->key_ids[i] = xstrdup(id);
+    cfgj_path(p, sizeof p, path, "sha256");
+    return parse_key_hex(json_object_get(v, "sha256"), p, tc->keys[i], err, n);
+}
+
 static int parse_tenant(json_t *t, const char *path, struct config *cfg, struct tenant_config *tc, char *err,
                         size_t n)
 {
@@ -459,13 +644,17 @@ static int parse_tenant(json_t *t, const char *path, struct config *cfg, struct 
     if (json_array_size(arr) == 0)
         return cfgj_fail(err, n, p, "must list at least one key");
     tc->keys = xcalloc(json_array_size(arr), sizeof *tc->keys);
+    tc->key_ids = xcalloc(json_array_size(arr), sizeof *tc->key_ids);
     size_t i;
     json_t *v;
     json_array_foreach(arr, i, v) {
         cfgj_path_index(ep, sizeof ep, p, i);
-        if (parse_key_hex(v, ep, tc->keys[i], err, n) < 0)
-            return -1;
         tc->n_keys++;
+        if (parse_key(v, ep, id, i, tc, err, n) < 0)
+            return -1;
+        for (size_t k = 0; k < i; k++)
+            if (strcmp(tc->key_ids[k], tc->key_ids[i]) == 0)
+                return cfgj_fail(err, n, ep, "duplicate key id '%s'", tc->key_ids[i]);
     }
     if (cfgj_array(t, path, "allowed_tiers", 1, &arr, err, n) < 0)
         return -1;
@@ -495,7 +684,7 @@ static int parse_tenant(json_t *t, const char *path, struct config *cfg, struct 
         tc->default_tier = tc->allowed[0];
     }
     if (parse_tenant_cache(t, path, cfg, tc, err, n) < 0 || parse_tenant_policy(t, path, tc, err, n) < 0 ||
-        parse_tenant_routing(t, path, tc, err, n) < 0)
+        parse_tenant_routing(t, path, tc, err, n) < 0 || parse_baseline(t, path, cfg, tc, err, n) < 0)
         return -1;
     /* Downgrades go to the cheapest allowed tier; routing savings are
      * measured against the most expensive one. */
@@ -509,6 +698,8 @@ static int parse_tenant(json_t *t, const char *path, struct config *cfg, struct 
             cfg->tiers[tc->largest_tier].price_out_per_1m + cfg->tiers[tc->largest_tier].price_in_per_1m)
             tc->largest_tier = tc->allowed[k];
     }
+    if (tc->baseline_tier < 0)
+        tc->baseline_tier = tc->largest_tier;
     /* The allowed tiers by price, cheapest first (insertion sort: few). */
     tc->by_price = xcalloc(tc->n_allowed, sizeof *tc->by_price);
     for (size_t k = 0; k < tc->n_allowed; k++) {
@@ -525,10 +716,59 @@ static int parse_tenant(json_t *t, const char *path, struct config *cfg, struct 
     return 0;
 }
 
+/* readiness.require: tiers that must be up themselves for /readyz; any
+ * other tier is ready when it or its fallback chain has a live replica. */
+static int parse_readiness(json_t *root, struct config *cfg, char *err, size_t n)
+{
+    static const char *const keys[] = {"require", NULL};
+    json_t *o, *arr;
+    if (cfgj_object(root, "", "readiness", 0, &o, err, n) < 0)
+        return -1;
+    if (!o)
+        return 0;
+    if (cfgj_known_keys(o, "readiness", keys, err, n) < 0 ||
+        cfgj_array(o, "readiness", "require", 0, &arr, err, n) < 0)
+        return -1;
+    cfg->ready_require = xcalloc(json_array_size(arr) + 1, sizeof *cfg->ready_require);
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v) {
+        char p[64];
+        cfgj_path_index(p, sizeof p, "readiness.require", i);
+        int ti = json_is_string(v) ? config_tier_index(cfg, json_string_value(v)) : -1;
+        if (ti < 0 || strcmp(cfg->tiers[ti].name, json_string_value(v)) != 0)
+            return cfgj_fail(err, n, p, "not the name of a tier");
+        cfg->ready_require[cfg->n_ready_require++] = ti;
+    }
+    return 0;
+}
+
+/* tls: {cert_file, key_file} turns the listener into HTTPS. The files are
+ * read when the gateway starts (not here), like every other file. */
+static int parse_tls(json_t *root, struct config *cfg, char *err, size_t n)
+{
+    static const char *const keys[] = {"cert_file", "key_file", NULL};
+    json_t *o;
+    if (cfgj_object(root, "", "tls", 0, &o, err, n) < 0)
+        return -1;
+    if (!o)
+        return 0;
+    const char *cert, *key;
+    if (cfgj_known_keys(o, "tls", keys, err, n) < 0 || cfgj_string(o, "tls", "cert_file", 1, &cert, err, n) < 0 ||
+        cfgj_string(o, "tls", "key_file", 1, &key, err, n) < 0)
+        return -1;
+    if (!*cert || !*key)
+        return cfgj_fail(err, n, *cert ? "tls.key_file" : "tls.cert_file", "must not be empty");
+    cfg->tls.cert_file = xstrdup(cert);
+    cfg->tls.key_file = xstrdup(key);
+    return 0;
+}
+
 static int parse_root(json_t *root, struct config *cfg, char *err, size_t n)
 {
     static const char *const keys[] = {"listen", "workers", "limits", "redis", "cache", "policy", "tokenizer",
-                                       "classifier", "admin_token_sha256", "metrics", "tiers", "tenants", NULL};
+                                       "classifier", "admin_token_sha256", "metrics", "tiers", "tenants", "tls",
+                                       "readiness", NULL};
     char p[256];
     if (!json_is_object(root))
         return cfgj_fail(err, n, "", "the config must be a JSON object");
@@ -606,6 +846,11 @@ static int parse_root(json_t *root, struct config *cfg, char *err, size_t n)
                 return cfgj_fail(err, n, np, "duplicate tier name '%s'", cfg->tiers[i].name);
             }
     }
+
+    json_t *tiers_json = arr;
+    if (resolve_fallbacks(tiers_json, cfg, err, n) < 0 || parse_readiness(root, cfg, err, n) < 0 ||
+        parse_tls(root, cfg, err, n) < 0)
+        return -1;
 
     if (cfgj_array(root, "", "tenants", 1, &arr, err, n) < 0)
         return -1;
@@ -695,12 +940,20 @@ void config_free(struct config *cfg)
     for (size_t i = 0; i < cfg->n_tenants; i++) {
         free(cfg->tenants[i].id);
         free(cfg->tenants[i].keys);
+        for (size_t k = 0; k < cfg->tenants[i].n_keys && cfg->tenants[i].key_ids; k++)
+            free(cfg->tenants[i].key_ids[k]);
+        free(cfg->tenants[i].key_ids);
         free(cfg->tenants[i].allowed);
         free(cfg->tenants[i].by_price);
     }
     free(cfg->tenants);
     free(cfg->listen_host);
     free(cfg->redis.url);
+    free(cfg->redis.password_env);
+    free(cfg->redis.password_file);
+    free(cfg->tls.cert_file);
+    free(cfg->tls.key_file);
+    free(cfg->ready_require);
     free(cfg->tokenizer);
     free(cfg->classifier);
     memset(cfg, 0, sizeof *cfg);
@@ -715,6 +968,10 @@ const char *config_reload_conflict(const struct config *cur, const struct config
     if ((cur->redis.url == NULL) != (next->redis.url == NULL) ||
         (cur->redis.url && strcmp(cur->redis.url, next->redis.url) != 0))
         return "redis.url changed";
+    if ((cur->tls.cert_file == NULL) != (next->tls.cert_file == NULL) ||
+        (cur->tls.cert_file && (strcmp(cur->tls.cert_file, next->tls.cert_file) != 0 ||
+                                strcmp(cur->tls.key_file, next->tls.key_file) != 0)))
+        return "tls changed";
     if (cur->cache.backend != next->cache.backend)
         return "cache.backend changed";
     if ((cur->classifier == NULL) != (next->classifier == NULL) ||
@@ -730,6 +987,11 @@ const char *config_reload_conflict(const struct config *cur, const struct config
         if (strcmp(a->name, b->name) != 0 || strcmp(a->model, b->model) != 0 ||
             strcmp(a->engine_json, b->engine_json) != 0)
             return "a tier's name, model or engine changed";
+        /* The engine was built with its retry settings. */
+        if (a->kind == ENGINE_REMOTE &&
+            (a->remote.retry_attempts != b->remote.retry_attempts ||
+             a->remote.retry_backoff_ms != b->remote.retry_backoff_ms))
+            return "a tier's retry changed";
     }
     return NULL;
 }

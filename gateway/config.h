@@ -7,8 +7,11 @@
  * is read-only and shared by all worker threads.
  *
  * Secrets are never in the file: API keys and the admin token are stored as
- * the SHA-256 hex of the key. See deploy/local.json for an example and
- * README.md for every field.
+ * the SHA-256 hex of the key, and the secrets the gateway must send (an
+ * upstream's API key, Redis's password) are named by an environment
+ * variable or a file, read when the gateway starts, never by config_load:
+ * `cascaded --check-config` validates a file on a machine without them.
+ * See deploy/local.json for an example and README.md for every field.
  */
 #ifndef CASCADE_CONFIG_H
 #define CASCADE_CONFIG_H
@@ -25,6 +28,13 @@
 
 enum engine_kind { ENGINE_REMOTE, ENGINE_NATIVE };
 
+/* What a tier serves (tiers[].endpoints), as bits. */
+enum tier_endpoint {
+    TIER_EP_CHAT = 1u << 0,
+    TIER_EP_COMPLETIONS = 1u << 1,
+    TIER_EP_EMBEDDINGS = 1u << 2,
+};
+
 struct tier_config {
     char *name;                 /* what clients may put in `model`, besides the model id */
     char *model;                /* the model id the engine runs */
@@ -36,11 +46,17 @@ struct tier_config {
     double price_out_per_1m;    /* USD per 1M completion tokens */
     int64_t max_output_tokens;  /* what a request without max_tokens may generate */
     int logprobs;               /* the engine returns token logprobs (the cascade needs them) */
+    unsigned accepts;           /* OPENAI_PART_* content parts it takes; text always */
+    unsigned endpoints;         /* TIER_EP_*: remote all three, native chat and completions */
+    int tools;                  /* it takes `tools` (remote: yes; native: not yet) */
+    int fallback;               /* the tier that serves a request this one could not, or -1 */
+    int64_t media_part_tokens;  /* what admission reserves per image/audio/file part */
 };
 
 struct tenant_config {
     char *id;
     uint8_t (*keys)[SHA256_LEN];
+    char **key_ids;             /* each key's name, for logs and usage: its "id", or "<tenant>#<i>" */
     size_t n_keys;
     int *allowed;               /* tier indices */
     size_t n_allowed;
@@ -53,6 +69,7 @@ struct tenant_config {
     int expose_headers;             /* send x-cascade-* headers */
     int cheapest_tier;              /* among allowed, by output price */
     int largest_tier;               /* among allowed, the most expensive */
+    int baseline_tier;              /* routing savings are measured against it (routing.baseline_tier) */
     int *by_price;                  /* allowed tiers, cheapest first */
     struct routing_settings routing;
     char routing_version[96];       /* part of auto's cache key: a change invalidates */
@@ -74,6 +91,8 @@ struct limits_config {
 struct redis_config {
     char *url;                  /* NULL: no Redis */
     unsigned timeout_ms;        /* per command and for connecting */
+    char *password_env;         /* the password (overriding the URL's) from this variable, or NULL */
+    char *password_file;        /* ... or from this file's first line, or NULL */
 };
 
 struct cache_config {
@@ -103,6 +122,12 @@ struct config {
     uint8_t admin_key[SHA256_LEN];
     int has_metrics_token;          /* metrics.token_sha256 set: /metrics wants a Bearer token */
     uint8_t metrics_key[SHA256_LEN];
+    struct {
+        char *cert_file;        /* TLS on the listener: both set, or both NULL */
+        char *key_file;
+    } tls;
+    int *ready_require;         /* readiness.require: tiers that must be up themselves */
+    size_t n_ready_require;
     struct tier_config *tiers;
     size_t n_tiers;
     struct tenant_config *tenants;
@@ -123,5 +148,6 @@ int config_tier_index(const struct config *cfg, const char *name_or_model);
  * workers, tiers and engines; otherwise what differs. */
 const char *config_reload_conflict(const struct config *cur, const struct config *next);
 int config_tenant_allows(const struct tenant_config *t, int tier);
+
 
 #endif

@@ -25,7 +25,9 @@
  *   cascade:{t}:rl:req  cascade:{t}:rl:tok   HASH second -> count, 120 s TTL
  *   cascade:{t}:resv                          ZSET "id:nano" scored by expiry
  *   cascade:{t}:spend:<yyyymmdd>  cascade:{t}:spend:<yyyymm>   nano-USD, kept
- *   cascade:{t}:saved:<yyyymmdd>  cascade:{t}:saved:<yyyymm>   HASH cache/routing
+ *   cascade:{t}:saved:<yyyymmdd>  cascade:{t}:saved:<yyyymm>   HASH cache, routing
+ *       (routing's gain) and routing_loss (README "Savings"); a hash an older
+ *       gateway wrote has no routing_loss, which reads as 0
  *   cascade:{t}:settled:<request id>          idempotency marker, 48 h TTL
  *
  * Numbers: every count and amount here is an int64 within [0, MONEY_MAX]
@@ -86,7 +88,11 @@ struct admit_result {
     /* For OpenAI's x-ratelimit-* headers; limit 0 means none. */
     int64_t limit_requests, remaining_requests, reset_requests_ms;
     int64_t limit_tokens, remaining_tokens, reset_tokens_ms;
-    int64_t retry_after_s;          /* for 429s */
+    /* For 429s: never before the limit can let this request through. A
+     * rate limit's window frees up; a budget rejection waits for the
+     * budget window that blocks it to reset (the next UTC day, or the
+     * next month when the month's budget is spent too). */
+    int64_t retry_after_s;
     int64_t budget_remaining_nano;  /* -1: no budget */
     int64_t reserved_nano;          /* what was reserved (the estimate, or the downgrade's) */
 };
@@ -104,7 +110,8 @@ struct settle_info {
     int64_t cost_nano;
     int64_t tokens;                 /* prompt + completion actually charged */
     int64_t saved_cache_nano;
-    int64_t saved_routing_nano;
+    int64_t saved_routing_nano;     /* routing's gain over the baseline tier, >= 0 */
+    int64_t routing_loss_nano;      /* routing's loss against it (an escalation), >= 0; net = saved - loss */
 };
 
 struct policy;
@@ -120,8 +127,16 @@ size_t policy_journal_size(struct policy *p);
 
 /* Usage for the admin API: spend and savings today and this month, the
  * budget left, and rate-limit state; cb gets a JSON object (borrowed) or
- * NULL when Redis failed. */
+ * NULL when Redis failed. Per period: spend_usd, saved_cache_usd,
+ * saved_routing_usd (NET: routing_gain_usd - routing_loss_usd, negative
+ * when routing cost more than the baseline tier would have), and the two
+ * terms (README "Savings"). */
 void policy_usage(struct policy *p, struct event_base *base, const char *tenant, const struct tenant_limits *lim,
                   void (*cb)(void *ctx, json_t *usage), void *ctx);
+
+/* Seconds from unix time now until the next UTC midnight (monthly 0) or the
+ * next first of a month at 00:00 UTC (monthly 1): when a day or month budget
+ * window resets. Always >= 1. */
+int64_t policy_window_reset_s(int64_t now, int monthly);
 
 #endif

@@ -82,6 +82,7 @@ struct stats_sample {
     /* USD x 1e9: what was paid; what a hit would have cost to generate; the
      * reference tier's price minus what was paid (as chat.c settles them). */
     int64_t cost_nano, saved_cache_nano, saved_routing_nano;
+    int64_t routing_loss_nano;      /* what routing cost above the baseline (README "Savings") */
     uint64_t latency_us;
 };
 

@@ -378,7 +378,7 @@ static void finish_error(struct rreq *q, int status, const char *type, const cha
 {
     if (!q->ended) {
         q->ended = 1;
-        struct engine_error e = {status, type, code, msg};
+        struct engine_error e = {.status = status, .type = type, .code = code, .message = msg};
         q->cb.on_error(q->ctx, &e);
     }
     rreq_free(q);
@@ -424,8 +424,9 @@ static void emit_choice_tokens(struct rreq *q, const char *content, size_t len, 
                         k++;
                     }
                 }
-                struct engine_token tok = {content + off, json_string_length(t), 1,
-                                           json_number_value(json_object_get(e, "logprob")), tops, k};
+                struct engine_token tok = {.text = content + off, .len = json_string_length(t), .has_logprob = 1,
+                                           .logprob = json_number_value(json_object_get(e, "logprob")),
+                                           .top = tops, .n_top = k};
                 off += json_string_length(t);
                 q->cb.on_token(q->ctx, &tok);
                 if (q->ended)
@@ -435,7 +436,7 @@ static void emit_choice_tokens(struct rreq *q, const char *content, size_t len, 
         }
     }
     if (len) {
-        struct engine_token tok = {content, len, 0, 0, NULL, 0};
+        struct engine_token tok = {.text = content, .len = len};
         q->cb.on_token(q->ctx, &tok);
     }
 }
@@ -577,7 +578,7 @@ static void abort_stream(struct rreq *q)
 {
     count_error(q->L->r, q->replica);
     q->ended = 1;
-    struct engine_error e = {502, "upstream_error", "bad_upstream_stream", q->stream_error_msg};
+    struct engine_error e = {.status = 502, .type = "upstream_error", .code = "bad_upstream_stream", .message = q->stream_error_msg};
     q->cb.on_error(q->ctx, &e);
     drop_upstream_later(q);
 }
@@ -713,7 +714,7 @@ static void timeout_cb(evutil_socket_t fd, short what, void *arg)
          * cancelled); build_done frees the request. */
         if (!q->ended) {
             q->ended = 1;
-            struct engine_error e = {504, "upstream_error", "upstream_timeout", "upstream timed out"};
+            struct engine_error e = {.status = 504, .type = "upstream_error", .code = "upstream_timeout", .message = "upstream timed out", .retryable = 1};
             q->cb.on_error(q->ctx, &e);
         }
         return;

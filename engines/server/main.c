@@ -110,7 +110,7 @@ static void open_stream(struct call *c)
     if (!c->completion) {
         size_t n;
         char *ev = openai_chat_chunk_event(c->id, c->created, c->req->model, "assistant", "", 0,
-                                           NULL, NULL, &n);
+                                           NULL, NULL, NULL, NULL, &n);
         httpd_stream_write(c->r, ev, n);
         free(ev);
     }
@@ -166,7 +166,7 @@ static void on_token(void *ctx, const struct engine_token *t)
             } else {
                 json_t *arr = entry ? json_pack("[O]", entry) : NULL;
                 ev = openai_chat_chunk_event(c->id, c->created, c->req->model, NULL, t->text,
-                                             t->len, arr, NULL, &n);
+                                             t->len, arr, NULL, NULL, NULL, &n);
                 json_decref(arr);
             }
             httpd_stream_write(c->r, ev, n);
@@ -192,12 +192,12 @@ static void on_done(void *ctx, const struct engine_usage *u, const char *finish)
                        ? completion_chunk_event(c->id, c->created, c->req->model, "", 0, NULL,
                                                 finish, &n)
                        : openai_chat_chunk_event(c->id, c->created, c->req->model, NULL, NULL, 0,
-                                                 NULL, finish, &n);
+                                                 NULL, finish, NULL, NULL, &n);
         httpd_stream_write(c->r, ev, n);
         free(ev);
         if (c->req->include_usage) {
             ev = c->completion ? completion_usage_event(c->id, c->created, c->req->model, &usage, &n)
-                               : openai_chat_usage_event(c->id, c->created, c->req->model, &usage, &n);
+                               : openai_chat_usage_event(c->id, c->created, c->req->model, &usage, NULL, &n);
             httpd_stream_write(c->r, ev, n);
             free(ev);
         }
@@ -210,7 +210,7 @@ static void on_done(void *ctx, const struct engine_usage *u, const char *finish)
                          ? completion_response(c->id, c->created, c->req->model, text, len, finish,
                                                &usage, c->logprobs)
                          : openai_chat_response(c->id, c->created, c->req->model, text, len,
-                                                finish, &usage, c->logprobs);
+                                                finish, &usage, c->logprobs, NULL, NULL);
         httpd_reply(c->r, 200, "application/json", body, strlen(body));
         free(body);
     }
@@ -295,7 +295,8 @@ static void generate(struct server *s, struct httpd_req *r, int completion)
     }
 
     struct engine_request er = {.base = httpd_req_base(r), .chat = c->req, .model = c->req->model,
-                                .stream = c->req->stream, .request_id = c->id, .max_tokens = c->req->max_tokens};
+                                .stream = c->req->stream, .request_id = c->id, .max_tokens = c->req->max_tokens,
+                                .logprobs = c->req->logprobs, .top_logprobs = c->req->top_logprobs};
     int rc = completion ? native_engine_submit_text(s->engine, &er, c->comp.prompt,
                                                     c->comp.prompt_len, &callbacks, c, &c->engine_id)
                         : engine_submit(s->engine, &er, &callbacks, c, &c->engine_id);

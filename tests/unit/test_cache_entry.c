@@ -37,28 +37,61 @@ int main(void)
     json_decref(lp);
 
     /* Optional fields may be absent; a minimal entry decodes. */
-    const char *minimal = "{\"content\":\"\",\"finish_reason\":\"length\","
+    const char *minimal = "{\"v\":2,\"content\":\"\",\"finish_reason\":\"length\","
                           "\"usage\":{\"prompt_tokens\":0,\"completion_tokens\":0}}";
     CHECK(!refused(minimal));
 
     /* Corrupt entries are refused. */
     CHECK(refused(""));
     CHECK(refused("[]"));
-    CHECK(refused("{\"content\":\"x\"}"));
-    CHECK(refused("{\"content\":\"x\",\"finish_reason\":\"stop\",\"usage\":{\"prompt_tokens\":-1,"
+    CHECK(refused("{\"v\":2,\"content\":\"x\"}"));
+    CHECK(refused("{\"v\":2,\"content\":\"x\",\"finish_reason\":\"stop\",\"usage\":{\"prompt_tokens\":-1,"
                   "\"completion_tokens\":0}}"));
-    CHECK(refused("{\"content\":\"x\",\"finish_reason\":\"stop\",\"usage\":{\"prompt_tokens\":1.5,"
+    CHECK(refused("{\"v\":2,\"content\":\"x\",\"finish_reason\":\"stop\",\"usage\":{\"prompt_tokens\":1.5,"
                   "\"completion_tokens\":0}}"));
-    CHECK(refused("{\"content\":\"x\",\"finish_reason\":\"stop\",\"usage\":{\"prompt_tokens\":1,"
+    CHECK(refused("{\"v\":2,\"content\":\"x\",\"finish_reason\":\"stop\",\"usage\":{\"prompt_tokens\":1,"
                   "\"completion_tokens\":100000000000000000}}"));
-    CHECK(refused("{\"content\":\"x\",\"finish_reason\":\"stop\\r\\nX-Evil: 1\",\"usage\":"
+    CHECK(refused("{\"v\":2,\"content\":\"x\",\"finish_reason\":\"stop\\r\\nX-Evil: 1\",\"usage\":"
                   "{\"prompt_tokens\":1,\"completion_tokens\":1}}"));
-    CHECK(refused("{\"content\":\"x\",\"finish_reason\":\"stop\",\"usage\":{\"prompt_tokens\":1,"
+    CHECK(refused("{\"v\":2,\"content\":\"x\",\"finish_reason\":\"stop\",\"usage\":{\"prompt_tokens\":1,"
                   "\"completion_tokens\":1},\"logprobs\":[1]}"));
-    CHECK(refused("{\"content\":\"x\",\"finish_reason\":\"stop\",\"usage\":{\"prompt_tokens\":1,"
+    CHECK(refused("{\"v\":2,\"content\":\"x\",\"finish_reason\":\"stop\",\"usage\":{\"prompt_tokens\":1,"
                   "\"completion_tokens\":1},\"tier\":7}"));
-    CHECK(refused("{\"content\":\"a\\u0000b\",\"finish_reason\":\"stop\",\"usage\":"
+    CHECK(refused("{\"v\":2,\"content\":\"a\\u0000b\",\"finish_reason\":\"stop\",\"usage\":"
                   "{\"prompt_tokens\":1,\"completion_tokens\":1}}"));
+    /* Another version's entry (or one from before versions) is a miss. */
+    CHECK(refused("{\"content\":\"\",\"finish_reason\":\"stop\",\"usage\":{\"prompt_tokens\":0,"
+                  "\"completion_tokens\":0}}"));
+    CHECK(refused("{\"v\":3,\"content\":\"\",\"finish_reason\":\"stop\",\"usage\":{\"prompt_tokens\":0,"
+                  "\"completion_tokens\":0}}"));
+    /* A tool call whose arguments are not a string is refused. */
+    CHECK(refused("{\"v\":2,\"content\":\"\",\"finish_reason\":\"tool_calls\",\"usage\":{\"prompt_tokens\":1,"
+                  "\"completion_tokens\":1},\"message\":{\"tool_calls\":[{\"function\":{\"name\":\"f\","
+                  "\"arguments\":{}}}]}}"));
+    CHECK(refused("{\"v\":2,\"content\":\"\",\"finish_reason\":\"stop\",\"usage\":{\"prompt_tokens\":1,"
+                  "\"completion_tokens\":1},\"meta\":[]}"));
+    /* The whole message round-trips: tool calls, reasoning, meta. */
+    {
+        json_t *msg = json_loads("{\"tool_calls\":[{\"id\":\"call_1\",\"type\":\"function\",\"function\":"
+                                 "{\"name\":\"get\",\"arguments\":\"{\\\"a\\\":1}\"}}],"
+                                 "\"reasoning_content\":\"think\"}", 0, NULL);
+        json_t *meta = json_pack("{s:s}", "system_fingerprint", "fp_1");
+        struct cache_entry te = {.content = "", .content_len = 0, .finish_reason = "tool_calls",
+                                 .prompt_tokens = 3, .completion_tokens = 4, .message = msg, .meta = meta};
+        size_t tl;
+        char *ts = cache_entry_encode(&te, &tl);
+        CHECK(ts != NULL);
+        struct cache_entry td;
+        CHECK(ts && cache_entry_decode(ts, tl, &td) == 0);
+        if (ts && td.root_) {
+            CHECK(json_equal(td.message, msg));
+            CHECK(json_equal(td.meta, meta));
+            cache_entry_free(&td);
+        }
+        free(ts);
+        json_decref(msg);
+        json_decref(meta);
+    }
     /* Content that is not UTF-8 is not stored. */
     struct cache_entry bad = {.content = "\xff", .content_len = 1, .finish_reason = "stop"};
     CHECK(cache_entry_encode(&bad, &len) == NULL);

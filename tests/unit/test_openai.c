@@ -85,7 +85,23 @@ int main(void)
     BAD("{\"model\":\"m\",\"messages\":[{\"role\":\"user\"}]}", "content is required", "messages");
     BAD("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":7}]}", "must be a string or an array", "messages");
     BAD("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}",
-        "unsupported content part type", "messages");
+        "needs a 'image_url' object", "messages");
+    BAD("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"video\"}]}]}",
+        "unsupported content part type 'video'", "messages");
+    BAD("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"input_audio\","
+        "\"input_audio\":\"x\"}]}]}", "needs a 'input_audio' object", "messages");
+    /* the parameters an engine must honour or refuse */
+    BAD("{\"model\":\"m\"," MSG ",\"presence_penalty\":3}", "between -2 and 2", "presence_penalty");
+    BAD("{\"model\":\"m\"," MSG ",\"frequency_penalty\":\"x\"}", "must be a number", "frequency_penalty");
+    BAD("{\"model\":\"m\"," MSG ",\"logit_bias\":[1]}", "must be an object", "logit_bias");
+    BAD("{\"model\":\"m\"," MSG ",\"logit_bias\":{\"abc\":1}}", "is not a token id", "logit_bias");
+    BAD("{\"model\":\"m\"," MSG ",\"logit_bias\":{\"-5\":1}}", "is not a token id", "logit_bias");
+    BAD("{\"model\":\"m\"," MSG ",\"logit_bias\":{\"5\":101}}", "between -100 and 100", "logit_bias");
+    BAD("{\"model\":\"m\"," MSG ",\"response_format\":{\"type\":\"yaml\"}}", "response_format.type",
+        "response_format");
+    BAD("{\"model\":\"m\"," MSG ",\"tools\":{}}", "'tools' must be an array", "tools");
+    BAD("{\"model\":\"m\"," MSG ",\"tools\":[{\"type\":\"function\"}]}", "tools[0].function", "tools");
+    BAD("{\"model\":\"m\"," MSG ",\"tool_choice\":5}", "'tool_choice' must be", "tool_choice");
     BAD("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":1}]}]}",
         "text must be a string", "messages");
     /* sampling fields: wrong types and ranges */
@@ -136,9 +152,127 @@ int main(void)
     json_decref(o);
     free(js);
 
+    /* Media parts are kept for the upstream and counted; the text parts
+     * alone are the message's text. */
+    {
+        const char *body = "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":["
+                           "{\"type\":\"text\",\"text\":\"look\"},{\"type\":\"image_url\",\"image_url\":"
+                           "{\"url\":\"data:image/png;base64,AAAA\"}},{\"type\":\"text\",\"text\":\"here\"}]}],"
+                           "\"presence_penalty\":0.5,\"frequency_penalty\":-1,\"logit_bias\":{\"7\":-100,"
+                           "\"12\":2.5},\"response_format\":{\"type\":\"json_object\"},"
+                           "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}";
+        struct chat_request r;
+        CHECK(chat_request_parse(body, strlen(body), &r, &err) == 0);
+        CHECK_STR(r.messages[0].content, "look\nhere");
+        CHECK(r.parts == (OPENAI_PART_TEXT | OPENAI_PART_IMAGE) && r.n_media_parts == 1);
+        CHECK(r.has_presence_penalty && r.presence_penalty == 0.5);
+        CHECK(r.has_frequency_penalty && r.frequency_penalty == -1);
+        CHECK(r.n_logit_bias == 2);
+        int seen7 = 0, seen12 = 0;
+        for (size_t i = 0; i < r.n_logit_bias; i++) {
+            seen7 |= r.logit_bias[i].token == 7 && r.logit_bias[i].bias == -100;
+            seen12 |= r.logit_bias[i].token == 12 && r.logit_bias[i].bias == 2.5;
+        }
+        CHECK(seen7 && seen12);
+        CHECK(r.response_format == OPENAI_RF_JSON_OBJECT);
+        CHECK(r.has_tools);
+        chat_request_free(&r);
+    }
+
+    /* A stream's extras accumulate into the whole message as the SDKs do:
+     * tool-call arguments by index, strings appended; and the replay deltas
+     * merge back into the same message. */
+    {
+        const char *frags[] = {
+            "{\"reasoning_content\":\"Let me \"}",
+            "{\"reasoning_content\":\"think.\"}",
+            "{\"tool_calls\":[{\"index\":0,\"id\":\"call_a\",\"type\":\"function\",\"function\":"
+            "{\"name\":\"get_weather\",\"arguments\":\"\"}}]}",
+            "{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":\"}}]}",
+            "{\"tool_calls\":[{\"index\":1,\"id\":\"call_b\",\"type\":\"function\",\"function\":"
+            "{\"name\":\"get_time\",\"arguments\":\"{}\"}}]}",
+            "{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"\\\"Paris\\\"}\"}}]}",
+        };
+        json_t *acc = json_object();
+        for (size_t i = 0; i < sizeof frags / sizeof frags[0]; i++) {
+            json_t *d = json_loads(frags[i], 0, NULL);
+            CHECK(d && openai_delta_merge(acc, d) == 0);
+            json_decref(d);
+        }
+        json_t *want = json_loads("{\"reasoning_content\":\"Let me think.\",\"tool_calls\":["
+                                  "{\"id\":\"call_a\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+                                  "\"arguments\":\"{\\\"city\\\":\\\"Paris\\\"}\"}},"
+                                  "{\"id\":\"call_b\",\"type\":\"function\",\"function\":{\"name\":\"get_time\","
+                                  "\"arguments\":\"{}\"}}]}", 0, NULL);
+        CHECK(want && json_equal(acc, want));
+        json_t *deltas = openai_message_deltas(acc);
+        CHECK(json_array_size(deltas) == 3);
+        json_t *again = json_object();
+        size_t i;
+        json_t *d;
+        json_array_foreach(deltas, i, d) CHECK(openai_delta_merge(again, d) == 0);
+        CHECK(json_equal(again, acc));
+        /* A non-stream message's tool calls (no index) merge in order. */
+        json_t *whole = json_object();
+        json_t *msg = json_pack("{s:O}", "tool_calls", json_object_get(acc, "tool_calls"));
+        CHECK(openai_delta_merge(whole, msg) == 0);
+        CHECK(json_equal(json_object_get(whole, "tool_calls"), json_object_get(acc, "tool_calls")));
+        /* Malformed fragments are refused. */
+        json_t *bad1 = json_loads("{\"tool_calls\":[{\"index\":100000}]}", 0, NULL);
+        json_t *bad2 = json_loads("{\"tool_calls\":{}}", 0, NULL);
+        json_t *bad3 = json_loads("{\"tool_calls\":[{\"index\":0,\"function\":7}]}", 0, NULL);
+        json_t *t1 = json_object(), *t2 = json_object(), *t3 = json_object();
+        CHECK(openai_delta_merge(t1, bad1) == -1);
+        json_decref(t1);
+        CHECK(openai_delta_merge(t2, bad2) == -1);
+        CHECK(openai_delta_merge(t3, bad3) == -1);
+        json_decref(t2);
+        json_decref(t3);
+        json_decref(bad1);
+        json_decref(bad2);
+        json_decref(bad3);
+        json_decref(msg);
+        json_decref(whole);
+        json_decref(again);
+        json_decref(deltas);
+
+        /* The writers put extras where OpenAI does: content null beside
+         * tool calls, meta at the top, our own keys never overridden. */
+        struct openai_usage u0 = {1, 2};
+        json_t *meta = json_pack("{s:s, s:s}", "system_fingerprint", "fp_9", "id", "upstream-id");
+        json_object_set_new(acc, "content", json_string("smuggled"));
+        char *resp = openai_chat_response("chatcmpl-x", 5, "m", "", 0, "tool_calls", &u0, NULL, acc, meta);
+        json_t *o = json_loads(resp, 0, NULL);
+        CHECK(o != NULL);
+        CHECK_STR(json_string_value(json_object_get(o, "id")), "chatcmpl-x");
+        CHECK_STR(json_string_value(json_object_get(o, "system_fingerprint")), "fp_9");
+        json_t *m = json_object_get(json_array_get(json_object_get(o, "choices"), 0), "message");
+        CHECK(json_is_null(json_object_get(m, "content")));
+        CHECK(json_equal(json_object_get(m, "tool_calls"), json_object_get(want, "tool_calls")));
+        CHECK_STR(json_string_value(json_object_get(m, "reasoning_content")), "Let me think.");
+        json_decref(o);
+        free(resp);
+        size_t n;
+        json_t *d0 = json_loads(frags[3], 0, NULL);
+        char *ev = openai_chat_chunk_event("c", 1, "m", NULL, NULL, 0, NULL, NULL, d0, meta, &n);
+        o = json_loadb(ev + 6, n - 8, 0, NULL);
+        CHECK(o != NULL);
+        CHECK_STR(json_string_value(json_object_get(o, "id")), "c");
+        CHECK_STR(json_string_value(json_object_get(o, "system_fingerprint")), "fp_9");
+        json_t *delta = json_object_get(json_array_get(json_object_get(o, "choices"), 0), "delta");
+        CHECK(json_equal(json_object_get(delta, "tool_calls"), json_object_get(d0, "tool_calls")));
+        CHECK(json_object_get(delta, "content") == NULL);
+        json_decref(o);
+        free(ev);
+        json_decref(d0);
+        json_decref(meta);
+        json_decref(want);
+        json_decref(acc);
+    }
+
     /* Response writers. */
     struct openai_usage u = {5, 2};
-    char *resp = openai_chat_response("chatcmpl-1", 1700000000, "m", "hi!", 3, "stop", &u, NULL);
+    char *resp = openai_chat_response("chatcmpl-1", 1700000000, "m", "hi!", 3, "stop", &u, NULL, NULL, NULL);
     o = json_loads(resp, 0, NULL);
     CHECK(o != NULL);
     CHECK_STR(json_string_value(json_object_get(o, "object")), "chat.completion");
@@ -150,7 +284,7 @@ int main(void)
 
     size_t n;
     /* A split UTF-8 sequence in a chunk becomes U+FFFD, never invalid JSON. */
-    char *ev = openai_chat_chunk_event("c", 1, "m", NULL, "a\xe4\xb8", 3, NULL, NULL, &n);
+    char *ev = openai_chat_chunk_event("c", 1, "m", NULL, "a\xe4\xb8", 3, NULL, NULL, NULL, NULL, &n);
     CHECK(strncmp(ev, "data: {", 7) == 0 && strcmp(ev + n - 2, "\n\n") == 0);
     o = json_loadb(ev + 6, n - 8, 0, NULL);
     CHECK(o != NULL);
@@ -166,7 +300,7 @@ int main(void)
     CHECK(json_integer_value(json_array_get(json_object_get(entry, "bytes"), 0)) == 'a');
     json_decref(entry);
 
-    ev = openai_chat_usage_event("c", 1, "m", &u, &n);
+    ev = openai_chat_usage_event("c", 1, "m", &u, NULL, &n);
     o = json_loadb(ev + 6, n - 8, 0, NULL);
     CHECK(json_array_size(json_object_get(o, "choices")) == 0);
     CHECK(json_integer_value(json_object_get(json_object_get(o, "usage"), "completion_tokens")) == 2);

@@ -174,7 +174,7 @@ static void post_error(struct nreq *r, int status, const char *type, const char 
     va_start(ap, fmt);
     vsnprintf(ev->msg, sizeof(ev->msg), fmt, ap);
     va_end(ap);
-    ev->err = (struct engine_error){status, type, code, ev->msg};
+    ev->err = (struct engine_error){.status = status, .type = type, .code = code, .message = ev->msg};
     post(r, ev);
 }
 
@@ -206,8 +206,9 @@ static void deliver(evutil_socket_t fd, short what, void *arg)
 
     for (struct nevent *ev = list; ev && !r->cancelled && !r->finished; ev = ev->next) {
         if (ev->kind == EV_TOKEN) {
-            struct engine_token t = {ev->text ? ev->text : "", ev->len, ev->has_logprob,
-                                     ev->logprob, ev->top, ev->n_top};
+            struct engine_token t = {.text = ev->text ? ev->text : "", .len = ev->len,
+                                     .has_logprob = ev->has_logprob, .logprob = ev->logprob,
+                                     .top = ev->top, .n_top = ev->n_top};
             if (r->cb.on_token)
                 r->cb.on_token(r->ctx, &t);
         } else if (ev->kind == EV_DONE) {
@@ -541,8 +542,8 @@ static int submit_ids(struct native_engine *e, const struct engine_request *req,
                             ? (int)json_integer_value(tk)
                             : 0;
     sr.seed = chat->has_seed ? (uint64_t)chat->seed : fresh_seed(r->id);
-    sr.logprobs = chat->logprobs;
-    sr.top_logprobs = chat->logprobs ? chat->top_logprobs : 0;
+    sr.logprobs = req->logprobs;
+    sr.top_logprobs = req->logprobs ? req->top_logprobs : 0;
     if (sr.top_logprobs > SAMPLER_MAX_TOP)
         sr.top_logprobs = SAMPLER_MAX_TOP;
     sr.sink = (struct sched_sink){sink_token, sink_end, r};
