@@ -26,18 +26,29 @@
  * The request object outlives its connection when the client leaves while a
  * handler holds it: conn_free() detaches it (req->conn = NULL) and the
  * handler's final reply call frees it.
+ *
+ * TLS: a connection is a libevent OpenSSL bufferevent on the socket instead
+ * of a plain one; everything above reads and writes its plaintext buffers the
+ * same way. Three things differ, each marked where it happens: the input is
+ * bounded by conn_arm() rather than by a read watermark (accept_cb says why),
+ * the handshake's completion is an event to ignore, and a graceful close
+ * sends TLS's close_notify first.
  */
 #include "common/httpd.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,6 +119,7 @@ struct httpd_req {
 struct conn {
     struct httpd *h;
     struct bufferevent *bev;
+    SSL *ssl;                       /* TLS: the session, owned by bev; NULL for plain HTTP */
     struct event *head_timer;
     struct conn *prev, *next;
     enum conn_state state;
@@ -127,6 +139,7 @@ struct httpd {
     struct evconnlistener *listener;
     struct event *accept_timer;     /* re-enables the listener after a backoff */
     struct httpd_limits lim;
+    struct httpd_tls *tls;          /* borrowed; NULL: plain HTTP */
     httpd_handler handler;
     httpd_reject_cb reject;
     httpd_head_cb on_head;
@@ -138,8 +151,13 @@ struct httpd {
     unsigned long log_skipped;
 };
 
+struct httpd_tls {
+    SSL_CTX *ctx;
+};
+
 static void conn_process(struct conn *c);
 static void conn_free(struct conn *c);
+static void conn_free_graceful(struct conn *c);
 static void event_cb(struct bufferevent *bev, short what, void *arg);
 
 static struct timeval ms_tv(unsigned ms)
@@ -307,7 +325,7 @@ static void write_head(struct httpd_req *r, int status, const char *content_type
 static void close_when_flushed_cb(struct bufferevent *bev, void *arg)
 {
     (void)bev;
-    conn_free(arg);
+    conn_free_graceful(arg);
 }
 
 /* Free the requests read ahead; the connection is closing. */
@@ -340,7 +358,7 @@ static void conn_close_after_output(struct conn *c)
      * write it would never fire, so check now -- unless conn_process() is on
      * the stack: it frees c itself on the way out. */
     if (!c->in_process && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-        conn_free(c);
+        conn_free_graceful(c);
 }
 
 /* The response to the front request is fully queued: free the request and go
@@ -631,6 +649,11 @@ static void conn_arm(struct conn *c)
     int reading = (c->state == C_HEAD || c->state == C_BODY || c->state == C_PARKED) &&
                   evbuffer_get_length(bufferevent_get_output(c->bev)) < OUTPUT_PAUSE_BYTES &&
                   c->queued < c->h->lim.max_pipelined;
+    /* TLS has no read watermark (accept_cb): unread input is bounded here,
+     * after each read callback, to what the watermark allows plain HTTP.
+     * Each TLS read adds at most a few KiB and one record (16 KiB) to it. */
+    if (c->ssl && evbuffer_get_length(bufferevent_get_input(c->bev)) > c->h->lim.max_header_bytes)
+        reading = 0;
     if (reading)
         bufferevent_enable(c->bev, EV_READ);
     else
@@ -713,7 +736,7 @@ static void conn_process(struct conn *c)
     c->in_process = 0;
     if (c->state == C_CLOSING) {
         if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-            conn_free(c);
+            conn_free_graceful(c);
         return;
     }
     conn_arm(c);
@@ -741,10 +764,31 @@ static void write_cb(struct bufferevent *bev, void *arg)
         conn_process(c);
 }
 
+/* A handshake that failed on bad bytes (plain HTTP to the TLS port, a
+ * client that does not trust our certificate, no common protocol) is worth
+ * a line to whoever debugs a client; a flood of them (a scanner) is not. A
+ * client that merely closed before finishing is not worth one. */
+static void tls_log_failure(struct conn *c)
+{
+    static struct log_limit limit;
+    /* libevent keeps the OpenSSL errors of the failure; the latest comes first. */
+    unsigned long e = bufferevent_get_openssl_error(c->bev);
+    /* A TCP health check (connect, close) ends in "unexpected eof". */
+    if (!e || !ERR_GET_LIB(e) || ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+        return;
+    const char *why = ERR_reason_error_string(e);
+    log_limited(&limit, 1000, LOG_INFO, "tls handshake with %s failed: %s", c->peer, why ? why : "unknown error");
+}
+
 static void event_cb(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
     struct conn *c = arg;
+    /* TLS: the handshake is done; the read callback comes with the request. */
+    if (what & BEV_EVENT_CONNECTED)
+        return;
+    if (c->ssl && !SSL_is_init_finished(c->ssl))
+        tls_log_failure(c);
     if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && c->state == C_BODY && c->front) {
         conn_fail(c, c->front, 408, "timed out reading the request body");
         return;
@@ -758,9 +802,10 @@ static void head_timeout_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct conn *c = arg;
-    /* Idle keep-alive, or a head too slow (slowloris): close quietly. */
+    /* Idle keep-alive, or a head too slow (slowloris), or a TLS handshake
+     * never finished: close quietly. */
     if (c->state == C_HEAD && !c->front && !c->queue)
-        conn_free(c);
+        conn_free_graceful(c);
 }
 
 static void conn_free(struct conn *c)
@@ -790,6 +835,20 @@ static void conn_free(struct conn *c)
     r->conn = NULL;
     if (r->on_close)
         r->on_close(r, r->on_close_arg);
+}
+
+/* Close a connection that ends normally (its last answer sent, or idle).
+ * Over TLS, say so first with close_notify: a client reading an answer to
+ * the end of the stream (HTTP/1.0, Connection: close) can then tell the end
+ * from a cut. Best effort: the alert goes straight to the socket (no output
+ * is pending here) and its reply is not awaited. */
+static void conn_free_graceful(struct conn *c)
+{
+    if (c->ssl && SSL_is_init_finished(c->ssl) && !(SSL_get_shutdown(c->ssl) & SSL_SENT_SHUTDOWN)) {
+        SSL_shutdown(c->ssl);
+        ERR_clear_error(); /* a peer already gone leaves errors for the next user of this thread */
+    }
+    conn_free(c);
 }
 
 /* ---- accepting ---------------------------------------------------------- */
@@ -825,7 +884,19 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     struct conn *c = xcalloc(1, sizeof *c);
     c->h = h;
-    c->bev = bufferevent_socket_new(h->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (h->tls) {
+        /* The bufferevent owns the SSL from here on, also when making it
+         * fails (BEV_OPT_CLOSE_ON_FREE). It writes straight to the socket,
+         * so its output buffer holds exactly the plaintext not yet taken by
+         * SSL_write: httpd_stream_backlog() and the pause marks count the
+         * same bytes as over plain TCP. */
+        c->ssl = SSL_new(h->tls->ctx);
+        c->bev = c->ssl ? bufferevent_openssl_socket_new(h->base, fd, c->ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                         BEV_OPT_CLOSE_ON_FREE)
+                        : NULL;
+    } else {
+        c->bev = bufferevent_socket_new(h->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    }
     c->head_timer = evtimer_new(h->base, head_timeout_cb, c);
     if (!c->bev || !c->head_timer) {
         if (c->bev)
@@ -853,8 +924,13 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     /* Unread input is bounded: a head cannot exceed the limit anyway, and a
      * body is moved out as it arrives. Past this much, libevent stops
      * reading from the socket until we consume (a pipelining client that
-     * runs ahead is held back by TCP, not by our memory). */
-    bufferevent_setwatermark(c->bev, EV_READ, 0, h->lim.max_header_bytes + 1);
+     * runs ahead is held back by TCP, not by our memory).
+     * Not over TLS: libevent stops reading a TLS record half-way when the
+     * input reaches the mark, and the rest of the record, decrypted and held
+     * inside OpenSSL, is read again only when more bytes reach the socket --
+     * a pipelining client that waits for its answers would wait forever.
+     * There conn_arm() bounds the input instead. */
+    bufferevent_setwatermark(c->bev, EV_READ, 0, c->ssl ? 0 : h->lim.max_header_bytes + 1);
     struct timeval wt = ms_tv(h->lim.write_timeout_ms);
     bufferevent_set_timeouts(c->bev, NULL, &wt);
     bufferevent_enable(c->bev, EV_WRITE);
@@ -921,6 +997,117 @@ void httpd_set_head_hook(struct httpd *h, httpd_head_cb on_head)
     h->on_head = on_head;
 }
 
+void httpd_set_tls(struct httpd *h, struct httpd_tls *tls)
+{
+    h->tls = tls;
+}
+
+/* ---- TLS context -------------------------------------------------------- */
+
+/* err = "<what> <file>: <OpenSSL's reason>"; clears this thread's OpenSSL
+ * errors, which would otherwise be blamed on the next TLS call here. */
+static void tls_err(char *err, size_t errlen, const char *what, const char *file)
+{
+    unsigned long e = ERR_peek_last_error();
+    const char *reason = e ? ERR_reason_error_string(e) : NULL;
+    const char *lib = e ? ERR_lib_error_string(e) : NULL;
+    if (reason && lib)
+        snprintf(err, errlen, "%s %s: %s (%s)", what, file, reason, lib);
+    else
+        snprintf(err, errlen, "%s %s: %s", what, file, reason ? reason : "not valid PEM");
+    ERR_clear_error();
+}
+
+/* Fail early, and with the system's words, on a file we cannot open: OpenSSL
+ * would say only "system lib". */
+static int tls_readable(const char *what, const char *file, char *err, size_t errlen)
+{
+    FILE *f = fopen(file, "r");
+    if (!f) {
+        snprintf(err, errlen, "%s %s: %s", what, file, strerror(errno));
+        return -1;
+    }
+    fclose(f);
+    return 0;
+}
+
+/* Both binaries speak HTTP/1.1 only: settle on it when the client offers it
+ * (curl and browsers offer h2 first); a client that offers only other
+ * protocols gets no ALPN answer, and finds out from the first response. */
+static int tls_alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+                       unsigned inlen, void *arg)
+{
+    (void)ssl;
+    (void)arg;
+    static const unsigned char http11[] = "\x08http/1.1";
+    unsigned char *chosen = NULL;
+    if (SSL_select_next_proto(&chosen, outlen, http11, sizeof http11 - 1, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_NOACK;
+    *out = chosen;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+struct httpd_tls *httpd_tls_new(const char *cert_file, const char *key_file, char *err, size_t errlen)
+{
+    ERR_clear_error();
+    if (tls_readable("certificate chain", cert_file, err, errlen) < 0 ||
+        tls_readable("private key", key_file, err, errlen) < 0)
+        return NULL;
+    struct httpd_tls *t = xcalloc(1, sizeof *t);
+    t->ctx = SSL_CTX_new(TLS_server_method());
+    if (!t->ctx) {
+        tls_err(err, errlen, "cannot make a TLS context for", cert_file);
+        goto fail;
+    }
+    /* TLS 1.0 and 1.1 are deprecated (RFC 8996). Client-initiated
+     * renegotiation would let one client make us redo handshakes at will. */
+    if (!SSL_CTX_set_min_proto_version(t->ctx, TLS1_2_VERSION)) {
+        tls_err(err, errlen, "cannot require TLS 1.2 for", cert_file);
+        goto fail_ctx;
+    }
+    SSL_CTX_set_options(t->ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION);
+    /* An idle keep-alive connection gives back its record buffers (~34 KiB
+     * each): thousands of them are the normal case for a gateway. */
+    SSL_CTX_set_mode(t->ctx, SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_alpn_select_cb(t->ctx, tls_alpn_cb, NULL);
+    if (SSL_CTX_use_certificate_chain_file(t->ctx, cert_file) != 1) {
+        tls_err(err, errlen, "cannot load the certificate chain", cert_file);
+        goto fail_ctx;
+    }
+    if (SSL_CTX_use_PrivateKey_file(t->ctx, key_file, SSL_FILETYPE_PEM) != 1) {
+        /* Also where a key of the wrong pair is caught: "key values mismatch". */
+        tls_err(err, errlen, "cannot load the private key", key_file);
+        goto fail_ctx;
+    }
+    if (SSL_CTX_check_private_key(t->ctx) != 1) {
+        ERR_clear_error();
+        snprintf(err, errlen, "private key %s does not match the certificate in %s", key_file, cert_file);
+        goto fail_ctx;
+    }
+    /* An expired certificate still loads (clients will refuse it): say so
+     * at start-up rather than leave it to the first failed handshake. */
+    X509 *leaf = SSL_CTX_get0_certificate(t->ctx);
+    if (leaf && X509_cmp_current_time(X509_get0_notAfter(leaf)) < 0)
+        log_warn("tls: the certificate in %s has expired: clients will refuse it", cert_file);
+    else if (leaf && X509_cmp_current_time(X509_get0_notBefore(leaf)) > 0)
+        log_warn("tls: the certificate in %s is not valid yet: clients will refuse it", cert_file);
+    return t;
+
+fail_ctx:
+    SSL_CTX_free(t->ctx);
+fail:
+    free(t);
+    return NULL;
+}
+
+void httpd_tls_free(struct httpd_tls *tls)
+{
+    if (!tls)
+        return;
+    SSL_CTX_free(tls->ctx); /* an SSL still open holds its own reference */
+    free(tls);
+}
+
 void httpd_drain(struct httpd *h)
 {
     if (h->draining)
@@ -938,7 +1125,7 @@ void httpd_drain(struct httpd *h)
         next = c->next;
         if (c->state == C_HEAD && !c->front && !c->queue &&
             evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
-            conn_free(c);
+            conn_free_graceful(c);
     }
 }
 

@@ -27,6 +27,15 @@
  *     pauses while 256 KiB of answers wait unsent (a client that pipelines
  *     and never reads gets TCP backpressure, not a growing buffer).
  *
+ * TLS (optional, httpd_set_tls): every accepted connection is wrapped in a
+ * libevent OpenSSL bufferevent and handshakes before its first request. All
+ * of the above holds over TLS unchanged: the handshake counts against the
+ * header time (a client that never finishes it is cut like a slow head), the
+ * byte limits and httpd_stream_backlog() count plaintext, and a client that
+ * speaks plain HTTP to a TLS port fails the handshake and is closed. The
+ * certificate and key are read once, by httpd_tls_new(); replacing them on
+ * SIGHUP is not supported (restart the process to rotate them).
+ *
  * Threads and ownership: one struct httpd per event_base (per worker thread);
  * everything here runs on that thread. The handler receives a struct
  * httpd_req and owns it until it calls httpd_reply() or httpd_stream_end(),
@@ -54,6 +63,7 @@ struct httpd_limits {
 
 struct httpd;
 struct httpd_req;
+struct httpd_tls;
 
 typedef void (*httpd_handler)(struct httpd_req *req, void *arg);
 typedef void (*httpd_close_cb)(struct httpd_req *req, void *arg);
@@ -81,6 +91,19 @@ struct httpd *httpd_new(struct event_base *base, int listen_fd, const struct htt
                         httpd_handler handler, httpd_reject_cb reject, void *arg);
 /* Install the head hook (NULL: none); it gets httpd_new's arg. */
 void httpd_set_head_hook(struct httpd *h, httpd_head_cb on_head);
+
+/* A server-side TLS context: TLS 1.2 or later, the certificate chain of
+ * cert_file (PEM, the leaf first) and the private key of key_file (PEM),
+ * checked at load to match. ALPN, when the client offers it, settles on
+ * http/1.1. NULL with err set (naming the file) on failure. Immutable once
+ * made: one context may serve every worker's httpd at once (any thread). */
+struct httpd_tls *httpd_tls_new(const char *cert_file, const char *key_file, char *err, size_t errlen);
+/* Free it once no httpd that was given it accepts any more (after their
+ * httpd_free); connections still open keep what they need. NULL: no-op. */
+void httpd_tls_free(struct httpd_tls *tls);
+/* Serve TLS (tls not NULL) or plain HTTP (NULL) on connections accepted
+ * from now on; borrowed. Call from h's thread, normally before its loop runs. */
+void httpd_set_tls(struct httpd *h, struct httpd_tls *tls);
 /* A bound, listening, non-blocking socket with SO_REUSEADDR and
  * SO_REUSEPORT; *bound gets the port (the kernel's pick when port is 0).
  * The fd, or -1 with err set. */
