@@ -16,8 +16,8 @@
 #include <signal.h>
 #include <stdatomic.h>
 
-#include "gateway/chat.h"
 #include "gateway/config.h"
+#include "gateway/routes.h"
 
 struct cache;
 struct classifier;
@@ -42,7 +42,7 @@ struct worker {
     struct httpd *httpd;
     struct event *drain_ev;     /* made active by the main thread to start draining */
     struct event *drain_poll;   /* checks whether draining is done */
-    struct chat_services svc;   /* what this worker's chat requests use */
+    struct route_services routes;   /* what this worker's requests use (routes.h) */
     int stats_flushed;          /* draining: the last stats were sent */
     atomic_int done;
 };
@@ -74,8 +74,5 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen);
 /* Start the workers and serve until a signal asks to stop; then drain. */
 int gateway_run(struct gateway *gw);
 void gateway_free(struct gateway *gw);
-
-/* The request router (server.c): the httpd handler of every worker. */
-void gateway_handle(struct httpd_req *r, void *worker);
 
 #endif

@@ -1,0 +1,228 @@
+/* routes.c: the route table and the small public endpoints. See routes.h. */
+#include "gateway/routes.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/hash.h"
+#include "common/httpd.h"
+#include "engines/engine.h"
+#include "gateway/access.h"
+#include "gateway/admin.h"
+#include "gateway/auth.h"
+#include "gateway/config.h"
+#include "gateway/dashboard.h"
+#include "gateway/metrics.h"
+#include "gateway/reply.h"
+#include "gateway/snapshot.h"
+#include "policies/stats.h"
+
+/* ---- probes and scrapes ------------------------------------------------ */
+
+/* GET /readyz: 200 when every tier's engine is healthy, else 503. */
+static int readyz(const struct route_services *rs, const struct config *cfg, struct httpd_req *r)
+{
+    json_t *tiers = json_object();
+    int ready = 1;
+    for (size_t i = 0; i < cfg->n_tiers && i < rs->n_engines; i++) {
+        int ok = engine_health(rs->chat.engines[i]);
+        ready &= ok;
+        json_object_set_new(tiers, cfg->tiers[i].name, json_string(ok ? "ready" : "unavailable"));
+    }
+    int status = ready ? 200 : 503;
+    reply_json(r, status, json_pack("{s:s, s:o}", "status", ready ? "ready" : "not_ready", "tiers", tiers));
+    return status;
+}
+
+/* /metrics is open unless metrics.token_sha256 is set; then it needs that
+ * Bearer token, or the admin token. Both compared as SHA-256 in constant time. */
+static int metrics_allowed(const struct config *cfg, struct httpd_req *r)
+{
+    if (!cfg->has_metrics_token)
+        return 1;
+    const char *key = auth_bearer(httpd_req_header(r, "Authorization"));
+    if (!key)
+        return 0;
+    uint8_t digest[SHA256_LEN];
+    hash_sha256(key, strlen(key), digest);
+    return hash_ct_equal(digest, cfg->metrics_key, SHA256_LEN) | auth_is_admin(cfg, key);
+}
+
+static void metrics_endpoint(const struct route_services *rs, const struct config *cfg, struct httpd_req *r)
+{
+    if (!metrics_allowed(cfg, r)) {
+        httpd_resp_header(r, "WWW-Authenticate", "Bearer");
+        reply_error(r, 401, "invalid_request_error", "invalid_api_key",
+                    "/metrics needs the metrics token or the admin token: send Authorization: Bearer <token>");
+        return;
+    }
+    /* The queue-depth gauge is read when scraped: it is a level, not an event. */
+    for (size_t i = 0; i < rs->n_engines; i++) {
+        int depth = engine_queue_depth(rs->chat.engines[i]);
+        if (depth >= 0)
+            metrics_set_queue_depth(rs->chat.metrics, (int)i, depth);
+    }
+    size_t len;
+    char *text = metrics_render(rs->chat.metrics, &len);
+    httpd_reply(r, 200, METRICS_CONTENT_TYPE, text, len);
+    free(text);
+}
+
+/* ---- models ------------------------------------------------------------ */
+
+static int list_models(const struct config *cfg, struct httpd_req *r, const struct tenant_config *t)
+{
+    json_t *data = json_array();
+    json_array_append_new(data, json_pack("{s:s, s:s, s:i, s:s}", "id", "auto", "object", "model", "created", 0,
+                                          "owned_by", "cascade"));
+    for (size_t i = 0; i < t->n_allowed; i++) {
+        const struct tier_config *tc = &cfg->tiers[t->allowed[i]];
+        json_array_append_new(data, json_pack("{s:s, s:s, s:i, s:s, s:s}", "id", tc->name, "object", "model",
+                                              "created", 0, "owned_by", "cascade", "model", tc->model));
+    }
+    reply_json(r, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
+    return 200;
+}
+
+/* ---- the table --------------------------------------------------------- */
+
+/* A client's x-request-id is echoed only when it is a sane token. */
+static int valid_request_id(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > 64)
+        return 0;
+    return strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:") == n;
+}
+
+/* /healthz and /readyz: GET only, no key, no access-log line. */
+static void probe(const struct route_services *rs, struct httpd_req *r, int is_get, int is_ready)
+{
+    if (!is_get) {
+        httpd_resp_header(r, "Allow", "GET");
+        reply_error(r, 405, "invalid_request_error", "method_not_allowed", "Method not allowed; use GET");
+        return;
+    }
+    httpd_resp_header(r, "x-cascade-tier", "none");
+    if (!is_ready) {
+        reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
+        return;
+    }
+    struct config_snap *snap = snapshot_acquire(rs->snaps);
+    readyz(rs, &snap->cfg, r);
+    snapshot_release(snap);
+}
+
+void routes_handle(struct httpd_req *r, void *arg)
+{
+    const struct route_services *rs = arg;
+    uint64_t t0 = clock_mono_us();
+    const char *method = httpd_req_method(r), *path = httpd_req_path(r);
+    char rid[80];
+    const char *given = httpd_req_header(r, "x-request-id");
+    if (valid_request_id(given))
+        snprintf(rid, sizeof rid, "%s", given);
+    else
+        access_new_id(rid);
+    httpd_resp_header(r, "x-request-id", rid);
+
+    int is_get = strcmp(method, "GET") == 0, is_post = strcmp(method, "POST") == 0;
+    if (strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0) {
+        probe(rs, r, is_get, path[1] == 'r');
+        return; /* probes are not access-logged: they would drown the log */
+    }
+    struct config_snap *snap = snapshot_acquire(rs->snaps);
+    const struct config *cfg = &snap->cfg;
+    if (strcmp(path, "/metrics") == 0 && is_get) {
+        metrics_endpoint(rs, cfg, r);
+        snapshot_release(snap);
+        return; /* scrapes are not access-logged, like probes */
+    }
+    /* Replying frees the request, and its strings with it: keep copies. */
+    char method_copy[16], path_copy[128];
+    snprintf(method_copy, sizeof method_copy, "%s", method);
+    snprintf(path_copy, sizeof path_copy, "%s", path);
+    struct access_entry e = {.request_id = rid, .method = method_copy, .path = path_copy};
+    const char *key = auth_bearer(httpd_req_header(r, "Authorization"));
+    int chat = strcmp(path, "/v1/chat/completions") == 0, models = strcmp(path, "/v1/models") == 0;
+    int stats = strcmp(path, "/admin/v1/stats") == 0;
+    int dash_status = strncmp(path, "/dashboard", 10) == 0 ? dashboard_serve(r, path) : 0;
+    if (dash_status) {
+        snapshot_release(snap);
+        e.status = dash_status;
+        e.latency_us = clock_mono_us() - t0;
+        access_log(&e);
+        return;
+    }
+    /* /admin/v1/tenants/{id}/usage, where id is one path segment. */
+    static const char usage_prefix[] = "/admin/v1/tenants/";
+    size_t upl = sizeof usage_prefix - 1, plen = strlen(path);
+    int usage = strncmp(path, usage_prefix, upl) == 0 && plen > upl + 6 && strcmp(path + plen - 6, "/usage") == 0 &&
+                plen - upl - 6 < 64 && !memchr(path + upl, '/', plen - upl - 6);
+    if (!chat && !models && !usage && !stats) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "Unknown request URL: %s %.100s", method, path);
+        e.status = reply_error(r, 404, "invalid_request_error", "unknown_url", msg);
+    } else if ((chat && !is_post) || ((models || usage || stats) && !is_get)) {
+        httpd_resp_header(r, "Allow", chat ? "POST" : "GET");
+        e.status = reply_error(r, 405, "invalid_request_error", "method_not_allowed",
+                               chat ? "Method not allowed; use POST" : "Method not allowed; use GET");
+    } else if (stats) {
+        e.status = admin_stats(r, rs->chat.stats, rs->chat.base, cfg, key);
+    } else if (usage) {
+        char tenant_id[64];
+        snprintf(tenant_id, sizeof tenant_id, "%.*s", (int)(plen - upl - 6), path + upl);
+        e.status = admin_usage(r, rs->chat.policy, rs->chat.base, cfg, key, tenant_id);
+    } else {
+        const struct tenant_config *t = auth_tenant(cfg, key);
+        if (!t) {
+            httpd_resp_header(r, "WWW-Authenticate", "Bearer");
+            e.status = reply_error(r, 401, "invalid_request_error", "invalid_api_key",
+                                   key ? "Incorrect API key provided" : "Missing API key: send Authorization: Bearer <key>");
+            if (chat)
+                metrics_request(rs->chat.metrics, -1, -1, 401, STATS_CACHE_BYPASS, 0, 0, 0, 0, 0,
+                                clock_mono_us() - t0, 0, clock_mono_us() - t0, 0);
+        } else if (chat) {
+            metrics_inflight_add(rs->chat.metrics, 1); /* chat_done takes it back */
+            chat_handle(&rs->chat, r, snap, t, rid, t0);
+            return; /* the chat state machine logs its own line and releases snap */
+        } else {
+            e.tenant = t->id;
+            httpd_resp_header(r, "x-cascade-tier", "none");
+            e.status = list_models(cfg, r, t);
+        }
+    }
+    snapshot_release(snap);
+    e.latency_us = clock_mono_us() - t0;
+    access_log(&e);
+}
+
+int routes_head(struct httpd_req *r, void *arg)
+{
+    const struct route_services *rs = arg;
+    if (strncmp(httpd_req_path(r), "/v1/", 4) != 0)
+        return 0;
+    struct config_snap *snap = snapshot_acquire(rs->snaps);
+    const char *key = auth_bearer(httpd_req_header(r, "Authorization"));
+    int ok = auth_tenant(&snap->cfg, key) != NULL;
+    snapshot_release(snap);
+    if (ok)
+        return 0;
+    /* routes_handle answers 401 without reading the body. */
+    routes_handle(r, arg);
+    return 1;
+}
+
+void routes_reject(struct httpd_req *r, int status, void *arg)
+{
+    (void)arg;
+    char rid[17];
+    access_new_id(rid);
+    httpd_resp_header(r, "x-request-id", rid);
+    httpd_resp_header(r, "x-cascade-tier", "none");
+    const char *m = httpd_req_method(r), *p = httpd_req_path(r);
+    struct access_entry e = {.request_id = rid, .method = m ? m : "-", .path = p ? p : "-", .status = status};
+    access_log(&e);
+}
