@@ -44,12 +44,12 @@
 /* The fixed fields of a cell; tier counts and latency buckets follow. */
 enum {
     F_REQUESTS, F_HITS, F_MISSES, F_BYPASS, F_ERRORS, F_ESCALATIONS, F_TOKENS_IN, F_TOKENS_OUT,
-    F_COST, F_SAVED_CACHE, F_SAVED_ROUTING, F_LAT_COUNT, F_LAT_SUM, F_FIXED
+    F_COST, F_SAVED_CACHE, F_SAVED_ROUTING, F_ROUTING_LOSS, F_LAT_COUNT, F_LAT_SUM, F_FIXED
 };
 
 static const char *const fixed_names[F_FIXED] = {
     "requests", "hits", "misses", "bypass", "errors", "escalations", "tokens_in", "tokens_out",
-    "cost_nano", "saved_cache_nano", "saved_routing_nano", "lat_count", "lat_sum_us",
+    "cost_nano", "saved_cache_nano", "saved_routing_nano", "routing_loss_nano", "lat_count", "lat_sum_us",
 };
 
 /* Upper bounds of the latency buckets, ms; the last bucket is unbounded. */
@@ -468,7 +468,10 @@ void stats_record(struct stats *s, struct event_base *base, const struct stats_s
     f[F_TOKENS_OUT] = money_add(f[F_TOKENS_OUT], x->tokens_out);
     f[F_COST] = money_add(f[F_COST], x->cost_nano);
     f[F_SAVED_CACHE] = money_add(f[F_SAVED_CACHE], x->saved_cache_nano);
+    /* Routing's gain and its loss are two sums that only grow; the net
+     * (README "Savings") is taken when a query reads them. */
     f[F_SAVED_ROUTING] = money_add(f[F_SAVED_ROUTING], x->saved_routing_nano);
+    f[F_ROUTING_LOSS] = money_add(f[F_ROUTING_LOSS], x->routing_loss_nano);
     if (x->tier >= 0 && (size_t)x->tier < s->n_tiers)
         f[F_FIXED + x->tier]++;
     f[F_LAT_COUNT]++;
@@ -788,15 +791,17 @@ static double quantile_ms(const int64_t *bucket, double q)
 /* The scalars of a point and of the totals, in the order of the JSON. */
 enum {
     S_REQUESTS, S_HITS, S_MISSES, S_BYPASS, S_ERRORS, S_ESCALATIONS, S_TOKENS_IN, S_TOKENS_OUT,
-    S_COST, S_SAVED_CACHE, S_SAVED_ROUTING, S_HIT_RATE, S_ESCALATION_RATE, S_P50, S_P95, S_COUNT
+    S_COST, S_SAVED_CACHE, S_SAVED_ROUTING, S_ROUTING_GAIN, S_ROUTING_LOSS, S_HIT_RATE, S_ESCALATION_RATE, S_P50,
+    S_P95, S_COUNT
 };
 static const char *const scalar_names[S_COUNT] = {
     "requests", "hits", "misses", "bypass", "errors", "escalations", "tokens_in", "tokens_out",
-    "cost_usd", "saved_cache_usd", "saved_routing_usd", "hit_rate", "escalation_rate", "p50_ms", "p95_ms",
+    "cost_usd", "saved_cache_usd", "saved_routing_usd", "routing_gain_usd", "routing_loss_usd", "hit_rate",
+    "escalation_rate", "p50_ms", "p95_ms",
 };
 
 _Static_assert((int)S_TOKENS_OUT == (int)F_TOKENS_OUT && (int)S_COST == (int)F_COST &&
-                   (int)S_SAVED_ROUTING == (int)F_SAVED_ROUTING,
+                   (int)S_SAVED_CACHE == (int)F_SAVED_CACHE,
                "the first scalars mirror the first fields");
 
 static json_t *ratio(int64_t num, int64_t den)
@@ -809,8 +814,17 @@ static json_t *scalar(const struct stats *s, const int64_t *f, int i)
 {
     if (i <= S_TOKENS_OUT) /* the first scalars are the first fields, in order */
         return json_integer(f[i]);
-    if (i <= S_SAVED_ROUTING)
+    if (i <= S_SAVED_CACHE)
         return json_real((double)f[F_COST + (i - S_COST)] / 1e9);
+    /* Routing savings are NET (README "Savings"): gain minus loss, which
+     * may be negative; both sums are within [0, MONEY_MAX], so the
+     * difference fits. The two terms are reported beside it. */
+    if (i == S_SAVED_ROUTING)
+        return json_real((double)(f[F_SAVED_ROUTING] - f[F_ROUTING_LOSS]) / 1e9);
+    if (i == S_ROUTING_GAIN)
+        return json_real((double)f[F_SAVED_ROUTING] / 1e9);
+    if (i == S_ROUTING_LOSS)
+        return json_real((double)f[F_ROUTING_LOSS] / 1e9);
     if (i == S_HIT_RATE)
         return ratio(f[F_HITS], f[F_REQUESTS]);
     if (i == S_ESCALATION_RATE)

@@ -7,7 +7,9 @@
  *   cascade:{<tenant>}:stats:<unix minute>   HASH, expires 48 h after that minute
  * Fields (all integers, HINCRBY):
  *   requests hits misses bypass errors escalations tokens_in tokens_out
- *   cost_nano saved_cache_nano saved_routing_nano     (USD x 1e9)
+ *   cost_nano saved_cache_nano saved_routing_nano routing_loss_nano   (USD x 1e9;
+ *     saved_routing_nano is routing's gain, routing_loss_nano its loss, each
+ *     a sum that only grows; README "Savings")
  *   tier:<name>                                       requests answered by that tier
  *   lat_count lat_sum_us
  *   lat_le_<ms> ... lat_le_inf                        latency histogram; each field
@@ -38,12 +40,15 @@
  *    "series": {"t": [point start, unix s...],
  *               "requests", "hits", "misses", "bypass", "errors", "escalations",
  *               "tokens_in", "tokens_out": [integers...],
- *               "cost_usd", "saved_cache_usd", "saved_routing_usd": [numbers...],
+ *               "cost_usd", "saved_cache_usd", "saved_routing_usd",
+ *               "routing_gain_usd", "routing_loss_usd": [numbers...],
  *               "hit_rate", "escalation_rate": [0..1 or null when no requests],
  *               "p50_ms", "p95_ms": [numbers or null when no requests],
  *               "tiers": {"<tier>": [integers...], ...}},
  *    "totals": {the same scalars over the whole range, plus "tiers": {"<tier>": n}}}
- * hit_rate = hits / requests; escalation_rate = escalations / requests;
+ * saved_routing_usd is NET: routing_gain_usd - routing_loss_usd, negative
+ * where routing cost more than the baseline tier would have (README
+ * "Savings"). hit_rate = hits / requests; escalation_rate = escalations / requests;
  * p50/p95 are interpolated linearly inside the histogram bucket that holds
  * the rank (as Prometheus' histogram_quantile does; the inf bucket answers
  * its lower bound). from is rounded down and to up to whole minutes; point k
@@ -79,8 +84,9 @@ struct stats_sample {
     enum stats_cache cache;
     int escalated;
     int64_t tokens_in, tokens_out;  /* what the engines processed: 0 for a cache hit */
-    /* USD x 1e9: what was paid; what a hit would have cost to generate; the
-     * reference tier's price minus what was paid (as chat.c settles them). */
+    /* USD x 1e9, all >= 0: what was paid; what a hit would have cost to
+     * generate; routing's gain and its loss against the baseline tier (as
+     * chat.c settles them; README "Savings"). */
     int64_t cost_nano, saved_cache_nano, saved_routing_nano;
     int64_t routing_loss_nano;      /* what routing cost above the baseline (README "Savings") */
     uint64_t latency_us;

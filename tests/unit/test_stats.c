@@ -26,6 +26,7 @@
 
 #include "cache/redis.h"
 #include "policies/stats.h"
+#include "tests/unit/redis_server.h"
 #include "tests/unit/test.h"
 
 static const char *const TIERS[] = {"small", "large"};
@@ -40,54 +41,7 @@ static int64_t fake_clock(void *arg)
     return tl_now ? tl_now : (int64_t)time(NULL);
 }
 
-/* ---- redis-server ---------------------------------------------------------- */
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t l = sizeof a;
-    bind(fd, (struct sockaddr *)&a, sizeof a);
-    getsockname(fd, (struct sockaddr *)&a, &l);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-static pid_t redis_start(int port)
-{
-    char ps[16];
-    snprintf(ps, sizeof ps, "%d", port);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        dup2(devnull, 1);
-        execlp("redis-server", "redis-server", "--port", ps, "--bind", "127.0.0.1", "--save", "", "--appendonly",
-               "no", (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 100; i++) { /* up to 5 s */
-        redisContext *c = redisConnect("127.0.0.1", port);
-        if (c && !c->err) {
-            redisReply *r = redisCommand(c, "PING");
-            int ok = r && r->type == REDIS_REPLY_STATUS;
-            freeReplyObject(r);
-            redisFree(c);
-            if (ok)
-                return pid;
-        } else if (c) {
-            redisFree(c);
-        }
-        usleep(50000);
-    }
-    fprintf(stderr, "redis-server did not start on port %d\n", port);
-    exit(1);
-}
-
-static void redis_stop(pid_t pid)
-{
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-}
+/* ---- redis-server: tests/unit/redis_server.h -------------------------------- */
 
 static redisContext *cli;
 
@@ -128,13 +82,15 @@ static void gen_sample(uint32_t seed, int i, struct stats_sample *x, int *minute
     x->cost_nano = x->tokens_in * 140 + x->tokens_out * 280;
     x->saved_cache_nano = x->cache == STATS_CACHE_HIT ? 1000 + (h >> 13) % 5000 : 0;
     x->saved_routing_nano = x->tier == 0 ? (h >> 15) % 7000 : 0;
+    /* An escalation to the large tier paid for both calls: routing's loss. */
+    x->routing_loss_nano = x->tier == 1 && x->escalated ? (h >> 16) % 9000 : 0;
     x->latency_us = 300 + (uint64_t)((h >> 4) % 2000000);
     *minute_back = (int)((h >> 17) % 3);
 }
 
 struct expect {
     long long requests, hits, misses, bypass, errors, escalations, tokens_in, tokens_out, cost, saved_cache,
-        saved_routing, tier[2], lat_count, lat_sum;
+        saved_routing, routing_loss, tier[2], lat_count, lat_sum;
 };
 
 static void expect_add(struct expect *e, const struct stats_sample *x)
@@ -150,6 +106,7 @@ static void expect_add(struct expect *e, const struct stats_sample *x)
     e->cost += x->cost_nano;
     e->saved_cache += x->saved_cache_nano;
     e->saved_routing += x->saved_routing_nano;
+    e->routing_loss += x->routing_loss_nano;
     if (x->tier >= 0)
         e->tier[x->tier]++;
     e->lat_count++;
@@ -226,6 +183,7 @@ static void test_memory(void)
                                  .tokens_in = 100, .tokens_out = 50,
                                  .cost_nano = i < 4 ? 0 : 28000, .saved_cache_nano = i < 4 ? 28000 : 0,
                                  .saved_routing_nano = i >= 4 && i < 8 ? 5000 : 0,
+                                 .routing_loss_nano = i == 9 ? 30000 : 0, /* the escalation */
                                  .latency_us = i % 2 ? 30000 : 120000};
         stats_record(s, base, &x);
     }
@@ -255,7 +213,13 @@ static void test_memory(void)
         CHECK(near(at(se, "escalation_rate", 0), 0.1));
         CHECK(near(at(se, "cost_usd", 0), 6 * 28000e-9));
         CHECK(near(at(se, "saved_cache_usd", 0), 4 * 28000e-9));
-        CHECK(near(at(se, "saved_routing_usd", 0), 4 * 5000e-9));
+        /* Routing savings are net: four cheap answers gained 5000 each, the
+         * escalation lost 30000, so routing cost money this minute. */
+        CHECK(near(at(se, "saved_routing_usd", 0), 4 * 5000e-9 - 30000e-9));
+        CHECK(at(se, "saved_routing_usd", 0) < 0);
+        CHECK(near(at(se, "routing_gain_usd", 0), 4 * 5000e-9));
+        CHECK(near(at(se, "routing_loss_usd", 0), 30000e-9));
+        CHECK(at(se, "routing_loss_usd", 1) == 0);
         CHECK(at(se, "tokens_in", 0) == 1000 && at(se, "tokens_out", 0) == 500);
         /* Five samples in (25, 50] and five in (100, 150]: rank 5 tops the
          * first bucket (50 ms); rank 9.5 is 4.5/5 into the second. */
@@ -274,6 +238,8 @@ static void test_memory(void)
         CHECK(at(se, "requests", 4) == 0); /* beta's minute, not acme's */
         json_t *tot = json_object_get(r, "totals");
         CHECK(num(tot, "requests") == 11 && num(tot, "errors") == 1 && num(tot, "escalations") == 1);
+        CHECK(near(num(tot, "saved_routing_usd"), 4 * 5000e-9 - 30000e-9));
+        CHECK(near(num(tot, "routing_gain_usd"), 4 * 5000e-9) && near(num(tot, "routing_loss_usd"), 30000e-9));
         CHECK(near(num(tot, "hit_rate"), 4.0 / 11));
         CHECK(json_integer_value(json_object_get(json_object_get(tot, "tiers"), "small")) == 5);
         json_decref(r);
@@ -382,7 +348,7 @@ static void test_fleet(int port)
 {
     char url[64];
     snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", port);
-    struct redis_settings rset = {url, 500};
+    struct redis_settings rset = {.url = url, .timeout_ms = 500};
     char err[128];
     enum { INSTANCES = 2, WORKERS = 2, N = 400 };
     struct redis_shared *rs[INSTANCES];
@@ -431,6 +397,7 @@ static void test_fleet(int port)
         CHECK(hget(key, "cost_nano") == want[b].cost);
         CHECK(hget(key, "saved_cache_nano") == want[b].saved_cache);
         CHECK(hget(key, "saved_routing_nano") == want[b].saved_routing);
+        CHECK(hget(key, "routing_loss_nano") == want[b].routing_loss);
         CHECK(hget(key, "tier:small") == want[b].tier[0]);
         CHECK(hget(key, "tier:large") == want[b].tier[1]);
         CHECK(hget(key, "lat_count") == want[b].lat_count);
@@ -467,7 +434,8 @@ static void test_fleet(int port)
             CHECK(at(se, "hits", p) == want[b].hits);
             CHECK(at(se, "tokens_in", p) == want[b].tokens_in);
             CHECK(near(at(se, "cost_usd", p), want[b].cost / 1e9));
-            CHECK(near(at(se, "saved_routing_usd", p), want[b].saved_routing / 1e9));
+            CHECK(near(at(se, "saved_routing_usd", p), (want[b].saved_routing - want[b].routing_loss) / 1e9));
+            CHECK(near(at(se, "routing_loss_usd", p), want[b].routing_loss / 1e9));
             CHECK(near(at(se, "hit_rate", p), (double)want[b].hits / (double)want[b].requests));
             CHECK(json_integer_value(json_array_get(json_object_get(json_object_get(se, "tiers"), "large"), p)) ==
                   want[b].tier[1]);
@@ -547,7 +515,7 @@ static void test_ambiguous_timeout(int port)
 {
     char url[64], err[128];
     snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", port);
-    struct redis_settings rset = {url, 100};
+    struct redis_settings rset = {.url = url, .timeout_ms = 100};
     struct redis_shared *rs = redis_shared_new(&rset, err, sizeof err);
     struct stats *s = stats_new(rs, TIERS, 2);
     stats_set_clock(s, fake_clock, NULL);
@@ -595,7 +563,7 @@ static void test_outage(int port, pid_t *pid)
 {
     char url[64], err[128];
     snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", port);
-    struct redis_settings rset = {url, 200};
+    struct redis_settings rset = {.url = url, .timeout_ms = 200};
     struct redis_shared *rs = redis_shared_new(&rset, err, sizeof err);
     struct stats *s = stats_new(rs, TIERS, 2);
     stats_set_clock(s, fake_clock, NULL);
@@ -642,7 +610,7 @@ static void test_bound(void)
 {
     char url[64], err[128];
     snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", free_port()); /* nothing listens there */
-    struct redis_settings rset = {url, 100};
+    struct redis_settings rset = {.url = url, .timeout_ms = 100};
     struct redis_shared *rs = redis_shared_new(&rset, err, sizeof err);
     struct stats *s = stats_new(rs, TIERS, 2);
     struct event_base *base = event_base_new();
