@@ -1,6 +1,7 @@
 /* routes.c: the route table and the small public endpoints. See routes.h. */
 #include "gateway/routes.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +87,61 @@ static int list_models(const struct config *cfg, struct httpd_req *r, const stru
     return 200;
 }
 
+/* Decode %XX escapes of one path segment into out (NUL-terminated). The
+ * openai SDK escapes the id it puts in the path, so a model id with a '/'
+ * (deepseek-ai/DeepSeek-V3) arrives as deepseek-ai%2FDeepSeek-V3. -1 for a
+ * bad escape, a NUL byte, or a result that does not fit. */
+static int pct_decode(const char *in, size_t n, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int c = (unsigned char)in[i];
+        if (c == '%') {
+            if (n - i < 3) /* "%" needs two hex digits after it */
+                return -1;
+            char hex[3] = {in[i + 1], in[i + 2], 0};
+            if (!isxdigit((unsigned char)hex[0]) || !isxdigit((unsigned char)hex[1]))
+                return -1;
+            c = (int)strtol(hex, NULL, 16);
+            i += 2;
+        }
+        if (c == 0 || o + 1 >= cap)
+            return -1;
+        out[o++] = (char)c;
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+/* GET /v1/models/{id}: the model object for "auto", or for the name or the
+ * model id of a tier the tenant may use -- what GET /v1/models lists, so a
+ * client can retrieve what it was shown. Anything else is 404 model_not_found,
+ * worded as OpenAI words it, whether the tier exists or the tenant may not
+ * use it: a key must not learn which tiers other tenants have. */
+static int retrieve_model(const struct config *cfg, struct httpd_req *r, const struct tenant_config *t,
+                          const char *raw_id, size_t raw_len)
+{
+    char id[256];
+    int ok = raw_len > 0 && pct_decode(raw_id, raw_len, id, sizeof id) == 0;
+    if (ok && strcmp(id, "auto") == 0) {
+        reply_json(r, 200, json_pack("{s:s, s:s, s:i, s:s}", "id", "auto", "object", "model", "created", 0,
+                                     "owned_by", "cascade"));
+        return 200;
+    }
+    for (size_t i = 0; ok && i < t->n_allowed; i++) {
+        const struct tier_config *tc = &cfg->tiers[t->allowed[i]];
+        if (strcmp(id, tc->name) == 0 || strcmp(id, tc->model) == 0) {
+            reply_json(r, 200, json_pack("{s:s, s:s, s:i, s:s, s:s}", "id", id, "object", "model", "created", 0,
+                                         "owned_by", "cascade", "model", tc->model));
+            return 200;
+        }
+    }
+    char msg[200];
+    snprintf(msg, sizeof msg, "The model '%.100s' does not exist or you do not have access to it.",
+             ok ? id : "(invalid id)");
+    return reply_error(r, 404, "invalid_request_error", "model_not_found", msg);
+}
+
 /* ---- the table --------------------------------------------------------- */
 
 /* A client's x-request-id is echoed only when it is a sane token. */
@@ -148,6 +204,10 @@ void routes_handle(struct httpd_req *r, void *arg)
     const char *key = auth_bearer(httpd_req_header(r, "Authorization"));
     int chat = strcmp(path, "/v1/chat/completions") == 0, models = strcmp(path, "/v1/models") == 0;
     int stats = strcmp(path, "/admin/v1/stats") == 0;
+    /* /v1/models/{id}: the id is the rest of the path, escaped or not. */
+    static const char model_prefix[] = "/v1/models/";
+    size_t mpl = sizeof model_prefix - 1;
+    int model = strncmp(path, model_prefix, mpl) == 0;
     int dash_status = strncmp(path, "/dashboard", 10) == 0 ? dashboard_serve(r, path) : 0;
     if (dash_status) {
         snapshot_release(snap);
@@ -161,11 +221,11 @@ void routes_handle(struct httpd_req *r, void *arg)
     size_t upl = sizeof usage_prefix - 1, plen = strlen(path);
     int usage = strncmp(path, usage_prefix, upl) == 0 && plen > upl + 6 && strcmp(path + plen - 6, "/usage") == 0 &&
                 plen - upl - 6 < 64 && !memchr(path + upl, '/', plen - upl - 6);
-    if (!chat && !models && !usage && !stats) {
+    if (!chat && !models && !model && !usage && !stats) {
         char msg[160];
         snprintf(msg, sizeof msg, "Unknown request URL: %s %.100s", method, path);
         e.status = reply_error(r, 404, "invalid_request_error", "unknown_url", msg);
-    } else if ((chat && !is_post) || ((models || usage || stats) && !is_get)) {
+    } else if ((chat && !is_post) || ((models || model || usage || stats) && !is_get)) {
         httpd_resp_header(r, "Allow", chat ? "POST" : "GET");
         e.status = reply_error(r, 405, "invalid_request_error", "method_not_allowed",
                                chat ? "Method not allowed; use POST" : "Method not allowed; use GET");
@@ -191,7 +251,7 @@ void routes_handle(struct httpd_req *r, void *arg)
         } else {
             e.tenant = t->id;
             httpd_resp_header(r, "x-cascade-tier", "none");
-            e.status = list_models(cfg, r, t);
+            e.status = model ? retrieve_model(cfg, r, t, path + mpl, strlen(path + mpl)) : list_models(cfg, r, t);
         }
     }
     snapshot_release(snap);
