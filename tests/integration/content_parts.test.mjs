@@ -1,0 +1,201 @@
+// content_parts.test.mjs: what a tier accepts (issue 15), through real
+// cascaded, the scripted peer and a real native tier on stories260K.
+//
+// - Content parts other than text go upstream unchanged to a tier whose
+//   `accepts` names their type; elsewhere they are a 400 with code
+//   unsupported_content_part (param "messages"), before anything reaches an
+//   upstream. Each media part reserves tiers[].media_part_tokens prompt
+//   tokens in the budget.
+// - model "auto" with `tools` routes only among tiers that take tools (the
+//   remote ones); with only native tiers allowed it is a 400 naming "tools",
+//   and so is a named native tier.
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+
+import {
+  SOURCE_DIR, authHeaders, cleanupAfterAll, makeConfig, sha256hex, sseParse, startGateway, startPeer, tier,
+} from '../support/harness.mjs';
+
+cleanupAfterAll();
+
+const SHARED = process.env.CASCADE_SHARED_DIR || path.join(SOURCE_DIR, '..', 'shared');
+const MODEL = path.join(SHARED, 'models', 'stories260K', 'stories260K.bin');
+
+// A 1x1 PNG as a data URL, and an audio clip: what real clients send.
+const IMAGE = 'data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==';
+const imageMessages = (text = 'What is in this image?') => [{
+  role: 'user',
+  content: [
+    { type: 'text', text },
+    { type: 'image_url', image_url: { url: IMAGE, detail: 'low' } },
+  ],
+}];
+const audioMessages = () => [{
+  role: 'user',
+  content: [
+    { type: 'text', text: 'Transcribe this.' },
+    { type: 'input_audio', input_audio: { data: 'UklGRiQAAABXQVZFZm10IBAAAAABAAEAQB8AAEAfAAABAAgAZGF0YQAAAAA=', format: 'wav' } },
+  ],
+}];
+
+const TOOLS = [{ type: 'function', function: { name: 'lookup', description: 'Look a word up',
+  parameters: { type: 'object', properties: { word: { type: 'string' } }, required: ['word'] } } }];
+
+const KEYS = { acme: 'sk-parts-acme', thrifty: 'sk-parts-thrifty', mixed: 'sk-parts-mixed', native: 'sk-parts-native' };
+
+async function call(gw, body, key) {
+  const res = await fetch(`${gw.url}/v1/chat/completions`, {
+    method: 'POST', headers: authHeaders(key), body: JSON.stringify(body),
+  });
+  const text = await res.text();
+  let json = null;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    // a stream
+  }
+  return { status: res.status, text, json, tier: res.headers.get('x-cascade-tier') };
+}
+
+function assertError(r, status, code, param) {
+  assert.equal(r.status, status, r.text);
+  assert.ok(r.json?.error, `not an OpenAI error: ${r.text}`);
+  for (const k of ['message', 'type', 'param', 'code']) assert.ok(k in r.json.error, `error.${k} missing: ${r.text}`);
+  if (status === 400) assert.equal(r.json.error.type, 'invalid_request_error');
+  if (code !== undefined) assert.equal(r.json.error.code, code, r.text);
+  if (param !== undefined) assert.equal(r.json.error.param, param, r.text);
+}
+
+describe('content parts and the tiers that accept them', () => {
+  let peer;
+  let gw;
+  before(async () => {
+    peer = await startPeer({ name: 'parts' });
+    const config = makeConfig({
+      tiers: [
+        tier({ name: 'text', model: 'text-model', urls: peer.url }),
+        tier({ name: 'vision', model: 'vision-model', urls: peer.url, accepts: ['text', 'image_url'] }),
+        // media_part_tokens at $100 per 1M prompt tokens: an image reserves $0.1
+        tier({ name: 'pricey', model: 'pricey-model', urls: peer.url, accepts: ['text', 'image_url'],
+          media_part_tokens: 1000, price: { input_per_1m: 100, output_per_1m: 1 }, max_output_tokens: 10 }),
+      ],
+      tenants: [
+        { id: 'acme', keys: [sha256hex(KEYS.acme)], allowed_tiers: ['text', 'vision'], default_tier: 'text' },
+        { id: 'thrifty', keys: [sha256hex(KEYS.thrifty)], allowed_tiers: ['pricey'],
+          budget: { usd_per_day: 0.05, on_exhausted: 'reject' } },
+      ],
+    });
+    gw = await startGateway({ config });
+  });
+  after(() => gw?.stop());
+
+  test('an image part to a tier without image_url in accepts: 400 unsupported_content_part, nothing upstream', async () => {
+    await peer.reset();
+    for (const stream of [false, true]) {
+      const r = await call(gw, { model: 'text', messages: imageMessages(), stream }, KEYS.acme);
+      assertError(r, 400, 'unsupported_content_part', 'messages');
+      assert.match(r.json.error.message, /image_url/);
+    }
+    // the default tier of "auto" takes text only, too
+    assertError(await call(gw, { model: 'auto', messages: imageMessages() }, KEYS.acme), 400, 'unsupported_content_part',
+      'messages');
+    assert.equal((await peer.stats()).requests, 0);
+  });
+
+  test('an image part to a tier that accepts it: 200, and the upstream gets the part unchanged', async () => {
+    await peer.reset();
+    const messages = imageMessages();
+    const r = await call(gw, { model: 'vision', messages }, KEYS.acme);
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.tier, 'vision');
+    assert.equal(r.json.choices[0].message.content, 'echo: What is in this image?');
+    const got = (await peer.stats()).last_request;
+    assert.equal(got.model, 'vision-model');
+    assert.deepEqual(got.messages, messages);
+    // streamed, the same
+    const s = await call(gw, { model: 'vision', messages, stream: true }, KEYS.acme);
+    assert.equal(s.status, 200, s.text);
+    const text = sseParse(s.text).filter((e) => e !== '[DONE]').map((e) => e.choices?.[0]?.delta?.content ?? '').join('');
+    assert.equal(text, 'echo: What is in this image?');
+    assert.deepEqual((await peer.stats()).last_request.messages, messages);
+  });
+
+  test('a part type the tier does not list (audio to an image tier) is still a 400', async () => {
+    await peer.reset();
+    const r = await call(gw, { model: 'vision', messages: audioMessages() }, KEYS.acme);
+    assertError(r, 400, 'unsupported_content_part', 'messages');
+    assert.match(r.json.error.message, /input_audio/);
+    assert.equal((await peer.stats()).requests, 0);
+  });
+
+  test('each media part reserves media_part_tokens: the budget fits text, not the image', async () => {
+    await peer.reset();
+    const ok = await call(gw, { model: 'pricey', messages: [{ role: 'user', content: 'What is in this image?' }] },
+      KEYS.thrifty);
+    assert.equal(ok.status, 200, ok.text);
+    const r = await call(gw, { model: 'pricey', messages: imageMessages() }, KEYS.thrifty);
+    assertError(r, 429, 'budget_exceeded');
+    assert.equal((await peer.stats()).requests, 1, 'only the text request reached the upstream');
+  });
+});
+
+const noModel = existsSync(MODEL) ? false : `no model at ${MODEL}`;
+
+describe('tools and "auto": only tiers that take tools', { skip: noModel }, () => {
+  let peer;
+  let gw;
+  const native = (name) => ({ name, model: `stories-${name}`, price: { input_per_1m: 0.01, output_per_1m: 0.02 },
+    max_output_tokens: 8, engine: { kind: 'native', model: MODEL, name: `stories-${name}`, threads: 1 } });
+  before(async () => {
+    peer = await startPeer({ name: 'tools' });
+    const config = makeConfig({
+      tiers: [native('tiny'), tier({ name: 'remote', model: 'remote-model', urls: peer.url })],
+      tenants: [
+        // "auto" goes to the default tier, the native one, unless tools rule it out
+        { id: 'mixed', keys: [sha256hex(KEYS.mixed)], allowed_tiers: ['tiny', 'remote'], default_tier: 'tiny' },
+        { id: 'native', keys: [sha256hex(KEYS.native)], allowed_tiers: ['tiny'], default_tier: 'tiny' },
+      ],
+    });
+    gw = await startGateway({ config, timeoutMs: 30000 });
+  });
+  after(() => gw?.stop());
+
+  const ask = (key, extra) => call(gw, { model: 'auto', temperature: 0, max_tokens: 8,
+    messages: [{ role: 'user', content: 'Once upon a time' }], ...extra }, key);
+
+  test('"auto" without tools: the default (native) tier answers', async () => {
+    await peer.reset();
+    const r = await ask(KEYS.mixed, {});
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.tier, 'tiny');
+    assert.equal((await peer.stats()).requests, 0);
+  });
+
+  test('"auto" with tools: routed to the remote tier, which receives the tools', async () => {
+    for (const stream of [false, true]) {
+      await peer.reset();
+      const r = await ask(KEYS.mixed, { tools: TOOLS, stream });
+      assert.equal(r.status, 200, `stream=${stream}: ${r.text}`);
+      assert.equal(r.tier, 'remote');
+      const s = await peer.stats();
+      assert.equal(s.requests, 1);
+      assert.deepEqual(s.last_request.tools, TOOLS);
+    }
+  });
+
+  test('"auto" with tools and only native tiers allowed: 400 param tools', async () => {
+    await peer.reset();
+    for (const stream of [false, true]) {
+      assertError(await ask(KEYS.native, { tools: TOOLS, stream }), 400, undefined, 'tools');
+    }
+    assert.equal((await peer.stats()).requests, 0);
+  });
+
+  test('a named native tier with tools: 400 naming tools', async () => {
+    const r = await call(gw, { model: 'tiny', tools: TOOLS, messages: [{ role: 'user', content: 'hi' }] }, KEYS.mixed);
+    assertError(r, 400, undefined, 'tools');
+    assert.match(r.json.error.message, /tools/);
+  });
+});

@@ -1,0 +1,298 @@
+// fallback.test.mjs: fallback tiers (issue 15), through the whole gateway
+// with real redis-server, real cascaded and scripted peers.
+//
+// A tier whose replicas all fail (5xx from the peer, or a closed port) before
+// any byte reached the client is served by its `fallback` tier, and by that
+// tier's fallback in turn; the client sees 200 with x-cascade-tier (the tier
+// that answered) and x-cascade-fallback (the tier that failed first). A
+// fallback the tenant may not use is never asked. Only the tier that produced
+// the answer is charged, and when the whole chain fails the client gets 502,
+// 503 or 504 in OpenAI's error format. Admission reserves the costliest tier
+// of the chain, so a budget that covers only the cheap primary is a 429.
+//
+// Peers are named, so a directive such as [[peer@pa:status=503]] fails only
+// the peer behind tier "a"; the others answer it normally.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+
+import {
+  ADMIN_TOKEN, authHeaders, chatBody, cleanupAfterAll, freePort, makeConfig, sha256hex, sseParse,
+  startGateway, startPeer, tier,
+} from '../support/harness.mjs';
+import { startRedis } from '../support/redis.mjs';
+
+cleanupAfterAll();
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const day = () => new Date().toISOString().slice(0, 10).replace(/-/g, '');
+
+// USD per 1M tokens; a token costs price * 1000 nano-USD.
+const PRICES = {
+  a: { input_per_1m: 1, output_per_1m: 2 },
+  b: { input_per_1m: 5, output_per_1m: 10 },
+  c: { input_per_1m: 20, output_per_1m: 40 },
+  cheap: { input_per_1m: 1, output_per_1m: 1 },
+  big: { input_per_1m: 1000, output_per_1m: 1000 },
+};
+const costNano = (p, u) => Math.round(u.prompt_tokens * p.input_per_1m * 1000) +
+  Math.round(u.completion_tokens * p.output_per_1m * 1000);
+
+const KEYS = {
+  fb: 'sk-fallback-main', narrow: 'sk-fallback-narrow', tight: 'sk-fallback-tight', dead: 'sk-fallback-dead',
+};
+
+async function call(gw, body, key) {
+  const res = await fetch(`${gw.url}/v1/chat/completions`, {
+    method: 'POST', headers: authHeaders(key), body: JSON.stringify(body),
+  });
+  const text = await res.text();
+  let json = null;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    // a stream: parsed below when wanted
+  }
+  return {
+    status: res.status, text, json, headers: res.headers,
+    tier: res.headers.get('x-cascade-tier'), fallback: res.headers.get('x-cascade-fallback'),
+  };
+}
+
+// The OpenAI error shape: {"error":{"message","type","param","code"}}.
+function assertOpenAIError(r) {
+  assert.ok(r.json && typeof r.json.error === 'object', `not an OpenAI error: ${r.text}`);
+  for (const k of ['message', 'type', 'param', 'code']) assert.ok(k in r.json.error, `error.${k} missing: ${r.text}`);
+  assert.equal(typeof r.json.error.message, 'string');
+  assert.ok(r.json.error.message.length > 0);
+}
+
+async function usageApi(gw, tenant) {
+  const res = await fetch(`${gw.url}/admin/v1/tenants/${tenant}/usage`, {
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+  });
+  assert.equal(res.status, 200);
+  return res.json();
+}
+
+// The content and usage of a stream's text, as a client would assemble it.
+function streamed(text) {
+  const events = sseParse(text);
+  assert.equal(events.at(-1), '[DONE]', `stream did not end with [DONE]:\n${text}`);
+  let content = '';
+  let usage = null;
+  let finish = null;
+  for (const e of events) {
+    if (e === '[DONE]') continue;
+    assert.ok(!e.error, `error event in the stream: ${JSON.stringify(e)}`);
+    if (e.usage) usage = e.usage;
+    for (const c of e.choices || []) {
+      content += c.delta?.content ?? '';
+      if (c.finish_reason) finish = c.finish_reason;
+    }
+  }
+  return { content, usage, finish };
+}
+
+describe('fallback tiers', () => {
+  let redis;
+  let pa;
+  let pb;
+  let pc;
+  let gw;
+  let deadPort;
+  let deadPort2;
+
+  before(async () => {
+    redis = await startRedis();
+    [pa, pb, pc] = await Promise.all([startPeer({ name: 'pa' }), startPeer({ name: 'pb' }), startPeer({ name: 'pc' })]);
+    deadPort = await freePort(); // nothing listens: connection refused
+    deadPort2 = await freePort();
+    const tiers = [
+      // a -> b -> c, each on its own peer
+      tier({ name: 'a', model: 'model-a', urls: pa.url, price: PRICES.a, fallback: 'b', max_output_tokens: 100 }),
+      tier({ name: 'b', model: 'model-b', urls: pb.url, price: PRICES.b, fallback: 'c', max_output_tokens: 100 }),
+      tier({ name: 'c', model: 'model-c', urls: pc.url, price: PRICES.c, max_output_tokens: 100 }),
+      // nothing listens behind "dead": its fallback is c; dead2 has none
+      tier({ name: 'dead', model: 'model-dead', urls: `http://127.0.0.1:${deadPort}`, price: PRICES.a,
+        fallback: 'c', timeoutMs: 2000, chunkTimeoutMs: 1000 }),
+      tier({ name: 'deadchain', model: 'model-deadchain', urls: `http://127.0.0.1:${deadPort2}`, price: PRICES.a,
+        fallback: 'dead2', timeoutMs: 2000, chunkTimeoutMs: 1000 }),
+      tier({ name: 'dead2', model: 'model-dead2', urls: `http://127.0.0.1:${deadPort}`, price: PRICES.a,
+        timeoutMs: 2000, chunkTimeoutMs: 1000 }),
+      // the budget case: a cheap primary whose fallback is expensive, and
+      // the same cheap tier with no fallback as the control
+      tier({ name: 'cheapfb', model: 'model-cheapfb', urls: pa.url, price: PRICES.cheap, fallback: 'big',
+        max_output_tokens: 100 }),
+      tier({ name: 'cheap', model: 'model-cheap', urls: pa.url, price: PRICES.cheap, max_output_tokens: 100 }),
+      tier({ name: 'big', model: 'model-big', urls: pc.url, price: PRICES.big, max_output_tokens: 100 }),
+    ];
+    const tenants = [
+      { id: 'fb', keys: [sha256hex(KEYS.fb)], allowed_tiers: ['a', 'b', 'c', 'dead'], default_tier: 'a',
+        cache: { mode: 'off' } },
+      // may use a and c, not b: a's fallback b is not for it
+      { id: 'narrow', keys: [sha256hex(KEYS.narrow)], allowed_tiers: ['a'], default_tier: 'a',
+        cache: { mode: 'off' } },
+      // $0.01 a day: the cheap tier's reservation (about $0.0001) fits, the
+      // big tier's (100 output tokens at $1000 per 1M = $0.1) does not
+      { id: 'tight', keys: [sha256hex(KEYS.tight)], allowed_tiers: ['cheapfb', 'cheap', 'big'], default_tier: 'cheap',
+        cache: { mode: 'off' }, budget: { usd_per_day: 0.01, on_exhausted: 'reject' } },
+      { id: 'dead', keys: [sha256hex(KEYS.dead)], allowed_tiers: ['deadchain', 'dead2'], default_tier: 'deadchain',
+        cache: { mode: 'off' } },
+    ];
+    gw = await startGateway({ config: makeConfig({ tiers, tenants, redis: { url: redis.url, timeout_ms: 500 } }) });
+  });
+  after(async () => {
+    await gw?.stop();
+    await redis?.stop();
+  });
+
+  test('tier a fails with 503: tier b answers, and the headers say so', async () => {
+    await Promise.all([pa.reset(), pb.reset(), pc.reset()]);
+    const r = await call(gw, chatBody('fall over once [[peer@pa:status=503]]', { model: 'a' }), KEYS.fb);
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.tier, 'b');
+    assert.equal(r.fallback, 'a');
+    assert.equal(r.json.choices[0].message.content, 'echo: fall over once');
+    assert.equal((await pa.stats()).requests, 1, 'tier a was asked once (one replica)');
+    assert.equal((await pb.stats()).requests, 1, 'tier b answered');
+    assert.equal((await pc.stats()).requests, 0, 'c was not needed');
+    // b's peer got b's model, not a's
+    assert.equal((await pb.stats()).last_request.model, 'model-b');
+  });
+
+  test('a request that needs no fallback carries no x-cascade-fallback', async () => {
+    const r = await call(gw, chatBody('all is well', { model: 'a' }), KEYS.fb);
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.tier, 'a');
+    assert.equal(r.fallback, null);
+  });
+
+  test('a chain of two fallbacks: a and b fail, c answers; x-cascade-fallback names a', async () => {
+    await Promise.all([pa.reset(), pb.reset(), pc.reset()]);
+    const r = await call(gw, chatBody('down the chain [[peer@pa:status=500]] [[peer@pb:status=502]]', { model: 'a' }),
+      KEYS.fb);
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.tier, 'c');
+    assert.equal(r.fallback, 'a');
+    assert.equal(r.json.choices[0].message.content, 'echo: down the chain');
+    const [sa, sb, sc] = await Promise.all([pa.stats(), pb.stats(), pc.stats()]);
+    assert.deepEqual([sa.requests, sb.requests, sc.requests], [1, 1, 1]);
+    assert.equal(sc.last_request.model, 'model-c');
+  });
+
+  test('streaming: the fallback answers a stream when the primary fails before any byte', async () => {
+    await Promise.all([pa.reset(), pb.reset(), pc.reset()]);
+    const r = await call(gw, chatBody('stream it elsewhere [[peer@pa:status=500]]', {
+      model: 'a', stream: true, stream_options: { include_usage: true },
+    }), KEYS.fb);
+    assert.equal(r.status, 200, r.text);
+    assert.match(r.headers.get('content-type') || '', /text\/event-stream/);
+    assert.equal(r.tier, 'b');
+    assert.equal(r.fallback, 'a');
+    const s = streamed(r.text);
+    assert.equal(s.content, 'echo: stream it elsewhere');
+    assert.equal(s.finish, 'stop');
+    assert.ok(s.usage, 'usage chunk');
+    assert.equal((await pb.stats()).last_request.stream, true);
+  });
+
+  test('a closed port: the dead tier falls back to c, streamed and not', async () => {
+    const r = await call(gw, chatBody('nobody home', { model: 'dead' }), KEYS.fb);
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.tier, 'c');
+    assert.equal(r.fallback, 'dead');
+    const s = await call(gw, chatBody('nobody home, streamed', { model: 'dead', stream: true }), KEYS.fb);
+    assert.equal(s.status, 200, s.text);
+    assert.equal(s.tier, 'c');
+    assert.equal(s.fallback, 'dead');
+    assert.equal(streamed(s.text).content, 'echo: nobody home, streamed');
+  });
+
+  test('a fallback the tenant may not use is never asked: 5xx, and b sees nothing', async () => {
+    await Promise.all([pa.reset(), pb.reset(), pc.reset()]);
+    for (const stream of [false, true]) {
+      const r = await call(gw, chatBody(`not for you ${stream} [[peer@pa:status=503]]`, { model: 'a', stream }),
+        KEYS.narrow);
+      assert.ok([502, 503, 504].includes(r.status), `stream=${stream}: ${r.status} ${r.text}`);
+      assertOpenAIError(r);
+      assert.equal(r.fallback, null);
+    }
+    assert.equal((await pb.stats()).requests, 0, 'the fallback b is not allowed for this tenant');
+    assert.equal((await pc.stats()).requests, 0);
+  });
+
+  test('the whole chain fails: 502/503/504 in OpenAI error format, streamed and not', async () => {
+    await Promise.all([pa.reset(), pb.reset(), pc.reset()]);
+    const all = '[[peer@pa:status=500]] [[peer@pb:status=503]] [[peer@pc:status=502]]';
+    for (const stream of [false, true]) {
+      const r = await call(gw, chatBody(`doomed ${stream} ${all}`, { model: 'a', stream }), KEYS.fb);
+      assert.ok([502, 503, 504].includes(r.status), `stream=${stream}: ${r.status} ${r.text}`);
+      assertOpenAIError(r);
+    }
+    const [sa, sb, sc] = await Promise.all([pa.stats(), pb.stats(), pc.stats()]);
+    // Each tier of the chain at most once per request (one replica each; a
+    // replica ejected after repeated failures may not be asked at all).
+    for (const s of [sa, sb, sc]) assert.ok(s.requests <= 2, `${s.name} asked ${s.requests} times for 2 requests`);
+    assert.ok(sc.requests >= 1 || sb.requests >= 1, 'the chain was followed past its first tier');
+    // closed ports all the way: deadchain -> dead2
+    for (const stream of [false, true]) {
+      const r = await call(gw, chatBody(`no one at all ${stream}`, { model: 'deadchain', stream }), KEYS.dead);
+      assert.ok([502, 503, 504].includes(r.status), `stream=${stream}: ${r.status} ${r.text}`);
+      assertOpenAIError(r);
+    }
+  });
+
+  test('only the tier that answered is charged: spend is the fallback tier\'s cost of the peer\'s usage', async () => {
+    // a fresh tenant's spend: what the tests above charged "fb" so far,
+    // taken from the usage API, then two more fallbacks and a total failure
+    const before = (await usageApi(gw, 'fb')).today.spend_usd;
+    const one = await call(gw, chatBody('charge b only [[peer@pa:status=500]]', { model: 'a' }), KEYS.fb);
+    assert.equal(one.status, 200, one.text);
+    assert.equal(one.tier, 'b');
+    const two = await call(gw, chatBody('charge c only please [[peer@pa:status=500]] [[peer@pb:status=500]]', {
+      model: 'a', stream: true, stream_options: { include_usage: true },
+    }), KEYS.fb);
+    assert.equal(two.status, 200, two.text);
+    assert.equal(two.tier, 'c');
+    const twoUsage = streamed(two.text).usage;
+    const failed = await call(gw, chatBody('charge nobody [[peer@pa:status=500]] [[peer@pb:status=500]] ' +
+      '[[peer@pc:status=500]]', { model: 'a' }), KEYS.fb);
+    assert.ok(failed.status >= 500, failed.text);
+    const want = costNano(PRICES.b, one.json.usage) + costNano(PRICES.c, twoUsage);
+    let after;
+    for (let i = 0; i < 50; i++) {
+      after = (await usageApi(gw, 'fb')).today.spend_usd;
+      if (Math.abs(after - before - want / 1e9) < 1e-12) break;
+      await sleep(50);
+    }
+    assert.ok(Math.abs(after - before - want / 1e9) < 1e-12,
+      `spend grew by ${((after - before) * 1e9).toFixed(0)} nano-USD, want ${want} (b's and c's cost only)`);
+    // the access log says the same, line by line, and the failed request cost 0
+    const lines = gw.logLines().filter((l) => l.msg === 'access' && l.tenant === 'fb').slice(-3);
+    assert.deepEqual(lines.map((l) => l.cost_nano), [costNano(PRICES.b, one.json.usage), costNano(PRICES.c, twoUsage), 0],
+      JSON.stringify(lines));
+    assert.deepEqual(lines.map((l) => l.tier), ['b', 'c', lines[2].tier]);
+    assert.equal(lines[0].fallback, 'a', `the access log names the failed tier: ${JSON.stringify(lines[0])}`);
+    assert.equal(lines[1].fallback, 'a', JSON.stringify(lines[1]));
+    // spend in Redis is the same integer
+    await sleep(100);
+    assert.match(redis.cli('GET', `cascade:{fb}:spend:${day()}`), /^\d+$/);
+  });
+
+  test('admission reserves the costliest tier of the chain: a budget for the cheap tier only is a 429', async () => {
+    await Promise.all([pa.reset(), pc.reset()]);
+    // control: the cheap tier alone fits the budget
+    const ok = await call(gw, chatBody('cheap and cheerful', { model: 'cheap' }), KEYS.tight);
+    assert.equal(ok.status, 200, ok.text);
+    // the same request to the cheap tier whose fallback is "big": refused
+    // before anything reaches an upstream, though the primary would be fine
+    for (const stream of [false, true]) {
+      const r = await call(gw, chatBody('cheap and cheerful', { model: 'cheapfb', stream }), KEYS.tight);
+      assert.equal(r.status, 429, `stream=${stream}: ${r.text}`);
+      assertOpenAIError(r);
+      assert.equal(r.json.error.code, 'budget_exceeded');
+    }
+    assert.equal((await pa.stats()).requests, 1, 'only the control reached an upstream');
+    assert.equal((await pc.stats()).requests, 0);
+  });
+});

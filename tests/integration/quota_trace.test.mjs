@@ -1,0 +1,253 @@
+// quota_trace.test.mjs: budget rejections a client need not retry, W3C trace
+// context across the gateway, and what the access log says about each
+// request (issue 15). Real redis-server, real cascaded, scripted peers, the
+// openai SDK.
+//
+// - A budget 429 carries `x-should-retry: false` and a Retry-After no shorter
+//   than the time until the budget's window resets, so the openai SDK (with
+//   its default two retries) gives up at once: the gateway sees one request.
+// - A client's `traceparent` reaches the upstream with the same trace id (and
+//   `tracestate` unchanged); without one, or with an invalid one, the upstream
+//   gets a fresh valid traceparent.
+// - Every access-log line carries the key's id (its configured "id", or
+//   "<tenant>#<index>" for a plain hash), the trace id, the error code on
+//   failures, and whether the request escalated or fell back.
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import OpenAI from 'openai';
+
+import {
+  SOURCE_DIR, authHeaders, chatBody, cleanupAfterAll, makeConfig, sha256hex, startGateway, startPeer, tier,
+} from '../support/harness.mjs';
+import { startRedis } from '../support/redis.mjs';
+
+cleanupAfterAll();
+
+const CLASSIFIER = path.join(SOURCE_DIR, 'classifier', 'models', 'difficulty.cdm');
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const ymd = (d = new Date()) => d.toISOString().slice(0, 10).replace(/-/g, '');
+const ym = (d = new Date()) => d.toISOString().slice(0, 7).replace(/-/g, '');
+
+// Seconds from now to the next UTC midnight, and to the first of next month.
+function toNextDay() {
+  const now = new Date();
+  return (Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate() + 1) - now.getTime()) / 1000;
+}
+function toNextMonth() {
+  const now = new Date();
+  return (Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1) - now.getTime()) / 1000;
+}
+
+const KEYS = {
+  daily: 'sk-quota-daily', monthly: 'sk-quota-monthly', rpm: 'sk-quota-rpm',
+  named: 'sk-trace-named', plain0: 'sk-trace-plain-0', plain1: 'sk-trace-plain-1', zone: 'sk-trace-zone',
+};
+
+const TRACE_ID = '4bf92f3577b34da6a3ce929d0e0e4736';
+const TRACEPARENT = `00-${TRACE_ID}-00f067aa0ba902b7-01`;
+const TRACEPARENT_RE = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;
+
+async function call(gw, body, key, headers = {}) {
+  const res = await fetch(`${gw.url}/v1/chat/completions`, {
+    method: 'POST', headers: { ...authHeaders(key), ...headers }, body: JSON.stringify(body),
+  });
+  const text = await res.text();
+  let json = null;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    // a stream
+  }
+  return { status: res.status, headers: res.headers, text, json };
+}
+
+const accessLines = (gw, tenant) => gw.logLines().filter((l) => l.msg === 'access' && l.tenant === tenant);
+
+describe('budget rejections and trace context', () => {
+  let redis;
+  let small;
+  let large;
+  let gw;
+
+  before(async () => {
+    redis = await startRedis();
+    small = await startPeer({ name: 'small' });
+    large = await startPeer({ name: 'large' });
+    const cascade = { min_mean_logprob: -0.12, min_window_logprob: -5, window: 4 };
+    const config = makeConfig({
+      tiers: [
+        tier({ name: 'small', model: 'small-model', urls: small.url, price: { input_per_1m: 1, output_per_1m: 2 } }),
+        tier({ name: 'large', model: 'large-model', urls: large.url, price: { input_per_1m: 10, output_per_1m: 20 } }),
+      ],
+      tenants: [
+        { id: 'daily', keys: [sha256hex(KEYS.daily)], allowed_tiers: ['small'],
+          budget: { usd_per_day: 0.001, on_exhausted: 'reject' } },
+        { id: 'monthly', keys: [sha256hex(KEYS.monthly)], allowed_tiers: ['small'],
+          budget: { usd_per_month: 0.001, on_exhausted: 'reject' } },
+        { id: 'rpm', keys: [sha256hex(KEYS.rpm)], allowed_tiers: ['small'], limits: { rpm: 1 } },
+        { id: 'trace', keys: [{ id: 'ci-runner', sha256: sha256hex(KEYS.named) }, sha256hex(KEYS.plain0),
+          sha256hex(KEYS.plain1)], allowed_tiers: ['small'], cache: { mode: 'off' } },
+        // the cascade zone: a short answer is kept, a long one escalates (as in routing.test.mjs)
+        { id: 'zone', keys: [sha256hex(KEYS.zone)], allowed_tiers: ['small', 'large'], cache: { mode: 'off' },
+          routing: { t_low: 0, t_high: 1, cascade } },
+      ],
+      classifier: { model: CLASSIFIER },
+      redis: { url: redis.url, timeout_ms: 500 },
+    });
+    gw = await startGateway({ config });
+    // both budgets spent before the tests start
+    redis.cli('SET', `cascade:{daily}:spend:${ymd()}`, '1000000');
+    redis.cli('SET', `cascade:{monthly}:spend:${ym()}`, '1000000');
+  });
+  after(async () => {
+    await gw?.stop();
+    await redis?.stop();
+  });
+
+  test('a spent daily budget: 429, x-should-retry false, Retry-After until UTC midnight', async () => {
+    const r = await call(gw, chatBody('over budget', { model: 'small' }), KEYS.daily);
+    const reset = toNextDay();
+    assert.equal(r.status, 429, r.text);
+    assert.equal(r.json.error.code, 'budget_exceeded');
+    assert.equal(r.headers.get('x-should-retry'), 'false');
+    const ra = Number(r.headers.get('retry-after'));
+    assert.ok(Number.isInteger(ra), `Retry-After ${r.headers.get('retry-after')}`);
+    assert.ok(ra >= Math.floor(reset) - 2, `Retry-After ${ra} s, but the day resets in ${reset.toFixed(0)} s`);
+    assert.ok(ra <= Math.ceil(reset) + 60, `Retry-After ${ra} s, long after the reset in ${reset.toFixed(0)} s`);
+  });
+
+  test('a spent monthly budget: Retry-After until the first of next month', async () => {
+    const r = await call(gw, chatBody('over budget', { model: 'small' }), KEYS.monthly);
+    const reset = toNextMonth();
+    assert.equal(r.status, 429, r.text);
+    assert.equal(r.headers.get('x-should-retry'), 'false');
+    const ra = Number(r.headers.get('retry-after'));
+    assert.ok(ra >= Math.floor(reset) - 2, `Retry-After ${ra} s, but the month resets in ${reset.toFixed(0)} s`);
+    assert.ok(ra <= Math.ceil(reset) + 60, `Retry-After ${ra} s, long after the reset in ${reset.toFixed(0)} s`);
+  });
+
+  test('the openai SDK with its default retries gives up on a budget 429 at once', async () => {
+    let fetches = 0;
+    const client = new OpenAI({
+      baseURL: `${gw.url}/v1`, apiKey: KEYS.daily, timeout: 20000, // maxRetries: the default (2)
+      fetch: (url, init) => {
+        fetches++;
+        return fetch(url, init);
+      },
+    });
+    assert.equal(client.maxRetries, 2, 'the SDK default this test relies on');
+    const before = accessLines(gw, 'daily').length;
+    const t0 = Date.now();
+    await assert.rejects(
+      client.chat.completions.create({ model: 'small', messages: [{ role: 'user', content: 'please?' }] }),
+      (err) => {
+        assert.ok(err instanceof OpenAI.RateLimitError, `got ${err?.constructor?.name}: ${err}`);
+        assert.equal(err.status, 429);
+        assert.equal(err.code, 'budget_exceeded');
+        return true;
+      },
+    );
+    const ms = Date.now() - t0;
+    assert.equal(fetches, 1, 'the SDK sent the request once, no retry');
+    await sleep(200);
+    assert.equal(accessLines(gw, 'daily').length - before, 1, 'the gateway saw one request');
+    assert.ok(ms < 2000, `gave up after ${ms} ms`);
+  });
+
+  test('a rate-limit 429: Retry-After no shorter than the window\'s reset', async () => {
+    const first = await call(gw, chatBody('one', { model: 'small' }), KEYS.rpm);
+    assert.equal(first.status, 200, first.text);
+    const r = await call(gw, chatBody('two', { model: 'small' }), KEYS.rpm);
+    assert.equal(r.status, 429, r.text);
+    assert.equal(r.json.error.code, 'rate_limit_exceeded');
+    const reset = Number.parseFloat(r.headers.get('x-ratelimit-reset-requests'));
+    const ra = Number(r.headers.get('retry-after'));
+    assert.ok(reset > 50, `reset ${reset} s for an RPM of 1 just used`);
+    assert.ok(ra >= Math.floor(reset), `Retry-After ${ra} s, but the window resets in ${reset} s`);
+  });
+
+  test('a client traceparent reaches the upstream with the same trace id; tracestate unchanged', async () => {
+    await small.reset();
+    const r = await call(gw, chatBody('traced', { model: 'small' }), KEYS.named,
+      { traceparent: TRACEPARENT, tracestate: 'vendor1=opaque,vendor2=x' });
+    assert.equal(r.status, 200, r.text);
+    const h = (await small.stats()).last_headers;
+    const m = TRACEPARENT_RE.exec(h.traceparent || '');
+    assert.ok(m, `upstream traceparent: ${h.traceparent}`);
+    assert.equal(m[1], TRACE_ID);
+    assert.notEqual(m[2], '0000000000000000');
+    assert.equal(h.tracestate, 'vendor1=opaque,vendor2=x');
+    const line = await gw.waitForLog((l) => l.msg === 'access' && l.tenant === 'trace' && l.trace_id === TRACE_ID);
+    assert.equal(line.key_id, 'ci-runner', JSON.stringify(line));
+    assert.equal(line.status, 200);
+  });
+
+  test('without a traceparent (or with an invalid one) the upstream gets a fresh valid one', async () => {
+    await small.reset();
+    const invalid = [
+      undefined,
+      'garbage',
+      `00-${'0'.repeat(32)}-00f067aa0ba902b7-01`,   // all-zero trace id
+      `00-${TRACE_ID}-${'0'.repeat(16)}-01`,        // all-zero parent id
+      `ff-${TRACE_ID}-00f067aa0ba902b7-01`,         // version ff is invalid
+      `00-${TRACE_ID.toUpperCase()}-00f067aa0ba902b7-01`, // upper-case hex is invalid
+    ];
+    const ids = [];
+    for (const tp of invalid) {
+      const r = await call(gw, chatBody(`fresh ${ids.length}`, { model: 'small' }), KEYS.plain1,
+        tp === undefined ? {} : { traceparent: tp });
+      assert.equal(r.status, 200, r.text);
+      const h = (await small.stats()).last_headers;
+      const m = TRACEPARENT_RE.exec(h.traceparent || '');
+      assert.ok(m, `sent ${tp}, upstream got traceparent ${h.traceparent}`);
+      assert.notEqual(m[1], '0'.repeat(32));
+      assert.notEqual(m[2], '0'.repeat(16));
+      if (tp !== undefined && tp.length === 55) assert.notEqual(m[1], TRACE_ID, `sent ${tp}`);
+      ids.push(m[1]);
+    }
+    assert.equal(new Set(ids).size, ids.length, `trace ids repeat: ${ids}`);
+    // the access log carries the trace id the upstream saw, and the plain key's id
+    const lines = accessLines(gw, 'trace').slice(-ids.length);
+    assert.deepEqual(lines.map((l) => l.trace_id), ids);
+    for (const l of lines) assert.equal(l.key_id, 'trace#2', JSON.stringify(l));
+  });
+
+  test('the access log: key ids, the error code on failures, escalated and fallback fields', async () => {
+    // plain hash #0 of tenant "trace"
+    const ok = await call(gw, chatBody('key zero', { model: 'small' }), KEYS.plain0);
+    assert.equal(ok.status, 200);
+    let line = accessLines(gw, 'trace').at(-1);
+    assert.equal(line.key_id, 'trace#0', JSON.stringify(line));
+    assert.ok(!line.escalated, JSON.stringify(line));
+    assert.ok(!line.fallback, `no fallback: ${JSON.stringify(line)}`);
+    assert.ok(!line.error_code, `no error: ${JSON.stringify(line)}`);
+    // an upstream failure: the line carries the code the client got
+    const bad = await call(gw, chatBody('fail [[peer:status=503]]', { model: 'small' }), KEYS.named);
+    assert.ok(bad.status >= 500, bad.text);
+    await sleep(100);
+    line = accessLines(gw, 'trace').at(-1);
+    assert.equal(line.status, bad.status);
+    assert.equal(line.error_code, bad.json.error.code, JSON.stringify(line));
+    assert.equal(line.key_id, 'ci-runner');
+    // a budget refusal too
+    await call(gw, chatBody('over budget', { model: 'small' }), KEYS.daily);
+    await sleep(100);
+    line = accessLines(gw, 'daily').at(-1);
+    assert.equal(line.status, 429);
+    assert.equal(line.error_code, 'budget_exceeded', JSON.stringify(line));
+    assert.equal(line.key_id, 'daily#0');
+    // escalated: a long answer in the cascade zone goes to the large tier
+    const esc = await call(gw, chatBody('one two three four five six', { model: 'auto' }), KEYS.zone);
+    assert.equal(esc.status, 200, esc.text);
+    assert.equal(esc.headers.get('x-cascade-escalated'), 'true');
+    await sleep(100);
+    line = accessLines(gw, 'zone').at(-1);
+    assert.equal(line.escalated, true, JSON.stringify(line));
+    assert.equal(line.tier, 'large');
+    const kept = await call(gw, chatBody('hi', { model: 'auto' }), KEYS.zone);
+    assert.equal(kept.headers.get('x-cascade-escalated'), 'false');
+    await sleep(100);
+    assert.ok(!accessLines(gw, 'zone').at(-1).escalated, JSON.stringify(accessLines(gw, 'zone').at(-1)));
+  });
+});
