@@ -410,7 +410,7 @@ int main(int argc, char **argv)
         native_backend_free(be);
     } else if (!strcmp(mode, "streams")) {
         char err[256];
-        struct sched_config c = {n > 16 ? n : 16, 256, 256, (size_t)256 << 20, 0, NATIVE_MLA_ABSORB};
+        struct sched_config c = {n > 16 ? n : 16, 256, 256, (size_t)256 << 20, 0, NATIVE_MLA_ABSORB, NULL};
         struct native_backend *be = ops_cpu_new(threads, flags);
         struct sched *s = be ? sched_new(l.m, be, &c, err, sizeof(err)) : NULL;
         if (!s) {

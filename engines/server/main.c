@@ -10,7 +10,8 @@
  *
  * Endpoints: POST /v1/chat/completions, POST /v1/completions (stream and
  * not, usage, logprobs), GET /v1/models, GET /health. Every error is an
- * OpenAI error object. A client that disconnects cancels its generation.
+ * OpenAI error object. Parameters the engine cannot honour (tools, non-text
+ * parts, unknown fields: native_engine.h) get a 400 whose param names them. A client that disconnects cancels its generation.
  *
  * One event loop on the main thread serves HTTP; the engine computes on its
  * own threads and hands results back to that loop. On start it logs
@@ -273,6 +274,14 @@ static void generate(struct server *s, struct httpd_req *r, int completion)
         return;
     }
     c->req = completion ? &c->comp.chat : &c->chat;
+    /* What the engine cannot honour (tools, image parts, unknown fields, a
+     * token id outside the vocabulary) is refused here with the field named
+     * in param; submit would refuse it too, without the param. */
+    if (native_engine_check_request(s->engine, c->req, &err) != 0) {
+        reply_error(r, err.status, err.type, err.code, err.param, err.message);
+        call_free(c);
+        return;
+    }
     snprintf(c->id, sizeof(c->id), "%s-%lx%08lx", completion ? "cmpl" : "chatcmpl",
              (unsigned long)time(NULL), s->next_id++);
     c->created = (int64_t)time(NULL);

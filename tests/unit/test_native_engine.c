@@ -132,7 +132,9 @@ static int submit(struct engine *e, struct event_base *base, struct chat *ch, st
     c->e = e;
     c->outstanding = outstanding;
     (*outstanding)++;
-    struct engine_request er = {base, &ch->req, "stories260K", 0, "test", ch->req.max_tokens};
+    struct engine_request er = {.base = base, .chat = &ch->req, .model = "stories260K",
+                                .request_id = "test", .max_tokens = ch->req.max_tokens,
+                                .logprobs = ch->req.logprobs, .top_logprobs = ch->req.top_logprobs};
     in_submit = 1;
     int rc = engine_submit(e, &er, &cbs, c, &c->id);
     in_submit = 0;
@@ -415,7 +417,8 @@ int main(void)
     c_text.e = e;
     c_text.outstanding = &outstanding;
     outstanding++;
-    struct engine_request er = {base, &ch.req, "stories260K", 0, "text", ch.req.max_tokens};
+    struct engine_request er = {.base = base, .chat = &ch.req, .model = "stories260K",
+                                .request_id = "text", .max_tokens = ch.req.max_tokens};
     const char *prompt = "Once upon a time";
     CHECK(native_engine_submit_text(e, &er, prompt, strlen(prompt), &cbs, &c_text, &c_text.id) == 0);
     event_base_dispatch(base);

@@ -120,7 +120,7 @@ static struct native_backend *backend;
 static struct sched *new_sched(int max_batch, int max_queue, int step_tokens, size_t kv)
 {
     char err[256] = "cannot start the CPU backend";
-    struct sched_config c = {max_batch, max_queue, step_tokens, kv, 0, NATIVE_MLA_ABSORB};
+    struct sched_config c = {max_batch, max_queue, step_tokens, kv, 0, NATIVE_MLA_ABSORB, NULL};
     if (!backend)
         backend = ops_cpu_new(2, 0);
     struct sched *s = backend ? sched_new(model, backend, &c, err, sizeof(err)) : NULL;

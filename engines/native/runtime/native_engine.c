@@ -20,6 +20,7 @@
 #include "common/openai.h"
 #include "engines/native/model/model.h"
 #include "engines/native/model/parallel.h"
+#include "engines/native/runtime/json_constraint.h"
 #include "engines/native/runtime/prompt.h"
 #include "engines/native/runtime/sched.h"
 #include "engines/native/backend/cpu/ops_cpu.h"
@@ -100,6 +101,7 @@ struct native_engine {
     struct tokenizer *tok;
     enum prompt_style style;
     struct sched *s;
+    struct json_vocab *jv;      /* the vocabulary for response_format json_object */
     char *name;
     pthread_mutex_t mu;     /* the live list */
     struct nreq *live;
@@ -435,6 +437,111 @@ static uint64_t fresh_seed(uint64_t id)
     return ((uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec) ^ (id * 0x9e3779b97f4a7c15ull);
 }
 
+/* ------------------------------------------------------------------------ */
+/* What the engine honours, and what it refuses                              */
+/* ------------------------------------------------------------------------ */
+
+/* Top-level fields of a request body this engine honours or may safely
+ * ignore. Anything else is refused by name: a parameter that silently does
+ * nothing would give the client an answer it did not ask for.
+ *   honoured: the rest of the list but those below;
+ *   ignored:  user (an end-user id for abuse tracking: nothing to do here),
+ *             metadata (tags for stored completions, which change nothing
+ *             in the answer), store when false (see refuse_field). */
+static const char *const allowed_fields[] = {
+    "model", "messages", "stream", "stream_options", "temperature", "top_p", "top_k",
+    "max_tokens", "max_completion_tokens", "stop", "seed", "user", "logprobs", "top_logprobs",
+    "presence_penalty", "frequency_penalty", "logit_bias", "response_format", "n", "metadata",
+};
+
+/* A 400 naming param, in OpenAI's shape; -1 for `return refuse(...)`. */
+static int refuse(struct openai_error *err, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int refuse(struct openai_error *err, const char *param, const char *fmt, ...)
+{
+    char msg[sizeof(err->message)];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    openai_error_set(err, 400, "invalid_request_error", "unsupported_parameter", param, "%s", msg);
+    return -1;
+}
+
+/* Fields outside the allow-list that are harmless with one value: the
+ * value that asks for nothing (no tools, text only, do not store). 1 when
+ * this value may pass. */
+static int harmless(const char *key, json_t *v)
+{
+    if (!strcmp(key, "tools") || !strcmp(key, "functions"))
+        return json_is_array(v) && json_array_size(v) == 0;
+    if (!strcmp(key, "tool_choice") || !strcmp(key, "function_call"))
+        return json_is_string(v) && !strcmp(json_string_value(v), "none");
+    if (!strcmp(key, "modalities"))
+        return json_is_array(v) && json_array_size(v) == 1 &&
+               json_is_string(json_array_get(v, 0)) &&
+               !strcmp(json_string_value(json_array_get(v, 0)), "text");
+    /* store: true asks that the exchange be kept for the client's later use;
+     * dropping that silently would lose what was asked for. */
+    if (!strcmp(key, "store"))
+        return json_is_false(v);
+    return 0;
+}
+
+int native_engine_check_request(struct engine *eng, const struct chat_request *chat,
+                                struct openai_error *err)
+{
+    static const char *const tool_fields[] = {"tools", "functions", "tool_choice",
+                                              "function_call", "parallel_tool_calls"};
+    const char *key;
+    json_t *v;
+    /* Tools first: they are the commonest reason a request cannot run here,
+     * and the message should say so rather than name a side field. */
+    for (size_t i = 0; i < sizeof(tool_fields) / sizeof(tool_fields[0]); i++) {
+        v = chat->root ? json_object_get(chat->root, tool_fields[i]) : NULL;
+        if (v && !json_is_null(v) && !harmless(tool_fields[i], v))
+            return refuse(err, tool_fields[i],
+                          "tools are not supported by this tier's engine (native): '%s' "
+                          "cannot be honoured", tool_fields[i]);
+    }
+    if (chat->has_tools)
+        return refuse(err, "tools", "tools are not supported by this tier's engine (native)");
+    if (chat->n_media_parts || (chat->parts & ~(unsigned)OPENAI_PART_TEXT)) {
+        unsigned bit = chat->parts & ~(unsigned)OPENAI_PART_TEXT;
+        bit &= -bit;    /* the first kind of non-text part */
+        return refuse(err, "messages",
+                      "%s content parts are not supported by this tier's engine (native): it "
+                      "takes text only", bit ? openai_part_name(bit) : "non-text");
+    }
+    if (chat->response_format == OPENAI_RF_JSON_SCHEMA)
+        return refuse(err, "response_format",
+                      "response_format json_schema is not supported by this tier's engine "
+                      "(native); json_object is");
+    if (chat->root) {
+        json_object_foreach(chat->root, key, v) {
+            if (json_is_null(v))
+                continue;       /* null is "not given", as the parser reads it */
+            int ok = harmless(key, v);
+            for (size_t i = 0; !ok && i < sizeof(allowed_fields) / sizeof(allowed_fields[0]); i++)
+                ok = !strcmp(key, allowed_fields[i]);
+            if (!ok)
+                return refuse(err, key, "'%.60s' is not supported by this tier's engine (native)",
+                              key);
+        }
+    }
+    if (eng) {
+        const struct native_engine *e = (const struct native_engine *)eng;
+        const int V = e->m->cfg.vocab_size;
+        for (size_t i = 0; i < chat->n_logit_bias; i++)
+            if (chat->logit_bias[i].token >= V)
+                return refuse(err, "logit_bias",
+                              "logit_bias: token id %lld is outside this model's vocabulary "
+                              "(ids 0 to %d)", (long long)chat->logit_bias[i].token, V - 1);
+    }
+    return 0;
+}
+
 /* Submit, shared by chat and raw-text prompts (encode differs). The request
  * and its event exist before anything can fail, so every failure after
  * that is an error event on the next loop turn, as engine.h requires; only
@@ -480,6 +587,18 @@ static int submit_ids(struct native_engine *e, const struct engine_request *req,
     e->live = r;
     pthread_mutex_unlock(&e->mu);
     *id = r->id;
+
+    /* What this engine cannot honour is refused before any work, by name. */
+    struct openai_error oe;
+    if (req->endpoint == ENGINE_EP_EMBEDDINGS) {
+        post_error(r, 400, "invalid_request_error", "unsupported_endpoint",
+                   "embeddings are not served by this tier's engine (native)");
+        return 0;
+    }
+    if (native_engine_check_request(&e->base, chat, &oe) != 0) {
+        post_error(r, oe.status, oe.type, oe.code, "%s", oe.message);
+        return 0;
+    }
 
     struct tok_ids ids = {0};
     int rc = encode(e, arg, &ids);
@@ -546,6 +665,16 @@ static int submit_ids(struct native_engine *e, const struct engine_request *req,
     sr.top_logprobs = req->logprobs ? req->top_logprobs : 0;
     if (sr.top_logprobs > SAMPLER_MAX_TOP)
         sr.top_logprobs = SAMPLER_MAX_TOP;
+    sr.presence_penalty = chat->has_presence_penalty ? (float)chat->presence_penalty : 0.0f;
+    sr.frequency_penalty = chat->has_frequency_penalty ? (float)chat->frequency_penalty : 0.0f;
+    /* The parser bounds logit_bias (OPENAI_MAX_LOGIT_BIAS entries) and the
+     * check above its ids; the scheduler copies the list. */
+    struct sampler_bias bias[OPENAI_MAX_LOGIT_BIAS];
+    for (size_t i = 0; i < chat->n_logit_bias && i < OPENAI_MAX_LOGIT_BIAS; i++)
+        bias[sr.n_bias++] = (struct sampler_bias){(int32_t)chat->logit_bias[i].token,
+                                                  (float)chat->logit_bias[i].bias};
+    sr.bias = bias;
+    sr.json_object = chat->response_format == OPENAI_RF_JSON_OBJECT;
     sr.sink = (struct sched_sink){sink_token, sink_end, r};
 
     atomic_fetch_add(&r->refs, 1);      /* the engine thread's reference */
@@ -584,11 +713,24 @@ static int encode_text(struct native_engine *e, const void *arg, struct tok_ids 
     return prompt_encode_text(e->tok, e->style, t->text, t->len, out);
 }
 
+/* /v1/completions through engine.h: the prompt is the one user message
+ * (completions.h's chat view), sent without a chat template. */
+static int encode_completion(struct native_engine *e, const void *arg, struct tok_ids *out)
+{
+    const struct chat_request *chat = arg;
+    if (chat->n_messages != 1)
+        return TOK_EINVAL;
+    return prompt_encode_text(e->tok, e->style, chat->messages[0].content,
+                              chat->messages[0].content_len, out);
+}
+
 static int native_submit(struct engine *eng, const struct engine_request *req,
                          const struct engine_callbacks *cb, void *ctx, uint64_t *id)
 {
     struct native_engine *e = (struct native_engine *)eng;
-    return submit_ids(e, req, cb, ctx, id, encode_chat, req->chat);
+    return submit_ids(e, req, cb, ctx, id,
+                      req->endpoint == ENGINE_EP_COMPLETIONS ? encode_completion : encode_chat,
+                      req->chat);
 }
 
 int native_engine_submit_text(struct engine *eng, const struct engine_request *req, const char *text,
@@ -641,6 +783,7 @@ static void native_destroy(struct engine *eng)
 {
     struct native_engine *e = (struct native_engine *)eng;
     sched_free(e->s);
+    json_vocab_free(e->jv);
     native_backend_free(e->be);
     tokenizer_free(e->tok);
     native_model_free(e->m);
@@ -696,6 +839,24 @@ static void log_model(const struct native_engine *e)
              e->name, native_arch_name(m->cfg.arch), native_dtype_name(w->dtype),
              (double)m->weight_bytes / (1 << 20), (double)m->n_params, (double)m->n_active_params,
              native_model_kv_bytes_per_token(&m->cfg), sched_context(e->s), dev);
+}
+
+/* The bytes the decoder will emit for a token, for the JSON constraint;
+ * NULL for tokens that never belong in an answer (end of sequence, BOS).
+ * prev -1: generated text never follows BOS directly in a chat prompt, so
+ * llama2.c's "no leading space after BOS" does not apply. */
+struct jv_ctx {
+    const struct tokenizer *t;
+    const struct native_model *m;
+};
+
+static const char *jv_bytes(void *ctx, int32_t id, size_t *len)
+{
+    const struct jv_ctx *c = ctx;
+    *len = 0;
+    if (native_model_is_eos(c->m, id) || id == c->t->bos_id)
+        return NULL;
+    return tokenizer_token_bytes(c->t, -1, id, len);
 }
 
 /* Ranks asked for explicitly (tp/ep are 1 or 0 by default on the CPU). */
@@ -777,8 +938,22 @@ struct engine *native_engine_new(const struct native_engine_config *cfg, char *e
                  (double)kv_budget / (1 << 20), (double)dev_free / (1 << 30),
                  (double)e->m->weight_bytes / (1 << 30));
     }
+    /* The JSON constraint's tables, once per vocabulary (json_constraint.h). */
+    struct jv_ctx jc = {e->tok, e->m};
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    e->jv = json_vocab_new(e->m->cfg.vocab_size, jv_bytes, &jc);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (!e->jv) {
+        snprintf(err, errlen, "out of memory (the JSON constraint's tables)");
+        pthread_mutex_destroy(&e->mu);
+        goto fail;
+    }
+    log_info("JSON constraint tables: %.1f MiB, built in %.1f ms",
+             (double)json_vocab_bytes(e->jv) / (1 << 20),
+             (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
     struct sched_config sc = {cfg->max_batch, cfg->max_queue, cfg->max_step_tokens,
-                              kv_budget, cfg->n_ctx, cfg->mla};
+                              kv_budget, cfg->n_ctx, cfg->mla, e->jv};
     e->s = sched_new(e->m, e->be, &sc, err, errlen);
     if (!e->s) {
         pthread_mutex_destroy(&e->mu);
@@ -788,6 +963,7 @@ struct engine *native_engine_new(const struct native_engine_config *cfg, char *e
     return &e->base;
 
 fail:
+    json_vocab_free(e->jv);
     native_backend_free(e->be);
     tokenizer_free(e->tok);
     native_model_free(e->m);
@@ -821,27 +997,97 @@ static char *resolve(const char *base_dir, const char *p)
     return out;
 }
 
-struct engine *native_engine_from_json(const char *json, const char *base_dir, char *err,
-                                       size_t errlen)
+/* A tier's engine section, parsed: the config and the strings it owns. */
+struct engine_json {
+    struct native_engine_config cfg;
+    json_t *root;           /* owns name and device */
+    char *model, *tok;      /* resolved paths */
+};
+
+static void engine_json_free(struct engine_json *ej)
+{
+    free(ej->model);
+    free(ej->tok);
+    json_decref(ej->root);
+}
+
+/* tp and ep against the device, as far as they are known without the model
+ * (ep's default depends on the architecture: one per GPU for DeepSeek-V3,
+ * 1 for a dense model), and what this build can drive. The messages are
+ * those model/parallel.c and backend/device.c give when the engine starts. */
+static int check_ranks(const struct native_device *d, int tp, int ep, char *err, size_t errlen)
+{
+    const int gpus = d->kind == NATIVE_DEVICE_CUDA ? d->n : 1;
+    const int t = tp > 0 ? tp : gpus;
+    if (ep > 0) {
+        const int world = t > ep ? t : ep;
+        if ((t != 1 && t != world) || (ep != 1 && ep != world)) {
+            snprintf(err, errlen, "native engine: tp %d, ep %d: each must be 1 or the number of "
+                     "ranks (at most %d)", t, ep, NATIVE_MAX_WORLD);
+            return -1;
+        }
+        if (d->kind == NATIVE_DEVICE_CUDA && world != d->n) {
+            snprintf(err, errlen, "native engine: tp %d, ep %d make %d ranks, one per GPU, but %d "
+                     "GPU%s named", t, ep, world, d->n, d->n == 1 ? " is" : "s are");
+            return -1;
+        }
+    } else if (d->kind == NATIVE_DEVICE_CUDA && t != 1 && t != d->n) {
+        snprintf(err, errlen, "native engine: tp %d, ep %d make %d ranks, one per GPU, but %d "
+                 "GPU%s named", t, gpus, t > gpus ? t : gpus, d->n, d->n == 1 ? " is" : "s are");
+        return -1;
+    }
+    if (d->kind != NATIVE_DEVICE_CUDA)
+        return 0;
+#ifndef CASCADE_HAVE_CUDA
+    snprintf(err, errlen,
+             "native engine: cuda:%d: this build has no CUDA backend (nvcc was not found at build "
+             "time, or -DCASCADE_CUDA=OFF); use \"device\": \"cpu\"", d->ids[0]);
+    return -1;
+#elif !defined(CASCADE_HAVE_NCCL)
+    if (d->n > 1) {
+        snprintf(err, errlen, "native engine: %d GPUs: this build has no NCCL, so one GPU at most",
+                 d->n);
+        return -1;
+    }
+    return 0;
+#else
+    return 0;
+#endif
+}
+
+/* The one parser of the engine section, for from_json and check_json:
+ * every field's name, type and range, the device, the ranks; nothing is
+ * loaded or probed. 0, or -1 with err naming the field. */
+static int engine_json_parse(const char *json, const char *base_dir, struct engine_json *ej,
+                             char *err, size_t errlen)
 {
     static const char *const int_keys[] = {"threads", "kv_mib", "max_batch", "max_queue", "ctx",
                                            "tp", "ep"};
     enum { N_INT_KEYS = sizeof(int_keys) / sizeof(int_keys[0]) };
-    json_error_t jerr;
-    json_t *o = json_loads(json, 0, &jerr);
-    struct engine *e = NULL;
-    char *model = NULL, *tok = NULL;
+    static const char *const str_keys[] = {"kind", "model", "tokenizer", "name", "device"};
     long long v[N_INT_KEYS] = {0};
+    json_error_t jerr;
 
+    memset(ej, 0, sizeof(*ej));
+    ej->root = json ? json_loads(json, 0, &jerr) : NULL;
+    json_t *o = ej->root;
     if (!json_is_object(o)) {
         snprintf(err, errlen, "native engine: the engine section must be a JSON object");
-        goto out;
+        return -1;
     }
     const char *key;
     json_t *val;
     json_object_foreach(o, key, val) {
-        int known = !strcmp(key, "kind") || !strcmp(key, "model") || !strcmp(key, "tokenizer") ||
-                    !strcmp(key, "name") || !strcmp(key, "device");
+        int known = 0;
+        for (size_t i = 0; i < sizeof(str_keys) / sizeof(str_keys[0]); i++) {
+            if (strcmp(key, str_keys[i]) != 0)
+                continue;
+            known = 1;
+            if (!json_is_string(val)) {
+                snprintf(err, errlen, "native engine: \"%s\" must be a string", key);
+                return -1;
+            }
+        }
         for (size_t i = 0; i < N_INT_KEYS; i++) {
             if (strcmp(key, int_keys[i]) != 0)
                 continue;
@@ -853,51 +1099,72 @@ struct engine *native_engine_from_json(const char *json, const char *base_dir, c
                 json_integer_value(val) > hi) {
                 snprintf(err, errlen, "native engine: \"%s\" must be an integer from %lld to %lld",
                          key, lo, hi);
-                goto out;
+                return -1;
             }
             v[i] = json_integer_value(val);
         }
         if (!known) {
             snprintf(err, errlen, "native engine: unknown key \"%s\"", key);
-            goto out;
+            return -1;
         }
+    }
+    const char *kind = json_string_value(json_object_get(o, "kind"));
+    if (kind && strcmp(kind, "native") != 0) {
+        snprintf(err, errlen, "native engine: \"kind\" must be \"native\"");
+        return -1;
     }
     const char *m = json_string_value(json_object_get(o, "model"));
     const char *t = json_string_value(json_object_get(o, "tokenizer"));
-    json_t *jt = json_object_get(o, "tokenizer"), *jn = json_object_get(o, "name");
-    json_t *jd = json_object_get(o, "device");
-    if (!m || (jt && !t) || (jn && !json_is_string(jn)) || (jd && !json_is_string(jd))) {
-        snprintf(err, errlen, "native engine: \"model\" (a path) is required; \"tokenizer\", "
-                              "\"name\" and \"device\" must be strings");
-        goto out;
+    if (!m || !*m) {
+        snprintf(err, errlen, "native engine: \"model\" (a path) is required");
+        return -1;
     }
-    /* A bad device name is refused here, before the model is read. */
+    /* A bad device name or rank count is refused here, before the model is read. */
+    const char *dv = json_string_value(json_object_get(o, "device"));
     struct native_device dev;
-    if (native_device_parse(json_string_value(jd), &dev, err, errlen) != 0)
-        goto out;
-    model = resolve(base_dir, m);
-    tok = resolve(base_dir, t);
-    if (!model || (t && !tok)) {
-        snprintf(err, errlen, "out of memory");
-        goto out;
+    char why[200];
+    if (native_device_parse(dv, &dev, why, sizeof(why)) != 0) {
+        snprintf(err, errlen, "native engine: \"device\": %s", why);
+        return -1;
     }
-    struct native_engine_config cfg = {0};
-    cfg.model_path = model;
-    cfg.tokenizer_path = tok;
-    cfg.model_name = json_string_value(jn);
-    cfg.device = json_string_value(jd);
-    cfg.threads = (int)v[0];
-    cfg.kv_budget_bytes = (size_t)v[1] << 20;
-    cfg.max_batch = (int)v[2];
-    cfg.max_queue = (int)v[3];
-    cfg.n_ctx = (int)v[4];
-    cfg.tp = (int)v[5];
-    cfg.ep = (int)v[6];
-    e = native_engine_new(&cfg, err, errlen);
-out:
-    free(model);
-    free(tok);
-    json_decref(o);
-    return e;
+    if (check_ranks(&dev, (int)v[5], (int)v[6], err, errlen) != 0)
+        return -1;
+    ej->model = resolve(base_dir, m);
+    ej->tok = resolve(base_dir, t);
+    if (!ej->model || (t && !ej->tok)) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    struct native_engine_config *cfg = &ej->cfg;
+    cfg->model_path = ej->model;
+    cfg->tokenizer_path = ej->tok;
+    cfg->model_name = json_string_value(json_object_get(o, "name"));
+    cfg->device = dv;
+    cfg->threads = (int)v[0];
+    cfg->kv_budget_bytes = (size_t)v[1] << 20;
+    cfg->max_batch = (int)v[2];
+    cfg->max_queue = (int)v[3];
+    cfg->n_ctx = (int)v[4];
+    cfg->tp = (int)v[5];
+    cfg->ep = (int)v[6];
+    return 0;
 }
 
+int native_engine_check_json(const char *json, const char *base_dir, char *err, size_t errlen)
+{
+    struct engine_json ej;
+    int rc = engine_json_parse(json, base_dir, &ej, err, errlen);
+    engine_json_free(&ej);
+    return rc;
+}
+
+struct engine *native_engine_from_json(const char *json, const char *base_dir, char *err,
+                                       size_t errlen)
+{
+    struct engine_json ej;
+    struct engine *e = NULL;
+    if (engine_json_parse(json, base_dir, &ej, err, errlen) == 0)
+        e = native_engine_new(&ej.cfg, err, errlen);
+    engine_json_free(&ej);
+    return e;
+}

@@ -22,7 +22,24 @@
  *     "top_k" field of the body), seed, the output bound from the typed
  *     engine_request.max_tokens (default: the rest of the context; the
  *     body's max_tokens is not read), up to 4 stop strings (the text stops before the match and
- *     finish_reason is "stop"), logprobs with top_logprobs alternatives.
+ *     finish_reason is "stop"), logprobs with top_logprobs alternatives
+ *     (always of the model's own distribution, before the adjustments
+ *     below), presence_penalty and frequency_penalty (OpenAI's formula, over
+ *     the tokens generated so far), logit_bias (ids must be in the model's
+ *     vocabulary), response_format {"type":"json_object"} (constrained
+ *     decoding, json_constraint.h: the answer is one JSON object and ends
+ *     when it closes; if max_tokens is too small to close it -- below 2, or
+ *     a vocabulary without single-byte closing tokens -- finish_reason is
+ *     "length" and the text may be incomplete, as with OpenAI).
+ *   - refused with 400 invalid_request_error, code unsupported_parameter,
+ *     param the field (native_engine_check_request): tools, tool_choice,
+ *     functions, function_call, parallel_tool_calls (an empty tools list and
+ *     "none" pass), non-text content parts, response_format json_schema,
+ *     store true, modalities other than ["text"], and every top-level field
+ *     not in the allow-list (audio, prediction, web_search_options, ...).
+ *     Ignored on purpose: user, metadata, store false. n > 1 is refused by
+ *     the parser. engine_request.endpoint ENGINE_EP_EMBEDDINGS is refused;
+ *     ENGINE_EP_COMPLETIONS sends the one user message without a template.
  *   - errors: prompt + max_tokens longer than the context: 400
  *     context_length_exceeded; the wait queue full: 503 engine_overloaded;
  *     text that cannot be encoded: 400.
@@ -46,6 +63,7 @@
 #include <stdint.h>
 
 struct chat_request;
+struct openai_error;
 
 struct native_engine_config {
     const char *model_path;     /* llama2.c .bin, or an HF folder / config.json */
@@ -80,6 +98,21 @@ struct engine *native_engine_new(const struct native_engine_config *cfg, char *e
  * file's folder). Unknown keys are an error, so a typo does not go unseen. */
 struct engine *native_engine_from_json(const char *json, const char *base_dir, char *err,
                                        size_t errlen);
+
+/* Validate a tier's "engine" section exactly as native_engine_from_json
+ * does (the same parser: field names, types, ranges, the device's syntax,
+ * tp/ep against the device, what this build can drive), but load nothing,
+ * probe no device and read no file: for cascaded --check-config. 0, or -1
+ * and the same message from_json would give, naming the field. */
+int native_engine_check_json(const char *json, const char *base_dir, char *err, size_t errlen);
+
+/* Whether the engine can honour a request, without queueing it: 0, or -1
+ * with *err the 400 the engine would answer (param names the field). The
+ * gateway may call it before admission so a refused request costs nothing;
+ * submit runs the same check. e may be NULL: then token ids in logit_bias
+ * are not checked against the vocabulary. Any thread. */
+int native_engine_check_request(struct engine *e, const struct chat_request *chat,
+                                struct openai_error *err);
 
 /* Like engine_submit(), for a raw prompt: BOS then the text, no chat
  * template. Sampling fields come from req->chat; its messages are ignored. */

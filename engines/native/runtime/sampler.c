@@ -211,3 +211,20 @@ void sampler_logprobs(struct sampler *s, const float *logits, int32_t id, int n_
         out->top_logprob[i] = (float)((double)s->c[i].p - lse);
     }
 }
+
+void sampler_apply_bias(float *logits, const struct sampler_bias *b, int n)
+{
+    for (int i = 0; i < n; i++)
+        logits[b[i].id] += b[i].bias;
+}
+
+void sampler_apply_penalties(float *logits, const int32_t *count, const int32_t *seen, int n_seen,
+                             float presence, float frequency)
+{
+    for (int i = 0; i < n_seen; i++) {
+        const int32_t j = seen[i];
+        /* The whole penalty in double, then one rounding, so it does not
+         * depend on how the count was reached. */
+        logits[j] -= (float)((double)presence + (double)frequency * (double)count[j]);
+    }
+}

@@ -31,6 +31,17 @@ struct seq {
     struct sampler_params sp;
     uint64_t rng;
     int logprobs, top;
+    /* Logit adjustments, allocated at submit (sched.h). count/seen exist
+     * only with a penalty: count per vocabulary id, seen the distinct ids
+     * generated (at most min(vocab, max_tokens)). */
+    int adjust;             /* any of the below: sample from the scheduler's copy */
+    float presence, frequency;
+    int32_t *count, *seen;
+    int n_seen;
+    struct sampler_bias *bias;
+    int n_bias;
+    int json;               /* constrained to one JSON object */
+    struct json_state js;
     struct sched_sink sink;
     atomic_int cancelled;   /* set by sched_cancel() from any thread; read each step */
     struct seq *next;       /* queue and cancelled-list link */
@@ -47,6 +58,8 @@ struct sched {
     struct kvcache *kv;
     struct native_forward *fw;
     struct sampler *smp;
+    float *adj;                 /* [vocab] a request's adjusted logits, one step at a time */
+    struct json_scratch *jscratch;  /* the JSON mask's working memory, when cfg.json */
 
     /* The step's batch, sized once for max_step_tokens tokens and max_batch
      * sequences: building a batch allocates nothing. */
@@ -74,6 +87,9 @@ static void seq_free(struct seq *q)
         return;
     free(q->tokens);
     free(q->blocks);
+    free(q->count);
+    free(q->seen);
+    free(q->bias);
     free(q);
 }
 
@@ -169,16 +185,38 @@ static int build_batch(struct sched *s, struct native_batch *b)
  * generated (usage) but is never shown to the sink. */
 static int advance(struct sched *s, struct seq *q, const float *logits)
 {
-    int32_t id = sampler_sample(s->smp, logits, &q->sp, &q->rng);
+    /* The request's own view of the logits: bias, penalties, then the JSON
+     * mask, in a copy, since logprobs report the model's distribution. */
+    const float *dist = logits;
+    if (q->adjust) {
+        const int V = s->m->cfg.vocab_size;
+        memcpy(s->adj, logits, sizeof(float) * (size_t)V);
+        sampler_apply_bias(s->adj, q->bias, q->n_bias);
+        if (q->count)
+            sampler_apply_penalties(s->adj, q->count, q->seen, q->n_seen, q->presence, q->frequency);
+        /* Tokens left after this one: what the object must still close in. */
+        if (q->json && json_constraint_mask(s->cfg.json, s->jscratch, &q->js,
+                                            q->max_tokens - q->generated - 1, s->adj) == 0)
+            return SCHED_END_LENGTH;
+        dist = s->adj;
+    }
+    int32_t id = sampler_sample(s->smp, dist, &q->sp, &q->rng);
     q->generated++;
     if (native_model_is_eos(s->m, id))
         return SCHED_END_STOP;
+    int complete = 0;
+    if (q->json) {
+        json_constraint_advance(s->cfg.json, &q->js, id);
+        complete = json_done(&q->js);
+    }
+    if (q->count && q->count[id]++ == 0)
+        q->seen[q->n_seen++] = id;
 
     struct sampler_logprobs lp;
     if (q->logprobs)
         sampler_logprobs(s->smp, logits, id, q->top, &lp);
     struct sched_token tok = {id, q->generated - 1, q->logprobs ? &lp : NULL};
-    if (q->sink.on_token(q->sink.ctx, &tok))
+    if (q->sink.on_token(q->sink.ctx, &tok) || complete)
         return SCHED_END_STOP;
     if (q->generated >= q->max_tokens)
         return SCHED_END_LENGTH;
@@ -317,6 +355,14 @@ struct sched *sched_new(const struct native_model *m, struct native_backend *be,
     if (!s->fw)
         goto fail_fw;
     s->smp = sampler_new(c->vocab_size);
+    s->adj = malloc(sizeof(float) * (size_t)c->vocab_size);
+    if (s->cfg.json && json_vocab_size(s->cfg.json) != c->vocab_size) {
+        snprintf(err, errlen, "the JSON constraint's vocabulary has %d tokens, the model %d",
+                 (int)json_vocab_size(s->cfg.json), c->vocab_size);
+        goto fail_bufs;
+    }
+    if (s->cfg.json)
+        s->jscratch = json_scratch_new(s->cfg.json);
     const size_t T = (size_t)s->cfg.max_step_tokens, B = (size_t)s->cfg.max_batch;
     s->b_token = malloc(T * sizeof(int32_t));
     s->b_pos = malloc(T * sizeof(int32_t));
@@ -325,7 +371,7 @@ struct sched *sched_new(const struct native_model *m, struct native_backend *be,
     s->b_views = malloc(B * sizeof(*s->b_views));
     s->b_seqs = malloc(B * sizeof(*s->b_seqs));
     s->running = malloc(B * sizeof(*s->running));
-    if (!s->smp || !s->b_token || !s->b_pos || !s->b_seq || !s->b_out || !s->b_views ||
+    if (!s->smp || !s->adj || (s->cfg.json && !s->jscratch) || !s->b_token || !s->b_pos || !s->b_seq || !s->b_out || !s->b_views ||
         !s->b_seqs || !s->running) {
         snprintf(err, errlen, "out of memory");
         goto fail_bufs;
@@ -354,6 +400,8 @@ fail_bufs:
     free(s->b_views);
     free(s->b_seqs);
     free(s->running);
+    free(s->adj);
+    json_scratch_free(s->jscratch);
     sampler_free(s->smp);
     native_forward_free(s->fw);
 fail_fw:
@@ -388,6 +436,8 @@ void sched_free(struct sched *s)
     free(s->b_views);
     free(s->b_seqs);
     free(s->running);
+    free(s->adj);
+    json_scratch_free(s->jscratch);
     sampler_free(s->smp);
     native_forward_free(s->fw);
     kvcache_free(s->kv);
@@ -421,8 +471,13 @@ static int would_wait(const struct sched *s, const struct seq *q)
 int sched_submit(struct sched *s, const struct sched_request *r, uint64_t *id)
 {
     if (r->n_prompt < 1 || r->max_tokens < 1 || r->top_logprobs < 0 ||
-        r->top_logprobs > SAMPLER_MAX_TOP || !r->sink.on_token || !r->sink.on_end)
+        r->top_logprobs > SAMPLER_MAX_TOP || !r->sink.on_token || !r->sink.on_end ||
+        r->n_bias < 0 || (r->n_bias && !r->bias) || (r->json_object && !s->cfg.json))
         return SCHED_EINVAL;
+    const int V = s->m->cfg.vocab_size;
+    for (int i = 0; i < r->n_bias; i++)
+        if (r->bias[i].id < 0 || r->bias[i].id >= V)
+            return SCHED_EINVAL;
     if ((int64_t)r->n_prompt + r->max_tokens > s->ctx)
         return SCHED_ETOOLONG;
     for (int i = 0; i < r->n_prompt; i++)
@@ -446,6 +501,27 @@ int sched_submit(struct sched *s, const struct sched_request *r, uint64_t *id)
     q->top = r->logprobs ? r->top_logprobs : 0;
     q->sink = r->sink;
     atomic_init(&q->cancelled, 0);
+    /* The request's sampling state, bounded by the vocabulary and its own
+     * max_tokens, is allocated now so that a step never allocates. */
+    q->presence = r->presence_penalty;
+    q->frequency = r->frequency_penalty;
+    if (q->presence != 0.0f || q->frequency != 0.0f) {
+        size_t n_seen = (size_t)(r->max_tokens < V ? r->max_tokens : V);
+        q->count = calloc((size_t)V, sizeof(*q->count));
+        q->seen = malloc(n_seen * sizeof(*q->seen));
+        if (!q->count || !q->seen)
+            goto nomem;
+    }
+    if (r->n_bias) {
+        q->bias = malloc((size_t)r->n_bias * sizeof(*q->bias));
+        if (!q->bias)
+            goto nomem;
+        memcpy(q->bias, r->bias, (size_t)r->n_bias * sizeof(*q->bias));
+        q->n_bias = r->n_bias;
+    }
+    q->json = r->json_object;
+    json_state_init(&q->js);
+    q->adjust = q->count || q->n_bias || q->json;
 
     pthread_mutex_lock(&s->mu);
     if (would_wait(s, q) > s->cfg.max_queue) {
@@ -464,6 +540,10 @@ int sched_submit(struct sched *s, const struct sched_request *r, uint64_t *id)
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
     return SCHED_OK;
+
+nomem:
+    seq_free(q);
+    return SCHED_ENOMEM;
 }
 
 /* A queued request leaves the queue here and now (so its place is free at

@@ -14,6 +14,11 @@
  * whose prompt + max_tokens exceeds the context (the model's, or what the KV
  * budget holds, whichever is smaller) is refused at once.
  *
+ * Per request, before sampling, OpenAI's logit_bias and presence/frequency
+ * penalties adjust a copy of its logits, and a JSON constraint masks what
+ * would break the object (json_constraint.h); a request with none of these
+ * samples the forward pass's logits as they are.
+ *
  * Results go to the request's sink, on the engine thread: on_token for each
  * generated token (never for an end-of-sequence token), then on_end exactly
  * once, last, for every accepted request, cancelled ones included.
@@ -31,6 +36,7 @@
 #define CASCADE_NATIVE_SCHED_H
 
 #include "engines/native/model/model.h"
+#include "engines/native/runtime/json_constraint.h"
 #include "engines/native/runtime/sampler.h"
 
 #include <stddef.h>
@@ -43,6 +49,10 @@ struct sched_config {
     size_t kv_budget;       /* bytes of KV cache (default 256 MiB) */
     int n_ctx;              /* 0: the model's max_pos */
     enum native_mla_mode mla;   /* MLA models: absorbed (default) or naive attention */
+    /* The model's vocabulary for JSON-constrained requests
+     * (json_constraint.h), or NULL when none may ask; it must outlive the
+     * scheduler, which sizes its mask scratch for it once. */
+    const struct json_vocab *json;
 };
 
 struct sched_token {
@@ -79,6 +89,16 @@ struct sched_request {
     uint64_t seed;
     int logprobs;               /* report logprobs */
     int top_logprobs;           /* 0..SAMPLER_MAX_TOP alternatives */
+    /* Logit adjustments (sampler.h), all off when 0: then the model's
+     * logits are sampled untouched. Their state (counts per vocabulary id,
+     * the bias list) is allocated here, with the request, never in a step. */
+    float presence_penalty, frequency_penalty;
+    const struct sampler_bias *bias;    /* copied; ids must be in the vocabulary */
+    int n_bias;
+    /* Constrain the output to one JSON object with sched_config.json: the
+     * request ends (SCHED_END_STOP) as soon as the object closes, or with
+     * SCHED_END_LENGTH when no token fits what is left of max_tokens. */
+    int json_object;
     struct sched_sink sink;
 };
 
