@@ -62,6 +62,9 @@
     "local function stored(v)\n"                                                         \
     "  return clamp(tonumber(v or '0') or 0)\n"                                          \
     "end\n"                                                                              \
+    "local function unclamped(v)\n"                                                      \
+    "  return tonumber(v or '0') or 0\n"                                                 \
+    "end\n"                                                                              \
     "local function member_cost(m)\n"                                                    \
     "  local c = string.match(m, ':(%d+)$')\n"                                           \
     "  return c and clamp(tonumber(c)) or 0\n"                                           \
@@ -145,7 +148,12 @@ static const char ADMIT_LUA[] =
 
 /* KEYS: resv spend:day spend:month rl:tok saved:day saved:month settled:<id>
  * ARGV: member cost token_delta admission_second saved_cache saved_routing
+ *       routing_loss
  * -> 1 when applied, 0 when this request was already settled.
+ * The saved hashes keep routing's gain ("routing") and its loss
+ * ("routing_loss") apart, each a sum that only grows: net routing savings
+ * (gain - loss, README "Savings") may be negative over a day, and an amount
+ * Redis holds must never be. 
  * Every argument is checked, and every sum is checked to stay an int64,
  * before the first write: a script that fails halfway would leave the
  * request marked settled with its spend unrecorded. */
@@ -153,15 +161,18 @@ static const char SETTLE_LUA[] =
     LUA_ARGS
     "local c, d = arg(2, 0, MAX), arg(3, -MAX, MAX)\n"
     "arg(4, 0, 1e12)\n"
-    "local sc, sr = arg(5, 0, MAX), arg(6, 0, MAX)\n"
+    "local sc, sr, sl = arg(5, 0, MAX), arg(6, 0, MAX), arg(7, 0, MAX)\n"
+    /* The sums as stored, not clamped to MAX: a sum of many amounts may
+     * pass 1e18, and what HINCRBY must not overflow is the real value. */
     "local LIMIT = 9e18\n"
-    "if c > 0 and (stored(redis.call('GET', KEYS[2])) + c > LIMIT or\n"
-    "              stored(redis.call('GET', KEYS[3])) + c > LIMIT) then\n"
+    "if c > 0 and (unclamped(redis.call('GET', KEYS[2])) + c > LIMIT or\n"
+    "              unclamped(redis.call('GET', KEYS[3])) + c > LIMIT) then\n"
     "  refuse('spend would overflow')\n"
     "end\n"
     "for _, k in ipairs({KEYS[5], KEYS[6]}) do\n"
-    "  if stored(redis.call('HGET', k, 'cache')) + sc > LIMIT or\n"
-    "     stored(redis.call('HGET', k, 'routing')) + sr > LIMIT then refuse('savings would overflow') end\n"
+    "  if unclamped(redis.call('HGET', k, 'cache')) + sc > LIMIT or\n"
+    "     unclamped(redis.call('HGET', k, 'routing')) + sr > LIMIT or\n"
+    "     unclamped(redis.call('HGET', k, 'routing_loss')) + sl > LIMIT then refuse('savings would overflow') end\n"
     "end\n"
     "if not redis.call('SET', KEYS[7], '1', 'NX', 'EX', 172800) then return 0 end\n"
     "redis.call('ZREM', KEYS[1], ARGV[1])\n"
@@ -180,11 +191,17 @@ static const char SETTLE_LUA[] =
     "  redis.call('HINCRBY', KEYS[5], 'routing', ARGV[6])\n"
     "  redis.call('HINCRBY', KEYS[6], 'routing', ARGV[6])\n"
     "end\n"
+    "if sl > 0 then\n"
+    "  redis.call('HINCRBY', KEYS[5], 'routing_loss', ARGV[7])\n"
+    "  redis.call('HINCRBY', KEYS[6], 'routing_loss', ARGV[7])\n"
+    "end\n"
     "return 1\n";
 
 /* KEYS: spend:day spend:month saved:day saved:month resv rl:req rl:tok
  * -> {spend_day, spend_month, saved_day_cache, saved_day_routing,
- *     saved_month_cache, saved_month_routing, reserved, open, requests, tokens} */
+ *     saved_month_cache, saved_month_routing, reserved, open, requests, tokens,
+ *     routing_loss_day, routing_loss_month}
+ * A field that is absent (a hash an older gateway wrote) reads as 0. */
 static const char USAGE_LUA[] =
     LUA_ARGS
     LUA_WINDOW
@@ -201,7 +218,8 @@ static const char USAGE_LUA[] =
     "return {stored(redis.call('GET', KEYS[1])), stored(redis.call('GET', KEYS[2])),\n"
     "  stored(redis.call('HGET', KEYS[3], 'cache')), stored(redis.call('HGET', KEYS[3], 'routing')),\n"
     "  stored(redis.call('HGET', KEYS[4], 'cache')), stored(redis.call('HGET', KEYS[4], 'routing')),\n"
-    "  clamp(reserved), open, clamp(reqs), clamp(toks)}\n";
+    "  clamp(reserved), open, clamp(reqs), clamp(toks),\n"
+    "  stored(redis.call('HGET', KEYS[3], 'routing_loss')), stored(redis.call('HGET', KEYS[4], 'routing_loss'))}\n";
 
 /* ---- state -------------------------------------------------------------- */
 
@@ -222,7 +240,7 @@ struct journal_entry {
     char request_id[80];
     char member[112];
     char day[16], month[16];
-    int64_t cost, token_delta, second, saved_cache, saved_routing;
+    int64_t cost, token_delta, second, saved_cache, saved_routing, routing_loss;
 };
 
 struct base_timer {
@@ -302,6 +320,68 @@ static void ring_add(int64_t *secs, int64_t *n, int64_t now, int64_t v)
     n[i] = money_add(n[i], v);
 }
 
+/* The oldest second of the window that still counts something, or now
+ * when none does: the window frees up 60 s after it. */
+static int64_t ring_oldest(const int64_t *secs, const int64_t *n, int64_t now)
+{
+    int64_t oldest = now;
+    for (int i = 0; i < WINDOW_S; i++)
+        if (secs[i] > now - WINDOW_S && n[i] > 0 && secs[i] < oldest)
+            oldest = secs[i];
+    return oldest;
+}
+
+int64_t policy_window_reset_s(int64_t now, int monthly)
+{
+    time_t t = (time_t)now;
+    struct tm tm;
+    if (!gmtime_r(&t, &tm))
+        return 1;
+    /* timegm normalises mday 32 or mon 12 into the next month or year. */
+    tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+    if (monthly) {
+        tm.tm_mday = 1;
+        tm.tm_mon++;
+    } else {
+        tm.tm_mday++;
+    }
+    int64_t next = (int64_t)timegm(&tm);
+    return next > now ? next - now : 1;
+}
+
+/* Retry-After of a budget rejection: the reset of every window that cannot
+ * take the request now, i.e. the latest of them (a month's reset is never
+ * before the day's). cost is the least the request could be admitted at;
+ * *_left is what each window has left after spend and open reservations,
+ * negative when overspent. Open reservations might settle below their
+ * estimate sooner, but nothing says they will: the window's reset is the
+ * first moment the budget is known to free up, which is why the gateway
+ * also tells clients not to retry (x-should-retry: false). */
+static int64_t budget_retry_s(const struct tenant_limits *lim, int64_t cost, int64_t day_left, int64_t month_left,
+                              int64_t now)
+{
+    int64_t s = 0;
+    if (lim->budget_day_nano >= 0 && cost > day_left)
+        s = policy_window_reset_s(now, 0);
+    if (lim->budget_month_nano >= 0 && cost > month_left) {
+        int64_t m = policy_window_reset_s(now, 1);
+        if (m > s)
+            s = m;
+    }
+    /* Neither blocks by these figures (a downgrade's reservation moved
+     * them between check and here): the nearest configured reset. */
+    if (s == 0)
+        s = policy_window_reset_s(now, lim->budget_day_nano < 0);
+    return s;
+}
+
+/* The least a request could be admitted at: its estimate, or the
+ * downgrade tier's price when it has one. */
+static int64_t least_cost(const struct admit_request *q)
+{
+    return q->alt_cost_nano >= 0 && q->alt_cost_nano < q->est_cost_nano ? q->alt_cost_nano : q->est_cost_nano;
+}
+
 static int64_t share(const struct policy *p, int64_t limit)
 {
     return limit <= 0 ? limit : (int64_t)floor((double)limit * p->s.local_share);
@@ -318,17 +398,23 @@ static void local_admit(struct policy *p, const struct admit_request *q, struct 
     /* Counts and amounts are non-negative and saturate (price.h): a huge
      * estimate must fail the check, never wrap around and pass it. */
     int64_t rpm = share(p, lim->rpm), tpm = share(p, lim->tpm), maxc = share(p, lim->max_concurrent);
-    /* The budget left when Redis was last seen, of which we may use our share. */
-    int64_t left = -1;
+    /* The budget left when Redis was last seen, of which we may use our
+     * share, per window (kept apart to know which one blocks) and the
+     * lesser of the two; floor(x * share) is monotone, so the lesser share
+     * is the share of the lesser. */
+    int64_t used = money_add(l->local_spent, l->local_reserved);
+    int64_t left_d = -1, left_m = -1;
     if (lim->budget_day_nano >= 0)
-        left = money_sub(lim->budget_day_nano, l->known_spent_day);
-    if (lim->budget_month_nano >= 0) {
-        int64_t lm = money_sub(lim->budget_month_nano, l->known_spent_month);
-        if (left < 0 || lm < left)
-            left = lm;
-    }
-    if (left >= 0)
-        left = money_sub((int64_t)floor((double)left * p->s.local_share), money_add(l->local_spent, l->local_reserved));
+        left_d = money_sub((int64_t)floor((double)money_sub(lim->budget_day_nano, l->known_spent_day) *
+                                          p->s.local_share),
+                           used);
+    if (lim->budget_month_nano >= 0)
+        left_m = money_sub((int64_t)floor((double)money_sub(lim->budget_month_nano, l->known_spent_month) *
+                                          p->s.local_share),
+                           used);
+    int64_t left = left_d;
+    if (left_m >= 0 && (left < 0 || left_m < left))
+        left = left_m;
     res->status = ADMIT_OK;
     int64_t cost = q->est_cost_nano;
     if (rpm > 0 && reqs + 1 > rpm)
@@ -355,6 +441,15 @@ static void local_admit(struct policy *p, const struct admit_request *q, struct 
         if (left >= 0)
             left = money_sub(left, cost);
     }
+    /* Never sooner than the limit can admit it (see admit_result); read
+     * under the lock, as the rings are. */
+    int64_t retry = 1;
+    if (res->status == ADMIT_LIMIT_REQUESTS)
+        retry = ring_oldest(l->req_sec, l->req_n, now) + WINDOW_S - now;
+    else if (res->status == ADMIT_LIMIT_TOKENS)
+        retry = ring_oldest(l->tok_sec, l->tok_n, now) + WINDOW_S - now;
+    else if (res->status == ADMIT_BUDGET)
+        retry = budget_retry_s(lim, least_cost(q), left_d, left_m, now);
     pthread_mutex_unlock(&p->mu);
     res->local = 1;
     res->limit_requests = rpm;
@@ -364,7 +459,7 @@ static void local_admit(struct policy *p, const struct admit_request *q, struct 
     res->remaining_tokens = tpm > 0 ? (tpm - toks > 0 ? tpm - toks : 0) : 0;
     res->reset_tokens_ms = WINDOW_S * 1000;
     res->budget_remaining_nano = left;
-    res->retry_after_s = 1;
+    res->retry_after_s = retry < 1 ? 1 : retry;
 }
 
 /* ---- the journal -------------------------------------------------------- */
@@ -442,7 +537,7 @@ static void settle_reply(void *ctx, enum redis_call_status st, redisReply *reply
 
 static void send_settle(struct policy *p, struct redis *r, const struct journal_entry *e)
 {
-    char k[7][200], a[6][112];
+    char k[7][200], a[7][112];
     key(k[0], sizeof k[0], e->tenant, "resv");
     snprintf(k[1], sizeof k[1], "cascade:{%s}:spend:%s", e->tenant, e->day);
     snprintf(k[2], sizeof k[2], "cascade:{%s}:spend:%s", e->tenant, e->month);
@@ -456,15 +551,16 @@ static void send_settle(struct policy *p, struct redis *r, const struct journal_
     snprintf(a[3], sizeof a[3], "%lld", (long long)e->second);
     snprintf(a[4], sizeof a[4], "%lld", (long long)e->saved_cache);
     snprintf(a[5], sizeof a[5], "%lld", (long long)e->saved_routing);
-    const char *argv[13];
+    snprintf(a[6], sizeof a[6], "%lld", (long long)e->routing_loss);
+    const char *argv[14];
     for (int i = 0; i < 7; i++)
         argv[i] = k[i];
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 7; i++)
         argv[7 + i] = a[i];
     struct settle_call *sc = xmalloc(sizeof *sc);
     sc->p = p;
     sc->e = *e;
-    redis_eval(r, settle_reply, sc, p->settle_sha, 7, 13, argv);
+    redis_eval(r, settle_reply, sc, p->settle_sha, 7, 14, argv);
 }
 
 /* Replay what Redis missed, a batch at a time, when it is back. */
@@ -511,10 +607,13 @@ static void ensure_timer(struct policy *p, struct event_base *base)
 void policy_settle(struct policy *p, struct event_base *base, struct reservation *resv, const struct settle_info *info)
 {
     static struct log_limit negative_log;
-    if (info->cost_nano < 0 || info->tokens < 0 || info->saved_cache_nano < 0 || info->saved_routing_nano < 0)
-        log_limited(&negative_log, 1000, LOG_ERROR, "request %s settled with a negative amount (cost %" PRId64 ", tokens %" PRId64 ", saved %" PRId64
-                  "/%" PRId64 "); recorded as 0",
-                  resv->request_id, info->cost_nano, info->tokens, info->saved_cache_nano, info->saved_routing_nano);
+    if (info->cost_nano < 0 || info->tokens < 0 || info->saved_cache_nano < 0 || info->saved_routing_nano < 0 ||
+        info->routing_loss_nano < 0)
+        log_limited(&negative_log, 1000, LOG_ERROR,
+                    "request %s settled with a negative amount (cost %" PRId64 ", tokens %" PRId64 ", saved %" PRId64
+                    "/%" PRId64 ", routing loss %" PRId64 "); recorded as 0",
+                    resv->request_id, info->cost_nano, info->tokens, info->saved_cache_nano, info->saved_routing_nano,
+                    info->routing_loss_nano);
     /* Whatever the caller computed, what reaches Redis or the local
      * counters is within [0, MONEY_MAX] (price.h): never a credit. */
     int64_t cost = money_clamp(info->cost_nano), tokens = money_clamp(info->tokens);
@@ -530,6 +629,9 @@ void policy_settle(struct policy *p, struct event_base *base, struct reservation
     e.second = resv->second;
     e.saved_cache = money_clamp(info->saved_cache_nano);
     e.saved_routing = money_clamp(info->saved_routing_nano);
+    /* A loss is recorded as its own non-negative sum, never netted here: a
+     * net figure could be negative, which the scripts refuse (see SETTLE_LUA). */
+    e.routing_loss = money_clamp(info->routing_loss_nano);
     if (resv->local) {
         pthread_mutex_lock(&p->mu);
         struct local_tenant *l = local_get(p, resv->tenant);
@@ -623,8 +725,19 @@ static void admit_reply(void *ctx, enum redis_call_status st, redisReply *reply)
     res.remaining_tokens = lim->tpm > 0 && lim->tpm - v[2] > 0 ? lim->tpm - v[2] : 0;
     res.reset_tokens_ms = v[4];
     res.budget_remaining_nano = v[5] ? v[6] : -1;
-    int64_t reset = res.status == ADMIT_LIMIT_TOKENS ? v[4] : v[3];
-    res.retry_after_s = res.status == ADMIT_LIMIT_CONCURRENCY ? 1 : (reset + 999) / 1000;
+    /* Retry-After, never sooner than the limit can admit this request: a
+     * rate limit when its window's oldest bucket leaves it, a budget when
+     * the window that blocks it resets, concurrency in a second (no way to
+     * know when a request in flight ends). The budget's figures are the
+     * script's: spend (v[9], v[10]) and open reservations (v[11]), each
+     * within [0, 1e18], so the differences fit an int64. */
+    if (res.status == ADMIT_BUDGET) {
+        res.retry_after_s = budget_retry_s(lim, least_cost(&ac->q), lim->budget_day_nano - v[9] - v[11],
+                                           lim->budget_month_nano - v[10] - v[11], (int64_t)time(NULL));
+    } else {
+        int64_t reset = res.status == ADMIT_LIMIT_TOKENS ? v[4] : v[3];
+        res.retry_after_s = res.status == ADMIT_LIMIT_CONCURRENCY ? 1 : (reset + 999) / 1000;
+    }
     if (res.retry_after_s < 1)
         res.retry_after_s = 1;
     /* Remember what Redis said the tenant has spent, for the local
@@ -728,16 +841,28 @@ struct usage_call {
     char tenant[64];
 };
 
+/* One period's spend and savings. Routing savings are reported NET (gain -
+ * loss, may be negative) under the name every view uses, with both terms
+ * beside it (README "Savings"). Each term is within [-1e18, 1e18] (the
+ * script's clamp), so the difference fits an int64. */
+static json_t *usage_period(long long spend, long long cache, long long gain, long long loss)
+{
+    const double usd = 1e-9;
+    return json_pack("{s:f, s:f, s:f, s:f, s:f}", "spend_usd", (double)spend * usd, "saved_cache_usd",
+                     (double)cache * usd, "saved_routing_usd", (double)(gain - loss) * usd, "routing_gain_usd",
+                     (double)gain * usd, "routing_loss_usd", (double)loss * usd);
+}
+
 static void usage_reply(void *ctx, enum redis_call_status st, redisReply *reply)
 {
     struct usage_call *uc = ctx;
-    if (st != REDIS_CALL_OK || reply->type != REDIS_REPLY_ARRAY || reply->elements != 10) {
+    if (st != REDIS_CALL_OK || reply->type != REDIS_REPLY_ARRAY || reply->elements != 12) {
         uc->cb(uc->ctx, NULL);
         free(uc);
         return;
     }
-    long long v[10];
-    for (int i = 0; i < 10; i++)
+    long long v[12];
+    for (int i = 0; i < 12; i++)
         v[i] = reply->element[i]->integer;
     const struct tenant_limits *l = &uc->lim;
     double usd = 1e-9;
@@ -748,14 +873,11 @@ static void usage_reply(void *ctx, enum redis_call_status st, redisReply *reply)
         json_object_set_new(budget, "month_remaining_usd",
                             json_real((double)(l->budget_month_nano - v[1] - v[6]) * usd));
     json_object_set_new(budget, "reserved_usd", json_real((double)v[6] * usd));
-    json_t *o = json_pack("{s:s, s:{s:f, s:f, s:f}, s:{s:f, s:f, s:f}, s:o, s:{s:I, s:I, s:I, s:I, s:I, s:I}}",
-                          "tenant", uc->tenant, "today", "spend_usd", (double)v[0] * usd, "saved_cache_usd",
-                          (double)v[2] * usd, "saved_routing_usd", (double)v[3] * usd, "month", "spend_usd",
-                          (double)v[1] * usd, "saved_cache_usd", (double)v[4] * usd, "saved_routing_usd",
-                          (double)v[5] * usd, "budget", budget, "rate_limits", "rpm", (json_int_t)l->rpm,
-                          "requests_last_minute", (json_int_t)v[8], "tpm", (json_int_t)l->tpm,
-                          "tokens_last_minute", (json_int_t)v[9], "max_concurrent", (json_int_t)l->max_concurrent,
-                          "concurrent", (json_int_t)v[7]);
+    json_t *o = json_pack("{s:s, s:o, s:o, s:o, s:{s:I, s:I, s:I, s:I, s:I, s:I}}", "tenant", uc->tenant, "today",
+                          usage_period(v[0], v[2], v[3], v[10]), "month", usage_period(v[1], v[4], v[5], v[11]),
+                          "budget", budget, "rate_limits", "rpm", (json_int_t)l->rpm, "requests_last_minute",
+                          (json_int_t)v[8], "tpm", (json_int_t)l->tpm, "tokens_last_minute", (json_int_t)v[9],
+                          "max_concurrent", (json_int_t)l->max_concurrent, "concurrent", (json_int_t)v[7]);
     uc->cb(uc->ctx, o);
     json_decref(o);
     free(uc);
