@@ -24,14 +24,47 @@
 //   combine endless with chunk_delay_ms for a slow drip
 //   [[peer@NAME:status=500]]     any directive, applied only by the peer named NAME
 //
+// Answers shaped as vLLM (--enable-auto-tool-choice, a reasoning parser) and
+// hosted APIs (OpenAI, DeepSeek) send them (see peerAnswer below):
+//   [[peer:tool_call=NAME]]      with a non-empty `tools` in the request: call
+//                                tool NAME instead of answering; arguments are
+//                                toolArguments(text, 0), streamed as OpenAI
+//                                does (a head fragment with index, id, type,
+//                                name and arguments "", then the arguments in
+//                                several pieces); content null, finish_reason
+//                                "tool_calls"
+//   [[peer:tool_calls=A,B]]      parallel calls, one per name, in that order
+//   [[peer:reasoning]]           DeepSeek's reasoning_content ("think: " + the
+//                                text, word by word) before the content
+//   a last message of role "tool" is answered with text that quotes the tool
+//   results ("tool: " + their contents), never with another call, so an SDK's
+//   tool loop (runTools) ends after the second round
+//   image_url parts are accepted, and the reply says how many arrived
+//   (" images=N" after the echoed text)
+//   every chunk and response carries "system_fingerprint": "fp_peer"
+//
 // Directives are removed from the text before it is echoed. POST /_script
 // queues the same directives for the next requests without touching the
-// message (useful when the gateway caches or classifies on the text).
+// message (useful when the gateway caches or classifies on the text), and
+// can script a whole answer:
+//   POST /_script {"answer": {"content": null|"...", "reasoning_content": "...",
+//                  "tool_calls": [{"id","type","function":{"name","arguments"}}],
+//                  "finish_reason": "tool_calls"}, "count": 1}
+// (scriptedReply below says exactly what is sent for it).
+//
+// Other endpoints, each a pure function of the request too:
+//   POST /v1/completions         text_completion objects (stream or not): the
+//                                text is peerReply's for the prompt as the one
+//                                user message; legacy logprobs when asked
+//                                (see completionReply)
+//   POST /v1/embeddings          deterministic vectors (see embeddingReply)
 //
 // Control endpoints: GET /_stats (counters, the last request body and
-// headers), GET /_requests (every recorded request since the last reset),
-// POST /_reset. Counters cover POST /v1/chat/completions only, since that is
-// what tests count: requests (arrived), completed (response fully sent),
+// headers), GET /_requests (every recorded request since the last reset,
+// each with its path), POST /_reset. The main counters cover POST
+// /v1/chat/completions only, since that is what tests count (completions
+// and embeddings have their own: completions_requests,
+// embeddings_requests): requests (arrived), completed (response fully sent),
 // aborted (the client closed before the response ended: how a test sees that
 // a client disconnect cancelled the upstream request), active (in flight),
 // bytes_sent (bytes of streamed and endless answers written, all requests).
@@ -39,13 +72,18 @@
 // Usage: node peer.mjs [--port N] [--host 127.0.0.1] [--name NAME]
 //                      [--models a,b] [--api-key KEY]
 // Prints "PEER_PORT=<port>" on stdout once listening. Importing this file as
-// a module starts nothing; it exports peerReply() and parseDirectives().
+// a module starts nothing; it exports peerReply(), peerAnswer(),
+// scriptedReply(), toolArguments(), toolCallId(), completionReply(),
+// embeddingReply() and parseDirectives(), so a test computes what the peer
+// sends.
 
+import crypto from 'node:crypto';
 import http from 'node:http';
 import { pathToFileURL } from 'node:url';
 
 const DIRECTIVE_RE = /\[\[peer(?:@([A-Za-z0-9_.-]+))?:([a-z_]+)(?:=([^\]]*))?\]\]/g;
 const MAX_RECORDED = 1000;
+export const PEER_FINGERPRINT = 'fp_peer';
 
 // messageText: the text of one message's content, whether a string or an
 // array of content parts (only "text" parts carry text).
@@ -66,6 +104,26 @@ function lastUserText(body) {
     if (msgs[i]?.role === 'user') return messageText(msgs[i].content);
   }
   return '';
+}
+
+// toolResults: the texts of the tool messages that end the conversation
+// (one per call answered), or null when the last message is not a tool's.
+function toolResults(body) {
+  const msgs = Array.isArray(body?.messages) ? body.messages : [];
+  if (msgs.length === 0 || msgs[msgs.length - 1]?.role !== 'tool') return null;
+  const out = [];
+  for (let i = msgs.length - 1; i >= 0 && msgs[i]?.role === 'tool'; i--) out.unshift(messageText(msgs[i].content));
+  return out;
+}
+
+// imageCount: image_url parts in all messages, as the peer received them.
+function imageCount(body) {
+  const msgs = Array.isArray(body?.messages) ? body.messages : [];
+  let n = 0;
+  for (const m of msgs) {
+    if (Array.isArray(m?.content)) n += m.content.filter((p) => p && p.type === 'image_url').length;
+  }
+  return n;
 }
 
 // parseDirectives: the directives in `text` that apply to the peer named
@@ -96,7 +154,10 @@ function countWords(s) {
 
 // peerReply: the deterministic answer to a chat request, as the peer named
 // `name` gives it (directives for other peers are ignored).
-//   content: "echo: " + the last user message with directives removed;
+//   content: "echo: " + the last user message with directives removed, and
+//            " images=N" when the request held N image_url parts; when the
+//            last message is a tool's: "tool: " + the tool messages' texts
+//            joined with " | " instead of the echo;
 //   chunks: content split into word-ish pieces ("echo: ", "hello ", "world"):
 //           the words, cycled or cut to [[peer:chunks=N]], each but the last
 //           followed by one space; then cut to max_tokens;
@@ -105,7 +166,10 @@ function countWords(s) {
 //   logprob of chunk i: -(i % 5) / 10.
 export function peerReply(body, name = 'peer') {
   const { directives, clean } = parseDirectives(lastUserText(body), name);
-  const base = ('echo: ' + clean).match(/\S+/g);
+  const tools = toolResults(body);
+  const images = imageCount(body);
+  const text = (tools ? 'tool: ' + tools.join(' | ') : 'echo: ' + clean) + (images ? ` images=${images}` : '');
+  const base = text.match(/\S+/g);
   let words = base;
   const want = intDirective(directives, 'chunks', -1);
   if (want >= 0) {
@@ -145,6 +209,181 @@ function logprobEntry(token, logprob, nTop) {
     top.push({ token: t, logprob: logprob - 0.5 * j, bytes: [...Buffer.from(t, 'utf8')] });
   }
   return { token, logprob, bytes: [...Buffer.from(token, 'utf8')], top_logprobs: top };
+}
+
+// words: s as word pieces, each but the last followed by one space.
+function wordPieces(s) {
+  const w = typeof s === 'string' ? s.match(/\S+/g) || [] : [];
+  return w.map((x, i) => (i + 1 < w.length ? x + ' ' : x));
+}
+
+// argumentPieces: a tool call's arguments as streamed: up to three pieces
+// of about equal length (two for a two-character "{}"), cut between code
+// points so that each piece is valid UTF-8 on its own.
+function argumentPieces(args) {
+  const cps = Array.from(args);
+  const n = Math.min(3, cps.length);
+  if (n <= 1) return [args];
+  const size = Math.ceil(cps.length / n);
+  const out = [];
+  for (let i = 0; i < cps.length; i += size) out.push(cps.slice(i, i + size).join(''));
+  return out;
+}
+
+// toolArguments: the arguments (a JSON text) of call i made for a request
+// whose last user message, directives removed, is `text`.
+export function toolArguments(text, i = 0) {
+  return JSON.stringify({ query: text, n: i });
+}
+
+// toolCallId: the id of call i to tool `name` for that text (OpenAI's
+// "call_" form, deterministic).
+export function toolCallId(name, text, i = 0) {
+  return 'call_' + crypto.createHash('sha256').update(`${name}\0${text}\0${i}`).digest('hex').slice(0, 24);
+}
+
+// answerDeltas: the output of a whole assistant message as the stream's
+// deltas, one output piece each: reasoning_content word by word (with
+// content null beside it, as DeepSeek sends it), then content word by word
+// (reasoning_content null beside it when there was reasoning), then per
+// tool call a head fragment {index, id, type, function: {name, arguments:
+// ""}} and its arguments in pieces {index, function: {arguments}}.
+function answerDeltas(msg) {
+  const out = [];
+  const reasoning = wordPieces(msg.reasoning_content);
+  for (const r of reasoning) out.push({ delta: { content: null, reasoning_content: r } });
+  for (const c of wordPieces(msg.content)) {
+    out.push({ delta: reasoning.length ? { content: c, reasoning_content: null } : { content: c }, content: c });
+  }
+  (msg.tool_calls || []).forEach((tc, index) => {
+    const fn = tc.function || {};
+    out.push({ delta: { tool_calls: [{ index, id: tc.id, type: tc.type || 'function',
+      function: { name: fn.name, arguments: '' } }] } });
+    for (const a of argumentPieces(fn.arguments ?? '')) {
+      out.push({ delta: { tool_calls: [{ index, function: { arguments: a } }] } });
+    }
+  });
+  return out;
+}
+
+// peerAnswer: the structured answer the peer gives to a chat request, or
+// null when it answers with plain text (peerReply). `d` is the request's
+// directives merged with a scripted entry (POST /_script), as the peer
+// applies them. Returns {deltas, message, finishReason, usage}:
+//   deltas: what a stream sends between its role chunk and its finish chunk,
+//           each {delta, content?} (content: the text piece, for logprobs);
+//   message: the non-stream choices[0].message (role, content -- null when
+//           there is none beside tool calls --, reasoning_content,
+//           tool_calls);
+//   usage: prompt_tokens as peerReply's, completion_tokens = deltas.length;
+//   cut to max_tokens deltas (finish_reason "length") like peerReply.
+// Modes, first that applies: a scripted answer (d.answer); a tool call
+// (d.tool_call / d.tool_calls with tools in the request and a last message
+// that is not a tool's); reasoning (d.reasoning) before peerReply's text.
+export function peerAnswer(body, name = 'peer', d = undefined) {
+  const reply = peerReply(body, name);
+  d = d ?? reply.directives;
+  const { clean } = parseDirectives(lastUserText(body), name);
+  let msg;
+  let finishReason;
+  if (d.answer && typeof d.answer === 'object') {
+    const a = d.answer;
+    msg = { role: 'assistant', content: typeof a.content === 'string' ? a.content : null };
+    if (typeof a.reasoning_content === 'string') msg.reasoning_content = a.reasoning_content;
+    if (Array.isArray(a.tool_calls) && a.tool_calls.length) msg.tool_calls = a.tool_calls;
+    finishReason = a.finish_reason ?? (msg.tool_calls ? 'tool_calls' : 'stop');
+  } else if ((d.tool_call || d.tool_calls) && Array.isArray(body?.tools) && body.tools.length &&
+             toolResults(body) === null) {
+    const names = String(d.tool_calls ?? d.tool_call).split(',').filter(Boolean);
+    msg = { role: 'assistant', content: null };
+    if (d.reasoning) msg.reasoning_content = 'think: ' + clean;
+    msg.tool_calls = names.map((n, i) => ({ id: toolCallId(n, clean, i), type: 'function',
+      function: { name: n, arguments: toolArguments(clean, i) } }));
+    finishReason = 'tool_calls';
+  } else if (d.reasoning) {
+    const full = peerReply({ ...body, max_tokens: undefined, max_completion_tokens: undefined }, name);
+    msg = { role: 'assistant', content: full.content, reasoning_content: 'think: ' + clean };
+    finishReason = 'stop';
+  } else {
+    return null;
+  }
+  let deltas = answerDeltas(msg);
+  const maxTokens = body?.max_completion_tokens ?? body?.max_tokens;
+  if (Number.isInteger(maxTokens) && maxTokens >= 0 && deltas.length > maxTokens) {
+    // what a bounded upstream sends: the first max_tokens pieces
+    deltas = deltas.slice(0, maxTokens);
+    finishReason = 'length';
+    msg = mergeDeltas(deltas);
+  }
+  const promptTokens = reply.usage.prompt_tokens;
+  return {
+    deltas,
+    message: msg,
+    finishReason,
+    usage: { prompt_tokens: promptTokens, completion_tokens: deltas.length,
+      total_tokens: promptTokens + deltas.length },
+  };
+}
+
+// mergeDeltas: a message from stream deltas, as an SDK accumulates them.
+function mergeDeltas(deltas) {
+  const msg = { role: 'assistant', content: null };
+  for (const { delta } of deltas) {
+    if (typeof delta.content === 'string') msg.content = (msg.content ?? '') + delta.content;
+    if (typeof delta.reasoning_content === 'string') {
+      msg.reasoning_content = (msg.reasoning_content ?? '') + delta.reasoning_content;
+    }
+    for (const tc of delta.tool_calls || []) {
+      msg.tool_calls ??= [];
+      const slot = (msg.tool_calls[tc.index] ??= { id: tc.id, type: tc.type, function: { name: '', arguments: '' } });
+      if (tc.function?.name) slot.function.name = tc.function.name;
+      slot.function.arguments += tc.function?.arguments ?? '';
+    }
+  }
+  return msg;
+}
+
+// scriptedReply: what the peer sends for POST /_script {"answer": answer}
+// to the request `body` (see peerAnswer).
+export function scriptedReply(answer, body = {}, name = 'peer') {
+  return peerAnswer(body, name, { answer });
+}
+
+// completionReply: the answer to a /v1/completions request: peerReply's for
+// the prompt as the one user message, as legacy text pieces.
+export function completionReply(body, name = 'peer') {
+  let prompt = body?.prompt;
+  if (Array.isArray(prompt) && prompt.length === 1) prompt = prompt[0];
+  const chat = { messages: [{ role: 'user', content: typeof prompt === 'string' ? prompt : '' }],
+    max_tokens: body?.max_tokens };
+  return peerReply(chat, name);
+}
+
+// embeddingReply: the answer to a /v1/embeddings request: one vector per
+// input string, `dimensions` long (default 8), each value in [-1, 1] taken
+// from the SHA-256 of the string (4 decimals); usage.prompt_tokens = words
+// in all inputs. null for an input that is not a string or strings.
+export function embeddingReply(body) {
+  const inputs = typeof body?.input === 'string' ? [body.input] : body?.input;
+  if (!Array.isArray(inputs) || inputs.length === 0 || !inputs.every((x) => typeof x === 'string')) return null;
+  const dims = Number.isInteger(body.dimensions) && body.dimensions > 0 && body.dimensions <= 4096 ? body.dimensions : 8;
+  const vector = (text) => {
+    const out = [];
+    for (let k = 0; out.length < dims; k++) {
+      const h = crypto.createHash('sha256').update(`${k}\0${text}`).digest();
+      for (let j = 0; j + 1 < h.length && out.length < dims; j += 2) {
+        out.push(Math.round(((h.readUInt16BE(j) / 65535) * 2 - 1) * 10000) / 10000);
+      }
+    }
+    return out;
+  };
+  const tokens = inputs.reduce((n, x) => n + countWords(x), 0);
+  return {
+    object: 'list',
+    data: inputs.map((x, index) => ({ object: 'embedding', index, embedding: vector(x) })),
+    model: typeof body.model === 'string' ? body.model : 'peer-model',
+    usage: { prompt_tokens: tokens, total_tokens: tokens },
+  };
 }
 
 function errorType(status) {
@@ -188,6 +427,8 @@ export function createPeer(opts) {
     healthStatus: 200,
     seq: 0,
     bytesSent: 0,
+    completions: 0,         // POST /v1/completions arrived
+    embeddings: 0,          // POST /v1/embeddings arrived
   };
 
   function sendJson(res, status, obj) {
@@ -243,7 +484,7 @@ export function createPeer(opts) {
     }
     st.lastRequest = body;
     st.lastHeaders = req.headers;
-    st.recorded.push({ body, headers: req.headers, raw: body === null ? raw : undefined });
+    st.recorded.push({ path: '/v1/chat/completions', body, headers: req.headers, raw: body === null ? raw : undefined });
     if (st.recorded.length > MAX_RECORDED) st.recorded.shift();
 
     if (body === null || typeof body !== 'object' || Array.isArray(body)) {
@@ -261,6 +502,7 @@ export function createPeer(opts) {
 
     const reply = peerReply(body, opts.name);
     const d = { ...(st.script.length ? st.script.shift() : {}), ...reply.directives };
+    const structured = peerAnswer(body, opts.name, d);
     const id = `chatcmpl-peer-${opts.name}-${++st.seq}`;
     const created = Math.floor(Date.now() / 1000);
     const model = typeof body.model === 'string' ? body.model : 'peer-model';
@@ -280,6 +522,8 @@ export function createPeer(opts) {
         return;
       }
       if (d.endless) endlessReply(body.stream === true);
+      else if (structured && body.stream === true) structuredStream();
+      else if (structured) structuredFull();
       else if (body.stream === true) streamReply();
       else fullReply();
     };
@@ -301,7 +545,8 @@ export function createPeer(opts) {
       let next;
       if (stream) {
         res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache' });
-        const ev = (choices) => `data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created, model, choices })}\n\n`;
+        const ev = (choices) => `data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created, model,
+          system_fingerprint: PEER_FINGERPRINT, choices })}\n\n`;
         write(ev([{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
         next = () => {
           const c = piece(n);
@@ -336,10 +581,73 @@ export function createPeer(opts) {
         ? { content: reply.chunks.map((c, i) => logprobEntry(c, reply.logprobs[i], nTop)) }
         : null;
       sendJson(res, 200, {
-        id, object: 'chat.completion', created, model,
+        id, object: 'chat.completion', created, model, system_fingerprint: PEER_FINGERPRINT,
         choices: [{ index: 0, message, logprobs, finish_reason: reply.finishReason }],
         usage: reply.usage,
       });
+    };
+
+    // A structured answer (peerAnswer) in one response: content null beside
+    // tool calls, as OpenAI and vLLM send it.
+    const structuredFull = () => {
+      const pieces = structured.deltas.filter((x) => typeof x.content === 'string');
+      const logprobs = wantLogprobs
+        ? { content: pieces.map((x, i) => logprobEntry(x.content, -(i % 5) / 10, nTop)) }
+        : null;
+      sendJson(res, 200, {
+        id, object: 'chat.completion', created, model, system_fingerprint: PEER_FINGERPRINT,
+        choices: [{ index: 0, message: structured.message, logprobs, finish_reason: structured.finishReason }],
+        usage: structured.usage,
+      });
+    };
+
+    // The same as a stream: a role chunk, one chunk per delta, the finish
+    // chunk, the usage chunk when asked, [DONE]; chunk_delay_ms and
+    // close_after (counting deltas) apply as for plain text.
+    const structuredStream = () => {
+      const includeUsage = body.stream_options?.include_usage === true;
+      const chunkDelay = intDirective(d, 'chunk_delay_ms', 0);
+      const closeAfter = intDirective(d, 'close_after', -1);
+      res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache' });
+      const event = (choices, extra = {}) => {
+        const obj = { id, object: 'chat.completion.chunk', created, model, system_fingerprint: PEER_FINGERPRINT,
+          choices, ...extra };
+        if (includeUsage && !('usage' in obj)) obj.usage = null;
+        const text = `data: ${JSON.stringify(obj)}\n\n`;
+        st.bytesSent += Buffer.byteLength(text);
+        res.write(text);
+      };
+      const hasText = structured.deltas.some((x) => typeof x.content === 'string');
+      event([{ index: 0, delta: { role: 'assistant', content: hasText ? '' : null }, logprobs: null,
+        finish_reason: null }]);
+      let i = 0;
+      let k = 0; // content pieces so far, for their logprobs
+      const step = () => {
+        for (;;) {
+          if (i === closeAfter) {
+            selfClosed = true;
+            req.socket.end();
+            return;
+          }
+          if (i >= structured.deltas.length) break;
+          const x = structured.deltas[i++];
+          let logprobs = null;
+          if (wantLogprobs && typeof x.content === 'string') {
+            logprobs = { content: [logprobEntry(x.content, -(k % 5) / 10, nTop)] };
+            k++;
+          }
+          event([{ index: 0, delta: x.delta, logprobs, finish_reason: null }]);
+          if (chunkDelay > 0) {
+            later(chunkDelay, step);
+            return;
+          }
+        }
+        event([{ index: 0, delta: {}, logprobs: null, finish_reason: structured.finishReason }]);
+        if (includeUsage) event([], { usage: structured.usage });
+        res.end('data: [DONE]\n\n');
+      };
+      if (chunkDelay > 0) later(chunkDelay, step);
+      else step();
     };
 
     // Chunked SSE as vLLM and SGLang send it: a role chunk, one chunk per
@@ -353,7 +661,8 @@ export function createPeer(opts) {
         'Cache-Control': 'no-cache',
       });
       const event = (choices, extra = {}) => {
-        const obj = { id, object: 'chat.completion.chunk', created, model, choices, ...extra };
+        const obj = { id, object: 'chat.completion.chunk', created, model, system_fingerprint: PEER_FINGERPRINT,
+          choices, ...extra };
         if (includeUsage && !('usage' in obj)) obj.usage = null;
         const text = `data: ${JSON.stringify(obj)}\n\n`;
         st.bytesSent += Buffer.byteLength(text);
@@ -396,6 +705,110 @@ export function createPeer(opts) {
     else answer();
   }
 
+  // Record a request of another endpoint (its body, or null when it is not
+  // JSON). The /_script queue is shared by all endpoints: an entry goes to
+  // the next request of any of them.
+  function recordOther(path, req, raw) {
+    let body;
+    try {
+      body = JSON.parse(raw);
+    } catch {
+      body = null;
+    }
+    st.lastRequest = body;
+    st.lastHeaders = req.headers;
+    st.recorded.push({ path, body, headers: req.headers, raw: body === null ? raw : undefined });
+    if (st.recorded.length > MAX_RECORDED) st.recorded.shift();
+    return body;
+  }
+
+  function scriptedStatus(res, d) {
+    const status = intDirective(d, 'status', 200);
+    if (status === 200) return false;
+    sendJson(res, status, errorBody(status, `peer ${opts.name}: scripted status ${status}`));
+    return true;
+  }
+
+  // /v1/completions as vLLM serves it: text_completion objects, the legacy
+  // logprobs object when `logprobs` is an integer.
+  function handleCompletions(req, res, raw) {
+    st.completions++;
+    const body = recordOther('/v1/completions', req, raw);
+    if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+      sendJson(res, 400, errorBody(400, 'peer: request body is not a JSON object'));
+      return;
+    }
+    let prompt = body.prompt;
+    if (Array.isArray(prompt) && prompt.length === 1) prompt = prompt[0];
+    if (typeof prompt !== 'string') {
+      sendJson(res, 400, errorBody(400, 'peer: prompt must be a string'));
+      return;
+    }
+    if (body.messages !== undefined) {
+      sendJson(res, 400, errorBody(400, 'peer: messages is not a completions field'));
+      return;
+    }
+    const reply = completionReply(body, opts.name);
+    const d = { ...(st.script.length ? st.script.shift() : {}), ...reply.directives };
+    if (scriptedStatus(res, d)) return;
+    const id = `cmpl-peer-${opts.name}-${++st.seq}`;
+    const created = Math.floor(Date.now() / 1000);
+    const model = typeof body.model === 'string' ? body.model : 'peer-model';
+    const nTop = Number.isInteger(body.logprobs) ? body.logprobs : -1;
+    const legacy = (pieces, first) => {
+      if (nTop < 0) return null;
+      const lp = { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] };
+      let off = pieces.offset;
+      pieces.list.forEach((p, j) => {
+        const e = logprobEntry(p, reply.logprobs[first + j], nTop);
+        lp.tokens.push(p);
+        lp.token_logprobs.push(e.logprob);
+        lp.top_logprobs.push(Object.fromEntries(e.top_logprobs.map((t) => [t.token, t.logprob])));
+        lp.text_offset.push(off);
+        off += p.length;
+      });
+      return lp;
+    };
+    if (body.stream !== true) {
+      sendJson(res, 200, {
+        id, object: 'text_completion', created, model, system_fingerprint: PEER_FINGERPRINT,
+        choices: [{ index: 0, text: reply.content, logprobs: legacy({ list: reply.chunks, offset: 0 }, 0),
+          finish_reason: reply.finishReason }],
+        usage: reply.usage,
+      });
+      return;
+    }
+    res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache' });
+    const event = (choices, extra = {}) => {
+      res.write(`data: ${JSON.stringify({ id, object: 'text_completion', created, model,
+        system_fingerprint: PEER_FINGERPRINT, choices, ...extra })}\n\n`);
+    };
+    let off = 0;
+    reply.chunks.forEach((c, i) => {
+      event([{ index: 0, text: c, logprobs: legacy({ list: [c], offset: off }, i), finish_reason: null }]);
+      off += c.length;
+    });
+    event([{ index: 0, text: '', logprobs: null, finish_reason: reply.finishReason }]);
+    if (body.stream_options?.include_usage === true) event([], { usage: reply.usage });
+    res.end('data: [DONE]\n\n');
+  }
+
+  function handleEmbeddings(req, res, raw) {
+    st.embeddings++;
+    const body = recordOther('/v1/embeddings', req, raw);
+    const d = st.script.length ? st.script.shift() : {};
+    if (scriptedStatus(res, d)) return;
+    const reply = body && typeof body === 'object' ? embeddingReply(body) : null;
+    if (!reply) {
+      sendJson(res, 400, errorBody(400, 'peer: input must be a string or an array of strings'));
+      return;
+    }
+    if (body.encoding_format === 'base64') {
+      for (const e of reply.data) e.embedding = Buffer.from(new Float32Array(e.embedding).buffer).toString('base64');
+    }
+    sendJson(res, 200, reply);
+  }
+
   const server = http.createServer({ noDelay: true, keepAliveTimeout: 60000 }, async (req, res) => {
     const url = new URL(req.url, 'http://peer');
     let raw;
@@ -408,6 +821,12 @@ export function createPeer(opts) {
     switch (route) {
       case 'POST /v1/chat/completions':
         handleChat(req, res, raw);
+        return;
+      case 'POST /v1/completions':
+        handleCompletions(req, res, raw);
+        return;
+      case 'POST /v1/embeddings':
+        handleEmbeddings(req, res, raw);
         return;
       case 'GET /v1/models':
         sendJson(res, 200, {
@@ -426,6 +845,8 @@ export function createPeer(opts) {
           aborted: st.aborted,
           active: st.active,
           bytes_sent: st.bytesSent,
+          completions_requests: st.completions,
+          embeddings_requests: st.embeddings,
           last_request: st.lastRequest,
           last_headers: st.lastHeaders,
         });
@@ -434,7 +855,7 @@ export function createPeer(opts) {
         sendJson(res, 200, st.recorded);
         return;
       case 'POST /_reset':
-        st.requests = st.completed = st.aborted = st.bytesSent = 0;
+        st.requests = st.completed = st.aborted = st.bytesSent = st.completions = st.embeddings = 0;
         st.lastRequest = st.lastHeaders = null;
         st.recorded = [];
         st.script = [];
@@ -451,9 +872,12 @@ export function createPeer(opts) {
           return;
         }
         if (Number.isInteger(s.health_status)) st.healthStatus = s.health_status;
-        if (s.directives && typeof s.directives === 'object') {
+        // {"answer": {...}} scripts a whole answer (peerAnswer), alone or
+        // beside directives
+        const answer = s.answer && typeof s.answer === 'object' ? { answer: s.answer } : null;
+        if ((s.directives && typeof s.directives === 'object') || answer) {
           const n = Number.isInteger(s.count) ? s.count : 1;
-          for (let k = 0; k < n; k++) st.script.push({ ...s.directives });
+          for (let k = 0; k < n; k++) st.script.push({ ...(s.directives || {}), ...(answer || {}) });
         }
         sendJson(res, 200, { ok: true, queued: st.script.length });
         return;
