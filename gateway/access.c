@@ -20,9 +20,17 @@ void access_log(const struct access_entry *e)
     jw_lit(&w, ts);
     jw_lit(&w, "\"msg\":\"access\",\"request_id\":");
     jw_cstr(&w, e->request_id);
+    if (e->trace_id) {
+        jw_lit(&w, ",\"trace_id\":");
+        jw_cstr(&w, e->trace_id);
+    }
     if (e->tenant) {
         jw_lit(&w, ",\"tenant\":");
         jw_cstr(&w, e->tenant);
+    }
+    if (e->key_id) {
+        jw_lit(&w, ",\"key_id\":");
+        jw_cstr(&w, e->key_id);
     }
     if (e->tier) {
         jw_lit(&w, ",\"tier\":");
@@ -34,6 +42,10 @@ void access_log(const struct access_entry *e)
     jw_cstr(&w, e->path);
     jw_lit(&w, ",\"status\":");
     jw_int(&w, e->status);
+    if (e->error_code) {
+        jw_lit(&w, ",\"error_code\":");
+        jw_cstr(&w, e->error_code);
+    }
     /* milliseconds with 3 decimals, from integer microseconds (no printf) */
     jw_lit(&w, ",\"latency_ms\":");
     jw_int(&w, (int64_t)(e->latency_us / 1000));
@@ -53,6 +65,15 @@ void access_log(const struct access_entry *e)
     jw_int(&w, e->cost_nano);
     jw_lit(&w, ",\"saved_nano\":");
     jw_int(&w, e->saved_nano);
+    if (e->routing_loss_nano) {
+        jw_lit(&w, ",\"routing_loss_nano\":");
+        jw_int(&w, e->routing_loss_nano);
+    }
+    jw_lit(&w, e->escalated ? ",\"escalated\":true" : ",\"escalated\":false");
+    if (e->fallback) {
+        jw_lit(&w, ",\"fallback\":");
+        jw_cstr(&w, e->fallback);
+    }
     jw_lit(&w, "}\n");
     size_t len;
     char *line = jw_take(&w, &len);

@@ -1,6 +1,9 @@
 /* access.h: one JSON access-log line per request, on stderr with the other
- * logs: time, request id, tenant, tier, method, path, status, latency and
- * tokens. Never a key or any message content. Thread-safe. */
+ * logs: time, request id, trace id, tenant, the key's id, tier, method,
+ * path, status, the error code, latency, tokens, cost and savings, and
+ * whether the request escalated or fell back. It is the per-request usage
+ * record: summing its cost_nano per tenant reconciles with the spend the
+ * policy settled. Never a key or any message content. Thread-safe. */
 #ifndef CASCADE_ACCESS_H
 #define CASCADE_ACCESS_H
 
@@ -19,7 +22,13 @@ struct access_entry {
     int stream;
     const char *cache;      /* hit | miss | bypass, or NULL */
     int64_t cost_nano;      /* what was charged, USD x 1e9 */
-    int64_t saved_nano;     /* saved by the cache and by routing */
+    int64_t saved_nano;     /* saved by the cache and by routing (gain) */
+    int64_t routing_loss_nano;  /* routing's loss against the baseline (README "Savings") */
+    const char *key_id;     /* the API key's id from the config, or NULL */
+    const char *error_code; /* the error's code when status is not 200, or NULL */
+    int escalated;          /* the cascade escalated it */
+    const char *fallback;   /* the tier that failed before a fallback answered, or NULL */
+    const char *trace_id;   /* W3C trace id (32 hex), or NULL */
 };
 
 void access_log(const struct access_entry *e);

@@ -1,16 +1,29 @@
-/* chat.c: see chat.h. The states of one request:
+/* chat.c: see chat.h. The states of one request (enum chat_state):
  *
- *   parse, route, count ──> admit (policy) ──429──> reject
- *        │                     │ ok (maybe downgraded to a cheaper tier)
- *        │                     v
- *        │               cache lookup ──hit──────────────────────────> replay
- *        │                     │ miss: lead ──> engine ──> answer, store, wake waiters
- *        │                     │ miss: wait ──> leader's answer ──────> replay
- *        │                     │               leader failed ─────────> engine
- *        │                     └ Redis down/slow: bypass ─────────────> engine
+ *   PREPARING: parse, route, count ──> ADMITTING (policy) ──429──> reject
+ *        │                               │ ok (maybe downgraded to a cheaper tier)
+ *        │                               v
+ *        │                KEYING ──> LOOKING_UP ──hit─────────────────> replay
+ *        │                               │ miss: lead ──> GENERATING ──> answer, store, wake waiters
+ *        │                               │ miss: WAITING ──> leader's answer ──> replay
+ *        │                               │                   leader failed ──> GENERATING
+ *        │                               └ Redis down/slow: bypass ─────> GENERATING
  *        └ bad input: 4xx
- * and at the end, always: settle the reservation with the real cost (an
- * answer that came without usage is counted first, once, exactly).
+ *   GENERATING: an engine call runs. The cheap leg of a cascade is judged
+ *   when it ends and may hand over to the top tier (escalate); a call that
+ *   fails before any byte reached the client, for a reason another tier
+ *   need not share (engine_error.retryable), hands over to the tier's
+ *   fallback, then the fallback's, before the client sees an error.
+ *   FINISHING: answered or abandoned; settle the reservation with the real
+ *   cost (an answer that came without usage is counted first, once,
+ *   exactly, maybe on the work pool), record, log, free.
+ *
+ * Remote tiers answer with more than text: tool calls, reasoning, refusals,
+ * system_fingerprint. Those fields reach us as JSON beside the text
+ * (engine_token.extra and .meta); a stream relays them in each chunk as
+ * they come, and they are merged (openai_delta_merge) into the whole
+ * message for a non-stream reply and for the cache entry, which replays
+ * them both ways.
  *
  * Work that grows with the body (parse, route, count; the cache key) runs
  * on the gateway's work pool when the body is over OFFLOAD_BODY_BYTES, so
@@ -26,6 +39,7 @@
  */
 #include "gateway/chat.h"
 
+#include <assert.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <inttypes.h>
@@ -43,6 +57,7 @@
 #include "common/log.h"
 #include "common/mem.h"
 #include "common/openai.h"
+#include "common/trace.h"
 #include "common/workpool.h"
 #include "engines/engine.h"
 #include "tokenizer/chat_template.h"
@@ -75,6 +90,18 @@ enum count_mode {
     COUNT_BYTES,        /* no tokenizer: an estimate from the bytes */
 };
 
+/* Where a request is. Each callback states which states it accepts (an
+ * assert: only a bug could break it). */
+enum chat_state {
+    CHAT_PREPARING,     /* parse, route, count: maybe on the work pool */
+    CHAT_ADMITTING,     /* policy_admit's callback is due */
+    CHAT_KEYING,        /* the cache key is being made: maybe on the work pool */
+    CHAT_LOOKING_UP,    /* cache_get's callback is due */
+    CHAT_WAITING,       /* a single-flight leader's answer is awaited */
+    CHAT_GENERATING,    /* an engine call runs (cascade_phase: the cheap leg) */
+    CHAT_FINISHING,     /* answered or abandoned: settle, record, free */
+};
+
 enum cache_plan {
     PLAN_BYPASS,        /* neither read nor write the cache */
     PLAN_LOOKUP,        /* read, and on a miss write */
@@ -90,10 +117,10 @@ struct chat {
     int tier;
     int is_auto;
     struct chat_request req;
+    enum chat_state state;
     struct engine *engine;
     uint64_t engine_id;
-    int engine_running;
-    int engine_started;
+    int engine_started;             /* some engine call was made: the request may cost */
     char id[48];                    /* chatcmpl-... */
     char request_id[80];
     int64_t created;
@@ -102,6 +129,9 @@ struct chat {
     /* the answer so far: for the non-stream reply and for the cache entry */
     struct evbuffer *content;
     json_t *logprobs;
+    json_t *extra;                  /* the message's other fields so far (openai_delta_merge), or NULL */
+    json_t *meta;                   /* the latest chunk fields to pass on (system_fingerprint), or NULL */
+    int extra_bad;                  /* the upstream's extras did not merge: relayed, never cached */
     int stream_open;                /* stream headers sent */
     struct engine_usage usage;
     int64_t tokens_received;        /* pieces from the engine: usage when it gives none */
@@ -112,9 +142,8 @@ struct chat {
     int64_t max_requested;          /* the client's max_tokens, or -1 */
     int64_t max_tokens;             /* the output bound on the first tier (output_bound) */
     struct reservation *resv;
-    int admit_pending;
     int64_t reserved_nano;          /* what admission reserved */
-    int64_t cost_nano, saved_cache_nano, saved_routing_nano;
+    int64_t cost_nano, saved_cache_nano, saved_routing_nano, routing_loss_nano;
     int cost_warned;                /* the over-reservation warning was logged */
     int64_t charged_in, charged_out; /* the final tier's tokens settle charged */
     int hit_tier;                   /* the tier that produced a cache hit, or -1 */
@@ -125,7 +154,7 @@ struct chat {
     int escalate_to;                /* -1: no cascade; else the tier to escalate to */
     int cascade_phase;              /* the cheap tier's answer is buffered for judging */
     int escalated;
-    int client_logprobs;            /* the client asked for logprobs itself */
+    int first_failed;               /* the tier that failed when a fallback took over, or -1 */
     double *lps;                    /* the cheap answer's token logprobs */
     int lps_failed;                 /* the cheap call failed: escalate regardless */
     size_t n_lps, cap_lps;
@@ -137,7 +166,6 @@ struct chat {
     int store;                      /* write the answer to the cache */
     int leader;                     /* we lead the single-flight for key */
     struct sf_waiter *waiter;       /* waiting on another request's answer */
-    int lookup_pending;             /* a cache_get callback is due */
     int gone;                       /* the client left: drop, do not answer */
     /* bounds on what comes back */
     enum count_mode count_mode;
@@ -146,13 +174,15 @@ struct chat {
     size_t cache_bytes;             /* about what the cache entry holds so far */
     int paused;                     /* the engine is paused for a slow client */
     struct event *resume_ev;        /* made active when the paused client drains */
-    int offload_pending;            /* a work-pool job holds this state (and reads r's body) */
     void (*offload_next)(struct chat *c);   /* what follows the job, on the loop */
     char route[200];                /* the cache key's route selector */
     int parse_rc;                   /* prepare_work's results, for prepared() */
     struct openai_error parse_err;
     int asked_tier;                 /* the tier the model names, before routing; -1: none */
     int done_status;                /* chat_done's status, kept while the count runs */
+    const char *error_code;         /* the code of the error answered (static or config-owned), for the log */
+    const char *key_id;             /* the caller's key id (config-owned) */
+    struct trace_context trace;     /* W3C trace context, continued or started here */
 };
 
 static const char *tier_name(const struct chat *c)
@@ -177,6 +207,8 @@ static void chat_free(struct chat *c)
     if (c->content)
         evbuffer_free(c->content);
     json_decref(c->logprobs);
+    json_decref(c->extra);
+    json_decref(c->meta);
     free(c->lps);
     if (c->resume_ev)
         event_free(c->resume_ev);
@@ -244,29 +276,40 @@ static int64_t compute_cost(struct chat *c, int64_t *prompt, int64_t *completion
     return uncapped;
 }
 
-/* Replace the reservation with what the request really cost (above). A hit
- * costs nothing and saves what its producer cost; a generation may save
- * against the tenant's largest tier. Only an answered request (status 200)
- * records savings: a failed, refused or abandoned one saved nothing. */
+/* Replace the reservation with what the request really cost (above), and
+ * say what it saved, by the one definition in README.md ("Savings"):
+ *   - a hit costs nothing and saves what its producer cost;
+ *   - a request the router placed (model "auto"), answered by generation,
+ *     gained or lost against the tenant's baseline tier (routing.
+ *     baseline_tier, default its most expensive): the baseline's price of
+ *     the tokens the answer took, minus what was paid, an escalation's
+ *     cheap answer included. A loss is kept apart (routing_loss), since
+ *     savings are sums of non-negative amounts everywhere they are stored;
+ *     net routing savings = gain - loss;
+ *   - a request for a named tier, one a fallback answered (not where the
+ *     router placed it), and any failed, refused or abandoned request
+ *     record none. */
 static void settle(struct chat *c, int status)
 {
     int64_t prompt, completion;
     int64_t uncapped = compute_cost(c, &prompt, &completion);
     c->charged_in = prompt;
     c->charged_out = completion;
-    c->saved_cache_nano = c->saved_routing_nano = 0;
+    c->saved_cache_nano = c->saved_routing_nano = c->routing_loss_nano = 0;
     if (status == 200 && c->hit_tier >= 0) {
         c->saved_cache_nano = tier_cost(c, c->hit_tier, c->usage.prompt_tokens, c->usage.completion_tokens);
-    } else if (status == 200 && c->engine_started) {
+    } else if (status == 200 && c->engine_started && c->is_auto && c->first_failed < 0) {
         /* Against the uncapped cost: a reservation that capped the charge
          * is not a saving of routing. */
-        int64_t largest = tier_cost(c, c->tenant->largest_tier, prompt, completion);
-        c->saved_routing_nano = money_sub(largest, uncapped);
+        int64_t baseline = tier_cost(c, c->tenant->baseline_tier, prompt, completion);
+        c->saved_routing_nano = money_sub(baseline, uncapped);
+        c->routing_loss_nano = money_sub(uncapped, baseline);
     }
     if (!c->resv)
         return;
     struct settle_info info = {.cost_nano = c->cost_nano, .tokens = money_add(prompt, completion),
-                               .saved_cache_nano = c->saved_cache_nano, .saved_routing_nano = c->saved_routing_nano};
+                               .saved_cache_nano = c->saved_cache_nano, .saved_routing_nano = c->saved_routing_nano,
+                               .routing_loss_nano = c->routing_loss_nano};
     policy_settle(c->svc->policy, c->svc->base, c->resv, &info);
     c->resv = NULL;
 }
@@ -291,6 +334,12 @@ static void log_access(struct chat *c, int status)
         .cache = c->cache_header,
         .cost_nano = c->cost_nano,
         .saved_nano = c->saved_cache_nano + c->saved_routing_nano,
+        .routing_loss_nano = c->routing_loss_nano,
+        .key_id = c->key_id,
+        .error_code = status == 200 ? NULL : c->error_code,
+        .escalated = c->escalated,
+        .fallback = c->first_failed >= 0 ? c->cfg->tiers[c->first_failed].name : NULL,
+        .trace_id = c->trace.trace_id,
     };
     access_log(&e);
 }
@@ -321,12 +370,13 @@ static void record(struct chat *c, int status)
          * when it reported none (a stream cut or broken mid-answer). */
         .tokens_in = hit ? 0 : c->charged_in, .tokens_out = hit ? 0 : c->charged_out,
         .cost_nano = c->cost_nano, .saved_cache_nano = c->saved_cache_nano,
-        .saved_routing_nano = c->saved_routing_nano, .latency_us = total,
+        .saved_routing_nano = c->saved_routing_nano, .routing_loss_nano = c->routing_loss_nano,
+        .latency_us = total,
     };
     stats_record(svc->stats, c->svc->base, &x);
     metrics_request(svc->metrics, c->tenant->metrics_index, tier, status, cache, c->escalated, x.tokens_in, x.tokens_out, c->cost_nano,
                     c->saved_cache_nano + c->saved_routing_nano, total, c->req.stream ? c->ttft_us : 0,
-                    total > c->engine_us ? total - c->engine_us : 0, c->scored ? c->classifier_us : 0);
+                    total > c->engine_us ? total - c->engine_us : 0, c->scored ? c->classifier_us : 0, c->routing_loss_nano);
 }
 
 /* The request is answered (or abandoned): settle, record, log and free. */
@@ -363,6 +413,7 @@ static void count_text_done(void *arg)
  * the reply has gone already, so only settle waits for it. */
 static void chat_done(struct chat *c, int status)
 {
+    c->state = CHAT_FINISHING;
     finish_flight(c, NULL, 0);
     c->done_status = status;
     size_t n = c->content ? evbuffer_get_length(c->content) : 0;
@@ -399,12 +450,15 @@ static void set_headers(struct chat *c)
         httpd_resp_header(c->r, "x-cascade-score", v);
         httpd_resp_header(c->r, "x-cascade-escalated", c->escalated ? "true" : "false");
     }
+    if (c->first_failed >= 0)
+        httpd_resp_header(c->r, "x-cascade-fallback", c->cfg->tiers[c->first_failed].name);
 }
 
 static void reply_error(struct chat *c, int status, const char *type, const char *code, const char *param,
                         const char *msg)
 {
     set_headers(c);
+    c->error_code = code ? code : type;
     httpd_reply_error(c->r, status, type, code, param, msg);
     c->r = NULL;
     chat_done(c, status);
@@ -421,38 +475,56 @@ static void open_stream(struct chat *c)
     httpd_resp_header(c->r, "Cache-Control", "no-cache");
     httpd_stream_begin(c->r, 200, "text/event-stream");
     size_t n;
-    char *ev = openai_chat_chunk_event(c->id, c->created, model_name(c), "assistant", "", 0, NULL, NULL, NULL, NULL, &n);
+    char *ev = openai_chat_chunk_event(c->id, c->created, model_name(c), "assistant", "", 0, NULL, NULL, NULL,
+                                       c->meta, &n);
     httpd_stream_write(c->r, ev, n);
     free(ev);
 }
 
-static void stream_piece(struct chat *c, const char *text, size_t len, json_t *entry)
+/* One chunk: text (none when the piece only carries extras, such as a
+ * tool call's fragment), its logprob entry, and the delta's other fields. */
+static void stream_piece(struct chat *c, const char *text, size_t len, json_t *entry, json_t *extra)
 {
     open_stream(c);
     json_t *arr = entry ? json_pack("[O]", entry) : NULL;
     size_t n;
-    char *ev = openai_chat_chunk_event(c->id, c->created, model_name(c), NULL, text, len, arr, NULL, NULL, NULL, &n);
+    const char *content = len || !extra ? text : NULL;
+    char *ev = openai_chat_chunk_event(c->id, c->created, model_name(c), NULL, content, len, arr, NULL, extra,
+                                       c->meta, &n);
     httpd_stream_write(c->r, ev, n);
     free(ev);
     json_decref(arr);
 }
 
 /* A whole answer held back (a cache entry, or a judged cascade answer) sent
- * in the chunk format of a fresh stream: one chunk per token when logprob
- * entries are given, else the text in one piece. */
-static void stream_whole(struct chat *c, const char *text, size_t len, json_t *entries)
+ * in the chunk format of a fresh stream, in the order an upstream sends it:
+ * the extras that are not tool calls (reasoning comes before the answer),
+ * then the text (one chunk per token when logprob entries are given, else
+ * one piece), then one chunk per tool call. Merging these deltas gives back
+ * the message (openai_message_deltas). */
+static void stream_whole(struct chat *c, const char *text, size_t len, json_t *entries, json_t *extra)
 {
+    json_t *deltas = openai_message_deltas(extra);
     size_t off = 0, i;
-    json_t *e;
+    json_t *e, *d;
+    json_array_foreach(deltas, i, d) {
+        if (!json_object_get(d, "tool_calls"))
+            stream_piece(c, "", 0, NULL, d);
+    }
     json_array_foreach(entries, i, e) {
         size_t n = json_string_length(json_object_get(e, "token"));
         if (off + n > len)
             n = len - off;
-        stream_piece(c, text + off, n, e);
+        stream_piece(c, text + off, n, e, NULL);
         off += n;
     }
     if (off < len)
-        stream_piece(c, text + off, len - off, NULL);
+        stream_piece(c, text + off, len - off, NULL, NULL);
+    json_array_foreach(deltas, i, d) {
+        if (json_object_get(d, "tool_calls"))
+            stream_piece(c, "", 0, NULL, d);
+    }
+    json_decref(deltas);
 }
 
 /* The end of an answer, fresh or replayed: last chunk, usage, [DONE]; or the
@@ -463,11 +535,12 @@ static void send_final(struct chat *c, const char *finish_reason)
     if (c->req.stream) {
         open_stream(c);
         size_t n;
-        char *ev = openai_chat_chunk_event(c->id, c->created, model_name(c), NULL, NULL, 0, NULL, finish_reason, NULL, NULL, &n);
+        char *ev = openai_chat_chunk_event(c->id, c->created, model_name(c), NULL, NULL, 0, NULL, finish_reason, NULL,
+                                           c->meta, &n);
         httpd_stream_write(c->r, ev, n);
         free(ev);
         if (c->req.include_usage) {
-            ev = openai_chat_usage_event(c->id, c->created, model_name(c), &u, NULL, &n);
+            ev = openai_chat_usage_event(c->id, c->created, model_name(c), &u, c->meta, &n);
             httpd_stream_write(c->r, ev, n);
             free(ev);
         }
@@ -478,7 +551,7 @@ static void send_final(struct chat *c, const char *finish_reason)
         const char *text = (const char *)evbuffer_pullup(c->content, -1);
         json_t *lp = c->req.logprobs ? (c->logprobs ? json_incref(c->logprobs) : json_array()) : NULL;
         char *body = openai_chat_response(c->id, c->created, model_name(c), text ? text : "", len, finish_reason,
-                                          &u, lp, NULL, NULL);
+                                          &u, lp, c->extra, c->meta);
         json_decref(lp);
         set_headers(c);
         if (c->tenant->expose_headers) {
@@ -496,8 +569,9 @@ static void send_final(struct chat *c, const char *finish_reason)
     c->r = NULL;
 }
 
-/* The cache entry (cache/entry.h) of this answer; NULL when its content
- * is not valid UTF-8 (not worth storing). */
+/* The cache entry (cache/entry.h) of this answer, the whole message with
+ * its extras; NULL when its content is not valid UTF-8 (not worth
+ * storing). */
 static char *cache_value(struct chat *c, const char *finish_reason, size_t *len)
 {
     struct cache_entry e = {
@@ -510,6 +584,8 @@ static char *cache_value(struct chat *c, const char *finish_reason, size_t *len)
         .model = model_name(c),
         .created = c->created,
         .logprobs = c->logprobs,
+        .message = c->extra,
+        .meta = c->meta,
     };
     if (!e.content)
         e.content = "";
@@ -518,7 +594,8 @@ static char *cache_value(struct chat *c, const char *finish_reason, size_t *len)
 
 /* Answer from a cache entry (ours or a single-flight leader's). The bytes
  * come from Redis and are checked by cache_entry_decode(). 0, or -1 when
- * the entry is unusable and the engine must answer instead. */
+ * the entry is unusable (corrupt, or another format version) and the
+ * engine must answer instead. */
 static int replay(struct chat *c, const char *value, size_t len)
 {
     struct cache_entry e;
@@ -532,8 +609,12 @@ static int replay(struct chat *c, const char *value, size_t len)
     c->usage.completion_tokens = e.completion_tokens;
     int ht = e.tier ? config_tier_index(c->cfg, e.tier) : -1;
     c->hit_tier = ht >= 0 ? ht : c->tier;
+    /* The entry's JSON goes when it is freed below; the message's fields
+     * are kept by reference for the answer. */
+    c->extra = e.message ? json_incref(e.message) : NULL;
+    c->meta = e.meta ? json_incref(e.meta) : NULL;
     if (c->req.stream) {
-        stream_whole(c, e.content, e.content_len, c->req.logprobs ? e.logprobs : NULL);
+        stream_whole(c, e.content, e.content_len, c->req.logprobs ? e.logprobs : NULL, c->extra);
     } else {
         evbuffer_add(c->content, e.content, e.content_len);
         if (c->req.logprobs)
@@ -574,6 +655,8 @@ static size_t logprob_entry_bytes(const struct engine_token *t)
 static void cache_collect(struct chat *c, const struct engine_token *t, int with_entry)
 {
     c->cache_bytes += t->len + (with_entry ? logprob_entry_bytes(t) : 0);
+    if (t->extra)
+        c->cache_bytes += json_dumpb(t->extra, NULL, 0, JSON_COMPACT);
     if (c->cache_bytes <= c->cfg->cache.max_entry_bytes)
         return;
     c->store = 0;
@@ -598,7 +681,7 @@ static void resume_cb(evutil_socket_t fd, short what, void *arg)
     c->paused = 0;
     if (c->r)
         httpd_req_on_drain(c->r, NULL, NULL);
-    if (c->engine_running)
+    if (c->state == CHAT_GENERATING)
         engine_pause(c->engine, c->engine_id, 0);
 }
 
@@ -623,11 +706,59 @@ static void backpressure(struct chat *c)
     engine_pause(c->engine, c->engine_id, 1);
 }
 
+/* The chunk fields to pass on (system_fingerprint): kept as the latest
+ * seen. A copy, since t->meta is borrowed; most chunks repeat the same. */
+static void keep_meta(struct chat *c, json_t *meta)
+{
+    if (!meta || (c->meta && json_equal(c->meta, meta)))
+        return;
+    json_decref(c->meta);
+    c->meta = json_deep_copy(meta);
+}
+
+/* A piece's extras into the whole message. One that does not merge (an
+ * upstream's malformed tool_calls) is still relayed as it came, but the
+ * message is no longer whole, so the answer is not cached. */
+static void merge_extra(struct chat *c, json_t *extra)
+{
+    if (!extra || c->extra_bad)
+        return;
+    if (!c->extra)
+        c->extra = json_object();
+    if (openai_delta_merge(c->extra, extra) == 0)
+        return;
+    static struct log_limit bad_log;
+    log_limited(&bad_log, 1000, LOG_WARN, "request %s: the %s tier sent a delta that does not merge; not caching it",
+                c->request_id, tier_name(c));
+    c->extra_bad = 1;
+    c->store = 0;
+    finish_flight(c, NULL, 0);
+}
+
+/* Drop what one engine call produced, before another call answers the
+ * request instead (an escalation, a fallback). */
+static void forget_answer(struct chat *c)
+{
+    evbuffer_drain(c->content, evbuffer_get_length(c->content));
+    json_decref(c->logprobs);
+    json_decref(c->extra);
+    json_decref(c->meta);
+    c->logprobs = c->extra = c->meta = NULL;
+    c->extra_bad = 0;
+    c->tokens_received = 0;
+    c->bytes_received = 0;
+    c->cache_bytes = 0;
+    c->n_lps = 0;
+    c->usage = (struct engine_usage){0, 0};
+}
+
 static void on_token(void *ctx, const struct engine_token *t)
 {
     struct chat *c = ctx;
+    assert(c->state == CHAT_GENERATING);
     c->tokens_received++;
     c->bytes_received += t->len;
+    keep_meta(c, t->meta);
     if (c->cascade_phase) {
         /* The cheap answer waits, whole, until it is judged. */
         if (t->has_logprob) {
@@ -638,7 +769,8 @@ static void on_token(void *ctx, const struct engine_token *t)
             c->lps[c->n_lps++] = t->logprob;
         }
         evbuffer_add(c->content, t->text, t->len);
-        if (c->client_logprobs && t->has_logprob) {
+        merge_extra(c, t->extra);
+        if (c->req.logprobs && t->has_logprob) {
             if (!c->logprobs)
                 c->logprobs = json_array();
             json_array_append_new(c->logprobs, logprob_entry(t));
@@ -648,8 +780,8 @@ static void on_token(void *ctx, const struct engine_token *t)
     if (!c->ttft_us)
         c->ttft_us = clock_mono_us() - c->t0;
     json_t *entry = (c->req.logprobs && t->has_logprob) ? logprob_entry(t) : NULL;
-    if (c->req.stream && (t->len || entry)) {
-        stream_piece(c, t->text, t->len, entry);
+    if (c->req.stream && (t->len || entry || t->extra)) {
+        stream_piece(c, t->text, t->len, entry, t->extra);
         backpressure(c);
     }
     if (c->store)
@@ -658,6 +790,8 @@ static void on_token(void *ctx, const struct engine_token *t)
      * keeps its text only to count it at settle, if usage never comes. */
     if (!c->req.stream || c->store || c->count_mode == COUNT_TEXT)
         evbuffer_add(c->content, t->text, t->len);
+    if (!c->req.stream || c->store)
+        merge_extra(c, t->extra);
     if (entry && (!c->req.stream || c->store)) {
         if (!c->logprobs)
             c->logprobs = json_array();
@@ -673,15 +807,12 @@ static void start_engine(struct chat *c);
 static int cascade_judge(struct chat *c, const struct engine_usage *usage)
 {
     c->cascade_phase = 0;
-    c->req.logprobs = c->client_logprobs;
-    if (!c->client_logprobs)
-        json_object_del(c->req.root, "logprobs");
     struct confidence conf = routing_confidence(c->lps, c->n_lps, c->tenant->routing.window);
     if (!c->lps_failed && !routing_should_escalate(&c->tenant->routing, &conf)) {
         if (c->req.stream) {
             /* Now the client gets it, in the usual chunks. */
             size_t len = evbuffer_get_length(c->content);
-            stream_whole(c, (const char *)evbuffer_pullup(c->content, -1), len, c->logprobs);
+            stream_whole(c, (const char *)evbuffer_pullup(c->content, -1), len, c->logprobs, c->extra);
             c->ttft_us = clock_mono_us() - c->t0;
         }
         return 0;
@@ -693,13 +824,53 @@ static int cascade_judge(struct chat *c, const struct engine_usage *usage)
     c->first_cost_nano = tier_cost(c, c->tier, prompt, completion);
     log_debug("request %s escalates from %s (mean logprob %.3f, window min %.3f over %zu tokens)", c->request_id,
               tier_name(c), conf.mean, conf.window_min, conf.n);
-    evbuffer_drain(c->content, evbuffer_get_length(c->content));
-    json_decref(c->logprobs);
-    c->logprobs = NULL;
-    c->tokens_received = 0;
-    c->bytes_received = 0;
+    forget_answer(c);
     c->escalated = 1;
     c->tier = c->escalate_to;
+    start_engine(c);
+    return 1;
+}
+
+/* Whether tier may serve this request: the tenant allows it, it serves
+ * chat, takes every content part the messages hold, and tools if given. */
+static int tier_eligible(const struct chat *c, int tier)
+{
+    const struct tier_config *t = &c->cfg->tiers[tier];
+    return config_tenant_allows(c->tenant, tier) && (t->endpoints & TIER_EP_CHAT) &&
+           (c->req.parts & ~t->accepts) == 0 && (!c->req.has_tools || t->tools);
+}
+
+/* The next tier along tier's fallback chain that may serve this request,
+ * or -1. The config refuses chains that loop; the bound is belt and
+ * braces. */
+static int next_fallback(const struct chat *c, int tier)
+{
+    size_t steps = 0;
+    for (int f = c->cfg->tiers[tier].fallback; f >= 0 && steps++ < c->cfg->n_tiers; f = c->cfg->tiers[f].fallback)
+        if (tier_eligible(c, f))
+            return f;
+    return -1;
+}
+
+/* An engine call failed before any byte reached the client, for a reason
+ * the tier's fallback need not share: the fallback answers instead. Its
+ * answer is not cached, since the cache key names the tier asked for.
+ * 1 when a new call took over the request. */
+static int try_fallback(struct chat *c, const struct engine_error *e)
+{
+    if (!e->retryable || c->stream_open || !c->r)
+        return 0;
+    int next = next_fallback(c, c->tier);
+    if (next < 0)
+        return 0;
+    log_warn("request %s: tier %s failed (%s); tier %s answers instead", c->request_id, tier_name(c), e->message,
+             c->cfg->tiers[next].name);
+    if (c->first_failed < 0)
+        c->first_failed = c->tier;
+    c->store = 0;
+    finish_flight(c, NULL, 0);
+    forget_answer(c);
+    c->tier = next;
     start_engine(c);
     return 1;
 }
@@ -707,7 +878,7 @@ static int cascade_judge(struct chat *c, const struct engine_usage *usage)
 static void on_done(void *ctx, const struct engine_usage *usage, const char *finish_reason)
 {
     struct chat *c = ctx;
-    c->engine_running = 0;
+    assert(c->state == CHAT_GENERATING);
     c->engine_us += clock_mono_us() - c->engine_t0;
     if (c->cascade_phase && cascade_judge(c, usage))
         return;
@@ -731,7 +902,8 @@ static void on_done(void *ctx, const struct engine_usage *usage, const char *fin
 static void on_error(void *ctx, const struct engine_error *e)
 {
     struct chat *c = ctx;
-    c->engine_running = 0;
+    assert(c->state == CHAT_GENERATING);
+    c->engine_us += clock_mono_us() - c->engine_t0;
     if (c->cascade_phase && e->status >= 500) {
         /* The cheap tier failed in the cascade zone: the top tier answers,
          * as it would have for an unsure answer. */
@@ -741,6 +913,9 @@ static void on_error(void *ctx, const struct engine_error *e)
         cascade_judge(c, &none);
         return;
     }
+    if (try_fallback(c, e))
+        return;
+    c->error_code = e->code ? e->code : e->type;
     if (c->stream_open) {
         /* The status line is gone; OpenAI's clients read an error event. */
         struct openai_error oe;
@@ -754,6 +929,11 @@ static void on_error(void *ctx, const struct engine_error *e)
         chat_done(c, e->status);
         return;
     }
+    if (e->retry_after_s > 0) {
+        char ra[24];
+        snprintf(ra, sizeof ra, "%" PRId64, e->retry_after_s);
+        httpd_resp_header(c->r, "Retry-After", ra);
+    }
     reply_error(c, e->status, e->type, e->code, NULL, e->message);
 }
 
@@ -763,6 +943,9 @@ static void start_engine(struct chat *c)
 {
     if (!c->content)
         c->content = evbuffer_new();
+    c->state = CHAT_GENERATING;
+    if (c->escalate_to >= 0 && !c->escalated && !c->cascade_phase)
+        c->cascade_phase = 1; /* the cheap try, judged by its logprobs */
     struct engine_request er = {
         .base = c->svc->base,
         .chat = &c->req,
@@ -770,6 +953,13 @@ static void start_engine(struct chat *c)
         .stream = c->req.stream,
         .request_id = c->request_id,
         .max_tokens = output_bound(c, c->tier),
+        /* The cascade judges the cheap answer by its logprobs, asked for
+         * whether or not the client wants them (typed, so the client's
+         * JSON is never edited). */
+        .logprobs = c->cascade_phase || c->req.logprobs,
+        .top_logprobs = c->req.logprobs ? c->req.top_logprobs : 0,
+        .traceparent = c->trace.traceparent,
+        .tracestate = c->trace.tracestate[0] ? c->trace.tracestate : NULL,
     };
     c->engine = c->svc->engines[c->tier];
     c->engine_t0 = clock_mono_us();
@@ -778,14 +968,6 @@ static void start_engine(struct chat *c)
     if (engine_token_pieces(c->engine))
         c->count_mode = COUNT_PIECES;
     c->paused = 0;
-    if (c->escalate_to >= 0 && !c->escalated && !c->cascade_phase) {
-        /* The cheap try: its confidence comes from logprobs, asked for
-         * whether or not the client wants them. */
-        c->cascade_phase = 1;
-        c->client_logprobs = c->req.logprobs;
-        c->req.logprobs = 1;
-        json_object_set_new(c->req.root, "logprobs", json_true());
-    }
     /* The engine's own tokenizer counted this prompt (on the work pool
      * when it was big). One that cannot fit its context gets the engine's
      * own refusal here, without being tokenized again on this loop: a 10 MB
@@ -797,16 +979,16 @@ static void start_engine(struct chat *c)
                  "This model's maximum context length is %" PRId64 " tokens. However, your messages resulted in "
                  "%" PRId64 " tokens. Please reduce the length of the messages.",
                  c->counted_context, c->prompt_tokens);
-        struct engine_error err = {.status = 400, .type = "invalid_request_error", .code = "context_length_exceeded", .message = msg};
-        c->engine_running = 1; /* on_error ends the call that never started */
+        struct engine_error err = {.status = 400, .type = "invalid_request_error",
+                                   .code = "context_length_exceeded", .message = msg};
         on_error(c, &err);
         return;
     }
     if (engine_submit(c->engine, &er, &chat_callbacks, c, &c->engine_id) < 0) {
+        c->state = CHAT_FINISHING;
         reply_error(c, 503, "server_error", "engine_unavailable", NULL, "the engine cannot take requests now");
         return;
     }
-    c->engine_running = 1;
     c->engine_started = 1;
 }
 
@@ -815,6 +997,7 @@ static void start_engine(struct chat *c)
 static void on_flight(void *ctx, const char *value, size_t len)
 {
     struct chat *c = ctx;
+    assert(c->state == CHAT_WAITING);
     c->waiter = NULL;
     if (value && replay(c, value, len) == 0) {
         chat_done(c, 200);
@@ -829,7 +1012,7 @@ static void on_flight(void *ctx, const char *value, size_t len)
 static void on_lookup(void *ctx, enum cache_status st, const char *value, size_t len)
 {
     struct chat *c = ctx;
-    c->lookup_pending = 0;
+    assert(c->state == CHAT_LOOKING_UP);
     if (c->gone) {
         chat_done(c, 499);
         return;
@@ -855,6 +1038,7 @@ static void on_lookup(void *ctx, enum cache_status st, const char *value, size_t
     c->waiter = sf_join(cache_flights(c->svc->cache), c->key, c->svc->base, on_flight, c);
     if (c->waiter) {
         c->cache_header = "hit"; /* answered by the leader's engine call, not ours */
+        c->state = CHAT_WAITING;
         return;
     }
     c->leader = 1;
@@ -895,6 +1079,7 @@ static void serve(struct chat *c)
     else
         snprintf(c->route, sizeof c->route, "%s:%s", c->is_auto ? "auto" : "tier", tier_name(c));
     /* The key hashes the messages: for a large body, on the work pool. */
+    c->state = CHAT_KEYING;
     offload(c, key_work, keyed);
 }
 
@@ -914,7 +1099,7 @@ static void keyed(struct chat *c)
         start_engine(c);
         return;
     }
-    c->lookup_pending = 1;
+    c->state = CHAT_LOOKING_UP;
     cache_get(c->svc->cache, c->svc->base, c->tenant->id, c->key, on_lookup, c);
 }
 
@@ -944,7 +1129,7 @@ static void ratelimit_headers(struct chat *c, const struct admit_result *res)
 static void on_admit(void *ctx, const struct admit_result *res, struct reservation *resv)
 {
     struct chat *c = ctx;
-    c->admit_pending = 0;
+    assert(c->state == CHAT_ADMITTING);
     c->resv = resv;
     c->reserved_nano = res->reserved_nano;
     if (c->gone) {
@@ -953,9 +1138,16 @@ static void on_admit(void *ctx, const struct admit_result *res, struct reservati
     }
     ratelimit_headers(c, res);
     if (res->status != ADMIT_OK && res->status != ADMIT_DOWNGRADED) {
+        /* Retry-After is the real wait (for a budget, until its window
+         * resets), never a short guess that makes SDKs retry into the same
+         * refusal; a budget says so outright, since no retry can pass
+         * before then. */
         char ra[24];
         snprintf(ra, sizeof ra, "%" PRId64, res->retry_after_s);
         httpd_resp_header(c->r, "Retry-After", ra);
+        if (res->status != ADMIT_LIMIT_REQUESTS && res->status != ADMIT_LIMIT_TOKENS &&
+            res->status != ADMIT_LIMIT_CONCURRENCY)
+            httpd_resp_header(c->r, "x-should-retry", "false");
         switch (res->status) {
         case ADMIT_LIMIT_REQUESTS:
             reply_error(c, 429, "rate_limit_exceeded", "rate_limit_exceeded", NULL,
@@ -976,6 +1168,8 @@ static void on_admit(void *ctx, const struct admit_result *res, struct reservati
         }
     }
     if (res->status == ADMIT_DOWNGRADED) {
+        /* admit_start asked for the downgrade only when the cheapest tier
+         * can serve this request. */
         c->tier = c->tenant->cheapest_tier;
         c->escalate_to = -1;
         /* The cheaper tier's own bound (what alt_cost reserved), also for
@@ -1005,11 +1199,111 @@ static void route_auto(struct chat *c)
     c->score = classifier_score(c->svc->classifier, &in);
     c->classifier_us = clock_mono_us() - t;
     c->scored = 1;
+    /* Only among the tiers that can serve it (tools, content parts), so
+     * the router never places a request where it would be refused. */
     const struct tenant_config *tc = c->tenant;
-    struct route_plan plan = routing_route(&tc->routing, tc->by_price, tc->n_allowed, c->score, c->req.stream,
-                                           c->cfg->tiers[tc->by_price[0]].logprobs);
-    c->tier = plan.tier;
-    c->escalate_to = plan.escalate_to;
+    int *cand = xcalloc(tc->n_allowed, sizeof *cand);
+    size_t n = 0;
+    for (size_t i = 0; i < tc->n_allowed; i++)
+        if (tier_eligible(c, tc->by_price[i]))
+            cand[n++] = tc->by_price[i];
+    if (n) {
+        struct route_plan plan = routing_route(&tc->routing, cand, n, c->score, c->req.stream,
+                                               c->cfg->tiers[cand[0]].logprobs);
+        c->tier = plan.tier;
+        c->escalate_to = plan.escalate_to;
+    }
+    free(cand);
+}
+
+/* model "auto" without a classifier: the tenant's default tier, or, when it
+ * cannot serve this request, the cheapest allowed tier that can. */
+static void route_default(struct chat *c)
+{
+    const struct tenant_config *tc = c->tenant;
+    if (tier_eligible(c, c->tier))
+        return;
+    for (size_t i = 0; i < tc->n_allowed; i++)
+        if (tier_eligible(c, tc->by_price[i])) {
+            c->tier = tc->by_price[i];
+            return;
+        }
+}
+
+/* Why tier cannot serve this request (tier_eligible said no): 400 naming
+ * the parameter, for a named tier or for "auto" when no tier can. */
+static void reply_ineligible(struct chat *c, int tier)
+{
+    const struct tier_config *t = &c->cfg->tiers[tier];
+    char msg[300];
+    const char *who = c->is_auto ? "No tier this API key may use" : "This model";
+    if (!(t->endpoints & TIER_EP_CHAT)) {
+        snprintf(msg, sizeof msg, "The model '%.100s' does not serve /v1/chat/completions", t->name);
+        reply_error(c, 400, "invalid_request_error", "unsupported_endpoint", "model", msg);
+    } else if (c->req.parts & ~t->accepts) {
+        unsigned missing = c->req.parts & ~t->accepts;
+        unsigned bit = missing & -missing;
+        snprintf(msg, sizeof msg, "%s accepts '%s' content parts (tier '%.100s' takes: %s%s%s%s)", who,
+                 openai_part_name(bit), t->name, "text", t->accepts & OPENAI_PART_IMAGE ? ", image_url" : "",
+                 t->accepts & OPENAI_PART_AUDIO ? ", input_audio" : "", t->accepts & OPENAI_PART_FILE ? ", file" : "");
+        reply_error(c, 400, "invalid_request_error", "unsupported_content_part", "messages", msg);
+    } else {
+        snprintf(msg, sizeof msg, "%s supports tools (tier '%.100s' runs on the native engine, which does not)", who,
+                 t->name);
+        reply_error(c, 400, "invalid_request_error", "unsupported_parameter", "tools", msg);
+    }
+}
+
+/* The JSON text of what the upstream renders into its prompt beside the
+ * messages' text (tool definitions, earlier tool calls), for counting. */
+static void unseen_text(const struct chat *c, struct evbuffer *out)
+{
+    static const char *const keys[] = {"tools", "functions"};
+    for (size_t k = 0; k < 2; k++) {
+        json_t *v = json_object_get(c->req.root, keys[k]);
+        char *s = v ? json_dumps(v, JSON_COMPACT) : NULL;
+        if (s)
+            evbuffer_add(out, s, strlen(s));
+        free(s);
+    }
+    json_t *msgs = json_object_get(c->req.root, "messages");
+    size_t i;
+    json_t *m;
+    json_array_foreach(msgs, i, m) {
+        json_t *tc = json_object_get(m, "tool_calls");
+        char *s = json_is_array(tc) ? json_dumps(tc, JSON_COMPACT) : NULL;
+        if (s)
+            evbuffer_add(out, s, strlen(s));
+        free(s);
+    }
+}
+
+/* Prompt tokens the messages' text does not show: the tool JSON (counted
+ * like text), and a bound for each image, audio or file part, which the
+ * gateway cannot count (tiers[].media_part_tokens, the largest among the
+ * tenant's tiers, so a fallback is covered too). */
+static int64_t unseen_prompt_tokens(const struct chat *c)
+{
+    int64_t media = 0;
+    for (size_t i = 0; i < c->tenant->n_allowed; i++)
+        if (c->cfg->tiers[c->tenant->allowed[i]].media_part_tokens > media)
+            media = c->cfg->tiers[c->tenant->allowed[i]].media_part_tokens;
+    int64_t n = money_mul((int64_t)c->req.n_media_parts, media);
+    struct evbuffer *b = evbuffer_new();
+    unseen_text(c, b);
+    size_t len = evbuffer_get_length(b);
+    if (len) {
+        const char *text = (const char *)evbuffer_pullup(b, -1);
+        struct tok_ids ids = {0};
+        if (c->svc->tokenizer &&
+            tokenizer_encode(c->svc->tokenizer, text, len, TOK_ADDED_AS_TEXT, &ids) == TOK_OK)
+            n = money_add(n, (int64_t)ids.n);
+        else
+            n = money_add(n, (int64_t)len / 2 + 1);
+        tok_ids_free(&ids);
+    }
+    evbuffer_free(b);
+    return n;
 }
 
 /* Prompt tokens as the DeepSeek tokenizer counts them through the chat
@@ -1025,7 +1319,7 @@ static int64_t count_prompt(struct chat *c)
     if (engine_count_prompt(e, &c->req, &own) == 0) {
         c->counted_by = e;
         c->counted_context = own.context;
-        return own.tokens;
+        return money_add(own.tokens, unseen_prompt_tokens(c));
     }
     const struct tokenizer *tok = c->svc->tokenizer;
     if (tok) {
@@ -1040,12 +1334,12 @@ static int64_t count_prompt(struct chat *c)
         int rc = chat_template_count(tok, turns, c->req.n_messages, 1, TOK_ADDED_AS_TEXT, &n);
         free(turns);
         if (rc == TOK_OK)
-            return (int64_t)n;
+            return money_add((int64_t)n, unseen_prompt_tokens(c));
     }
     int64_t bytes = 0;
     for (size_t i = 0; i < c->req.n_messages; i++)
         bytes += (int64_t)c->req.messages[i].content_len + 4;
-    return bytes / 2 + 8;
+    return money_add(bytes / 2 + 8, unseen_prompt_tokens(c));
 }
 
 /* The output bound on one tier: the tier's max_output_tokens is both the
@@ -1079,9 +1373,11 @@ static void bound_max_tokens(struct chat *c)
 static void on_client_close(struct httpd_req *r, void *arg)
 {
     struct chat *c = arg;
-    if (c->offload_pending) {
-        /* The work pool is reading the body: the HTTP request stays until
-         * the job is done, and prepare_done releases it. */
+    if (c->state == CHAT_PREPARING || c->state == CHAT_KEYING) {
+        /* Only a work-pool job leaves us here while the loop runs (the
+         * inline path is synchronous), and it is reading the body: the
+         * HTTP request stays until the job is done, and offload_done
+         * releases it. */
         c->gone = 1;
         return;
     }
@@ -1091,17 +1387,16 @@ static void on_client_close(struct httpd_req *r, void *arg)
     else
         httpd_reply(r, 499, NULL, NULL, 0);
     c->r = NULL;
-    if (c->engine_running) {
+    if (c->state == CHAT_GENERATING) {
         /* A cancelled generation is never cached; waiters go on their own.
          * The tokens generated so far are still charged. */
         engine_cancel(c->engine, c->engine_id);
-        c->engine_running = 0;
     }
-    if (c->waiter) {
+    if (c->state == CHAT_WAITING) {
         sf_leave(cache_flights(c->svc->cache), c->waiter);
         c->waiter = NULL;
     }
-    if (c->lookup_pending || c->admit_pending) {
+    if (c->state == CHAT_LOOKING_UP || c->state == CHAT_ADMITTING) {
         c->gone = 1; /* the pending callback frees us */
         return;
     }
@@ -1128,6 +1423,8 @@ static void prepare_work(void *arg)
     c->tier = c->asked_tier;
     if (c->is_auto && c->svc->classifier)
         route_auto(c);
+    else if (c->is_auto)
+        route_default(c);
     c->prompt_tokens = count_prompt(c);
 }
 
@@ -1154,6 +1451,10 @@ static void prepared(struct chat *c)
         reply_error(c, 403, "permission_error", "tier_not_allowed", "model", msg);
         return;
     }
+    if (!tier_eligible(c, c->tier)) {
+        reply_ineligible(c, c->tier);
+        return;
+    }
     char rid[17];
     access_new_id(rid);
     snprintf(c->id, sizeof c->id, "chatcmpl-%s", rid);
@@ -1166,7 +1467,6 @@ static void prepared(struct chat *c)
 static void offload_done(void *arg)
 {
     struct chat *c = arg;
-    c->offload_pending = 0;
     if (c->gone) {
         httpd_reply(c->r, 499, NULL, NULL, 0); /* the client has gone: this only frees */
         c->r = NULL;
@@ -1188,10 +1488,8 @@ static void offload(struct chat *c, workpool_fn work, void (*next)(struct chat *
     if (len > OFFLOAD_BODY_BYTES && pool) {
         httpd_req_on_close(c->r, on_client_close, c);
         c->offload_next = next;
-        if (workpool_submit(pool, c->svc->base, work, offload_done, c) == 0) {
-            c->offload_pending = 1;
+        if (workpool_submit(pool, c->svc->base, work, offload_done, c) == 0)
             return;
-        }
     }
     work(c);
     next(c);
@@ -1206,8 +1504,8 @@ static int is_json_type(const char *ct)
     return n == 16 && strncasecmp(ct, "application/json", 16) == 0;
 }
 
-void chat_handle(const struct chat_services *svc, struct httpd_req *r, struct config_snap *snap, const struct tenant_config *tenant,
-                 const char *request_id, uint64_t t0)
+void chat_handle(const struct chat_services *svc, struct httpd_req *r, struct config_snap *snap,
+                 const struct tenant_config *tenant, const char *key_id, const char *request_id, uint64_t t0)
 {
     struct chat *c = xcalloc(1, sizeof *c);
     c->svc = svc;
@@ -1222,7 +1520,11 @@ void chat_handle(const struct chat_services *svc, struct httpd_req *r, struct co
     c->req.max_tokens = -1;
     c->counted_tokens = -1;
     c->asked_tier = -1;
+    c->first_failed = -1;
+    c->key_id = key_id;
     snprintf(c->request_id, sizeof c->request_id, "%s", request_id);
+    /* This request is one hop of the client's trace, or starts one. */
+    trace_begin(&c->trace, httpd_req_header(r, "traceparent"), httpd_req_header(r, "tracestate"));
 
     if (!is_json_type(httpd_req_header(r, "Content-Type"))) {
         reply_error(c, 415, "invalid_request_error", "unsupported_media_type", NULL,
@@ -1233,20 +1535,41 @@ void chat_handle(const struct chat_services *svc, struct httpd_req *r, struct co
     offload(c, prepare_work, prepared);
 }
 
+/* The most a call placed on tier may cost and the tokens it may take,
+ * its fallback chain included. */
+static void chain_worst(const struct chat *c, int tier, int64_t *cost, int64_t *tokens)
+{
+    *cost = *tokens = 0;
+    size_t steps = 0;
+    for (int t = tier; t >= 0 && steps++ <= c->cfg->n_tiers; t = next_fallback(c, t)) {
+        int64_t bound = output_bound(c, t);
+        int64_t cost_t = tier_cost(c, t, c->prompt_tokens, bound);
+        int64_t tokens_t = money_add(c->prompt_tokens, bound);
+        if (cost_t > *cost)
+            *cost = cost_t;
+        if (tokens_t > *tokens)
+            *tokens = tokens_t;
+    }
+}
+
 /* Prepared: fix the output bound, estimate the cost, and ask the policy. */
 static void admit_start(struct chat *c)
 {
     const struct chat_services *svc = c->svc;
     const struct tenant_config *tenant = c->tenant;
     bound_max_tokens(c);
-    /* A cascade may run both tiers: reserve both, each at its own bound.
-     * Saturating sums (price.h): no estimate can wrap into a credit. */
-    int64_t est = tier_cost(c, c->tier, c->prompt_tokens, c->max_tokens);
-    int64_t est_tokens = money_add(c->prompt_tokens, c->max_tokens);
+    /* The worst case: the tier, or the costliest of its fallbacks (a
+     * fallback must never overshoot what was reserved); a cascade may run
+     * the cheap tier and then the top one (or the costliest of its
+     * fallbacks), so it reserves both, each at its own bound. Saturating
+     * sums (price.h): no estimate can wrap into a credit. */
+    int64_t est, est_tokens;
+    chain_worst(c, c->tier, &est, &est_tokens);
     if (c->escalate_to >= 0) {
-        int64_t bound = output_bound(c, c->escalate_to);
-        est = money_add(est, tier_cost(c, c->escalate_to, c->prompt_tokens, bound));
-        est_tokens = money_add(est_tokens, money_add(c->prompt_tokens, bound));
+        int64_t e2, t2;
+        chain_worst(c, c->escalate_to, &e2, &t2);
+        est = money_add(est, e2);
+        est_tokens = money_add(est_tokens, t2);
     }
     struct admit_request aq = {
         .tenant = tenant->id,
@@ -1256,8 +1579,11 @@ static void admit_start(struct chat *c)
         .est_cost_nano = est,
         .alt_cost_nano = -1,
     };
-    if (tenant->downgrade && (tenant->cheapest_tier != c->tier || c->escalate_to >= 0))
-        aq.alt_cost_nano = tier_cost(c, tenant->cheapest_tier, c->prompt_tokens, output_bound(c, tenant->cheapest_tier));
-    c->admit_pending = 1;
+    if (tenant->downgrade && (tenant->cheapest_tier != c->tier || c->escalate_to >= 0) &&
+        tier_eligible(c, tenant->cheapest_tier)) {
+        int64_t alt_tokens;
+        chain_worst(c, tenant->cheapest_tier, &aq.alt_cost_nano, &alt_tokens);
+    }
+    c->state = CHAT_ADMITTING;
     policy_admit(svc->policy, svc->base, &aq, on_admit, c);
 }

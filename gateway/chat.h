@@ -47,8 +47,9 @@ struct chat_services {
 };
 
 /* Takes over r: answers it, now or later, and the reference to snap (which
- * tenant points into). request_id is copied. svc must outlive the request. */
-void chat_handle(const struct chat_services *svc, struct httpd_req *r, struct config_snap *snap, const struct tenant_config *tenant,
-                 const char *request_id, uint64_t t0);
+ * tenant and key_id point into). request_id is copied. svc must outlive
+ * the request. */
+void chat_handle(const struct chat_services *svc, struct httpd_req *r, struct config_snap *snap,
+                 const struct tenant_config *tenant, const char *key_id, const char *request_id, uint64_t t0);
 
 #endif

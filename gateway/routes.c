@@ -236,17 +236,18 @@ void routes_handle(struct httpd_req *r, void *arg)
         snprintf(tenant_id, sizeof tenant_id, "%.*s", (int)(plen - upl - 6), path + upl);
         e.status = admin_usage(r, rs->chat.policy, rs->chat.base, cfg, key, tenant_id);
     } else {
-        const struct tenant_config *t = auth_tenant(cfg, key);
+        const char *key_id = NULL;
+        const struct tenant_config *t = auth_tenant_key(cfg, key, &key_id);
         if (!t) {
             httpd_resp_header(r, "WWW-Authenticate", "Bearer");
             e.status = reply_error(r, 401, "invalid_request_error", "invalid_api_key",
                                    key ? "Incorrect API key provided" : "Missing API key: send Authorization: Bearer <key>");
             if (chat)
                 metrics_request(rs->chat.metrics, -1, -1, 401, STATS_CACHE_BYPASS, 0, 0, 0, 0, 0,
-                                clock_mono_us() - t0, 0, clock_mono_us() - t0, 0);
+                                clock_mono_us() - t0, 0, clock_mono_us() - t0, 0, 0);
         } else if (chat) {
             metrics_inflight_add(rs->chat.metrics, 1); /* chat_done takes it back */
-            chat_handle(&rs->chat, r, snap, t, rid, t0);
+            chat_handle(&rs->chat, r, snap, t, key_id, rid, t0);
             return; /* the chat state machine logs its own line and releases snap */
         } else {
             e.tenant = t->id;
