@@ -31,6 +31,7 @@ struct redis_shared;
 struct event;
 struct httpd;
 struct httpd_req;
+struct httpd_tls;
 struct workpool;
 struct snapshot_store;
 
@@ -61,6 +62,7 @@ struct gateway {
     struct stats *stats;        /* fleet stats per tenant and minute (policies/stats.h) */
     struct metrics *metrics;    /* Prometheus, GET /metrics (gateway/metrics.h) */
     struct workpool *pool;      /* work too long for a worker's loop (common/workpool.h) */
+    struct httpd_tls *tls;      /* tls: in the config: the listener's certificate, shared by every worker */
     struct worker *workers;
     int n_workers;
     int port;                   /* the port actually bound */

@@ -71,6 +71,7 @@ struct cell {
     ctr tokens[2];
     ctr cost_nano;
     ctr saved_nano[2];
+    ctr routing_loss_nano;          /* its own counter: counters never go down */
     ctr escalations;
     struct hist duration, ttft, overhead;
 };
@@ -222,7 +223,7 @@ static void observe(struct hist *h, const struct bound *b, size_t nb, uint64_t u
 
 void metrics_request(struct metrics *m, int tenant, int tier, int status, enum stats_cache cache, int escalated,
                      int64_t tokens_in, int64_t tokens_out, int64_t cost_nano, int64_t saved_nano, uint64_t total_us,
-                     uint64_t ttft_us, uint64_t overhead_us, uint64_t classifier_us)
+                     uint64_t ttft_us, uint64_t overhead_us, uint64_t classifier_us, int64_t routing_loss_nano)
 {
     if (!m)
         return;
@@ -237,6 +238,7 @@ void metrics_request(struct metrics *m, int tenant, int tier, int status, enum s
     /* One saving per request: a hit saved its generation; anything else can
      * only have saved by routing to a cheaper tier. */
     add(&c->saved_nano[cache == STATS_CACHE_HIT ? SRC_CACHE : SRC_ROUTING], nonneg(saved_nano));
+    add(&c->routing_loss_nano, nonneg(routing_loss_nano));
     if (escalated)
         add(&c->escalations, 1);
     observe(&c->duration, latency_bounds, COUNT(latency_bounds), total_us);
@@ -389,7 +391,8 @@ char *metrics_render(struct metrics *m, size_t *len)
             bprintf(&b, "cascade_cost_usd_total{%s} %.9f\n", lab, (double)v / 1e9);
     }
     family(&b, "cascade_saved_usd_total", "counter",
-           "Savings, USD: source=cache (cache hits) or routing (a cheaper tier than the reference).");
+           "Savings, USD: source=cache (cache hits) or routing (routing's gain over the baseline tier; "
+           "net routing savings = this minus cascade_routing_loss_usd_total).");
     FOR_CELLS(m, ts, ks, c, lab) {
         for (int i = 0; i < 2; i++) {
             uint64_t v = get(&c->saved_nano[i]);
@@ -397,6 +400,14 @@ char *metrics_render(struct metrics *m, size_t *len)
                 bprintf(&b, "cascade_saved_usd_total{%s,source=\"%s\"} %.9f\n", lab, i == SRC_CACHE ? "cache" : "routing",
                         (double)v / 1e9);
         }
+    }
+    family(&b, "cascade_routing_loss_usd_total", "counter",
+           "Routing's loss against the baseline tier, USD (escalations, routes above it); "
+           "net routing savings = cascade_saved_usd_total with source=routing, minus this.");
+    FOR_CELLS(m, ts, ks, c, lab) {
+        uint64_t v = get(&c->routing_loss_nano);
+        if (v || ts)
+            bprintf(&b, "cascade_routing_loss_usd_total{%s} %.9f\n", lab, (double)v / 1e9);
     }
     family(&b, "cascade_escalations_total", "counter", "Requests escalated to a larger tier; tier is the one that answered.");
     FOR_CELLS(m, ts, ks, c, lab) {

@@ -16,7 +16,11 @@
  *   cascade_cost_usd_total{tenant,tier}              counter
  *   cascade_saved_usd_total{tenant,tier,source}      counter; source "cache"
  *       for a cache hit (what answering it again would have cost), "routing"
- *       otherwise (the price of the reference tier minus what was paid)
+ *       for routing's GAIN over the baseline tier (README "Savings")
+ *   cascade_routing_loss_usd_total{tenant,tier}      counter; routing's LOSS
+ *       against the baseline (an escalation paid twice, a route above it).
+ *       Counters only grow, so the loss is its own counter: net routing
+ *       savings = saved{source="routing"} - routing_loss, and may be negative
  *   cascade_escalations_total{tenant,tier}           counter; tier answered
  *   cascade_redis_errors_total                       counter
  *   cascade_upstream_errors_total{replica}           counter
@@ -58,12 +62,14 @@ struct metrics *metrics_new(const char *const *tenants, size_t n_tenants, const 
                             const char *const *replicas, size_t n_replicas);
 void metrics_free(struct metrics *m);
 
-/* One finished request. tokens, cost and saved (USD x 1e9) below 0 count as
- * 0. ttft_us 0: not streamed (no observation); classifier_us 0: the
- * classifier did not run. */
+/* One finished request. tokens, cost, saved and routing_loss (USD x 1e9)
+ * below 0 count as 0; saved is the cache's saving for a hit, else routing's
+ * gain, and routing_loss_nano routing's loss (README "Savings"). ttft_us 0:
+ * not streamed (no observation); classifier_us 0: the classifier did not
+ * run. */
 void metrics_request(struct metrics *m, int tenant, int tier, int status, enum stats_cache cache, int escalated,
                      int64_t tokens_in, int64_t tokens_out, int64_t cost_nano, int64_t saved_nano, uint64_t total_us,
-                     uint64_t ttft_us, uint64_t overhead_us, uint64_t classifier_us);
+                     uint64_t ttft_us, uint64_t overhead_us, uint64_t classifier_us, int64_t routing_loss_nano);
 void metrics_redis_error(struct metrics *m);
 void metrics_upstream_error(struct metrics *m, int replica);
 void metrics_inflight_add(struct metrics *m, int delta);

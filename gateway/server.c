@@ -218,6 +218,17 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
         .max_connections = cfg->limits.max_connections_per_worker,
         .max_pipelined = cfg->limits.max_pipelined,
     };
+    if (cfg->tls.cert_file) {
+        /* Read once, here: every worker's listener serves the same context,
+         * and a reload cannot change it (the config check asks for a restart). */
+        char cert_path[8192], e2[768];
+        const char *cert = from_config(base_dir, cfg->tls.cert_file, cert_path, sizeof cert_path);
+        gw->tls = httpd_tls_new(cert, from_config(base_dir, cfg->tls.key_file, path, sizeof path), e2, sizeof e2);
+        if (!gw->tls) {
+            snprintf(err, errlen, "tls: %s", e2);
+            return -1;
+        }
+    }
     int port = cfg->listen_port;
     for (int i = 0; i < gw->n_workers; i++) {
         struct worker *w = &gw->workers[i];
@@ -236,6 +247,7 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
             return -1;
         }
         httpd_set_head_hook(w->httpd, routes_head);
+        httpd_set_tls(w->httpd, gw->tls);
         w->drain_ev = event_new(w->base, -1, 0, drain_cb, w);
         w->drain_poll = event_new(w->base, -1, EV_PERSIST, drain_poll_cb, w);
         w->routes = (struct route_services){
@@ -266,7 +278,8 @@ int gateway_run(struct gateway *gw)
         pthread_create(&gw->workers[i].thread, NULL, worker_main, &gw->workers[i]);
     char addr[300];
     snprintf(addr, sizeof addr, strchr(gw->cfg.listen_host, ':') ? "[%s]:%d" : "%s:%d", gw->cfg.listen_host, gw->port);
-    json_t *f = json_pack("{s:s, s:i, s:i}", "addr", addr, "workers", gw->n_workers, "tiers", (int)gw->cfg.n_tiers);
+    json_t *f = json_pack("{s:s, s:i, s:i, s:b}", "addr", addr, "workers", gw->n_workers, "tiers", (int)gw->cfg.n_tiers,
+                          "tls", gw->tls != NULL);
     log_fields(LOG_INFO, "listening", f);
     json_decref(f);
 
@@ -315,6 +328,7 @@ void gateway_free(struct gateway *gw)
         if (w->drain_poll)
             event_free(w->drain_poll);
     }
+    httpd_tls_free(gw->tls); /* after every listener that served it */
     workpool_free(gw->pool); /* after the connections: no job is left */
     for (size_t i = 0; gw->engines && i < gw->cfg.n_tiers; i++)
         engine_destroy(gw->engines[i]);

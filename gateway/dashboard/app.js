@@ -37,8 +37,9 @@
     if (v == null) return '–';
     const a = Math.abs(v);
     if (a === 0) return '$0';
-    if (a < 0.01) return '$' + v.toPrecision(3);
-    return '$' + v.toLocaleString('en-US', { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+    const sign = v < 0 ? '-' : ''; // net routing savings may be negative: -$0.12, not $-0.12
+    if (a < 0.01) return sign + '$' + a.toPrecision(3);
+    return sign + '$' + a.toLocaleString('en-US', { minimumFractionDigits: 2, maximumFractionDigits: 2 });
   }
   function fmtMs(v) {
     if (v == null) return '–';
@@ -124,7 +125,7 @@
     }, extra);
   const noPoints = { points: { show: false } };
   // Axis labels for money: two significant digits keep them narrow.
-  const usdTick = (v) => (v === 0 ? '$0' : Math.abs(v) < 0.01 ? '$' + Number(v.toPrecision(2)) : fmtUsd(v));
+  const usdTick = (v) => (v === 0 ? '$0' : Math.abs(v) < 0.01 ? (v < 0 ? '-$' : '$') + Number(Math.abs(v).toPrecision(2)) : fmtUsd(v));
 
   function buildCharts(tiers) {
     const c = state.charts;
@@ -134,8 +135,12 @@
       c.spend = makeChart('c-spend', [
         line('spend', PALETTE[6], 'usd', fmtUsd, noPoints),
         line('saved by cache', PALETTE[2], 'usd', fmtUsd, noPoints),
-        line('saved by routing', PALETTE[1], 'usd', fmtUsd, noPoints),
-      ], [{ scale: 'usd', values: (u, vals) => vals.map(usdTick), size: 90 }], { usd: { range: (u, lo, hi) => [0, hi > 0 ? hi * 1.1 : 1] } });
+        // Net (gain - loss; README "Savings"): below zero when routing cost
+        // more than it saved, so the axis goes below 0 when it must.
+        line('saved by routing (net)', PALETTE[1], 'usd', fmtUsd, noPoints),
+        line('routing loss', PALETTE[3], 'usd', fmtUsd, Object.assign({ dash: [6, 4] }, noPoints)),
+      ], [{ scale: 'usd', values: (u, vals) => vals.map(usdTick), size: 90 }],
+      { usd: { range: (u, lo, hi) => [lo < 0 ? lo * 1.1 : 0, hi > 0 ? hi * 1.1 : 1] } });
       c.latency = makeChart('c-latency', [
         line('p50', PALETTE[0], 'ms', fmtMs),
         line('p95', PALETTE[3], 'ms', fmtMs),
@@ -198,7 +203,8 @@
     $('h-escalation-rate').textContent = fmtPct(t.escalation_rate);
     $('h-spend').textContent = fmtUsd(t.cost_usd);
     $('h-saved-cache').textContent = fmtUsd(t.saved_cache_usd);
-    $('h-saved-routing').textContent = fmtUsd(t.saved_routing_usd);
+    $('h-saved-routing').textContent = fmtUsd(t.saved_routing_usd); // net
+    $('h-routing-loss').textContent = fmtUsd(t.routing_loss_usd);
     $('h-p50').textContent = fmtMs(t.p50_ms);
     $('h-p95').textContent = fmtMs(t.p95_ms);
     const served = tiers.reduce((a, k) => a + (t.tiers[k] || 0), 0);
@@ -210,7 +216,7 @@
     const c = state.charts;
     setChart('c-hit-rate', c.hit, [s.t, pcts(s.hit_rate)]);
     setChart('c-tiers', c.tiers, [s.t].concat(tiers.map((k) => s.tiers[k]), [pcts(s.escalation_rate)]));
-    setChart('c-spend', c.spend, [s.t, s.cost_usd, s.saved_cache_usd, s.saved_routing_usd]);
+    setChart('c-spend', c.spend, [s.t, s.cost_usd, s.saved_cache_usd, s.saved_routing_usd, s.routing_loss_usd]);
     setChart('c-latency', c.latency, [s.t, s.p50_ms, s.p95_ms]);
   }
 

@@ -114,7 +114,7 @@ static void *hammer_main(void *arg)
     struct hammer *h = arg;
     for (int i = 0; i < 100000; i++) {
         metrics_request(h->m, h->tenant, i % 2, 200, STATS_CACHE_MISS, 0, 3, 2, 7, 0, 1000 + (uint64_t)i % 5000,
-                        0, 50, 0);
+                        0, 50, 0, 1);
         metrics_inflight_add(h->m, 1);
         metrics_inflight_add(h->m, -1);
     }
@@ -131,16 +131,16 @@ int main(void)
     /* acme/small: 3 x 200 (one a hit, one streamed), a 502; acme/large one
      * escalated 200 with classifier time; be"ta\x: a 429 with no tier; no
      * tenant: a 401; odd statuses go by class. */
-    metrics_request(m, 0, 0, 200, STATS_CACHE_MISS, 0, 100, 50, 28000, 0, 120000, 0, 800, 0);
-    metrics_request(m, 0, 0, 200, STATS_CACHE_HIT, 0, 100, 50, 0, 28000, 2000, 0, 2000, 0);
-    metrics_request(m, 2, 0, 200, STATS_CACHE_MISS, 0, 10, 5, 2800, 1000, 3000000, 40000, 1500, 0);
-    metrics_request(m, 0, 0, 502, STATS_CACHE_MISS, 0, 100, 0, 0, 0, 60000, 0, 100, 0);
-    metrics_request(m, 0, 1, 200, STATS_CACHE_MISS, 1, 20, 400, 1234567891, 0, 400000000, 0, 300, 42);
-    metrics_request(m, 1, -1, 429, STATS_CACHE_BYPASS, 0, 0, 0, 0, 0, 300, 0, 300, 0);
-    metrics_request(m, -1, -1, 401, STATS_CACHE_BYPASS, 0, 0, 0, 0, 0, 100, 0, 100, 0);
-    metrics_request(m, 7, 9, 418, STATS_CACHE_BYPASS, 0, -5, -5, -5, -5, 1, 0, 1, 0); /* out of range: none */
-    metrics_request(m, 0, 0, 299, STATS_CACHE_MISS, 0, 0, 0, 0, 0, 1, 0, 1, 0);
-    metrics_request(m, 0, 0, 0, STATS_CACHE_MISS, 0, 0, 0, 0, 0, 1, 0, 1, 0);
+    metrics_request(m, 0, 0, 200, STATS_CACHE_MISS, 0, 100, 50, 28000, 0, 120000, 0, 800, 0, 0);
+    metrics_request(m, 0, 0, 200, STATS_CACHE_HIT, 0, 100, 50, 0, 28000, 2000, 0, 2000, 0, 0);
+    metrics_request(m, 2, 0, 200, STATS_CACHE_MISS, 0, 10, 5, 2800, 1000, 3000000, 40000, 1500, 0, 0);
+    metrics_request(m, 0, 0, 502, STATS_CACHE_MISS, 0, 100, 0, 0, 0, 60000, 0, 100, 0, 0);
+    metrics_request(m, 0, 1, 200, STATS_CACHE_MISS, 1, 20, 400, 1234567891, 0, 400000000, 0, 300, 42, 5000000);
+    metrics_request(m, 1, -1, 429, STATS_CACHE_BYPASS, 0, 0, 0, 0, 0, 300, 0, 300, 0, 0);
+    metrics_request(m, -1, -1, 401, STATS_CACHE_BYPASS, 0, 0, 0, 0, 0, 100, 0, 100, 0, 0);
+    metrics_request(m, 7, 9, 418, STATS_CACHE_BYPASS, 0, -5, -5, -5, -5, 1, 0, 1, 0, -5); /* out of range: none */
+    metrics_request(m, 0, 0, 299, STATS_CACHE_MISS, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0);
+    metrics_request(m, 0, 0, 0, STATS_CACHE_MISS, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0);
     metrics_redis_error(m);
     metrics_redis_error(m);
     metrics_upstream_error(m, 1);
@@ -181,6 +181,12 @@ int main(void)
     CHECK(strstr(t, "cascade_cost_usd_total{tenant=\"acme\",tier=\"large\"} 1.234567891\n") != NULL);
     CHECK(strstr(t, "cascade_saved_usd_total{tenant=\"acme\",tier=\"small\",source=\"cache\"} 0.000028000\n") != NULL);
     CHECK(strstr(t, "cascade_saved_usd_total{tenant=\"acme\",tier=\"small\",source=\"routing\"} 0.000001000\n") != NULL);
+    /* Routing's loss is its own counter (a counter never goes down), at 0
+     * for every configured label pair from the start; a negative counts 0. */
+    CHECK(strstr(t, "cascade_routing_loss_usd_total{tenant=\"acme\",tier=\"large\"} 0.005000000\n") != NULL);
+    CHECK(value_of(t, "cascade_routing_loss_usd_total{tenant=\"acme\",tier=\"small\"}") == 0);
+    CHECK(count_lines(t, "cascade_routing_loss_usd_total{tenant=\"none\"") == 0);
+    CHECK(strstr(t, "# TYPE cascade_routing_loss_usd_total counter\n") != NULL);
     CHECK(value_of(t, "cascade_escalations_total{tenant=\"acme\",tier=\"large\"}") == 1);
     CHECK(value_of(t, "cascade_redis_errors_total") == 2);
     CHECK(value_of(t, "cascade_upstream_errors_total{replica=\"http://127.0.0.1:8001\"}") == 2);
@@ -228,8 +234,8 @@ int main(void)
     /* A tenant named "none" keeps its name; "no tenant" steps aside. */
     const char *odd[] = {"none"};
     m = metrics_new(odd, 1, odd, 1, NULL, 0);
-    metrics_request(m, 0, 0, 200, STATS_CACHE_MISS, 0, 0, 0, 0, 0, 1, 0, 1, 0);
-    metrics_request(m, -1, -1, 401, STATS_CACHE_BYPASS, 0, 0, 0, 0, 0, 1, 0, 1, 0);
+    metrics_request(m, 0, 0, 200, STATS_CACHE_MISS, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0);
+    metrics_request(m, -1, -1, 401, STATS_CACHE_BYPASS, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0);
     metrics_upstream_error(m, 0); /* no replicas configured: "none" */
     t = metrics_render(m, NULL);
     CHECK(value_of(t, "cascade_requests_total{tenant=\"none\",tier=\"none\",code=\"200\"}") == 1);
@@ -256,6 +262,7 @@ int main(void)
     CHECK(value_of(t, "cascade_requests_total{tenant=\"a\",tier=\"small\",code=\"200\"}") == 100000);
     CHECK(value_of(t, "cascade_requests_total{tenant=\"b\",tier=\"large\",code=\"200\"}") == 100000);
     CHECK(value_of(t, "cascade_tokens_total{tenant=\"a\",tier=\"small\",direction=\"in\"}") == 300000);
+    CHECK(strstr(t, "cascade_routing_loss_usd_total{tenant=\"a\",tier=\"small\"} 0.000100000\n") != NULL);
     CHECK(value_of(t, "cascade_request_duration_seconds_count{tenant=\"b\",tier=\"small\"}") == 100000);
     CHECK(value_of(t, "cascade_inflight_requests") == 0);
     free(t);
