@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "common/mem.h"
+#include "engines/remote/remote.h" /* enum remote_outcome and its names */
 
 typedef atomic_uint_fast64_t ctr;
 
@@ -89,6 +90,15 @@ struct metrics {
     struct hist *classifier;        /* per tenant slot */
     ctr redis_errors;
     ctr *upstream_errors;           /* per replica slot */
+    /* Per replica slot too, but a replica's series carry its tier, so two
+     * slots share one only when both URL and tier match (up_canon). */
+    struct upstream {
+        int tier;                   /* tier slot */
+        size_t canon;
+        ctr attempts[REMOTE_N_OUTCOMES];
+        ctr retries;
+        atomic_int ejected;
+    } *up;
     atomic_int_fast64_t inflight;
     atomic_int_fast64_t *queue_depth;   /* per tier slot */
 };
@@ -171,6 +181,9 @@ struct metrics *metrics_new(const char *const *tenants, size_t n_tenants, const 
     m->cells = xcalloc(m->tenant.n * m->tier.n, sizeof *m->cells);
     m->classifier = xcalloc(m->tenant.n, sizeof *m->classifier);
     m->upstream_errors = xcalloc(m->replica.n, sizeof *m->upstream_errors);
+    m->up = xcalloc(m->replica.n, sizeof *m->up);
+    for (size_t i = 0; i < m->replica.n; i++)
+        m->up[i].canon = i;
     m->queue_depth = xcalloc(m->tier.n, sizeof *m->queue_depth);
     return m;
 }
@@ -185,6 +198,7 @@ void metrics_free(struct metrics *m)
     free(m->cells);
     free(m->classifier);
     free(m->upstream_errors);
+    free(m->up);
     free(m->queue_depth);
     free(m);
 }
@@ -259,6 +273,43 @@ void metrics_upstream_error(struct metrics *m, int replica)
 {
     if (m)
         add(&m->upstream_errors[axis_slot(&m->replica, replica)], 1);
+}
+
+void metrics_replica_tier(struct metrics *m, int replica, int tier)
+{
+    if (!m || replica < 0 || (size_t)replica + 1 >= m->replica.n)
+        return;
+    size_t s = (size_t)replica + 1;
+    m->up[s].tier = (int)axis_slot(&m->tier, tier);
+    m->up[s].canon = s;
+    for (size_t j = 1; j < s; j++) {
+        if (m->up[j].canon == j && m->up[j].tier == m->up[s].tier && strcmp(m->replica.label[j], m->replica.label[s]) == 0) {
+            m->up[s].canon = j;
+            break;
+        }
+    }
+}
+
+static struct upstream *upstream_of(struct metrics *m, int replica)
+{
+    size_t s = replica < 0 || (size_t)replica + 1 >= m->replica.n ? 0 : (size_t)replica + 1;
+    return &m->up[m->up[s].canon];
+}
+
+void metrics_upstream_attempt(struct metrics *m, int replica, int outcome, int retried)
+{
+    if (!m || outcome < 0 || outcome >= REMOTE_N_OUTCOMES)
+        return;
+    struct upstream *u = upstream_of(m, replica);
+    add(&u->attempts[outcome], 1);
+    if (retried)
+        add(&u->retries, 1);
+}
+
+void metrics_upstream_ejected(struct metrics *m, int replica, int ejected)
+{
+    if (m)
+        atomic_store_explicit(&upstream_of(m, replica)->ejected, !!ejected, memory_order_relaxed);
 }
 
 void metrics_inflight_add(struct metrics *m, int delta)
@@ -426,6 +477,28 @@ char *metrics_render(struct metrics *m, size_t *len)
     if (get(&m->upstream_errors[0]))
         bprintf(&b, "cascade_upstream_errors_total{replica=\"%s\"} %llu\n", m->replica.label[0],
                 (unsigned long long)get(&m->upstream_errors[0]));
+    /* Slot 0 (a replica the config did not list) only once it counted. */
+    family(&b, "cascade_upstream_attempts_total", "counter", "Requests sent to an engine replica, retries included, by outcome.");
+    for (size_t r = 0; r < m->replica.n; r++) {
+        struct upstream *u = &m->up[r];
+        if (u->canon != r)
+            continue;
+        for (int o = 0; o < REMOTE_N_OUTCOMES; o++)
+            if (r || get(&u->attempts[o]))
+                bprintf(&b, "cascade_upstream_attempts_total{tier=\"%s\",replica=\"%s\",outcome=\"%s\"} %llu\n",
+                        m->tier.label[u->tier], m->replica.label[r], remote_outcome_name((enum remote_outcome)o),
+                        (unsigned long long)get(&u->attempts[o]));
+    }
+    family(&b, "cascade_upstream_retries_total", "counter", "Failed attempts on a replica that another attempt followed.");
+    for (size_t r = 0; r < m->replica.n; r++)
+        if (m->up[r].canon == r && (r || get(&m->up[r].retries)))
+            bprintf(&b, "cascade_upstream_retries_total{tier=\"%s\",replica=\"%s\"} %llu\n", m->tier.label[m->up[r].tier],
+                    m->replica.label[r], (unsigned long long)get(&m->up[r].retries));
+    family(&b, "cascade_upstream_ejected", "gauge", "1 while outlier detection keeps the replica out of rotation.");
+    for (size_t r = 1; r < m->replica.n; r++)
+        if (m->up[r].canon == r)
+            bprintf(&b, "cascade_upstream_ejected{tier=\"%s\",replica=\"%s\"} %d\n", m->tier.label[m->up[r].tier],
+                    m->replica.label[r], atomic_load_explicit(&m->up[r].ejected, memory_order_relaxed));
 
     family(&b, "cascade_request_duration_seconds", "histogram", "Whole request time, first byte in to last byte out.");
     FOR_CELLS(m, ts, ks, c, lab)

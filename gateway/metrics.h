@@ -23,7 +23,16 @@
  *       savings = saved{source="routing"} - routing_loss, and may be negative
  *   cascade_escalations_total{tenant,tier}           counter; tier answered
  *   cascade_redis_errors_total                       counter
- *   cascade_upstream_errors_total{replica}           counter
+ *   cascade_upstream_errors_total{replica}           counter; failed attempts
+ *       (connect_error, http_5xx, timeout, bad_response below)
+ *   cascade_upstream_attempts_total{tier,replica,outcome}  counter; every
+ *       request sent to a replica, retries included; outcome is one of
+ *       remote_outcome_name() (engines/remote/remote.h): ok, http_4xx,
+ *       http_429, http_5xx, connect_error, timeout, bad_response, cancelled
+ *   cascade_upstream_retries_total{tier,replica}     counter; failed attempts
+ *       that another attempt followed
+ *   cascade_upstream_ejected{tier,replica}           gauge; 1 while the
+ *       replica is ejected (outlier detection)
  *   cascade_request_duration_seconds{tenant,tier}    histogram, whole request
  *   cascade_ttft_seconds{tenant,tier}                histogram, first token
  *       (streamed requests only)
@@ -72,6 +81,12 @@ void metrics_request(struct metrics *m, int tenant, int tier, int status, enum s
                      uint64_t ttft_us, uint64_t overhead_us, uint64_t classifier_us, int64_t routing_loss_nano);
 void metrics_redis_error(struct metrics *m);
 void metrics_upstream_error(struct metrics *m, int replica);
+/* Which tier replica (an index into metrics_new's list) belongs to, for the
+ * tier label of the upstream series; before any recording. */
+void metrics_replica_tier(struct metrics *m, int replica, int tier);
+/* outcome: enum remote_outcome. */
+void metrics_upstream_attempt(struct metrics *m, int replica, int outcome, int retried);
+void metrics_upstream_ejected(struct metrics *m, int replica, int ejected);
 void metrics_inflight_add(struct metrics *m, int delta);
 void metrics_set_queue_depth(struct metrics *m, int tier, int64_t depth);
 

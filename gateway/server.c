@@ -103,9 +103,19 @@ static void count_redis_error(void *ctx)
     metrics_redis_error(((struct gateway *)ctx)->metrics);
 }
 
-static void count_upstream_error(void *ctx, size_t replica)
+/* Every attempt on a remote replica; failures also feed the older
+ * per-replica error counter. */
+static void count_upstream_attempt(void *ctx, size_t replica, enum remote_outcome o, int retried)
 {
-    metrics_upstream_error(((struct gateway *)ctx)->metrics, (int)replica);
+    struct metrics *m = ((struct gateway *)ctx)->metrics;
+    metrics_upstream_attempt(m, (int)replica, (int)o, retried);
+    if (o == REMOTE_CONNECT_ERROR || o == REMOTE_HTTP_5XX || o == REMOTE_TIMEOUT || o == REMOTE_BAD_RESPONSE)
+        metrics_upstream_error(m, (int)replica);
+}
+
+static void count_upstream_ejected(void *ctx, size_t replica, int ejected)
+{
+    metrics_upstream_ejected(((struct gateway *)ctx)->metrics, (int)replica, ejected);
 }
 
 int gateway_init(struct gateway *gw, char *err, size_t errlen)
@@ -202,7 +212,10 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
         }
         if (cfg->tiers[i].kind == ENGINE_REMOTE) {
             /* Replicas are numbered across tiers, as metrics_new() got them. */
-            remote_engine_set_error_hook(gw->engines[i], count_upstream_error, gw, replica_base);
+            static const struct remote_hooks hooks = {count_upstream_attempt, count_upstream_ejected};
+            for (size_t k = 0; k < cfg->tiers[i].remote.n_urls; k++)
+                metrics_replica_tier(gw->metrics, (int)(replica_base + k), (int)i);
+            remote_engine_set_hooks(gw->engines[i], &hooks, gw, replica_base);
             remote_engine_set_pool(gw->engines[i], gw->pool);
             replica_base += cfg->tiers[i].remote.n_urls;
         }

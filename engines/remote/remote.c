@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/cfgjson.h"
@@ -29,9 +30,13 @@
 #include "common/log.h"
 #include "common/mem.h"
 #include "common/openai.h"
+#include "common/secret.h"
 #include "common/sse.h"
 #include "common/workpool.h"
 #include "engines/engine.h"
+#include "engines/remote/answer.h"
+#include "engines/remote/outlier.h"
+#include "engines/remote/tls.h"
 
 #define MAX_LOCALS 256
 #define MAX_REPLICAS 64
@@ -52,6 +57,9 @@ struct replica {
     atomic_int healthy;             /* last probe answered 2xx */
     atomic_int probed;              /* at least one probe finished */
     _Atomic uint64_t down_until_us; /* passive: a connection failed recently */
+    int tls;                        /* https:// */
+    int default_port;               /* the port is the scheme's (Host: leaves it out) */
+    struct outlier outlier;         /* ejection (outlier.h) */
 };
 
 struct pool {
@@ -83,9 +91,11 @@ struct remote {
     pthread_mutex_t stop_mu;
     pthread_cond_t stop_cv;
     int stop;
-    remote_error_hook error_hook;
-    void *error_ctx;
+    struct remote_hooks hooks;      /* metrics' observers; zeroed: none */
+    void *hooks_ctx;
     size_t replica_base;
+    struct remote_tls *tls;         /* for https replicas; NULL when there are none */
+    struct outlier_policy eject;
     struct workpool *pool;          /* for serializing large bodies; may be NULL */
 };
 
@@ -114,18 +124,31 @@ struct rreq {
     int cancel_pending;             /* cancelled inside chunk_cb; a deferred call finishes it */
     int paused;                     /* reading stopped for a slow client (remote_pause) */
     int64_t max_tokens;             /* the request's output bound; 0: none */
-    int64_t content_events;         /* stream events that carried content */
     /* a large body being serialized on the work pool (building set): the
      * job owns these until build_done; a cancel or timeout meanwhile only
      * marks the request ended, and build_done frees it */
     int building;
     json_t *build_root;             /* a reference to the caller's request */
     char *build_model;
-    struct engine_usage usage;
-    char finish_reason[32];
-    int saw_done;
     int stream_error;               /* an error event arrived in the stream */
     char stream_error_msg[256];
+    /* what is asked (engine_request's typed fields, copied) and the answer
+     * being read: its usage, finish_reason and [DONE] (answer.h) */
+    enum engine_endpoint endpoint;
+    int logprobs;
+    int top_logprobs;
+    char traceparent[64];           /* W3C: 55 characters; "" for none */
+    char tracestate[520];           /* W3C: at most 512; "" for none (or too long) */
+    struct answer ans;
+    /* retries (see start_attempt, attempt_failed) */
+    unsigned attempts;              /* sent so far */
+    int last_replica;               /* the replica of the last attempt, or -1 */
+    int attempt_open;               /* the current attempt has not been reported (attempt_end) */
+    int trial;                      /* the current attempt is its replica's trial (outlier.h) */
+    struct event *retry_timer;      /* waiting out the backoff before the next attempt */
+    enum remote_outcome last_outcome;   /* why the last attempt failed */
+    int64_t retry_after_s;          /* its Retry-After (429, 503), or 0 */
+    char fail_msg[320];             /* its description, for the final error */
 };
 
 /* ---- configuration ----------------------------------------------------- */
@@ -133,8 +156,10 @@ struct rreq {
 int remote_config_parse(json_t *j, const char *path, struct remote_config *cfg, char *err, size_t errlen)
 {
     static const char *const keys[] = {"kind", "urls", "timeout_ms", "chunk_timeout_ms",
-                                       "health_interval_ms", "health_path", "api_key",
+                                       "health_interval_ms", "health_path", "api_key", "api_key_env",
+                                       "api_key_file", "tls", "eject_after", "eject_ms",
                                        "max_response_bytes", "max_idle_per_replica", NULL};
+    static const char *const tls_keys[] = {"ca_file", NULL};
     char p[256];
     memset(cfg, 0, sizeof *cfg);
     cfg->timeout_ms = 120000;
@@ -142,6 +167,8 @@ int remote_config_parse(json_t *j, const char *path, struct remote_config *cfg, 
     cfg->health_interval_ms = 2000;
     cfg->max_response_bytes = 8u << 20;
     cfg->max_idle_per_replica = 64;
+    cfg->eject_after = 3;
+    cfg->eject_ms = 10000;
     if (cfgj_known_keys(j, path, keys, err, errlen) < 0)
         return -1;
     json_t *urls;
@@ -161,12 +188,13 @@ int remote_config_parse(json_t *j, const char *path, struct remote_config *cfg, 
         if (!json_is_string(u))
             return cfgj_fail(err, errlen, up, "must be a string");
         struct evhttp_uri *uri = evhttp_uri_parse(json_string_value(u));
-        int ok = uri && evhttp_uri_get_scheme(uri) && strcmp(evhttp_uri_get_scheme(uri), "http") == 0 &&
+        const char *scheme = uri ? evhttp_uri_get_scheme(uri) : NULL;
+        int ok = scheme && (strcmp(scheme, "http") == 0 || strcmp(scheme, "https") == 0) &&
                  evhttp_uri_get_host(uri) && *evhttp_uri_get_host(uri);
         if (uri)
             evhttp_uri_free(uri);
         if (!ok)
-            return cfgj_fail(err, errlen, up, "not an http://host[:port][/prefix] URL");
+            return cfgj_fail(err, errlen, up, "not an http[s]://host[:port][/prefix] URL");
         cfg->urls[cfg->n_urls++] = xstrdup(json_string_value(u));
     }
     unsigned long long v;
@@ -190,6 +218,14 @@ int remote_config_parse(json_t *j, const char *path, struct remote_config *cfg, 
     if (cfgj_uint(j, path, "max_idle_per_replica", 0, 100000, &v, err, errlen) < 0)
         return -1;
     cfg->max_idle_per_replica = (unsigned)v;
+    v = cfg->eject_after;
+    if (cfgj_uint(j, path, "eject_after", 0, 1000, &v, err, errlen) < 0)
+        return -1;
+    cfg->eject_after = (unsigned)v;
+    v = cfg->eject_ms;
+    if (cfgj_uint(j, path, "eject_ms", 1, 3600000, &v, err, errlen) < 0)
+        return -1;
+    cfg->eject_ms = (unsigned)v;
     const char *s = "/v1/models";
     if (cfgj_string(j, path, "health_path", 0, &s, err, errlen) < 0)
         return -1;
@@ -198,10 +234,39 @@ int remote_config_parse(json_t *j, const char *path, struct remote_config *cfg, 
         return cfgj_fail(err, errlen, p, "must start with '/'");
     }
     cfg->health_path = xstrdup(s);
-    s = NULL;
-    if (cfgj_string(j, path, "api_key", 0, &s, err, errlen) < 0)
+    /* The key: in the config (kept for old configs), or where it lives;
+     * only the names are read here, the secret by remote_engine_new. */
+    const char *key = NULL, *key_env = NULL, *key_file = NULL;
+    if (cfgj_string(j, path, "api_key", 0, &key, err, errlen) < 0 ||
+        cfgj_string(j, path, "api_key_env", 0, &key_env, err, errlen) < 0 ||
+        cfgj_string(j, path, "api_key_file", 0, &key_file, err, errlen) < 0)
         return -1;
-    cfg->api_key = s ? xstrdup(s) : NULL;
+    if ((key != NULL) + (key_env != NULL) + (key_file != NULL) > 1) {
+        cfgj_path(p, sizeof p, path, key_file ? "api_key_file" : "api_key_env");
+        return cfgj_fail(err, errlen, p, "give only one of api_key, api_key_env and api_key_file");
+    }
+    if ((key_env && !*key_env) || (key_file && !*key_file)) {
+        cfgj_path(p, sizeof p, path, key_env ? "api_key_env" : "api_key_file");
+        return cfgj_fail(err, errlen, p, "must not be empty");
+    }
+    cfg->api_key = key ? xstrdup(key) : NULL;
+    cfg->api_key_env = key_env ? xstrdup(key_env) : NULL;
+    cfg->api_key_file = key_file ? xstrdup(key_file) : NULL;
+    json_t *tls;
+    if (cfgj_object(j, path, "tls", 0, &tls, err, errlen) < 0)
+        return -1;
+    if (tls) {
+        cfgj_path(p, sizeof p, path, "tls");
+        const char *ca = NULL;
+        if (cfgj_known_keys(tls, p, tls_keys, err, errlen) < 0 || cfgj_string(tls, p, "ca_file", 0, &ca, err, errlen) < 0)
+            return -1;
+        if (ca && !*ca) {
+            char cp[280];
+            cfgj_path(cp, sizeof cp, p, "ca_file");
+            return cfgj_fail(err, errlen, cp, "must not be empty");
+        }
+        cfg->tls_ca_file = ca ? xstrdup(ca) : NULL;
+    }
     return 0;
 }
 
@@ -212,6 +277,9 @@ void remote_config_free(struct remote_config *cfg)
     free(cfg->urls);
     free(cfg->health_path);
     free(cfg->api_key);
+    free(cfg->api_key_env);
+    free(cfg->api_key_file);
+    free(cfg->tls_ca_file);
     memset(cfg, 0, sizeof *cfg);
 }
 
@@ -223,6 +291,9 @@ static void config_copy(struct remote_config *dst, const struct remote_config *s
         dst->urls[i] = xstrdup(src->urls[i]);
     dst->health_path = xstrdup(src->health_path ? src->health_path : "/v1/models");
     dst->api_key = src->api_key ? xstrdup(src->api_key) : NULL;
+    dst->api_key_env = src->api_key_env ? xstrdup(src->api_key_env) : NULL;
+    dst->api_key_file = src->api_key_file ? xstrdup(src->api_key_file) : NULL;
+    dst->tls_ca_file = src->tls_ca_file ? xstrdup(src->tls_ca_file) : NULL;
 }
 
 /* ---- per-worker state -------------------------------------------------- */
@@ -254,13 +325,22 @@ static struct remote_local *local_for(struct remote *r, struct event_base *base)
     return L;
 }
 
+/* An idle connection to replica ri, or a new one. A pooled TLS connection
+ * that closed while it sat idle is freed here (tls.h: it cannot reconnect);
+ * we are in none of its callbacks, so at once. */
 static struct evhttp_connection *pool_get(struct remote_local *L, int ri)
 {
     struct pool *p = &L->pools[ri];
-    if (p->n)
-        return p->idle[--p->n];
     struct replica *rep = &L->r->replicas[ri];
-    struct evhttp_connection *c = evhttp_connection_base_new(L->base, NULL, rep->host, (unsigned short)rep->port);
+    while (p->n) {
+        struct evhttp_connection *c = p->idle[--p->n];
+        if (!rep->tls || remote_tls_conn_reusable(c))
+            return c;
+        evhttp_connection_free(c);
+    }
+    struct evhttp_connection *c =
+        rep->tls ? remote_tls_connect(L->r->tls, L->base, rep->host, (unsigned short)rep->port)
+                 : evhttp_connection_base_new(L->base, NULL, rep->host, (unsigned short)rep->port);
     if (!c)
         return NULL;
     struct timeval tv = {L->r->cfg.chunk_timeout_ms / 1000, (L->r->cfg.chunk_timeout_ms % 1000) * 1000};
@@ -277,13 +357,15 @@ static void free_conn_cb(evutil_socket_t fd, short what, void *arg)
     evhttp_connection_free(arg);
 }
 
-/* Return a connection for reuse. evhttp resets a failed connection itself and
- * reconnects on next use, so every connection is reusable; past the pool's
- * size it is freed, later, since we may be inside one of its callbacks. */
+/* Return a connection for reuse. evhttp resets a failed plain connection
+ * itself and reconnects on next use, so those are all reusable; a TLS one
+ * only while its session lasts (tls.h). What is not kept is freed later,
+ * since we may be inside one of its callbacks. */
 static void pool_put(struct remote_local *L, int ri, struct evhttp_connection *c)
 {
     struct pool *p = &L->pools[ri];
-    if (p->n < L->r->cfg.max_idle_per_replica) {
+    int reusable = !L->r->replicas[ri].tls || remote_tls_conn_reusable(c);
+    if (reusable && p->n < L->r->cfg.max_idle_per_replica) {
         if (!p->idle)
             p->idle = xcalloc(L->r->cfg.max_idle_per_replica, sizeof *p->idle);
         p->idle[p->n++] = c;
@@ -294,6 +376,7 @@ static void pool_put(struct remote_local *L, int ri, struct evhttp_connection *c
 
 /* ---- replica choice ---------------------------------------------------- */
 
+/* Seen up: not failing its probes, no connection refused just now. */
 static int replica_up(struct replica *rep, uint64_t now)
 {
     int probed = atomic_load(&rep->probed);
@@ -301,24 +384,74 @@ static int replica_up(struct replica *rep, uint64_t now)
 }
 
 /* Least outstanding requests among untried replicas, up ones first; the
- * rotating start breaks ties so equal replicas share the load. */
-static int pick_replica(struct remote *r, const uint8_t *tried)
+ * rotating start breaks ties so equal replicas share the load. Ejected
+ * replicas (outlier.h) are left out unless with_ejected; one on probation
+ * is taken only with its trial slot, and *trial says so. -1: none. */
+static int pick_replica(struct remote *r, const uint8_t *tried, int with_ejected, int *trial)
 {
     uint64_t now = clock_mono_us();
     size_t start = atomic_fetch_add(&r->rr, 1) % r->n;
-    int best = -1;
-    long best_score = 0;
-    for (size_t k = 0; k < r->n; k++) {
-        size_t i = (start + k) % r->n;
-        if (tried[i])
-            continue;
-        long score = atomic_load(&r->replicas[i].outstanding) + (replica_up(&r->replicas[i], now) ? 0 : 1L << 30);
-        if (best < 0 || score < best_score) {
-            best = (int)i;
-            best_score = score;
+    uint8_t taken[MAX_REPLICAS] = {0}; /* on probation, but another request holds the trial */
+    for (;;) {
+        int best = -1, best_state = OUTLIER_LIVE;
+        long best_score = 0;
+        for (size_t k = 0; k < r->n; k++) {
+            size_t i = (start + k) % r->n;
+            if (tried[i] || taken[i])
+                continue;
+            struct replica *rep = &r->replicas[i];
+            int state = outlier_state(&rep->outlier, now);
+            if (state == OUTLIER_OUT && !with_ejected)
+                continue;
+            long score = atomic_load(&rep->outstanding) + (replica_up(rep, now) ? 0 : 1L << 30) +
+                         (state == OUTLIER_OUT ? 1L << 40 : 0);
+            if (best < 0 || score < best_score) {
+                best = (int)i;
+                best_score = score;
+                best_state = state;
+            }
+        }
+        *trial = 0;
+        if (best < 0 || best_state != OUTLIER_PROBATION)
+            return best;
+        if (outlier_take_trial(&r->replicas[best].outlier)) {
+            *trial = 1;
+            return best;
+        }
+        taken[best] = 1; /* another worker's request is its trial: look again */
+    }
+}
+
+/* The replica for a request's next attempt: an untried live one; when
+ * every live one was tried, around again (the attempt budget bounds the
+ * rounds), the last one failed last unless it is the only one; ejected
+ * replicas only when no live one exists. -1 when there is none at all. */
+static int choose_replica(struct rreq *q, int *trial)
+{
+    struct remote *r = q->L->r;
+    int ri = pick_replica(r, q->tried, 0, trial);
+    if (ri >= 0)
+        return ri;
+    uint64_t now = clock_mono_us();
+    size_t live = 0;
+    for (size_t i = 0; i < r->n; i++)
+        live += outlier_state(&r->replicas[i].outlier, now) != OUTLIER_OUT;
+    uint8_t tried[MAX_REPLICAS] = {0};
+    if (live > 1 && q->last_replica >= 0)
+        tried[q->last_replica] = 1;
+    if (live) {
+        ri = pick_replica(r, tried, 0, trial);
+        if (ri >= 0) {
+            memcpy(q->tried, tried, sizeof tried);
+            return ri;
         }
     }
-    return best;
+    ri = pick_replica(r, q->tried, 1, trial);
+    if (ri < 0) {
+        memset(q->tried, 0, sizeof q->tried);
+        ri = pick_replica(r, q->tried, 1, trial);
+    }
+    return ri;
 }
 
 /* ---- delivering results ------------------------------------------------ */
@@ -334,6 +467,8 @@ static void rreq_free(struct rreq *q)
         q->next->prev = q->prev;
     if (q->timer)
         event_free(q->timer);
+    if (q->retry_timer)
+        event_free(q->retry_timer);
     sse_parser_free(q->sse);
     if (q->errbody)
         evbuffer_free(q->errbody);
@@ -360,18 +495,70 @@ void remote_engine_set_pool(struct engine *e, struct workpool *pool)
     ((struct remote *)e)->pool = pool;
 }
 
-void remote_engine_set_error_hook(struct engine *e, remote_error_hook hook, void *ctx, size_t replica_base)
+const char *remote_outcome_name(enum remote_outcome o)
+{
+    static const char *const names[REMOTE_N_OUTCOMES] = {
+        "ok", "http_4xx", "http_429", "http_5xx", "connect_error", "timeout", "bad_response", "cancelled",
+    };
+    return (unsigned)o < REMOTE_N_OUTCOMES ? names[o] : "unknown";
+}
+
+void remote_engine_set_hooks(struct engine *e, const struct remote_hooks *hooks, void *ctx, size_t replica_base)
 {
     struct remote *r = (struct remote *)e;
-    r->error_hook = hook;
-    r->error_ctx = ctx;
+    r->hooks = *hooks;
+    r->hooks_ctx = ctx;
     r->replica_base = replica_base;
 }
 
-static void count_error(struct remote *r, int replica)
+/* An ejection or a return (outlier.h reports each once): log it and tell
+ * the metrics. Any thread. */
+static void outlier_changed(struct remote *r, size_t ri, enum outlier_change ch, unsigned ms)
 {
-    if (r->error_hook && replica >= 0)
-        r->error_hook(r->error_ctx, r->replica_base + (size_t)replica);
+    if (ch == OUTLIER_SAME)
+        return;
+    if (ch == OUTLIER_EJECTED)
+        log_warn("upstream %s ejected for %u ms: it failed %u attempts in a row", r->replicas[ri].url, ms,
+                 atomic_load(&r->replicas[ri].outlier.fails));
+    else
+        log_info("upstream %s is back from ejection", r->replicas[ri].url);
+    if (r->hooks.eject)
+        r->hooks.eject(r->hooks_ctx, r->replica_base + ri, ch == OUTLIER_EJECTED);
+}
+
+/* The current attempt is over, with outcome o: its verdict on the replica
+ * (outlier.h) and its count in the metrics, exactly once per attempt (the
+ * cancel and failure paths may both get here). retried: another attempt
+ * follows. Call it before release_upstream, which forgets the replica. */
+static void attempt_end(struct rreq *q, enum remote_outcome o, int retried)
+{
+    if (!q->attempt_open || q->replica < 0)
+        return;
+    q->attempt_open = 0;
+    struct remote *r = q->L->r;
+    size_t ri = (size_t)q->replica;
+    struct outlier *ol = &r->replicas[ri].outlier;
+    enum outlier_change ch = OUTLIER_SAME;
+    unsigned ms = 0;
+    switch (o) {
+    case REMOTE_OK:
+    case REMOTE_HTTP_4XX: /* it answered: it works */
+        ch = outlier_success(ol);
+        break;
+    case REMOTE_HTTP_429:  /* busy, not broken */
+    case REMOTE_CANCELLED: /* no verdict */
+        break;
+    default:
+        ch = outlier_failure(ol, &r->eject, clock_mono_us(), &ms);
+        break;
+    }
+    if (q->trial) {
+        outlier_end_trial(ol);
+        q->trial = 0;
+    }
+    outlier_changed(r, ri, ch, ms);
+    if (r->hooks.attempt)
+        r->hooks.attempt(r->hooks_ctx, r->replica_base + ri, o, retried);
 }
 
 static void finish_error(struct rreq *q, int status, const char *type, const char *code, const char *msg)
@@ -388,73 +575,33 @@ static void finish_done(struct rreq *q)
 {
     if (!q->ended) {
         q->ended = 1;
-        q->cb.on_done(q->ctx, &q->usage, q->finish_reason[0] ? q->finish_reason : "stop");
+        q->cb.on_done(q->ctx, &q->ans.usage, q->ans.finish_reason[0] ? q->ans.finish_reason : "stop");
     }
     rreq_free(q);
 }
 
 /* ---- parsing upstream answers ------------------------------------------ */
 
-/* Send the tokens of one choice: with logprob entries whose text adds up to
- * the content, one callback per token (what the cascade needs); otherwise
- * the content as one piece. */
-static void emit_choice_tokens(struct rreq *q, const char *content, size_t len, json_t *lp_content)
+/* What the answer module (answer.h) hands over, to the caller. Nonzero
+ * when the caller ended the request inside its callback (it cancelled). */
+static int remote_emit(void *ctx, const struct engine_token *tok)
 {
-    size_t n = json_is_array(lp_content) ? json_array_size(lp_content) : 0;
-    if (n) {
-        size_t sum = 0, i;
-        json_t *e;
-        json_array_foreach(lp_content, i, e) {
-            json_t *t = json_object_get(e, "token");
-            sum += json_is_string(t) ? json_string_length(t) : (size_t)-1 / 2;
-        }
-        if (sum == len) {
-            size_t off = 0;
-            json_array_foreach(lp_content, i, e) {
-                json_t *t = json_object_get(e, "token");
-                json_t *top = json_object_get(e, "top_logprobs");
-                struct engine_top_logprob tops[21];
-                size_t k = 0, ti;
-                json_t *te;
-                json_array_foreach(top, ti, te) {
-                    json_t *tt = json_object_get(te, "token");
-                    if (k < 21 && json_is_string(tt)) {
-                        tops[k].token = json_string_value(tt);
-                        tops[k].logprob = json_number_value(json_object_get(te, "logprob"));
-                        k++;
-                    }
-                }
-                struct engine_token tok = {.text = content + off, .len = json_string_length(t), .has_logprob = 1,
-                                           .logprob = json_number_value(json_object_get(e, "logprob")),
-                                           .top = tops, .n_top = k};
-                off += json_string_length(t);
-                q->cb.on_token(q->ctx, &tok);
-                if (q->ended)
-                    return;
-            }
-            return;
-        }
-    }
-    if (len) {
-        struct engine_token tok = {.text = content, .len = len};
-        q->cb.on_token(q->ctx, &tok);
-    }
+    struct rreq *q = ctx;
+    if (q->ended)
+        return 1;
+    q->cb.on_token(q->ctx, tok);
+    return q->ended;
 }
 
-static void read_usage(struct rreq *q, json_t *root)
+/* The replica's path for an endpoint: its prefix (chat_path without
+ * "/chat/completions", e.g. "/v1") and the endpoint's path under it. */
+static void endpoint_path(const struct replica *rep, enum engine_endpoint ep, char *out, size_t size)
 {
-    json_t *u = json_object_get(root, "usage");
-    if (!json_is_object(u))
-        return;
-    q->usage.prompt_tokens = json_integer_value(json_object_get(u, "prompt_tokens"));
-    q->usage.completion_tokens = json_integer_value(json_object_get(u, "completion_tokens"));
-}
-
-static void read_finish(struct rreq *q, json_t *choice)
-{
-    json_t *fr = json_object_get(choice, "finish_reason");
-    if (json_is_string(fr))
-        snprintf(q->finish_reason, sizeof q->finish_reason, "%s", json_string_value(fr));
+    static const char chat[] = "/chat/completions";
+    size_t n = strlen(rep->chat_path), k = sizeof chat - 1;
+    if (n >= k && strcmp(rep->chat_path + n - k, chat) == 0)
+        n -= k;
+    snprintf(out, size, "%.*s%s", (int)n, rep->chat_path, answer_path(ep));
 }
 
 static void cancel_deferred_cb(evutil_socket_t fd, short what, void *arg);
@@ -474,78 +621,39 @@ static void drop_upstream_later(struct rreq *q)
 static void cut_stream(struct rreq *q)
 {
     q->ended = 1;
-    q->cb.on_done(q->ctx, &q->usage, "length");
+    q->cb.on_done(q->ctx, &q->ans.usage, "length");
     drop_upstream_later(q);
 }
 
+/* One event of a stream (sse.h): its meaning is answer.c's; here only what
+ * ends the request. -1 stops the parser. */
 static int on_sse_event(void *ctx, const char *event, const char *data, size_t len)
 {
     (void)event;
     struct rreq *q = ctx;
-    if (q->ended || q->saw_done)
+    if (q->ended)
         return 0;
-    if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
-        q->saw_done = 1;
+    switch (answer_stream_event(&q->ans, data, len)) {
+    case ANSWER_OK:
         return 0;
-    }
-    json_t *root = json_loadb(data, len, 0, NULL);
-    if (!json_is_object(root)) {
-        json_decref(root);
+    case ANSWER_CUT:
+        cut_stream(q);
+        return -1;
+    case ANSWER_BAD:
+    default:
+        /* chunk_cb sees stream_error and aborts with 502 */
         q->stream_error = 1;
-        snprintf(q->stream_error_msg, sizeof q->stream_error_msg, "upstream sent a malformed stream event");
+        snprintf(q->stream_error_msg, sizeof q->stream_error_msg, "%s", q->ans.error);
         return -1;
     }
-    json_t *err = json_object_get(root, "error");
-    if (err) {
-        json_t *m = json_object_get(err, "message");
-        q->stream_error = 1;
-        snprintf(q->stream_error_msg, sizeof q->stream_error_msg, "upstream error: %s",
-                 json_is_string(m) ? json_string_value(m) : "unknown");
-        json_decref(root);
-        return -1;
-    }
-    read_usage(q, root);
-    json_t *choice = json_array_get(json_object_get(root, "choices"), 0);
-    if (choice) {
-        json_t *c = json_object_get(json_object_get(choice, "delta"), "content");
-        json_t *lp = json_object_get(json_object_get(choice, "logprobs"), "content");
-        if (json_is_string(c) && json_string_length(c) > 0 && q->max_tokens > 0 &&
-            q->content_events >= q->max_tokens) {
-            /* Every content event carries at least one token, so this one
-             * is past max_tokens: the upstream ignores the bound. The
-             * answer ends here, as a bounded one would ("length"). */
-            json_decref(root);
-            cut_stream(q);
-            return -1;
-        }
-        if (json_is_string(c) && json_string_length(c) > 0)
-            q->content_events++;
-        if (json_is_string(c))
-            emit_choice_tokens(q, json_string_value(c), json_string_length(c), lp);
-        read_finish(q, choice);
-    }
-    json_decref(root);
-    return 0;
 }
 
 static void finish_nonstream(struct rreq *q, const char *body, size_t len)
 {
-    json_t *root = json_loadb(body, len, 0, NULL);
-    json_t *choice = json_array_get(json_object_get(root, "choices"), 0);
-    json_t *msg = json_object_get(choice, "message");
-    if (!json_is_object(msg)) {
-        json_decref(root);
-        finish_error(q, 502, "upstream_error", "bad_upstream_response",
-                     "upstream returned a malformed chat completion");
+    if (answer_full(&q->ans, body, len) != ANSWER_OK) {
+        finish_error(q, 502, "upstream_error", "bad_upstream_response", q->ans.error);
         return;
     }
-    json_t *c = json_object_get(msg, "content");
-    json_t *lp = json_object_get(json_object_get(choice, "logprobs"), "content");
-    read_usage(q, root);
-    read_finish(q, choice);
-    if (json_is_string(c))
-        emit_choice_tokens(q, json_string_value(c), json_string_length(c), lp);
-    json_decref(root);
     finish_done(q);
 }
 
@@ -554,15 +662,9 @@ static void finish_upstream_status(struct rreq *q, const char *body, size_t len,
 {
     char msg[300];
     if (q->status >= 400 && q->status < 500) {
-        json_t *root = json_loadb(body, len, 0, NULL);
-        json_t *e = json_object_get(root, "error");
-        json_t *m = json_object_get(e, "message"), *t = json_object_get(e, "type"), *c = json_object_get(e, "code");
-        snprintf(msg, sizeof msg, "%s", json_is_string(m) ? json_string_value(m) : "upstream rejected the request");
-        char type[64], code[64];
-        snprintf(type, sizeof type, "%s", json_is_string(t) ? json_string_value(t) : "invalid_request_error");
-        snprintf(code, sizeof code, "%s", json_is_string(c) ? json_string_value(c) : "");
-        json_decref(root);
-        finish_error(q, q->status, type, code[0] ? code : NULL, msg);
+        struct answer_error ae;
+        answer_error_parse(body, len, &ae);
+        finish_error(q, q->status, ae.type, ae.code[0] ? ae.code : NULL, ae.message);
         return;
     }
     snprintf(msg, sizeof msg, "upstream %s answered HTTP %d", url, q->status);
@@ -576,7 +678,7 @@ static void finish_upstream_status(struct rreq *q, const char *body, size_t len,
  * wait for an upstream that may never stop sending. */
 static void abort_stream(struct rreq *q)
 {
-    count_error(q->L->r, q->replica);
+    attempt_end(q, REMOTE_BAD_RESPONSE, 0);
     q->ended = 1;
     struct engine_error e = {.status = 502, .type = "upstream_error", .code = "bad_upstream_stream", .message = q->stream_error_msg};
     q->cb.on_error(q->ctx, &e);
@@ -633,6 +735,117 @@ static void error_cb(enum evhttp_request_error kind, void *arg)
 
 static int start_attempt(struct rreq *q);
 
+/* Retry-After: delay-seconds, or an HTTP-date (RFC 9110 10.2.3), as
+ * seconds from now; 0 when absent, unreadable or past, at most a day. */
+static int64_t retry_after_seconds(const char *v)
+{
+    if (!v)
+        return 0;
+    while (*v == ' ' || *v == '\t')
+        v++;
+    int64_t s = 0;
+    if (*v >= '0' && *v <= '9') {
+        for (; *v >= '0' && *v <= '9' && s <= 86400; v++)
+            s = s * 10 + (*v - '0');
+    } else {
+        struct tm tm = {0};
+        const char *end = strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        if (!end)
+            return 0;
+        s = (int64_t)timegm(&tm) - (int64_t)time(NULL);
+    }
+    return s < 0 ? 0 : s > 86400 ? 86400 : s;
+}
+
+/* Every attempt failed (or the time ran out): the last failure decides the
+ * error, which is retryable, since another tier need not fail alike. */
+static void finish_exhausted(struct rreq *q)
+{
+    int status = 502;
+    const char *code = "upstream_unreachable";
+    switch (q->last_outcome) {
+    case REMOTE_TIMEOUT:
+        status = 504;
+        code = "upstream_timeout";
+        break;
+    case REMOTE_HTTP_429:
+        status = 503;
+        code = "upstream_overloaded";
+        break;
+    case REMOTE_HTTP_5XX:
+        status = q->status == 503 ? 503 : 502;
+        code = q->status == 503 ? "upstream_unavailable" : "upstream_error";
+        break;
+    default:
+        break;
+    }
+    char msg[400];
+    if (q->attempts)
+        snprintf(msg, sizeof msg, "%s (%u attempt%s)", q->fail_msg, q->attempts, q->attempts == 1 ? "" : "s");
+    else
+        snprintf(msg, sizeof msg, "no upstream replica is reachable");
+    if (!q->ended) {
+        q->ended = 1;
+        struct engine_error e = {.status = status, .type = "upstream_error", .code = code, .message = msg,
+                                 .retryable = 1, .retry_after_s = status == 503 ? q->retry_after_s : 0};
+        q->cb.on_error(q->ctx, &e);
+    }
+    rreq_free(q);
+}
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rreq *q = arg;
+    if (start_attempt(q) < 0)
+        finish_exhausted(q);
+}
+
+static int retryable_outcome(enum remote_outcome o)
+{
+    return o == REMOTE_HTTP_5XX || o == REMOTE_HTTP_429 || o == REMOTE_CONNECT_ERROR || o == REMOTE_TIMEOUT;
+}
+
+/* The current attempt failed with o (msg says how). While nothing reached
+ * the caller and tries remain, the request goes again after the backoff
+ * (an event timer: the loop never waits); otherwise it ends here. */
+static void attempt_failed(struct rreq *q, enum remote_outcome o, const char *msg, int64_t retry_after_s)
+{
+    struct remote *r = q->L->r;
+    int delivered = q->ans.delivered > 0;
+    unsigned max = r->cfg.retry_attempts ? r->cfg.retry_attempts : 1;
+    int retry = !delivered && retryable_outcome(o) && q->attempts < max;
+    q->last_replica = q->replica;
+    attempt_end(q, o, retry);
+    release_upstream(q);
+    q->last_outcome = o;
+    q->retry_after_s = retry_after_s;
+    snprintf(q->fail_msg, sizeof q->fail_msg, "%s", msg);
+    if (retry) {
+        static struct log_limit lim;
+        log_limited(&lim, 1000, LOG_WARN, "%s; trying again (attempt %u of %u)", msg, q->attempts + 1, max);
+        /* backoff before the second try, doubled before each next one */
+        unsigned shift = q->attempts - 1 < 16 ? q->attempts - 1 : 16;
+        uint64_t ms = (uint64_t)r->cfg.retry_backoff_ms << shift;
+        if (!q->retry_timer)
+            q->retry_timer = evtimer_new(q->L->base, retry_cb, q);
+        struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+        evtimer_add(q->retry_timer, &tv);
+        return;
+    }
+    if (!delivered) {
+        finish_exhausted(q);
+        return;
+    }
+    /* Part of the answer is with the caller: final, and another tier
+     * cannot take over a half-sent answer. */
+    if (o == REMOTE_TIMEOUT)
+        finish_error(q, 504, "upstream_error", "upstream_timeout", msg);
+    else
+        finish_error(q, 502, "upstream_error", "upstream_disconnected", msg);
+}
+
 static void done_cb(struct evhttp_request *req, void *arg)
 {
     struct rreq *q = arg;
@@ -641,63 +854,88 @@ static void done_cb(struct evhttp_request *req, void *arg)
     int ri = q->replica;
     const char *url = ri >= 0 ? r->replicas[ri].url : "?";
     if (q->ended) { /* cancelled while a chunk callback was running */
+        attempt_end(q, REMOTE_CANCELLED, 0);
         release_upstream(q);
         if (!q->cancel_pending)
             rreq_free(q);
         return;
     }
+    char msg[320];
     if (!req || evhttp_request_get_response_code(req) == 0) {
-        int timeout = q->error_kind == EVREQ_HTTP_TIMEOUT;
-        count_error(r, ri);
-        release_upstream(q);
-        if (!q->got_headers && !timeout) {
-            /* Refused or reset before any answer: this replica is down for
-             * now, and the request may go to the next one. */
-            atomic_store(&r->replicas[ri].down_until_us, clock_mono_us() + DOWN_BACKOFF_US);
-            log_warn("upstream %s unreachable, trying the next replica", url);
-            if (start_attempt(q) == 0)
-                return;
-            finish_error(q, 502, "upstream_error", "upstream_unreachable", "no upstream replica is reachable");
-            return;
-        }
-        if (timeout)
-            finish_error(q, 504, "upstream_error", "upstream_timeout", "upstream timed out");
-        else if (q->error_kind == EVREQ_HTTP_DATA_TOO_LONG)
+        if (q->error_kind == EVREQ_HTTP_DATA_TOO_LONG) {
             /* Past max_response_bytes: evhttp has closed the connection,
-             * so the upstream stops; the caller keeps what came before. */
+             * so the upstream stops; the caller keeps what came before.
+             * Not retried: another replica would say as much. */
+            attempt_end(q, REMOTE_BAD_RESPONSE, 0);
+            release_upstream(q);
             finish_error(q, 502, "upstream_error", "upstream_response_too_large",
                          "upstream response exceeded max_response_bytes");
-        else
-            finish_error(q, 502, "upstream_error", "upstream_disconnected", "upstream closed the connection mid-response");
+            return;
+        }
+        if (q->error_kind == EVREQ_HTTP_TIMEOUT) {
+            /* evhttp's read timeout (chunk_timeout_ms): no headers yet,
+             * or a stream that stalled. */
+            snprintf(msg, sizeof msg, "upstream %s sent nothing for %u ms", url, r->cfg.chunk_timeout_ms);
+            attempt_failed(q, REMOTE_TIMEOUT, msg, 0);
+            return;
+        }
+        if (!q->got_headers) {
+            /* Refused, reset, or a TLS handshake that failed, before any
+             * answer: prefer the other replicas for a while. */
+            char why[200];
+            const char *tls = q->conn && r->replicas[ri].tls ? remote_tls_conn_error(q->conn, why, sizeof why) : NULL;
+            snprintf(msg, sizeof msg, "upstream %s unreachable%s%s", url, tls ? ": " : "", tls ? tls : "");
+            atomic_store(&r->replicas[ri].down_until_us, clock_mono_us() + DOWN_BACKOFF_US);
+        } else {
+            snprintf(msg, sizeof msg, "upstream %s closed the connection mid-response", url);
+        }
+        attempt_failed(q, REMOTE_CONNECT_ERROR, msg, 0);
         return;
     }
     q->status = evhttp_request_get_response_code(req);
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     if (q->status != 200) {
-        if (q->status >= 500)
-            count_error(r, ri);
         struct evbuffer *b = q->errbody ? q->errbody : in;
         size_t len = evbuffer_get_length(b);
         char *body = xmalloc(len + 1);
         evbuffer_copyout(b, body, len);
         body[len] = '\0';
+        if (q->status >= 500 || q->status == 429) {
+            /* The replica cannot serve now; another may. */
+            struct answer_error ae;
+            answer_error_parse(body, len, &ae);
+            free(body);
+            int64_t ra = 0;
+            if (q->status == 429 || q->status == 503)
+                ra = retry_after_seconds(evhttp_find_header(evhttp_request_get_input_headers(req), "Retry-After"));
+            snprintf(msg, sizeof msg, "upstream %s answered HTTP %d: %.200s", url, q->status, ae.message);
+            attempt_failed(q, q->status == 429 ? REMOTE_HTTP_429 : REMOTE_HTTP_5XX, msg, ra);
+            return;
+        }
+        attempt_end(q, q->status >= 400 ? REMOTE_HTTP_4XX : REMOTE_BAD_RESPONSE, 0);
         release_upstream(q);
         finish_upstream_status(q, body, len, url);
         free(body);
         return;
     }
     if (q->stream) {
-        if (q->stream_error || !(q->saw_done || q->finish_reason[0]))
-            count_error(r, ri);
-        release_upstream(q);
-        if (q->stream_error)
+        if (q->stream_error) {
+            attempt_end(q, REMOTE_BAD_RESPONSE, 0);
+            release_upstream(q);
             finish_error(q, 502, "upstream_error", "bad_upstream_stream", q->stream_error_msg);
-        else if (q->saw_done || q->finish_reason[0])
+        } else if (q->ans.saw_done || q->ans.finish_reason[0]) {
+            attempt_end(q, REMOTE_OK, 0);
+            release_upstream(q);
             finish_done(q);
-        else
-            finish_error(q, 502, "upstream_error", "upstream_incomplete", "upstream stream ended before it finished");
+        } else {
+            /* Closed before it finished: a broken connection, retried
+             * while nothing reached the caller. */
+            snprintf(msg, sizeof msg, "upstream %s: stream ended before it finished", url);
+            attempt_failed(q, REMOTE_CONNECT_ERROR, msg, 0);
+        }
         return;
     }
+    attempt_end(q, REMOTE_OK, 0);
     size_t len = evbuffer_get_length(in);
     const char *body = (const char *)evbuffer_pullup(in, (ev_ssize_t)len);
     release_upstream(q);
@@ -719,28 +957,64 @@ static void timeout_cb(evutil_socket_t fd, short what, void *arg)
         }
         return;
     }
+    /* The whole request's time is up, whatever attempt it is on (or
+     * between attempts): no retry can fit any more. */
     if (q->req) {
         evhttp_cancel_request(q->req); /* closes the upstream connection */
         q->req = NULL;
     }
-    count_error(q->L->r, q->replica);
+    attempt_end(q, REMOTE_TIMEOUT, 0);
     release_upstream(q);
-    finish_error(q, 504, "upstream_error", "upstream_timeout", "upstream timed out");
+    if (q->ans.delivered > 0) {
+        finish_error(q, 504, "upstream_error", "upstream_timeout", "upstream timed out");
+        return;
+    }
+    q->last_outcome = REMOTE_TIMEOUT;
+    snprintf(q->fail_msg, sizeof q->fail_msg, "upstream timed out (timeout_ms %u)", q->L->r->cfg.timeout_ms);
+    finish_exhausted(q);
 }
 
-/* Send the request to the best untried replica. 0, or -1 when none is left. */
+/* What one attempt reads, made new for each: a retry starts from nothing
+ * (it happens only while nothing reached the caller). */
+static void attempt_reset(struct rreq *q)
+{
+    struct remote *r = q->L->r;
+    q->got_headers = 0;
+    q->status = 0;
+    q->error_kind = -1;
+    q->stream_error = 0;
+    q->stream_error_msg[0] = '\0';
+    if (q->errbody) {
+        evbuffer_free(q->errbody);
+        q->errbody = NULL;
+    }
+    answer_init(&q->ans, q->endpoint, q->max_tokens, remote_emit, q);
+    if (q->stream) {
+        sse_parser_free(q->sse);
+        q->sse = sse_parser_new(r->cfg.max_response_bytes, on_sse_event, q);
+    }
+}
+
+/* Send the request to the replica choose_replica() gives (another than the
+ * last, when there is one). 0, or -1 when none could be sent to. */
 static int start_attempt(struct rreq *q)
 {
     struct remote *r = q->L->r;
-    for (;;) {
-        int ri = pick_replica(r, q->tried);
+    /* Each pass either sends or marks a replica tried; two rounds over the
+     * replicas bound a run of replicas that cannot even be started. */
+    for (size_t pass = 0; pass < 2 * r->n; pass++) {
+        int trial;
+        int ri = choose_replica(q, &trial);
         if (ri < 0)
             return -1;
         q->tried[ri] = 1;
         struct replica *rep = &r->replicas[ri];
         struct evhttp_connection *c = pool_get(q->L, ri);
-        if (!c)
+        if (!c) {
+            if (trial)
+                outlier_end_trial(&rep->outlier);
             continue;
+        }
         /* max_response_bytes caps a whole answer, streamed or not: evhttp
          * counts the body as it reads it (chunk sizes included) and fails
          * the request with EVREQ_HTTP_DATA_TOO_LONG past the cap, which is
@@ -753,70 +1027,73 @@ static int start_attempt(struct rreq *q)
         evhttp_request_set_error_cb(req, error_cb);
         struct evkeyvalq *h = evhttp_request_get_output_headers(req);
         char hostport[300];
-        snprintf(hostport, sizeof hostport, "%s:%d", rep->host, rep->port);
+        if (rep->default_port) /* as browsers and curl send it; some hosted APIs route on it */
+            snprintf(hostport, sizeof hostport, "%s", rep->host);
+        else
+            snprintf(hostport, sizeof hostport, "%s:%d", rep->host, rep->port);
         evhttp_add_header(h, "Host", hostport);
         evhttp_add_header(h, "Content-Type", "application/json");
         evhttp_add_header(h, "Accept", q->stream ? "text/event-stream" : "application/json");
         evhttp_add_header(h, "x-request-id", q->request_id);
+        if (q->traceparent[0])
+            evhttp_add_header(h, "traceparent", q->traceparent);
+        if (q->tracestate[0])
+            evhttp_add_header(h, "tracestate", q->tracestate);
         if (r->cfg.api_key) {
             char auth[512];
             snprintf(auth, sizeof auth, "Bearer %s", r->cfg.api_key);
             evhttp_add_header(h, "Authorization", auth);
         }
         evbuffer_add(evhttp_request_get_output_buffer(req), q->body, q->body_len);
-        q->got_headers = 0;
-        q->status = 0;
-        q->error_kind = -1;
+        attempt_reset(q);
         q->replica = ri;
         q->conn = c;
         q->req = req;
         atomic_fetch_add(&rep->outstanding, 1);
-        if (q->stream) {
-            sse_parser_free(q->sse);
-            q->sse = sse_parser_new(r->cfg.max_response_bytes, on_sse_event, q);
-        }
-        if (evhttp_make_request(c, req, EVHTTP_REQ_POST, rep->chat_path) == 0)
+        char path[sizeof rep->chat_path];
+        endpoint_path(rep, q->endpoint, path, sizeof path);
+        if (evhttp_make_request(c, req, EVHTTP_REQ_POST, path) == 0) {
+            q->attempts++;
+            q->attempt_open = 1;
+            q->trial = trial;
             return 0;
+        }
         /* Could not even start: the request was not queued, so free it. */
         evhttp_request_free(req);
         q->req = NULL;
+        if (trial)
+            outlier_end_trial(&rep->outlier);
         release_upstream(q);
         atomic_store(&rep->down_until_us, clock_mono_us() + DOWN_BACKOFF_US);
     }
+    return -1;
 }
 
 /* ---- engine operations ------------------------------------------------- */
 
-/* The upstream's body: the client's request with our model, stream and
- * output bound. Reads root only, so a pool thread may run it while the
- * caller holds a reference. */
-static char *build_body(json_t *root, const char *model, int stream, int64_t max_tokens, size_t *len)
+/* The upstream's body (answer.h): the client's request with the typed
+ * fields written over it. Reads root only, so a pool thread may run it
+ * while the caller holds a reference. NULL when it cannot be built. */
+static char *build_body(const struct rreq *q, json_t *root, const char *model, size_t *len)
 {
-    /* A shallow copy shares the (read-only) values; only our edits differ. */
-    json_t *o = json_copy(root);
-    json_object_set_new(o, "model", json_string(model));
-    json_object_set_new(o, "stream", json_boolean(stream));
-    if (stream)
-        json_object_set_new(o, "stream_options", json_pack("{s:b}", "include_usage", 1));
-    else
-        json_object_del(o, "stream_options");
-    /* The output bound is the caller's typed one (what its budget
-     * reservation covers), never the client's number: written under the
-     * key(s) the client used, so an upstream that knows only one of them
-     * (older servers: max_tokens; OpenAI's reasoning models:
-     * max_completion_tokens) sees what it expects. */
-    if (max_tokens > 0) {
-        int mct = json_object_get(o, "max_completion_tokens") != NULL;
-        int mt = json_object_get(o, "max_tokens") != NULL;
-        if (mct)
-            json_object_set_new(o, "max_completion_tokens", json_integer((json_int_t)max_tokens));
-        if (mt || !mct)
-            json_object_set_new(o, "max_tokens", json_integer((json_int_t)max_tokens));
+    struct answer_body b = {.root = root, .endpoint = q->endpoint, .model = model, .stream = q->stream,
+                            .max_tokens = q->max_tokens, .logprobs = q->logprobs,
+                            .top_logprobs = q->top_logprobs};
+    return answer_request_body(&b, len);
+}
+
+/* A request whose body could not be built (not the upstream's fault, so
+ * not retryable): reported on the next loop turn, as submit must. */
+static void deferred_body_fail_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rreq *q = arg;
+    if (q->ended) {
+        rreq_free(q);
+        return;
     }
-    char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    *len = strlen(s);
-    return s;
+    finish_error(q, 500, "server_error", "bad_upstream_request", "the request could not be built for the upstream");
 }
 
 static void deferred_fail_cb(evutil_socket_t fd, short what, void *arg)
@@ -828,14 +1105,14 @@ static void deferred_fail_cb(evutil_socket_t fd, short what, void *arg)
         rreq_free(q);
         return;
     }
-    finish_error(q, 502, "upstream_error", "upstream_unreachable", "no upstream replica is reachable");
+    finish_exhausted(q);
 }
 
 /* Work pool: serialize a large body. */
 static void build_work(void *arg)
 {
     struct rreq *q = arg;
-    q->body = build_body(q->build_root, q->build_model, q->stream, q->max_tokens, &q->body_len);
+    q->body = build_body(q, q->build_root, q->build_model, &q->body_len);
 }
 
 /* Loop thread: the body is ready; send it, unless the request ended
@@ -850,8 +1127,12 @@ static void build_done(void *arg)
         rreq_free(q);
         return;
     }
+    if (!q->body) {
+        finish_error(q, 500, "server_error", "bad_upstream_request", "the request could not be built for the upstream");
+        return;
+    }
     if (start_attempt(q) < 0)
-        finish_error(q, 502, "upstream_error", "upstream_unreachable", "no upstream replica is reachable");
+        finish_exhausted(q);
 }
 
 /* The text a request's messages hold: what its body's size grows with. */
@@ -874,9 +1155,21 @@ static int remote_submit(struct engine *e, const struct engine_request *er, cons
     q->L = L;
     q->cb = *cb;
     q->ctx = ctx;
-    q->stream = er->stream;
+    q->endpoint = er->endpoint;
+    q->stream = er->stream && answer_can_stream(er->endpoint);
     q->max_tokens = er->max_tokens > 0 ? er->max_tokens : 0;
+    q->logprobs = er->logprobs;
+    q->top_logprobs = er->top_logprobs;
+    /* Trace context goes upstream as it came; a tracestate longer than the
+     * W3C maximum may be dropped, and is. */
+    if (er->traceparent && strlen(er->traceparent) < sizeof q->traceparent) {
+        snprintf(q->traceparent, sizeof q->traceparent, "%s", er->traceparent);
+        if (er->tracestate && strlen(er->tracestate) < sizeof q->tracestate)
+            snprintf(q->tracestate, sizeof q->tracestate, "%s", er->tracestate);
+    }
+    answer_init(&q->ans, q->endpoint, q->max_tokens, remote_emit, q);
     q->replica = -1;
+    q->last_replica = -1;
     snprintf(q->request_id, sizeof q->request_id, "%s", er->request_id ? er->request_id : "");
     q->id = ((uint64_t)L->index << 48) | (atomic_fetch_add(&r->next_seq, 1) & 0xFFFFFFFFFFFFull);
     q->next = L->active;
@@ -899,7 +1192,11 @@ static int remote_submit(struct engine *e, const struct engine_request *er, cons
         json_decref(q->build_root);
         q->build_root = NULL;
     }
-    q->body = build_body(er->chat->root, er->model, er->stream, q->max_tokens, &q->body_len);
+    q->body = build_body(q, er->chat->root, er->model, &q->body_len);
+    if (!q->body) {
+        event_base_once(L->base, -1, EV_TIMEOUT, deferred_body_fail_cb, q, NULL);
+        return 0;
+    }
     if (start_attempt(q) < 0) {
         /* Callbacks never run inside submit: report on the next loop turn. */
         event_base_once(L->base, -1, EV_TIMEOUT, deferred_fail_cb, q, NULL);
@@ -916,6 +1213,7 @@ static void cancel_deferred_cb(evutil_socket_t fd, short what, void *arg)
         evhttp_cancel_request(q->req);
         q->req = NULL;
     }
+    attempt_end(q, REMOTE_CANCELLED, 0); /* unless abort_stream counted it already */
     release_upstream(q);
     rreq_free(q);
 }
@@ -951,8 +1249,11 @@ static void remote_cancel(struct engine *e, uint64_t id)
     if (q->req) {
         evhttp_cancel_request(q->req); /* resets the connection: the upstream sees the close */
         q->req = NULL;
+        attempt_end(q, REMOTE_CANCELLED, 0);
         release_upstream(q);
         rreq_free(q);
+    } else if (q->retry_timer && evtimer_pending(q->retry_timer, NULL)) {
+        rreq_free(q); /* between attempts: nothing upstream to close */
     }
     /* else a deferred failure is pending and will free it */
 }
@@ -978,16 +1279,20 @@ static void remote_pause(struct engine *e, uint64_t id, int paused)
 static int remote_health(struct engine *e)
 {
     struct remote *r = (struct remote *)e;
+    uint64_t now = clock_mono_us();
     for (size_t i = 0; i < r->n; i++)
-        if (atomic_load(&r->replicas[i].healthy))
+        if (atomic_load(&r->replicas[i].healthy) && outlier_state(&r->replicas[i].outlier, now) != OUTLIER_OUT)
             return 1;
     return 0;
 }
 
 /* ---- health probing (its own thread; blocking sockets are fine here) --- */
 
-static int probe(struct replica *rep, unsigned timeout_ms)
+/* GET health_path: 1 when it answers 2xx within timeout_ms, over TLS (with
+ * the checks requests get) for an https replica. */
+static int probe(struct remote *r, struct replica *rep, unsigned timeout_ms)
 {
+    uint64_t deadline = clock_mono_us() + (uint64_t)timeout_ms * 1000;
     struct addrinfo hints = {0}, *ai = NULL;
     hints.ai_socktype = SOCK_STREAM;
     char port[16];
@@ -1009,15 +1314,25 @@ static int probe(struct replica *rep, unsigned timeout_ms)
     if (soerr)
         goto out;
     char req[800];
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n",
-                     rep->health_path, rep->host, rep->port);
-    if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n)
-        goto out;
-    pfd.events = POLLIN;
-    if (poll(&pfd, 1, (int)timeout_ms) != 1)
+    int n = rep->default_port
+                ? snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n",
+                           rep->health_path, rep->host)
+                : snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n",
+                           rep->health_path, rep->host, rep->port);
+    if (n < 0 || (size_t)n >= sizeof req)
         goto out;
     char buf[32] = {0};
-    ssize_t got = recv(fd, buf, sizeof buf - 1, 0);
+    long got;
+    if (rep->tls) {
+        got = remote_tls_probe(r->tls, fd, rep->host, req, (size_t)n, buf, sizeof buf, deadline);
+    } else {
+        if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n)
+            goto out;
+        pfd.events = POLLIN;
+        if (poll(&pfd, 1, (int)timeout_ms) != 1)
+            goto out;
+        got = (long)recv(fd, buf, sizeof buf - 1, 0);
+    }
     ok = got >= 12 && strncmp(buf, "HTTP/1.", 7) == 0 && buf[9] == '2';
 out:
     if (fd >= 0)
@@ -1034,11 +1349,15 @@ static void *prober_main(void *arg)
     while (!r->stop) {
         pthread_mutex_unlock(&r->stop_mu);
         for (size_t i = 0; i < r->n; i++) {
-            int ok = probe(&r->replicas[i], timeout);
+            int ok = probe(r, &r->replicas[i], timeout);
             int was = atomic_exchange(&r->replicas[i].healthy, ok);
             if (was != ok && atomic_load(&r->replicas[i].probed))
                 log_msg(ok ? LOG_INFO : LOG_WARN, "upstream %s is %s", r->replicas[i].url, ok ? "up" : "down");
             atomic_store(&r->replicas[i].probed, 1);
+            /* An ejected replica whose time is up comes back when it
+             * answers here (or when a trial request succeeds). */
+            if (ok)
+                outlier_changed(r, i, outlier_probe_up(&r->replicas[i].outlier, clock_mono_us()), 0);
         }
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -1087,6 +1406,7 @@ static void remote_destroy(struct engine *e)
     for (size_t i = 0; i < r->n; i++)
         free(r->replicas[i].url);
     free(r->replicas);
+    remote_tls_free(r->tls);
     remote_config_free(&r->cfg);
     pthread_mutex_destroy(&r->mu);
     pthread_mutex_destroy(&r->stop_mu);
@@ -1103,11 +1423,32 @@ static const struct engine_ops remote_ops = {
     .pause = remote_pause,
 };
 
-struct engine *remote_engine_new(const struct remote_config *cfg, char *err, size_t errlen)
+/* A config path as the process should open it: relative ones are from
+ * base_dir (the config file's folder), like every path in the config. */
+static const char *config_path(const char *base_dir, const char *p, char *out, size_t n)
+{
+    if (p[0] == '/' || !base_dir)
+        return p;
+    snprintf(out, n, "%s/%s", base_dir, p);
+    return out;
+}
+
+struct engine *remote_engine_new(const struct remote_config *cfg, const char *base_dir, char *err, size_t errlen)
 {
     struct remote *r = xcalloc(1, sizeof *r);
     r->base.ops = &remote_ops;
     config_copy(&r->cfg, cfg);
+    r->eject.after = cfg->eject_after;
+    r->eject.ms = cfg->eject_ms ? cfg->eject_ms : 10000;
+    char path_buf[4096];
+    /* The secret, now that the engine starts (secret.h). */
+    if (cfg->api_key_env || cfg->api_key_file) {
+        free(r->cfg.api_key);
+        r->cfg.api_key = NULL;
+        const char *file = cfg->api_key_file ? config_path(base_dir, cfg->api_key_file, path_buf, sizeof path_buf) : NULL;
+        if (secret_read(cfg->api_key_env, file, &r->cfg.api_key, err, errlen) < 0)
+            goto fail_cfg;
+    }
     r->n = cfg->n_urls;
     r->replicas = xcalloc(r->n, sizeof *r->replicas);
     for (size_t i = 0; i < r->n; i++) {
@@ -1119,7 +1460,18 @@ struct engine *remote_engine_new(const struct remote_config *cfg, char *err, siz
         }
         rep->url = xstrdup(cfg->urls[i]);
         snprintf(rep->host, sizeof rep->host, "%s", evhttp_uri_get_host(uri));
-        rep->port = evhttp_uri_get_port(uri) > 0 ? evhttp_uri_get_port(uri) : 80;
+        const char *scheme = evhttp_uri_get_scheme(uri);
+        rep->tls = scheme && strcmp(scheme, "https") == 0;
+        rep->default_port = evhttp_uri_get_port(uri) <= 0;
+        rep->port = !rep->default_port ? evhttp_uri_get_port(uri) : rep->tls ? 443 : 80;
+        if (rep->tls && !r->tls) {
+            const char *ca = cfg->tls_ca_file ? config_path(base_dir, cfg->tls_ca_file, path_buf, sizeof path_buf) : NULL;
+            r->tls = remote_tls_new(ca, err, errlen);
+            if (!r->tls) {
+                evhttp_uri_free(uri);
+                goto fail;
+            }
+        }
         const char *path = evhttp_uri_get_path(uri);
         /* "http://h:p" serves /v1/...; "http://h:p/prefix" serves /prefix/... */
         size_t pl = path ? strlen(path) : 0;
@@ -1147,6 +1499,8 @@ fail:
     for (size_t i = 0; i < r->n; i++)
         free(r->replicas[i].url);
     free(r->replicas);
+    remote_tls_free(r->tls);
+fail_cfg:
     remote_config_free(&r->cfg);
     free(r);
     return NULL;

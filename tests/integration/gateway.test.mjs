@@ -295,11 +295,12 @@ describe('gateway with one upstream', () => {
     }
   });
 
-  test('upstream 4xx passes through; 5xx becomes 502', async () => {
+  test('upstream 4xx passes through; 5xx becomes 502 (503 stays 503, retryable)', async () => {
     await expectError(await post(gw, chatBody('x [[peer:status=400]]', { model: 'small' })), 400);
     await expectError(await post(gw, chatBody('x [[peer:status=500]]', { model: 'small' })), 502,
       { code: 'upstream_error' });
-    await expectError(await post(gw, chatBody('x [[peer:status=503]]', { model: 'small', stream: true })), 502);
+    await expectError(await post(gw, chatBody('x [[peer:status=503]]', { model: 'small', stream: true })), 503,
+      { code: 'upstream_unavailable' });
   });
 
   test('a client that disconnects cancels its upstream request', async () => {

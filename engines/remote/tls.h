@@ -1,0 +1,60 @@
+/* tls.h: TLS to https:// upstreams, for the remote engine.
+ *
+ * One struct remote_tls per remote engine holds its OpenSSL context: TLS 1.2
+ * at least, the peer's certificate verified against the system's CAs or the
+ * tier's tls.ca_file (which replaces them, as curl's --cacert does), and the
+ * certificate's names checked against the URL's host (its DNS names, or its
+ * IP addresses for an IP literal). SNI is sent for names. Nothing turns the
+ * checks off.
+ *
+ * Connections are libevent evhttp connections over OpenSSL bufferevents.
+ * evhttp would reconnect a connection that closed on its next request, but
+ * an OpenSSL bufferevent cannot safely start over on a new socket (the SSL
+ * object keeps the old connection's state, and the bufferevent its old
+ * descriptor), so a TLS connection is used for one TCP connection's life:
+ * remote_tls_conn_reusable() says whether it still is one, and a pool frees
+ * it as soon as it is not.
+ *
+ * The prober thread uses remote_tls_probe() instead: blocking, with a
+ * deadline, on a socket it already connected.
+ *
+ * Threads: remote_tls_new/free from one thread, at engine start and end;
+ * the rest from any thread (OpenSSL contexts are safe to share); a
+ * connection's functions on the thread of the event_base it runs on.
+ */
+#ifndef CASCADE_REMOTE_TLS_H
+#define CASCADE_REMOTE_TLS_H
+
+#include <stddef.h>
+
+struct event_base;
+struct evhttp_connection;
+struct remote_tls;
+
+/* ca_file: PEM CAs to trust instead of the system's, or NULL. NULL with err
+ * set when the file cannot be loaded. */
+struct remote_tls *remote_tls_new(const char *ca_file, char *err, size_t errlen);
+void remote_tls_free(struct remote_tls *t);
+
+/* A new, unconnected evhttp connection to host:port over TLS, verified for
+ * host; NULL when out of resources. Free with evhttp_connection_free. */
+struct evhttp_connection *remote_tls_connect(struct remote_tls *t, struct event_base *base, const char *host,
+                                             unsigned short port);
+
+/* 1 while c holds an established TLS session that has not closed: only
+ * then may it carry another request. */
+int remote_tls_conn_reusable(struct evhttp_connection *c);
+
+/* Why c's last handshake failed, when the certificate check failed
+ * ("certificate verify failed: Hostname mismatch"), written to buf; NULL
+ * when that was not the reason. Clears the record. */
+const char *remote_tls_conn_error(struct evhttp_connection *c, char *buf, size_t n);
+
+/* Blocking, for the prober: a TLS session over fd (a connected socket,
+ * blocking or not) verified for host, req sent, and up to cap-1 bytes of
+ * the answer read into resp (NUL-terminated), all before deadline_us
+ * (clock_mono_us). The byte count, or -1 on any failure. */
+long remote_tls_probe(struct remote_tls *t, int fd, const char *host, const char *req, size_t req_len,
+                      char *resp, size_t cap, unsigned long long deadline_us);
+
+#endif
