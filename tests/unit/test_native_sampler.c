@@ -115,6 +115,33 @@ int main(void)
     CHECK(lp.n_top == V && lp.top_id[V - 1] == 4);
     sampler_logprobs(s, logits, 4, 0, &lp);
     CHECK(lp.n_top == 0);
+
+    /* OpenAI's penalties, by hand: logit -= presence * (count > 0) +
+     * frequency * count, only for the ids generated so far. */
+    float pen[6] = {1.0f, 2.0f, 3.0f, 0.5f, -1.0f, 4.0f};
+    const int32_t count[6] = {0, 3, 1, 0, 0, 2};
+    const int32_t seen[3] = {1, 2, 5};
+    sampler_apply_penalties(pen, count, seen, 3, 0.5f, 0.25f);
+    CHECK(pen[0] == 1.0f && pen[3] == 0.5f && pen[4] == -1.0f);    /* not generated: untouched */
+    CHECK(pen[1] == 0.75f);     /* 2 - (0.5 + 3 * 0.25) */
+    CHECK(pen[2] == 2.25f);     /* 3 - (0.5 + 1 * 0.25) */
+    CHECK(pen[5] == 3.0f);      /* 4 - (0.5 + 2 * 0.25) */
+    /* Negative penalties (down to -2) encourage repetition instead. */
+    sampler_apply_penalties(pen, count, seen, 1, -2.0f, -1.0f);
+    CHECK(pen[1] == 5.75f);     /* 0.75 + 2 + 3 */
+    /* No generated ids: nothing changes. */
+    sampler_apply_penalties(pen, count, seen, 0, 2.0f, 2.0f);
+    CHECK(pen[1] == 5.75f);
+
+    /* logit_bias adds to the listed ids only; +100 / -100 decide greedy. */
+    float lb[6] = {1.0f, 2.0f, 3.0f, 0.5f, -1.0f, 4.0f};
+    const struct sampler_bias bias[2] = {{4, 100.0f}, {5, -100.0f}};
+    sampler_apply_bias(lb, bias, 2);
+    CHECK(lb[4] == 99.0f && lb[5] == -96.0f && lb[0] == 1.0f && lb[2] == 3.0f);
+    rng = sampler_seed(1);
+    CHECK(sampler_sample(s, lb, &greedy, &rng) == 4);
+    sampler_apply_bias(lb, bias, 0);
+    CHECK(lb[4] == 99.0f);
     sampler_free(s);
     TEST_MAIN_END();
 }
