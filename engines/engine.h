@@ -28,6 +28,7 @@
 struct event_base;
 struct chat_request;
 struct json_t;              /* jansson's json_t */
+struct openai_error;
 
 /* One alternative at a position, for OpenAI's top_logprobs. */
 struct engine_top_logprob {
@@ -171,6 +172,12 @@ struct engine_ops {
     /* 1 when every on_token piece is exactly one model token, so a caller
      * may count pieces when a request ends without usage. */
     int token_pieces;
+    /* Whether the engine can honour chat at all (its parameters, content
+     * parts), before the caller spends anything on it: 0, or -1 with *err
+     * the 400 to answer, naming the parameter. submit refuses the same
+     * requests anyway; this lets a refusal cost nothing. NULL: it takes
+     * anything (remote: its upstream judges). Any thread. */
+    int (*check)(struct engine *e, const struct chat_request *chat, struct openai_error *err);
 };
 
 /* Every implementation's handle starts with this, so the wrappers below work. */
@@ -197,6 +204,11 @@ static inline int engine_count_prompt(struct engine *e, const struct chat_reques
                                       struct engine_prompt_count *out)
 {
     return e->ops->count_prompt ? e->ops->count_prompt(e, chat, out) : -1;
+}
+
+static inline int engine_check(struct engine *e, const struct chat_request *chat, struct openai_error *err)
+{
+    return e->ops->check ? e->ops->check(e, chat, err) : 0;
 }
 
 static inline int engine_queue_depth(struct engine *e)

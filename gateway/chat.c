@@ -56,6 +56,7 @@
 #include "common/httpd.h"
 #include "common/log.h"
 #include "common/mem.h"
+#include "common/completions.h"
 #include "common/openai.h"
 #include "common/trace.h"
 #include "common/workpool.h"
@@ -116,7 +117,10 @@ struct chat {
     const struct tenant_config *tenant;
     int tier;
     int is_auto;
-    struct chat_request req;
+    struct chat_request req;        /* for /v1/completions, the prompt as one user message */
+    int completion;                 /* POST /v1/completions: its writers, no chat template */
+    struct completion_request comp; /* its own fields (prompt, echo); comp.chat moved into req */
+    size_t text_offset;             /* completions' logprobs: bytes of text sent so far */
     enum chat_state state;
     struct engine *engine;
     uint64_t engine_id;
@@ -204,6 +208,7 @@ static int64_t tier_cost(const struct chat *c, int tier, int64_t prompt, int64_t
 static void chat_free(struct chat *c)
 {
     chat_request_free(&c->req);
+    completion_request_free(&c->comp);
     if (c->content)
         evbuffer_free(c->content);
     json_decref(c->logprobs);
@@ -325,7 +330,7 @@ static void log_access(struct chat *c, int status)
         .tenant = c->tenant->id,
         .tier = tier_name(c),
         .method = "POST",
-        .path = "/v1/chat/completions",
+        .path = c->completion ? "/v1/completions" : "/v1/chat/completions",
         .status = status,
         .latency_us = clock_mono_us() - c->t0,
         .prompt_tokens = hit ? c->usage.prompt_tokens : c->charged_in,
@@ -466,6 +471,32 @@ static void reply_error(struct chat *c, int status, const char *type, const char
 
 /* ---- writing answers ---------------------------------------------------- */
 
+/* chat-format logprob entries as /v1/completions' legacy object, their
+ * text offsets counted from offset. */
+static json_t *legacy_logprobs(json_t *entries, size_t offset)
+{
+    json_t *lp = completion_logprobs_new();
+    size_t i;
+    json_t *e;
+    json_array_foreach(entries, i, e) {
+        json_t *tok = json_object_get(e, "token");
+        const char *tops[21];
+        double lps[21];
+        size_t k = 0, j;
+        json_t *te;
+        json_array_foreach(json_object_get(e, "top_logprobs"), j, te) {
+            if (k < 21 && json_is_string(json_object_get(te, "token"))) {
+                tops[k] = json_string_value(json_object_get(te, "token"));
+                lps[k++] = json_number_value(json_object_get(te, "logprob"));
+            }
+        }
+        completion_logprobs_add(lp, json_string_value(tok), json_string_length(tok),
+                                json_number_value(json_object_get(e, "logprob")), tops, lps, k, offset);
+        offset += json_string_length(tok);
+    }
+    return lp;
+}
+
 static void open_stream(struct chat *c)
 {
     if (c->stream_open)
@@ -475,9 +506,16 @@ static void open_stream(struct chat *c)
     httpd_resp_header(c->r, "Cache-Control", "no-cache");
     httpd_stream_begin(c->r, 200, "text/event-stream");
     size_t n;
-    char *ev = openai_chat_chunk_event(c->id, c->created, model_name(c), "assistant", "", 0, NULL, NULL, NULL,
-                                       c->meta, &n);
-    httpd_stream_write(c->r, ev, n);
+    char *ev = NULL;
+    if (!c->completion)
+        ev = openai_chat_chunk_event(c->id, c->created, model_name(c), "assistant", "", 0, NULL, NULL, NULL,
+                                     c->meta, &n);
+    else if (c->comp.echo)
+        ev = completion_chunk_event(c->id, c->created, model_name(c), c->comp.prompt, c->comp.prompt_len, NULL, NULL,
+                                    &n);
+    c->text_offset = c->completion && c->comp.echo ? c->comp.prompt_len : 0;
+    if (ev)
+        httpd_stream_write(c->r, ev, n);
     free(ev);
 }
 
@@ -488,9 +526,17 @@ static void stream_piece(struct chat *c, const char *text, size_t len, json_t *e
     open_stream(c);
     json_t *arr = entry ? json_pack("[O]", entry) : NULL;
     size_t n;
-    const char *content = len || !extra ? text : NULL;
-    char *ev = openai_chat_chunk_event(c->id, c->created, model_name(c), NULL, content, len, arr, NULL, extra,
-                                       c->meta, &n);
+    char *ev;
+    if (c->completion) {
+        json_t *lp = arr ? legacy_logprobs(arr, c->text_offset) : NULL;
+        ev = completion_chunk_event(c->id, c->created, model_name(c), text, len, lp, NULL, &n);
+        c->text_offset += len;
+        json_decref(lp);
+    } else {
+        const char *content = len || !extra ? text : NULL;
+        ev = openai_chat_chunk_event(c->id, c->created, model_name(c), NULL, content, len, arr, NULL, extra, c->meta,
+                                     &n);
+    }
     httpd_stream_write(c->r, ev, n);
     free(ev);
     json_decref(arr);
@@ -535,12 +581,14 @@ static void send_final(struct chat *c, const char *finish_reason)
     if (c->req.stream) {
         open_stream(c);
         size_t n;
-        char *ev = openai_chat_chunk_event(c->id, c->created, model_name(c), NULL, NULL, 0, NULL, finish_reason, NULL,
-                                           c->meta, &n);
+        char *ev = c->completion ? completion_chunk_event(c->id, c->created, model_name(c), "", 0, NULL, finish_reason, &n)
+                                 : openai_chat_chunk_event(c->id, c->created, model_name(c), NULL, NULL, 0, NULL,
+                                                           finish_reason, NULL, c->meta, &n);
         httpd_stream_write(c->r, ev, n);
         free(ev);
         if (c->req.include_usage) {
-            ev = openai_chat_usage_event(c->id, c->created, model_name(c), &u, c->meta, &n);
+            ev = c->completion ? completion_usage_event(c->id, c->created, model_name(c), &u, &n)
+                               : openai_chat_usage_event(c->id, c->created, model_name(c), &u, c->meta, &n);
             httpd_stream_write(c->r, ev, n);
             free(ev);
         }
@@ -550,8 +598,23 @@ static void send_final(struct chat *c, const char *finish_reason)
         size_t len = evbuffer_get_length(c->content);
         const char *text = (const char *)evbuffer_pullup(c->content, -1);
         json_t *lp = c->req.logprobs ? (c->logprobs ? json_incref(c->logprobs) : json_array()) : NULL;
-        char *body = openai_chat_response(c->id, c->created, model_name(c), text ? text : "", len, finish_reason,
-                                          &u, lp, c->extra, c->meta);
+        char *body;
+        if (c->completion) {
+            /* echo: the prompt, then the answer (echo with logprobs is
+             * refused by the parser, so offsets start after it). */
+            size_t pl = c->comp.echo ? c->comp.prompt_len : 0;
+            char *whole = xmalloc(pl + len + 1);
+            memcpy(whole, c->comp.prompt, pl);
+            if (len)
+                memcpy(whole + pl, text, len);
+            json_t *legacy = lp ? legacy_logprobs(lp, pl) : NULL;
+            body = completion_response(c->id, c->created, model_name(c), whole, pl + len, finish_reason, &u, legacy);
+            json_decref(legacy);
+            free(whole);
+        } else {
+            body = openai_chat_response(c->id, c->created, model_name(c), text ? text : "", len, finish_reason, &u,
+                                        lp, c->extra, c->meta);
+        }
         json_decref(lp);
         set_headers(c);
         if (c->tenant->expose_headers) {
@@ -836,7 +899,7 @@ static int cascade_judge(struct chat *c, const struct engine_usage *usage)
 static int tier_eligible(const struct chat *c, int tier)
 {
     const struct tier_config *t = &c->cfg->tiers[tier];
-    return config_tenant_allows(c->tenant, tier) && (t->endpoints & TIER_EP_CHAT) &&
+    return config_tenant_allows(c->tenant, tier) && (t->endpoints & (c->completion ? TIER_EP_COMPLETIONS : TIER_EP_CHAT)) &&
            (c->req.parts & ~t->accepts) == 0 && (!c->req.has_tools || t->tools);
 }
 
@@ -953,6 +1016,7 @@ static void start_engine(struct chat *c)
         .stream = c->req.stream,
         .request_id = c->request_id,
         .max_tokens = output_bound(c, c->tier),
+        .endpoint = c->completion ? ENGINE_EP_COMPLETIONS : ENGINE_EP_CHAT,
         /* The cascade judges the cheap answer by its logprobs, asked for
          * whether or not the client wants them (typed, so the client's
          * JSON is never edited). */
@@ -1074,10 +1138,13 @@ static void serve(struct chat *c)
     }
     /* The route selector: a tier by name (a model id maps to its tier), or
      * auto with what auto means for this tenant now. */
+    /* A completion's prompt parses into the same shape as a chat message
+     * but means something else (no chat template): its own key space. */
+    const char *ep = c->completion ? "completions|" : "";
     if (c->is_auto && c->scored)
-        snprintf(c->route, sizeof c->route, "%s", c->tenant->routing_version);
+        snprintf(c->route, sizeof c->route, "%s%s", ep, c->tenant->routing_version);
     else
-        snprintf(c->route, sizeof c->route, "%s:%s", c->is_auto ? "auto" : "tier", tier_name(c));
+        snprintf(c->route, sizeof c->route, "%s%s:%s", ep, c->is_auto ? "auto" : "tier", tier_name(c));
     /* The key hashes the messages: for a large body, on the work pool. */
     c->state = CHAT_KEYING;
     offload(c, key_work, keyed);
@@ -1237,8 +1304,9 @@ static void reply_ineligible(struct chat *c, int tier)
     const struct tier_config *t = &c->cfg->tiers[tier];
     char msg[300];
     const char *who = c->is_auto ? "No tier this API key may use" : "This model";
-    if (!(t->endpoints & TIER_EP_CHAT)) {
-        snprintf(msg, sizeof msg, "The model '%.100s' does not serve /v1/chat/completions", t->name);
+    if (!(t->endpoints & (c->completion ? TIER_EP_COMPLETIONS : TIER_EP_CHAT))) {
+        snprintf(msg, sizeof msg, "The model '%.100s' does not serve %s", t->name,
+                 c->completion ? "/v1/completions" : "/v1/chat/completions");
         reply_error(c, 400, "invalid_request_error", "unsupported_endpoint", "model", msg);
     } else if (c->req.parts & ~t->accepts) {
         unsigned missing = c->req.parts & ~t->accepts;
@@ -1412,7 +1480,18 @@ static void prepare_work(void *arg)
     struct chat *c = arg;
     size_t len;
     const char *body = httpd_req_body(c->r, &len);
-    c->parse_rc = chat_request_parse(body, len, &c->req, &c->parse_err);
+    if (c->completion) {
+        /* The completion's chat view becomes c->req, so everything after
+         * (routing, counting, the cache key, the engines) reads one shape;
+         * c->comp keeps the prompt, echo and logprobs fields. */
+        c->parse_rc = completion_request_parse(body, len, &c->comp, &c->parse_err);
+        if (c->parse_rc == 0) {
+            c->req = c->comp.chat;
+            memset(&c->comp.chat, 0, sizeof c->comp.chat);
+        }
+    } else {
+        c->parse_rc = chat_request_parse(body, len, &c->req, &c->parse_err);
+    }
     if (c->parse_rc < 0)
         return;
     /* "auto" is the tenant's default until the classifier routes it. */
@@ -1425,6 +1504,12 @@ static void prepare_work(void *arg)
         route_auto(c);
     else if (c->is_auto)
         route_default(c);
+    /* What the engine would refuse (native: tools, penalties it lacks...)
+     * is refused now, before it costs a reservation. */
+    if (c->tier >= 0 && engine_check(c->svc->engines[c->tier], &c->req, &c->parse_err) < 0) {
+        c->parse_rc = -1;
+        return;
+    }
     c->prompt_tokens = count_prompt(c);
 }
 
@@ -1457,7 +1542,7 @@ static void prepared(struct chat *c)
     }
     char rid[17];
     access_new_id(rid);
-    snprintf(c->id, sizeof c->id, "chatcmpl-%s", rid);
+    snprintf(c->id, sizeof c->id, "%s-%s", c->completion ? "cmpl" : "chatcmpl", rid);
     c->created = clock_wall_s();
     c->content = evbuffer_new();
     httpd_req_on_close(c->r, on_client_close, c);
@@ -1505,9 +1590,12 @@ static int is_json_type(const char *ct)
 }
 
 void chat_handle(const struct chat_services *svc, struct httpd_req *r, struct config_snap *snap,
-                 const struct tenant_config *tenant, const char *key_id, const char *request_id, uint64_t t0)
+                 const struct tenant_config *tenant, const char *key_id, const char *request_id, uint64_t t0,
+                 enum chat_endpoint endpoint)
 {
     struct chat *c = xcalloc(1, sizeof *c);
+    c->completion = endpoint == CHAT_EP_COMPLETIONS;
+    c->comp.logprobs = -1;
     c->svc = svc;
     c->snap = snap;
     c->cfg = &snap->cfg;

@@ -46,10 +46,20 @@ struct chat_services {
     struct engine *const *engines;      /* one per tier of the boot config */
 };
 
+/* The two generation endpoints share this state machine: a legacy
+ * completion is parsed into the same request shape (its prompt as one user
+ * message, sent without a chat template) and answered with
+ * text_completion objects (common/completions.h). */
+enum chat_endpoint {
+    CHAT_EP_CHAT,           /* POST /v1/chat/completions */
+    CHAT_EP_COMPLETIONS,    /* POST /v1/completions */
+};
+
 /* Takes over r: answers it, now or later, and the reference to snap (which
  * tenant and key_id point into). request_id is copied. svc must outlive
  * the request. */
 void chat_handle(const struct chat_services *svc, struct httpd_req *r, struct config_snap *snap,
-                 const struct tenant_config *tenant, const char *key_id, const char *request_id, uint64_t t0);
+                 const struct tenant_config *tenant, const char *key_id, const char *request_id, uint64_t t0,
+                 enum chat_endpoint endpoint);
 
 #endif

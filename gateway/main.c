@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "gateway/engines.h"
 #include "gateway/gateway.h"
 
 static void usage(FILE *f)
@@ -58,6 +59,22 @@ int main(int argc, char **argv)
         }
     }
     if (check) {
+        /* Every tier's engine options too, as start-up would check them,
+         * without loading a model, probing a device or reading a secret. */
+        char base_dir[4096];
+        snprintf(base_dir, sizeof base_dir, "%s", config_path);
+        char *slash = strrchr(base_dir, '/');
+        if (slash)
+            *slash = '\0';
+        else
+            snprintf(base_dir, sizeof base_dir, ".");
+        for (size_t i = 0; i < gw.cfg.n_tiers; i++) {
+            if (engines_check(&gw.cfg.tiers[i], base_dir, err, sizeof err) < 0) {
+                fprintf(stderr, "cascaded: %s: tiers[%zu].engine: %s\n", config_path, i, err);
+                config_free(&gw.cfg);
+                return 2;
+            }
+        }
         printf("%s: config OK (%zu tiers, %zu tenants)\n", config_path, gw.cfg.n_tiers, gw.cfg.n_tenants);
         config_free(&gw.cfg);
         return 0;

@@ -22,16 +22,59 @@
 
 /* ---- probes and scrapes ------------------------------------------------ */
 
-/* GET /readyz: 200 when every tier's engine is healthy, else 503. */
+/* GET /readyz, the readiness probe. Under Kubernetes a 503 takes the pod out
+ * of service, healthy tiers included, so one dead optional tier must not
+ * make it: a tier counts as ready when its engine is healthy, or when its
+ * fallback chain (tiers[].fallback) reaches a tier whose engine is, since
+ * that tier then serves its requests. A tier named in readiness.require must
+ * be healthy itself. 200 when every tier is ready and every required one is
+ * up, else 503. The body says, per tier, what the probe saw:
+ *   {"status":"ready","tiers":{"small":{"state":"up"},
+ *    "large":{"state":"down","fallback":"small","served_by":"small"}}}
+ * served_by is absent when nothing in the chain is up; "required": true
+ * marks the tiers readiness.require names. */
 static int readyz(const struct route_services *rs, const struct config *cfg, struct httpd_req *r)
 {
-    json_t *tiers = json_object();
-    int ready = 1;
-    for (size_t i = 0; i < cfg->n_tiers && i < rs->n_engines; i++) {
-        int ok = engine_health(rs->chat.engines[i]);
-        ready &= ok;
-        json_object_set_new(tiers, cfg->tiers[i].name, json_string(ok ? "ready" : "unavailable"));
+    size_t n = cfg->n_tiers < rs->n_engines ? cfg->n_tiers : rs->n_engines;
+    /* Each engine is asked once: a tier's health is read by every chain
+     * through it, and two reads could disagree. */
+    char *up = calloc(n ? n : 1, 1);
+    if (!up) {
+        reply_error(r, 503, "server_error", "out_of_memory", "cannot check readiness now");
+        return 503;
     }
+    for (size_t i = 0; i < n; i++)
+        up[i] = engine_health(rs->chat.engines[i]) != 0;
+    int ready = 1;
+    json_t *tiers = json_object();
+    for (size_t i = 0; i < n; i++) {
+        const struct tier_config *tc = &cfg->tiers[i];
+        json_t *st = json_pack("{s:s}", "state", up[i] ? "up" : "down");
+        int required = 0;
+        for (size_t k = 0; k < cfg->n_ready_require; k++)
+            required |= cfg->ready_require[k] == (int)i;
+        if (!up[i]) {
+            /* config_load refused chains that loop; the step bound keeps a
+             * bad index or a loop from hanging the probe all the same. */
+            int served = -1;
+            size_t steps = 0;
+            for (int t = tc->fallback; t >= 0 && (size_t)t < n && steps < n; t = cfg->tiers[t].fallback, steps++)
+                if (up[t]) {
+                    served = t;
+                    break;
+                }
+            if (tc->fallback >= 0 && (size_t)tc->fallback < n)
+                json_object_set_new(st, "fallback", json_string(cfg->tiers[tc->fallback].name));
+            if (served >= 0)
+                json_object_set_new(st, "served_by", json_string(cfg->tiers[served].name));
+            if (served < 0 || required)
+                ready = 0;
+        }
+        if (required)
+            json_object_set_new(st, "required", json_true());
+        json_object_set_new(tiers, tc->name, st);
+    }
+    free(up);
     int status = ready ? 200 : 503;
     reply_json(r, status, json_pack("{s:s, s:o}", "status", ready ? "ready" : "not_ready", "tiers", tiers));
     return status;
@@ -202,7 +245,8 @@ void routes_handle(struct httpd_req *r, void *arg)
     snprintf(path_copy, sizeof path_copy, "%s", path);
     struct access_entry e = {.request_id = rid, .method = method_copy, .path = path_copy};
     const char *key = auth_bearer(httpd_req_header(r, "Authorization"));
-    int chat = strcmp(path, "/v1/chat/completions") == 0, models = strcmp(path, "/v1/models") == 0;
+    int completion = strcmp(path, "/v1/completions") == 0;
+    int chat = strcmp(path, "/v1/chat/completions") == 0 || completion, models = strcmp(path, "/v1/models") == 0;
     int stats = strcmp(path, "/admin/v1/stats") == 0;
     /* /v1/models/{id}: the id is the rest of the path, escaped or not. */
     static const char model_prefix[] = "/v1/models/";
@@ -247,7 +291,7 @@ void routes_handle(struct httpd_req *r, void *arg)
                                 clock_mono_us() - t0, 0, clock_mono_us() - t0, 0, 0);
         } else if (chat) {
             metrics_inflight_add(rs->chat.metrics, 1); /* chat_done takes it back */
-            chat_handle(&rs->chat, r, snap, t, key_id, rid, t0);
+            chat_handle(&rs->chat, r, snap, t, key_id, rid, t0, completion ? CHAT_EP_COMPLETIONS : CHAT_EP_CHAT);
             return; /* the chat state machine logs its own line and releases snap */
         } else {
             e.tenant = t->id;

@@ -820,6 +820,7 @@ static const struct engine_ops native_ops = {
     .count_prompt = native_count_prompt,
     .queue_depth = native_queue_depth,
     .token_pieces = 1,
+    .check = native_engine_check_request,
 };
 
 /* ------------------------------------------------------------------------ */
