@@ -15,7 +15,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import {
-  SOURCE_DIR, authHeaders, cleanupAfterAll, makeConfig, sha256hex, sseParse, startGateway, startPeer, tier,
+  SOURCE_DIR, authHeaders, cleanupAfterAll, makeConfig, peerReply, sha256hex, sseParse, startGateway, startPeer, tier,
 } from '../support/harness.mjs';
 
 cleanupAfterAll();
@@ -43,7 +43,10 @@ const audioMessages = () => [{
 const TOOLS = [{ type: 'function', function: { name: 'lookup', description: 'Look a word up',
   parameters: { type: 'object', properties: { word: { type: 'string' } }, required: ['word'] } } }];
 
-const KEYS = { acme: 'sk-parts-acme', thrifty: 'sk-parts-thrifty', mixed: 'sk-parts-mixed', native: 'sk-parts-native' };
+const KEYS = {
+  acme: 'sk-parts-acme', textonly: 'sk-parts-textonly', thrifty: 'sk-parts-thrifty', mixed: 'sk-parts-mixed',
+  native: 'sk-parts-native',
+};
 
 async function call(gw, body, key) {
   const res = await fetch(`${gw.url}/v1/chat/completions`, {
@@ -82,9 +85,11 @@ describe('content parts and the tiers that accept them', () => {
           media_part_tokens: 1000, price: { input_per_1m: 100, output_per_1m: 1 }, max_output_tokens: 10 }),
       ],
       tenants: [
-        { id: 'acme', keys: [sha256hex(KEYS.acme)], allowed_tiers: ['text', 'vision'], default_tier: 'text' },
+        { id: 'acme', keys: [sha256hex(KEYS.acme)], allowed_tiers: ['text', 'vision'], default_tier: 'text',
+          cache: { mode: 'off' } },
+        { id: 'textonly', keys: [sha256hex(KEYS.textonly)], allowed_tiers: ['text'], cache: { mode: 'off' } },
         { id: 'thrifty', keys: [sha256hex(KEYS.thrifty)], allowed_tiers: ['pricey'],
-          budget: { usd_per_day: 0.05, on_exhausted: 'reject' } },
+          budget: { usd_per_day: 0.05, on_exhausted: 'reject' }, cache: { mode: 'off' } },
       ],
     });
     gw = await startGateway({ config });
@@ -98,10 +103,18 @@ describe('content parts and the tiers that accept them', () => {
       assertError(r, 400, 'unsupported_content_part', 'messages');
       assert.match(r.json.error.message, /image_url/);
     }
-    // the default tier of "auto" takes text only, too
-    assertError(await call(gw, { model: 'auto', messages: imageMessages() }, KEYS.acme), 400, 'unsupported_content_part',
-      'messages');
+    // "auto" for a tenant whose tiers all take text only
+    assertError(await call(gw, { model: 'auto', messages: imageMessages() }, KEYS.textonly), 400,
+      'unsupported_content_part', 'messages');
     assert.equal((await peer.stats()).requests, 0);
+  });
+
+  test('"auto" with an image part goes to an allowed tier that accepts it, not the text-only default', async () => {
+    await peer.reset();
+    const r = await call(gw, { model: 'auto', messages: imageMessages() }, KEYS.acme);
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.tier, 'vision');
+    assert.equal((await peer.stats()).last_request.model, 'vision-model');
   });
 
   test('an image part to a tier that accepts it: 200, and the upstream gets the part unchanged', async () => {
@@ -110,7 +123,9 @@ describe('content parts and the tiers that accept them', () => {
     const r = await call(gw, { model: 'vision', messages }, KEYS.acme);
     assert.equal(r.status, 200, r.text);
     assert.equal(r.tier, 'vision');
-    assert.equal(r.json.choices[0].message.content, 'echo: What is in this image?');
+    const want = peerReply({ model: 'vision-model', messages }, 'parts').content;
+    assert.match(want, /^echo: What is in this image\?/);
+    assert.equal(r.json.choices[0].message.content, want);
     const got = (await peer.stats()).last_request;
     assert.equal(got.model, 'vision-model');
     assert.deepEqual(got.messages, messages);
@@ -118,7 +133,7 @@ describe('content parts and the tiers that accept them', () => {
     const s = await call(gw, { model: 'vision', messages, stream: true }, KEYS.acme);
     assert.equal(s.status, 200, s.text);
     const text = sseParse(s.text).filter((e) => e !== '[DONE]').map((e) => e.choices?.[0]?.delta?.content ?? '').join('');
-    assert.equal(text, 'echo: What is in this image?');
+    assert.equal(text, want);
     assert.deepEqual((await peer.stats()).last_request.messages, messages);
   });
 
@@ -154,8 +169,10 @@ describe('tools and "auto": only tiers that take tools', { skip: noModel }, () =
       tiers: [native('tiny'), tier({ name: 'remote', model: 'remote-model', urls: peer.url })],
       tenants: [
         // "auto" goes to the default tier, the native one, unless tools rule it out
-        { id: 'mixed', keys: [sha256hex(KEYS.mixed)], allowed_tiers: ['tiny', 'remote'], default_tier: 'tiny' },
-        { id: 'native', keys: [sha256hex(KEYS.native)], allowed_tiers: ['tiny'], default_tier: 'tiny' },
+        { id: 'mixed', keys: [sha256hex(KEYS.mixed)], allowed_tiers: ['tiny', 'remote'], default_tier: 'tiny',
+          cache: { mode: 'off' } },
+        { id: 'native', keys: [sha256hex(KEYS.native)], allowed_tiers: ['tiny'], default_tier: 'tiny',
+          cache: { mode: 'off' } },
       ],
     });
     gw = await startGateway({ config, timeoutMs: 30000 });
@@ -180,7 +197,7 @@ describe('tools and "auto": only tiers that take tools', { skip: noModel }, () =
       assert.equal(r.status, 200, `stream=${stream}: ${r.text}`);
       assert.equal(r.tier, 'remote');
       const s = await peer.stats();
-      assert.equal(s.requests, 1);
+      assert.equal(s.requests, 1, `stream=${stream}: ${JSON.stringify(s)} ${r.text}`);
       assert.deepEqual(s.last_request.tools, TOOLS);
     }
   });

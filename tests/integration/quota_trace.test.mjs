@@ -64,6 +64,13 @@ async function call(gw, body, key, headers = {}) {
 
 const accessLines = (gw, tenant) => gw.logLines().filter((l) => l.msg === 'access' && l.tenant === tenant);
 
+// The access lines of `tenant` after the first `from`, once there are `n` of
+// them (a background thread writes the log, a moment after the answer).
+async function newAccess(gw, tenant, from, n = 1) {
+  await gw.waitForLog(() => accessLines(gw, tenant).length >= from + n, 5000);
+  return accessLines(gw, tenant).slice(from);
+}
+
 describe('budget rejections and trace context', () => {
   let redis;
   let small;
@@ -150,7 +157,8 @@ describe('budget rejections and trace context', () => {
     );
     const ms = Date.now() - t0;
     assert.equal(fetches, 1, 'the SDK sent the request once, no retry');
-    await sleep(200);
+    await newAccess(gw, 'daily', before);
+    await sleep(300);
     assert.equal(accessLines(gw, 'daily').length - before, 1, 'the gateway saw one request');
     assert.ok(ms < 2000, `gave up after ${ms} ms`);
   });
@@ -179,6 +187,7 @@ describe('budget rejections and trace context', () => {
     assert.notEqual(m[2], '0000000000000000');
     assert.equal(h.tracestate, 'vendor1=opaque,vendor2=x');
     const line = await gw.waitForLog((l) => l.msg === 'access' && l.tenant === 'trace' && l.trace_id === TRACE_ID);
+    assert.equal(accessLines(gw, 'trace').length, 1);
     assert.equal(line.key_id, 'ci-runner', JSON.stringify(line));
     assert.equal(line.status, 200);
   });
@@ -194,6 +203,7 @@ describe('budget rejections and trace context', () => {
       `00-${TRACE_ID.toUpperCase()}-00f067aa0ba902b7-01`, // upper-case hex is invalid
     ];
     const ids = [];
+    const from = accessLines(gw, 'trace').length;
     for (const tp of invalid) {
       const r = await call(gw, chatBody(`fresh ${ids.length}`, { model: 'small' }), KEYS.plain1,
         tp === undefined ? {} : { traceparent: tp });
@@ -208,46 +218,48 @@ describe('budget rejections and trace context', () => {
     }
     assert.equal(new Set(ids).size, ids.length, `trace ids repeat: ${ids}`);
     // the access log carries the trace id the upstream saw, and the plain key's id
-    const lines = accessLines(gw, 'trace').slice(-ids.length);
+    const lines = await newAccess(gw, 'trace', from, ids.length);
     assert.deepEqual(lines.map((l) => l.trace_id), ids);
     for (const l of lines) assert.equal(l.key_id, 'trace#2', JSON.stringify(l));
   });
 
   test('the access log: key ids, the error code on failures, escalated and fallback fields', async () => {
-    // plain hash #0 of tenant "trace"
+    // the plain hash at index 1 of tenant "trace"'s keys (index 0 is the named key)
+    let from = accessLines(gw, 'trace').length;
     const ok = await call(gw, chatBody('key zero', { model: 'small' }), KEYS.plain0);
     assert.equal(ok.status, 200);
-    let line = accessLines(gw, 'trace').at(-1);
-    assert.equal(line.key_id, 'trace#0', JSON.stringify(line));
+    let [line] = await newAccess(gw, 'trace', from);
+    assert.equal(line.key_id, 'trace#1', JSON.stringify(line));
     assert.ok(!line.escalated, JSON.stringify(line));
     assert.ok(!line.fallback, `no fallback: ${JSON.stringify(line)}`);
     assert.ok(!line.error_code, `no error: ${JSON.stringify(line)}`);
     // an upstream failure: the line carries the code the client got
+    from = accessLines(gw, 'trace').length;
     const bad = await call(gw, chatBody('fail [[peer:status=503]]', { model: 'small' }), KEYS.named);
     assert.ok(bad.status >= 500, bad.text);
-    await sleep(100);
-    line = accessLines(gw, 'trace').at(-1);
+    [line] = await newAccess(gw, 'trace', from);
     assert.equal(line.status, bad.status);
     assert.equal(line.error_code, bad.json.error.code, JSON.stringify(line));
     assert.equal(line.key_id, 'ci-runner');
     // a budget refusal too
+    from = accessLines(gw, 'daily').length;
     await call(gw, chatBody('over budget', { model: 'small' }), KEYS.daily);
-    await sleep(100);
-    line = accessLines(gw, 'daily').at(-1);
+    [line] = await newAccess(gw, 'daily', from);
     assert.equal(line.status, 429);
     assert.equal(line.error_code, 'budget_exceeded', JSON.stringify(line));
     assert.equal(line.key_id, 'daily#0');
     // escalated: a long answer in the cascade zone goes to the large tier
+    from = accessLines(gw, 'zone').length;
     const esc = await call(gw, chatBody('one two three four five six', { model: 'auto' }), KEYS.zone);
     assert.equal(esc.status, 200, esc.text);
     assert.equal(esc.headers.get('x-cascade-escalated'), 'true');
-    await sleep(100);
-    line = accessLines(gw, 'zone').at(-1);
+    [line] = await newAccess(gw, 'zone', from);
     assert.equal(line.escalated, true, JSON.stringify(line));
     assert.equal(line.tier, 'large');
+    from = accessLines(gw, 'zone').length;
     const kept = await call(gw, chatBody('hi', { model: 'auto' }), KEYS.zone);
     assert.equal(kept.headers.get('x-cascade-escalated'), 'false');
-    await sleep(100);
-    assert.ok(!accessLines(gw, 'zone').at(-1).escalated, JSON.stringify(accessLines(gw, 'zone').at(-1)));
+    [line] = await newAccess(gw, 'zone', from);
+    assert.ok(!line.escalated, JSON.stringify(line));
   });
 });
