@@ -107,6 +107,10 @@ describe('fallback tiers', () => {
     [pa, pb, pc] = await Promise.all([startPeer({ name: 'pa' }), startPeer({ name: 'pb' }), startPeer({ name: 'pc' })]);
     deadPort = await freePort(); // nothing listens: connection refused
     deadPort2 = await freePort();
+    // Replicas are never ejected here (eject_after 0): these tests fail the
+    // same peer many times on purpose, and ejection is remote_failover's
+    // subject, not this file's.
+    const noEject = (t) => ({ ...t, engine: { ...t.engine, eject_after: 0 } });
     const tiers = [
       // a -> b -> c, each on its own peer
       tier({ name: 'a', model: 'model-a', urls: pa.url, price: PRICES.a, fallback: 'b', max_output_tokens: 100 }),
@@ -125,11 +129,11 @@ describe('fallback tiers', () => {
         max_output_tokens: 100 }),
       tier({ name: 'cheap', model: 'model-cheap', urls: pa.url, price: PRICES.cheap, max_output_tokens: 100 }),
       tier({ name: 'big', model: 'model-big', urls: pc.url, price: PRICES.big, max_output_tokens: 100 }),
-    ];
+    ].map(noEject);
     const tenants = [
       { id: 'fb', keys: [sha256hex(KEYS.fb)], allowed_tiers: ['a', 'b', 'c', 'dead'], default_tier: 'a',
         cache: { mode: 'off' } },
-      // may use a and c, not b: a's fallback b is not for it
+      // may use a only: a's fallback b is not for it
       { id: 'narrow', keys: [sha256hex(KEYS.narrow)], allowed_tiers: ['a'], default_tier: 'a',
         cache: { mode: 'off' } },
       // $0.01 a day: the cheap tier's reservation (about $0.0001) fits, the
@@ -230,16 +234,40 @@ describe('fallback tiers', () => {
       assertOpenAIError(r);
     }
     const [sa, sb, sc] = await Promise.all([pa.stats(), pb.stats(), pc.stats()]);
-    // Each tier of the chain at most once per request (one replica each; a
-    // replica ejected after repeated failures may not be asked at all).
-    for (const s of [sa, sb, sc]) assert.ok(s.requests <= 2, `${s.name} asked ${s.requests} times for 2 requests`);
-    assert.ok(sc.requests >= 1 || sb.requests >= 1, 'the chain was followed past its first tier');
+    // each tier of the chain asked once per request (one replica each, no retry)
+    assert.deepEqual([sa.requests, sb.requests, sc.requests], [2, 2, 2]);
     // closed ports all the way: deadchain -> dead2
     for (const stream of [false, true]) {
       const r = await call(gw, chatBody(`no one at all ${stream}`, { model: 'deadchain', stream }), KEYS.dead);
       assert.ok([502, 503, 504].includes(r.status), `stream=${stream}: ${r.status} ${r.text}`);
       assertOpenAIError(r);
     }
+  });
+
+  test('the client gets the last tier\'s error: 503 from the end of the chain is a 503', async () => {
+    const r = await call(gw, chatBody('last word [[peer@pa:status=500]] [[peer@pb:status=500]] [[peer@pc:status=503]]',
+      { model: 'a' }), KEYS.fb);
+    assert.equal(r.status, 503, r.text);
+    assertOpenAIError(r);
+    // and a closed port at the end of the chain: 502
+    const d = await call(gw, chatBody('nobody at the end', { model: 'deadchain' }), KEYS.dead);
+    assert.equal(d.status, 502, d.text);
+    assertOpenAIError(d);
+  });
+
+  test('a stream that already sent bytes never falls back: the client gets the error in the stream', async () => {
+    await Promise.all([pa.reset(), pb.reset(), pc.reset()]);
+    const r = await call(gw, chatBody('w1 w2 w3 w4 w5 w6 w7 [[peer@pa:close_after=3]]', { model: 'a', stream: true }),
+      KEYS.fb);
+    assert.equal(r.status, 200);
+    assert.equal(r.tier, 'a');
+    assert.equal(r.fallback, null);
+    const events = sseParse(r.text).filter((e) => e !== '[DONE]');
+    const text = events.map((e) => e.choices?.[0]?.delta?.content ?? '').join('');
+    assert.ok(text.startsWith('echo: w1'), `what reached the client: ${JSON.stringify(text)}`);
+    assert.ok(events.some((e) => e.error), `an error event ends the stream:\n${r.text}`);
+    assert.equal((await pb.stats()).requests, 0, 'no fallback after bytes reached the client');
+    assert.equal((await pc.stats()).requests, 0);
   });
 
   test('only the tier that answered is charged: spend is the fallback tier\'s cost of the peer\'s usage', async () => {
