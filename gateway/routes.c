@@ -15,6 +15,7 @@
 #include "gateway/auth.h"
 #include "gateway/config.h"
 #include "gateway/dashboard.h"
+#include "gateway/embeddings.h"
 #include "gateway/metrics.h"
 #include "gateway/reply.h"
 #include "gateway/snapshot.h"
@@ -247,7 +248,7 @@ void routes_handle(struct httpd_req *r, void *arg)
     const char *key = auth_bearer(httpd_req_header(r, "Authorization"));
     int completion = strcmp(path, "/v1/completions") == 0;
     int chat = strcmp(path, "/v1/chat/completions") == 0 || completion, models = strcmp(path, "/v1/models") == 0;
-    int stats = strcmp(path, "/admin/v1/stats") == 0;
+    int stats = strcmp(path, "/admin/v1/stats") == 0, embeddings = strcmp(path, "/v1/embeddings") == 0;
     /* /v1/models/{id}: the id is the rest of the path, escaped or not. */
     static const char model_prefix[] = "/v1/models/";
     size_t mpl = sizeof model_prefix - 1;
@@ -265,14 +266,14 @@ void routes_handle(struct httpd_req *r, void *arg)
     size_t upl = sizeof usage_prefix - 1, plen = strlen(path);
     int usage = strncmp(path, usage_prefix, upl) == 0 && plen > upl + 6 && strcmp(path + plen - 6, "/usage") == 0 &&
                 plen - upl - 6 < 64 && !memchr(path + upl, '/', plen - upl - 6);
-    if (!chat && !models && !model && !usage && !stats) {
+    if (!chat && !embeddings && !models && !model && !usage && !stats) {
         char msg[160];
         snprintf(msg, sizeof msg, "Unknown request URL: %s %.100s", method, path);
         e.status = reply_error(r, 404, "invalid_request_error", "unknown_url", msg);
-    } else if ((chat && !is_post) || ((models || model || usage || stats) && !is_get)) {
-        httpd_resp_header(r, "Allow", chat ? "POST" : "GET");
+    } else if (((chat || embeddings) && !is_post) || ((models || model || usage || stats) && !is_get)) {
+        httpd_resp_header(r, "Allow", chat || embeddings ? "POST" : "GET");
         e.status = reply_error(r, 405, "invalid_request_error", "method_not_allowed",
-                               chat ? "Method not allowed; use POST" : "Method not allowed; use GET");
+                               chat || embeddings ? "Method not allowed; use POST" : "Method not allowed; use GET");
     } else if (stats) {
         e.status = admin_stats(r, rs->chat.stats, rs->chat.base, cfg, key);
     } else if (usage) {
@@ -286,13 +287,16 @@ void routes_handle(struct httpd_req *r, void *arg)
             httpd_resp_header(r, "WWW-Authenticate", "Bearer");
             e.status = reply_error(r, 401, "invalid_request_error", "invalid_api_key",
                                    key ? "Incorrect API key provided" : "Missing API key: send Authorization: Bearer <key>");
-            if (chat)
+            if (chat || embeddings)
                 metrics_request(rs->chat.metrics, -1, -1, 401, STATS_CACHE_BYPASS, 0, 0, 0, 0, 0,
                                 clock_mono_us() - t0, 0, clock_mono_us() - t0, 0, 0);
         } else if (chat) {
             metrics_inflight_add(rs->chat.metrics, 1); /* chat_done takes it back */
             chat_handle(&rs->chat, r, snap, t, key_id, rid, t0, completion ? CHAT_EP_COMPLETIONS : CHAT_EP_CHAT);
             return; /* the chat state machine logs its own line and releases snap */
+        } else if (embeddings) {
+            embeddings_handle(&rs->chat, r, snap, t, key_id, rid, t0);
+            return; /* it logs its own line and releases snap */
         } else {
             e.tenant = t->id;
             httpd_resp_header(r, "x-cascade-tier", "none");

@@ -6,6 +6,7 @@
  * endpoint:
  *
  *   POST /v1/chat/completions          chat.c, the request state machine
+ *   POST /v1/embeddings                embeddings.c
  *   GET  /v1/models, /v1/models/{id}   here
  *   GET  /admin/v1/...                 admin.c
  *   GET  /dashboard...                 dashboard.c
