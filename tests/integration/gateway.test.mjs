@@ -272,7 +272,7 @@ describe('gateway with one upstream', () => {
       const x = await fetch(`${gw.url}/readyz`);
       return x.status === 200 ? x : null;
     });
-    assert.deepEqual((await r.json()).tiers, { small: 'ready', large: 'ready', hanging: 'ready' });
+    assert.deepEqual((await r.json()).tiers, { small: { state: 'up' }, large: { state: 'up' }, hanging: { state: 'up' } });
   });
 
   test('an upstream that does not answer in time gets 504', async () => {
@@ -371,7 +371,7 @@ describe('replicas', () => {
       const x = await fetch(`${gw.url}/readyz`);
       return x.status === 503 ? x : null;
     });
-    assert.equal((await r.json()).tiers.small, 'unavailable');
+    assert.deepEqual((await r.json()).tiers.small, { state: 'down' });
     await gw.stop();
   });
 });
