@@ -296,7 +296,7 @@ describe('the money path', () => {
     const calls = seen.split('\n').filter((l) => l.includes('"EVALSHA"') && l.includes('{lua}'))
       .map((l) => [...l.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1]));
     const admit = calls.find((c) => c[2] === '5');
-    const settle = calls.find((c) => c[2] === '7' && c.length === 3 + 7 + 6);
+    const settle = calls.find((c) => c[2] === '7' && c.length === 3 + 7 + 7); // ARGV 7: routing loss
     assert.ok(admit && settle, `EVALSHA calls seen:\n${seen}`);
     const KEY = (c, j) => 2 + j;
     const ARG = (c, i) => 2 + Number(c[2]) + i;
@@ -326,6 +326,9 @@ describe('the money path', () => {
     const neg = probe('probe-neg');
     neg[ARG(neg, 6)] = '-100'; // a negative routing saving
     assert.match(run(neg), /CASCADE_REFUSED/);
+    const negLoss = probe('probe-neg-loss');
+    negLoss[ARG(negLoss, 7)] = '-100'; // a negative routing loss: a loss is never a credit
+    assert.match(run(negLoss), /CASCADE_REFUSED/);
     // A good amount as a plain decimal string goes through, exactly.
     const good = probe('probe-good');
     good[ARG(good, 2)] = '7';

@@ -240,7 +240,10 @@ describe('policies', () => {
       { id: 'beta', keys: [sha256hex('sk-beta')], allowed_tiers: ['small'] },
     ];
     const gw = await startGateway({ config: policyConfig(redis, peer, tenants) });
-    const res = await post(gw, chatBody('hi there', { model: 'small' }));
+    // model auto: routed to acme's default tier (small), so it records
+    // routing savings against its baseline, the largest allowed tier
+    // (README "Savings").
+    const res = await post(gw, chatBody('hi there', { model: 'auto' }));
     const answer = await res.json();
     await sleep(100);
     const mine = await usage(gw, 'acme', TEST_KEY);
@@ -251,8 +254,14 @@ describe('policies', () => {
     assert.ok(Math.abs(mine.body.budget.day_remaining_usd - (5 - want)) < 1e-9);
     assert.equal(mine.body.rate_limits.rpm, 100);
     assert.equal(mine.body.rate_limits.requests_last_minute, 1);
-    // Routing savings against the largest allowed tier.
-    assert.ok(Math.abs(mine.body.today.saved_routing_usd - (costNano('large', answer.usage) / NANO - want)) < 1e-9);
+    // Routing savings against the largest allowed tier: net, gain and loss.
+    const gain = costNano('large', answer.usage) / NANO - want;
+    assert.ok(gain > 0);
+    for (const period of ['today', 'month']) {
+      assert.ok(Math.abs(mine.body[period].saved_routing_usd - gain) < 1e-9, JSON.stringify(mine.body));
+      assert.ok(Math.abs(mine.body[period].routing_gain_usd - gain) < 1e-9);
+      assert.equal(mine.body[period].routing_loss_usd, 0);
+    }
     assert.equal((await usage(gw, 'acme', ADMIN_TOKEN)).status, 200);
     assert.equal((await usage(gw, 'beta', TEST_KEY)).status, 403);
     assert.equal((await usage(gw, 'acme', 'sk-nobody')).status, 401);

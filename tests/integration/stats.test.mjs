@@ -30,7 +30,9 @@ async function ask(gw, key, text) {
   const res = await fetch(`${gw.url}/v1/chat/completions`, {
     method: 'POST',
     headers: authHeaders(key),
-    body: JSON.stringify(chatBody(text, { model: 'small', temperature: 0 })),
+    // model auto: routed (to the default tier, small; no classifier here),
+    // so the misses record routing savings against the baseline (README "Savings").
+    body: JSON.stringify(chatBody(text, { model: 'auto', temperature: 0 })),
   });
   const json = await res.json();
   return {
@@ -69,6 +71,7 @@ function expected(rs, largest) {
     cost_usd: rs.reduce((a, r) => a + r.costUsd, 0),
     saved_cache_usd: hits.reduce((a, r) => a + costNano(PRICES.small, r.usage), 0) / 1e9,
     saved_routing_usd: misses.reduce((a, r) => a + costNano(PRICES[largest], r.usage) - costNano(PRICES.small, r.usage), 0) / 1e9,
+    routing_loss_usd: 0, // routed to small, below the baseline, and nothing escalated
   };
 }
 
@@ -155,7 +158,10 @@ describe('fleet stats over two gateways and one Redis', () => {
       near(t.cost_usd, want.cost_usd, 'cost');
       assert.ok(t.cost_usd > 0);
       near(t.saved_cache_usd, want.saved_cache_usd, 'saved by cache');
-      near(t.saved_routing_usd, want.saved_routing_usd, 'saved by routing');
+      near(t.saved_routing_usd, want.saved_routing_usd, 'saved by routing'); // net
+      near(t.routing_gain_usd, want.saved_routing_usd, 'routing gain');
+      assert.equal(t.routing_loss_usd, want.routing_loss_usd);
+      assert.ok(t.saved_routing_usd > 0);
       assert.ok(t.p50_ms > 0 && t.p50_ms <= t.p95_ms, `p50 ${t.p50_ms} p95 ${t.p95_ms}`);
 
       // The series add up to the totals, point by point.
