@@ -96,7 +96,13 @@ struct engine_callbacks {
 /* What a request asks for: OpenAI's three generation endpoints. */
 enum engine_endpoint {
     ENGINE_EP_CHAT,         /* /v1/chat/completions */
-    ENGINE_EP_COMPLETIONS,  /* /v1/completions: the prompt is the one user message, no chat template */
+    /* /v1/completions: the prompt is the one user message, no chat template.
+     * chat->root is then the chat form common/completions.c rewrote the
+     * client's body into (messages: [the prompt]; prompt, echo, suffix,
+     * best_of and the integer logprobs gone); a remote tier rebuilds a
+     * completions body from it (prompt, and every other field as sent) and
+     * reads choices[0].text. echo is the caller's to apply. */
+    ENGINE_EP_COMPLETIONS,
     ENGINE_EP_EMBEDDINGS,   /* /v1/embeddings: remote only; see on_token below */
 };
 
