@@ -236,6 +236,39 @@ describe('cached tool-call answers', () => {
     }
   });
 
+  test('one entry, both shapes: a non-stream answer replays as a stream, a streamed one as JSON', async () => {
+    await peer.reset();
+    await peer.script({ answer: TWO_CALLS, count: 1 });
+    const body = det('cross-shape replay, JSON first');
+    const a = await ask(body);
+    assert.equal(a.cache, 'miss');
+    const b = await ask({ ...body, stream: true });
+    assert.equal(b.status, 200, b.text);
+    assert.equal(b.cache, 'hit');
+    const B = accumulate(b.events);
+    // the JSON message without its nulls (content null beside tool calls,
+    // refusal null) is what the stream's deltas add up to
+    const am = a.json.choices[0].message;
+    assert.deepEqual(B.msg, Object.fromEntries(Object.entries(am).filter(([, v]) => v !== null)));
+    assert.equal(B.finish, a.json.choices[0].finish_reason);
+    assert.equal(B.fingerprint, a.json.system_fingerprint);
+
+    await peer.script({ answer: TEXT_AND_CALL, count: 1 });
+    const sbody = det('cross-shape replay, stream first', { stream: true });
+    const c = await ask(sbody);
+    assert.equal(c.cache, 'miss');
+    const C = accumulate(c.events);
+    const d = await ask({ ...sbody, stream: false });
+    assert.equal(d.status, 200, d.text);
+    assert.equal(d.cache, 'hit');
+    assert.equal((await peer.stats()).requests, 2);
+    const dm = d.json.choices[0].message;
+    assert.equal(dm.content, C.msg.content);
+    assert.deepEqual(dm.tool_calls, C.msg.tool_calls);
+    assert.equal(d.json.choices[0].finish_reason, C.finish);
+    assert.equal(d.json.system_fingerprint, C.fingerprint);
+  });
+
   test('an entry of another format version is a miss, and is rewritten as version 2', async () => {
     await peer.reset();
     const body = det('versioned entry please');

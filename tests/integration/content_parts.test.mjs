@@ -43,7 +43,10 @@ const audioMessages = () => [{
 const TOOLS = [{ type: 'function', function: { name: 'lookup', description: 'Look a word up',
   parameters: { type: 'object', properties: { word: { type: 'string' } }, required: ['word'] } } }];
 
+const CLASSIFIER = path.join(SOURCE_DIR, 'classifier', 'models', 'difficulty.cdm');
+
 const KEYS = {
+  cheapest: 'sk-parts-cheapest', zone: 'sk-parts-zone',
   acme: 'sk-parts-acme', textonly: 'sk-parts-textonly', thrifty: 'sk-parts-thrifty', mixed: 'sk-parts-mixed',
   native: 'sk-parts-native',
 };
@@ -214,5 +217,41 @@ describe('tools and "auto": only tiers that take tools', { skip: noModel }, () =
     const r = await call(gw, { model: 'tiny', tools: TOOLS, messages: [{ role: 'user', content: 'hi' }] }, KEYS.mixed);
     assertError(r, 400, undefined, 'tools');
     assert.match(r.json.error.message, /tools/);
+  });
+
+  test('with the classifier: "always cheapest" and the cascade zone skip the native tier when tools are sent', async () => {
+    // the scored path, not the default tier: t_low = t_high = 1 sends every
+    // prompt to the cheapest allowed tier (the native one); the zone tenant
+    // would answer with the native tier first and escalate to the remote one
+    const config = makeConfig({
+      tiers: [native('tiny'), tier({ name: 'remote', model: 'remote-model', urls: peer.url })],
+      tenants: [
+        { id: 'cheapest', keys: [sha256hex(KEYS.cheapest)], allowed_tiers: ['tiny', 'remote'], cache: { mode: 'off' },
+          routing: { t_low: 1, t_high: 1 } },
+        { id: 'zone', keys: [sha256hex(KEYS.zone)], allowed_tiers: ['tiny', 'remote'], cache: { mode: 'off' },
+          routing: { t_low: 0, t_high: 1, cascade: { enabled: true, min_mean_logprob: -0.5 } } },
+      ],
+      classifier: { model: CLASSIFIER },
+    });
+    const g = await startGateway({ config, timeoutMs: 30000 });
+    try {
+      const q = (key, extra) => call(g, { model: 'auto', temperature: 0, max_tokens: 8,
+        messages: [{ role: 'user', content: 'Once upon a time' }], ...extra }, key);
+      await peer.reset();
+      const plain = await q(KEYS.cheapest, {});
+      assert.equal(plain.status, 200, plain.text);
+      assert.equal(plain.tier, 'tiny', 'without tools the cheapest tier answers');
+      for (const [key, stream] of [[KEYS.cheapest, false], [KEYS.cheapest, true], [KEYS.zone, false], [KEYS.zone, true]]) {
+        await peer.reset();
+        const r = await q(key, { tools: TOOLS, stream });
+        assert.equal(r.status, 200, `${key} stream=${stream}: ${r.text}`);
+        assert.equal(r.tier, 'remote', `${key} stream=${stream}`);
+        const s = await peer.stats();
+        assert.equal(s.requests, 1, `${key} stream=${stream}: one upstream call, no cascade through the native tier`);
+        assert.deepEqual(s.last_request.tools, TOOLS);
+      }
+    } finally {
+      await g.stop();
+    }
   });
 });
