@@ -23,6 +23,7 @@
 //                                (default: the reply's words, cycled)
 //   combine endless with chunk_delay_ms for a slow drip
 //   [[peer@NAME:status=500]]     any directive, applied only by the peer named NAME
+//   [[peer:retry_after=V]]       with status: a Retry-After header V (seconds or an HTTP-date)
 //
 // Answers shaped as vLLM (--enable-auto-tool-choice, a reasoning parser) and
 // hosted APIs (OpenAI, DeepSeek) send them (see peerAnswer below):
@@ -69,8 +70,14 @@
 // a client disconnect cancelled the upstream request), active (in flight),
 // bytes_sent (bytes of streamed and endless answers written, all requests).
 //
+// GET /_stats also counts the connections that carried chat requests
+// (connections): how a test sees that a client reuses its keep-alive
+// connections.
+//
 // Usage: node peer.mjs [--port N] [--host 127.0.0.1] [--name NAME]
 //                      [--models a,b] [--api-key KEY]
+//                      [--tls-cert PEM --tls-key PEM]   (serve HTTPS)
+//                      [--keep-alive-ms N]  (close idle connections after N ms; default 60000)
 // Prints "PEER_PORT=<port>" on stdout once listening. Importing this file as
 // a module starts nothing; it exports peerReply(), peerAnswer(),
 // scriptedReply(), toolArguments(), toolCallId(), completionReply(),
@@ -78,7 +85,9 @@
 // sends.
 
 import crypto from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import { pathToFileURL } from 'node:url';
 
 const DIRECTIVE_RE = /\[\[peer(?:@([A-Za-z0-9_.-]+))?:([a-z_]+)(?:=([^\]]*))?\]\]/g;
@@ -411,6 +420,9 @@ function parseArgs(argv) {
     else if (a === '--name') opts.name = v, i++;
     else if (a === '--models') opts.models = v.split(',').filter(Boolean), i++;
     else if (a === '--api-key') opts.apiKey = v, i++;
+    else if (a === '--tls-cert') opts.tlsCert = v, i++;
+    else if (a === '--tls-key') opts.tlsKey = v, i++;
+    else if (a === '--keep-alive-ms') opts.keepAliveMs = Number.parseInt(v, 10), i++;
     else {
       process.stderr.write(`peer: unknown argument ${a}\n`);
       process.exit(2);
@@ -429,13 +441,16 @@ export function createPeer(opts) {
     bytesSent: 0,
     completions: 0,         // POST /v1/completions arrived
     embeddings: 0,          // POST /v1/embeddings arrived
+    connections: 0,         // connections that carried a POST /v1/chat/completions
+    chatSockets: new WeakSet(),
   };
 
-  function sendJson(res, status, obj) {
+  function sendJson(res, status, obj, headers = {}) {
     const body = typeof obj === 'string' ? obj : JSON.stringify(obj);
     res.writeHead(status, {
       'Content-Type': 'application/json',
       'Content-Length': Buffer.byteLength(body),
+      ...headers,
     });
     res.end(body);
   }
@@ -518,7 +533,8 @@ export function createPeer(opts) {
       }
       const status = intDirective(d, 'status', 200);
       if (status !== 200) {
-        sendJson(res, status, errorBody(status, `peer ${opts.name}: scripted status ${status}`));
+        sendJson(res, status, errorBody(status, `peer ${opts.name}: scripted status ${status}`),
+          d.retry_after !== undefined ? { 'Retry-After': String(d.retry_after) } : {});
         return;
       }
       if (d.endless) endlessReply(body.stream === true);
@@ -818,7 +834,8 @@ export function createPeer(opts) {
     sendJson(res, 200, reply);
   }
 
-  const server = http.createServer({ noDelay: true, keepAliveTimeout: 60000 }, async (req, res) => {
+  const tls = opts.tlsCert ? { cert: readFileSync(opts.tlsCert), key: readFileSync(opts.tlsKey) } : {};
+  const server = (opts.tlsCert ? https : http).createServer({ noDelay: true, keepAliveTimeout: opts.keepAliveMs ?? 60000, ...tls }, async (req, res) => {
     const url = new URL(req.url, 'http://peer');
     let raw;
     try {
@@ -829,6 +846,10 @@ export function createPeer(opts) {
     const route = `${req.method} ${url.pathname}`;
     switch (route) {
       case 'POST /v1/chat/completions':
+        if (!st.chatSockets.has(req.socket)) {
+          st.chatSockets.add(req.socket);
+          st.connections++;
+        }
         handleChat(req, res, raw);
         return;
       case 'POST /v1/completions':
@@ -854,6 +875,7 @@ export function createPeer(opts) {
           aborted: st.aborted,
           active: st.active,
           bytes_sent: st.bytesSent,
+          connections: st.connections,
           completions_requests: st.completions,
           embeddings_requests: st.embeddings,
           last_request: st.lastRequest,
@@ -865,6 +887,7 @@ export function createPeer(opts) {
         return;
       case 'POST /_reset':
         st.requests = st.completed = st.aborted = st.bytesSent = st.completions = st.embeddings = 0;
+        st.connections = 0;
         st.lastRequest = st.lastHeaders = null;
         st.recorded = [];
         st.script = [];
