@@ -13,10 +13,11 @@
 // Peers are named, so a directive such as [[peer@pa:status=503]] fails only
 // the peer behind tier "a"; the others answer it normally.
 import assert from 'node:assert/strict';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import {
-  ADMIN_TOKEN, authHeaders, chatBody, cleanupAfterAll, freePort, makeConfig, sha256hex, sseParse,
+  ADMIN_TOKEN, SOURCE_DIR, authHeaders, chatBody, cleanupAfterAll, freePort, makeConfig, sha256hex, sseParse,
   startGateway, startPeer, tier,
 } from '../support/harness.mjs';
 import { startRedis } from '../support/redis.mjs';
@@ -33,11 +34,15 @@ const PRICES = {
   c: { input_per_1m: 20, output_per_1m: 40 },
   cheap: { input_per_1m: 1, output_per_1m: 1 },
   big: { input_per_1m: 1000, output_per_1m: 1000 },
+  zl: { input_per_1m: 10, output_per_1m: 10 },
 };
 const costNano = (p, u) => Math.round(u.prompt_tokens * p.input_per_1m * 1000) +
   Math.round(u.completion_tokens * p.output_per_1m * 1000);
 
+const CLASSIFIER = path.join(SOURCE_DIR, 'classifier', 'models', 'difficulty.cdm');
+
 const KEYS = {
+  zone: 'sk-fallback-zone', zone2: 'sk-fallback-zone2',
   fb: 'sk-fallback-main', narrow: 'sk-fallback-narrow', tight: 'sk-fallback-tight', dead: 'sk-fallback-dead',
 };
 
@@ -129,6 +134,8 @@ describe('fallback tiers', () => {
         max_output_tokens: 100 }),
       tier({ name: 'cheap', model: 'model-cheap', urls: pa.url, price: PRICES.cheap, max_output_tokens: 100 }),
       tier({ name: 'big', model: 'model-big', urls: pc.url, price: PRICES.big, max_output_tokens: 100 }),
+      // the cascade: cheap leg "cheap", escalation "zl" whose fallback is "big"
+      tier({ name: 'zl', model: 'model-zl', urls: pb.url, price: PRICES.zl, fallback: 'big', max_output_tokens: 100 }),
     ].map(noEject);
     const tenants = [
       { id: 'fb', keys: [sha256hex(KEYS.fb)], allowed_tiers: ['a', 'b', 'c', 'dead'], default_tier: 'a',
@@ -140,10 +147,17 @@ describe('fallback tiers', () => {
       // big tier's (100 output tokens at $1000 per 1M = $0.1) does not
       { id: 'tight', keys: [sha256hex(KEYS.tight)], allowed_tiers: ['cheapfb', 'cheap', 'big'], default_tier: 'cheap',
         cache: { mode: 'off' }, budget: { usd_per_day: 0.01, on_exhausted: 'reject' } },
+      // the cascade zone with $0.01 a day: the cheap leg plus zl fit, the
+      // cheap leg plus zl's fallback "big" do not; zone2 may not use big
+      { id: 'zone', keys: [sha256hex(KEYS.zone)], allowed_tiers: ['cheap', 'zl', 'big'], cache: { mode: 'off' },
+        routing: { t_low: 0, t_high: 1, cascade: { enabled: true } }, budget: { usd_per_day: 0.01, on_exhausted: 'reject' } },
+      { id: 'zone2', keys: [sha256hex(KEYS.zone2)], allowed_tiers: ['cheap', 'zl'], cache: { mode: 'off' },
+        routing: { t_low: 0, t_high: 1, cascade: { enabled: true } }, budget: { usd_per_day: 0.01, on_exhausted: 'reject' } },
       { id: 'dead', keys: [sha256hex(KEYS.dead)], allowed_tiers: ['deadchain', 'dead2'], default_tier: 'deadchain',
         cache: { mode: 'off' } },
     ];
-    gw = await startGateway({ config: makeConfig({ tiers, tenants, redis: { url: redis.url, timeout_ms: 500 } }) });
+    gw = await startGateway({ config: makeConfig({ tiers, tenants, redis: { url: redis.url, timeout_ms: 500 },
+      classifier: { model: CLASSIFIER } }) });
   });
   after(async () => {
     await gw?.stop();
@@ -321,6 +335,19 @@ describe('fallback tiers', () => {
       assert.equal(r.json.error.code, 'budget_exceeded');
     }
     assert.equal((await pa.stats()).requests, 1, 'only the control reached an upstream');
+    assert.equal((await pc.stats()).requests, 0);
+  });
+
+  test('a cascade reserves its cheap leg plus the costliest tier of the escalation\'s chain', async () => {
+    await Promise.all([pa.reset(), pb.reset(), pc.reset()]);
+    // zone2 may not use "big": the cheap leg plus zl fit its budget
+    const ok = await call(gw, chatBody('route me', { model: 'auto' }), KEYS.zone2);
+    assert.equal(ok.status, 200, ok.text);
+    // zone may: zl's fallback "big" ($0.1 for 100 tokens) is reserved too
+    const r = await call(gw, chatBody('route me', { model: 'auto' }), KEYS.zone);
+    assert.equal(r.status, 429, r.text);
+    assertOpenAIError(r);
+    assert.equal(r.json.error.code, 'budget_exceeded');
     assert.equal((await pc.stats()).requests, 0);
   });
 });
