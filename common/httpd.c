@@ -313,7 +313,14 @@ static void write_head(struct httpd_req *r, int status, const char *content_type
         evbuffer_add(out, "\r\n", 2);
     } else if (r->chunked_out)
         evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
-    evbuffer_add_buffer(out, r->resp_hdrs);
+    /* Copied, not moved with evbuffer_add_buffer: moving would leave the
+     * head in two buffer chains, and over TLS each chain goes out as its own
+     * record and write(2) -- two of each for a small answer instead of one. */
+    size_t hdrs = evbuffer_get_length(r->resp_hdrs);
+    if (hdrs) {
+        evbuffer_add(out, evbuffer_pullup(r->resp_hdrs, -1), hdrs);
+        evbuffer_drain(r->resp_hdrs, hdrs);
+    }
     if (!r->keep_alive)
         evbuffer_add(out, "Connection: close\r\n", 19);
     else if (r->head.minor == 0)
