@@ -341,10 +341,26 @@ static int plain(const char *p, size_t len)
     return s.utf8_need == 0;
 }
 
+/* Tokens by their bytes, lexicographically (a prefix first); ties by id so
+ * the trie's token lists do not depend on qsort. */
+static int cmp_tokens(const void *a, const void *b, void *ctx)
+{
+    const struct json_vocab *v = ctx;
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    const uint32_t lx = v->len[x], ly = v->len[y];
+    int c = memcmp(v->blob + v->off[x], v->blob + v->off[y], lx < ly ? lx : ly);
+    if (c)
+        return c;
+    if (lx != ly)
+        return lx < ly ? -1 : 1;
+    return x < y ? -1 : x > y;
+}
+
 struct json_vocab *json_vocab_new(int32_t n, json_token_bytes_fn bytes, void *ctx)
 {
     if (n <= 0)
         return NULL;
+    int32_t *order = NULL, n_order = 0;    /* the tokens with bytes, to be sorted */
     struct json_vocab *v = calloc(1, sizeof(*v));
     if (!v)
         return NULL;
@@ -370,7 +386,8 @@ struct json_vocab *json_vocab_new(int32_t n, json_token_bytes_fn bytes, void *ct
     }
     v->blob = malloc(total ? total : 1);
     v->nodes = calloc(total + 1, sizeof(*v->nodes));
-    if (!v->blob || !v->nodes)
+    order = malloc((size_t)n * sizeof(*order));
+    if (!v->blob || !v->nodes || !order)
         goto fail;
     v->nodes[0].tok = -1;
     v->n_nodes = 1;
@@ -399,13 +416,22 @@ struct json_vocab *json_vocab_new(int32_t n, json_token_bytes_fn bytes, void *ct
             v->kind[i] = TOK_OTHER;
             v->other[v->n_other++] = i;
         }
+        order[n_order++] = i;
+    }
+    /* Pass 3: the trie, inserting tokens in byte order. Then a node's
+     * children are made in increasing byte order and every token through a
+     * child comes before the next child is made, so the child a token needs
+     * is either the newest (the list's head) or new: O(1) per byte, where a
+     * search of the sibling list cost over a second on a 129k vocabulary. */
+    qsort_r(order, (size_t)n_order, sizeof(*order), cmp_tokens, v);
+    for (int32_t k = 0; k < n_order; k++) {
+        const int32_t i = order[k];
+        const char *p = v->blob + v->off[i];
         uint32_t node = 0;
-        for (size_t k = 0; k < l; k++) {
-            uint8_t b = (uint8_t)p[k];
+        for (size_t j = 0; j < v->len[i]; j++) {
+            uint8_t b = (uint8_t)p[j];
             uint32_t c = v->nodes[node].child;
-            while (c && v->nodes[c].byte != b)
-                c = v->nodes[c].sibling;
-            if (!c) {
+            if (!c || v->nodes[c].byte != b) {
                 c = v->n_nodes++;
                 v->nodes[c] = (struct jnode){0, v->nodes[node].child, -1, b};
                 v->nodes[node].child = c;
@@ -415,11 +441,13 @@ struct json_vocab *json_vocab_new(int32_t n, json_token_bytes_fn bytes, void *ct
         v->tok_next[i] = v->nodes[node].tok;
         v->nodes[node].tok = i;
     }
+    free(order);
     v->bytes = sizeof(*v) + (size_t)n * (1 + 4 * sizeof(uint32_t)) + total +
                (size_t)v->n_nodes * sizeof(*v->nodes);
     return v;
 
 fail:
+    free(order);
     json_vocab_free(v);
     return NULL;
 }
