@@ -308,6 +308,23 @@ describe('POST /v1/embeddings', () => {
     assert.equal((await backup.stats()).embeddings_requests, 1);
   });
 
+  test('the client\'s trace goes upstream, and into the access line', async () => {
+    await peer.reset();
+    const traceId = '4bf92f3577b34da6a3ce929d0e0e4736';
+    const res = await fetch(`${gw.url}/v1/embeddings`, {
+      method: 'POST',
+      headers: { ...authHeaders(), traceparent: `00-${traceId}-00f067aa0ba902b7-01`, 'x-request-id': 'emb-trace-1' },
+      body: JSON.stringify({ model: 'emb', input: 'traced' }),
+    });
+    assert.equal(res.status, 200, await res.text());
+    const sent = (await peer.stats()).last_headers.traceparent;
+    assert.match(sent, new RegExp(`^00-${traceId}-[0-9a-f]{16}-01$`));
+    assert.ok(!sent.includes('00f067aa0ba902b7'), 'the gateway is a hop of its own: a fresh parent id');
+    const line = await gw.waitForLog((l) => l.msg === 'access' && l.request_id === 'emb-trace-1');
+    assert.equal(line.trace_id, traceId);
+    assert.equal(line.key_id, 'acme#0');
+  });
+
   test('wrong method and content type', async () => {
     const g = await fetch(`${gw.url}/v1/embeddings`, { headers: authHeaders() });
     assert.equal(g.status, 405);
