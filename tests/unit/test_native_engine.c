@@ -270,10 +270,207 @@ static void test_deepseek_template(struct event_base *base)
     rm_rf(dir);
 }
 
+
+/* --check-config's validation of a tier's engine section: everything
+ * from_json checks, with its messages, and nothing loaded: a model path
+ * that does not exist passes. */
+static void test_check_json(void)
+{
+    char err[256], err2[256];
+    CHECK(native_engine_check_json("{\"kind\":\"native\",\"model\":\"/nonexistent/x.bin\","
+                                   "\"threads\":2,\"kv_mib\":64,\"max_queue\":-1,\"ctx\":256,"
+                                   "\"tp\":1,\"ep\":1,\"device\":\"cpu\",\"name\":\"n\"}",
+                                   "/base", err, sizeof(err)) == 0);
+    static const struct {
+        const char *json, *says;
+    } bad[] = {
+        {"[]", "JSON object"},
+        {"not json", "JSON object"},
+        {"{\"kind\":\"native\"}", "\"model\""},
+        {"{\"model\":\"\"}", "\"model\""},
+        {"{\"model\":1}", "\"model\" must be a string"},
+        {"{\"model\":\"x\",\"name\":5}", "\"name\" must be a string"},
+        {"{\"model\":\"x\",\"tokenizer\":[]}", "\"tokenizer\" must be a string"},
+        {"{\"model\":\"x\",\"kind\":\"remote\"}", "\"kind\""},
+        {"{\"model\":\"x\",\"thread\":1}", "unknown key \"thread\""},
+        {"{\"model\":\"x\",\"threads\":-1}", "\"threads\" must be an integer"},
+        {"{\"model\":\"x\",\"threads\":1.5}", "\"threads\" must be an integer"},
+        {"{\"model\":\"x\",\"kv_mib\":2000000000}", "\"kv_mib\""},
+        {"{\"model\":\"x\",\"max_queue\":-2}", "\"max_queue\""},
+        {"{\"model\":\"x\",\"device\":\"gpu\"}", "\"device\""},
+        {"{\"model\":\"x\",\"device\":\"cuda:0,0\"}", "named twice"},
+        {"{\"model\":\"x\",\"tp\":2,\"ep\":3}", "tp 2, ep 3"},
+        {"{\"model\":\"x\",\"device\":\"cuda:0,1\",\"tp\":3}", "tp 3"},
+        {"{\"model\":\"x\",\"device\":\"cuda:0\",\"tp\":2,\"ep\":2}", "one per GPU"},
+        {"{\"model\":\"x\",\"tp\":1000}", "\"tp\""},
+#ifndef CASCADE_HAVE_CUDA
+        {"{\"model\":\"x\",\"device\":\"cuda:0\"}", "no CUDA backend"},
+#endif
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = err2[0] = '\0';
+        int rc = native_engine_check_json(bad[i].json, NULL, err, sizeof(err));
+        if (rc == 0 || !strstr(err, bad[i].says))
+            fprintf(stderr, "check_json %s: rc %d, \"%s\"\n", bad[i].json, rc, err);
+        CHECK(rc == -1 && strstr(err, bad[i].says));
+        /* One parser: from_json refuses it with the same words, before any
+         * file is opened. */
+        CHECK(native_engine_from_json(bad[i].json, NULL, err2, sizeof(err2)) == NULL);
+        CHECK_STR(err2, err);
+    }
+    CHECK(native_engine_check_json(NULL, NULL, err, sizeof(err)) == -1);
+}
+
+/* Parse body as a client's request would be. */
+static int parse(struct chat_request *req, const char *body)
+{
+    struct openai_error oe;
+    int rc = chat_request_parse(body, strlen(body), req, &oe);
+    if (rc != 0)
+        fprintf(stderr, "parse %s: %s\n", body, oe.message);
+    return rc;
+}
+
+/* What the engine refuses, by name, with and without an engine (the
+ * vocabulary is the engine's to know). */
+static void test_check_request(struct engine *e)
+{
+    static const struct {
+        const char *extra, *param;
+    } refused[] = {
+        {"\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]", "tools"},
+        {"\"functions\":[{\"name\":\"f\"}]", "functions"},
+        {"\"tool_choice\":\"auto\"", "tool_choice"},
+        {"\"function_call\":\"auto\"", "function_call"},
+        {"\"parallel_tool_calls\":false", "parallel_tool_calls"},
+        {"\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\"}}",
+         "response_format"},
+        {"\"audio\":{\"voice\":\"alloy\",\"format\":\"mp3\"}", "audio"},
+        {"\"modalities\":[\"text\",\"audio\"]", "modalities"},
+        {"\"prediction\":{\"type\":\"content\",\"content\":\"x\"}", "prediction"},
+        {"\"web_search_options\":{}", "web_search_options"},
+        {"\"store\":true", "store"},
+        {"\"repetition_penalty\":1.1", "repetition_penalty"},
+    };
+    char body[512];
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        snprintf(body, sizeof(body),
+                 "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],%s}",
+                 refused[i].extra);
+        struct chat_request req;
+        struct openai_error oe = {0};
+        CHECK(parse(&req, body) == 0);
+        CHECK(native_engine_check_request(e, &req, &oe) == -1);
+        CHECK(oe.status == 400 && oe.param && strcmp(oe.param, refused[i].param) == 0);
+        CHECK_STR(oe.type, "invalid_request_error");
+        CHECK(strstr(oe.message, "native") != NULL);
+        chat_request_free(&req);
+    }
+    /* Non-text parts, named by type. */
+    struct chat_request req;
+    struct openai_error oe = {0};
+    CHECK(parse(&req, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                      "\"text\",\"text\":\"a\"},{\"type\":\"input_audio\",\"input_audio\":{"
+                      "\"data\":\"AAAA\",\"format\":\"wav\"}}]}]}") == 0);
+    CHECK(native_engine_check_request(e, &req, &oe) == -1 && !strcmp(oe.param, "messages") &&
+          strstr(oe.message, "input_audio"));
+    chat_request_free(&req);
+    /* Honoured or harmless: passes. */
+    CHECK(parse(&req, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                      "\"text\",\"text\":\"a\"}]}],\"stream\":false,\"temperature\":0.5,\"top_p\":1,"
+                      "\"top_k\":4,\"max_tokens\":3,\"stop\":[\"x\"],\"seed\":1,\"user\":\"u\","
+                      "\"logprobs\":true,\"top_logprobs\":2,\"presence_penalty\":1,"
+                      "\"frequency_penalty\":-1,\"logit_bias\":{\"511\":-5},\"n\":1,"
+                      "\"response_format\":{\"type\":\"json_object\"},\"metadata\":{\"a\":\"b\"},"
+                      "\"store\":false,\"tools\":[],\"tool_choice\":\"none\","
+                      "\"modalities\":[\"text\"],\"audio\":null}") == 0);
+    CHECK(native_engine_check_request(e, &req, &oe) == 0);
+    chat_request_free(&req);
+    /* A token id past the vocabulary (512 tokens): only the engine knows. */
+    CHECK(parse(&req, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                      "\"logit_bias\":{\"512\":1}}") == 0);
+    CHECK(native_engine_check_request(NULL, &req, &oe) == 0);
+    if (e)
+        CHECK(native_engine_check_request(e, &req, &oe) == -1 && !strcmp(oe.param, "logit_bias") &&
+              strstr(oe.message, "512"));
+    chat_request_free(&req);
+}
+
+/* Refusals arrive through on_error on a later loop turn; json_object keeps
+ * the answer an object whatever max_tokens allows; /v1/completions through
+ * engine_submit matches native_engine_submit_text. */
+static void test_params(struct engine *e, struct event_base *base)
+{
+    static struct call c[8];
+    struct chat_request req[8];
+    const char *bodies[8] = {
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"tools\":"
+        "[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}",
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":1,"
+        "\"response_format\":{\"type\":\"json_object\"}}",
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":2,"
+        "\"temperature\":0,\"response_format\":{\"type\":\"json_object\"}}",
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":150,"
+        "\"temperature\":1,\"seed\":5,\"response_format\":{\"type\":\"json_object\"}}",
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":9}",
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"Once upon a time\"}],"
+        "\"max_tokens\":20,\"temperature\":0}",
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":20,"
+        "\"temperature\":0}",
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":5,"
+        "\"temperature\":0,\"logit_bias\":{\"300\":100},\"logprobs\":true}",
+    };
+    const enum engine_endpoint ep[8] = {ENGINE_EP_CHAT, ENGINE_EP_CHAT, ENGINE_EP_CHAT,
+                                        ENGINE_EP_CHAT, ENGINE_EP_EMBEDDINGS,
+                                        ENGINE_EP_COMPLETIONS, ENGINE_EP_CHAT, ENGINE_EP_CHAT};
+    int outstanding = 0;
+    for (int i = 0; i < 8; i++) {
+        CHECK(parse(&req[i], bodies[i]) == 0);
+        memset(&c[i], 0, sizeof(c[i]));
+        c[i].base = base;
+        c[i].thread = pthread_self();
+        c[i].e = e;
+        c[i].outstanding = &outstanding;
+        outstanding++;
+        struct engine_request er = {.base = base, .chat = &req[i], .endpoint = ep[i],
+                                    .model = "m", .request_id = "p",
+                                    .max_tokens = req[i].max_tokens, .logprobs = req[i].logprobs};
+        in_submit = 1;
+        int rc = i == 6 ? native_engine_submit_text(e, &er, "Once upon a time", 16, &cbs, &c[i],
+                                                    &c[i].id)
+                        : engine_submit(e, &er, &cbs, &c[i], &c[i].id);
+        in_submit = 0;
+        CHECK(rc == 0);
+    }
+    event_base_dispatch(base);
+    CHECK(c[0].errors == 1 && c[0].status == 400 && !strcmp(c[0].code, "unsupported_parameter"));
+    /* max_tokens 1 cannot hold an object: nothing fits, "length". */
+    CHECK(c[1].done == 1 && !strcmp(c[1].finish, "length") && c[1].len == 0);
+    /* 2 tokens: "{" and "}" (and whitespace before, at most). */
+    size_t k = 0;
+    while (k < c[2].len && c[2].text[k] == ' ')
+        k++;
+    CHECK(c[2].done == 1 && !strcmp(c[2].finish, "stop") && !strcmp(c[2].text + k, "{}"));
+    json_t *j = json_loadb(c[3].text, c[3].len, 0, NULL);
+    if (!json_is_object(j))
+        fprintf(stderr, "json_object answer: %s\n", c[3].text);
+    CHECK(json_is_object(j) && c[3].done == 1 && !strcmp(c[3].finish, "stop"));
+    json_decref(j);
+    CHECK(c[4].errors == 1 && c[4].status == 400);
+    /* The completions endpoint: the user message as a raw prompt. */
+    CHECK(c[5].done == 1 && c[6].done == 1 && c[5].len > 10 && !strcmp(c[5].text, c[6].text));
+    /* +100 on one token: every token is that one. */
+    CHECK(c[7].done == 1 && c[7].tokens == 5 && c[7].lp_tokens == 5);
+    for (int i = 0; i < 8; i++)
+        chat_request_free(&req[i]);
+}
+
 int main(void)
 {
     char model[1024], err[256];
     snprintf(model, sizeof(model), "%s/models/stories260K/stories260K.bin", test_shared_dir());
+    test_check_json();
+    test_check_request(NULL);
     if (access(model, R_OK) != 0) {
         TEST_SKIP("%s not found", model);
         TEST_MAIN_END();
@@ -292,6 +489,8 @@ int main(void)
     CHECK(engine_health(e) == 1);
     CHECK(strcmp(native_engine_model_name(e), "stories260K.bin") == 0);
     CHECK(native_engine_context(e) == 512);
+    test_check_request(e);
+    test_params(e, base);
 
     /* The reference story: empty user message, greedy, 256 positions (as
      * llama2.c counts them: 256 forward passes, 256 tokens after BOS). */
