@@ -126,6 +126,29 @@ describe('remote tier pass-through', () => {
     assert.ok(!final.choices[0].message.content, `no content: ${final.choices[0].message.content}`);
   });
 
+  test('a vLLM-style whole answer: its empty tool_calls and null fields leave the text answer as it was', async () => {
+    await peer.reset();
+    const r = await client.chat.completions.create({
+      model: 'remote', tools: TOOLS, messages: [{ role: 'user', content: 'plain answer [[peer:style=vllm]]' }],
+    });
+    const up = await upstream();
+    const m = r.choices[0].message;
+    assert.equal(m.content, up.reply.content);
+    assert.equal(m.content, 'echo: plain answer');
+    assert.ok(!m.tool_calls?.length, `no tool calls: ${JSON.stringify(m.tool_calls)}`);
+    assert.ok(!m.reasoning_content, 'no reasoning');
+    assert.equal(r.choices[0].finish_reason, 'stop');
+
+    await peer.reset();
+    const t = await client.chat.completions.create({
+      model: 'remote', tools: TOOLS, messages: [{ role: 'user', content: 'x [[peer:style=vllm]] [[peer:tool_call=get_time]]' }],
+    });
+    const up2 = await upstream();
+    assert.match(t.choices[0].message.tool_calls[0].id, /^chatcmpl-tool-/);
+    assert.deepEqual(t.choices[0].message.tool_calls, up2.answer.message.tool_calls);
+    assert.equal(t.choices[0].message.content, null);
+  });
+
   test('reasoning_content is relayed before the content, streamed and not', async () => {
     await peer.reset();
     const body = { model: 'remote', messages: [{ role: 'user', content: 'why is the sky blue [[peer:reasoning]]' }] };

@@ -43,6 +43,12 @@
 //   image_url parts are accepted, and the reply says how many arrived
 //   (" images=N" after the echoed text)
 //   every chunk and response carries "system_fingerprint": "fp_peer"
+//   [[peer:style=vllm]]          a whole response as vLLM writes it: the
+//                                message also holds "reasoning_content": null
+//                                and "tool_calls": [] when it has none, the
+//                                choice "stop_reason": null, the response
+//                                "prompt_logprobs": null; tool call ids are
+//                                "chatcmpl-tool-<hex>" (see vllmMessage)
 //
 // Directives are removed from the text before it is echoed. POST /_script
 // queues the same directives for the next requests without touching the
@@ -246,9 +252,16 @@ export function toolArguments(text, i = 0) {
 }
 
 // toolCallId: the id of call i to tool `name` for that text (OpenAI's
-// "call_" form, deterministic).
-export function toolCallId(name, text, i = 0) {
-  return 'call_' + crypto.createHash('sha256').update(`${name}\0${text}\0${i}`).digest('hex').slice(0, 24);
+// "call_" form, or vLLM's "chatcmpl-tool-" one; deterministic).
+export function toolCallId(name, text, i = 0, style = 'openai') {
+  const h = crypto.createHash('sha256').update(`${name}\0${text}\0${i}`).digest('hex');
+  return style === 'vllm' ? 'chatcmpl-tool-' + h.slice(0, 32) : 'call_' + h.slice(0, 24);
+}
+
+// vllmMessage: a whole message as vLLM's server writes it: every field of
+// its schema present, null or empty when unused.
+export function vllmMessage(msg) {
+  return { role: 'assistant', reasoning_content: null, content: null, tool_calls: [], ...msg };
 }
 
 // answerDeltas: the output of a whole assistant message as the stream's
@@ -306,7 +319,7 @@ export function peerAnswer(body, name = 'peer', d = undefined) {
     const names = String(d.tool_calls ?? d.tool_call).split(',').filter(Boolean);
     msg = { role: 'assistant', content: null };
     if (d.reasoning) msg.reasoning_content = 'think: ' + clean;
-    msg.tool_calls = names.map((n, i) => ({ id: toolCallId(n, clean, i), type: 'function',
+    msg.tool_calls = names.map((n, i) => ({ id: toolCallId(n, clean, i, d.style), type: 'function',
       function: { name: n, arguments: toolArguments(clean, i) } }));
     finishReason = 'tool_calls';
   } else if (d.reasoning) {
@@ -591,16 +604,23 @@ export function createPeer(opts) {
       pump();
     };
 
+    // A whole response; vLLM's style adds its always-present fields.
+    const sendWhole = (message, logprobs, finishReason, usage) => {
+      const vllm = d.style === 'vllm';
+      const choice = { index: 0, message: vllm ? vllmMessage(message) : message, logprobs, finish_reason: finishReason };
+      if (vllm) choice.stop_reason = null;
+      const obj = { id, object: 'chat.completion', created, model, system_fingerprint: PEER_FINGERPRINT,
+        choices: [choice], usage };
+      if (vllm) obj.prompt_logprobs = null;
+      sendJson(res, 200, obj);
+    };
+
     const fullReply = () => {
       const message = { role: 'assistant', content: reply.content };
       const logprobs = wantLogprobs
         ? { content: reply.chunks.map((c, i) => logprobEntry(c, reply.logprobs[i], nTop)) }
         : null;
-      sendJson(res, 200, {
-        id, object: 'chat.completion', created, model, system_fingerprint: PEER_FINGERPRINT,
-        choices: [{ index: 0, message, logprobs, finish_reason: reply.finishReason }],
-        usage: reply.usage,
-      });
+      sendWhole(message, logprobs, reply.finishReason, reply.usage);
     };
 
     // A structured answer (peerAnswer) in one response: content null beside
@@ -610,11 +630,7 @@ export function createPeer(opts) {
       const logprobs = wantLogprobs
         ? { content: pieces.map((x, i) => logprobEntry(x.content, -(i % 5) / 10, nTop)) }
         : null;
-      sendJson(res, 200, {
-        id, object: 'chat.completion', created, model, system_fingerprint: PEER_FINGERPRINT,
-        choices: [{ index: 0, message: structured.message, logprobs, finish_reason: structured.finishReason }],
-        usage: structured.usage,
-      });
+      sendWhole(structured.message, logprobs, structured.finishReason, structured.usage);
     };
 
     // The same as a stream: a role chunk, one chunk per delta, the finish
