@@ -145,6 +145,10 @@ describe('the dashboard', () => {
     assert.equal(await text(page, 'h-escalation-rate'), '0.0%');
     assert.match(await text(page, 'h-spend'), /^\$\d/);
     assert.match(await text(page, 'h-saved-cache'), /^\$\d/);
+    // The traffic names its tier (model small): no routing savings, no loss
+    // (README "Savings"); the cards show net routing savings and the loss.
+    assert.equal(await text(page, 'h-saved-routing'), '$0');
+    assert.equal(await text(page, 'h-routing-loss'), '$0');
     assert.match(await text(page, 'h-p50'), /\d+(\.\d+)? m?s$/);
     assert.match(await text(page, 'h-p95'), /\d+(\.\d+)? m?s$/);
     assert.match(await text(page, 'h-tiers'), /^small 100%/);
@@ -166,10 +170,12 @@ describe('the dashboard', () => {
         spend: values(c.spend, 1),
         p95: values(c.latency, 2),
         series: c.tiers.series.map((s) => s.label),
+        spendSeries: c.spend.series.map((s) => s.label),
       };
     });
     assert.ok(charted.hitRate.length >= 1 && charted.spend.length >= 1 && charted.p95.length >= 1);
     assert.deepEqual(charted.series.slice(1), ['small', 'large', 'escalation rate']);
+    assert.deepEqual(charted.spendSeries.slice(1), ['spend', 'saved by cache', 'saved by routing (net)', 'routing loss']);
     // The hit-rate chart plots, point by point, what the stats API says for
     // the same range (the traffic may straddle a minute), and those points
     // add up to the 40% of the headline.
