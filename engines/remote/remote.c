@@ -145,6 +145,9 @@ struct rreq {
     int last_replica;               /* the replica of the last attempt, or -1 */
     int attempt_open;               /* the current attempt has not been reported (attempt_end) */
     int trial;                      /* the current attempt is its replica's trial (outlier.h) */
+    int reused;                     /* the current attempt went out on a pooled connection */
+    int stale_retried;              /* a stale pooled connection was forgiven once (done_cb) */
+    int spared;                     /* attempt_end: no verdict on the replica for this one */
     struct event *retry_timer;      /* waiting out the backoff before the next attempt */
     enum remote_outcome last_outcome;   /* why the last attempt failed */
     int64_t retry_after_s;          /* its Retry-After (429, 503), or 0 */
@@ -328,14 +331,17 @@ static struct remote_local *local_for(struct remote *r, struct event_base *base)
 /* An idle connection to replica ri, or a new one. A pooled TLS connection
  * that closed while it sat idle is freed here (tls.h: it cannot reconnect);
  * we are in none of its callbacks, so at once. */
-static struct evhttp_connection *pool_get(struct remote_local *L, int ri)
+static struct evhttp_connection *pool_get(struct remote_local *L, int ri, int *reused)
 {
     struct pool *p = &L->pools[ri];
     struct replica *rep = &L->r->replicas[ri];
+    *reused = 0;
     while (p->n) {
         struct evhttp_connection *c = p->idle[--p->n];
-        if (!rep->tls || remote_tls_conn_reusable(c))
+        if (!rep->tls || remote_tls_conn_reusable(c)) {
+            *reused = 1;
             return c;
+        }
         evhttp_connection_free(c);
     }
     struct evhttp_connection *c =
@@ -540,7 +546,7 @@ static void attempt_end(struct rreq *q, enum remote_outcome o, int retried)
     struct outlier *ol = &r->replicas[ri].outlier;
     enum outlier_change ch = OUTLIER_SAME;
     unsigned ms = 0;
-    switch (o) {
+    switch (q->spared ? REMOTE_CANCELLED : o) {
     case REMOTE_OK:
     case REMOTE_HTTP_4XX: /* it answered: it works */
         ch = outlier_success(ol);
@@ -556,6 +562,7 @@ static void attempt_end(struct rreq *q, enum remote_outcome o, int retried)
         outlier_end_trial(ol);
         q->trial = 0;
     }
+    q->spared = 0;
     outlier_changed(r, ri, ch, ms);
     if (r->hooks.attempt)
         r->hooks.attempt(r->hooks_ctx, r->replica_base + ri, o, retried);
@@ -783,7 +790,7 @@ static void finish_exhausted(struct rreq *q)
     if (q->attempts)
         snprintf(msg, sizeof msg, "%s (%u attempt%s)", q->fail_msg, q->attempts, q->attempts == 1 ? "" : "s");
     else
-        snprintf(msg, sizeof msg, "no upstream replica is reachable");
+        snprintf(msg, sizeof msg, "%s", q->fail_msg[0] ? q->fail_msg : "no upstream replica is reachable");
     if (!q->ended) {
         q->ended = 1;
         struct engine_error e = {.status = status, .type = "upstream_error", .code = code, .message = msg,
@@ -825,9 +832,13 @@ static void attempt_failed(struct rreq *q, enum remote_outcome o, const char *ms
     if (retry) {
         static struct log_limit lim;
         log_limited(&lim, 1000, LOG_WARN, "%s; trying again (attempt %u of %u)", msg, q->attempts + 1, max);
-        /* backoff before the second try, doubled before each next one */
-        unsigned shift = q->attempts - 1 < 16 ? q->attempts - 1 : 16;
-        uint64_t ms = (uint64_t)r->cfg.retry_backoff_ms << shift;
+        /* backoff before the second try, doubled before each next one;
+         * none when no try was counted yet (a stale connection, done_cb) */
+        uint64_t ms = 0;
+        if (q->attempts > 0) {
+            unsigned doublings = q->attempts - 1 < 16 ? q->attempts - 1 : 16;
+            ms = (uint64_t)r->cfg.retry_backoff_ms << doublings;
+        }
         if (!q->retry_timer)
             q->retry_timer = evtimer_new(q->L->base, retry_cb, q);
         struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
@@ -877,6 +888,18 @@ static void done_cb(struct evhttp_request *req, void *arg)
              * or a stream that stalled. */
             snprintf(msg, sizeof msg, "upstream %s sent nothing for %u ms", url, r->cfg.chunk_timeout_ms);
             attempt_failed(q, REMOTE_TIMEOUT, msg, 0);
+            return;
+        }
+        if (!q->got_headers && q->reused && !q->stale_retried) {
+            /* A pooled connection that the upstream closed as we sent on
+             * it (its keep-alive timeout raced our request): not the
+             * replica's failure. Once per request it costs no attempt and
+             * no blame; the next attempt takes a fresh connection. */
+            q->stale_retried = 1;
+            q->spared = 1;
+            q->attempts--;
+            snprintf(msg, sizeof msg, "upstream %s closed a kept-alive connection before answering", url);
+            attempt_failed(q, REMOTE_CONNECT_ERROR, msg, 0);
             return;
         }
         if (!q->got_headers) {
@@ -1009,7 +1032,8 @@ static int start_attempt(struct rreq *q)
             return -1;
         q->tried[ri] = 1;
         struct replica *rep = &r->replicas[ri];
-        struct evhttp_connection *c = pool_get(q->L, ri);
+        int reused;
+        struct evhttp_connection *c = pool_get(q->L, ri, &reused);
         if (!c) {
             if (trial)
                 outlier_end_trial(&rep->outlier);
@@ -1056,6 +1080,7 @@ static int start_attempt(struct rreq *q)
             q->attempts++;
             q->attempt_open = 1;
             q->trial = trial;
+            q->reused = reused;
             return 0;
         }
         /* Could not even start: the request was not queued, so free it. */

@@ -232,6 +232,39 @@ describe('a lone replica that keeps failing', () => {
   });
 });
 
+describe('a kept-alive connection the upstream closed as we sent', () => {
+  let p, gw;
+  before(async () => {
+    p = await startPeer({ name: 'ka' });
+    const t = tier({ urls: [p.url], chunkTimeoutMs: 2000, timeoutMs: 10000, retry: { attempts: 1, backoff_ms: 0 } });
+    t.engine.eject_after = 1;
+    // one worker: the second request surely goes out on the first one's connection
+    gw = await startGateway({ config: makeConfig({ tiers: [t], workers: 1 }) });
+  });
+  after(async () => {
+    await gw?.stop();
+    await p?.stop();
+  });
+
+  test('is forgiven once: a fresh connection, no attempt used, no blame', async () => {
+    await answerText(await post(gw, chatBody(fresh(), { model: 'small' })), false);
+    await p.script({ directives: { close: true }, count: 1 }); // the next request finds its connection closed
+    const text = fresh();
+    assert.equal(await answerText(await post(gw, chatBody(text, { model: 'small' })), false),
+      peerReply(chatBody(text), 'ka').content);
+    const m = await metrics(gw);
+    assert.equal(metric(m, 'cascade_upstream_attempts_total', { replica: p.url, outcome: 'connect_error' }), 1);
+    assert.equal(metric(m, 'cascade_upstream_ejected', { replica: p.url }), 0, 'eject_after 1, yet not ejected');
+    // twice in one request: the second is a failure like any other
+    await p.script({ directives: { close: true }, count: 2 });
+    const res = await post(gw, chatBody(fresh(), { model: 'small' }));
+    const body = await res.json();
+    assert.equal(res.status, 502, JSON.stringify(body));
+    assert.equal(body.error.code, 'upstream_unreachable');
+    assert.equal(metric(await metrics(gw), 'cascade_upstream_ejected', { replica: p.url }), 1);
+  });
+});
+
 describe('outlier ejection', () => {
   let a, b;
   before(async () => {
