@@ -35,6 +35,9 @@ const PRICES = {
   cheap: { input_per_1m: 1, output_per_1m: 1 },
   big: { input_per_1m: 1000, output_per_1m: 1000 },
   zl: { input_per_1m: 10, output_per_1m: 10 },
+  // cheaper per token than zl (so zl stays the tenant's top tier, the
+  // escalation target), but its output bound makes its worst case $0.25
+  bigbound: { input_per_1m: 1, output_per_1m: 5 },
 };
 const costNano = (p, u) => Math.round(u.prompt_tokens * p.input_per_1m * 1000) +
   Math.round(u.completion_tokens * p.output_per_1m * 1000);
@@ -134,8 +137,9 @@ describe('fallback tiers', () => {
         max_output_tokens: 100 }),
       tier({ name: 'cheap', model: 'model-cheap', urls: pa.url, price: PRICES.cheap, max_output_tokens: 100 }),
       tier({ name: 'big', model: 'model-big', urls: pc.url, price: PRICES.big, max_output_tokens: 100 }),
-      // the cascade: cheap leg "cheap", escalation "zl" whose fallback is "big"
-      tier({ name: 'zl', model: 'model-zl', urls: pb.url, price: PRICES.zl, fallback: 'big', max_output_tokens: 100 }),
+      // the cascade: cheap leg "cheap", escalation "zl" whose fallback is "bigbound"
+      tier({ name: 'zl', model: 'model-zl', urls: pb.url, price: PRICES.zl, fallback: 'bigbound', max_output_tokens: 100 }),
+      tier({ name: 'bigbound', model: 'model-bigbound', urls: pc.url, price: PRICES.bigbound, max_output_tokens: 50000 }),
     ].map(noEject);
     const tenants = [
       { id: 'fb', keys: [sha256hex(KEYS.fb)], allowed_tiers: ['a', 'b', 'c', 'dead'], default_tier: 'a',
@@ -148,8 +152,9 @@ describe('fallback tiers', () => {
       { id: 'tight', keys: [sha256hex(KEYS.tight)], allowed_tiers: ['cheapfb', 'cheap', 'big'], default_tier: 'cheap',
         cache: { mode: 'off' }, budget: { usd_per_day: 0.01, on_exhausted: 'reject' } },
       // the cascade zone with $0.01 a day: the cheap leg plus zl fit, the
-      // cheap leg plus zl's fallback "big" do not; zone2 may not use big
-      { id: 'zone', keys: [sha256hex(KEYS.zone)], allowed_tiers: ['cheap', 'zl', 'big'], cache: { mode: 'off' },
+      // cheap leg plus zl's fallback "bigbound" do not; zone2 may not use it.
+      // For both, zl is the top tier (by price per token): the escalation.
+      { id: 'zone', keys: [sha256hex(KEYS.zone)], allowed_tiers: ['cheap', 'zl', 'bigbound'], cache: { mode: 'off' },
         routing: { t_low: 0, t_high: 1, cascade: { enabled: true } }, budget: { usd_per_day: 0.01, on_exhausted: 'reject' } },
       { id: 'zone2', keys: [sha256hex(KEYS.zone2)], allowed_tiers: ['cheap', 'zl'], cache: { mode: 'off' },
         routing: { t_low: 0, t_high: 1, cascade: { enabled: true } }, budget: { usd_per_day: 0.01, on_exhausted: 'reject' } },
@@ -288,6 +293,8 @@ describe('fallback tiers', () => {
     // a fresh tenant's spend: what the tests above charged "fb" so far,
     // taken from the usage API, then two more fallbacks and a total failure
     const before = (await usageApi(gw, 'fb')).today.spend_usd;
+    const accessFb = () => gw.logLines().filter((l) => l.msg === 'access' && l.tenant === 'fb');
+    const linesBefore = accessFb().length;
     const one = await call(gw, chatBody('charge b only [[peer@pa:status=500]]', { model: 'a' }), KEYS.fb);
     assert.equal(one.status, 200, one.text);
     assert.equal(one.tier, 'b');
@@ -310,7 +317,9 @@ describe('fallback tiers', () => {
     assert.ok(Math.abs(after - before - want / 1e9) < 1e-12,
       `spend grew by ${((after - before) * 1e9).toFixed(0)} nano-USD, want ${want} (b's and c's cost only)`);
     // the access log says the same, line by line, and the failed request cost 0
-    const lines = gw.logLines().filter((l) => l.msg === 'access' && l.tenant === 'fb').slice(-3);
+    // (the log is written by a background thread: wait for all three lines)
+    await gw.waitForLog(() => accessFb().length >= linesBefore + 3, 5000);
+    const lines = accessFb().slice(linesBefore);
     assert.deepEqual(lines.map((l) => l.cost_nano), [costNano(PRICES.b, one.json.usage), costNano(PRICES.c, twoUsage), 0],
       JSON.stringify(lines));
     assert.deepEqual(lines.map((l) => l.tier), ['b', 'c', lines[2].tier]);
@@ -340,10 +349,13 @@ describe('fallback tiers', () => {
 
   test('a cascade reserves its cheap leg plus the costliest tier of the escalation\'s chain', async () => {
     await Promise.all([pa.reset(), pb.reset(), pc.reset()]);
-    // zone2 may not use "big": the cheap leg plus zl fit its budget
+    // zone2 may not use "bigbound": the cheap leg plus zl fit its budget
     const ok = await call(gw, chatBody('route me', { model: 'auto' }), KEYS.zone2);
     assert.equal(ok.status, 200, ok.text);
-    // zone may: zl's fallback "big" ($0.1 for 100 tokens) is reserved too
+    // it was a cascade: the cheap tier answered first, asked for logprobs
+    assert.equal(ok.tier, 'cheap');
+    assert.equal((await pa.stats()).last_request.logprobs, true);
+    // zone may: zl's fallback "bigbound" (50000 tokens at $5 per 1M) is reserved too
     const r = await call(gw, chatBody('route me', { model: 'auto' }), KEYS.zone);
     assert.equal(r.status, 429, r.text);
     assertOpenAIError(r);
