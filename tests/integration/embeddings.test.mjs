@@ -16,6 +16,7 @@
 //     tier's fallback serves embeddings, which then answers (and says so).
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
@@ -79,6 +80,7 @@ describe('POST /v1/embeddings', () => {
   let peer;     // behind tiers emb and chatonly
   let flaky;    // behind tiers flaky (falls back to emb) and failing (no fallback)
   let backup;   // behind tier backup
+  let silent;   // behind tier silent: accepts connections and never answers
   let gw;
 
   before(async () => {
@@ -89,6 +91,8 @@ describe('POST /v1/embeddings', () => {
     peer = await startPeer({ name: 'emb' });
     flaky = await startPeer({ name: 'flaky' });
     backup = await startPeer({ name: 'backup' });
+    silent = net.createServer(() => {});
+    await new Promise((r) => silent.listen(0, '127.0.0.1', r));
     const tiers = [
       tier({ name: 'emb', model: EMB_MODEL, urls: peer.url, price: PRICES.emb }),
       tier({ name: 'chatonly', model: 'chat-model', urls: peer.url, price: PRICES.emb, endpoints: ['chat'] }),
@@ -98,6 +102,8 @@ describe('POST /v1/embeddings', () => {
         retry: { attempts: 1 } }),
       tier({ name: 'failing', model: 'failing-model', urls: flaky.url, price: PRICES.emb, retry: { attempts: 1 } }),
       tier({ name: 'backup', model: 'backup-model', urls: backup.url, price: PRICES.backup }),
+      tier({ name: 'silent', model: 'silent-model', urls: `http://127.0.0.1:${silent.address().port}`,
+        price: PRICES.emb }),
     ];
     const all = tiers.map((t) => t.name);
     const tenants = [
@@ -118,6 +124,7 @@ describe('POST /v1/embeddings', () => {
   after(async () => {
     await gw?.stop();
     await redis?.stop();
+    silent?.close();
   });
 
   test('a string, through the SDK (base64 by default): the peer\'s vector, the tier\'s model id', async () => {
@@ -323,6 +330,27 @@ describe('POST /v1/embeddings', () => {
     const line = await gw.waitForLog((l) => l.msg === 'access' && l.request_id === 'emb-trace-1');
     assert.equal(line.trace_id, traceId);
     assert.equal(line.key_id, 'acme#0');
+  });
+
+  test('a client that leaves while the upstream works is logged 499 and charged nothing', async () => {
+    const ac = new AbortController();
+    const pending = fetch(`${gw.url}/v1/embeddings`, {
+      method: 'POST', headers: { ...authHeaders(), 'x-request-id': 'emb-leaves' }, signal: ac.signal,
+      body: JSON.stringify({ model: 'silent', input: 'nobody answers' }),
+    });
+    await sleep(300);
+    ac.abort();
+    await assert.rejects(pending);
+    const line = await gw.waitForLog((l) => l.msg === 'access' && l.request_id === 'emb-leaves');
+    assert.equal(line.status, 499);
+    assert.equal(line.cost_nano, 0);
+    assert.equal(line.tier, 'silent');
+    // The reservation was released: nothing is left reserved for the tenant.
+    await sleep(200);
+    assert.equal((await usageApi(gw, 'acme')).budget.reserved_usd, 0);
+    // And the worker goes on serving.
+    const r = await post(gw, { model: 'emb', input: 'still here' });
+    assert.equal(r.status, 200, r.text);
   });
 
   test('wrong method and content type', async () => {
