@@ -7,7 +7,7 @@
 // - frequency_penalty and presence_penalty change the greedy story, the same
 //   way every time, and leave requests without them bit-identical;
 // - response_format json_object: the answer is a JSON object JSON.parse reads,
-//   greedy and sampled, finish_reason "stop";
+//   greedy and sampled, streamed and not, finish_reason "stop";
 // - tools, an image part, an unknown field, json_schema and a token id past
 //   the vocabulary: 400 invalid_request_error naming the field.
 import assert from 'node:assert/strict';
@@ -133,6 +133,24 @@ describe('native engine parameters', { skip }, () => {
         assert.ok(parsed !== null && !Array.isArray(parsed), text);
         assert.equal(r.body.choices[0].finish_reason, 'stop', text);
       }
+      // Streamed: the deltas put together are the object.
+      const url = via === 'engine' ? `http://127.0.0.1:${engine.match[1]}` : gw.url;
+      const res = await fetch(`${url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', ...(via === 'gateway' ? authHeaders() : {}) },
+        body: JSON.stringify(greedy({ max_tokens: 100, stream: true, seed: 3, temperature: 1, response_format: { type: 'json_object' } })),
+      });
+      assert.equal(res.status, 200);
+      let text = '';
+      let finish = null;
+      for (const line of (await res.text()).split('\n')) {
+        if (!line.startsWith('data: {')) continue;
+        const chunk = JSON.parse(line.slice(6));
+        text += chunk.choices?.[0]?.delta?.content ?? '';
+        finish = chunk.choices?.[0]?.finish_reason ?? finish;
+      }
+      assert.equal(typeof JSON.parse(text), 'object', text);
+      assert.equal(finish, 'stop');
     });
 
     test(`what the native engine cannot honour is a 400 naming the field (${via})`, async () => {
