@@ -64,7 +64,7 @@ static void *hammer_main(void *p)
     struct hammer *h = p;
     for (long i = 0; i < h->n; i++)
         metrics_request(h->m, h->tenant, (int)(i & 1), 200, STATS_CACHE_MISS, 0, 100, 50, 28000, 5000,
-                        1000 + (uint64_t)(i & 4095) * 50, 0, 300, 20);
+                        1000 + (uint64_t)(i & 4095) * 50, 0, 300, 20, 0);
     return NULL;
 }
 
@@ -126,7 +126,7 @@ static void bench_render(int nt, int nk)
         for (int k = 0; k < nk; k++)
             for (int i = 0; i < 20; i++)
                 metrics_request(m, t, k, i % 7 ? 200 : 429, (enum stats_cache)(i % 3), i == 3, 10, 10, 100, 10,
-                                (uint64_t)i * 20000, i & 1 ? 5000 : 0, 300, 20);
+                                (uint64_t)i * 20000, i & 1 ? 5000 : 0, 300, 20, 0);
     double ms[21];
     size_t len = 0;
     for (int r = 0; r < 21; r++) {
@@ -203,7 +203,7 @@ static void bench_query(const char *url, int nt, int runs)
         }
     }
     double fill_ms = (double)(clock_mono_us() - t0) / 1000.0;
-    struct redis_settings rset = {url, 2000};
+    struct redis_settings rset = {.url = url, .timeout_ms = 2000};
     char err[128];
     struct redis_shared *rs = redis_shared_new(&rset, err, sizeof err);
     struct stats *s = stats_new(rs, tiers, 2);
@@ -244,7 +244,7 @@ static void bench_query(const char *url, int nt, int runs)
 static void bench_flush(const char *url, int nt)
 {
     const char *tiers[] = {"small", "large"};
-    struct redis_settings rset = {url, 2000};
+    struct redis_settings rset = {.url = url, .timeout_ms = 2000};
     char err[128], name[32];
     struct redis_shared *rs = redis_shared_new(&rset, err, sizeof err);
     struct stats *s = stats_new(rs, tiers, 2);

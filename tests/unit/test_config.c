@@ -2,6 +2,7 @@
  * path, so operators can find it. */
 #include <jansson.h>
 
+#include "common/openai.h"
 #include "gateway/config.h"
 #include "tests/unit/test.h"
 
@@ -150,13 +151,67 @@ int main(void)
     EXPECT("tiers[0].engine", NULL, "tiers[0].engine: required field is missing");
     EXPECT("tiers[0].engine.kind", "\"magic\"", "tiers[0].engine.kind: must be \"remote\" or \"native\"");
     EXPECT("tiers[0].engine.urls", "[]", "tiers[0].engine.urls: must list at least one replica URL");
-    EXPECT("tiers[0].engine.urls[1]", "\"ftp://x\"", "tiers[0].engine.urls[1]: not an http://host[:port][/prefix] URL");
+    EXPECT("tiers[0].engine.urls[1]", "\"ftp://x\"", "tiers[0].engine.urls[1]: not an http[s]://host[:port][/prefix] URL");
     EXPECT("tiers[0].engine.urls[0]", "1", "tiers[0].engine.urls[0]: must be a string");
     EXPECT("tiers[0].engine.timeout_ms", "0", "tiers[0].engine.timeout_ms: must be between 1 and 86400000");
     EXPECT("tiers[0].engine.chunk_timeout_ms", "-5", "tiers[0].engine.chunk_timeout_ms: must be a non-negative integer");
     EXPECT("tiers[0].engine.health_path", "\"health\"", "tiers[0].engine.health_path: must start with '/'");
     EXPECT("tiers[0].engine.retries", "3", "tiers[0].engine.retries: unknown field");
     EXPECT("tiers[0].engine", "{\"kind\":\"native\"}", "tiers[0].engine.model: required field is missing");
+    /* issue 15: what a tier serves and how it fails over */
+    EXPECT("tiers[0].accepts", "[\"text\",\"video\"]",
+           "tiers[0].accepts[1]: must be one of text, image_url, input_audio, file");
+    EXPECT("tiers[0].accepts", "[\"image_url\"]", NULL);
+    EXPECT("tiers[0].endpoints", "[]", "tiers[0].endpoints: must name at least one endpoint");
+    EXPECT("tiers[0].endpoints", "[\"chat\",\"speech\"]", "tiers[0].endpoints[1]: must be one of chat, completions, embeddings");
+    EXPECT("tiers[0].retry", "{\"attempts\":0}", "tiers[0].retry.attempts: must be between 1 and 10");
+    EXPECT("tiers[0].retry", "{\"tries\":2}", "tiers[0].retry.tries: unknown field");
+    EXPECT("tiers[0].retry", "{\"attempts\":3,\"backoff_ms\":10}", NULL);
+    EXPECT("tiers[0].fallback", "\"nope\"", "tiers[0].fallback: not the name of a tier");
+    EXPECT("tiers[0].fallback", "\"small\"", "tiers[0].fallback: a tier cannot fall back to itself");
+    EXPECT("tiers[0].fallback", "\"large\"", NULL);
+    EXPECT("tiers[0].media_part_tokens", "-1", "tiers[0].media_part_tokens: must be a non-negative integer");
+    EXPECT("readiness", "{\"require\":[\"medium\"]}", "readiness.require[0]: not the name of a tier");
+    EXPECT("readiness", "{\"require\":[\"large\"],\"x\":1}", "readiness.x: unknown field");
+    EXPECT("tls", "{\"cert_file\":\"c.pem\"}", "tls.key_file: required field is missing");
+    EXPECT("tls", "{\"cert_file\":\"c.pem\",\"key_file\":\"k.pem\"}", NULL);
+    EXPECT("redis", "{\"url\":\"redis://127.0.0.1\",\"password_env\":\"A\",\"password_file\":\"b\"}",
+           "redis.password_env: give password_env or password_file, not both");
+    EXPECT("redis", "{\"url\":\"redis://127.0.0.1\",\"password_env\":\"REDIS_PASSWORD\"}", NULL);
+    EXPECT("tenants[0].keys[0]", "{\"id\":\"ci bot\",\"sha256\":\"" KEY_A "\"}",
+           "tenants[0].keys[0].id: must be 1..128 characters without spaces, quotes or braces");
+    EXPECT("tenants[0].keys[0]", "{\"id\":\"ci-bot\"}", "tenants[0].keys[0].sha256: not a sha256 hex string");
+    EXPECT("tenants[0].keys[0]", "{\"id\":\"ci-bot\",\"sha256\":\"" KEY_A "\"}", NULL);
+    EXPECT("tenants[0].routing", "{\"baseline_tier\":\"medium\"}", "tenants[0].routing.baseline_tier: not the name of a tier");
+    EXPECT("tenants[1].routing", "{\"baseline_tier\":\"small\"}",
+           "tenants[1].routing.baseline_tier: not one of this tenant's allowed_tiers");
+    {
+        /* A fallback chain that loops is refused; a native tier serves no
+         * embeddings and takes text only. */
+        const char *loop = "{\"tiers\":[{\"name\":\"a\",\"model\":\"a\",\"fallback\":\"b\",\"engine\":{\"kind\":\"remote\","
+                           "\"urls\":[\"http://127.0.0.1:1\"]},\"price\":{\"input_per_1m\":1,\"output_per_1m\":1}},"
+                           "{\"name\":\"b\",\"model\":\"b\",\"fallback\":\"a\",\"engine\":{\"kind\":\"remote\","
+                           "\"urls\":[\"http://127.0.0.1:2\"]},\"price\":{\"input_per_1m\":1,\"output_per_1m\":1}}],"
+                           "\"tenants\":[{\"id\":\"t\",\"keys\":[\"" KEY_A "\"],\"allowed_tiers\":[\"a\",\"b\"]}]}";
+        struct config lc;
+        char lerr[512] = "";
+        CHECK(config_parse(loop, &lc, lerr, sizeof lerr) == -1);
+        CHECK(strstr(lerr, "loops") != NULL);
+        const char *nat = "{\"tiers\":[{\"name\":\"n\",\"model\":\"n\",\"endpoints\":[\"embeddings\"],"
+                          "\"engine\":{\"kind\":\"native\",\"model\":\"m.bin\"},\"price\":{\"input_per_1m\":1,"
+                          "\"output_per_1m\":1}}],\"tenants\":[{\"id\":\"t\",\"keys\":[\"" KEY_A "\"],"
+                          "\"allowed_tiers\":[\"n\"]}]}";
+        CHECK(config_parse(nat, &lc, lerr, sizeof lerr) == -1);
+        CHECK_STR(lerr, "tiers[0].endpoints: a native tier does not serve embeddings");
+        /* defaults: remote serves all three, text only; key ids named */
+        CHECK(config_parse(base, &lc, lerr, sizeof lerr) == 0);
+        CHECK(lc.tiers[0].endpoints == (TIER_EP_CHAT | TIER_EP_COMPLETIONS | TIER_EP_EMBEDDINGS));
+        CHECK(lc.tiers[0].accepts == OPENAI_PART_TEXT && lc.tiers[0].fallback == -1 && lc.tiers[0].tools);
+        CHECK(lc.tiers[0].remote.retry_attempts == 2 && lc.tiers[1].remote.retry_attempts == 1);
+        CHECK_STR(lc.tenants[0].key_ids[0], "acme#0");
+        CHECK(lc.tenants[0].baseline_tier == 1); /* the most expensive allowed */
+        config_free(&lc);
+    }
     EXPECT("tenants", "[]", "tenants: must define at least one tenant");
     EXPECT("tenants[1].id", "\"a b\"", "tenants[1].id: must be non-empty without spaces, quotes, braces or colons");
     EXPECT("tenants[1].id", "\"acme\"", "tenants[1].id: duplicate tenant id 'acme'");
