@@ -76,6 +76,7 @@ struct engine_error {
     const char *type;
     const char *code;
     const char *message;
+    const char *param;      /* the request field at fault, or NULL */
     /* Set when the request failed before the engine produced any output,
      * for a reason another tier need not share: no replica reachable, every
      * replica answered 5xx or 429, or timed out (after the engine's own

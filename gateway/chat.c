@@ -982,7 +982,7 @@ static void on_error(void *ctx, const struct engine_error *e)
     if (c->stream_open) {
         /* The status line is gone; OpenAI's clients read an error event. */
         struct openai_error oe;
-        openai_error_set(&oe, e->status, e->type, e->code, NULL, "%s", e->message);
+        openai_error_set(&oe, e->status, e->type, e->code, e->param, "%s", e->message);
         size_t n;
         char *ev = openai_error_event(&oe, &n);
         httpd_stream_write(c->r, ev, n);
@@ -997,7 +997,7 @@ static void on_error(void *ctx, const struct engine_error *e)
         snprintf(ra, sizeof ra, "%" PRId64, e->retry_after_s);
         httpd_resp_header(c->r, "Retry-After", ra);
     }
-    reply_error(c, e->status, e->type, e->code, NULL, e->message);
+    reply_error(c, e->status, e->type, e->code, e->param, e->message);
 }
 
 static const struct engine_callbacks chat_callbacks = {on_token, on_done, on_error};
