@@ -8,12 +8,14 @@
  * checks off.
  *
  * Connections are libevent evhttp connections over OpenSSL bufferevents.
- * evhttp would reconnect a connection that closed on its next request, but
- * an OpenSSL bufferevent cannot safely start over on a new socket (the SSL
- * object keeps the old connection's state, and the bufferevent its old
- * descriptor), so a TLS connection is used for one TCP connection's life:
- * remote_tls_conn_reusable() says whether it still is one, and a pool frees
- * it as soon as it is not.
+ * evhttp reconnects a connection that closed when it is next used. For an
+ * OpenSSL bufferevent that means the same SSL object, SSL_clear()ed, on a
+ * new socket: libevent 2.1.12 happens to get through it (our tests saw it
+ * work), but nothing documents it, the SSL object carries the old session
+ * and error state into the new connection, and evhttp's reconnect was
+ * written for plain sockets. So we do not lean on it: a TLS connection is
+ * used for one TCP connection's life; remote_tls_conn_reusable() says
+ * whether it still is one, and a pool frees it as soon as it is not.
  *
  * The prober thread uses remote_tls_probe() instead: blocking, with a
  * deadline, on a socket it already connected.

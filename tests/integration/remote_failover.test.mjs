@@ -170,6 +170,21 @@ describe('retries over replicas', () => {
   test('a connection closed before any answer is retried', async () => {
     await failover('[[peer@a:close]]', 'connect_error', false);
   });
+
+  test('a stream cut after output reached the client is not retried: it ends with one error event', async () => {
+    await a.reset();
+    await b.reset();
+    const res = await post(gw, chatBody(fresh('[[peer:close_after=2]]'), { model: 'small', stream: true }));
+    assert.equal(res.status, 200);
+    const events = sseParse(await res.text());
+    assert.ok(!events.includes('[DONE]'));
+    const errors = events.filter((e) => e !== '[DONE]' && e.error);
+    assert.equal(errors.length, 1, JSON.stringify(events));
+    assert.equal(errors[0].error.code, 'upstream_disconnected');
+    const content = events.filter((e) => e !== '[DONE]' && !e.error).map((e) => e.choices?.[0]?.delta?.content ?? '').join('');
+    assert.equal(content, 'echo: question ', 'the two pieces sent, and nothing of a second answer');
+    assert.equal((await a.stats()).requests + (await b.stats()).requests, 1, 'one upstream request');
+  });
 });
 
 describe('a lone replica that keeps failing', () => {
