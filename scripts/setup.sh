@@ -9,13 +9,15 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-# Debian packages: the toolchain, the C libraries we link, Redis for the
-# cache and policies, Node for the test clients, Chromium for the dashboard
-# test, prometheus for promtool, clang with its runtime for the libFuzzer
-# targets (tests/fuzz), and numpy for the independent DeepSeek-V3 reference
-# (tests/reference, run by /usr/bin/python3).
+# Debian packages: the toolchain, the C libraries we link (libevent-dev
+# brings libevent_openssl, for TLS), Redis for the cache and policies, Node
+# for the test clients, the openssl tool (the TLS tests make their
+# certificates with it), Chromium for the dashboard test, prometheus for
+# promtool, clang with its runtime for the libFuzzer targets (tests/fuzz),
+# and numpy for the independent DeepSeek-V3 reference (tests/reference, run
+# by /usr/bin/python3).
 pkgs=(build-essential cmake pkg-config libevent-dev libjansson-dev libhiredis-dev libpcre2-dev libssl-dev
-      redis-server redis-tools curl chromium prometheus clang libclang-rt-14-dev python3-numpy)
+      redis-server redis-tools curl openssl chromium prometheus clang libclang-rt-14-dev python3-numpy)
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 missing=()
