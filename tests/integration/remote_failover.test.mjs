@@ -37,6 +37,15 @@ let seq = 0;
 // A text no earlier request used, so no cache answers it.
 const fresh = (extra = '') => `question ${++seq} ${Date.now()} ${extra}`.trim();
 
+// Stop a gateway and check it went cleanly: exit 0 on SIGTERM, and nothing
+// from a sanitizer (ASan builds report leaks and errors on their way out).
+async function stopClean(gw) {
+  if (!gw) return;
+  const r = await gw.stop();
+  assert.equal(r.code, 0, `cascaded exited with ${JSON.stringify(r)}:\n${gw.logs()}`);
+  assert.doesNotMatch(gw.logs(), /Sanitizer|runtime error:/);
+}
+
 function post(gw, body) {
   return fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: authHeaders(), body: JSON.stringify(body) });
 }
@@ -121,7 +130,7 @@ describe('retries over replicas', () => {
     gw = await startGateway({ config: makeConfig({ tiers: [t] }) });
   });
   after(async () => {
-    await gw?.stop();
+    await stopClean(gw);
     await a?.stop();
     await b?.stop();
   });
@@ -199,7 +208,7 @@ describe('a lone replica that keeps failing', () => {
     });
   });
   after(async () => {
-    await gw?.stop();
+    await stopClean(gw);
     await p?.stop();
   });
 
@@ -257,7 +266,7 @@ describe('a kept-alive connection the upstream closed as we sent', () => {
     gw = await startGateway({ config: makeConfig({ tiers: [t], workers: 1 }) });
   });
   after(async () => {
-    await gw?.stop();
+    await stopClean(gw);
     await p?.stop();
   });
 
@@ -331,7 +340,7 @@ describe('outlier ejection', () => {
       await send(gw, 10);
       assert.ok((await a.stats()).requests >= 3, 'a takes its share again');
     } finally {
-      await gw.stop();
+      await stopClean(gw);
     }
   });
 
@@ -363,7 +372,7 @@ describe('outlier ejection', () => {
       assert.equal((await a.stats()).requests, 4, 'one trial, and it brought a back');
       await logged(gw, /is back from ejection/);
     } finally {
-      await gw.stop();
+      await stopClean(gw);
     }
   });
 });
@@ -420,7 +429,7 @@ describe('https upstreams', () => {
     gw = await startGateway({ config: makeConfig({ tiers }) });
   });
   after(async () => {
-    await gw?.stop();
+    await stopClean(gw);
     await good?.stop();
     await wrong?.stop();
     if (dir) rmSync(dir, { recursive: true, force: true });
@@ -508,7 +517,7 @@ describe('API keys out of the config', () => {
     gw = await startGateway({ config: makeConfig({ tiers: [a, b] }), env: { H6_TEST_UPSTREAM_KEY: 'sk-from-env' } });
   });
   after(async () => {
-    await gw?.stop();
+    await stopClean(gw);
     await envPeer?.stop();
     await filePeer?.stop();
     if (dir) rmSync(dir, { recursive: true, force: true });
