@@ -1,6 +1,7 @@
 /* embeddings.c: see embeddings.h. */
 #include "common/embeddings.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/mem.h"
@@ -180,4 +181,147 @@ void embeddings_request_free(struct embeddings_request *req)
     free(req->inputs);
     json_decref(req->root);
     memset(req, 0, sizeof *req);
+}
+
+/* ---- the answer --------------------------------------------------------- */
+
+/* The scanners below walk JSON text that jansson has already accepted, so
+ * they need not validate: they only find where values begin and end. Each
+ * stops at n whatever the bytes say. */
+
+static size_t skip_ws(const char *s, size_t i, size_t n)
+{
+    while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+        i++;
+    return i;
+}
+
+/* s[i] is the opening quote; returns the index past the closing one. */
+static size_t skip_string(const char *s, size_t i, size_t n)
+{
+    for (i++; i < n && s[i] != '"'; i++)
+        if (s[i] == '\\')
+            i++; /* the escaped character, whatever it is */
+    return i < n ? i + 1 : n;
+}
+
+/* One value from s[i]: a string, an object or array (brackets counted
+ * outside strings), or a scalar (up to the next delimiter). */
+static size_t skip_value(const char *s, size_t i, size_t n)
+{
+    if (i >= n)
+        return n;
+    if (s[i] == '"')
+        return skip_string(s, i, n);
+    if (s[i] != '{' && s[i] != '[') {
+        while (i < n && s[i] != ',' && s[i] != '}' && s[i] != ']' && s[i] != ' ' && s[i] != '\t' && s[i] != '\n' &&
+               s[i] != '\r')
+            i++;
+        return i;
+    }
+    size_t depth = 0;
+    while (i < n) {
+        char c = s[i];
+        if (c == '"') {
+            i = skip_string(s, i, n);
+            continue;
+        }
+        if (c == '{' || c == '[')
+            depth++;
+        else if ((c == '}' || c == ']') && --depth == 0)
+            return i + 1;
+        i++;
+    }
+    return n;
+}
+
+/* Where the top-level "model" value lies in the text of an object, spelled
+ * plainly (no escapes in the key): [*vs, *ve). 1 when found, 0 when the
+ * object has no such member, -1 when the text is not as expected. */
+static int find_model(const char *s, size_t n, size_t *open, size_t *vs, size_t *ve)
+{
+    size_t i = skip_ws(s, 0, n);
+    if (i >= n || s[i] != '{')
+        return -1;
+    *open = i++;
+    i = skip_ws(s, i, n);
+    while (i < n && s[i] == '"') {
+        size_t ks = i;
+        i = skip_string(s, i, n);
+        int is_model = i - ks == 7 && memcmp(s + ks, "\"model\"", 7) == 0;
+        i = skip_ws(s, i, n);
+        if (i >= n || s[i] != ':')
+            return -1;
+        i = skip_ws(s, i + 1, n);
+        size_t v = i;
+        i = skip_value(s, i, n);
+        if (is_model) {
+            *vs = v;
+            *ve = i;
+            return 1;
+        }
+        i = skip_ws(s, i, n);
+        if (i < n && s[i] == ',')
+            i = skip_ws(s, i + 1, n);
+    }
+    return i < n && s[i] == '}' ? 0 : -1;
+}
+
+char *embeddings_answer_relay(const char *body, size_t len, const char *model, size_t *out_len)
+{
+    *out_len = 0;
+    /* A NUL byte is never valid JSON outside a string (jansson lets one
+     * pass between tokens), and the bytes go to the client as they are. */
+    if (memchr(body, '\0', len))
+        return NULL;
+    /* Duplicate keys refused: the text then has one "model" at most. */
+    json_t *o = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
+    char *out = NULL, *name = NULL;
+    if (!json_is_object(o) || !json_is_array(json_object_get(o, "data")) ||
+        !json_is_object(json_object_get(o, "usage")))
+        goto out;
+    json_t *m = json_string(model);
+    name = m ? json_dumps(m, JSON_ENCODE_ANY) : NULL;
+    json_decref(m);
+    if (!name)
+        goto out;
+    size_t nlen = strlen(name), open = 0, vs = 0, ve = 0;
+    int found = find_model(body, len, &open, &vs, &ve);
+    if (found < 0 || (found == 0 && json_object_get(o, "model"))) {
+        /* Not plainly spelled (an escaped key): print it anew, the one
+         * case that re-prints the numbers. */
+        json_object_set_new(o, "model", json_string(model));
+        out = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        *out_len = out ? strlen(out) : 0;
+        goto out;
+    }
+    if (found) {
+        /* before the old value, the new one, after it */
+        *out_len = vs + nlen + (len - ve);
+        out = xmalloc(*out_len + 1);
+        memcpy(out, body, vs);
+        memcpy(out + vs, name, nlen);
+        memcpy(out + vs + nlen, body + ve, len - ve);
+    } else {
+        /* {"model":<name>, then the members as sent (there are some: data
+         * and usage) */
+        static const char key[] = "\"model\":";
+        size_t kl = sizeof key - 1;
+        *out_len = (open + 1) + kl + nlen + 1 + (len - open - 1);
+        out = xmalloc(*out_len + 1);
+        char *p = out;
+        memcpy(p, body, open + 1);
+        p += open + 1;
+        memcpy(p, key, kl);
+        p += kl;
+        memcpy(p, name, nlen);
+        p += nlen;
+        *p++ = ',';
+        memcpy(p, body + open + 1, len - open - 1);
+    }
+    out[*out_len] = '\0';
+out:
+    free(name);
+    json_decref(o);
+    return out;
 }

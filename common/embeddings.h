@@ -18,6 +18,9 @@
  * layer's limit (limits.max_body_bytes); the per-input token limits are the
  * model's, so the upstream judges them.
  *
+ * The answer an upstream sends back is relayed nearly as it came
+ * (embeddings_answer_relay): checked for its shape, with `model` set.
+ *
  * Ownership: a request owns its parsed JSON; every string and array it
  * points to lives in it, and embeddings_request_free() releases all of it.
  * No allocation survives a failed parse. All functions are thread-safe.
@@ -65,5 +68,15 @@ int embeddings_request_parse(const char *body, size_t len, struct embeddings_req
                              struct openai_error *err);
 /* Free what req owns and leave it empty; an empty request is a no-op. */
 void embeddings_request_free(struct embeddings_request *req);
+
+/* An upstream's /embeddings answer as the client gets it: the same bytes
+ * with the top-level "model" set to model (added when absent), so the
+ * client sees the model it named, not what the upstream calls it. NULL
+ * when body is not a JSON object holding a "data" array and a "usage"
+ * object. The vectors are copied as sent, never re-printed: a float
+ * answer keeps its digits and its size (jansson would print each number
+ * with 17), and only the validating parse grows with the answer. malloc'd;
+ * *out_len gets its length. */
+char *embeddings_answer_relay(const char *body, size_t len, const char *model, size_t *out_len);
 
 #endif

@@ -50,6 +50,9 @@
  * does: 2048 inputs of text take the tokenizer long enough to stall every
  * other request on this worker's loop. */
 #define OFFLOAD_BODY_BYTES (64u << 10)
+/* Answers larger than this are checked on the work pool: 2048 vectors of
+ * 1536 floats are about 30 MB of JSON, a parse of a few hundred ms. */
+#define OFFLOAD_ANSWER_BYTES (256u << 10)
 
 /* Tokens a text input may carry beyond its text: the special tokens an
  * embedding model's tokenizer adds around each input (BOS, EOS, CLS). */
@@ -59,6 +62,7 @@ enum emb_state {
     EMB_PREPARING,      /* parsing and counting; maybe on the work pool */
     EMB_ADMITTING,      /* policy_admit's callback is due */
     EMB_GENERATING,     /* an engine call runs */
+    EMB_RELAYING,       /* the answer is checked on the work pool */
     EMB_FINISHED,       /* answered (or abandoned): settle, record, log, free */
 };
 
@@ -91,6 +95,9 @@ struct emb {
     char *answer;                   /* the upstream's JSON, whole (its one token) */
     size_t answer_len;
     int extra_tokens;               /* tokens past the first: a broken engine */
+    int64_t reported_prompt;        /* the upstream's usage.prompt_tokens */
+    char *relayed;                  /* the answer as the client gets it, or NULL: not a list */
+    size_t relayed_len;
     /* money */
     struct reservation *resv;
     int64_t reserved_nano;
@@ -116,6 +123,7 @@ static void emb_free(struct emb *e)
     embeddings_request_free(&e->req);
     free(e->tried);
     free(e->answer);
+    free(e->relayed);
     snapshot_release(e->snap);
     free(e);
 }
@@ -221,22 +229,42 @@ static void on_token(void *ctx, const struct engine_token *t)
     e->answer_len = t->len;
 }
 
-/* The upstream's answer as the client gets it: an embeddings list with
- * "model" set to the tier's model id (the client named a tier; the upstream
- * may call its model anything). NULL when it is not an object with a data
- * array and a usage object. */
-static char *client_answer(struct emb *e)
+/* Work pool (or loop, when small): the answer as the client gets it, the
+ * upstream's bytes with "model" set to the tier's model id (the client
+ * named a tier; the upstream may call its model anything); NULL when it is
+ * not an embeddings list. Reads only e's answer and config. */
+static void relay_work(void *arg)
 {
-    if (!e->answer || e->extra_tokens)
-        return NULL;
-    json_t *o = json_loadb(e->answer, e->answer_len, 0, NULL);
-    char *s = NULL;
-    if (json_is_object(o) && json_is_array(json_object_get(o, "data")) && json_is_object(json_object_get(o, "usage"))) {
-        json_object_set_new(o, "model", json_string(e->cfg->tiers[e->tier].model));
-        s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    struct emb *e = arg;
+    if (e->answer && !e->extra_tokens)
+        e->relayed = embeddings_answer_relay(e->answer, e->answer_len, e->cfg->tiers[e->tier].model, &e->relayed_len);
+}
+
+/* Loop thread: send what relay_work made, or a 502. */
+static void relay_done(void *arg)
+{
+    struct emb *e = arg;
+    if (e->gone) {
+        finish(e, 499); /* the client left meanwhile: it got nothing, nothing is charged */
+        return;
     }
-    json_decref(o);
-    return s;
+    if (!e->relayed) {
+        log_warn("embeddings request %s: tier %s answered something that is not an embeddings list", e->request_id,
+                 tier_name(e));
+        fail(e, 502, "upstream_error", "bad_upstream_response", NULL,
+             "The upstream returned a malformed embeddings response");
+        return;
+    }
+    compute_cost(e, 200, e->reported_prompt);
+    set_headers(e);
+    if (e->tenant->expose_headers) {
+        char usd[32];
+        snprintf(usd, sizeof usd, "%.9f", price_nano_to_usd(e->cost_nano));
+        httpd_resp_header(e->r, "x-cascade-cost-usd", usd);
+    }
+    httpd_reply(e->r, 200, "application/json", e->relayed, e->relayed_len);
+    e->r = NULL;
+    finish(e, 200);
 }
 
 static void on_done(void *ctx, const struct engine_usage *usage, const char *finish_reason)
@@ -244,25 +272,15 @@ static void on_done(void *ctx, const struct engine_usage *usage, const char *fin
     (void)finish_reason;
     struct emb *e = ctx;
     e->engine_us += clock_mono_us() - e->engine_t0;
-    char *body = client_answer(e);
-    if (!body) {
-        log_warn("embeddings request %s: tier %s answered something that is not an embeddings list", e->request_id,
-                 tier_name(e));
-        fail(e, 502, "upstream_error", "bad_upstream_response", NULL,
-             "The upstream returned a malformed embeddings response");
+    e->reported_prompt = usage->prompt_tokens;
+    struct workpool *pool = e->svc->pool;
+    if (e->answer_len > OFFLOAD_ANSWER_BYTES && pool &&
+        workpool_submit(pool, e->svc->base, relay_work, relay_done, e) == 0) {
+        e->state = EMB_RELAYING;
         return;
     }
-    compute_cost(e, 200, usage->prompt_tokens);
-    set_headers(e);
-    if (e->tenant->expose_headers) {
-        char usd[32];
-        snprintf(usd, sizeof usd, "%.9f", price_nano_to_usd(e->cost_nano));
-        httpd_resp_header(e->r, "x-cascade-cost-usd", usd);
-    }
-    httpd_reply(e->r, 200, "application/json", body, strlen(body));
-    free(body);
-    e->r = NULL;
-    finish(e, 200);
+    relay_work(e);
+    relay_done(e);
 }
 
 static void start_engine(struct emb *e);
@@ -491,6 +509,9 @@ static void on_client_close(struct httpd_req *r, void *arg)
         /* Nothing reached the client: nothing is charged (compute_cost). */
         engine_cancel(e->engine, e->engine_id);
         finish(e, 499);
+        return;
+    case EMB_RELAYING:
+        e->gone = 1; /* relay_done ends it */
         return;
     case EMB_PREPARING:
     case EMB_FINISHED:

@@ -1,5 +1,6 @@
 /* fuzz_embeddings: the /v1/embeddings request parser (common/embeddings.c)
- * on arbitrary request bodies.
+ * on arbitrary request bodies, and the same bytes as an upstream's answer
+ * (embeddings_answer_relay).
  *
  * Beyond memory errors it checks what the gateway relies on when it counts
  * and reserves: an accepted request has a model, 1..EMBEDDINGS_MAX_INPUTS
@@ -7,7 +8,10 @@
  * and valid UTF-8, each token input non-empty, and the totals (text_bytes,
  * n_ids) equal to the sums over the inputs and to what the body's `input`
  * holds; dimensions 0 or in range. A refused one carries status 400 and an
- * error JSON that is valid JSON and carries the parser's own message. */
+ * error JSON that is valid JSON and carries the parser's own message.
+ * A relayed answer parses to exactly the upstream's object with model set
+ * (nothing else changed, no duplicate key); an answer refused is one that
+ * is not an object with a data array and a usage object. */
 #include <jansson.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -73,8 +77,36 @@ static void check_request(const struct embeddings_request *req)
         abort();
 }
 
+/* The model id has bytes that need escaping, so a splice that forgets to
+ * escape it breaks the output. */
+static const char relay_model[] = "org/m\"odel\\\xc3\xa9";
+
+static void check_relay(const char *body, size_t size)
+{
+    size_t n = 0;
+    char *out = embeddings_answer_relay(body, size, relay_model, &n);
+    json_t *up = json_loadb(body, size, JSON_REJECT_DUPLICATES, NULL);
+    int shape = !memchr(body, '\0', size) && json_is_object(up) && json_is_array(json_object_get(up, "data")) &&
+                json_is_object(json_object_get(up, "usage"));
+    if (!out != !shape)
+        abort();
+    if (out) {
+        if (strlen(out) != n)
+            abort();
+        json_t *got = json_loadb(out, n, JSON_REJECT_DUPLICATES, NULL);
+        json_object_set_new(up, "model", json_string(relay_model));
+        if (!got || !json_equal(got, up))
+            abort();
+        json_decref(got);
+    }
+    free(out);
+    json_decref(up);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    check_relay((const char *)data, size);
+
     struct embeddings_request req;
     struct openai_error err;
     memset(&err, 0, sizeof err);

@@ -157,6 +157,9 @@ describe('POST /v1/embeddings', () => {
     assert.deepEqual(res.data.map((d) => d.index), [0, 1, 2]);
     assert.deepEqual(res.data.map((d) => d.embedding), want.data.map((d) => d.embedding));
     assert.equal(res.data[0].embedding.length, 5);
+    // Relayed as the upstream printed it (0.1234, not 0.12340000000000001).
+    const r = await post(gw, { model: 'emb', input, encoding_format: 'float', dimensions: 5 });
+    assert.equal(r.text, JSON.stringify(want));
     assert.equal(res.usage.prompt_tokens, 6);
   });
 
@@ -236,11 +239,17 @@ describe('POST /v1/embeddings', () => {
       (e) => e.status === 400 && e.param === 'input');
     assert.equal((await peer.stats()).embeddings_requests, 0);
     // 2048 inputs are allowed.
-    const ok = await post(gw, { model: 'emb', input: many.slice(0, 2048), encoding_format: 'float' });
-    assert.ok(JSON.stringify(many.slice(0, 2048)).length > 64 * 1024);
+    const body = { model: 'emb', input: many.slice(0, 2048), encoding_format: 'float', dimensions: 32 };
+    const ok = await post(gw, body);
+    assert.ok(JSON.stringify(body).length > 64 * 1024);
     assert.equal(ok.status, 200, ok.text.slice(0, 300));
     assert.equal(ok.json.data.length, 2048);
     assert.equal(ok.json.usage.prompt_tokens, 2048 * 6);
+    // The answer (over 256 KB: checked on the work pool too) is the peer's
+    // bytes, numbers printed as the upstream printed them; only the model
+    // differs, and here the peer already named the tier's model id.
+    assert.ok(ok.text.length > 256 * 1024);
+    assert.equal(ok.text, JSON.stringify(embeddingReply({ ...body, model: EMB_MODEL })));
   });
 
   test('a spent budget is 429 insufficient_quota, x-should-retry: false, and nothing goes upstream', async () => {

@@ -30,6 +30,83 @@ static void bad(const char *body, const char *needle, const char *param, int lin
 }
 #define BAD(body, needle, param) bad(body, needle, param, __LINE__)
 
+/* The relay of body with model "mine": NULL, or the text, which must parse
+ * to the upstream's object with model set. */
+static char *relay(const char *body, const char *model)
+{
+    size_t n;
+    char *out = embeddings_answer_relay(body, strlen(body), model, &n);
+    if (!out)
+        return NULL;
+    CHECK(strlen(out) == n);
+    json_t *got = json_loads(out, JSON_REJECT_DUPLICATES, NULL);
+    json_t *want = json_loads(body, 0, NULL);
+    json_object_set_new(want, "model", json_string(model));
+    CHECK(got && json_equal(got, want));
+    if (!got || !json_equal(got, want))
+        fprintf(stderr, "relay of %s gave %s\n", body, out);
+    json_decref(got);
+    json_decref(want);
+    return out;
+}
+
+static void relay_checks(void)
+{
+    /* Replaced in place: every other byte as the upstream sent it, numbers
+     * with their own digits (jansson would print 0.1234 as
+     * 0.12340000000000001). */
+    char *s = relay("{\"object\":\"list\",\"data\":[{\"object\":\"embedding\",\"index\":0,\"embedding\":[0.1234,-1e-07]}],"
+                    "\"model\":\"upstream-2024\",\"usage\":{\"prompt_tokens\":2,\"total_tokens\":2}}",
+                    "mine");
+    CHECK_STR(s, "{\"object\":\"list\",\"data\":[{\"object\":\"embedding\",\"index\":0,\"embedding\":[0.1234,-1e-07]}],"
+                 "\"model\":\"mine\",\"usage\":{\"prompt_tokens\":2,\"total_tokens\":2}}");
+    free(s);
+    /* Whitespace, and a value that is not a string. */
+    s = relay(" { \"data\" : [ ] ,\n \"model\" : {\"a\":[1,2]} , \"usage\" : { } } ", "mine");
+    CHECK_STR(s, " { \"data\" : [ ] ,\n \"model\" : \"mine\" , \"usage\" : { } } ");
+    free(s);
+    s = relay("{\"data\":[],\"usage\":{},\"model\":null}", "mine");
+    CHECK_STR(s, "{\"data\":[],\"usage\":{},\"model\":\"mine\"}");
+    free(s);
+    /* Strings that hold brackets, quotes and a fake key before the model. */
+    s = relay("{\"x\":\"a\\\"}{[\\\\\",\"y\":[\"\\\"model\\\"\",{\"model\":1}],\"data\":[],\"model\":\"m\",\"usage\":{}}",
+              "mine");
+    CHECK(s && strstr(s, "\"y\":[\"\\\"model\\\"\",{\"model\":1}]") && strstr(s, ",\"model\":\"mine\","));
+    free(s);
+    /* No model: added first. */
+    s = relay("{\"data\":[],\"usage\":{}}", "mine");
+    CHECK_STR(s, "{\"model\":\"mine\",\"data\":[],\"usage\":{}}");
+    free(s);
+    /* A key spelled with an escape: printed anew, still one model. */
+    s = relay("{\"data\":[1.5],\"mod\\u0065l\":\"up\",\"usage\":{}}", "mine");
+    CHECK(s != NULL);
+    free(s);
+    /* A model id that needs escaping. */
+    s = relay("{\"data\":[],\"model\":\"up\",\"usage\":{}}", "a\"b\\c\xc3\xa9");
+    CHECK(s != NULL);
+    free(s);
+    /* Not an embeddings list: NULL. */
+    const char *bad[] = {
+        "", "[]", "null", "{}", "{\"data\":[]}", "{\"usage\":{}}", "{\"data\":{},\"usage\":{}}",
+        "{\"data\":[],\"usage\":[]}", "{\"data\":[],\"usage\":{}", "{\"data\":[],\"usage\":{}} x",
+        "{\"data\":[],\"usage\":{},\"model\":\"a\",\"model\":\"b\"}",
+    };
+    /* jansson lets a NUL byte pass between tokens; the relay does not. */
+    static const char nul[] = "{\"data\":[1\0],\"usage\":{}}";
+    size_t nn = 7;
+    char *no = embeddings_answer_relay(nul, sizeof nul - 1, "mine", &nn);
+    CHECK(no == NULL && nn == 0);
+    free(no);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        size_t n = 7;
+        char *o = embeddings_answer_relay(bad[i], strlen(bad[i]), "mine", &n);
+        CHECK(o == NULL && n == 0);
+        if (o)
+            fprintf(stderr, "relay accepted %s\n", bad[i]);
+        free(o);
+    }
+}
+
 int main(void)
 {
     struct embeddings_request r;
@@ -118,6 +195,9 @@ int main(void)
     BAD("{\"model\":\"m\",\"input\":\"x\",\"dimensions\":\"8\"}", "from 1", "dimensions");
     BAD("{\"model\":\"m\",\"input\":\"x\",\"dimensions\":65537}", "from 1", "dimensions");
     BAD("{\"model\":\"m\",\"input\":\"x\",\"user\":5}", "'user' must be a string", "user");
+
+    /* The answer relayed: the bytes as sent, model replaced. */
+    relay_checks();
 
     /* The error object a client gets: OpenAI's four fields, param named. */
     CHECK(parse("{\"model\":\"m\",\"input\":\"x\",\"dimensions\":0}") == -1);
