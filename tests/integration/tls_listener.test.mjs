@@ -43,6 +43,7 @@ function which(bin) {
 }
 const OPENSSL = which('openssl');
 const CURL = which('curl');
+const PYTHON = which('python3');
 const OPENAI = path.join(SOURCE_DIR, 'node_modules', 'openai', 'index.mjs');
 // A test whose tool is missing is skipped, with the reason, never passed
 // (tests/support/run-node-test.mjs turns a skip into SKIP, and into a
@@ -265,6 +266,37 @@ describe('cascaded with tls', { skip: NO_OPENSSL }, () => {
     assert.match(res.headers['content-type'], /text\/event-stream/);
     assert.equal(count(res.body, /^data: \{/gm), 50 + 2, 'a role chunk, 50 content chunks and the final one');
     assert.match(res.body, /data: \[DONE\]\n\n$/);
+  });
+
+  test('an answer delimited by the close (HTTP/1.0, streamed) ends with close_notify', {
+    skip: PYTHON ? false : 'python3 is not installed',
+  }, async () => {
+    // With no length and no chunks, only TLS's close_notify tells the end of
+    // the body from a cut connection (a truncation attack looks the same).
+    // Python's ssl module, told not to excuse a "ragged" EOF, says which it was.
+    const script = `
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))), server_hostname="localhost",
+                    suppress_ragged_eofs=False)
+body = sys.argv[3].encode()
+s.sendall(b"POST /v1/chat/completions HTTP/1.0\\r\\nHost: a\\r\\nAuthorization: Bearer " + sys.argv[4].encode() +
+          b"\\r\\nContent-Type: application/json\\r\\nContent-Length: " + str(len(body)).encode() + b"\\r\\n\\r\\n" + body)
+data = b""
+try:
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        data += d
+    print("clean end" if data.endswith(b"data: [DONE]\\n\\n") else "bad body: %r" % data[-200:])
+except ssl.SSLEOFError as e:
+    print("no close_notify: %s (%d bytes read)" % (e, len(data)))
+`;
+    const body = JSON.stringify(chatBody('stream to the close [[peer:chunks=5]]', { model: 'small', stream: true }));
+    const r = await run(PYTHON, ['-c', script, String(gw.port), certs.ca, body, TEST_KEY]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.trim(), 'clean end');
   });
 
   test('a client that does not trust the CA is refused, and the gateway serves on', async () => {
