@@ -4,7 +4,9 @@
 // bufferevent; this file checks, with real clients, what a user would notice:
 //   - the official openai SDK and curl talk to it with a private CA trusted,
 //     streamed and not, and HTTP/1.1 is what ALPN settles on;
-//   - a client that does not trust the CA is refused;
+//   - an answer that ends with the connection (HTTP/1.0) ends with TLS's
+//     close_notify, so a client can tell it from a cut;
+//   - a client that does not trust the CA (or asks for another name) is refused;
 //   - plain HTTP sent to the TLS port is closed and harms nothing;
 //   - a client that never finishes its handshake is cut by header_timeout_ms;
 //   - the server's limits hold over TLS as over TCP: pipelining (many
