@@ -12,8 +12,10 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <event2/dns.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
@@ -59,6 +61,7 @@ struct replica {
     _Atomic uint64_t down_until_us; /* passive: a connection failed recently */
     int tls;                        /* https:// */
     int default_port;               /* the port is the scheme's (Host: leaves it out) */
+    int numeric;                    /* host is an IP literal: no name to resolve */
     struct outlier outlier;         /* ejection (outlier.h) */
 };
 
@@ -75,6 +78,11 @@ struct remote_local {
     size_t index;
     struct pool *pools;             /* one per replica */
     struct rreq *active;            /* for cancel by id */
+    /* This worker's resolver, made when a replica first needs a name
+     * resolved: without one evhttp calls getaddrinfo() on the loop, which
+     * blocks it for as long as DNS takes. NULL: none (yet, or it could
+     * not be made: then the blocking way). */
+    struct evdns_base *dns;
 };
 
 struct remote {
@@ -344,9 +352,12 @@ static struct evhttp_connection *pool_get(struct remote_local *L, int ri, int *r
         }
         evhttp_connection_free(c);
     }
+    if (!rep->numeric && !L->dns)
+        L->dns = evdns_base_new(L->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+    struct evdns_base *dns = rep->numeric ? NULL : L->dns;
     struct evhttp_connection *c =
-        rep->tls ? remote_tls_connect(L->r->tls, L->base, rep->host, (unsigned short)rep->port)
-                 : evhttp_connection_base_new(L->base, NULL, rep->host, (unsigned short)rep->port);
+        rep->tls ? remote_tls_connect(L->r->tls, L->base, dns, rep->host, (unsigned short)rep->port)
+                 : evhttp_connection_base_new(L->base, dns, rep->host, (unsigned short)rep->port);
     if (!c)
         return NULL;
     struct timeval tv = {L->r->cfg.chunk_timeout_ms / 1000, (L->r->cfg.chunk_timeout_ms % 1000) * 1000};
@@ -1426,6 +1437,8 @@ static void remote_destroy(struct engine *e)
             free(L->pools[k].idle);
         }
         free(L->pools);
+        if (L->dns) /* after the connections that used it */
+            evdns_base_free(L->dns, 0);
         free(L);
     }
     for (size_t i = 0; i < r->n; i++)
@@ -1488,6 +1501,16 @@ struct engine *remote_engine_new(const struct remote_config *cfg, const char *ba
         const char *scheme = evhttp_uri_get_scheme(uri);
         rep->tls = scheme && strcmp(scheme, "https") == 0;
         rep->default_port = evhttp_uri_get_port(uri) <= 0;
+        {
+            unsigned char a[16];
+            char bare[256];
+            size_t hl = strlen(rep->host);
+            if (hl >= 2 && rep->host[0] == '[')
+                snprintf(bare, sizeof bare, "%.*s", (int)(hl - 2), rep->host + 1);
+            else
+                snprintf(bare, sizeof bare, "%s", rep->host);
+            rep->numeric = inet_pton(AF_INET, bare, a) == 1 || inet_pton(AF_INET6, bare, a) == 1;
+        }
         rep->port = !rep->default_port ? evhttp_uri_get_port(uri) : rep->tls ? 443 : 80;
         if (rep->tls && !r->tls) {
             const char *ca = cfg->tls_ca_file ? config_path(base_dir, cfg->tls_ca_file, path_buf, sizeof path_buf) : NULL;

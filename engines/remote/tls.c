@@ -145,8 +145,8 @@ static void on_close(struct evhttp_connection *c, void *arg)
         SSL_set_ex_data(ssl, idx_closed, (void *)1);
 }
 
-struct evhttp_connection *remote_tls_connect(struct remote_tls *t, struct event_base *base, const char *host,
-                                             unsigned short port)
+struct evhttp_connection *remote_tls_connect(struct remote_tls *t, struct event_base *base, struct evdns_base *dns,
+                                             const char *host, unsigned short port)
 {
     SSL *ssl = ssl_for(t, host);
     if (!ssl)
@@ -163,7 +163,7 @@ struct evhttp_connection *remote_tls_connect(struct remote_tls *t, struct event_
      * (Content-Length, chunks) already tells a complete answer from a cut
      * one, so an unannounced close is an ordinary close. */
     bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
-    struct evhttp_connection *c = evhttp_connection_base_bufferevent_new(base, NULL, bev, host, port);
+    struct evhttp_connection *c = evhttp_connection_base_bufferevent_new(base, dns, bev, host, port);
     if (!c) {
         bufferevent_free(bev);
         return NULL;

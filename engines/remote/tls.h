@@ -39,9 +39,11 @@ struct remote_tls *remote_tls_new(const char *ca_file, char *err, size_t errlen)
 void remote_tls_free(struct remote_tls *t);
 
 /* A new, unconnected evhttp connection to host:port over TLS, verified for
- * host; NULL when out of resources. Free with evhttp_connection_free. */
-struct evhttp_connection *remote_tls_connect(struct remote_tls *t, struct event_base *base, const char *host,
-                                             unsigned short port);
+ * host; names resolved through dns (NULL: getaddrinfo, blocking). NULL
+ * when out of resources. Free with evhttp_connection_free. */
+struct evdns_base;
+struct evhttp_connection *remote_tls_connect(struct remote_tls *t, struct event_base *base, struct evdns_base *dns,
+                                             const char *host, unsigned short port);
 
 /* 1 while c holds an established TLS session that has not closed: only
  * then may it carry another request. */

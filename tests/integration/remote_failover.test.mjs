@@ -22,6 +22,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -379,6 +380,16 @@ describe('outlier ejection', () => {
 
 // ---- HTTPS ------------------------------------------------------------------
 
+// Where a peer reached as "localhost" should listen: "::" (both families) when
+// this machine has IPv6, since the resolver may give ::1 before 127.0.0.1.
+function localhostListen() {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.once('error', () => resolve('127.0.0.1'));
+    s.listen(0, '::', () => s.close(() => resolve('::')));
+  });
+}
+
 // A throwaway CA and certificates from the openssl CLI.
 function makePki(dir) {
   const ossl = (...args) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
@@ -410,9 +421,11 @@ describe('https upstreams', () => {
     }
     dir = mkdtempSync(path.join(tmpdir(), 'cascade-tls-'));
     file = makePki(dir);
-    good = await startPeerWith('tls', ['--tls-cert', file('server.pem'), '--tls-key', file('server.key'),
+    const host = await localhostListen();
+    good = await startPeerWith('tls', ['--host', host, '--tls-cert', file('server.pem'), '--tls-key', file('server.key'),
       '--keep-alive-ms', '400'], { tls: true });
-    wrong = await startPeerWith('wrong', ['--tls-cert', file('wrong.pem'), '--tls-key', file('wrong.key')], { tls: true });
+    wrong = await startPeerWith('wrong', ['--host', host, '--tls-cert', file('wrong.pem'), '--tls-key', file('wrong.key')],
+      { tls: true });
     const t = (name, url, ca, extra = {}) => {
       const x = tier({ name, model: `m-${name}`, urls: [url], chunkTimeoutMs: 2000, timeoutMs: 10000,
         retry: { attempts: 1, backoff_ms: 0 } });
