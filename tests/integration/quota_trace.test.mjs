@@ -13,9 +13,9 @@
 //   "<tenant>#<index>" for a plain hash), the trace id, the error code on
 //   failures, and whether the request escalated or fell back.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import OpenAI from 'openai';
 
 import {
   SOURCE_DIR, authHeaders, chatBody, cleanupAfterAll, makeConfig, sha256hex, startGateway, startPeer, tier,
@@ -135,32 +135,52 @@ describe('budget rejections and trace context', () => {
   });
 
   test('the openai SDK with its default retries gives up on a budget 429 at once', async () => {
-    let fetches = 0;
-    const client = new OpenAI({
-      baseURL: `${gw.url}/v1`, apiKey: KEYS.daily, timeout: 20000, // maxRetries: the default (2)
-      fetch: (url, init) => {
-        fetches++;
-        return fetch(url, init);
-      },
-    });
-    assert.equal(client.maxRetries, 2, 'the SDK default this test relies on');
+    // The SDK runs in a child process: without x-should-retry: false it
+    // would sleep for the whole Retry-After (hours) before retrying, and a
+    // test must fail then, not hang. The child reports what it saw.
+    const script = `
+      import OpenAI from 'openai';
+      let fetches = 0;
+      const client = new OpenAI({ baseURL: process.env.GW + '/v1', apiKey: process.env.KEY, timeout: 20000,
+        fetch: (url, init) => { fetches++; return fetch(url, init); } });
+      const t0 = Date.now();
+      const out = { maxRetries: client.maxRetries };
+      try {
+        await client.chat.completions.create({ model: 'small', messages: [{ role: 'user', content: 'please?' }] });
+        out.resolved = true;
+      } catch (err) {
+        Object.assign(out, { cls: err?.constructor?.name, rateLimit: err instanceof OpenAI.RateLimitError,
+          status: err.status, code: err.code });
+      }
+      out.ms = Date.now() - t0;
+      out.fetches = fetches;
+      console.log(JSON.stringify(out));
+    `;
     const before = accessLines(gw, 'daily').length;
-    const t0 = Date.now();
-    await assert.rejects(
-      client.chat.completions.create({ model: 'small', messages: [{ role: 'user', content: 'please?' }] }),
-      (err) => {
-        assert.ok(err instanceof OpenAI.RateLimitError, `got ${err?.constructor?.name}: ${err}`);
-        assert.equal(err.status, 429);
-        assert.equal(err.code, 'budget_exceeded');
-        return true;
-      },
-    );
-    const ms = Date.now() - t0;
-    assert.equal(fetches, 1, 'the SDK sent the request once, no retry');
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: SOURCE_DIR, env: { ...process.env, GW: gw.url, KEY: KEYS.daily }, stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (d) => (out += d));
+    child.stderr.setEncoding('utf8').on('data', (d) => (out += d));
+    const exited = await Promise.race([
+      new Promise((r) => child.once('exit', () => r(true))),
+      sleep(5000).then(() => false),
+    ]);
+    if (!exited) child.kill('SIGKILL');
     await newAccess(gw, 'daily', before);
     await sleep(300);
-    assert.equal(accessLines(gw, 'daily').length - before, 1, 'the gateway saw one request');
-    assert.ok(ms < 2000, `gave up after ${ms} ms`);
+    const seenAtGateway = accessLines(gw, 'daily').length - before;
+    assert.ok(exited, `the SDK had not given up after 5 s (it is waiting to retry); the gateway saw ${seenAtGateway} ` +
+      `request(s); child output: ${out}`);
+    const r = JSON.parse(out.trim().split('\n').at(-1));
+    assert.equal(r.maxRetries, 2, 'the SDK default this test relies on');
+    assert.ok(r.rateLimit, `got ${r.cls}: ${out}`);
+    assert.equal(r.status, 429);
+    assert.equal(r.code, 'budget_exceeded');
+    assert.equal(r.fetches, 1, 'the SDK sent the request once, no retry');
+    assert.equal(seenAtGateway, 1, 'the gateway saw one request');
+    assert.ok(r.ms < 2000, `gave up after ${r.ms} ms`);
   });
 
   test('a rate-limit 429: Retry-After no shorter than the window\'s reset', async () => {
