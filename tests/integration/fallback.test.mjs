@@ -45,7 +45,7 @@ const costNano = (p, u) => Math.round(u.prompt_tokens * p.input_per_1m * 1000) +
 const CLASSIFIER = path.join(SOURCE_DIR, 'classifier', 'models', 'difficulty.cdm');
 
 const KEYS = {
-  zone: 'sk-fallback-zone', zone2: 'sk-fallback-zone2',
+  zone: 'sk-fallback-zone', zone2: 'sk-fallback-zone2', fbcache: 'sk-fallback-cache',
   fb: 'sk-fallback-main', narrow: 'sk-fallback-narrow', tight: 'sk-fallback-tight', dead: 'sk-fallback-dead',
 };
 
@@ -144,6 +144,7 @@ describe('fallback tiers', () => {
     const tenants = [
       { id: 'fb', keys: [sha256hex(KEYS.fb)], allowed_tiers: ['a', 'b', 'c', 'dead'], default_tier: 'a',
         cache: { mode: 'off' } },
+      { id: 'fbcache', keys: [sha256hex(KEYS.fbcache)], allowed_tiers: ['a', 'b', 'c'], default_tier: 'a' },
       // may use a only: a's fallback b is not for it
       { id: 'narrow', keys: [sha256hex(KEYS.narrow)], allowed_tiers: ['a'], default_tier: 'a',
         cache: { mode: 'off' } },
@@ -264,10 +265,12 @@ describe('fallback tiers', () => {
   });
 
   test('the client gets the last tier\'s error: 503 from the end of the chain is a 503', async () => {
-    const r = await call(gw, chatBody('last word [[peer@pa:status=500]] [[peer@pb:status=500]] [[peer@pc:status=503]]',
-      { model: 'a' }), KEYS.fb);
+    const r = await call(gw, chatBody('last word [[peer@pa:status=503]] [[peer@pa:retry_after=100]] ' +
+      '[[peer@pb:status=500]] [[peer@pc:status=503]] [[peer@pc:retry_after=9]]', { model: 'a' }), KEYS.fb);
     assert.equal(r.status, 503, r.text);
     assertOpenAIError(r);
+    // and the last upstream's Retry-After, not the first's
+    assert.equal(r.headers.get('retry-after'), '9');
     // and a closed port at the end of the chain: 502
     const d = await call(gw, chatBody('nobody at the end', { model: 'deadchain' }), KEYS.dead);
     assert.equal(d.status, 502, d.text);
@@ -287,6 +290,28 @@ describe('fallback tiers', () => {
     assert.ok(events.some((e) => e.error), `an error event ends the stream:\n${r.text}`);
     assert.equal((await pb.stats()).requests, 0, 'no fallback after bytes reached the client');
     assert.equal((await pc.stats()).requests, 0);
+  });
+
+  test('a fallback\'s answer is not cached under the tier the client asked for', async () => {
+    await Promise.all([pa.reset(), pb.reset(), pc.reset()]);
+    const body = chatBody('cache the right tier', { model: 'a', temperature: 0 });
+    await pa.script({ directives: { status: '503' }, count: 1 }); // a fails once, then recovers
+    const first = await call(gw, body, KEYS.fbcache);
+    assert.equal(first.status, 200, first.text);
+    assert.equal(first.tier, 'b');
+    assert.equal(first.headers.get('x-cascade-cache'), 'miss');
+    // a is back: the same request is answered by a, not replayed from b
+    const second = await call(gw, body, KEYS.fbcache);
+    assert.equal(second.status, 200, second.text);
+    assert.equal(second.tier, 'a');
+    assert.equal(second.fallback, null);
+    assert.equal(second.headers.get('x-cascade-cache'), 'miss');
+    assert.equal(second.json.model, 'model-a');
+    // and a's own answer is what the cache keeps
+    const third = await call(gw, body, KEYS.fbcache);
+    assert.equal(third.headers.get('x-cascade-cache'), 'hit');
+    assert.equal(third.json.model, 'model-a');
+    assert.deepEqual([(await pa.stats()).requests, (await pb.stats()).requests], [2, 1]);
   });
 
   test('only the tier that answered is charged: spend is the fallback tier\'s cost of the peer\'s usage', async () => {
