@@ -17,6 +17,8 @@
 #include <event2/keyvalq_struct.h>
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -703,9 +705,24 @@ static void abort_stream(struct rreq *q)
     drop_upstream_later(q);
 }
 
+/* TCP_NODELAY on c's socket, once it has one. evhttp writes a request's
+ * headers and body as separate pieces; over TLS each becomes its own
+ * record and segment, and Nagle held the second back until the upstream's
+ * delayed ACK: 40 ms on every request of a kept-alive TLS connection
+ * (bench/remote/upstream_tls.mjs). */
+static void set_nodelay(struct evhttp_connection *c)
+{
+    evutil_socket_t fd = bufferevent_getfd(evhttp_connection_get_bufferevent(c));
+    int one = 1;
+    if (fd >= 0)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
 static int header_cb(struct evhttp_request *req, void *arg)
 {
     struct rreq *q = arg;
+    if (q->conn && !q->reused) /* a connection made for this attempt: its socket exists now */
+        set_nodelay(q->conn);
     q->got_headers = 1;
     q->status = evhttp_request_get_response_code(req);
     atomic_store(&q->L->r->replicas[q->replica].down_until_us, 0);
@@ -1088,6 +1105,7 @@ static int start_attempt(struct rreq *q)
         char path[sizeof rep->chat_path];
         endpoint_path(rep, q->endpoint, path, sizeof path);
         if (evhttp_make_request(c, req, EVHTTP_REQ_POST, path) == 0) {
+            set_nodelay(c); /* a pooled one, or a new one whose socket exists already */
             q->attempts++;
             q->attempt_open = 1;
             q->trial = trial;
