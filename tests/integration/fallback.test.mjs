@@ -46,6 +46,7 @@ const CLASSIFIER = path.join(SOURCE_DIR, 'classifier', 'models', 'difficulty.cdm
 
 const KEYS = {
   zone: 'sk-fallback-zone', zone2: 'sk-fallback-zone2', fbcache: 'sk-fallback-cache',
+  fbauto: 'sk-fallback-auto', quiet: 'sk-fallback-quiet',
   fb: 'sk-fallback-main', narrow: 'sk-fallback-narrow', tight: 'sk-fallback-tight', dead: 'sk-fallback-dead',
 };
 
@@ -145,6 +146,12 @@ describe('fallback tiers', () => {
       { id: 'fb', keys: [sha256hex(KEYS.fb)], allowed_tiers: ['a', 'b', 'c', 'dead'], default_tier: 'a',
         cache: { mode: 'off' } },
       { id: 'fbcache', keys: [sha256hex(KEYS.fbcache)], allowed_tiers: ['a', 'b', 'c'], default_tier: 'a' },
+      // "auto" is its default tier a (no routing thresholds): a routed request
+      { id: 'fbauto', keys: [sha256hex(KEYS.fbauto)], allowed_tiers: ['a', 'b', 'c'], default_tier: 'a',
+        cache: { mode: 'off' } },
+      // no x-cascade-* headers for this one, fallback or not
+      { id: 'quiet', keys: [sha256hex(KEYS.quiet)], allowed_tiers: ['a', 'b', 'c'], default_tier: 'a',
+        cache: { mode: 'off' }, expose_headers: false },
       // may use a only: a's fallback b is not for it
       { id: 'narrow', keys: [sha256hex(KEYS.narrow)], allowed_tiers: ['a'], default_tier: 'a',
         cache: { mode: 'off' } },
@@ -180,8 +187,11 @@ describe('fallback tiers', () => {
     assert.equal((await pa.stats()).requests, 1, 'tier a was asked once (one replica)');
     assert.equal((await pb.stats()).requests, 1, 'tier b answered');
     assert.equal((await pc.stats()).requests, 0, 'c was not needed');
-    // b's peer got b's model, not a's
+    // b's peer got b's model, not a's, and the answer names b's model
     assert.equal((await pb.stats()).last_request.model, 'model-b');
+    assert.equal(r.json.model, 'model-b');
+    assert.match(r.json.id, /^chatcmpl-/);
+    assert.ok(!r.json.id.includes('peer'), `the gateway's own id, not the upstream's: ${r.json.id}`);
   });
 
   test('a request that needs no fallback carries no x-cascade-fallback', async () => {
@@ -215,6 +225,8 @@ describe('fallback tiers', () => {
     assert.equal(r.fallback, 'a');
     const s = streamed(r.text);
     assert.equal(s.content, 'echo: stream it elsewhere');
+    const chunks = sseParse(r.text).filter((e) => e !== '[DONE]');
+    assert.deepEqual([...new Set(chunks.map((c) => c.model))], ['model-b'], 'every chunk names the tier that answered');
     assert.equal(s.finish, 'stop');
     assert.ok(s.usage, 'usage chunk');
     assert.equal((await pb.stats()).last_request.stream, true);
@@ -312,6 +324,36 @@ describe('fallback tiers', () => {
     assert.equal(third.headers.get('x-cascade-cache'), 'hit');
     assert.equal(third.json.model, 'model-a');
     assert.deepEqual([(await pa.stats()).requests, (await pb.stats()).requests], [2, 1]);
+  });
+
+  test('a routed ("auto") request that fell back records no routing savings', async () => {
+    const accessOf = () => gw.logLines().filter((l) => l.msg === 'access' && l.tenant === 'fbauto');
+    let from = accessOf().length;
+    // control: routed to a, cheaper than the baseline (c): savings recorded
+    const ok = await call(gw, chatBody('routed and fine', { model: 'auto' }), KEYS.fbauto);
+    assert.equal(ok.status, 200, ok.text);
+    assert.equal(ok.tier, 'a');
+    await gw.waitForLog(() => accessOf().length > from, 5000);
+    assert.ok(accessOf().at(-1).saved_nano > 0, JSON.stringify(accessOf().at(-1)));
+    from = accessOf().length;
+    const fell = await call(gw, chatBody('routed then fell [[peer@pa:status=503]]', { model: 'auto' }), KEYS.fbauto);
+    assert.equal(fell.status, 200, fell.text);
+    assert.equal(fell.tier, 'b');
+    await gw.waitForLog(() => accessOf().length > from, 5000);
+    const line = accessOf().at(-1);
+    assert.equal(line.fallback, 'a');
+    assert.equal(line.saved_nano, 0, `a request that fell back saves nothing: ${JSON.stringify(line)}`);
+    assert.equal(line.cost_nano, costNano(PRICES.b, fell.json.usage));
+  });
+
+  test('with expose_headers false a fallback still answers, without x-cascade-* headers', async () => {
+    const r = await call(gw, chatBody('quietly elsewhere [[peer@pa:status=503]]', { model: 'a' }), KEYS.quiet);
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.model, 'model-b');
+    // x-cascade-max-tokens is sent whatever expose_headers says (chat.c:
+    // it is about the client's own parameter); nothing else may show
+    const leaked = [...r.headers.keys()].filter((k) => k.startsWith('x-cascade-') && k !== 'x-cascade-max-tokens');
+    assert.deepEqual(leaked, []);
   });
 
   test('only the tier that answered is charged: spend is the fallback tier\'s cost of the peer\'s usage', async () => {
