@@ -2,9 +2,19 @@
  *
  * The upstream HTTP client is libevent's evhttp client: one evhttp_connection
  * is one TCP connection that carries one request at a time, so a pool is a
- * stack of idle connections. State shared by all workers (replica health and
- * outstanding counts) is atomic; everything else lives in a per-worker
- * `struct remote_local` touched only by that worker's thread.
+ * stack of idle connections. State shared by all workers (replica health,
+ * ejection, outstanding counts) is atomic; everything else lives in a
+ * per-worker `struct remote_local` touched only by that worker's thread.
+ *
+ * One request (struct rreq) is a series of attempts:
+ *   submit -> start_attempt: choose_replica, a pooled or new connection,
+ *             evhttp_make_request;
+ *   the attempt ends in done_cb (or timeout_cb, or a cancel), which calls
+ *   attempt_end exactly once: the replica's verdict (outlier.h) and the
+ *   metrics hook. A failure that may be retried goes to attempt_failed,
+ *   which arms retry_timer (the backoff) -> retry_cb -> start_attempt
+ *   again, or ends the request with the last failure's error.
+ * Once any output reached the caller (ans.delivered), nothing is retried.
  */
 #include "engines/remote/remote.h"
 
