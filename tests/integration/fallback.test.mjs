@@ -194,6 +194,21 @@ describe('fallback tiers', () => {
     assert.ok(!r.json.id.includes('peer'), `the gateway's own id, not the upstream's: ${r.json.id}`);
   });
 
+  test('the client\'s trace continues through the failed tier and its fallback', async () => {
+    await Promise.all([pa.reset(), pb.reset()]);
+    const traceId = '0af7651916cd43dd8448eb211c80319c';
+    const res = await fetch(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { ...authHeaders(KEYS.fb), traceparent: `00-${traceId}-b7ad6b7169203331-01` },
+      body: JSON.stringify(chatBody('traced fallback [[peer@pa:status=503]]', { model: 'a' })),
+    });
+    assert.equal(res.status, 200, await res.text());
+    for (const p of [pa, pb]) {
+      const tp = (await p.stats()).last_headers.traceparent;
+      assert.match(tp || '', new RegExp(`^00-${traceId}-[0-9a-f]{16}-[0-9a-f]{2}$`), `${p.name} got ${tp}`);
+    }
+  });
+
   test('a request that needs no fallback carries no x-cascade-fallback', async () => {
     const r = await call(gw, chatBody('all is well', { model: 'a' }), KEYS.fb);
     assert.equal(r.status, 200, r.text);

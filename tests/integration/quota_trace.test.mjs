@@ -207,9 +207,15 @@ describe('budget rejections and trace context', () => {
     assert.notEqual(m[2], '0000000000000000');
     assert.equal(h.tracestate, 'vendor1=opaque,vendor2=x');
     const line = await gw.waitForLog((l) => l.msg === 'access' && l.tenant === 'trace' && l.trace_id === TRACE_ID);
-    assert.equal(accessLines(gw, 'trace').length, 1);
+    assert.equal(accessLines(gw, 'trace').filter((l) => l.trace_id === TRACE_ID).length, 1);
     assert.equal(line.key_id, 'ci-runner', JSON.stringify(line));
     assert.equal(line.status, 200);
+    // a stream carries it too
+    const s = await call(gw, chatBody('traced stream', { model: 'small', stream: true }), KEYS.named,
+      { traceparent: TRACEPARENT });
+    assert.equal(s.status, 200);
+    const sm = TRACEPARENT_RE.exec((await small.stats()).last_headers.traceparent || '');
+    assert.ok(sm && sm[1] === TRACE_ID, `streamed request's upstream traceparent: ${sm}`);
   });
 
   test('without a traceparent (or with an invalid one) the upstream gets a fresh valid one', async () => {
