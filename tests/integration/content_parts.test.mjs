@@ -13,6 +13,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import OpenAI from 'openai';
 
 import {
   SOURCE_DIR, authHeaders, cleanupAfterAll, makeConfig, peerReply, sha256hex, sseParse, startGateway, startPeer, tier,
@@ -217,6 +218,35 @@ describe('tools and "auto": only tiers that take tools', { skip: noModel }, () =
     const r = await call(gw, { model: 'tiny', tools: TOOLS, messages: [{ role: 'user', content: 'hi' }] }, KEYS.mixed);
     assertError(r, 400, undefined, 'tools');
     assert.match(r.json.error.message, /tools/);
+  });
+
+  test('the openai SDK\'s runTools with model "auto": every round goes to the remote tier', async () => {
+    await peer.reset();
+    const tiers = [];
+    const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: KEYS.mixed, maxRetries: 0, timeout: 20000,
+      fetch: async (url, init) => {
+        const res = await fetch(url, init);
+        tiers.push(res.headers.get('x-cascade-tier'));
+        return res;
+      } });
+    const looked = [];
+    const runner = client.chat.completions.runTools({
+      model: 'auto',
+      // the peer calls the tool named in the directive, then answers the
+      // tool's result in text (tests/support/peer.mjs)
+      messages: [{ role: 'user', content: 'define gateway [[peer:tool_call=lookup]]' }],
+      tools: [{ type: 'function', function: { ...TOOLS[0].function, parse: JSON.parse,
+        function: (args) => {
+          looked.push(args);
+          return 'a server in front of others';
+        } } }],
+    });
+    const content = await runner.finalContent();
+    assert.equal(looked.length, 1, `the tool ran once: ${JSON.stringify(looked)}`);
+    assert.equal(looked[0].query, 'define gateway');
+    assert.match(content, /a server in front of others/);
+    assert.deepEqual(tiers, ['remote', 'remote']);
+    assert.equal((await peer.stats()).requests, 2);
   });
 
   test('with the classifier: "always cheapest" and the cascade zone skip the native tier when tools are sent', async () => {
