@@ -144,4 +144,43 @@ describe('runTools through the gateway: two rounds of tool use', () => {
         assert.equal(last.model, 'remote-model');
       });
   }
+
+  for (const stream of [false, true]) {
+    test(`runTools, ${stream ? 'streaming' : 'non-streaming'}: two parallel calls in one round, each answered by its own tool message`,
+      async () => {
+        await peer.reset();
+        const parallel = {
+          content: null,
+          tool_calls: [
+            { id: 'call_p_1', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Oslo"}' } },
+            { id: 'call_p_2', type: 'function', function: { name: 'get_time', arguments: '{"tz":"Europe/Oslo"}' } },
+          ],
+          finish_reason: 'tool_calls',
+        };
+        await peer.script({ answer: parallel, count: 1 });
+        await peer.script({ answer: { content: 'Oslo: cold, 09:00.', finish_reason: 'stop' }, count: 1 });
+        sent = [];
+        const calls = [];
+        const fn = (name, result) => ({ type: 'function', function: { name, description: name,
+          parameters: { type: 'object', properties: {} }, parse: JSON.parse,
+          function: (args) => {
+            calls.push([name, args]);
+            return result;
+          } } });
+        const runner = client.chat.completions.runTools({
+          model: 'remote', stream, messages: [{ role: 'user', content: 'Oslo weather and time?' }],
+          tools: [fn('get_weather', 'cold'), fn('get_time', '09:00')],
+        });
+        assert.equal(await runner.finalContent(), 'Oslo: cold, 09:00.');
+        assert.deepEqual(calls, [['get_weather', { city: 'Oslo' }], ['get_time', { tz: 'Europe/Oslo' }]]);
+        const got = await peer.requests();
+        assert.equal(got.length, 2);
+        const hist = got[1].body.messages;
+        assert.deepEqual(hist.slice(1).map((m) => [m.role, m.tool_call_id ?? null]),
+          [['assistant', null], ['tool', 'call_p_1'], ['tool', 'call_p_2']]);
+        assert.deepEqual(hist[1].tool_calls.map((t) => ({ id: t.id, type: t.type,
+          function: { name: t.function.name, arguments: t.function.arguments } })), parallel.tool_calls);
+        assert.deepEqual(got[1].body.messages, sent[1].body.messages);
+      });
+  }
 });
