@@ -438,7 +438,9 @@ describe('https upstreams', () => {
       t('byip', `https://127.0.0.1:${good.port}/v1`, file('ca.pem')),
       t('wronghost', `https://localhost:${wrong.port}`, file('ca.pem'), { eject_after: 0 }),
       t('untrusted', `https://localhost:${good.port}`, file('other-ca.pem'), { eject_after: 0 }),
+      t('bulk', `https://127.0.0.1:${good.port}`, file('ca.pem'), { max_response_bytes: 1 << 30 }),
     ];
+    tiers.at(-1).max_output_tokens = 1 << 24;
     gw = await startGateway({ config: makeConfig({ tiers }) });
   });
   after(async () => {
@@ -514,6 +516,30 @@ describe('https upstreams', () => {
     const text = fresh();
     assert.equal(await answerText(await post(gw, chatBody(text, { model: 'm-secure' })), false),
       peerReply(chatBody(text), 'tls').content);
+  });
+
+  test('a client that stops reading holds the TLS upstream back too', async () => {
+    await good.reset();
+    const payload = JSON.stringify(chatBody('flood [[peer:endless]] [[peer:piece_bytes=8000]]',
+      { model: 'm-bulk', stream: true, max_tokens: 10000000 }));
+    const sock = net.connect(gw.port, '127.0.0.1');
+    sock.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: ${authHeaders().authorization}\r\n` +
+      `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(payload)}\r\n\r\n${payload}`);
+    const head = await new Promise((resolve, reject) => {
+      sock.once('data', (d) => {
+        sock.pause(); // from here on the client reads nothing
+        resolve(d.toString('latin1'));
+      });
+      sock.on('error', reject);
+    });
+    assert.match(head, /^HTTP\/1\.1 200/);
+    await sleep(2500);
+    const sent = (await good.stats()).bytes_sent;
+    sock.destroy();
+    // Unchecked, the peer pushes tens of MB a second; held back, only the
+    // socket buffers on both hops fill.
+    assert.ok(sent < 32 * 1024 * 1024, `the peer sent ${(sent / 1048576).toFixed(1)} MiB to a client that reads nothing`);
+    await until(async () => (await good.stats()).aborted === 1, 5000, 'the upstream request is cancelled');
   });
 
   test('the prober checks https replicas over TLS, with the same verification', async () => {
