@@ -267,9 +267,11 @@ static int find_model(const char *s, size_t n, size_t *open, size_t *vs, size_t 
     return i < n && s[i] == '}' ? 0 : -1;
 }
 
-char *embeddings_answer_relay(const char *body, size_t len, const char *model, size_t *out_len)
+char *embeddings_answer_relay(const char *body, size_t len, const char *model, size_t *out_len,
+                              int64_t *prompt_tokens)
 {
     *out_len = 0;
+    *prompt_tokens = 0;
     /* A NUL byte is never valid JSON outside a string (jansson lets one
      * pass between tokens), and the bytes go to the client as they are. */
     if (memchr(body, '\0', len))
@@ -280,6 +282,11 @@ char *embeddings_answer_relay(const char *body, size_t len, const char *model, s
     if (!json_is_object(o) || !json_is_array(json_object_get(o, "data")) ||
         !json_is_object(json_object_get(o, "usage")))
         goto out;
+    /* A count an upstream reports is outside input: an integer that a
+     * double holds exactly, and not negative, or none. */
+    json_t *pt = json_object_get(json_object_get(o, "usage"), "prompt_tokens");
+    if (json_is_integer(pt) && json_integer_value(pt) >= 0 && json_integer_value(pt) < ((json_int_t)1 << 53))
+        *prompt_tokens = (int64_t)json_integer_value(pt);
     json_t *m = json_string(model);
     name = m ? json_dumps(m, JSON_ENCODE_ANY) : NULL;
     json_decref(m);

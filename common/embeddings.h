@@ -76,7 +76,10 @@ void embeddings_request_free(struct embeddings_request *req);
  * object. The vectors are copied as sent, never re-printed: a float
  * answer keeps its digits and its size (jansson would print each number
  * with 17), and only the validating parse grows with the answer. malloc'd;
- * *out_len gets its length. */
-char *embeddings_answer_relay(const char *body, size_t len, const char *model, size_t *out_len);
+ * *out_len gets its length, and *prompt_tokens the answer's
+ * usage.prompt_tokens (0 when it is not a count), so a caller that relays
+ * need not parse the answer again to bill it. */
+char *embeddings_answer_relay(const char *body, size_t len, const char *model, size_t *out_len,
+                              int64_t *prompt_tokens);
 
 #endif

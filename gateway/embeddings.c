@@ -95,7 +95,8 @@ struct emb {
     char *answer;                   /* the upstream's JSON, whole (its one token) */
     size_t answer_len;
     int extra_tokens;               /* tokens past the first: a broken engine */
-    int64_t reported_prompt;        /* the upstream's usage.prompt_tokens */
+    int64_t reported_prompt;        /* usage.prompt_tokens, as the engine read it */
+    int64_t answer_prompt;          /* ... and as the relay read it from the answer */
     char *relayed;                  /* the answer as the client gets it, or NULL: not a list */
     size_t relayed_len;
     /* money */
@@ -237,7 +238,8 @@ static void relay_work(void *arg)
 {
     struct emb *e = arg;
     if (e->answer && !e->extra_tokens)
-        e->relayed = embeddings_answer_relay(e->answer, e->answer_len, e->cfg->tiers[e->tier].model, &e->relayed_len);
+        e->relayed = embeddings_answer_relay(e->answer, e->answer_len, e->cfg->tiers[e->tier].model, &e->relayed_len,
+                                             &e->answer_prompt);
 }
 
 /* Loop thread: send what relay_work made, or a 502. */
@@ -255,7 +257,7 @@ static void relay_done(void *arg)
              "The upstream returned a malformed embeddings response");
         return;
     }
-    compute_cost(e, 200, e->reported_prompt);
+    compute_cost(e, 200, e->reported_prompt > 0 ? e->reported_prompt : e->answer_prompt);
     set_headers(e);
     if (e->tenant->expose_headers) {
         char usd[32];

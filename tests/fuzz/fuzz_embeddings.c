@@ -84,7 +84,10 @@ static const char relay_model[] = "org/m\"odel\\\xc3\xa9";
 static void check_relay(const char *body, size_t size)
 {
     size_t n = 0;
-    char *out = embeddings_answer_relay(body, size, relay_model, &n);
+    int64_t pt = -1;
+    char *out = embeddings_answer_relay(body, size, relay_model, &n, &pt);
+    if (pt < 0 || (!out && pt != 0))
+        abort();
     json_t *up = json_loadb(body, size, JSON_REJECT_DUPLICATES, NULL);
     int shape = !memchr(body, '\0', size) && json_is_object(up) && json_is_array(json_object_get(up, "data")) &&
                 json_is_object(json_object_get(up, "usage"));

@@ -32,10 +32,14 @@ static void bad(const char *body, const char *needle, const char *param, int lin
 
 /* The relay of body with model "mine": NULL, or the text, which must parse
  * to the upstream's object with model set. */
+static int64_t relay_prompt; /* the last relay's prompt_tokens */
+
 static char *relay(const char *body, const char *model)
 {
     size_t n;
-    char *out = embeddings_answer_relay(body, strlen(body), model, &n);
+    int64_t pt = -1;
+    char *out = embeddings_answer_relay(body, strlen(body), model, &n, &pt);
+    relay_prompt = pt;
     if (!out)
         return NULL;
     CHECK(strlen(out) == n);
@@ -60,7 +64,18 @@ static void relay_checks(void)
                     "mine");
     CHECK_STR(s, "{\"object\":\"list\",\"data\":[{\"object\":\"embedding\",\"index\":0,\"embedding\":[0.1234,-1e-07]}],"
                  "\"model\":\"mine\",\"usage\":{\"prompt_tokens\":2,\"total_tokens\":2}}");
+    CHECK(relay_prompt == 2);
     free(s);
+    /* prompt_tokens that are not a count are none. */
+    const char *counts[] = {"-1", "1.0", "\"3\"", "9007199254740992", "null"};
+    for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+        char b[128];
+        snprintf(b, sizeof b, "{\"data\":[],\"usage\":{\"prompt_tokens\":%s}}", counts[i]);
+        free(relay(b, "mine"));
+        CHECK(relay_prompt == 0);
+    }
+    free(relay("{\"data\":[],\"usage\":{\"prompt_tokens\":9007199254740991}}", "mine"));
+    CHECK(relay_prompt == 9007199254740991LL);
     /* Whitespace, and a value that is not a string. */
     s = relay(" { \"data\" : [ ] ,\n \"model\" : {\"a\":[1,2]} , \"usage\" : { } } ", "mine");
     CHECK_STR(s, " { \"data\" : [ ] ,\n \"model\" : \"mine\" , \"usage\" : { } } ");
@@ -94,13 +109,15 @@ static void relay_checks(void)
     /* jansson lets a NUL byte pass between tokens; the relay does not. */
     static const char nul[] = "{\"data\":[1\0],\"usage\":{}}";
     size_t nn = 7;
-    char *no = embeddings_answer_relay(nul, sizeof nul - 1, "mine", &nn);
-    CHECK(no == NULL && nn == 0);
+    int64_t npt = 7;
+    char *no = embeddings_answer_relay(nul, sizeof nul - 1, "mine", &nn, &npt);
+    CHECK(no == NULL && nn == 0 && npt == 0);
     free(no);
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         size_t n = 7;
-        char *o = embeddings_answer_relay(bad[i], strlen(bad[i]), "mine", &n);
-        CHECK(o == NULL && n == 0);
+        int64_t pt = 7;
+        char *o = embeddings_answer_relay(bad[i], strlen(bad[i]), "mine", &n, &pt);
+        CHECK(o == NULL && n == 0 && pt == 0);
         if (o)
             fprintf(stderr, "relay accepted %s\n", bad[i]);
         free(o);
