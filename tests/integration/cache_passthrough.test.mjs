@@ -269,6 +269,41 @@ describe('cached tool-call answers', () => {
     assert.equal(d.json.system_fingerprint, C.fingerprint);
   });
 
+  test('concurrent identical requests: one upstream call, and every client gets the whole tool-call answer', async () => {
+    await peer.reset();
+    // the answer takes 400 ms, so the others arrive while it is in flight
+    await peer.script({ answer: TWO_CALLS, directives: { delay_ms: '400' }, count: 1 });
+    const body = det('single flight with tools');
+    const rs = await Promise.all([
+      ask(body), ask(body), ask({ ...body, stream: true, stream_options: { include_usage: true } }),
+    ]);
+    for (const r of rs) assert.equal(r.status, 200, r.text);
+    assert.equal((await peer.stats()).requests, 1, 'one upstream call for three identical requests');
+    const [a, b, c] = rs;
+    assert.deepEqual(a.json.choices[0].message.tool_calls, TWO_CALLS.tool_calls);
+    assert.deepEqual(withoutIdCreated(b.json), withoutIdCreated(a.json));
+    const C = accumulate(c.events);
+    assert.deepEqual(C.msg.tool_calls, TWO_CALLS.tool_calls);
+    assert.equal(C.msg.reasoning_content, TWO_CALLS.reasoning_content);
+    assert.equal(C.finish, 'tool_calls');
+    assert.deepEqual(C.usage, a.json.usage);
+  });
+
+  test('a replayed stream without include_usage has no usage chunk', async () => {
+    await peer.reset();
+    await peer.script({ answer: TEXT_AND_CALL, count: 1 });
+    const body = det('usage only when asked', { stream: true, stream_options: { include_usage: true } });
+    const a = await ask(body);
+    assert.equal(a.cache, 'miss');
+    const { stream_options: _, ...noUsage } = body;
+    const b = await ask(noUsage);
+    assert.equal(b.status, 200, b.text);
+    // stream_options is not part of the key: the same entry answers
+    assert.equal(b.cache, 'hit');
+    assert.ok(b.events.every((e) => e === '[DONE]' || !e.usage), `usage chunk not asked for:\n${b.text}`);
+    assert.deepEqual(accumulate(b.events).msg, accumulate(a.events).msg);
+  });
+
   test('an entry of another format version is a miss, and is rewritten as version 2', async () => {
     await peer.reset();
     const body = det('versioned entry please');
