@@ -9,15 +9,18 @@
  *   GENERATING ──retryable failure──> GENERATING on the tier's fallback
  *       │ the upstream's whole answer (one token), then on_done
  *       v
+ *   (RELAYING: a large answer is checked on the work pool)
+ *       v
  *   reply 200 (or 502 for an answer that is not an embeddings list)
  * and at the end, always (FINISHED): settle the reservation with the real
  * cost, record the stats and metrics, log the access line, free.
  *
  * A client that leaves: while the work pool reads the body, the job
- * finishes first (it holds the HTTP request); while admission is pending,
- * its callback finds `gone` and ends the request; while the engine runs,
- * the engine call is cancelled and nothing is charged, since an embeddings
- * answer is all or nothing and the client got none of it.
+ * finishes first (it holds the HTTP request); while admission or the
+ * relay job is pending, its callback finds `gone` and ends the request;
+ * while the engine runs, the engine call is cancelled. Nothing is charged
+ * for any of these, since an embeddings answer is all or nothing and the
+ * client got none of it.
  */
 #include "gateway/embeddings.h"
 
