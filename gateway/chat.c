@@ -66,6 +66,7 @@
 #include "gateway/access.h"
 #include "gateway/snapshot.h"
 #include "gateway/metrics.h"
+#include "gateway/reply.h"
 #include "policies/stats.h"
 #include "classifier/classifier.h"
 #include "policies/policy.h"
@@ -459,7 +460,7 @@ static void set_headers(struct chat *c)
         httpd_resp_header(c->r, "x-cascade-fallback", c->cfg->tiers[c->first_failed].name);
 }
 
-static void reply_error(struct chat *c, int status, const char *type, const char *code, const char *param,
+static void fail(struct chat *c, int status, const char *type, const char *code, const char *param,
                         const char *msg)
 {
     set_headers(c);
@@ -903,16 +904,16 @@ static int tier_eligible(const struct chat *c, int tier)
            (c->req.parts & ~t->accepts) == 0 && (!c->req.has_tools || t->tools);
 }
 
+static int eligible_cb(const void *ctx, int tier)
+{
+    return tier_eligible(ctx, tier);
+}
+
 /* The next tier along tier's fallback chain that may serve this request,
- * or -1. The config refuses chains that loop; the bound is belt and
- * braces. */
+ * or -1. */
 static int next_fallback(const struct chat *c, int tier)
 {
-    size_t steps = 0;
-    for (int f = c->cfg->tiers[tier].fallback; f >= 0 && steps++ < c->cfg->n_tiers; f = c->cfg->tiers[f].fallback)
-        if (tier_eligible(c, f))
-            return f;
-    return -1;
+    return config_next_fallback(c->cfg, tier, eligible_cb, c);
 }
 
 /* An engine call failed before any byte reached the client, for a reason
@@ -997,7 +998,7 @@ static void on_error(void *ctx, const struct engine_error *e)
         snprintf(ra, sizeof ra, "%" PRId64, e->retry_after_s);
         httpd_resp_header(c->r, "Retry-After", ra);
     }
-    reply_error(c, e->status, e->type, e->code, e->param, e->message);
+    fail(c, e->status, e->type, e->code, e->param, e->message);
 }
 
 static const struct engine_callbacks chat_callbacks = {on_token, on_done, on_error};
@@ -1050,7 +1051,7 @@ static void start_engine(struct chat *c)
     }
     if (engine_submit(c->engine, &er, &chat_callbacks, c, &c->engine_id) < 0) {
         c->state = CHAT_FINISHING;
-        reply_error(c, 503, "server_error", "engine_unavailable", NULL, "the engine cannot take requests now");
+        fail(c, 503, "server_error", "engine_unavailable", NULL, "the engine cannot take requests now");
         return;
     }
     c->engine_started = 1;
@@ -1172,27 +1173,6 @@ static void keyed(struct chat *c)
 
 /* ---- admission ---------------------------------------------------------- */
 
-static void ratelimit_headers(struct chat *c, const struct admit_result *res)
-{
-    char v[32];
-    if (res->limit_requests > 0) {
-        snprintf(v, sizeof v, "%" PRId64, res->limit_requests);
-        httpd_resp_header(c->r, "x-ratelimit-limit-requests", v);
-        snprintf(v, sizeof v, "%" PRId64, res->remaining_requests);
-        httpd_resp_header(c->r, "x-ratelimit-remaining-requests", v);
-        snprintf(v, sizeof v, "%.3fs", (double)res->reset_requests_ms / 1000.0);
-        httpd_resp_header(c->r, "x-ratelimit-reset-requests", v);
-    }
-    if (res->limit_tokens > 0) {
-        snprintf(v, sizeof v, "%" PRId64, res->limit_tokens);
-        httpd_resp_header(c->r, "x-ratelimit-limit-tokens", v);
-        snprintf(v, sizeof v, "%" PRId64, res->remaining_tokens);
-        httpd_resp_header(c->r, "x-ratelimit-remaining-tokens", v);
-        snprintf(v, sizeof v, "%.3fs", (double)res->reset_tokens_ms / 1000.0);
-        httpd_resp_header(c->r, "x-ratelimit-reset-tokens", v);
-    }
-}
-
 static void on_admit(void *ctx, const struct admit_result *res, struct reservation *resv)
 {
     struct chat *c = ctx;
@@ -1203,36 +1183,14 @@ static void on_admit(void *ctx, const struct admit_result *res, struct reservati
         chat_done(c, 499); /* settles the reservation at 0 */
         return;
     }
-    ratelimit_headers(c, res);
+    /* x-ratelimit-*, and for a refusal the real Retry-After (and for a
+     * budget x-should-retry: false): gateway/reply.h. */
+    reply_admit_headers(c->r, res);
     if (res->status != ADMIT_OK && res->status != ADMIT_DOWNGRADED) {
-        /* Retry-After is the real wait (for a budget, until its window
-         * resets), never a short guess that makes SDKs retry into the same
-         * refusal; a budget says so outright, since no retry can pass
-         * before then. */
-        char ra[24];
-        snprintf(ra, sizeof ra, "%" PRId64, res->retry_after_s);
-        httpd_resp_header(c->r, "Retry-After", ra);
-        if (res->status != ADMIT_LIMIT_REQUESTS && res->status != ADMIT_LIMIT_TOKENS &&
-            res->status != ADMIT_LIMIT_CONCURRENCY)
-            httpd_resp_header(c->r, "x-should-retry", "false");
-        switch (res->status) {
-        case ADMIT_LIMIT_REQUESTS:
-            reply_error(c, 429, "rate_limit_exceeded", "rate_limit_exceeded", NULL,
-                        "Rate limit reached for requests per minute");
-            return;
-        case ADMIT_LIMIT_TOKENS:
-            reply_error(c, 429, "rate_limit_exceeded", "rate_limit_exceeded", NULL,
-                        "Rate limit reached for tokens per minute");
-            return;
-        case ADMIT_LIMIT_CONCURRENCY:
-            reply_error(c, 429, "rate_limit_exceeded", "concurrency_limit_exceeded", NULL,
-                        "Too many concurrent requests for this tenant");
-            return;
-        default:
-            reply_error(c, 429, "insufficient_quota", "budget_exceeded", NULL,
-                        "The tenant's budget is exhausted");
-            return;
-        }
+        const char *type, *code, *msg;
+        reply_admit_error(res, &type, &code, &msg);
+        fail(c, 429, type, code, NULL, msg);
+        return;
     }
     if (res->status == ADMIT_DOWNGRADED) {
         /* admit_start asked for the downgrade only when the cheapest tier
@@ -1307,18 +1265,18 @@ static void reply_ineligible(struct chat *c, int tier)
     if (!(t->endpoints & (c->completion ? TIER_EP_COMPLETIONS : TIER_EP_CHAT))) {
         snprintf(msg, sizeof msg, "The model '%.100s' does not serve %s", t->name,
                  c->completion ? "/v1/completions" : "/v1/chat/completions");
-        reply_error(c, 400, "invalid_request_error", "unsupported_endpoint", "model", msg);
+        fail(c, 400, "invalid_request_error", "unsupported_endpoint", "model", msg);
     } else if (c->req.parts & ~t->accepts) {
         unsigned missing = c->req.parts & ~t->accepts;
         unsigned bit = missing & -missing;
         snprintf(msg, sizeof msg, "%s accepts '%s' content parts (tier '%.100s' takes: %s%s%s%s)", who,
                  openai_part_name(bit), t->name, "text", t->accepts & OPENAI_PART_IMAGE ? ", image_url" : "",
                  t->accepts & OPENAI_PART_AUDIO ? ", input_audio" : "", t->accepts & OPENAI_PART_FILE ? ", file" : "");
-        reply_error(c, 400, "invalid_request_error", "unsupported_content_part", "messages", msg);
+        fail(c, 400, "invalid_request_error", "unsupported_content_part", "messages", msg);
     } else {
         snprintf(msg, sizeof msg, "%s supports tools (tier '%.100s' runs on the native engine, which does not)", who,
                  t->name);
-        reply_error(c, 400, "invalid_request_error", "unsupported_parameter", "tools", msg);
+        fail(c, 400, "invalid_request_error", "unsupported_parameter", "tools", msg);
     }
 }
 
@@ -1521,19 +1479,19 @@ static void prepared(struct chat *c)
 {
     if (c->parse_rc < 0) {
         struct openai_error *err = &c->parse_err;
-        reply_error(c, err->status, err->type, err->code, err->param, err->message);
+        fail(c, err->status, err->type, err->code, err->param, err->message);
         return;
     }
     if (c->asked_tier < 0) {
         char msg[200];
         snprintf(msg, sizeof msg, "The model '%.100s' does not exist", c->req.model);
-        reply_error(c, 404, "invalid_request_error", "model_not_found", "model", msg);
+        fail(c, 404, "invalid_request_error", "model_not_found", "model", msg);
         return;
     }
     if (c->tier < 0) {
         char msg[200];
         snprintf(msg, sizeof msg, "Tier '%.100s' is not allowed for this API key", c->cfg->tiers[c->asked_tier].name);
-        reply_error(c, 403, "permission_error", "tier_not_allowed", "model", msg);
+        fail(c, 403, "permission_error", "tier_not_allowed", "model", msg);
         return;
     }
     if (!tier_eligible(c, c->tier)) {
@@ -1615,7 +1573,7 @@ void chat_handle(const struct chat_services *svc, struct httpd_req *r, struct co
     trace_begin(&c->trace, httpd_req_header(r, "traceparent"), httpd_req_header(r, "tracestate"));
 
     if (!is_json_type(httpd_req_header(r, "Content-Type"))) {
-        reply_error(c, 415, "invalid_request_error", "unsupported_media_type", NULL,
+        fail(c, 415, "invalid_request_error", "unsupported_media_type", NULL,
                     "Content-Type must be application/json");
         return;
     }

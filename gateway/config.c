@@ -59,6 +59,17 @@ int config_tenant_allows(const struct tenant_config *t, int tier)
     return 0;
 }
 
+int config_next_fallback(const struct config *cfg, int tier, int (*ok)(const void *ctx, int tier), const void *ctx)
+{
+    /* config_load refuses chains that loop; the step bound is belt and
+     * braces for a config built by hand. */
+    size_t steps = 0;
+    for (int f = cfg->tiers[tier].fallback; f >= 0 && steps++ < cfg->n_tiers; f = cfg->tiers[f].fallback)
+        if (ok(ctx, f))
+            return f;
+    return -1;
+}
+
 static int parse_key_hex(json_t *v, const char *path, uint8_t out[SHA256_LEN], char *err, size_t n)
 {
     if (!json_is_string(v) || hash_unhex(json_string_value(v), out, SHA256_LEN) < 0)

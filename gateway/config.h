@@ -148,6 +148,10 @@ int config_tier_index(const struct config *cfg, const char *name_or_model);
  * workers, tiers and engines; otherwise what differs. */
 const char *config_reload_conflict(const struct config *cur, const struct config *next);
 int config_tenant_allows(const struct tenant_config *t, int tier);
+/* The next tier along tier's fallback chain (tiers[].fallback) for which
+ * ok(ctx, tier) holds: the caller's test (the tenant may use it, it serves
+ * the endpoint, it takes the request's parts...). -1 when none. */
+int config_next_fallback(const struct config *cfg, int tier, int (*ok)(const void *ctx, int tier), const void *ctx);
 
 
 #endif

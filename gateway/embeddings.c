@@ -294,16 +294,19 @@ static void start_engine(struct emb *e);
  * one the tenant allows, that serves embeddings, and that has not run it
  * yet; or -1. The config refuses chains that loop; the bound is belt and
  * braces. */
+/* A fallback for an embeddings request: not tried yet, allowed for the
+ * tenant, a remote tier that serves embeddings. */
+static int fallback_ok(const void *ctx, int tier)
+{
+    const struct emb *e = ctx;
+    const struct tier_config *t = &e->cfg->tiers[tier];
+    return !e->tried[tier] && config_tenant_allows(e->tenant, tier) && (t->endpoints & TIER_EP_EMBEDDINGS) &&
+           t->kind == ENGINE_REMOTE;
+}
+
 static int next_fallback(const struct emb *e, int tier)
 {
-    size_t steps = 0;
-    for (int f = e->cfg->tiers[tier].fallback; f >= 0 && steps++ < e->cfg->n_tiers; f = e->cfg->tiers[f].fallback) {
-        const struct tier_config *t = &e->cfg->tiers[f];
-        if (!e->tried[f] && config_tenant_allows(e->tenant, f) && (t->endpoints & TIER_EP_EMBEDDINGS) &&
-            t->kind == ENGINE_REMOTE)
-            return f;
-    }
-    return -1;
+    return config_next_fallback(e->cfg, tier, fallback_ok, e);
 }
 
 static void on_error(void *ctx, const struct engine_error *err)
