@@ -3,7 +3,8 @@
 //
 // One cascaded (1 worker), one peer.mjs upstream serving the same answers
 // three ways: plain http, https with pooled connections (the default), and
-// https with max_idle_per_replica 0 (a TLS handshake per request). Each
+// https with max_idle_per_replica 0 (a TLS connection per request, resuming
+// the replica's session after the first). Each
 // config gets WARMUP then N sequential non-stream requests with distinct
 // texts (no cache hits); we report the client-side latency quantiles and
 // the connections the peer saw carry requests.
@@ -47,7 +48,7 @@ async function run(name, engineExtra, url, peerStats) {
   const t = tier({ urls: [url] });
   Object.assign(t.engine, engineExtra);
   const gw = await startGateway({ config: makeConfig({ tiers: [t], workers: 1 }) });
-  const before = (await peerStats()).connections;
+  const s0 = await peerStats();
   const lat = [];
   for (let i = 0; i < WARMUP + N; i++) {
     const t0 = process.hrtime.bigint();
@@ -58,11 +59,13 @@ async function run(name, engineExtra, url, peerStats) {
     await res.arrayBuffer();
     if (i >= WARMUP) lat.push(Number(process.hrtime.bigint() - t0) / 1e3);
   }
-  const conns = (await peerStats()).connections - before;
+  const s1 = await peerStats();
+  const conns = s1.connections - s0.connections;
+  const resumed = (s1.resumed ?? 0) - (s0.resumed ?? 0);
   await gw.stop();
   lat.sort((a, b) => a - b);
   console.log(`${name.padEnd(28)} p50 ${q(lat, 0.5).toFixed(0)} us  p90 ${q(lat, 0.9).toFixed(0)} us  ` +
-    `p99 ${q(lat, 0.99).toFixed(0)} us  upstream connections ${conns} for ${WARMUP + N} requests`);
+    `p99 ${q(lat, 0.99).toFixed(0)} us  upstream connections ${conns} (TLS resumed ${resumed}) for ${WARMUP + N} requests`);
 }
 
 const dir = mkdtempSync(path.join(tmpdir(), 'cascade-bench-tls-'));

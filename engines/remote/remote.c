@@ -74,6 +74,7 @@ struct replica {
     int tls;                        /* https:// */
     int default_port;               /* the port is the scheme's (Host: leaves it out) */
     int numeric;                    /* host is an IP literal: no name to resolve */
+    struct remote_tls_cache *tls_cache; /* https: the session new connections resume */
     struct outlier outlier;         /* ejection (outlier.h) */
 };
 
@@ -368,7 +369,7 @@ static struct evhttp_connection *pool_get(struct remote_local *L, int ri, int *r
         L->dns = evdns_base_new(L->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
     struct evdns_base *dns = rep->numeric ? NULL : L->dns;
     struct evhttp_connection *c =
-        rep->tls ? remote_tls_connect(L->r->tls, L->base, dns, rep->host, (unsigned short)rep->port)
+        rep->tls ? remote_tls_connect(L->r->tls, rep->tls_cache, L->base, dns, rep->host, (unsigned short)rep->port)
                  : evhttp_connection_base_new(L->base, dns, rep->host, (unsigned short)rep->port);
     if (!c)
         return NULL;
@@ -1469,8 +1470,10 @@ static void remote_destroy(struct engine *e)
             evdns_base_free(L->dns, 0);
         free(L);
     }
-    for (size_t i = 0; i < r->n; i++)
+    for (size_t i = 0; i < r->n; i++) {
         free(r->replicas[i].url);
+        remote_tls_cache_free(r->replicas[i].tls_cache); /* after every connection that used it */
+    }
     free(r->replicas);
     remote_tls_free(r->tls);
     remote_config_free(&r->cfg);
@@ -1528,6 +1531,7 @@ struct engine *remote_engine_new(const struct remote_config *cfg, const char *ba
         snprintf(rep->host, sizeof rep->host, "%s", evhttp_uri_get_host(uri));
         const char *scheme = evhttp_uri_get_scheme(uri);
         rep->tls = scheme && strcmp(scheme, "https") == 0;
+        rep->tls_cache = rep->tls ? remote_tls_cache_new() : NULL;
         rep->default_port = evhttp_uri_get_port(uri) <= 0;
         {
             unsigned char a[16];
@@ -1572,8 +1576,10 @@ struct engine *remote_engine_new(const struct remote_config *cfg, const char *ba
     }
     return &r->base;
 fail:
-    for (size_t i = 0; i < r->n; i++)
+    for (size_t i = 0; i < r->n; i++) {
         free(r->replicas[i].url);
+        remote_tls_cache_free(r->replicas[i].tls_cache);
+    }
     free(r->replicas);
     remote_tls_free(r->tls);
 fail_cfg:

@@ -7,7 +7,10 @@
  *   closed: evhttp told us (close callback) that the connection closed;
  *   verify: the first certificate-check error of the last handshake, kept
  *           because SSL_clear() wipes SSL_get_verify_result() before evhttp
- *           reports the failure to us.
+ *           reports the failure to us;
+ *   cache:  the replica's session cache, where new_session_cb files the
+ *           sessions (TLS 1.3 tickets come after the handshake) that the
+ *           upstream gives this connection.
  */
 #include "engines/remote/tls.h"
 
@@ -34,13 +37,53 @@ struct remote_tls {
     SSL_CTX *ctx;
 };
 
+struct remote_tls_cache {
+    pthread_mutex_t mu;
+    SSL_SESSION *session;           /* the newest resumable one, or NULL; ours */
+};
+
 static pthread_once_t idx_once = PTHREAD_ONCE_INIT;
-static int idx_closed = -1, idx_verify = -1;
+static int idx_closed = -1, idx_verify = -1, idx_cache = -1;
 
 static void idx_init(void)
 {
     idx_closed = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
     idx_verify = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    idx_cache = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+struct remote_tls_cache *remote_tls_cache_new(void)
+{
+    struct remote_tls_cache *c = xcalloc(1, sizeof *c);
+    pthread_mutex_init(&c->mu, NULL);
+    return c;
+}
+
+void remote_tls_cache_free(struct remote_tls_cache *c)
+{
+    if (!c)
+        return;
+    SSL_SESSION_free(c->session);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+/* OpenSSL hands over a session the upstream issued: keep a copy of the
+ * newest in the connection's cache. A copy, because the connection's own
+ * object is marked not resumable when the connection is freed without a
+ * TLS shutdown (libevent never sends one), which would spoil the cache. */
+static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+    struct remote_tls_cache *c = SSL_get_ex_data(ssl, idx_cache);
+    SSL_SESSION *copy = c ? SSL_SESSION_dup(sess) : NULL;
+    if (!copy)
+        return 0; /* OpenSSL keeps its reference */
+    pthread_mutex_lock(&c->mu);
+    SSL_SESSION *old = c->session;
+    c->session = copy;
+    pthread_mutex_unlock(&c->mu);
+    SSL_SESSION_free(old);
+    return 0;
 }
 
 /* OpenSSL's verdict stands; this only remembers the first reason it gave. */
@@ -67,7 +110,7 @@ static void openssl_error(char *err, size_t errlen, const char *what)
 struct remote_tls *remote_tls_new(const char *ca_file, char *err, size_t errlen)
 {
     pthread_once(&idx_once, idx_init);
-    if (idx_closed < 0 || idx_verify < 0) {
+    if (idx_closed < 0 || idx_verify < 0 || idx_cache < 0) {
         snprintf(err, errlen, "TLS: cannot set up OpenSSL");
         return NULL;
     }
@@ -82,6 +125,9 @@ struct remote_tls *remote_tls_new(const char *ca_file, char *err, size_t errlen)
         goto fail_ctx;
     }
     SSL_CTX_set_verify(t->ctx, SSL_VERIFY_PEER, verify_cb);
+    /* Client sessions go to the replicas' caches, not OpenSSL's own store. */
+    SSL_CTX_set_session_cache_mode(t->ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(t->ctx, new_session_cb);
     if (ca_file) {
         if (SSL_CTX_load_verify_locations(t->ctx, ca_file, NULL) != 1) {
             char what[600];
@@ -145,12 +191,24 @@ static void on_close(struct evhttp_connection *c, void *arg)
         SSL_set_ex_data(ssl, idx_closed, (void *)1);
 }
 
-struct evhttp_connection *remote_tls_connect(struct remote_tls *t, struct event_base *base, struct evdns_base *dns,
-                                             const char *host, unsigned short port)
+struct evhttp_connection *remote_tls_connect(struct remote_tls *t, struct remote_tls_cache *cache,
+                                             struct event_base *base, struct evdns_base *dns, const char *host,
+                                             unsigned short port)
 {
     SSL *ssl = ssl_for(t, host);
     if (!ssl)
         return NULL;
+    if (cache) {
+        /* a copy again: this connection may spoil its session the same way */
+        pthread_mutex_lock(&cache->mu);
+        SSL_SESSION *copy = cache->session ? SSL_SESSION_dup(cache->session) : NULL;
+        pthread_mutex_unlock(&cache->mu);
+        if (copy) {
+            SSL_set_session(ssl, copy); /* takes its own reference */
+            SSL_SESSION_free(copy);
+        }
+        SSL_set_ex_data(ssl, idx_cache, cache);
+    }
     /* CLOSE_ON_FREE: the bufferevent frees the SSL and closes the socket
      * when evhttp_connection_free frees it. */
     struct bufferevent *bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,

@@ -17,6 +17,11 @@
  * used for one TCP connection's life; remote_tls_conn_reusable() says
  * whether it still is one, and a pool frees it as soon as it is not.
  *
+ * A new connection resumes the replica's last TLS session when it has one
+ * (struct remote_tls_cache, one per replica, shared by the workers), which
+ * saves the handshake's signature and certificate checks: they were done
+ * when the session was made.
+ *
  * The prober thread uses remote_tls_probe() instead: blocking, with a
  * deadline, on a socket it already connected.
  *
@@ -38,12 +43,21 @@ struct remote_tls;
 struct remote_tls *remote_tls_new(const char *ca_file, char *err, size_t errlen);
 void remote_tls_free(struct remote_tls *t);
 
+/* One replica's resumable session; any thread. Free it after every
+ * connection made with it. */
+struct remote_tls_cache;
+struct remote_tls_cache *remote_tls_cache_new(void);
+void remote_tls_cache_free(struct remote_tls_cache *c);
+
 /* A new, unconnected evhttp connection to host:port over TLS, verified for
- * host; names resolved through dns (NULL: getaddrinfo, blocking). NULL
- * when out of resources. Free with evhttp_connection_free. */
+ * host, resuming cache's session when there is one and keeping the one the
+ * upstream gives there (cache may be NULL); names resolved through dns
+ * (NULL: getaddrinfo, blocking). NULL when out of resources. Free with
+ * evhttp_connection_free. */
 struct evdns_base;
-struct evhttp_connection *remote_tls_connect(struct remote_tls *t, struct event_base *base, struct evdns_base *dns,
-                                             const char *host, unsigned short port);
+struct evhttp_connection *remote_tls_connect(struct remote_tls *t, struct remote_tls_cache *cache,
+                                             struct event_base *base, struct evdns_base *dns, const char *host,
+                                             unsigned short port);
 
 /* 1 while c holds an established TLS session that has not closed: only
  * then may it carry another request. */

@@ -439,8 +439,9 @@ describe('https upstreams', () => {
       t('wronghost', `https://localhost:${wrong.port}`, file('ca.pem'), { eject_after: 0 }),
       t('untrusted', `https://localhost:${good.port}`, file('other-ca.pem'), { eject_after: 0 }),
       t('bulk', `https://127.0.0.1:${good.port}`, file('ca.pem'), { max_response_bytes: 1 << 30 }),
+      t('nopool', `https://localhost:${good.port}`, file('ca.pem'), { max_idle_per_replica: 0 }),
     ];
-    tiers.at(-1).max_output_tokens = 1 << 24;
+    tiers.find((x) => x.name === 'bulk').max_output_tokens = 1 << 24;
     gw = await startGateway({ config: makeConfig({ tiers }) });
   });
   after(async () => {
@@ -478,6 +479,15 @@ describe('https upstreams', () => {
     }
     ms.sort((x, y) => x - y);
     assert.ok(ms[0] < 25, `the fastest of 11 requests took ${ms[0]} ms: ${ms}`);
+  });
+
+  test('a new connection resumes the replica\'s TLS session', async () => {
+    await good.reset();
+    for (let i = 0; i < 6; i++) await answerText(await post(gw, chatBody(fresh(), { model: 'm-nopool' })), false);
+    const st = await good.stats();
+    assert.equal(st.connections, 6, 'max_idle_per_replica 0: a connection per request');
+    // the first connection of each worker may have nothing to resume yet
+    assert.ok(st.resumed >= 4, `${st.resumed} of 6 connections resumed a session`);
   });
 
   test('an IP literal is checked against the certificate\'s IP addresses', async () => {

@@ -78,7 +78,8 @@
 //
 // GET /_stats also counts the connections that carried chat requests
 // (connections): how a test sees that a client reuses its keep-alive
-// connections.
+// connections; with TLS, resumed counts those of them that resumed an
+// earlier TLS session instead of a full handshake.
 //
 // Usage: node peer.mjs [--port N] [--host 127.0.0.1] [--name NAME]
 //                      [--models a,b] [--api-key KEY]
@@ -455,6 +456,7 @@ export function createPeer(opts) {
     completions: 0,         // POST /v1/completions arrived
     embeddings: 0,          // POST /v1/embeddings arrived
     connections: 0,         // connections that carried a POST /v1/chat/completions
+    resumed: 0,             // of them, TLS connections that resumed a session
     chatSockets: new WeakSet(),
   };
 
@@ -865,6 +867,7 @@ export function createPeer(opts) {
         if (!st.chatSockets.has(req.socket)) {
           st.chatSockets.add(req.socket);
           st.connections++;
+          if (req.socket.isSessionReused?.()) st.resumed++;
         }
         handleChat(req, res, raw);
         return;
@@ -892,6 +895,7 @@ export function createPeer(opts) {
           active: st.active,
           bytes_sent: st.bytesSent,
           connections: st.connections,
+          resumed: st.resumed,
           completions_requests: st.completions,
           embeddings_requests: st.embeddings,
           last_request: st.lastRequest,
@@ -903,7 +907,7 @@ export function createPeer(opts) {
         return;
       case 'POST /_reset':
         st.requests = st.completed = st.aborted = st.bytesSent = st.completions = st.embeddings = 0;
-        st.connections = 0;
+        st.connections = st.resumed = 0;
         st.lastRequest = st.lastHeaders = null;
         st.recorded = [];
         st.script = [];
