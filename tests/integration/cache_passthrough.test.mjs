@@ -346,4 +346,9 @@ describe('cached tool-call answers', () => {
     assert.equal((await peer.stats()).requests, requests);
     assert.deepEqual(withoutIdCreated(hit.json), withoutIdCreated(first.json));
   });
+
+  test('SIGTERM: the gateway exits 0 (under ASan: no leak or memory error on these paths)', async () => {
+    const r = await gw.stop('SIGTERM', 15000);
+    assert.deepEqual(r, { code: 0, signal: null }, gw.logs().slice(-4000));
+  });
 });

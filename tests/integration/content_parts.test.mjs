@@ -158,6 +158,10 @@ describe('content parts and the tiers that accept them', () => {
     assertError(r, 429, 'budget_exceeded');
     assert.equal((await peer.stats()).requests, 1, 'only the text request reached the upstream');
   });
+  test('SIGTERM: the gateway exits 0 (under ASan: no leak or memory error on these paths)', async () => {
+    const r = await gw.stop('SIGTERM', 15000);
+    assert.deepEqual(r, { code: 0, signal: null }, gw.logs().slice(-4000));
+  });
 });
 
 const noModel = existsSync(MODEL) ? false : `no model at ${MODEL}`;
@@ -283,5 +287,9 @@ describe('tools and "auto": only tiers that take tools', { skip: noModel }, () =
     } finally {
       await g.stop();
     }
+  });
+  test('SIGTERM: the gateway exits 0 (under ASan: no leak or memory error on these paths)', async () => {
+    const r = await gw.stop('SIGTERM', 15000);
+    assert.deepEqual(r, { code: 0, signal: null }, gw.logs().slice(-4000));
   });
 });
