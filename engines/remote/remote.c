@@ -1492,6 +1492,23 @@ static const struct engine_ops remote_ops = {
     .pause = remote_pause,
 };
 
+/* libevent's resolver reports a failing nameserver on stderr, unformatted;
+ * our log is JSON lines, so its warnings come through here (rate-limited:
+ * a dead nameserver is reported on every query). */
+static void dns_log(int is_warn, const char *msg)
+{
+    static struct log_limit lim;
+    if (is_warn)
+        log_limited(&lim, 10000, LOG_WARN, "dns: %s", msg);
+}
+
+static pthread_once_t dns_log_once = PTHREAD_ONCE_INIT;
+
+static void dns_log_init(void)
+{
+    evdns_set_log_fn(dns_log);
+}
+
 /* A config path as the process should open it: relative ones are from
  * base_dir (the config file's folder), like every path in the config. */
 static const char *config_path(const char *base_dir, const char *p, char *out, size_t n)
@@ -1504,6 +1521,7 @@ static const char *config_path(const char *base_dir, const char *p, char *out, s
 
 struct engine *remote_engine_new(const struct remote_config *cfg, const char *base_dir, char *err, size_t errlen)
 {
+    pthread_once(&dns_log_once, dns_log_init);
     struct remote *r = xcalloc(1, sizeof *r);
     r->base.ops = &remote_ops;
     config_copy(&r->cfg, cfg);
