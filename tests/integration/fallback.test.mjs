@@ -46,7 +46,7 @@ const CLASSIFIER = path.join(SOURCE_DIR, 'classifier', 'models', 'difficulty.cdm
 
 const KEYS = {
   zone: 'sk-fallback-zone', zone2: 'sk-fallback-zone2', fbcache: 'sk-fallback-cache',
-  fbauto: 'sk-fallback-auto', quiet: 'sk-fallback-quiet',
+  fbauto: 'sk-fallback-auto', quiet: 'sk-fallback-quiet', zone3: 'sk-fallback-zone3',
   fb: 'sk-fallback-main', narrow: 'sk-fallback-narrow', tight: 'sk-fallback-tight', dead: 'sk-fallback-dead',
 };
 
@@ -166,6 +166,9 @@ describe('fallback tiers', () => {
         routing: { t_low: 0, t_high: 1, cascade: { enabled: true } }, budget: { usd_per_day: 0.01, on_exhausted: 'reject' } },
       { id: 'zone2', keys: [sha256hex(KEYS.zone2)], allowed_tiers: ['cheap', 'zl'], cache: { mode: 'off' },
         routing: { t_low: 0, t_high: 1, cascade: { enabled: true } }, budget: { usd_per_day: 0.01, on_exhausted: 'reject' } },
+      // the cascade zone, no budget, a strict judge: a 7-piece answer escalates to zl
+      { id: 'zone3', keys: [sha256hex(KEYS.zone3)], allowed_tiers: ['cheap', 'zl', 'bigbound'], cache: { mode: 'off' },
+        routing: { t_low: 0, t_high: 1, cascade: { enabled: true, min_mean_logprob: -0.05 } } },
       { id: 'dead', keys: [sha256hex(KEYS.dead)], allowed_tiers: ['deadchain', 'dead2'], default_tier: 'deadchain',
         cache: { mode: 'off' } },
     ];
@@ -443,6 +446,31 @@ describe('fallback tiers', () => {
     assertOpenAIError(r);
     assert.equal(r.json.error.code, 'budget_exceeded');
     assert.equal((await pc.stats()).requests, 0);
+  });
+
+  test('a cascade whose escalation tier fails is answered by that tier\'s fallback, and pays for both calls', async () => {
+    for (const stream of [false, true]) {
+      await Promise.all([pa.reset(), pb.reset(), pc.reset()]);
+      const from = gw.logLines().filter((l) => l.msg === 'access' && l.tenant === 'zone3').length;
+      const r = await call(gw, chatBody('one two three four five six [[peer@pb:status=503]]', {
+        model: 'auto', stream, ...(stream ? { stream_options: { include_usage: true } } : {}),
+      }), KEYS.zone3);
+      assert.equal(r.status, 200, r.text);
+      assert.equal(r.headers.get('x-cascade-escalated'), 'true');
+      assert.equal(r.tier, 'bigbound');
+      assert.equal(r.fallback, 'zl');
+      const usage = stream ? streamed(r.text).usage : r.json.usage;
+      assert.equal(stream ? streamed(r.text).content : r.json.choices[0].message.content,
+        'echo: one two three four five six');
+      const [sa, sb, sc] = await Promise.all([pa.stats(), pb.stats(), pc.stats()]);
+      assert.deepEqual([sa.requests, sb.requests, sc.requests], [1, 1, 1], 'cheap leg, failed escalation, its fallback');
+      await gw.waitForLog(() => gw.logLines().filter((l) => l.msg === 'access' && l.tenant === 'zone3').length > from, 5000);
+      const line = gw.logLines().filter((l) => l.msg === 'access' && l.tenant === 'zone3').at(-1);
+      assert.equal(line.escalated, true);
+      assert.equal(line.fallback, 'zl');
+      // the peers count the same usage for the cheap call and the answer
+      assert.equal(line.cost_nano, costNano(PRICES.cheap, usage) + costNano(PRICES.bigbound, usage), JSON.stringify(line));
+    }
   });
 
   test('SIGTERM: the gateway exits 0 (under ASan: no leak or memory error on these paths)', async () => {
