@@ -40,7 +40,7 @@ function toNextMonth() {
 }
 
 const KEYS = {
-  daily: 'sk-quota-daily', monthly: 'sk-quota-monthly', rpm: 'sk-quota-rpm',
+  daily: 'sk-quota-daily', monthly: 'sk-quota-monthly', rpm: 'sk-quota-rpm', tpm: 'sk-quota-tpm',
   named: 'sk-trace-named', plain0: 'sk-trace-plain-0', plain1: 'sk-trace-plain-1', zone: 'sk-trace-zone',
 };
 
@@ -93,6 +93,8 @@ describe('budget rejections and trace context', () => {
         { id: 'monthly', keys: [sha256hex(KEYS.monthly)], allowed_tiers: ['small'],
           budget: { usd_per_month: 0.001, on_exhausted: 'reject' } },
         { id: 'rpm', keys: [sha256hex(KEYS.rpm)], allowed_tiers: ['small'], limits: { rpm: 1 } },
+        // room for one request of max_tokens 25 in flight, not two
+        { id: 'tpm', keys: [sha256hex(KEYS.tpm)], allowed_tiers: ['small'], limits: { tpm: 60 } },
         { id: 'trace', keys: [{ id: 'ci-runner', sha256: sha256hex(KEYS.named) }, sha256hex(KEYS.plain0),
           sha256hex(KEYS.plain1)], allowed_tiers: ['small'], cache: { mode: 'off' } },
         // the cascade zone: a short answer is kept, a long one escalates (as in routing.test.mjs)
@@ -193,6 +195,20 @@ describe('budget rejections and trace context', () => {
     const ra = Number(r.headers.get('retry-after'));
     assert.ok(reset > 50, `reset ${reset} s for an RPM of 1 just used`);
     assert.ok(ra >= Math.floor(reset), `Retry-After ${ra} s, but the window resets in ${reset} s`);
+    // a rate limit is worth retrying later: no x-should-retry: false
+    assert.notEqual(r.headers.get('x-should-retry'), 'false');
+    // tokens per minute, the same: two requests in flight at once reserve
+    // twice their estimate, more than 60 (once one has settled, Redis
+    // counts its real tokens instead)
+    const ask = () => call(gw, chatBody('one [[peer:delay_ms=300]]', { model: 'small', max_tokens: 25 }), KEYS.tpm);
+    const both = await Promise.all([ask(), ask()]);
+    assert.deepEqual(both.map((x) => x.status).sort(), [200, 429], both.map((x) => x.text).join('\n'));
+    const t2 = both.find((x) => x.status === 429);
+    assert.equal(t2.json.error.code, 'rate_limit_exceeded');
+    const treset = Number.parseFloat(t2.headers.get('x-ratelimit-reset-tokens'));
+    const tra = Number(t2.headers.get('retry-after'));
+    assert.ok(treset > 0, `x-ratelimit-reset-tokens ${t2.headers.get('x-ratelimit-reset-tokens')}`);
+    assert.ok(tra >= Math.floor(treset), `Retry-After ${tra} s, but the token window resets in ${treset} s`);
   });
 
   test('a client traceparent reaches the upstream with the same trace id; tracestate unchanged', async () => {
