@@ -125,6 +125,9 @@ describe('fallback tiers', () => {
       tier({ name: 'a', model: 'model-a', urls: pa.url, price: PRICES.a, fallback: 'b', max_output_tokens: 100 }),
       tier({ name: 'b', model: 'model-b', urls: pb.url, price: PRICES.b, fallback: 'c', max_output_tokens: 100 }),
       tier({ name: 'c', model: 'model-c', urls: pc.url, price: PRICES.c, max_output_tokens: 100 }),
+      // a's peer behind a short timeout, falling back to c
+      tier({ name: 'slow', model: 'model-slow', urls: pa.url, price: PRICES.a, fallback: 'c', timeoutMs: 700,
+        chunkTimeoutMs: 700 }),
       // nothing listens behind "dead": its fallback is c; dead2 has none
       tier({ name: 'dead', model: 'model-dead', urls: `http://127.0.0.1:${deadPort}`, price: PRICES.a,
         fallback: 'c', timeoutMs: 2000, chunkTimeoutMs: 1000 }),
@@ -143,7 +146,7 @@ describe('fallback tiers', () => {
       tier({ name: 'bigbound', model: 'model-bigbound', urls: pc.url, price: PRICES.bigbound, max_output_tokens: 50000 }),
     ].map(noEject);
     const tenants = [
-      { id: 'fb', keys: [sha256hex(KEYS.fb)], allowed_tiers: ['a', 'b', 'c', 'dead'], default_tier: 'a',
+      { id: 'fb', keys: [sha256hex(KEYS.fb)], allowed_tiers: ['a', 'b', 'c', 'dead', 'slow'], default_tier: 'a',
         cache: { mode: 'off' } },
       { id: 'fbcache', keys: [sha256hex(KEYS.fbcache)], allowed_tiers: ['a', 'b', 'c'], default_tier: 'a' },
       // "auto" is its default tier a (no routing thresholds): a routed request
@@ -210,6 +213,25 @@ describe('fallback tiers', () => {
       const tp = (await p.stats()).last_headers.traceparent;
       assert.match(tp || '', new RegExp(`^00-${traceId}-[0-9a-f]{16}-[0-9a-f]{2}$`), `${p.name} got ${tp}`);
     }
+  });
+
+  test('an upstream 429 or a timeout falls back too; a 400 (the client\'s own mistake) does not', async () => {
+    await Promise.all([pa.reset(), pb.reset(), pc.reset()]);
+    const limited = await call(gw, chatBody('too many [[peer@pa:status=429]]', { model: 'a' }), KEYS.fb);
+    assert.equal(limited.status, 200, limited.text);
+    assert.deepEqual([limited.tier, limited.fallback], ['b', 'a']);
+    const t0 = Date.now();
+    const hung = await call(gw, chatBody('never answers [[peer@pa:hang]]', { model: 'slow' }), KEYS.fb);
+    const ms = Date.now() - t0;
+    assert.equal(hung.status, 200, hung.text);
+    assert.deepEqual([hung.tier, hung.fallback], ['c', 'slow']);
+    assert.ok(ms < 5000, `the timeout (700 ms) then c: ${ms} ms`);
+    await Promise.all([pb.reset(), pc.reset()]);
+    const bad = await call(gw, chatBody('malformed for the upstream [[peer@pa:status=400]]', { model: 'a' }), KEYS.fb);
+    assert.equal(bad.status, 400, bad.text);
+    assertOpenAIError(bad);
+    assert.equal(bad.fallback, null);
+    assert.equal((await pb.stats()).requests, 0, 'a 400 is not retried on the fallback');
   });
 
   test('a request that needs no fallback carries no x-cascade-fallback', async () => {
