@@ -182,8 +182,10 @@ struct metrics *metrics_new(const char *const *tenants, size_t n_tenants, const 
     m->classifier = xcalloc(m->tenant.n, sizeof *m->classifier);
     m->upstream_errors = xcalloc(m->replica.n, sizeof *m->upstream_errors);
     m->up = xcalloc(m->replica.n, sizeof *m->up);
+    /* A URL listed twice is one replica until metrics_replica_tier says
+     * which tier each belongs to: one series, not two with equal labels. */
     for (size_t i = 0; i < m->replica.n; i++)
-        m->up[i].canon = i;
+        m->up[i].canon = m->replica.canon[i];
     m->queue_depth = xcalloc(m->tier.n, sizeof *m->queue_depth);
     return m;
 }
