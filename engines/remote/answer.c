@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/openai.h"
 
@@ -494,4 +495,31 @@ out:
     json_decref(o);
     *len = s ? strlen(s) : 0;
     return s;
+}
+
+int64_t answer_retry_after_s(const char *v, int64_t now)
+{
+    if (!v)
+        return 0;
+    while (*v == ' ' || *v == '\t')
+        v++;
+    int64_t s = 0;
+    if (*v >= '0' && *v <= '9') {
+        /* Digits only, up to optional whitespace: "10abc" is not a delay. */
+        for (; *v >= '0' && *v <= '9' && s <= 86400; v++)
+            s = s * 10 + (*v - '0');
+        while (*v >= '0' && *v <= '9')
+            v++;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        if (*v)
+            return 0;
+    } else {
+        struct tm tm = {0};
+        const char *end = strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        if (!end)
+            return 0;
+        s = (int64_t)timegm(&tm) - now;
+    }
+    return s < 0 ? 0 : s > 86400 ? 86400 : s;
 }

@@ -107,4 +107,10 @@ const char *answer_path(enum engine_endpoint ep);
 /* Whether an endpoint's answer may stream (embeddings never do). */
 int answer_can_stream(enum engine_endpoint ep);
 
+/* An upstream's Retry-After header value (RFC 9110 10.2.3): delay-seconds,
+ * or an HTTP-date (IMF-fixdate), as seconds after now (Unix time); 0 when
+ * absent, unreadable or past, at most a day, so an upstream cannot park a
+ * client's retries for longer. */
+int64_t answer_retry_after_s(const char *value, int64_t now);
+
 #endif

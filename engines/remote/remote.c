@@ -781,28 +781,6 @@ static void error_cb(enum evhttp_request_error kind, void *arg)
 
 static int start_attempt(struct rreq *q);
 
-/* Retry-After: delay-seconds, or an HTTP-date (RFC 9110 10.2.3), as
- * seconds from now; 0 when absent, unreadable or past, at most a day. */
-static int64_t retry_after_seconds(const char *v)
-{
-    if (!v)
-        return 0;
-    while (*v == ' ' || *v == '\t')
-        v++;
-    int64_t s = 0;
-    if (*v >= '0' && *v <= '9') {
-        for (; *v >= '0' && *v <= '9' && s <= 86400; v++)
-            s = s * 10 + (*v - '0');
-    } else {
-        struct tm tm = {0};
-        const char *end = strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-        if (!end)
-            return 0;
-        s = (int64_t)timegm(&tm) - (int64_t)time(NULL);
-    }
-    return s < 0 ? 0 : s > 86400 ? 86400 : s;
-}
-
 /* Every attempt failed (or the time ran out): the last failure decides the
  * error, which is retryable, since another tier need not fail alike. */
 static void finish_exhausted(struct rreq *q)
@@ -969,7 +947,8 @@ static void done_cb(struct evhttp_request *req, void *arg)
             free(body);
             int64_t ra = 0;
             if (q->status == 429 || q->status == 503)
-                ra = retry_after_seconds(evhttp_find_header(evhttp_request_get_input_headers(req), "Retry-After"));
+                ra = answer_retry_after_s(evhttp_find_header(evhttp_request_get_input_headers(req), "Retry-After"),
+                                          (int64_t)time(NULL));
             snprintf(msg, sizeof msg, "upstream %s answered HTTP %d: %.200s", url, q->status, ae.message);
             attempt_failed(q, q->status == 429 ? REMOTE_HTTP_429 : REMOTE_HTTP_5XX, msg, ra);
             return;

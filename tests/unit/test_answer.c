@@ -434,8 +434,24 @@ static void test_request_body(void)
     json_decref(root);
 }
 
+/* Retry-After: seconds or an HTTP-date, never negative, at most a day. */
+static void test_retry_after(void)
+{
+    const int64_t now = 1764633600; /* Tue, 02 Dec 2025 00:00:00 GMT */
+    CHECK(answer_retry_after_s(NULL, now) == 0);
+    CHECK(answer_retry_after_s("120", now) == 120);
+    CHECK(answer_retry_after_s(" 7 ", now) == 7);
+    CHECK(answer_retry_after_s("10abc", now) == 0);
+    CHECK(answer_retry_after_s("99999999999999999999", now) == 86400);
+    CHECK(answer_retry_after_s("Tue, 02 Dec 2025 00:01:00 GMT", now) == 60);
+    CHECK(answer_retry_after_s("Mon, 01 Dec 2025 00:00:00 GMT", now) == 0);
+    CHECK(answer_retry_after_s("Fri, 02 Jan 2026 00:00:00 GMT", now) == 86400);
+    CHECK(answer_retry_after_s("soon", now) == 0);
+}
+
 int main(void)
 {
+    test_retry_after();
     test_stream_tool_calls();
     test_stream_reasoning();
     test_stream_logprobs();
