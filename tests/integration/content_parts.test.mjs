@@ -4,11 +4,13 @@
 // - Content parts other than text go upstream unchanged to a tier whose
 //   `accepts` names their type; elsewhere they are a 400 with code
 //   unsupported_content_part (param "messages"), before anything reaches an
-//   upstream. Each media part reserves tiers[].media_part_tokens prompt
-//   tokens in the budget.
+//   upstream. "auto" picks an allowed tier that accepts them. Each media part
+//   reserves tiers[].media_part_tokens prompt tokens in the budget.
 // - model "auto" with `tools` routes only among tiers that take tools (the
-//   remote ones); with only native tiers allowed it is a 400 naming "tools",
-//   and so is a named native tier.
+//   remote ones), on the default-tier path and on the classifier's (always
+//   cheapest, the cascade zone), also for the SDK's runTools; with only
+//   native tiers allowed it is a 400 naming "tools", and so is a named
+//   native tier.
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import path from 'node:path';

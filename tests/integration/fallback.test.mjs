@@ -1,14 +1,18 @@
 // fallback.test.mjs: fallback tiers (issue 15), through the whole gateway
 // with real redis-server, real cascaded and scripted peers.
 //
-// A tier whose replicas all fail (5xx from the peer, or a closed port) before
-// any byte reached the client is served by its `fallback` tier, and by that
+// A tier whose replicas all fail (5xx, 429 or a timeout from the peer, or a
+// closed port) before any byte reached the client is served by its
+// `fallback` tier (never for a 400, nor once bytes were sent), and by that
 // tier's fallback in turn; the client sees 200 with x-cascade-tier (the tier
 // that answered) and x-cascade-fallback (the tier that failed first). A
 // fallback the tenant may not use is never asked. Only the tier that produced
 // the answer is charged, and when the whole chain fails the client gets 502,
-// 503 or 504 in OpenAI's error format. Admission reserves the costliest tier
-// of the chain, so a budget that covers only the cheap primary is a 429.
+// 503 or 504 in OpenAI's error format, with the last upstream's Retry-After.
+// Admission reserves the costliest tier of the chain (a cascade: the cheap
+// leg plus the escalation tier's chain), so a budget that covers only the
+// cheap primary is a 429. A fallback's answer is not cached under the tier
+// asked for, and a routed request that fell back records no savings.
 //
 // Peers are named, so a directive such as [[peer@pa:status=503]] fails only
 // the peer behind tier "a"; the others answer it normally.

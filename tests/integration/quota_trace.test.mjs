@@ -6,6 +6,8 @@
 // - A budget 429 carries `x-should-retry: false` and a Retry-After no shorter
 //   than the time until the budget's window resets, so the openai SDK (with
 //   its default two retries) gives up at once: the gateway sees one request.
+//   Rate-limit 429s (RPM, TPM) are retryable, with a Retry-After no shorter
+//   than their window's reset.
 // - A client's `traceparent` reaches the upstream with the same trace id (and
 //   `tracestate` unchanged); without one, or with an invalid one, the upstream
 //   gets a fresh valid traceparent.
