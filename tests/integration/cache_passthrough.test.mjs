@@ -8,8 +8,11 @@
 //   - stream: what the openai SDK accumulates from the replayed chunks (the
 //     message, finish_reason, usage, system_fingerprint) equals what it
 //     accumulated from the original stream.
-// Entries carry a format version ("v": 2); one written in another version
-// (none, or 1) is a miss, answered by the upstream and rewritten.
+// One entry answers both shapes (a JSON answer replays as SSE and back), a
+// replayed stream has a usage chunk only when asked, and concurrent
+// identical requests make one upstream call whose whole message every client
+// gets. Entries carry a format version ("v": 2); one written in another
+// version (none, 1 or 3) is a miss, answered by the upstream and rewritten.
 //
 // The peer's answer is scripted per request with POST /_script {"answer"}
 // (tests/support/peer.mjs), so a test knows exactly which tool calls the
