@@ -918,8 +918,9 @@ static int next_fallback(const struct chat *c, int tier)
 
 /* An engine call failed before any byte reached the client, for a reason
  * the tier's fallback need not share: the fallback answers instead. Its
- * answer is not cached, since the cache key names the tier asked for.
- * 1 when a new call took over the request. */
+ * answer is not cached, since the cache key names the tier asked for, but
+ * requests waiting on this one (single-flight) get it: they would only meet
+ * the same failure on their own. 1 when a new call took over the request. */
 static int try_fallback(struct chat *c, const struct engine_error *e)
 {
     if (!e->retryable || c->stream_open || !c->r)
@@ -932,7 +933,6 @@ static int try_fallback(struct chat *c, const struct engine_error *e)
     if (c->first_failed < 0)
         c->first_failed = c->tier;
     c->store = 0;
-    finish_flight(c, NULL, 0);
     forget_answer(c);
     c->tier = next;
     start_engine(c);
@@ -952,11 +952,13 @@ static void on_done(void *ctx, const struct engine_usage *usage, const char *fin
     /* An entry replays its usage, so an answer without one (a stream cut
      * at max_tokens) is not stored. */
     size_t vlen = 0;
-    char *value = c->store && c->usage.completion_tokens > 0 ? cache_value(c, finish_reason, &vlen) : NULL;
+    char *value = (c->store || c->leader) && c->usage.completion_tokens > 0 ? cache_value(c, finish_reason, &vlen)
+                                                                          : NULL;
     if (value) {
         const struct tenant_config *t = c->tenant;
-        cache_put(c->svc->cache, c->svc->base, t->id, c->key, value, vlen, t->cache_ttl_s);
-        finish_flight(c, value, vlen);
+        if (c->store)
+            cache_put(c->svc->cache, c->svc->base, t->id, c->key, value, vlen, t->cache_ttl_s);
+        finish_flight(c, value, vlen); /* a fallback's answer reaches the waiters, uncached */
         free(value);
     }
     send_final(c, finish_reason);
