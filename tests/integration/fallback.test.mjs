@@ -504,3 +504,44 @@ describe('fallback tiers', () => {
     assert.deepEqual(r, { code: 0, signal: null }, gw.logs().slice(-4000));
   });
 });
+
+describe('single-flight and fallback', () => {
+  // Identical concurrent requests share one engine call (the cache's
+  // single-flight). When that call's tier fails and its fallback answers,
+  // the waiting requests get the fallback's answer too, rather than each
+  // asking the failed tier again.
+  test('waiters get the leader\'s fallback answer: one call to the failed tier, one to its fallback', async () => {
+    const [pa, pb] = await Promise.all([startPeer({ name: 'sfa' }), startPeer({ name: 'sfb' })]);
+    const noEject = (t) => ({ ...t, engine: { ...t.engine, eject_after: 0 } });
+    const gw = await startGateway({
+      config: makeConfig({
+        tiers: [
+          noEject(tier({ name: 'a', model: 'ma', urls: pa.url, price: { input_per_1m: 1, output_per_1m: 1 }, fallback: 'b' })),
+          noEject(tier({ name: 'b', model: 'mb', urls: pb.url, price: { input_per_1m: 2, output_per_1m: 2 } })),
+        ],
+        tenants: [{ id: 'sf', keys: [sha256hex('sk-sf')], allowed_tiers: ['a', 'b'] }],
+      }),
+    });
+    try {
+      // a fails once, slowly, so the other two requests join its flight
+      await pa.script({ directives: { status: '503', delay_ms: '300' }, count: 1 });
+      const body = JSON.stringify({ model: 'a', temperature: 0, messages: [{ role: 'user', content: 'flight and fall' }] });
+      const rs = await Promise.all([0, 1, 2].map(() => fetch(`${gw.url}/v1/chat/completions`, {
+        method: 'POST', headers: authHeaders('sk-sf'), body,
+      })));
+      const bodies = await Promise.all(rs.map((r) => r.json()));
+      for (const [i, r] of rs.entries()) assert.equal(r.status, 200, JSON.stringify(bodies[i]));
+      const contents = bodies.map((b) => b.choices[0].message.content);
+      assert.equal(new Set(contents).size, 1, `different answers: ${JSON.stringify(contents)}`);
+      assert.equal((await pa.stats()).requests, 1, 'the failed tier was asked more than once');
+      assert.equal((await pb.stats()).requests, 1, 'the fallback was asked more than once');
+      // and nothing was cached under tier a's key: the next request asks a again
+      await call(gw, { model: 'a', temperature: 0, messages: [{ role: 'user', content: 'flight and fall' }] }, 'sk-sf');
+      assert.equal((await pa.stats()).requests, 2);
+    } finally {
+      await gw.stop();
+      await pa.stop();
+      await pb.stop();
+    }
+  });
+});
