@@ -34,6 +34,7 @@ const MODEL = path.join(SHARED, 'models', 'stories260K', 'stories260K.bin');
 if (!existsSync(MODEL)) throw new Error(`completions.test.mjs needs ${MODEL} (../shared beside the repo)`);
 
 const KEY = 'sk-completions-test';
+const CACHED_KEY = 'sk-completions-cached';
 const native = { name: 'tiny', model: 'stories-tiny', price: { input_per_1m: 1, output_per_1m: 2 },
   max_output_tokens: 16, engine: { kind: 'native', model: MODEL, name: 'stories-tiny', threads: 1 } };
 
@@ -50,7 +51,8 @@ describe('POST /v1/completions', () => {
         native,
       ],
       tenants: [{ id: 'acme', keys: [sha256hex(KEY)], allowed_tiers: ['remote', 'chatonly', 'tiny'],
-        default_tier: 'remote', cache: { mode: 'off' } }],
+        default_tier: 'remote', cache: { mode: 'off' } },
+      { id: 'cached', keys: [sha256hex(CACHED_KEY)], allowed_tiers: ['remote'], cache: { mode: 'deterministic' } }],
     });
     gw = await startGateway({ config });
     client = new OpenAI({ apiKey: KEY, baseURL: `${gw.url}/v1`, maxRetries: 0 });
@@ -155,6 +157,35 @@ describe('POST /v1/completions', () => {
     assert.match(body.error.message, /\/v1\/completions/);
     const stats = await (await fetch(`${peer.url}/_stats`)).json();
     assert.equal(stats.completions_requests ?? 0, 0);
+  });
+
+  test('a cached completion replays as a text_completion, whole and streamed; a chat request never hits it', async () => {
+    await peer.reset();
+    const post = (path, body) => fetch(`${gw.url}${path}`, { method: 'POST', headers: authHeaders(CACHED_KEY),
+      body: JSON.stringify(body) });
+    const body = { model: 'remote', prompt: 'Cache this completion', max_tokens: 8, temperature: 0 };
+    const first = await post('/v1/completions', body);
+    const a = await first.json();
+    assert.equal(first.headers.get('x-cascade-cache'), 'miss');
+    const again = await post('/v1/completions', body);
+    const b = await again.json();
+    assert.equal(again.headers.get('x-cascade-cache'), 'hit');
+    assert.equal(b.object, 'text_completion');
+    assert.equal(b.choices[0].text, a.choices[0].text);
+    assert.deepEqual(b.usage, a.usage);
+    const s = await post('/v1/completions', { ...body, stream: true });
+    assert.equal(s.headers.get('x-cascade-cache'), 'hit');
+    const events = sseParse(await s.text());
+    assert.equal(events.at(-1), '[DONE]');
+    const text = events.filter((e) => e !== '[DONE]').map((e) => e.choices?.[0]?.text ?? '').join('');
+    assert.equal(text, a.choices[0].text);
+    for (const e of events.filter((x) => x !== '[DONE]')) assert.equal(e.object, 'text_completion');
+    const chat = await post('/v1/chat/completions', { model: 'remote', temperature: 0, max_tokens: 8,
+      messages: [{ role: 'user', content: 'Cache this completion' }] });
+    assert.equal(chat.headers.get('x-cascade-cache'), 'miss');
+    assert.equal((await chat.json()).object, 'chat.completion');
+    const stats = await (await fetch(`${peer.url}/_stats`)).json();
+    assert.equal(stats.completions_requests, 1, 'the hits reached the upstream');
   });
 
   test('bad completion bodies are 400s in OpenAI format', async () => {
