@@ -320,6 +320,17 @@ static void ring_add(int64_t *secs, int64_t *n, int64_t now, int64_t v)
     n[i] = money_add(n[i], v);
 }
 
+/* Correct what second `second` counted by delta (a settled request's real
+ * tokens minus its estimate), if that second is still in its bucket; a
+ * bucket never goes below 0. */
+static void ring_adjust(int64_t *secs, int64_t *n, int64_t second, int64_t delta)
+{
+    int i = (int)(second % WINDOW_S);
+    if (second <= 0 || secs[i] != second)
+        return; /* gone from the window: nothing left to correct */
+    n[i] = delta >= 0 ? money_add(n[i], delta) : money_sub(n[i], -delta);
+}
+
 /* The oldest second of the window that still counts something, or now
  * when none does: the window frees up 60 s after it. */
 static int64_t ring_oldest(const int64_t *secs, const int64_t *n, int64_t now)
@@ -639,6 +650,10 @@ void policy_settle(struct policy *p, struct event_base *base, struct reservation
             l->concurrent--;
         l->local_reserved = money_sub(l->local_reserved, resv->est_cost);
         l->local_spent = money_add(l->local_spent, cost);
+        /* TPM counts what the request really used, as the Redis path does
+         * (token_delta): admission counted its estimate, which for a
+         * request that stopped early is far above it. */
+        ring_adjust(l->tok_sec, l->tok_n, resv->second, tokens - resv->est_tokens);
         pthread_mutex_unlock(&p->mu);
     }
     struct redis *r = p->s.redis ? redis_for_base(p->s.redis, base) : NULL;

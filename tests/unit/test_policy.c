@@ -94,6 +94,22 @@ static void test_local(void)
     settle(p, base, 0, 90);
     CHECK(admit(p, base, &tpm, "k", 1, 0) == ADMIT_LIMIT_TOKENS);
 
+    /* Settling replaces the estimate with the real tokens, as the Redis
+     * path does: a request that reserved 60 and used 5 leaves 55 free. */
+    struct tenant_limits tpm2 = {.tpm = 100, .rpm = 1000, .budget_day_nano = -1, .budget_month_nano = -1};
+    struct admit_request q2 = {.tenant = "tpm2", .limits = &tpm2, .request_id = "t1", .est_tokens = 60,
+                               .est_cost_nano = 0, .alt_cost_nano = -1};
+    policy_admit(p, base, &q2, on_admit, NULL);
+    event_base_loop(base, EVLOOP_ONCE);
+    CHECK(last.status == ADMIT_OK);
+    settle(p, base, 0, 5);
+    q2.request_id = "t2";
+    q2.est_tokens = 90; /* 5 + 90 fits in 100; 60 + 90 would not */
+    policy_admit(p, base, &q2, on_admit, NULL);
+    event_base_loop(base, EVLOOP_ONCE);
+    CHECK(last.status == ADMIT_OK);
+    settle(p, base, 0, 90);
+
     /* Concurrency never goes below zero, however often settle runs. */
     struct tenant_limits conc = {.max_concurrent = 1, .budget_day_nano = -1, .budget_month_nano = -1};
     CHECK(admit(p, base, &conc, "l", 1, 0) == ADMIT_OK);
