@@ -116,8 +116,10 @@ struct engine_request {
     const struct chat_request *chat;
     /* ENGINE_EP_CHAT unless set. For ENGINE_EP_EMBEDDINGS the remote engine
      * posts chat->root (model replaced) to the replica's /embeddings and
-     * delivers the upstream's whole JSON response as one on_token piece,
-     * then on_done with usage.prompt_tokens from it. */
+     * delivers the upstream's whole 2xx response, unparsed, as one on_token
+     * piece, then on_done with no usage: the caller checks the answer's
+     * shape and reads its usage where it relays it (an answer runs to tens
+     * of MB, too much to parse twice, or on the loop). */
     enum engine_endpoint endpoint;
     const char *model;                  /* the model id this engine should run */
     int stream;                         /* deliver tokens as they are generated */

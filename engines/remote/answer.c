@@ -320,22 +320,23 @@ out:
 
 enum answer_status answer_full(struct answer *a, const char *body, size_t len)
 {
-    json_t *root = json_loadb(body, len, 0, NULL);
-    if (!json_is_object(root)) {
-        json_decref(root);
-        return bad(a, a->endpoint == ENGINE_EP_EMBEDDINGS ? "upstream returned malformed embeddings"
-                                                          : "upstream returned a malformed completion");
-    }
-    read_usage(a, root);
     if (a->endpoint == ENGINE_EP_EMBEDDINGS) {
-        /* The caller relays the body as it came; only usage is ours. */
-        a->usage.completion_tokens = 0;
-        json_decref(root);
+        /* Relayed as it came, unparsed: an embeddings answer runs to tens of
+         * MB, and parsing it here (on the worker's loop) would stall every
+         * other request there. The caller checks its shape and reads its
+         * usage where it relays it, off the loop (engine.h). */
+        a->usage.prompt_tokens = a->usage.completion_tokens = 0;
         struct engine_token tok = {.text = body, .len = len};
         a->delivered++;
         a->emit(a->ctx, &tok);
         return ANSWER_OK;
     }
+    json_t *root = json_loadb(body, len, 0, NULL);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return bad(a, "upstream returned a malformed completion");
+    }
+    read_usage(a, root);
     enum answer_status rc = ANSWER_OK;
     json_t *extra = NULL, *meta = NULL;
     json_t *choice = json_array_get(json_object_get(root, "choices"), 0);
