@@ -18,7 +18,7 @@
 // for each run with the openssl command-line tool.
 
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import net from 'node:net';
@@ -29,7 +29,7 @@ import tls from 'node:tls';
 import { pathToFileURL } from 'node:url';
 
 import {
-  SOURCE_DIR, TEST_KEY, authHeaders, chatBody, cleanupAfterAll, makeConfig, rawHttp, sleep,
+  SOURCE_DIR, TEST_KEY, authHeaders, chatBody, cleanupAfterAll, makeConfig, rawHttp, runToEnd, sleep,
   startGateway, startPeer, tier, until,
 } from '../support/harness.mjs';
 
@@ -152,25 +152,8 @@ function httpsRequest(url, { ca, method = 'GET', headers = {}, body, ALPNProtoco
 
 const count = (s, re) => (s.match(re) || []).length;
 
-// run: like the harness's runToEnd, with extra environment variables.
-function run(bin, args, { env = {}, timeoutMs = 30000 } = {}) {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
-    let stdout = '';
-    let stderr = '';
-    proc.stdout.setEncoding('utf8').on('data', (d) => (stdout += d));
-    proc.stderr.setEncoding('utf8').on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => proc.kill('SIGKILL'), timeoutMs);
-    proc.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    proc.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+// run: the harness's runToEnd, with a 30 s bound.
+const run = (bin, args, { env = {}, timeoutMs = 30000 } = {}) => runToEnd(bin, args, { env, timeoutMs });
 
 function rssBytes(pid) {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));

@@ -196,10 +196,11 @@ export async function spawnReady(bin, args, ready, { name = path.basename(bin), 
   return handle;
 }
 
-// runToEnd: run `bin args` to completion; resolves {code, signal, stdout, stderr}.
-export function runToEnd(bin, args, { timeoutMs = 60000 } = {}) {
+// runToEnd: run `bin args` to completion, with `env` added to this
+// process's environment; resolves {code, signal, stdout, stderr}.
+export function runToEnd(bin, args, { timeoutMs = 60000, env = {} } = {}) {
   return new Promise((resolve, reject) => {
-    const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     let stdout = '';
     let stderr = '';
     proc.stdout.setEncoding('utf8').on('data', (d) => (stdout += d));
