@@ -45,8 +45,31 @@ struct classifier_input {
 struct classifier *classifier_load(const char *path, char *err, size_t errlen);
 void classifier_free(struct classifier *c);
 
-/* P(needs_large) in [0,1]. Never fails: empty or NULL text scores too. */
+/* What a model says of a prompt. route is what the routing policy compares
+ * with its thresholds and shares: higher means a larger tier. A format-2
+ * model ranks by the expected gain, route = (1 + gain) / 2; a model with
+ * one head has route = needs_large and the other fields are -1 (unknown). */
+struct classifier_scores {
+    float route;       /* [0,1] */
+    float needs_large; /* P(large answers right and small does not) */
+    float small_right; /* P(the small tier answers right), or -1 */
+    float large_right; /* P(the large tier answers right), or -1 */
+    float gain;        /* large_right - small_right in [-1,1], or 0 when unknown */
+};
+
+/* Every score of in. Never fails: empty or NULL text scores too. */
+void classifier_scores(const struct classifier *c, const struct classifier_input *in, struct classifier_scores *out);
+
+/* The routing score, scores.route: what x-cascade-score shows. */
 float classifier_score(const struct classifier *c, const struct classifier_input *in);
+
+/* The route score t such that a share `share` of prompts score >= t, read
+ * from the distribution of route scores the trainer measured on its
+ * validation folds (prompts of subjects each fold's model never saw) and
+ * stored in the file. share <= 0 gives a t above every score (> 1); share >=
+ * 1 gives 0. Between stored quantiles it interpolates linearly. -1 when the
+ * model carries no distribution (an operator must then set thresholds). */
+double classifier_threshold_for_share(const struct classifier *c, double share);
 
 /* The model's metadata (a JSON object as text, written by the trainer), or
  * "" when the file carries none. Valid until classifier_free(). */
