@@ -36,6 +36,25 @@ void classifier_free(struct classifier *c)
     free(c);
 }
 
+void classifier_scores(const struct classifier *c, const struct classifier_input *in, struct classifier_scores *out)
+{
+    float logit = cmodel_logit(c->m, in);
+    if (!(logit > -40.0f))
+        logit = -40.0f;
+    if (logit > 40.0f)
+        logit = 40.0f;
+    out->needs_large = out->route = 1.0f / (1.0f + expf(-logit));
+    out->small_right = out->large_right = -1.0f;
+    out->gain = 0.0f;
+}
+
+double classifier_threshold_for_share(const struct classifier *c, double share)
+{
+    (void)c;
+    (void)share;
+    return -1; /* a format-1 model carries no distribution */
+}
+
 float classifier_score(const struct classifier *c, const struct classifier_input *in)
 {
     float logit = cmodel_logit(c->m, in);
