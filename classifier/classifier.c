@@ -38,14 +38,7 @@ void classifier_free(struct classifier *c)
 
 void classifier_scores(const struct classifier *c, const struct classifier_input *in, struct classifier_scores *out)
 {
-    float logit = cmodel_logit(c->m, in);
-    if (!(logit > -40.0f))
-        logit = -40.0f;
-    if (logit > 40.0f)
-        logit = 40.0f;
-    out->needs_large = out->route = 1.0f / (1.0f + expf(-logit));
-    out->small_right = out->large_right = -1.0f;
-    out->gain = 0.0f;
+    cmodel_scores(c->m, in, out);
 }
 
 double classifier_threshold_for_share(const struct classifier *c, double share)
@@ -57,14 +50,9 @@ double classifier_threshold_for_share(const struct classifier *c, double share)
 
 float classifier_score(const struct classifier *c, const struct classifier_input *in)
 {
-    float logit = cmodel_logit(c->m, in);
-    /* Weights and signals are finite and bounded, so the logit is too; the
-     * clamp only keeps expf() far from overflow. */
-    if (!(logit > -40.0f))
-        logit = -40.0f;
-    if (logit > 40.0f)
-        logit = 40.0f;
-    return 1.0f / (1.0f + expf(-logit));
+    struct classifier_scores s;
+    cmodel_scores(c->m, in, &s);
+    return s.route;
 }
 
 const char *classifier_metadata(const struct classifier *c)

@@ -124,6 +124,20 @@ float cmodel_logit(const struct cmodel *m, const struct classifier_input *in)
     return logit;
 }
 
+void cmodel_scores(const struct cmodel *m, const struct classifier_input *in, struct classifier_scores *out)
+{
+    float logit = cmodel_logit(m, in);
+    /* Weights and signals are finite and bounded, so the logit is too; the
+     * clamp only keeps expf() far from overflow. */
+    if (!(logit > -40.0f))
+        logit = -40.0f;
+    if (logit > 40.0f)
+        logit = 40.0f;
+    out->needs_large = out->route = 1.0f / (1.0f + expf(-logit));
+    out->small_right = out->large_right = -1.0f;
+    out->gain = 0.0f;
+}
+
 /* ---- little-endian encoding ------------------------------------------- */
 
 /* Bytes are assembled by shifts, never by casting the buffer, so the file

@@ -68,6 +68,8 @@ int cmodel_set_meta(struct cmodel *m, const char *json);
 
 /* The logit of P(needs_large). */
 float cmodel_logit(const struct cmodel *m, const struct classifier_input *in);
+/* Every score of in (classifier.h): what classifier_scores() returns. */
+void cmodel_scores(const struct cmodel *m, const struct classifier_input *in, struct classifier_scores *out);
 /* The standardized dense signals z of in, as the forward pass sees them. */
 void cmodel_dense_z(const struct cmodel *m, const struct classifier_input *in, float *z);
 

@@ -75,6 +75,9 @@ enum features_dense {
     FEATURES_N_DENSE
 };
 
+/* The signals of FEATURES_VERSION 1: the v1 recipe sees these only. */
+#define FEATURES_N_DENSE_V1 32
+
 /* One hashed feature: bucket index and its value. */
 struct features_entry {
     uint32_t index;

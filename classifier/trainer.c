@@ -217,8 +217,9 @@ struct cmodel *trainer_fit(const struct trainer_features *f, const size_t *rows,
             ss += v * v;
         }
         double sd = sqrt(ss / (double)n_rows);
+        int used = o->n_dense_used <= 0 || k < o->n_dense_used;
         m->dense_mean[k] = (float)mean;
-        m->dense_scale[k] = sd > 1e-6 ? (float)(1.0 / sd) : 0.0f;
+        m->dense_scale[k] = sd > 1e-6 && used ? (float)(1.0 / sd) : 0.0f;
     }
 
     /* The subset as its own design matrix. */
@@ -308,4 +309,34 @@ fail:
     free(ys);
     cmodel_free(m);
     return NULL;
+}
+
+/* ---- recipes ------------------------------------------------------------ */
+
+void trainer_recipe_default(struct trainer_recipe *r, int version)
+{
+    memset(r, 0, sizeof *r);
+    r->version = version;
+    /* v1: the options regenerate.sh shipped with format 1, chosen by
+     * grouped cross-validation (classifier/models/README.md). */
+    r->lin = (struct trainer_opts){
+        .hash_bits = 18, .n_hidden = 16 * 4, .n_ensemble = 4, .l2_sparse = 1e-3, .l2_dense = 1e-3,
+        .l2_hidden = 3e-3, .max_iter = 300, .seed = 1, .n_dense_used = FEATURES_N_DENSE_V1,
+    };
+}
+
+struct cmodel *trainer_fit_recipe(const struct trainer_features *f, const size_t *rows, size_t n_rows,
+                                  const int *weak, const int *strong, const struct trainer_recipe *r, char *err,
+                                  size_t errlen)
+{
+    if (r->version != 1) {
+        snprintf(err, errlen, "unknown recipe version %d", r->version);
+        return NULL;
+    }
+    int *y = xmalloc((f->n ? f->n : 1) * sizeof *y);
+    for (size_t i = 0; i < f->n; i++)
+        y[i] = strong[i] && !weak[i];
+    struct cmodel *m = trainer_fit(f, rows, n_rows, y, &r->lin, err, errlen);
+    free(y);
+    return m;
 }

@@ -31,6 +31,8 @@ struct trainer_opts {
     int max_iter;
     uint64_t seed;
     int verbose; /* L-BFGS progress every this many iterations, 0 for none */
+    int n_dense_used; /* the first this many dense signals are seen; the rest get scale 0
+                         (0: all). The v1 recipe sees the v1 signals only. */
 };
 
 /* The features of every row, computed once. */
@@ -43,6 +45,35 @@ void trainer_features_free(struct trainer_features *f);
  * y (indexed like the featurized rows). NULL on failure, with err. */
 struct cmodel *trainer_fit(const struct trainer_features *f, const size_t *rows, size_t n_rows, const int *y,
                            const struct trainer_opts *o, char *err, size_t errlen);
+
+/* A recipe: how a whole model is fitted, from the featurized rows and both
+ * correctness labels. Version 1 is the shipped v1 model: one needs_large
+ * head (needs_large = strong && !weak), logistic regression over the hashed
+ * n-grams and the v1 signals plus a small MLP, averaged over 4 fits. Version
+ * 2 is the v2 model (cmodel.h): heads for needs_large, small_right and
+ * large_right, each a linear logit with gradient-boosted trees (gbt.h) over
+ * the dense signals on top. */
+struct trainer_recipe {
+    int version;               /* 1 or 2 */
+    struct trainer_opts lin;   /* the linear (and MLP) part of every head */
+    int gbt_rounds;            /* trees per head (v2; 0: none) */
+    int gbt_depth;             /* levels per tree */
+    double gbt_lr;             /* shrinkage */
+    double gbt_l2;             /* leaf value ridge */
+    int gbt_min_leaf;          /* rows a leaf must keep */
+    double wp_len_l2;          /* v2: ridge of the word-problem length term (weight kept >= 0) */
+};
+
+/* The shipped options of a recipe version (1 or 2) into r. */
+void trainer_recipe_default(struct trainer_recipe *r, int version);
+
+/* Fit a model on rows[0..n_rows) of the featurized rows, with both
+ * correctness labels (indexed like the featurized rows; needs_large =
+ * strong && !weak). NULL with err on failure. The model carries no
+ * route-score distribution (trainer_route_quantiles adds one). */
+struct cmodel *trainer_fit_recipe(const struct trainer_features *f, const size_t *rows, size_t n_rows,
+                                  const int *weak, const int *strong, const struct trainer_recipe *r, char *err,
+                                  size_t errlen);
 
 /* A design matrix: n rows, CSR over n_sparse columns, n_dense dense columns
  * (already scaled) and labels. */
