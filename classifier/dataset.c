@@ -145,13 +145,14 @@ static int is_mmlu(const struct dataset_row *r)
     return strcmp(r->source, "mmlu") == 0;
 }
 
-static size_t mmlu_subjects(const struct dataset *d, int train_only, struct subject **out)
+/* member (NULL: every row) picks the rows whose subjects count. */
+static size_t mmlu_subjects(const struct dataset *d, const unsigned char *member, struct subject **out)
 {
     struct subject *s = xcalloc(d->n ? d->n : 1, sizeof *s);
     size_t n = 0;
     for (size_t i = 0; i < d->n; i++) {
         const struct dataset_row *r = &d->rows[i];
-        if (!is_mmlu(r) || (train_only && r->split != DATASET_TRAIN))
+        if (!is_mmlu(r) || (member && !member[i]))
             continue;
         size_t j = 0;
         while (j < n && strcmp(s[j].name, r->subject) != 0)
@@ -187,7 +188,7 @@ void dataset_split(struct dataset *d, uint64_t seed, double subject_frac, double
     for (size_t i = 0; i < d->n; i++)
         d->rows[i].split = DATASET_TRAIN;
     struct subject *s;
-    size_t ns = mmlu_subjects(d, 0, &s);
+    size_t ns = mmlu_subjects(d, NULL, &s);
     shuffle(s, ns, seed);
     /* Draw subjects until they hold subject_frac of all rows. */
     double target = subject_frac * (double)d->n, taken = 0;
@@ -210,8 +211,17 @@ void dataset_split(struct dataset *d, uint64_t seed, double subject_frac, double
 
 void dataset_folds(const struct dataset *d, int k, uint64_t seed, int *fold)
 {
+    unsigned char *member = xmalloc(d->n ? d->n : 1);
+    for (size_t i = 0; i < d->n; i++)
+        member[i] = d->rows[i].split == DATASET_TRAIN;
+    dataset_group_folds(d, member, k, seed, fold);
+    free(member);
+}
+
+void dataset_group_folds(const struct dataset *d, const unsigned char *member, int k, uint64_t seed, int *fold)
+{
     struct subject *s;
-    size_t ns = mmlu_subjects(d, 1, &s);
+    size_t ns = mmlu_subjects(d, member, &s);
     shuffle(s, ns, seed ^ 0x5bd1e995u);
     /* Greedy balance: each subject, in the seeded order, joins the fold with
      * the fewest rows so far (GSM8K rows are spread evenly on top). */
@@ -227,7 +237,7 @@ void dataset_folds(const struct dataset *d, int k, uint64_t seed, int *fold)
     qsort(s, ns, sizeof *s, cmp_subject);
     for (size_t i = 0; i < d->n; i++) {
         const struct dataset_row *r = &d->rows[i];
-        if (r->split != DATASET_TRAIN) {
+        if (member && !member[i]) {
             fold[i] = -1;
         } else if (is_mmlu(r)) {
             fold[i] = find_subject(s, ns, r->subject)->fold;
@@ -243,7 +253,7 @@ void dataset_folds(const struct dataset *d, int k, uint64_t seed, int *fold)
 void dataset_heldout_subjects(const struct dataset *d, char *buf, size_t len)
 {
     struct subject *s;
-    size_t ns = mmlu_subjects(d, 0, &s), used = 0;
+    size_t ns = mmlu_subjects(d, NULL, &s), used = 0;
     buf[0] = '\0';
     for (size_t i = 0; i < ns; i++) {
         int held = 0;

@@ -52,6 +52,13 @@ void dataset_split(struct dataset *d, uint64_t seed, double subject_frac, double
 
 /* fold[i] in [0, k) for train rows, -1 for validation rows. */
 void dataset_folds(const struct dataset *d, int k, uint64_t seed, int *fold);
+/* The same grouping over any rows: fold[i] in [0, k) for the rows with
+ * member[i] != 0 (every row when member is NULL), -1 for the rest. MMLU
+ * subjects, in an order drawn from seed, each join the fold with the fewest
+ * rows so far; other rows (GSM8K) fold by a seeded hash of their id. The
+ * evaluation's repeated folds over the whole file (member NULL) and its inner
+ * folds over one outer fold's training rows both come from here. */
+void dataset_group_folds(const struct dataset *d, const unsigned char *member, int k, uint64_t seed, int *fold);
 
 /* The held-out subjects, comma-separated, into buf (for reports). */
 void dataset_heldout_subjects(const struct dataset *d, char *buf, size_t len);

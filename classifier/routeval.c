@@ -1,5 +1,6 @@
 #include "classifier/routeval.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -154,4 +155,62 @@ double routeval_cpt(const struct routeval *r, double x)
         }
     }
     return -1;
+}
+
+void routeval_summarize(const double *x, size_t n, struct routeval_summary *out)
+{
+    memset(out, 0, sizeof *out);
+    out->n = n;
+    if (n == 0)
+        return;
+    /* Two passes: the mean, then squares of deviations from it (no
+     * cancellation from sum(x^2) - n mean^2). */
+    double sum = 0;
+    out->min = out->max = x[0];
+    for (size_t i = 0; i < n; i++) {
+        sum += x[i];
+        if (x[i] < out->min)
+            out->min = x[i];
+        if (x[i] > out->max)
+            out->max = x[i];
+    }
+    out->mean = sum / (double)n;
+    if (n < 2)
+        return;
+    double ss = 0;
+    for (size_t i = 0; i < n; i++)
+        ss += (x[i] - out->mean) * (x[i] - out->mean);
+    out->sd = sqrt(ss / (double)(n - 1));
+}
+
+void routeval_paired(const double *a, const double *b, size_t n, struct routeval_paired *out)
+{
+    memset(out, 0, sizeof *out);
+    double *d = malloc((n ? n : 1) * sizeof *d);
+    if (!d) {
+        out->p_sign = 1;
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        d[i] = a[i] - b[i];
+        out->wins += d[i] > 0;
+        out->ties += d[i] == 0;
+    }
+    routeval_summarize(d, n, &out->diff);
+    free(d);
+    /* P(X >= wins), X ~ Binomial(m, 1/2): sum of C(m, j) / 2^m, the terms
+     * built by the ratio C(m, j+1) = C(m, j) (m - j) / (j + 1) in doubles
+     * (m is a few dozen folds at most, far from any overflow). */
+    size_t m = n - out->ties;
+    if (m == 0) {
+        out->p_sign = 1;
+        return;
+    }
+    double term = pow(0.5, (double)m), p = 0;
+    for (size_t j = 0; j <= m; j++) {
+        if (j >= out->wins)
+            p += term;
+        term = term * (double)(m - j) / (double)(j + 1);
+    }
+    out->p_sign = p > 1 ? 1 : p;
 }

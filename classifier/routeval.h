@@ -50,4 +50,27 @@ double routeval_acc_at(const struct routeval *r, double share);
 /* The smallest c with PGR(c) >= x, or -1. */
 double routeval_cpt(const struct routeval *r, double x);
 
+/* Spread over repeated folds. The folds of one repeat share no row, but the
+ * repeats reuse every row, so the folds are not independent samples: sd is
+ * the spread a single fold shows, not the standard error of the mean. */
+struct routeval_summary {
+    size_t n;
+    double mean, sd; /* sd: sample standard deviation (n - 1), 0 when n < 2 */
+    double min, max;
+};
+void routeval_summarize(const double *x, size_t n, struct routeval_summary *out);
+
+/* a - b fold by fold (the same folds, so the differences are paired):
+ * their summary, how many folds a wins (a > b), ties (a == b), and the
+ * one-sided sign-test p-value of that many wins among the untied folds,
+ * P(X >= wins) for X ~ Binomial(n - ties, 1/2) (1 when every fold ties). The
+ * p-value treats folds as independent, which repeated folds are not: read it
+ * as a rough guide. */
+struct routeval_paired {
+    struct routeval_summary diff;
+    size_t wins, ties;
+    double p_sign;
+};
+void routeval_paired(const double *a, const double *b, size_t n, struct routeval_paired *out);
+
 #endif

@@ -10,6 +10,8 @@
  *     the accuracy when the first k rows go to the strong model. */
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 
 #include "classifier/dataset.h"
 #include "classifier/routeval.h"
@@ -180,10 +182,103 @@ static void test_curve_brute_force(void)
     }
 }
 
+/* Mean, sd and the paired differences, against values worked by hand. */
+static void test_summary_and_pairs(void)
+{
+    /* 2, 4, 4, 4, 5, 5, 7, 9: mean 5, squared deviations sum to 32, so the
+     * sample sd is sqrt(32 / 7). */
+    double x[] = {2, 4, 4, 4, 5, 5, 7, 9};
+    struct routeval_summary s;
+    routeval_summarize(x, 8, &s);
+    CHECK(s.n == 8 && NEAR(s.mean, 5) && NEAR(s.sd, sqrt(32.0 / 7)) && s.min == 2 && s.max == 9);
+    routeval_summarize(x, 1, &s);
+    CHECK(NEAR(s.mean, 2) && s.sd == 0);
+    routeval_summarize(x, 0, &s);
+    CHECK(s.n == 0 && s.mean == 0);
+    /* A constant offset far from zero: the two-pass sd has no cancellation. */
+    double big[] = {1e9 + 1, 1e9 + 2, 1e9 + 3};
+    routeval_summarize(big, 3, &s);
+    CHECK(NEAR(s.sd, 1.0));
+
+    /* a - b = .1 .2 -.1 0 .3: wins 3, one tie, mean .1. Sign test over the
+     * 4 untied folds: P(X >= 3) = (4 + 1) / 16. */
+    double a[] = {0.6, 0.7, 0.5, 0.55, 0.9}, b[] = {0.5, 0.5, 0.6, 0.55, 0.6};
+    struct routeval_paired p;
+    routeval_paired(a, b, 5, &p);
+    CHECK(p.wins == 3 && p.ties == 1 && NEAR(p.diff.mean, 0.1) && p.diff.n == 5);
+    CHECK(NEAR(p.p_sign, 5.0 / 16));
+    /* Reversed: one win of 4, P(X >= 1) = 15/16. */
+    routeval_paired(b, a, 5, &p);
+    CHECK(p.wins == 1 && NEAR(p.diff.mean, -0.1) && NEAR(p.p_sign, 15.0 / 16));
+    /* 15 of 15 folds: 2^-15. 12 of 15: (455 + 105 + 15 + 1) / 2^15. */
+    double hi[15], lo[15];
+    for (int i = 0; i < 15; i++)
+        hi[i] = 1, lo[i] = 0;
+    routeval_paired(hi, lo, 15, &p);
+    CHECK(p.wins == 15 && NEAR(p.p_sign, 1.0 / 32768));
+    lo[0] = lo[1] = lo[2] = 2;
+    routeval_paired(hi, lo, 15, &p);
+    CHECK(p.wins == 12 && NEAR(p.p_sign, 576.0 / 32768));
+    /* Every fold tied: nothing to test. */
+    routeval_paired(a, a, 5, &p);
+    CHECK(p.ties == 5 && p.wins == 0 && p.p_sign == 1);
+}
+
+/* Grouped folds: an MMLU subject never straddles two folds, every member row
+ * gets a fold in [0, k), non-members get -1, the folds are balanced by rows,
+ * and another seed deals the subjects differently. */
+static void test_group_folds(void)
+{
+    enum { N = 400, K = 5 };
+    static struct dataset_row rows[N];
+    static char ids[N][16];
+    static const char *subjects[] = {"algebra", "anatomy", "astronomy", "biology", "chemistry", "ethics",
+                                     "law", "logic", "music", "physics", "virology", "zoology"};
+    uint64_t st = 3;
+    for (int i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof ids[i], "row/%d", i);
+        rows[i].id = ids[i];
+        int gsm = i % 5 == 0;
+        rows[i].source = gsm ? "gsm8k" : "mmlu";
+        rows[i].subject = gsm ? "" : (char *)subjects[dataset_rand(&st) % 12];
+    }
+    struct dataset d = {.rows = rows, .n = N};
+    static int fold[N], fold2[N];
+    static unsigned char member[N];
+    dataset_group_folds(&d, NULL, K, 11, fold);
+    int bad = 0, per_fold[K] = {0};
+    for (int i = 0; i < N; i++) {
+        bad += fold[i] < 0 || fold[i] >= K;
+        if (fold[i] >= 0 && fold[i] < K)
+            per_fold[fold[i]]++;
+        for (int j = 0; j < i; j++)
+            bad += !strcmp(rows[i].source, "mmlu") && !strcmp(rows[j].source, "mmlu") &&
+                   !strcmp(rows[i].subject, rows[j].subject) && fold[i] != fold[j];
+    }
+    CHECK(bad == 0);
+    for (int f = 0; f < K; f++)
+        CHECK(per_fold[f] > N / K / 3); /* 12 subjects of ~27 rows into 5 folds: none starves */
+    dataset_group_folds(&d, NULL, K, 12, fold2);
+    int moved = 0;
+    for (int i = 0; i < N; i++)
+        moved += fold[i] != fold2[i];
+    CHECK(moved > 0);
+    /* Members only: the others get -1, the members keep the rules. */
+    for (int i = 0; i < N; i++)
+        member[i] = i % 3 != 0;
+    dataset_group_folds(&d, member, K, 11, fold2);
+    bad = 0;
+    for (int i = 0; i < N; i++)
+        bad += member[i] ? fold2[i] < 0 || fold2[i] >= K : fold2[i] != -1;
+    CHECK(bad == 0);
+}
+
 int main(void)
 {
     test_hand_cases();
     test_auc_brute_force();
     test_curve_brute_force();
+    test_summary_and_pairs();
+    test_group_folds();
     TEST_MAIN_END();
 }
