@@ -154,6 +154,7 @@ struct chat {
     int hit_tier;                   /* the tier that produced a cache hit, or -1 */
     /* routing and the cascade */
     int scored;                     /* the classifier scored this request */
+    int route_kind;                 /* enum route_kind of "auto"'s plan; -1: not routed */
     float score;
     uint64_t classifier_us;
     int escalate_to;                /* -1: no cascade; else the tier to escalate to */
@@ -180,7 +181,7 @@ struct chat {
     int paused;                     /* the engine is paused for a slow client */
     struct event *resume_ev;        /* made active when the paused client drains */
     void (*offload_next)(struct chat *c);   /* what follows the job, on the loop */
-    char route[200];                /* the cache key's route selector */
+    char route[256];                /* the cache key's route selector */
     int parse_rc;                   /* prepare_work's results, for prepared() */
     struct openai_error parse_err;
     int asked_tier;                 /* the tier the model names, before routing; -1: none */
@@ -383,6 +384,10 @@ static void record(struct chat *c, int status)
     metrics_request(svc->metrics, c->tenant->metrics_index, tier, status, cache, c->escalated, x.tokens_in, x.tokens_out, c->cost_nano,
                     c->saved_cache_nano + c->saved_routing_nano, total, c->req.stream ? c->ttft_us : 0,
                     total > c->engine_us ? total - c->engine_us : 0, c->scored ? c->classifier_us : 0, c->routing_loss_nano);
+    /* The realised shares: what "auto" sent to an engine (not hits, not
+     * requests refused before any engine call). */
+    if (c->route_kind >= 0 && !hit && c->engine_t0)
+        metrics_route(svc->metrics, c->tenant->metrics_index, c->route_kind);
 }
 
 /* The request is answered (or abandoned): settle, record, log and free. */
@@ -1199,6 +1204,8 @@ static void on_admit(void *ctx, const struct admit_result *res, struct reservati
          * can serve this request. */
         c->tier = c->tenant->cheapest_tier;
         c->escalate_to = -1;
+        if (c->route_kind >= 0)
+            c->route_kind = ROUTE_SMALL; /* the budget's choice, not the score's */
         /* The cheaper tier's own bound (what alt_cost reserved), also for
          * the cache key, which covers the bound an answer was made with. */
         c->req.max_tokens = output_bound(c, c->tier);
@@ -1239,6 +1246,7 @@ static void route_auto(struct chat *c)
                                                c->cfg->tiers[cand[0]].logprobs);
         c->tier = plan.tier;
         c->escalate_to = plan.escalate_to;
+        c->route_kind = (int)plan.kind;
     }
     free(cand);
 }
@@ -1564,6 +1572,7 @@ void chat_handle(const struct chat_services *svc, struct httpd_req *r, struct co
     c->tier = -1;
     c->hit_tier = -1;
     c->escalate_to = -1;
+    c->route_kind = -1;
     c->t0 = t0;
     c->req.max_tokens = -1;
     c->counted_tokens = -1;

@@ -533,9 +533,53 @@ static int parse_baseline(json_t *t, const char *path, const struct config *cfg,
     return 0;
 }
 
+/* routing_version names everything that can change which tier answers an
+ * "auto" request: it is part of the cache key, so a change of settings
+ * (a reload, or share thresholds derived anew) reads as a miss. */
+static void set_routing_version(struct tenant_config *tc)
+{
+    const struct routing_settings *r = &tc->routing;
+    snprintf(tc->routing_version, sizeof tc->routing_version, "auto:%.4f:%.4f:%.4f:%d:%g:%g:%zu:%d", r->t_medium,
+             r->t_low, r->t_high, r->cascade, r->min_mean_logprob, r->min_window_logprob, r->window, (int)r->stream);
+}
+
+/* routing.large_share, cascade_share, medium_share: the operator's knob.
+ * Shares and score thresholds are two ways to say the same thing, so a
+ * tenant sets one or the other; the thresholds follow from the shares once
+ * the classifier is loaded (config_resolve_routing). */
+static int parse_shares(json_t *o, const char *p, struct routing_settings *r, char *err, size_t n)
+{
+    static const char *const shares[] = {"large_share", "cascade_share", "medium_share"};
+    static const char *const knobs[] = {"quality", "band", "t_low", "t_high"};
+    double *dst[] = {&r->large_share, &r->cascade_share, &r->medium_share};
+    char sp[300];
+    for (size_t i = 0; i < 3; i++) {
+        if (!json_object_get(o, shares[i]))
+            continue;
+        if (cfgj_number(o, p, shares[i], 0, 1, dst[i], err, n) < 0)
+            return -1;
+        r->by_share = 1;
+    }
+    if (!r->by_share)
+        return 0;
+    for (size_t i = 0; i < 4; i++)
+        if (json_object_get(o, knobs[i])) {
+            cfgj_path(sp, sizeof sp, p, knobs[i]);
+            return cfgj_fail(err, n, sp, "cannot be set together with large_share, cascade_share or medium_share "
+                                         "(shares set the thresholds)");
+        }
+    if (r->large_share + r->cascade_share + r->medium_share > 1.0 + 1e-9) {
+        cfgj_path(sp, sizeof sp, p, "large_share");
+        return cfgj_fail(err, n, sp, "large_share + cascade_share + medium_share must not exceed 1");
+    }
+    return 0;
+}
+
 static int parse_tenant_routing(json_t *t, const char *path, struct tenant_config *tc, char *err, size_t n)
 {
-    static const char *const keys[] = {"quality", "band", "t_low", "t_high", "cascade", "baseline_tier", NULL};
+    static const char *const keys[] = {"quality",     "band",          "t_low",        "t_high",
+                                       "large_share", "cascade_share", "medium_share", "cascade",
+                                       "baseline_tier", NULL};
     static const char *const ckeys[] = {"enabled", "min_mean_logprob", "min_window_logprob", "window", "stream",
                                         NULL};
     char p[256], cp[280];
@@ -564,6 +608,8 @@ static int parse_tenant_routing(json_t *t, const char *path, struct tenant_confi
             cfgj_path(cp, sizeof cp, p, "t_low");
             return cfgj_fail(err, n, cp, "must not be above t_high");
         }
+        if (parse_shares(o, p, r, err, n) < 0)
+            return -1;
         json_t *c;
         if (cfgj_object(o, p, "cascade", 0, &c, err, n) < 0)
             return -1;
@@ -598,8 +644,9 @@ static int parse_tenant_routing(json_t *t, const char *path, struct tenant_confi
             }
         }
     }
-    snprintf(tc->routing_version, sizeof tc->routing_version, "auto:%.4f:%.4f:%d:%g:%g:%zu:%d", r->t_low, r->t_high,
-             r->cascade, r->min_mean_logprob, r->min_window_logprob, r->window, (int)r->stream);
+    if (!r->by_share)
+        r->t_medium = r->t_low;
+    set_routing_version(tc);
     return 0;
 }
 
@@ -880,6 +927,13 @@ static int parse_root(json_t *root, struct config *cfg, char *err, size_t n)
                 return cfgj_fail(err, n, np, "duplicate tenant id '%s'", cfg->tenants[i].id);
             }
     }
+    for (size_t i = 0; i < cfg->n_tenants; i++)
+        if (cfg->tenants[i].routing.by_share && !cfg->classifier) {
+            snprintf(p, sizeof p, "tenants[%zu].routing", i);
+            return cfgj_fail(err, n, p,
+                             "large_share, cascade_share and medium_share need \"classifier\": the shares "
+                             "are read from its model's score distribution");
+        }
     /* One key must name one tenant, or auth would depend on file order. */
     for (size_t a = 0; a < cfg->n_tenants; a++)
         for (size_t ka = 0; ka < cfg->tenants[a].n_keys; ka++)
@@ -890,6 +944,26 @@ static int parse_root(json_t *root, struct config *cfg, char *err, size_t n)
                         return cfgj_fail(err, n, p, "the same key is already used by tenant '%s'",
                                          cfg->tenants[a].id);
                     }
+    return 0;
+}
+
+int config_resolve_routing(struct config *cfg, double (*threshold)(const void *ctx, double share), const void *ctx,
+                           char *err, size_t errlen)
+{
+    for (size_t i = 0; i < cfg->n_tenants; i++) {
+        struct tenant_config *tc = &cfg->tenants[i];
+        if (!tc->routing.by_share)
+            continue;
+        if (routing_from_shares(&tc->routing, threshold, ctx) < 0) {
+            snprintf(err, errlen,
+                     "tenants[%zu].routing: the classifier model carries no score distribution to turn shares "
+                     "into thresholds (regenerate it with classifier/models/regenerate.sh, or set quality or "
+                     "t_low/t_high)",
+                     i);
+            return -1;
+        }
+        set_routing_version(tc);
+    }
     return 0;
 }
 

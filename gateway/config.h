@@ -72,7 +72,7 @@ struct tenant_config {
     int baseline_tier;              /* routing savings are measured against it (routing.baseline_tier) */
     int *by_price;                  /* allowed tiers, cheapest first */
     struct routing_settings routing;
-    char routing_version[96];       /* part of auto's cache key: a change invalidates */
+    char routing_version[192];       /* part of auto's cache key: a change invalidates */
     int metrics_index;              /* its label slot: the tenants at start-up; -1 ("none") otherwise */
 };
 
@@ -136,6 +136,12 @@ struct config {
 
 /* Load and validate path. 0, or -1 with a message in err. */
 int config_load(const char *path, struct config *cfg, char *err, size_t errlen);
+/* Derive the score thresholds of tenants that set routing shares, through
+ * threshold(ctx, share) (the classifier's quantile function), once the
+ * classifier is loaded. 0, or -1 with a message when the model has no
+ * distribution to read. */
+int config_resolve_routing(struct config *cfg, double (*threshold)(const void *ctx, double share), const void *ctx,
+                           char *err, size_t errlen);
 /* The same from a JSON text (for tests). */
 int config_parse(const char *text, struct config *cfg, char *err, size_t errlen);
 void config_free(struct config *cfg);

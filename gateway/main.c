@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "classifier/classifier.h"
 #include "common/log.h"
 #include "gateway/engines.h"
 #include "gateway/gateway.h"
@@ -15,6 +16,11 @@ static void usage(FILE *f)
                "  -c, --config FILE     the JSON config (see deploy/local.json)\n"
                "  -l, --listen H:P      override the config's listen address (port 0 picks one)\n"
                "      --check-config    validate the config and exit\n");
+}
+
+static double share_threshold(const void *classifier, double share)
+{
+    return classifier_threshold_for_share(classifier, share);
 }
 
 int main(int argc, char **argv)
@@ -71,6 +77,28 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < gw.cfg.n_tiers; i++) {
             if (engines_check(&gw.cfg.tiers[i], base_dir, err, sizeof err) < 0) {
                 fprintf(stderr, "cascaded: %s: tiers[%zu].engine: %s\n", config_path, i, err);
+                config_free(&gw.cfg);
+                return 2;
+            }
+        }
+        /* The classifier's model too: it must load, and tenants' routing
+         * shares must find a score distribution in it. */
+        if (gw.cfg.classifier) {
+            char mpath[8192];
+            if (gw.cfg.classifier[0] == '/')
+                snprintf(mpath, sizeof mpath, "%s", gw.cfg.classifier);
+            else
+                snprintf(mpath, sizeof mpath, "%s/%s", base_dir, gw.cfg.classifier);
+            struct classifier *cl = classifier_load(mpath, err, sizeof err);
+            int bad = !cl;
+            if (bad)
+                fprintf(stderr, "cascaded: %s: classifier.model: %s\n", config_path, err);
+            else if (config_resolve_routing(&gw.cfg, share_threshold, cl, err, sizeof err) < 0) {
+                fprintf(stderr, "cascaded: %s: %s\n", config_path, err);
+                bad = 1;
+            }
+            classifier_free(cl);
+            if (bad) {
                 config_free(&gw.cfg);
                 return 2;
             }

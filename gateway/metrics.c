@@ -23,6 +23,7 @@
 
 #include "common/mem.h"
 #include "engines/remote/remote.h" /* enum remote_outcome and its names */
+#include "policies/routing.h"         /* enum route_kind and its names */
 
 typedef atomic_uint_fast64_t ctr;
 
@@ -88,6 +89,7 @@ struct metrics {
     struct axis tenant, tier, replica;
     struct cell *cells;             /* tenant.n x tier.n */
     struct hist *classifier;        /* per tenant slot */
+    ctr (*routes)[ROUTE_N_KINDS];   /* per tenant slot: where "auto" sent requests */
     ctr redis_errors;
     ctr *upstream_errors;           /* per replica slot */
     /* Per replica slot too, but a replica's series carry its tier, so two
@@ -180,6 +182,7 @@ struct metrics *metrics_new(const char *const *tenants, size_t n_tenants, const 
     /* Zeroed memory is a valid zero for these lock-free atomics. */
     m->cells = xcalloc(m->tenant.n * m->tier.n, sizeof *m->cells);
     m->classifier = xcalloc(m->tenant.n, sizeof *m->classifier);
+    m->routes = xcalloc(m->tenant.n, sizeof *m->routes);
     m->upstream_errors = xcalloc(m->replica.n, sizeof *m->upstream_errors);
     m->up = xcalloc(m->replica.n, sizeof *m->up);
     /* A URL listed twice is one replica until metrics_replica_tier says
@@ -199,6 +202,7 @@ void metrics_free(struct metrics *m)
     axis_free(&m->replica);
     free(m->cells);
     free(m->classifier);
+    free(m->routes);
     free(m->upstream_errors);
     free(m->up);
     free(m->queue_depth);
@@ -263,6 +267,12 @@ void metrics_request(struct metrics *m, int tenant, int tier, int status, enum s
     observe(&c->overhead, overhead_bounds, COUNT(overhead_bounds), overhead_us);
     if (classifier_us)
         observe(&m->classifier[ts], classifier_bounds, COUNT(classifier_bounds), classifier_us);
+}
+
+void metrics_route(struct metrics *m, int tenant, int kind)
+{
+    if (m && kind >= 0 && kind < ROUTE_N_KINDS)
+        add(&m->routes[axis_slot(&m->tenant, tenant)][kind], 1);
 }
 
 void metrics_redis_error(struct metrics *m)
@@ -519,6 +529,20 @@ char *metrics_render(struct metrics *m, size_t *len)
         snprintf(lab, sizeof lab, "tenant=\"%s\"", m->tenant.label[ts]);
         histogram(&b, "cascade_classifier_seconds", lab, &m->classifier[ts], classifier_bounds,
                   COUNT(classifier_bounds), 0);
+    }
+    family(&b, "cascade_routes_total", "counter",
+           "Requests \"auto\" sent to an engine, by the band the routing score fell in: small, medium, cascade "
+           "(the cheap tier first; escalations are cascade_escalations_total) or large. "
+           "Realised share of a band = its count / the tenant's sum.");
+    for (size_t ts = 0; ts < m->tenant.n; ts++) {
+        if (m->tenant.canon[ts] != ts)
+            continue;
+        for (int k = 0; k < ROUTE_N_KINDS; k++) {
+            uint64_t v = get(&m->routes[ts][k]);
+            if (v || ts)
+                bprintf(&b, "cascade_routes_total{tenant=\"%s\",route=\"%s\"} %llu\n", m->tenant.label[ts],
+                        routing_kind_name((enum route_kind)k), (unsigned long long)v);
+        }
     }
 
     family(&b, "cascade_inflight_requests", "gauge", "Requests being served now.");

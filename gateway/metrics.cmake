@@ -7,7 +7,7 @@
 add_library(cascade_metrics STATIC ${CMAKE_CURRENT_LIST_DIR}/metrics.c)
 target_include_directories(cascade_metrics PUBLIC ${PROJECT_SOURCE_DIR})
 # The attempt counters are labelled by the remote engine's outcome names.
-target_link_libraries(cascade_metrics PUBLIC cascade_common cascade_remote PkgConfig::JANSSON)
+target_link_libraries(cascade_metrics PUBLIC cascade_common cascade_remote cascade_routing PkgConfig::JANSSON)
 if(EXISTS ${PROJECT_SOURCE_DIR}/tests/unit/test_metrics.c)
   cascade_unit_test(test_metrics SOURCES ${PROJECT_SOURCE_DIR}/tests/unit/test_metrics.c
                     LIBS cascade_metrics Threads::Threads)

@@ -79,6 +79,9 @@ void metrics_free(struct metrics *m);
 void metrics_request(struct metrics *m, int tenant, int tier, int status, enum stats_cache cache, int escalated,
                      int64_t tokens_in, int64_t tokens_out, int64_t cost_nano, int64_t saved_nano, uint64_t total_us,
                      uint64_t ttft_us, uint64_t overhead_us, uint64_t classifier_us, int64_t routing_loss_nano);
+/* A request "auto" routed reached an engine; kind: enum route_kind (the
+ * band its score fell in). */
+void metrics_route(struct metrics *m, int tenant, int kind);
 void metrics_redis_error(struct metrics *m);
 void metrics_upstream_error(struct metrics *m, int replica);
 /* Which tier replica (an index into metrics_new's list) belongs to, for the

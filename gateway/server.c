@@ -130,16 +130,6 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
         *slash = '\0';
     else
         snprintf(base_dir, sizeof base_dir, ".");
-    gw->snaps = snapshot_store_new(gw->config_path, gw->listen_override, cfg, err, errlen);
-    if (!gw->snaps)
-        return -1;
-    if (cfg->tokenizer) {
-        if (tok_bpe_load(from_config(base_dir, cfg->tokenizer, path, sizeof path), &gw->tokenizer, err, errlen) !=
-            TOK_OK)
-            return -1;
-    } else {
-        log_warn("no \"tokenizer\" in the config: prompt tokens are estimated from their length, high");
-    }
     if (cfg->classifier) {
         char e2[256];
         gw->classifier = classifier_load(from_config(base_dir, cfg->classifier, path, sizeof path), e2, sizeof e2);
@@ -149,6 +139,18 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
         }
     } else {
         log_warn("no \"classifier\" in the config: model \"auto\" goes to each tenant's default tier");
+    }
+    /* After the classifier: tenants' routing shares become thresholds
+     * through its score distribution, on this load and every reload. */
+    gw->snaps = snapshot_store_new(gw->config_path, gw->listen_override, cfg, gw->classifier, err, errlen);
+    if (!gw->snaps)
+        return -1;
+    if (cfg->tokenizer) {
+        if (tok_bpe_load(from_config(base_dir, cfg->tokenizer, path, sizeof path), &gw->tokenizer, err, errlen) !=
+            TOK_OK)
+            return -1;
+    } else {
+        log_warn("no \"tokenizer\" in the config: prompt tokens are estimated from their length, high");
     }
     if (cfg->redis.url) {
         /* The password, when the config names where it lives (secret.h). */

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "classifier/classifier.h"
 #include "common/log.h"
 #include "common/mem.h"
 
@@ -13,14 +14,25 @@ struct snapshot_store {
     const char *path;            /* borrowed: reread on every reload */
     const char *listen_override; /* borrowed: --listen, applied to every reload */
     const struct config *boot;   /* borrowed: what reloads are checked against */
+    const struct classifier *classifier; /* borrowed, may be NULL: routing shares -> thresholds */
     pthread_mutex_t mu;          /* guards cur: the swap and a reader's incref */
     struct config_snap *cur;     /* one reference held by the store */
 };
+
+static double share_threshold(const void *classifier, double share)
+{
+    return classifier_threshold_for_share(classifier, share);
+}
 
 static struct config_snap *snap_load(struct snapshot_store *st, char *err, size_t errlen)
 {
     struct config_snap *s = xcalloc(1, sizeof *s);
     if (config_load(st->path, &s->cfg, err, errlen) < 0) {
+        free(s);
+        return NULL;
+    }
+    if (st->classifier && config_resolve_routing(&s->cfg, share_threshold, st->classifier, err, errlen) < 0) {
+        config_free(&s->cfg);
         free(s);
         return NULL;
     }
@@ -44,9 +56,10 @@ static struct config_snap *snap_load(struct snapshot_store *st, char *err, size_
 }
 
 struct snapshot_store *snapshot_store_new(const char *path, const char *listen_override, const struct config *boot,
-                                          char *err, size_t errlen)
+                                          const struct classifier *classifier, char *err, size_t errlen)
 {
     struct snapshot_store *st = xcalloc(1, sizeof *st);
+    st->classifier = classifier;
     st->path = path;
     st->listen_override = listen_override;
     st->boot = boot;

@@ -35,13 +35,16 @@ struct config_snap {
 };
 
 struct snapshot_store;
+struct classifier;
 
 /* Load path (with listen_override, if not NULL, applied as --listen does)
  * into the first snapshot. boot is the config the gateway started with:
  * reloads are checked against it, and each tenant's metrics slot is its
- * index there. NULL with err set when the file does not load. */
+ * index there. classifier (borrowed, may be NULL) turns tenants' routing
+ * shares into score thresholds on every load. NULL with err set when the
+ * file does not load. */
 struct snapshot_store *snapshot_store_new(const char *path, const char *listen_override, const struct config *boot,
-                                          char *err, size_t errlen);
+                                          const struct classifier *classifier, char *err, size_t errlen);
 /* Drops the store's reference; snapshots still held live on. NULL: no-op. */
 void snapshot_store_free(struct snapshot_store *st);
 

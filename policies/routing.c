@@ -17,31 +17,62 @@ void routing_from_quality(double quality, double band, double *t_low, double *t_
         *t_low = *t_high = 0.0;
 }
 
+int routing_from_shares(struct routing_settings *s, double (*threshold)(const void *ctx, double share),
+                        const void *ctx)
+{
+    /* Cumulative from the top: the large band first, then the cascade band
+     * below it, then the medium band. */
+    double large = clamp01(s->large_share);
+    double cascade = clamp01(large + s->cascade_share);
+    double medium = clamp01(cascade + s->medium_share);
+    double hi = threshold(ctx, large), lo = threshold(ctx, cascade), me = threshold(ctx, medium);
+    if (hi < 0 || lo < 0 || me < 0)
+        return -1;
+    /* A quantile function never rises with the share, but keep the order
+     * the bands rely on whatever it answers. */
+    s->t_high = hi;
+    s->t_low = lo < hi ? lo : hi;
+    s->t_medium = me < s->t_low ? me : s->t_low;
+    return 0;
+}
+
+const char *routing_kind_name(enum route_kind k)
+{
+    static const char *const names[ROUTE_N_KINDS] = {"small", "medium", "cascade", "large"};
+    return k < ROUTE_N_KINDS ? names[k] : "small";
+}
+
 struct route_plan routing_route(const struct routing_settings *s, const int *tiers, size_t n, double score,
                                 int stream, int cheap_has_logprobs)
 {
-    struct route_plan p = {tiers[0], -1};
+    struct route_plan p = {tiers[0], -1, ROUTE_SMALL};
     if (n == 1)
         return p;
     int top = tiers[n - 1];
-    if (score < s->t_low)
-        return p;
+    int middle = n > 2 ? tiers[n / 2] : -1;
     if (score >= s->t_high) {
         p.tier = top;
+        p.kind = ROUTE_LARGE;
         return p;
     }
-    int cascade = s->cascade && cheap_has_logprobs && !(stream && s->stream == CASCADE_STREAM_SKIP);
-    if (cascade) {
-        p.escalate_to = top;
+    if (score >= s->t_low) {
+        p.kind = ROUTE_CASCADE;
+        if (s->cascade && cheap_has_logprobs && !(stream && s->stream == CASCADE_STREAM_SKIP)) {
+            p.escalate_to = top;
+            return p;
+        }
+        /* No cascade: the middle tier, or with two tiers the band split at
+         * its middle. */
+        if (middle >= 0)
+            p.tier = middle;
+        else
+            p.tier = score < (s->t_low + s->t_high) / 2 ? tiers[0] : top;
         return p;
     }
-    /* No cascade: split the zone at its middle. With more than two tiers
-     * the middle of the zone goes to the middle tier. */
-    double mid = (s->t_low + s->t_high) / 2;
-    if (n > 2)
-        p.tier = tiers[n / 2];
-    else
-        p.tier = score < mid ? tiers[0] : top;
+    if (score >= s->t_medium && middle >= 0) {
+        p.tier = middle;
+        p.kind = ROUTE_MEDIUM;
+    }
     return p;
 }
 

@@ -1,20 +1,34 @@
-/* routing.h: turning a difficulty score into a tier, and judging whether a
+/* routing.h: turning a routing score into a tier, and judging whether a
  * cheap answer is good enough (the cascade).
  *
  * A tenant's allowed tiers, ordered by price, run from the cheapest to the
- * most expensive. For `model: "auto"`:
- *   score <  t_low             -> the cheapest tier;
- *   score >= t_high            -> the most expensive tier;
- *   t_low <= score < t_high    -> the cascade zone: the cheapest tier answers
- *                                 first, and the request escalates to the
- *                                 most expensive tier when that answer's
- *                                 confidence is low. Without a cascade (turned
- *                                 off, the cheap tier gives no logprobs, or a
- *                                 stream whose tenant chose "skip") the zone
- *                                 is split at its middle instead.
- * One knob, `quality` in [0,1], sets both thresholds: quality q puts the
- * zone around 1 - q (width `band`), so q = 0 sends everything cheap and
- * q = 1 everything to the top tier; experts set t_low and t_high directly.
+ * most expensive. For `model: "auto"` the classifier's route score (higher
+ * means a larger tier) falls in one of four bands:
+ *   score >= t_high              -> "large":   the most expensive tier;
+ *   t_low <= score < t_high      -> "cascade": the cheapest tier answers
+ *                                   first, and the request escalates to the
+ *                                   most expensive tier when that answer is
+ *                                   judged weak. Without a cascade (turned
+ *                                   off, the cheap tier gives no logprobs, or
+ *                                   a stream whose tenant chose "skip") the
+ *                                   band goes to the middle tier when there
+ *                                   is one, else it is split at its middle;
+ *   t_medium <= score < t_low    -> "medium":  the middle tier (with three
+ *                                   or more tiers; else the cheapest);
+ *   score < t_medium             -> "small":   the cheapest tier.
+ *
+ * Two ways to set the bands:
+ *   - in the operator's terms, shares of traffic: large_share goes straight
+ *     to the top tier, cascade_share below it cascades, medium_share below
+ *     that goes to the middle tier, the rest to the cheapest. The thresholds
+ *     follow from the route-score distribution the model file carries
+ *     (routing_from_shares() with the classifier's quantile function), so
+ *     the realised shares match on traffic like the model's validation
+ *     folds;
+ *   - on the score itself: `quality` in [0,1] puts a cascade band of width
+ *     `band` around 1 - quality (q = 0 sends everything cheap, q = 1
+ *     everything to the top tier), or t_low and t_high directly. These have
+ *     no medium band (t_medium = t_low).
  *
  * Confidence is computed from the cheap answer's token logprobs: the mean
  * over all tokens, and the lowest mean over any window of `window`
@@ -30,7 +44,11 @@
 enum cascade_stream { CASCADE_STREAM_BUFFER, CASCADE_STREAM_SKIP };
 
 struct routing_settings {
-    double t_low, t_high;
+    double t_medium, t_low, t_high; /* t_medium <= t_low <= t_high */
+    /* Shares of auto traffic, when the tenant set them (by_share); the
+     * thresholds above are then derived from them. */
+    int by_share;
+    double large_share, cascade_share, medium_share;
     int cascade;                    /* use the cascade zone */
     double min_mean_logprob;        /* escalate below this mean */
     double min_window_logprob;      /* or below this mean over some window */
@@ -38,12 +56,24 @@ struct routing_settings {
     enum cascade_stream stream;     /* streams in the zone: buffer the cheap answer, or skip */
 };
 
-/* Thresholds from the quality knob. */
+/* Thresholds from the quality knob (t_medium = t_low). */
 void routing_from_quality(double quality, double band, double *t_low, double *t_high);
+
+/* Thresholds from s->large_share, cascade_share and medium_share, through
+ * threshold(ctx, share): the score t with a share `share` of traffic at or
+ * above it (classifier_threshold_for_share()). 0, or -1 when threshold
+ * answers < 0 (no distribution to read). */
+int routing_from_shares(struct routing_settings *s, double (*threshold)(const void *ctx, double share),
+                        const void *ctx);
+
+/* Which band a request fell in, for the realised-share metrics. */
+enum route_kind { ROUTE_SMALL, ROUTE_MEDIUM, ROUTE_CASCADE, ROUTE_LARGE, ROUTE_N_KINDS };
+const char *routing_kind_name(enum route_kind k);
 
 struct route_plan {
     int tier;                       /* the tier that answers (first) */
     int escalate_to;                /* -1: no cascade; else the tier to escalate to */
+    enum route_kind kind;           /* the band the score fell in */
 };
 
 /* tiers_by_price: the tenant's allowed tiers, cheapest first (n >= 1).

@@ -1,6 +1,7 @@
 /* Config validation: a good config loads; each bad field is reported by its
  * path, so operators can find it. */
 #include <jansson.h>
+#include <math.h>
 
 #include "common/openai.h"
 #include "gateway/config.h"
@@ -88,6 +89,19 @@ static void expect(const char *path, const char *value_json, const char *want, i
     json_decref(root);
 }
 #define EXPECT(path, value, want) expect(path, value, want, __LINE__)
+
+static double uniform_threshold(const void *ctx, double share)
+{
+    (void)ctx;
+    return 1.0 - share;
+}
+
+static double no_distribution(const void *ctx, double share)
+{
+    (void)ctx;
+    (void)share;
+    return -1;
+}
 
 int main(void)
 {
@@ -185,6 +199,46 @@ int main(void)
     EXPECT("tenants[0].routing", "{\"baseline_tier\":\"medium\"}", "tenants[0].routing.baseline_tier: not the name of a tier");
     EXPECT("tenants[1].routing", "{\"baseline_tier\":\"small\"}",
            "tenants[1].routing.baseline_tier: not one of this tenant's allowed_tiers");
+    /* Routing shares: one knob or the other, a sum of at most 1, and a
+     * classifier to read the distribution from. */
+    EXPECT("tenants[0].routing", "{\"large_share\":0.3,\"quality\":0.5}",
+           "tenants[0].routing.quality: cannot be set together with large_share, cascade_share or medium_share "
+           "(shares set the thresholds)");
+    EXPECT("tenants[0].routing", "{\"cascade_share\":0.3,\"t_high\":0.5}",
+           "tenants[0].routing.t_high: cannot be set together with large_share, cascade_share or medium_share "
+           "(shares set the thresholds)");
+    EXPECT("tenants[0].routing", "{\"large_share\":0.6,\"cascade_share\":0.3,\"medium_share\":0.2}",
+           "tenants[0].routing.large_share: large_share + cascade_share + medium_share must not exceed 1");
+    EXPECT("tenants[0].routing", "{\"large_share\":1.5}", "tenants[0].routing.large_share: must be between 0 and 1");
+    EXPECT("tenants[0].routing", "{\"large_share\":0.3}",
+           "tenants[0].routing: large_share, cascade_share and medium_share need \"classifier\": the shares are "
+           "read from its model's score distribution");
+    EXPECT("classifier", "{\"model\":\"m.cdm\"}", NULL);
+    {
+        /* With a classifier, the thresholds follow from the shares through
+         * its quantile function (here a uniform one: t = 1 - share), and
+         * the routing version (the cache key's route) names them. */
+        json_t *root = json_loads(base, 0, NULL);
+        json_object_set_new(root, "classifier", json_pack("{s:s}", "model", "m.cdm"));
+        json_t *t0 = json_array_get(json_object_get(root, "tenants"), 0);
+        json_object_set_new(t0, "routing", json_pack("{s:f,s:f}", "large_share", 0.25, "cascade_share", 0.25));
+        char *text = json_dumps(root, 0);
+        struct config sc;
+        char serr[512] = "";
+        CHECK(config_parse(text, &sc, serr, sizeof serr) == 0);
+        const struct routing_settings *r = &sc.tenants[0].routing;
+        CHECK(r->by_share && r->large_share == 0.25 && r->cascade_share == 0.25 && r->medium_share == 0);
+        char before[sizeof sc.tenants[0].routing_version];
+        memcpy(before, sc.tenants[0].routing_version, sizeof before);
+        CHECK(config_resolve_routing(&sc, uniform_threshold, NULL, serr, sizeof serr) == 0);
+        CHECK(fabs(r->t_high - 0.75) < 1e-12 && fabs(r->t_low - 0.5) < 1e-12 && fabs(r->t_medium - 0.5) < 1e-12);
+        CHECK(strcmp(before, sc.tenants[0].routing_version) != 0);
+        CHECK(config_resolve_routing(&sc, no_distribution, NULL, serr, sizeof serr) == -1);
+        CHECK(strstr(serr, "tenants[0].routing: the classifier model carries no score distribution") == serr);
+        config_free(&sc);
+        free(text);
+        json_decref(root);
+    }
     {
         /* A fallback chain that loops is refused; a native tier serves no
          * embeddings and takes text only. */

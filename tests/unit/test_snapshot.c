@@ -76,7 +76,7 @@ int main(void)
     CHECK(config_load(path, &boot, err, sizeof err) == 0);
 
     /* The first snapshot is the file as loaded. */
-    struct snapshot_store *st = snapshot_store_new(path, NULL, &boot, err, sizeof err);
+    struct snapshot_store *st = snapshot_store_new(path, NULL, &boot, NULL, err, sizeof err);
     CHECK(st != NULL);
     if (!st)
         return 1;
@@ -131,7 +131,7 @@ int main(void)
     CHECK(rd[0].reads > 0 && rd[1].reads > 0);
 
     /* --listen applies to every snapshot, the reloaded ones too. */
-    struct snapshot_store *st2 = snapshot_store_new(path, "127.0.0.1:0", &boot, err, sizeof err);
+    struct snapshot_store *st2 = snapshot_store_new(path, "127.0.0.1:0", &boot, NULL, err, sizeof err);
     CHECK(st2 != NULL);
     if (st2) {
         struct config_snap *s = snapshot_acquire(st2);
@@ -139,7 +139,7 @@ int main(void)
         snapshot_release(s);
     }
     /* A missing file is an error, not a store. */
-    CHECK(snapshot_store_new("/nonexistent/cascade.json", NULL, &boot, err, sizeof err) == NULL);
+    CHECK(snapshot_store_new("/nonexistent/cascade.json", NULL, &boot, NULL, err, sizeof err) == NULL);
 
     snapshot_store_free(st2);
     snapshot_store_free(st);
