@@ -238,6 +238,7 @@ function heldoutSubjects(modelPath) {
 describe('large_share: the realised share of auto traffic on unseen subjects', () => {
   const SHARES = [0.2, 0.3, 0.5];
   const TOLERANCE = 0.05;
+  const shareTenant = (s) => `share${Math.round(s * 100)}`;
   let gw;
   let rows;
   before(async () => {
@@ -254,7 +255,7 @@ describe('large_share: the realised share of auto traffic on unseen subjects', (
       tiers: [tier({ name: 'small', model: 'small-model', urls: small.url, price: PRICES.small }),
         tier({ name: 'large', model: 'large-model', urls: large.url, price: PRICES.large })],
       // No cascade band: a request goes where the router first sent it.
-      tenants: SHARES.map((s) => tenant(`share${s * 100}`, { large_share: s, cascade_share: 0 })),
+      tenants: SHARES.map((s) => tenant(shareTenant(s), { large_share: s, cascade_share: 0 })),
       classifier: { model: MODEL },
     });
     try {
@@ -267,7 +268,7 @@ describe('large_share: the realised share of auto traffic on unseen subjects', (
 
   for (const s of SHARES) {
     test(`large_share ${s}: within +-${TOLERANCE}`, async () => {
-      const o = { url: gw.url, key: `sk-share${s * 100}`, concurrency: 12, timeoutMs: 30000, maxTokens: 1 };
+      const o = { url: gw.url, key: `sk-${shareTenant(s)}`, concurrency: 12, timeoutMs: 30000, maxTokens: 1 };
       const rep = summarize(await replay(rows, o), loadPricing(gw.configPath, o.key));
       assert.equal(rep.answered, rows.length, JSON.stringify(rep.errors));
       assert.equal(rep.escalated, 0, 'no cascade band, so no escalation');
@@ -276,6 +277,12 @@ describe('large_share: the realised share of auto traffic on unseen subjects', (
       assert.ok(Math.abs(got - s) <= TOLERANCE,
         `large_share ${s}: ${large.answered} of ${rep.answered} held-out prompts (${got.toFixed(3)}) went to the large tier`);
       assert.equal(large.first_choice_share, got);
+      // The gateway's own count of where auto sent them says the same.
+      const metrics = await (await fetch(`${gw.url}/metrics`)).text();
+      const routed = (route) => Number(metrics.match(new RegExp(
+        `^cascade_routes_total\\{tenant="${shareTenant(s)}",route="${route}"\\} (\\d+)$`, 'm'))?.[1]);
+      assert.equal(routed('large'), large.answered, 'cascade_routes_total{route="large"}');
+      assert.equal(routed('small'), rep.answered - large.answered, 'cascade_routes_total{route="small"}');
     });
   }
 });
