@@ -371,6 +371,7 @@ export function summarize(records, pricing) {
     tiers,
     escalated, escalation_rate: share(escalated, ok.length),
     fallbacks: ok.filter((r) => r.fallback).length,
+    without_tier: ok.filter((r) => r.tier === null).length,
     cache_hits: ok.filter((r) => r.cache === 'hit').length,
     cost: {
       priced_answers: priced.length,
@@ -409,6 +410,9 @@ export function formatTable(rep) {
   }
   L.push(`escalated (the cheap answer judged weak, answered again): ${rep.escalated} (${pct(rep.escalation_rate)} of answered)`);
   if (rep.fallbacks) L.push(`answered by a fallback tier: ${rep.fallbacks}`);
+  if (rep.without_tier) {
+    L.push(`answers without x-cascade-tier (in no row above; is the tenant's expose_headers off?): ${rep.without_tier}`);
+  }
   if (rep.cache_hits) L.push(`cache hits (cost 0): ${rep.cache_hits}`);
   L.push('');
   const c = rep.cost;
