@@ -1,5 +1,6 @@
 #include "gateway/access.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/random.h>
@@ -70,6 +71,19 @@ void access_log(const struct access_entry *e)
         jw_int(&w, e->routing_loss_nano);
     }
     jw_lit(&w, e->escalated ? ",\"escalated\":true" : ",\"escalated\":false");
+    if (e->judge_verdict && e->judge_reason) {
+        char v[40];
+        int vn = snprintf(v, sizeof v, "%.4f", isfinite(e->judge_value) ? e->judge_value : 0.0);
+        jw_lit(&w, ",\"judge\":");
+        jw_cstr(&w, e->judge_verdict);
+        jw_lit(&w, ",\"judge_reason\":");
+        jw_cstr(&w, e->judge_reason);
+        jw_lit(&w, ",\"judge_value\":");
+        if (vn > 0 && (size_t)vn < sizeof v)
+            jw_raw(&w, v, (size_t)vn);
+        else
+            jw_lit(&w, "0");
+    }
     if (e->fallback) {
         jw_lit(&w, ",\"fallback\":");
         jw_cstr(&w, e->fallback);

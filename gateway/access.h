@@ -1,7 +1,8 @@
 /* access.h: one JSON access-log line per request, on stderr with the other
  * logs: time, request id, trace id, tenant, the key's id, tier, method,
  * path, status, the error code, latency, tokens, cost and savings, and
- * whether the request escalated or fell back. It is the per-request usage
+ * whether the request escalated or fell back, and the cascade judge's
+ * verdict, reason and measured value when it judged. It is the per-request usage
  * record: summing its cost_nano per tenant reconciles with the spend the
  * policy settled. Never a key or any message content. Thread-safe. */
 #ifndef CASCADE_ACCESS_H
@@ -27,6 +28,9 @@ struct access_entry {
     const char *key_id;     /* the API key's id from the config, or NULL */
     const char *error_code; /* the error's code when status is not 200, or NULL */
     int escalated;          /* the cascade escalated it */
+    const char *judge_verdict;  /* "keep" | "escalate" when the cascade judged (policies/judge.h), or NULL */
+    const char *judge_reason;   /* the reason's name, with judge_verdict */
+    double judge_value;         /* what that reason measured (finite) */
     const char *fallback;   /* the tier that failed before a fallback answered, or NULL */
     const char *trace_id;   /* W3C trace id (32 hex), or NULL */
 };

@@ -69,8 +69,10 @@
 #include "gateway/reply.h"
 #include "policies/stats.h"
 #include "classifier/classifier.h"
+#include "classifier/options.h"
 #include "policies/policy.h"
 #include "policies/price.h"
+#include "policies/judge.h"
 #include "policies/routing.h"
 
 /* Bodies larger than this are parsed, classified and counted on the work
@@ -84,6 +86,19 @@
  * is paused; httpd says when the client has taken the backlog down to
  * HTTPD_DRAIN_LOW_BYTES, and it goes on. */
 #define STREAM_BACKLOG_HIGH (256u << 10)
+
+/* A token of the cheap answer as the judge needs it (policies/judge.h):
+ * offsets into c->content and c->alt_text, since both grow. */
+struct judged_tok {
+    size_t off, len;
+    int has_logprob;
+    double logprob;
+    size_t alt0, n_alt;             /* its alternatives in c->jalts */
+};
+struct judged_alt {
+    size_t off, len;                /* len 0 for text longer than any letter (JUDGE_ALT_MAX) */
+    double logprob;
+};
 
 /* How the tokens of an answer that came without usage are counted. */
 enum count_mode {
@@ -161,9 +176,19 @@ struct chat {
     int cascade_phase;              /* the cheap tier's answer is buffered for judging */
     int escalated;
     int first_failed;               /* the tier that failed when a fallback took over, or -1 */
-    double *lps;                    /* the cheap answer's token logprobs */
     int lps_failed;                 /* the cheap call failed: escalate regardless */
-    size_t n_lps, cap_lps;
+    /* The cheap answer's tokens, for the judge: each one's place in content,
+     * its logprob and, on a multiple-choice prompt, its alternatives
+     * (judged_tok, judged_alt; their text in alt_text). */
+    struct judged_tok *jtoks;
+    size_t n_jtoks, cap_jtoks;
+    struct judged_alt *jalts;
+    size_t n_jalts, cap_jalts;
+    struct evbuffer *alt_text;
+    char letters[OPTIONS_MAX];      /* the prompt's option letters (options_parse) */
+    int n_letters;                  /* 0: free text */
+    int judged;                     /* judgement holds the cascade's verdict */
+    struct judgement judgement;
     int64_t first_cost_nano;        /* the cheap call's cost, when it escalated */
     /* cache */
     enum cache_plan plan;
@@ -216,7 +241,10 @@ static void chat_free(struct chat *c)
     json_decref(c->logprobs);
     json_decref(c->extra);
     json_decref(c->meta);
-    free(c->lps);
+    free(c->jtoks);
+    free(c->jalts);
+    if (c->alt_text)
+        evbuffer_free(c->alt_text);
     if (c->resume_ev)
         event_free(c->resume_ev);
     snapshot_release(c->snap);
@@ -345,6 +373,9 @@ static void log_access(struct chat *c, int status)
         .key_id = c->key_id,
         .error_code = status == 200 ? NULL : c->error_code,
         .escalated = c->escalated,
+        .judge_verdict = c->judged ? judge_verdict_name(c->judgement.verdict) : NULL,
+        .judge_reason = c->judged ? judge_reason_name(c->judgement.reason) : NULL,
+        .judge_value = c->judgement.value,
         .fallback = c->first_failed >= 0 ? c->cfg->tiers[c->first_failed].name : NULL,
         .trace_id = c->trace.trace_id,
     };
@@ -379,8 +410,11 @@ static void record(struct chat *c, int status)
         .cost_nano = c->cost_nano, .saved_cache_nano = c->saved_cache_nano,
         .saved_routing_nano = c->saved_routing_nano, .routing_loss_nano = c->routing_loss_nano,
         .latency_us = total,
+        .judged = c->judged, .judge_verdict = (int)c->judgement.verdict, .judge_reason = (int)c->judgement.reason,
     };
     stats_record(svc->stats, c->svc->base, &x);
+    if (c->judged)
+        metrics_judgement(svc->metrics, c->tenant->metrics_index, c->judgement.verdict, c->judgement.reason);
     metrics_request(svc->metrics, c->tenant->metrics_index, tier, status, cache, c->escalated, x.tokens_in, x.tokens_out, c->cost_nano,
                     c->saved_cache_nano + c->saved_routing_nano, total, c->req.stream ? c->ttft_us : 0,
                     total > c->engine_us ? total - c->engine_us : 0, c->scored ? c->classifier_us : 0, c->routing_loss_nano);
@@ -696,11 +730,16 @@ static int replay(struct chat *c, const char *value, size_t len)
 
 /* ---- the engine --------------------------------------------------------- */
 
-static json_t *logprob_entry(const struct engine_token *t)
+/* The client's logprobs entry for a token, with at most max_top of its
+ * alternatives (the cascade may have asked the cheap tier for more than the
+ * client did). */
+static json_t *logprob_entry(const struct engine_token *t, size_t max_top)
 {
     const char *tops[21];
     double lps[21];
-    size_t n = t->n_top < 21 ? t->n_top : 21;
+    size_t n = t->n_top < max_top ? t->n_top : max_top;
+    if (n > 21)
+        n = 21;
     for (size_t i = 0; i < n; i++) {
         tops[i] = t->top[i].token;
         lps[i] = t->top[i].logprob;
@@ -817,8 +856,44 @@ static void forget_answer(struct chat *c)
     c->tokens_received = 0;
     c->bytes_received = 0;
     c->cache_bytes = 0;
-    c->n_lps = 0;
+    c->n_jtoks = c->n_jalts = 0;
+    if (c->alt_text)
+        evbuffer_drain(c->alt_text, evbuffer_get_length(c->alt_text));
     c->usage = (struct engine_usage){0, 0};
+}
+
+/* Keep what the judge reads of a cheap answer's token (before its text
+ * joins c->content). Alternatives only on a multiple-choice prompt, where
+ * the letter's are read; at most JUDGE_MAX_TOP a token, and the text of an
+ * alternative only when it is short enough to be a letter, so what is kept
+ * stays within the answer's own bound (max_tokens) times a constant. */
+static void keep_for_judge(struct chat *c, const struct engine_token *t)
+{
+    if (c->n_jtoks == c->cap_jtoks) {
+        c->cap_jtoks = c->cap_jtoks ? c->cap_jtoks * 2 : 64;
+        c->jtoks = xrealloc(c->jtoks, c->cap_jtoks * sizeof *c->jtoks);
+    }
+    struct judged_tok *jt = &c->jtoks[c->n_jtoks++];
+    *jt = (struct judged_tok){.off = evbuffer_get_length(c->content), .len = t->len,
+                              .has_logprob = t->has_logprob, .logprob = t->logprob, .alt0 = c->n_jalts};
+    if (!t->has_logprob || c->n_letters < 2)
+        return;
+    size_t k = t->n_top < JUDGE_MAX_TOP ? t->n_top : JUDGE_MAX_TOP;
+    if (!c->alt_text)
+        c->alt_text = evbuffer_new();
+    for (size_t i = 0; i < k; i++) {
+        if (c->n_jalts == c->cap_jalts) {
+            c->cap_jalts = c->cap_jalts ? c->cap_jalts * 2 : 64;
+            c->jalts = xrealloc(c->jalts, c->cap_jalts * sizeof *c->jalts);
+        }
+        const char *text = t->top[i].token ? t->top[i].token : "";
+        size_t len = strlen(text);
+        if (len > JUDGE_ALT_MAX)
+            len = 0; /* its mass still counts; no letter is this long */
+        c->jalts[c->n_jalts++] = (struct judged_alt){evbuffer_get_length(c->alt_text), len, t->top[i].logprob};
+        evbuffer_add(c->alt_text, text, len);
+    }
+    jt->n_alt = k;
 }
 
 static void on_token(void *ctx, const struct engine_token *t)
@@ -830,25 +905,19 @@ static void on_token(void *ctx, const struct engine_token *t)
     keep_meta(c, t->meta);
     if (c->cascade_phase) {
         /* The cheap answer waits, whole, until it is judged. */
-        if (t->has_logprob) {
-            if (c->n_lps == c->cap_lps) {
-                c->cap_lps = c->cap_lps ? c->cap_lps * 2 : 64;
-                c->lps = xrealloc(c->lps, c->cap_lps * sizeof *c->lps);
-            }
-            c->lps[c->n_lps++] = t->logprob;
-        }
+        keep_for_judge(c, t);
         evbuffer_add(c->content, t->text, t->len);
         merge_extra(c, t->extra);
         if (c->req.logprobs && t->has_logprob) {
             if (!c->logprobs)
                 c->logprobs = json_array();
-            json_array_append_new(c->logprobs, logprob_entry(t));
+            json_array_append_new(c->logprobs, logprob_entry(t, (size_t)c->req.top_logprobs));
         }
         return;
     }
     if (!c->ttft_us)
         c->ttft_us = clock_mono_us() - c->t0;
-    json_t *entry = (c->req.logprobs && t->has_logprob) ? logprob_entry(t) : NULL;
+    json_t *entry = (c->req.logprobs && t->has_logprob) ? logprob_entry(t, t->n_top) : NULL;
     if (c->req.stream && (t->len || entry || t->extra)) {
         stream_piece(c, t->text, t->len, entry, t->extra);
         backpressure(c);
@@ -871,13 +940,41 @@ static void on_token(void *ctx, const struct engine_token *t)
 
 static void start_engine(struct chat *c);
 
+/* The judge's verdict on the cheap answer kept in c (policies/judge.h): the
+ * tokens are handed over as views into c->content and c->alt_text. */
+static struct judgement judge_answer(struct chat *c)
+{
+    if (c->lps_failed)
+        return (struct judgement){.verdict = JUDGE_ESCALATE, .reason = JUDGE_CHEAP_FAILED};
+    const char *text = c->content ? (const char *)evbuffer_pullup(c->content, -1) : NULL;
+    const char *alts = c->alt_text ? (const char *)evbuffer_pullup(c->alt_text, -1) : NULL;
+    struct judge_token *jt = xcalloc(c->n_jtoks ? c->n_jtoks : 1, sizeof *jt);
+    struct judge_alt *ja = xcalloc(c->n_jalts ? c->n_jalts : 1, sizeof *ja);
+    for (size_t i = 0; i < c->n_jalts; i++)
+        ja[i] = (struct judge_alt){alts ? alts + c->jalts[i].off : "", c->jalts[i].len, c->jalts[i].logprob};
+    for (size_t i = 0; i < c->n_jtoks; i++) {
+        const struct judged_tok *k = &c->jtoks[i];
+        jt[i] = (struct judge_token){.text = text ? text + k->off : "", .len = k->len, .has_logprob = k->has_logprob,
+                                     .logprob = k->logprob, .top = ja + k->alt0, .n_top = k->n_alt};
+    }
+    struct judgement j = judge(&c->tenant->routing.judge, jt, c->n_jtoks, c->letters,
+                               c->n_letters > 0 ? (size_t)c->n_letters : 0);
+    free(jt);
+    free(ja);
+    return j;
+}
+
 /* The cheap tier has answered in the cascade zone: keep its answer, or
- * escalate. 1 when a new engine call took over the request. */
+ * escalate. Every judgement is recorded (record(): metrics and stats, by
+ * verdict and reason; the access line). 1 when a new engine call took over
+ * the request. */
 static int cascade_judge(struct chat *c, const struct engine_usage *usage)
 {
     c->cascade_phase = 0;
-    struct confidence conf = routing_confidence(c->lps, c->n_lps, c->tenant->routing.window);
-    if (!c->lps_failed && !routing_should_escalate(&c->tenant->routing, &conf)) {
+    c->judgement = judge_answer(c);
+    c->judged = 1;
+    const struct judgement *j = &c->judgement;
+    if (j->verdict == JUDGE_KEEP) {
         if (c->req.stream) {
             /* Now the client gets it, in the usual chunks. */
             size_t len = evbuffer_get_length(c->content);
@@ -891,8 +988,8 @@ static int cascade_judge(struct chat *c, const struct engine_usage *usage)
     int64_t prompt, completion;
     charged_tokens(c, usage, c->tokens_received, &prompt, &completion);
     c->first_cost_nano = tier_cost(c, c->tier, prompt, completion);
-    log_debug("request %s escalates from %s (mean logprob %.3f, window min %.3f over %zu tokens)", c->request_id,
-              tier_name(c), conf.mean, conf.window_min, conf.n);
+    log_debug("request %s escalates from %s (%s %.4f < %.4f over %zu tokens)", c->request_id, tier_name(c),
+              judge_reason_name(j->reason), j->value, j->threshold, j->n);
     forget_answer(c);
     c->escalated = 1;
     c->tier = c->escalate_to;
@@ -1010,13 +1107,40 @@ static void on_error(void *ctx, const struct engine_error *e)
 
 static const struct engine_callbacks chat_callbacks = {on_token, on_done, on_error};
 
+/* The option letters of a multiple-choice prompt (options_parse over the
+ * last user message), which the judge reads the cheap answer by; none for
+ * free text, or when the tenant judges every answer as free text. */
+static void find_letters(struct chat *c)
+{
+    c->n_letters = 0;
+    if (!c->tenant->routing.judge.options)
+        return;
+    const struct chat_message *last = NULL;
+    for (size_t i = 0; i < c->req.n_messages; i++)
+        if (c->req.messages[i].role == ROLE_USER)
+            last = &c->req.messages[i];
+    struct options o;
+    if (!last || !last->content || options_parse(last->content, last->content_len, &o) < 2)
+        return;
+    c->n_letters = o.n < OPTIONS_MAX ? o.n : OPTIONS_MAX;
+    memcpy(c->letters, o.letters, (size_t)c->n_letters);
+}
+
 static void start_engine(struct chat *c)
 {
     if (!c->content)
         c->content = evbuffer_new();
     c->state = CHAT_GENERATING;
-    if (c->escalate_to >= 0 && !c->escalated && !c->cascade_phase)
+    if (c->escalate_to >= 0 && !c->escalated && !c->cascade_phase) {
         c->cascade_phase = 1; /* the cheap try, judged by its logprobs */
+        find_letters(c);
+    }
+    /* The client's own top_logprobs, or on the cheap try of a multiple-
+     * choice prompt at least what the judge reads at the option letter. */
+    int top = c->req.logprobs ? c->req.top_logprobs : 0;
+    const struct judge_settings *js = &c->tenant->routing.judge;
+    if (c->cascade_phase && c->n_letters >= 2 && js->top_logprobs > top)
+        top = js->top_logprobs;
     struct engine_request er = {
         .base = c->svc->base,
         .chat = &c->req,
@@ -1029,7 +1153,7 @@ static void start_engine(struct chat *c)
          * whether or not the client wants them (typed, so the client's
          * JSON is never edited). */
         .logprobs = c->cascade_phase || c->req.logprobs,
-        .top_logprobs = c->req.logprobs ? c->req.top_logprobs : 0,
+        .top_logprobs = top,
         .traceparent = c->trace.traceparent,
         .tracestate = c->trace.tracestate[0] ? c->trace.tracestate : NULL,
     };

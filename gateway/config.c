@@ -539,8 +539,19 @@ static int parse_baseline(json_t *t, const char *path, const struct config *cfg,
 static void set_routing_version(struct tenant_config *tc)
 {
     const struct routing_settings *r = &tc->routing;
-    snprintf(tc->routing_version, sizeof tc->routing_version, "auto:%.4f:%.4f:%.4f:%d:%g:%g:%zu:%d", r->t_medium,
-             r->t_low, r->t_high, r->cascade, r->min_mean_logprob, r->min_window_logprob, r->window, (int)r->stream);
+    /* The judge's settings change which answer an escalation-prone request
+     * gets, so they are part of the version too, folded into a hash (the
+     * version is bounded). */
+    const struct judge_settings *j = &r->judge;
+    char js[256];
+    snprintf(js, sizeof js, "%s:%.17g:%.17g:%.17g:%.17g:%zu:%d:%.17g:%.17g:%d", judge_rule_name(j->rule), j->min_mean,
+             j->min_quantile, j->min_window, j->quantile, j->window, j->options, j->min_option_prob,
+             j->min_option_margin, j->top_logprobs);
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const char *q = js; *q; q++)
+        h = (h ^ (uint8_t)*q) * 16777619u;
+    snprintf(tc->routing_version, sizeof tc->routing_version, "auto:%.4f:%.4f:%.4f:%d:%d:j%08x", r->t_medium,
+             r->t_low, r->t_high, r->cascade, (int)r->stream, (unsigned)h);
 }
 
 /* routing.large_share, cascade_share, medium_share: the operator's knob.
@@ -575,20 +586,104 @@ static int parse_shares(json_t *o, const char *p, struct routing_settings *r, ch
     return 0;
 }
 
+/* A boolean field, or absent (*out unchanged). */
+static int cascade_bool(json_t *c, const char *cp, const char *key, int *out, char *err, size_t n)
+{
+    json_t *v = json_object_get(c, key);
+    if (!v)
+        return 0;
+    if (!json_is_boolean(v)) {
+        char ep[300];
+        cfgj_path(ep, sizeof ep, cp, key);
+        return cfgj_fail(err, n, ep, "must be a boolean");
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* routing.cascade: when to use the cascade band, and how its judge (policies/
+ * judge.h) decides. A free-text rule is chosen by `rule` and held against
+ * `threshold`; the keys from before the judge (min_mean_logprob,
+ * min_window_logprob, window without a rule) select the old rule, mean and
+ * window both, so configs written for it judge as they did. A key that
+ * belongs to another rule than the one chosen is an error, not ignored. */
+static int parse_cascade(json_t *c, const char *cp, struct routing_settings *r, char *err, size_t n)
+{
+    static const char *const ckeys[] = {"enabled", "stream", "rule", "threshold", "quantile", "min_mean_logprob",
+                                        "min_window_logprob", "window", "options", "min_option_prob",
+                                        "min_option_margin", "top_logprobs", NULL};
+    struct judge_settings *j = &r->judge;
+    char kp[300];
+    if (cfgj_known_keys(c, cp, ckeys, err, n) < 0 || cascade_bool(c, cp, "enabled", &r->cascade, err, n) < 0)
+        return -1;
+    const char *st = NULL;
+    if (cfgj_string(c, cp, "stream", 0, &st, err, n) < 0)
+        return -1;
+    if (st && strcmp(st, "skip") == 0) {
+        r->stream = CASCADE_STREAM_SKIP;
+    } else if (st && strcmp(st, "buffer") != 0) {
+        cfgj_path(kp, sizeof kp, cp, "stream");
+        return cfgj_fail(err, n, kp, "must be \"buffer\" or \"skip\"");
+    }
+    /* The rule, then the keys each rule reads. */
+    const char *rule = NULL;
+    if (cfgj_string(c, cp, "rule", 0, &rule, err, n) < 0)
+        return -1;
+    if (rule && judge_rule_parse(rule, &j->rule) < 0) {
+        cfgj_path(kp, sizeof kp, cp, "rule");
+        return cfgj_fail(err, n, kp, "must be \"quantile\", \"mean\", \"window\" or \"mean_window\"");
+    }
+    if (!rule && (json_object_get(c, "min_mean_logprob") || json_object_get(c, "min_window_logprob") ||
+                  json_object_get(c, "window")))
+        j->rule = JUDGE_RULE_MEAN_WINDOW;
+    int mean = j->rule == JUDGE_RULE_MEAN || j->rule == JUDGE_RULE_MEAN_WINDOW;
+    int window = j->rule == JUDGE_RULE_WINDOW || j->rule == JUDGE_RULE_MEAN_WINDOW;
+    static const struct {
+        const char *key, *rules;
+    } owned[] = {{"min_mean_logprob", "mean or mean_window"}, {"min_window_logprob", "window or mean_window"},
+                 {"window", "window or mean_window"}, {"quantile", "quantile"},
+                 {"threshold", "quantile, mean or window"}};
+    int applies[] = {mean, window, window, j->rule == JUDGE_RULE_QUANTILE, j->rule != JUDGE_RULE_MEAN_WINDOW};
+    for (size_t i = 0; i < sizeof owned / sizeof *owned; i++) {
+        if (json_object_get(c, owned[i].key) && !applies[i]) {
+            cfgj_path(kp, sizeof kp, cp, owned[i].key);
+            return cfgj_fail(err, n, kp, "applies to rule %s, and this rule is \"%s\"", owned[i].rules,
+                             judge_rule_name(j->rule));
+        }
+    }
+    double *rule_floor = j->rule == JUDGE_RULE_MEAN ? &j->min_mean : j->rule == JUDGE_RULE_WINDOW ? &j->min_window
+                                                                                             : &j->min_quantile;
+    const char *alias = j->rule == JUDGE_RULE_MEAN ? "min_mean_logprob" : j->rule == JUDGE_RULE_WINDOW ? "min_window_logprob" : NULL;
+    if (alias && json_object_get(c, "threshold") && json_object_get(c, alias)) {
+        cfgj_path(kp, sizeof kp, cp, "threshold");
+        return cfgj_fail(err, n, kp, "and %s say the same for this rule: set one", alias);
+    }
+    unsigned long long w = j->window, top = (unsigned long long)j->top_logprobs;
+    if (cfgj_number(c, cp, "threshold", JUDGE_LOGPROB_FLOOR, 0, rule_floor, err, n) < 0 ||
+        cfgj_number(c, cp, "min_mean_logprob", JUDGE_LOGPROB_FLOOR, 0, &j->min_mean, err, n) < 0 ||
+        cfgj_number(c, cp, "min_window_logprob", JUDGE_LOGPROB_FLOOR, 0, &j->min_window, err, n) < 0 ||
+        cfgj_number(c, cp, "quantile", 0, 1, &j->quantile, err, n) < 0 ||
+        cfgj_uint(c, cp, "window", 1, 4096, &w, err, n) < 0 ||
+        cascade_bool(c, cp, "options", &j->options, err, n) < 0 ||
+        cfgj_number(c, cp, "min_option_prob", 0, 1, &j->min_option_prob, err, n) < 0 ||
+        cfgj_number(c, cp, "min_option_margin", -1, 1, &j->min_option_margin, err, n) < 0 ||
+        cfgj_uint(c, cp, "top_logprobs", 1, JUDGE_MAX_TOP, &top, err, n) < 0)
+        return -1;
+    j->window = (size_t)w;
+    j->top_logprobs = (int)top;
+    return 0;
+}
+
 static int parse_tenant_routing(json_t *t, const char *path, struct tenant_config *tc, char *err, size_t n)
 {
     static const char *const keys[] = {"quality",     "band",          "t_low",        "t_high",
                                        "large_share", "cascade_share", "medium_share", "cascade",
                                        "baseline_tier", NULL};
-    static const char *const ckeys[] = {"enabled", "min_mean_logprob", "min_window_logprob", "window", "stream",
-                                        NULL};
     char p[256], cp[280];
     struct routing_settings *r = &tc->routing;
     double quality = 0.5, band = 0.2;
     r->cascade = 1;
-    r->min_mean_logprob = -1.0;
-    r->min_window_logprob = -2.5;
-    r->window = 8;
+    judge_settings_default(&r->judge);
     r->stream = CASCADE_STREAM_BUFFER;
     json_t *o;
     if (cfgj_object(t, path, "routing", 0, &o, err, n) < 0)
@@ -615,33 +710,8 @@ static int parse_tenant_routing(json_t *t, const char *path, struct tenant_confi
             return -1;
         if (c) {
             cfgj_path(cp, sizeof cp, p, "cascade");
-            if (cfgj_known_keys(c, cp, ckeys, err, n) < 0 ||
-                cfgj_number(c, cp, "min_mean_logprob", -100, 0, &r->min_mean_logprob, err, n) < 0 ||
-                cfgj_number(c, cp, "min_window_logprob", -100, 0, &r->min_window_logprob, err, n) < 0)
+            if (parse_cascade(c, cp, r, err, n) < 0)
                 return -1;
-            json_t *en = json_object_get(c, "enabled");
-            if (en) {
-                if (!json_is_boolean(en)) {
-                    char ep[300];
-                    cfgj_path(ep, sizeof ep, cp, "enabled");
-                    return cfgj_fail(err, n, ep, "must be a boolean");
-                }
-                r->cascade = json_is_true(en);
-            }
-            unsigned long long w = r->window;
-            if (cfgj_uint(c, cp, "window", 1, 4096, &w, err, n) < 0)
-                return -1;
-            r->window = (size_t)w;
-            const char *st = NULL;
-            if (cfgj_string(c, cp, "stream", 0, &st, err, n) < 0)
-                return -1;
-            if (st && strcmp(st, "skip") == 0) {
-                r->stream = CASCADE_STREAM_SKIP;
-            } else if (st && strcmp(st, "buffer") != 0) {
-                char sp[300];
-                cfgj_path(sp, sizeof sp, cp, "stream");
-                return cfgj_fail(err, n, sp, "must be \"buffer\" or \"skip\"");
-            }
         }
     }
     if (!r->by_share)

@@ -23,6 +23,7 @@
 
 #include "common/mem.h"
 #include "engines/remote/remote.h" /* enum remote_outcome and its names */
+#include "policies/judge.h"         /* the cascade's verdicts and reasons */
 #include "policies/routing.h"         /* enum route_kind and its names */
 
 typedef atomic_uint_fast64_t ctr;
@@ -89,6 +90,9 @@ struct metrics {
     struct axis tenant, tier, replica;
     struct cell *cells;             /* tenant.n x tier.n */
     struct hist *classifier;        /* per tenant slot */
+    struct judged {                 /* per tenant slot: the cascade's judgements */
+        ctr n[JUDGE_N_VERDICTS][JUDGE_N_REASONS];
+    } *judged;
     ctr (*routes)[ROUTE_N_KINDS];   /* per tenant slot: where "auto" sent requests */
     ctr redis_errors;
     ctr *upstream_errors;           /* per replica slot */
@@ -182,6 +186,7 @@ struct metrics *metrics_new(const char *const *tenants, size_t n_tenants, const 
     /* Zeroed memory is a valid zero for these lock-free atomics. */
     m->cells = xcalloc(m->tenant.n * m->tier.n, sizeof *m->cells);
     m->classifier = xcalloc(m->tenant.n, sizeof *m->classifier);
+    m->judged = xcalloc(m->tenant.n, sizeof *m->judged);
     m->routes = xcalloc(m->tenant.n, sizeof *m->routes);
     m->upstream_errors = xcalloc(m->replica.n, sizeof *m->upstream_errors);
     m->up = xcalloc(m->replica.n, sizeof *m->up);
@@ -202,6 +207,7 @@ void metrics_free(struct metrics *m)
     axis_free(&m->replica);
     free(m->cells);
     free(m->classifier);
+    free(m->judged);
     free(m->routes);
     free(m->upstream_errors);
     free(m->up);
@@ -273,6 +279,13 @@ void metrics_route(struct metrics *m, int tenant, int kind)
 {
     if (m && kind >= 0 && kind < ROUTE_N_KINDS)
         add(&m->routes[axis_slot(&m->tenant, tenant)][kind], 1);
+}
+
+void metrics_judgement(struct metrics *m, int tenant, int verdict, int reason)
+{
+    if (!m || !judge_reason_possible((enum judge_verdict)verdict, (enum judge_reason)reason))
+        return;
+    add(&m->judged[axis_slot(&m->tenant, tenant)].n[verdict][reason], 1);
 }
 
 void metrics_redis_error(struct metrics *m)
@@ -477,6 +490,22 @@ char *metrics_render(struct metrics *m, size_t *len)
         uint64_t v = get(&c->escalations);
         if (v || ts)
             bprintf(&b, "cascade_escalations_total{%s} %llu\n", lab, (unsigned long long)v);
+    }
+    family(&b, "cascade_judgements_total", "counter",
+           "The cascade's verdicts on cheap answers (keep or escalate), by the reason that decided.");
+    for (size_t ts = 0; ts < m->tenant.n; ts++) {
+        if (m->tenant.canon[ts] != ts)
+            continue;
+        for (int v = 0; v < JUDGE_N_VERDICTS; v++)
+            for (int r = 0; r < JUDGE_N_REASONS; r++) {
+                if (!judge_reason_possible((enum judge_verdict)v, (enum judge_reason)r))
+                    continue;
+                uint64_t n = get(&m->judged[ts].n[v][r]);
+                if (n || ts)
+                    bprintf(&b, "cascade_judgements_total{tenant=\"%s\",verdict=\"%s\",reason=\"%s\"} %llu\n",
+                            m->tenant.label[ts], judge_verdict_name((enum judge_verdict)v),
+                            judge_reason_name((enum judge_reason)r), (unsigned long long)n);
+            }
     }
     family(&b, "cascade_redis_errors_total", "counter", "Redis commands that failed or timed out.");
     bprintf(&b, "cascade_redis_errors_total %llu\n", (unsigned long long)get(&m->redis_errors));

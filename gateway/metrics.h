@@ -22,6 +22,11 @@
  *       Counters only grow, so the loss is its own counter: net routing
  *       savings = saved{source="routing"} - routing_loss, and may be negative
  *   cascade_escalations_total{tenant,tier}           counter; tier answered
+ *   cascade_judgements_total{tenant,verdict,reason}  counter; the cascade
+ *       judge's verdicts on cheap answers (policies/judge.h): verdict keep|
+ *       escalate, reason option_prob, option_margin, no_option_letter, mean,
+ *       quantile, window, no_logprobs (keep only), cheap_failed (escalate
+ *       only); every possible pair of a configured tenant from the start
  *   cascade_redis_errors_total                       counter
  *   cascade_upstream_errors_total{replica}           counter; failed attempts
  *       (connect_error, http_5xx, timeout, bad_response below)
@@ -82,6 +87,9 @@ void metrics_request(struct metrics *m, int tenant, int tier, int status, enum s
 /* A request "auto" routed reached an engine; kind: enum route_kind (the
  * band its score fell in). */
 void metrics_route(struct metrics *m, int tenant, int kind);
+/* One judgement of the cascade: enum judge_verdict, enum judge_reason (a
+ * pair judge_reason_possible() refuses is not counted). */
+void metrics_judgement(struct metrics *m, int tenant, int verdict, int reason);
 void metrics_redis_error(struct metrics *m);
 void metrics_upstream_error(struct metrics *m, int replica);
 /* Which tier replica (an index into metrics_new's list) belongs to, for the

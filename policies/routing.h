@@ -41,6 +41,8 @@
 
 #include <stddef.h>
 
+#include "policies/judge.h"
+
 enum cascade_stream { CASCADE_STREAM_BUFFER, CASCADE_STREAM_SKIP };
 
 struct routing_settings {
@@ -54,6 +56,7 @@ struct routing_settings {
     double min_window_logprob;      /* or below this mean over some window */
     size_t window;                  /* tokens */
     enum cascade_stream stream;     /* streams in the zone: buffer the cheap answer, or skip */
+    struct judge_settings judge;    /* how the cheap answer is judged (policies/judge.h) */
 };
 
 /* Thresholds from the quality knob (t_medium = t_low). */

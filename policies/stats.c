@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "cache/redis.h"
+#include "policies/judge.h"
 #include "policies/price.h"
 #include "common/clock.h"
 #include "common/log.h"
@@ -58,6 +59,10 @@ static const uint32_t lat_bounds_ms[] = {1, 2, 5, 10, 25, 50, 75, 100, 150, 200,
                                          30000, 60000, 120000};
 #define N_LAT_FINITE (sizeof lat_bounds_ms / sizeof *lat_bounds_ms)
 #define N_LAT (N_LAT_FINITE + 1)
+
+/* The cascade's judgements, one field per verdict and reason, after the
+ * latency buckets: judge_<verdict>:<reason>. */
+#define N_JUDGE (JUDGE_N_VERDICTS * JUDGE_N_REASONS)
 
 /* KEYS[1] the ack key, KEYS[2..] minute hashes; ARGV: seq, ttl, then per
  * minute: expire-at, field count, field/increment pairs. Applied at most
@@ -189,7 +194,7 @@ struct stats *stats_new(struct redis_shared *rs, const char *const *tier_names, 
     s->tiers = xcalloc(n_tiers ? n_tiers : 1, sizeof *s->tiers);
     for (size_t i = 0; i < n_tiers; i++)
         s->tiers[i] = xstrdup(tier_names[i]);
-    s->nf = F_FIXED + n_tiers + N_LAT;
+    s->nf = F_FIXED + n_tiers + N_LAT + N_JUDGE;
     s->fname = xcalloc(s->nf, sizeof *s->fname);
     s->by_name = xcalloc(s->nf, sizeof *s->by_name);
     char buf[256];
@@ -200,8 +205,13 @@ struct stats *stats_new(struct redis_shared *rs, const char *const *tier_names, 
             snprintf(buf, sizeof buf, "tier:%s", tier_names[i - F_FIXED]);
         else if (i - F_FIXED - n_tiers < N_LAT_FINITE)
             snprintf(buf, sizeof buf, "lat_le_%u", lat_bounds_ms[i - F_FIXED - n_tiers]);
-        else
+        else if (i - F_FIXED - n_tiers == N_LAT_FINITE)
             snprintf(buf, sizeof buf, "lat_le_inf");
+        else {
+            size_t k = i - F_FIXED - n_tiers - N_LAT;
+            snprintf(buf, sizeof buf, "judge_%s:%s", judge_verdict_name((enum judge_verdict)(k / JUDGE_N_REASONS)),
+                     judge_reason_name((enum judge_reason)(k % JUDGE_N_REASONS)));
+        }
         s->fname[i] = xstrdup(buf);
         s->by_name[i] = (struct field_ix){s->fname[i], (int)i};
     }
@@ -435,6 +445,11 @@ static struct cell *live_cell(struct stats_worker *w, struct tacc *t, int64_t mi
     return c;
 }
 
+static size_t judge_field(const struct stats *s, int verdict, int reason)
+{
+    return F_FIXED + s->n_tiers + N_LAT + (size_t)verdict * JUDGE_N_REASONS + (size_t)reason;
+}
+
 static size_t lat_bucket(uint64_t us)
 {
     size_t b = 0;
@@ -477,6 +492,8 @@ void stats_record(struct stats *s, struct event_base *base, const struct stats_s
     f[F_LAT_COUNT]++;
     f[F_LAT_SUM] = money_add(f[F_LAT_SUM], x->latency_us > (uint64_t)MONEY_MAX ? MONEY_MAX : (int64_t)x->latency_us);
     f[F_FIXED + s->n_tiers + lat_bucket(x->latency_us)]++;
+    if (x->judged && judge_reason_possible((enum judge_verdict)x->judge_verdict, (enum judge_reason)x->judge_reason))
+        f[judge_field(s, x->judge_verdict, x->judge_reason)]++;
 }
 
 /* ---- flushing -------------------------------------------------------------- */
@@ -833,6 +850,30 @@ static json_t *scalar(const struct stats *s, const int64_t *f, int i)
     return ms < 0 ? json_null() : json_real(ms);
 }
 
+/* The judgement counts of f into o: appended to the series' arrays
+ * (series 1), or set as the totals' integers. */
+static void judgements_add(const struct stats *s, json_t *o, const int64_t *f, int series)
+{
+    for (int v = 0; v < JUDGE_N_VERDICTS; v++) {
+        const char *vn = judge_verdict_name((enum judge_verdict)v);
+        json_t *byr = json_object_get(o, vn);
+        if (!byr) {
+            byr = json_object();
+            json_object_set_new(o, vn, byr);
+        }
+        for (int r = 0; r < JUDGE_N_REASONS; r++) {
+            if (!judge_reason_possible((enum judge_verdict)v, (enum judge_reason)r))
+                continue;
+            json_t *n = json_integer(f[judge_field(s, v, r)]);
+            const char *rn = judge_reason_name((enum judge_reason)r);
+            if (series)
+                json_array_append_new(json_object_get(byr, rn), n);
+            else
+                json_object_set_new(byr, rn, n);
+        }
+    }
+}
+
 /* The JSON of stats.h from the summed counters. Rates and percentiles of a
  * point without requests are null, not 0, so charts show a gap rather than
  * a fall to zero. */
@@ -861,6 +902,17 @@ static json_t *build_result(struct query *q)
     json_object_set_new(series, "tiers", tiers);
     for (size_t k = 0; k < s->n_tiers; k++)
         json_object_set_new(tiers, s->tiers[k], json_array());
+    /* judgements: {"keep": {"<reason>": [...]}, "escalate": {...}}, only the
+     * pairs that can occur (judge_reason_possible). */
+    json_t *judged = json_object();
+    json_object_set_new(series, "judgements", judged);
+    for (int v = 0; v < JUDGE_N_VERDICTS; v++) {
+        json_t *byr = json_object();
+        json_object_set_new(judged, judge_verdict_name((enum judge_verdict)v), byr);
+        for (int r = 0; r < JUDGE_N_REASONS; r++)
+            if (judge_reason_possible((enum judge_verdict)v, (enum judge_reason)r))
+                json_object_set_new(byr, judge_reason_name((enum judge_reason)r), json_array());
+    }
     int64_t *tot = xcalloc(s->nf, sizeof *tot);
     for (size_t p = 0; p < q->n_points; p++) {
         const int64_t *f = q->acc + p * s->nf;
@@ -869,6 +921,7 @@ static json_t *build_result(struct query *q)
             json_array_append_new(arr[i], scalar(s, f, i));
         for (size_t k = 0; k < s->n_tiers; k++)
             json_array_append_new(json_object_get(tiers, s->tiers[k]), json_integer(f[F_FIXED + k]));
+        judgements_add(s, judged, f, 1);
         for (size_t j = 0; j < s->nf; j++)
             tot[j] = money_add(tot[j], f[j]);
     }
@@ -880,6 +933,9 @@ static json_t *build_result(struct query *q)
     for (size_t k = 0; k < s->n_tiers; k++)
         json_object_set_new(ttiers, s->tiers[k], json_integer(tot[F_FIXED + k]));
     json_object_set_new(totals, "tiers", ttiers);
+    json_t *tjudged = json_object();
+    judgements_add(s, tjudged, tot, 0);
+    json_object_set_new(totals, "judgements", tjudged);
     json_object_set_new(o, "totals", totals);
     free(tot);
     return o;

@@ -12,6 +12,9 @@
  *     a sum that only grows; README "Savings")
  *   tier:<name>                                       requests answered by that tier
  *   lat_count lat_sum_us
+ *   judge_<verdict>:<reason>                          the cascade's judgements
+ *     (policies/judge.h): verdict keep|escalate, reason one of
+ *     judge_reason_name(); a request the cascade judged counts once
  *   lat_le_<ms> ... lat_le_inf                        latency histogram; each field
  *     counts the requests in (previous bound, ms], NOT cumulative. Bounds in ms:
  *     1 2 5 10 25 50 75 100 150 200 300 500 750 1000 1500 2000 3000 5000 7500
@@ -44,8 +47,15 @@
  *               "routing_gain_usd", "routing_loss_usd": [numbers...],
  *               "hit_rate", "escalation_rate": [0..1 or null when no requests],
  *               "p50_ms", "p95_ms": [numbers or null when no requests],
- *               "tiers": {"<tier>": [integers...], ...}},
- *    "totals": {the same scalars over the whole range, plus "tiers": {"<tier>": n}}}
+ *               "tiers": {"<tier>": [integers...], ...},
+ *               "judgements": {"keep": {"<reason>": [integers...], ...},
+ *                              "escalate": {"<reason>": [integers...], ...}}},
+ *    "totals": {the same scalars over the whole range, plus "tiers": {"<tier>": n}
+ *               and "judgements": {"keep": {"<reason>": n}, "escalate": {...}}}}
+ * judgements count the cascade's verdicts by reason, so an operator sees the
+ * escalation rate of each rule and tunes its threshold: every reason that
+ * can occur with a verdict is listed (judge_reason_possible), at 0 when none
+ * did. A request escalated by the judge counts in "escalations" too.
  * saved_routing_usd is NET: routing_gain_usd - routing_loss_usd, negative
  * where routing cost more than the baseline tier would have (README
  * "Savings"). hit_rate = hits / requests; escalation_rate = escalations / requests;
@@ -90,6 +100,10 @@ struct stats_sample {
     int64_t cost_nano, saved_cache_nano, saved_routing_nano;
     int64_t routing_loss_nano;      /* what routing cost above the baseline (README "Savings") */
     uint64_t latency_us;
+    /* The cascade's judgement (policies/judge.h), when judged is set: enum
+     * judge_verdict and enum judge_reason. */
+    int judged;
+    int judge_verdict, judge_reason;
 };
 
 /* rs (borrowed) may be NULL: keep stats in this process's memory only. The

@@ -57,7 +57,14 @@
 //   POST /_script {"answer": {"content": null|"...", "reasoning_content": "...",
 //                  "tool_calls": [{"id","type","function":{"name","arguments"}}],
 //                  "finish_reason": "tool_calls"}, "count": 1}
-// (scriptedReply below says exactly what is sent for it).
+// (scriptedReply below says exactly what is sent for it), or a whole answer
+// token by token with the logprobs an upstream would give each token:
+//   POST /_script {"answer": {"tokens": [{"token": " B", "logprob": -0.1,
+//                  "top_logprobs": [{"token": " B", "logprob": -0.1}, ...]}, ...]}}
+// The content is the tokens joined; each token is one stream chunk (or one
+// logprobs.content entry) with its own logprob, and its top_logprobs cut to
+// the request's top_logprobs (none when it asked for none), as an upstream
+// honours the parameter.
 //
 // Other endpoints, each a pure function of the request too:
 //   POST /v1/completions         text_completion objects (stream or not): the
@@ -216,6 +223,15 @@ export function peerReply(body, name = 'peer') {
   };
 }
 
+// scriptedEntry: the logprobs.content entry of a scripted token (see POST
+// /_script's "tokens"), its alternatives cut to nTop.
+function scriptedEntry(t, nTop) {
+  const token = String(t.token);
+  const top = (Array.isArray(t.top_logprobs) ? t.top_logprobs : []).slice(0, Math.max(0, nTop)).map((x) => ({
+    token: String(x.token), logprob: x.logprob, bytes: [...Buffer.from(String(x.token), 'utf8')] }));
+  return { token, logprob: t.logprob, bytes: [...Buffer.from(token, 'utf8')], top_logprobs: top };
+}
+
 // logprobEntry: one OpenAI logprobs.content entry; the chosen token is the
 // first alternative, and alternative j is 0.5 * j less likely.
 function logprobEntry(token, logprob, nTop) {
@@ -312,6 +328,7 @@ export function peerAnswer(body, name = 'peer', d = undefined) {
   if (d.answer && typeof d.answer === 'object') {
     const a = d.answer;
     msg = { role: 'assistant', content: typeof a.content === 'string' ? a.content : null };
+    if (Array.isArray(a.tokens)) msg.content = a.tokens.map((t) => String(t.token)).join('');
     if (typeof a.reasoning_content === 'string') msg.reasoning_content = a.reasoning_content;
     if (Array.isArray(a.tool_calls) && a.tool_calls.length) msg.tool_calls = a.tool_calls;
     finishReason = a.finish_reason ?? (msg.tool_calls ? 'tool_calls' : 'stop');
@@ -330,7 +347,10 @@ export function peerAnswer(body, name = 'peer', d = undefined) {
   } else {
     return null;
   }
-  let deltas = answerDeltas(msg);
+  // Scripted tokens go one a delta, each with its logprobs entry (lp).
+  let deltas = Array.isArray(d.answer?.tokens)
+    ? d.answer.tokens.map((t) => ({ delta: { content: String(t.token) }, content: String(t.token), lp: t }))
+    : answerDeltas(msg);
   const maxTokens = body?.max_completion_tokens ?? body?.max_tokens;
   if (Number.isInteger(maxTokens) && maxTokens >= 0 && deltas.length > maxTokens) {
     // what a bounded upstream sends: the first max_tokens pieces
@@ -630,7 +650,7 @@ export function createPeer(opts) {
     const structuredFull = () => {
       const pieces = structured.deltas.filter((x) => typeof x.content === 'string');
       const logprobs = wantLogprobs
-        ? { content: pieces.map((x, i) => logprobEntry(x.content, -(i % 5) / 10, nTop)) }
+        ? { content: pieces.map((x, i) => (x.lp ? scriptedEntry(x.lp, nTop) : logprobEntry(x.content, -(i % 5) / 10, nTop))) }
         : null;
       sendWhole(structured.message, logprobs, structured.finishReason, structured.usage);
     };
@@ -667,7 +687,7 @@ export function createPeer(opts) {
           const x = structured.deltas[i++];
           let logprobs = null;
           if (wantLogprobs && typeof x.content === 'string') {
-            logprobs = { content: [logprobEntry(x.content, -(k % 5) / 10, nTop)] };
+            logprobs = { content: [x.lp ? scriptedEntry(x.lp, nTop) : logprobEntry(x.content, -(k % 5) / 10, nTop)] };
             k++;
           }
           event([{ index: 0, delta: x.delta, logprobs, finish_reason: null }]);
