@@ -214,6 +214,66 @@ int main(void)
            "tenants[0].routing: large_share, cascade_share and medium_share need \"classifier\": the shares are "
            "read from its model's score distribution");
     EXPECT("classifier", "{\"model\":\"m.cdm\"}", NULL);
+    /* The cascade's judge (policies/judge.h): a rule and its keys, the old
+     * keys selecting the old rule, and nothing that belongs to another rule. */
+    EXPECT("tenants[0].routing", "{\"cascade\":{\"rule\":\"median\"}}",
+           "tenants[0].routing.cascade.rule: must be \"quantile\", \"mean\", \"window\" or \"mean_window\"");
+    EXPECT("tenants[0].routing", "{\"cascade\":{\"rule\":\"quantile\",\"quantile\":0.05,\"threshold\":-3}}", NULL);
+    EXPECT("tenants[0].routing", "{\"cascade\":{\"quantile\":1.5}}",
+           "tenants[0].routing.cascade.quantile: must be between 0 and 1");
+    EXPECT("tenants[0].routing", "{\"cascade\":{\"rule\":\"mean\",\"quantile\":0.2}}",
+           "tenants[0].routing.cascade.quantile: applies to rule quantile, and this rule is \"mean\"");
+    EXPECT("tenants[0].routing", "{\"cascade\":{\"min_mean_logprob\":-1,\"threshold\":-2}}",
+           "tenants[0].routing.cascade.threshold: applies to rule quantile, mean or window, and this rule is "
+           "\"mean_window\"");
+    EXPECT("tenants[0].routing", "{\"cascade\":{\"rule\":\"mean\",\"min_mean_logprob\":-1,\"threshold\":-2}}",
+           "tenants[0].routing.cascade.threshold: and min_mean_logprob say the same for this rule: set one");
+    EXPECT("tenants[0].routing", "{\"cascade\":{\"rule\":\"window\",\"window\":4,\"threshold\":-2}}", NULL);
+    EXPECT("tenants[0].routing", "{\"cascade\":{\"threshold\":1}}",
+           "tenants[0].routing.cascade.threshold: must be between -100 and 0");
+    EXPECT("tenants[0].routing", "{\"cascade\":{\"top_logprobs\":21}}",
+           "tenants[0].routing.cascade.top_logprobs: must be between 1 and 20");
+    EXPECT("tenants[0].routing", "{\"cascade\":{\"min_option_margin\":-2}}",
+           "tenants[0].routing.cascade.min_option_margin: must be between -1 and 1");
+    EXPECT("tenants[0].routing", "{\"cascade\":{\"options\":1}}", "tenants[0].routing.cascade.options: must be a boolean");
+    EXPECT("tenants[0].routing", "{\"cascade\":{\"margin\":0.1}}", "tenants[0].routing.cascade.margin: unknown field");
+    {
+        /* What the keys set, and the routing version (the cache key's
+         * route) changing with the judge's settings. */
+        static const char *const cascades[] = {
+            "{}",
+            "{\"min_mean_logprob\":-0.5,\"window\":4}",
+            "{\"rule\":\"mean\",\"threshold\":-0.7,\"min_option_prob\":0.6,\"min_option_margin\":0.3,"
+            "\"top_logprobs\":10,\"options\":false}",
+        };
+        char versions[3][sizeof(((struct tenant_config *)0)->routing_version)];
+        for (int k = 0; k < 3; k++) {
+            json_t *root = json_loads(base, 0, NULL);
+            json_t *t0 = json_array_get(json_object_get(root, "tenants"), 0);
+            json_t *routing = json_object();
+            json_object_set_new(routing, "cascade", json_loads(cascades[k], 0, NULL));
+            json_object_set_new(t0, "routing", routing);
+            char *text = json_dumps(root, 0);
+            struct config sc;
+            char serr[512] = "";
+            CHECK(config_parse(text, &sc, serr, sizeof serr) == 0);
+            const struct judge_settings *j = &sc.tenants[0].routing.judge;
+            if (k == 0)
+                CHECK(j->rule == JUDGE_RULE_QUANTILE && j->quantile == 0.1 && j->min_quantile == -2.5 && j->options &&
+                      j->min_option_prob == 0.5 && j->min_option_margin == 0.2 && j->top_logprobs == 5);
+            if (k == 1) /* the old keys: the old rule, its defaults kept */
+                CHECK(j->rule == JUDGE_RULE_MEAN_WINDOW && j->min_mean == -0.5 && j->min_window == -2.5 && j->window == 4);
+            if (k == 2)
+                CHECK(j->rule == JUDGE_RULE_MEAN && j->min_mean == -0.7 && !j->options && j->min_option_prob == 0.6 &&
+                      j->min_option_margin == 0.3 && j->top_logprobs == 10);
+            memcpy(versions[k], sc.tenants[0].routing_version, sizeof versions[k]);
+            config_free(&sc);
+            free(text);
+            json_decref(root);
+        }
+        CHECK(strcmp(versions[0], versions[1]) != 0 && strcmp(versions[1], versions[2]) != 0 &&
+              strcmp(versions[0], versions[2]) != 0);
+    }
     {
         /* With a classifier, the thresholds follow from the shares through
          * its quantile function (here a uniform one: t = 1 - share), and
