@@ -75,33 +75,3 @@ struct route_plan routing_route(const struct routing_settings *s, const int *tie
     }
     return p;
 }
-
-struct confidence routing_confidence(const double *lp, size_t n, size_t window)
-{
-    struct confidence c = {0, 0, n};
-    if (n == 0)
-        return c;
-    double sum = 0;
-    for (size_t i = 0; i < n; i++)
-        sum += lp[i];
-    c.mean = sum / (double)n;
-    size_t w = window && window < n ? window : n;
-    double ws = 0;
-    for (size_t i = 0; i < w; i++)
-        ws += lp[i];
-    double best = ws;
-    for (size_t i = w; i < n; i++) {
-        ws += lp[i] - lp[i - w];
-        if (ws < best)
-            best = ws;
-    }
-    c.window_min = best / (double)w;
-    return c;
-}
-
-int routing_should_escalate(const struct routing_settings *s, const struct confidence *c)
-{
-    if (c->n == 0)
-        return 0;
-    return c->mean < s->min_mean_logprob || c->window_min < s->min_window_logprob;
-}

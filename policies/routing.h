@@ -30,10 +30,8 @@
  *     everything to the top tier), or t_low and t_high directly. These have
  *     no medium band (t_medium = t_low).
  *
- * Confidence is computed from the cheap answer's token logprobs: the mean
- * over all tokens, and the lowest mean over any window of `window`
- * consecutive tokens (one unsure stretch in a long answer). Either below its
- * threshold escalates.
+ * Whether the cheap answer is kept or escalates is the cascade judge's
+ * call (policies/judge.h), with the settings in routing_settings.judge.
  *
  * Pure functions over read-only settings; any thread. */
 #ifndef CASCADE_ROUTING_H
@@ -52,9 +50,6 @@ struct routing_settings {
     int by_share;
     double large_share, cascade_share, medium_share;
     int cascade;                    /* use the cascade zone */
-    double min_mean_logprob;        /* escalate below this mean */
-    double min_window_logprob;      /* or below this mean over some window */
-    size_t window;                  /* tokens */
     enum cascade_stream stream;     /* streams in the zone: buffer the cheap answer, or skip */
     struct judge_settings judge;    /* how the cheap answer is judged (policies/judge.h) */
 };
@@ -83,16 +78,5 @@ struct route_plan {
  * cheap_has_logprobs: whether the cheapest tier's engine returns logprobs. */
 struct route_plan routing_route(const struct routing_settings *s, const int *tiers_by_price, size_t n, double score,
                                 int stream, int cheap_has_logprobs);
-
-struct confidence {
-    double mean;                    /* mean logprob over all tokens */
-    double window_min;              /* lowest mean over `window` consecutive tokens */
-    size_t n;
-};
-
-struct confidence routing_confidence(const double *logprobs, size_t n, size_t window);
-/* 1 when the answer should escalate. An answer with no logprobs is kept:
- * there is nothing to judge it by. */
-int routing_should_escalate(const struct routing_settings *s, const struct confidence *c);
 
 #endif

@@ -218,6 +218,36 @@ static void free_text(void)
     j = judge(&s, a.t, a.n, NULL, 0); /* both pass; the mean has less slack */
     CHECK(j.verdict == JUDGE_KEEP && j.reason == JUDGE_MEAN);
 
+    /* The rule's cases from before the judge (routing.c's confidence, mean
+     * -1 and window -2 over 3 tokens): one unsure stretch in a long, sure
+     * answer escalates on the window; a window longer than the answer is
+     * the whole answer. */
+    struct judge_settings old;
+    judge_settings_default(&old);
+    old.rule = JUDGE_RULE_MEAN_WINDOW;
+    old.min_mean = -1.0;
+    old.min_window = -2.0;
+    old.window = 3;
+    static const double sure[] = {-0.1, -0.2, -0.1, -0.05, -0.3, -0.1};
+    static const double stretch[] = {-0.01, -0.01, -0.01, -3.0, -4.0, -2.5, -0.01, -0.01, -0.01, -0.01, -0.01, -0.01};
+    static const double unsure[] = {-1.5, -1.2, -0.9};
+    struct answer o = {0};
+    for (size_t i = 0; i < 6; i++)
+        plain(&o, "x", sure[i]);
+    j = judge(&old, o.t, o.n, NULL, 0); /* mean -0.1417 (slack 0.858), window -0.15 (slack 1.85) */
+    CHECK(j.verdict == JUDGE_KEEP && j.reason == JUDGE_MEAN && fabs(j.value + 0.85 / 6) < 1e-12);
+    struct answer st = {0};
+    for (size_t i = 0; i < 12; i++)
+        plain(&st, "x", stretch[i]);
+    j = judge(&old, st.t, st.n, NULL, 0);
+    CHECK(j.verdict == JUDGE_ESCALATE && j.reason == JUDGE_WINDOW && fabs(j.value + 9.5 / 3) < 1e-12);
+    struct answer un = {0};
+    for (size_t i = 0; i < 3; i++)
+        plain(&un, "x", unsure[i]);
+    old.window = 8;
+    j = judge(&old, un.t, un.n, NULL, 0); /* window = mean = -1.2: under the mean's -1, over the window's -2 */
+    CHECK(j.verdict == JUDGE_ESCALATE && j.reason == JUDGE_MEAN && fabs(j.value + 1.2) < 1e-12);
+
     /* The same answer without the span is kept by every rule. */
     judge_settings_default(&s);
     for (int i = 20; i < 25; i++)

@@ -1,5 +1,5 @@
-/* Routing: the zones a score falls in, the quality knob, and the cascade's
- * confidence rule (mean and windowed minimum of token logprobs). */
+/* Routing: the zones a score falls in, the quality knob and the shares.
+ * The cascade's rules are test_judge's. */
 #include <math.h>
 #include <string.h>
 
@@ -21,8 +21,8 @@ static double no_distribution(const void *ctx, double share)
 
 int main(void)
 {
-    struct routing_settings s = {.t_medium = 0.3, .t_low = 0.3, .t_high = 0.6, .cascade = 1, .min_mean_logprob = -1.0,
-                                 .min_window_logprob = -2.0, .window = 3, .stream = CASCADE_STREAM_BUFFER};
+    struct routing_settings s = {.t_medium = 0.3, .t_low = 0.3, .t_high = 0.6, .cascade = 1,
+                                 .stream = CASCADE_STREAM_BUFFER};
     int two[] = {4, 7}; /* tier indices, cheapest first */
     struct route_plan p = routing_route(&s, two, 2, 0.1, 0, 1);
     CHECK(p.tier == 4 && p.escalate_to == -1);
@@ -95,23 +95,5 @@ int main(void)
     CHECK(routing_from_shares(&sh, no_distribution, NULL) == -1);
     CHECK(strcmp(routing_kind_name(ROUTE_CASCADE), "cascade") == 0);
 
-    /* Confidence. */
-    double sure[] = {-0.1, -0.2, -0.1, -0.05, -0.3, -0.1};
-    struct confidence c = routing_confidence(sure, 6, 3);
-    CHECK(c.n == 6 && fabs(c.mean - (-0.85 / 6)) < 1e-12);
-    CHECK(fabs(c.window_min - (-0.45 / 3)) < 1e-12); /* -0.05 -0.3 -0.1 */
-    CHECK(!routing_should_escalate(&s, &c));
-    /* One unsure stretch in a long, otherwise sure answer. */
-    double stretch[] = {-0.01, -0.01, -0.01, -3.0, -4.0, -2.5, -0.01, -0.01, -0.01, -0.01, -0.01, -0.01};
-    c = routing_confidence(stretch, 12, 3);
-    CHECK(c.mean > -1.0);
-    CHECK(fabs(c.window_min - (-9.5 / 3)) < 1e-12);
-    CHECK(routing_should_escalate(&s, &c));
-    double unsure[] = {-1.5, -1.2, -0.9};
-    c = routing_confidence(unsure, 3, 8); /* window longer than the answer: the whole answer */
-    CHECK(fabs(c.window_min - c.mean) < 1e-12);
-    CHECK(routing_should_escalate(&s, &c));
-    c = routing_confidence(NULL, 0, 8);
-    CHECK(!routing_should_escalate(&s, &c)); /* nothing to judge: keep */
     TEST_MAIN_END();
 }
