@@ -45,7 +45,10 @@
  * numbers do not depend on --jobs. --save-scores FILE writes every
  * out-of-fold score, and --load-scores FILE reads them back instead of
  * fitting (the fold layout and the data must match), to rewrite the report
- * without refitting.
+ * without refitting. --reuse-scores FILE --reuse tfidf_lr,v1 takes only those
+ * routers' scores from a saved run and fits the rest; it refits the first
+ * fold of each reused router and refuses the saved scores unless the refit
+ * gives the same scores, so a changed recipe or code cannot slip through.
  *
  * Writes into --out: eval.md (the report and every fold's figures),
  * metrics.json, curve.tsv, curve.gp and, with gnuplot, curve.png (the mean
@@ -110,7 +113,11 @@ struct task {
     double seconds;
     double c;       /* TF-IDF: the C used */
     int failed;
+    int verify;     /* a refit of reused scores: compare, do not count as new */
 };
+
+/* The routers a task kind fills. */
+static const int kind_router[] = {R_V2, R_V1, R_TFIDF};
 
 struct eval {
     const struct dataset *d;
@@ -446,7 +453,8 @@ static int save_scores(const struct eval *e, const char *path, const char *data_
     return fclose(f) == 0 ? 0 : -1;
 }
 
-static int load_scores(struct eval *e, const char *path, const char *data_sha, char *err, size_t errlen)
+static int load_scores(const struct eval *e, float *dst, const char *path, const char *data_sha, char *err,
+                       size_t errlen)
 {
     FILE *f = fopen(path, "r");
     if (!f) {
@@ -483,13 +491,39 @@ static int load_scores(struct eval *e, const char *path, const char *data_sha, c
                     snprintf(err, errlen, "%s: truncated at row %zu of repeat %d", path, i, r + 1);
                     goto out;
                 }
-                score_of(e, r, q)[i] = (float)v;
+                dst[((size_t)r * N_ROUTERS + (size_t)q) * e->n + i] = (float)v;
             }
         }
     rc = 0;
 out:
     fclose(f);
     return rc;
+}
+
+/* Reused scores: take the routers of kind k (R_V2 brings R_V2_NL along)
+ * from saved into e->score. */
+static void take_scores(struct eval *e, const float *saved, int kind)
+{
+    for (int r = 0; r < e->repeats; r++) {
+        size_t off = (size_t)r * N_ROUTERS * e->n;
+        memcpy(score_of(e, r, kind_router[kind]), saved + off + (size_t)kind_router[kind] * e->n,
+               e->n * sizeof(float));
+        if (kind == T_V2)
+            memcpy(score_of(e, r, R_V2_NL), saved + off + (size_t)R_V2_NL * e->n, e->n * sizeof(float));
+    }
+}
+
+/* The largest |refit - saved| over fold 1.1 of kind k. */
+static double verify_diff(const struct eval *e, const float *saved, int kind)
+{
+    double worst = 0;
+    for (size_t i = 0; i < e->n; i++) {
+        if (e->fold[i] != 0)
+            continue;
+        double dd = fabs((double)score_of(e, 0, kind_router[kind])[i] - (double)saved[(size_t)kind_router[kind] * e->n + i]);
+        worst = dd > worst ? dd : worst;
+    }
+    return worst;
 }
 
 /* ---- the report ------------------------------------------------------------ */
@@ -564,7 +598,8 @@ static int pair_shown(const struct eval *e, int p)
 }
 
 static void write_report(FILE *f, const struct eval *e, const struct results *res, const struct group_stats *g,
-                         double z_min, const double *fit_sec, double wall, int jobs, int loaded)
+                         double z_min, const double *fit_sec, const int *n_fits, const double *reuse_diff,
+                         double wall, int jobs, int loaded)
 {
     int F = res->n_folds;
     size_t min_rows = SIZE_MAX, max_rows = 0, gsm_rows = 0, pos = 0;
@@ -662,12 +697,22 @@ static void write_report(FILE *f, const struct eval *e, const struct results *re
         fprintf(f, "\n");
     }
     fprintf(f, "\n");
-    if (loaded)
+    if (loaded) {
         fprintf(f, "Scores read from a saved run (--load-scores); no model was fitted for this report.\n");
-    else
-        fprintf(f, "Run time: %.0f s wall with %d job%s; fitting took %.0f s for v2, %.0f s for v1, %.0f s for "
-                   "TF-IDF + LR (its inner CV included), summed over folds.\n",
-                wall, jobs, jobs > 1 ? "s" : "", fit_sec[T_V2], fit_sec[T_V1], fit_sec[T_TFIDF]);
+        return;
+    }
+    fprintf(f, "Run time: %.0f s wall with %d job%s on this machine (2 shared cores).", wall, jobs,
+            jobs > 1 ? "s" : "");
+    for (int k = T_V2; k <= T_TFIDF; k++)
+        if (n_fits[k] > 0)
+            fprintf(f, " %s: %d fit%s, %.0f s (%.0f s each)%s.", task_name[k], n_fits[k], n_fits[k] > 1 ? "s" : "",
+                    fit_sec[k], fit_sec[k] / n_fits[k], k == T_TFIDF && e->baseline_c == 0 ? ", inner CV included" : "");
+    for (int k = T_V2; k <= T_TFIDF; k++)
+        if (reuse_diff[k] >= 0)
+            fprintf(f, " %s scores reused from a saved run of this evaluation; the refit of fold 1.1 reproduced "
+                       "them (largest difference %.1e).",
+                    router_name[kind_router[k]], reuse_diff[k]);
+    fprintf(f, "\n");
 }
 
 /* Every fold's figures, for eval.md. */
@@ -689,8 +734,11 @@ static void write_folds(FILE *f, const struct eval *e, const struct results *res
         for (int t = 0; t < n_tasks; t++)
             if (tasks[t].kind == T_TFIDF && tasks[t].repeat * e->folds + tasks[t].fold == k)
                 c = tasks[t].c;
-        fprintf(f, "| %d.%d | %zu | %zu | %zu | %g |", k / e->folds + 1, k % e->folds + 1, res->fold_rows[k],
-                res->fold_pos[k], res->fold_gsm[k], c);
+        char cbuf[32] = "reused";
+        if (c > 0)
+            snprintf(cbuf, sizeof cbuf, "%g", c);
+        fprintf(f, "| %d.%d | %zu | %zu | %zu | %s |", k / e->folds + 1, k % e->folds + 1, res->fold_rows[k],
+                res->fold_pos[k], res->fold_gsm[k], cbuf);
         for (int q = 0; q < N_ROUTERS; q++)
             if (router_shown(e, q))
                 fprintf(f, " %.3f / %.3f |", metric_at(res, q, M_AUC)[k], metric_at(res, q, M_APGR)[k]);
@@ -834,7 +882,7 @@ static void write_plot(const char *dir, const struct eval *e, const struct resul
         int q = blocks[b];
         if (q == R_ORACLE || q == R_V2_NL) /* the oracle squashes the scale; one v2 line is enough */
             continue;
-        fprintf(f, "%s'curve.tsv' index %d with lines lw %d dt %d title '%s'", first ? "" : ", ", b,
+        fprintf(f, "%s'curve.tsv' index %d with lines lw %d dt %d title \"%s\"", first ? "" : ", ", b,
                 q == R_V2 ? 3 : 2, q == R_RANDOM || q == R_SUBJECT ? 2 : 1, router_name[q]);
         first = 0;
     }
@@ -854,13 +902,15 @@ static void usage(void)
     fprintf(stderr,
             "usage: classifier-eval --data FILE [--repeats 3] [--folds 5] [--seed %u] [--jobs 1]\n"
             "       [--recipes 1,2|1|2|none] [--baseline-c auto|C] [--suspect-z 3]\n"
-            "       [--out DIR] [--readme FILE] [--save-scores FILE | --load-scores FILE]\n",
+            "       [--out DIR] [--readme FILE] [--save-scores FILE]\n"
+            "       [--load-scores FILE | --reuse-scores FILE --reuse tfidf_lr,v1,v2]\n",
             DATASET_SPLIT_SEED);
 }
 
 int main(int argc, char **argv)
 {
     const char *data = NULL, *out = NULL, *readme = NULL, *save = NULL, *load = NULL, *recipes = "1,2";
+    const char *reuse_file = NULL, *reuse = NULL;
     int repeats = 3, folds = 5, jobs = 1;
     double baseline_c = 0, z_min = 3;
     uint64_t seed = DATASET_SPLIT_SEED;
@@ -894,12 +944,17 @@ int main(int argc, char **argv)
             save = v;
         else if (!strcmp(a, "--load-scores"))
             load = v;
+        else if (!strcmp(a, "--reuse-scores"))
+            reuse_file = v;
+        else if (!strcmp(a, "--reuse"))
+            reuse = v;
         else {
             usage();
             return 2;
         }
     }
-    if (!data || repeats < 1 || folds < 2 || jobs < 1 || baseline_c < 0 || (save && load)) {
+    if (!data || repeats < 1 || folds < 2 || jobs < 1 || baseline_c < 0 || (save && load) ||
+        (load && reuse_file) || !reuse_file != !reuse) {
         usage();
         return 2;
     }
@@ -949,13 +1004,25 @@ int main(int argc, char **argv)
         dataset_group_folds(d, NULL, folds, seed + (uint64_t)r, e.fold + (size_t)r * n);
     fill_reference_scores(&e);
 
-    double fit_sec[3] = {0, 0, 0};
+    double fit_sec[3] = {0, 0, 0}, reuse_diff[3] = {-1, -1, -1};
+    int n_fits[3] = {0, 0, 0}, reused[3] = {0, 0, 0};
+    float *saved = NULL;
     int rc = 1;
-    if (load) {
-        if (load_scores(&e, load, data_sha, err, sizeof err) < 0) {
+    if (reuse) {
+        reused[T_TFIDF] = strstr(reuse, "tfidf") != NULL;
+        reused[T_V1] = strstr(reuse, "v1") != NULL;
+        reused[T_V2] = strstr(reuse, "v2") != NULL;
+    }
+    if (load || reuse_file) {
+        saved = xmalloc((size_t)repeats * N_ROUTERS * n * sizeof *saved);
+        if (load_scores(&e, saved, load ? load : reuse_file, data_sha, err, sizeof err) < 0) {
             fprintf(stderr, "classifier-eval: %s\n", err);
             goto done;
         }
+    }
+    if (load) {
+        for (int k = T_V2; k <= T_TFIDF; k++)
+            take_scores(&e, saved, k);
     } else {
         for (int v = 0; v < 2; v++) {
             if (!e.use_recipe[v])
@@ -979,6 +1046,11 @@ int main(int argc, char **argv)
         for (int kind = T_V2; kind <= T_TFIDF; kind++) {
             if ((kind == T_V2 && !e.use_recipe[1]) || (kind == T_V1 && !e.use_recipe[0]))
                 continue;
+            if (reused[kind]) {
+                take_scores(&e, saved, kind);
+                e.tasks[e.n_tasks++] = (struct task){.kind = (enum task_kind)kind, .verify = 1};
+                continue;
+            }
             for (int r = 0; r < repeats; r++)
                 for (int k = 0; k < folds; k++)
                     e.tasks[e.n_tasks++] = (struct task){.kind = (enum task_kind)kind, .repeat = r, .fold = k};
@@ -1004,6 +1076,23 @@ int main(int argc, char **argv)
             if (e.tasks[t].failed)
                 goto done;
             fit_sec[e.tasks[t].kind] += e.tasks[t].seconds;
+            n_fits[e.tasks[t].kind]++;
+        }
+        /* A reused router's refit must give back its saved scores. float
+         * arithmetic in a fixed order makes them bit-identical when nothing
+         * changed; the tolerance only forgives the text round trip. */
+        for (int k = T_V2; k <= T_TFIDF; k++) {
+            if (!reused[k])
+                continue;
+            reuse_diff[k] = verify_diff(&e, saved, k);
+            fprintf(stderr, "classifier-eval: %s: refit of fold 1.1 against the saved scores: largest difference %.2e\n",
+                    task_name[k], reuse_diff[k]);
+            if (reuse_diff[k] > 1e-6) {
+                fprintf(stderr, "classifier-eval: the saved %s scores do not match a refit: the recipe or the code "
+                                "changed since they were saved; run without --reuse\n",
+                        task_name[k]);
+                goto done;
+            }
         }
         if (save && save_scores(&e, save, data_sha) < 0)
             fprintf(stderr, "classifier-eval: cannot write %s\n", save);
@@ -1016,7 +1105,7 @@ int main(int argc, char **argv)
     char *report = NULL;
     size_t report_len = 0;
     FILE *mem = open_memstream(&report, &report_len);
-    write_report(mem, &e, &res, g, z_min, fit_sec, wall, jobs, load != NULL);
+    write_report(mem, &e, &res, g, z_min, fit_sec, n_fits, reuse_diff, wall, jobs, load != NULL);
     fclose(mem);
     fputs(report, stdout);
     if (out) {
@@ -1047,6 +1136,7 @@ done:
         trainer_features_free(e.feat[1]);
     trainer_features_free(e.feat[0]);
     free(e.tasks);
+    free(saved);
     free(g);
     free(e.fold);
     free(e.score);
