@@ -54,8 +54,8 @@
  * that sent none) is kept ("no_logprobs"): there is nothing to judge it by,
  * and the router only cascades to tiers that give logprobs.
  *
- * Pure functions over read-only inputs; no allocation except judge()'s
- * scratch copy for the quantile; any thread. */
+ * Pure functions over read-only inputs (judge() allocates one scratch array
+ * of n doubles and frees it); any thread. */
 #ifndef CASCADE_JUDGE_H
 #define CASCADE_JUDGE_H
 

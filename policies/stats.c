@@ -608,7 +608,7 @@ static void batch_reply_cb(void *ctx, enum redis_call_status st, redisReply *rep
 }
 
 /* One EVALSHA for the tenant's pending batch. Only non-zero fields travel:
- * a typical minute holds 15 to 20 of the ~45 possible. */
+ * a typical minute holds 15 to 20 of the ~60 possible. */
 static void send_batch(struct redis *r, struct tacc *t)
 {
     struct stats *s = t->w->s;
