@@ -247,24 +247,77 @@ static void option_measure(const struct judge_token *t, int chosen, const char *
 
 /* ---- free text --------------------------------------------------------------- */
 
-static int cmp_double(const void *a, const void *b)
+/* The m smallest of sign * v[0..n), as a max-heap in h[0..m): h[0] is the
+ * m-th smallest. O(n log m), whatever the order of v (an upstream's numbers
+ * are outside input: no quickselect worst case on the worker's loop). */
+static void heap_smallest(const double *v, size_t n, double sign, double *h, size_t m)
 {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        double x = sign * v[i];
+        size_t at;
+        if (k < m) {
+            at = k++;
+            while (at > 0 && h[(at - 1) / 2] < x) { /* sift up */
+                h[at] = h[(at - 1) / 2];
+                at = (at - 1) / 2;
+            }
+            h[at] = x;
+            continue;
+        }
+        if (x >= h[0])
+            continue;
+        at = 0;
+        for (;;) { /* sift x down from the root */
+            size_t c = 2 * at + 1;
+            if (c >= m)
+                break;
+            if (c + 1 < m && h[c + 1] > h[c])
+                c++;
+            if (h[c] <= x)
+                break;
+            h[at] = h[c];
+            at = c;
+        }
+        h[at] = x;
+    }
 }
 
-/* Rank q * (n - 1), linear between the two order statistics around it. */
+/* The second largest of a max-heap of m >= 2. */
+static double heap_second(const double *h, size_t m)
+{
+    return m >= 3 && h[2] > h[1] ? h[2] : h[1];
+}
+
+/* Rank q * (n - 1) of v (n >= 1), linear between the two order statistics
+ * s[lo] and s[lo + 1] around it (s: v sorted ascending). Both come from a
+ * heap of the smaller side: the lo + 2 smallest, or the n - lo largest. */
 static double quantile_of(const double *v, size_t n, double q)
 {
-    double *s = xmalloc(n * sizeof *s);
-    memcpy(s, v, n * sizeof *s);
-    qsort(s, n, sizeof *s, cmp_double);
     double rank = (q < 0 ? 0 : q > 1 ? 1 : q) * (double)(n - 1);
     size_t lo = (size_t)rank;
-    double frac = rank - (double)lo;
-    double r = lo + 1 < n ? s[lo] + (s[lo + 1] - s[lo]) * frac : s[lo];
-    free(s);
-    return r;
+    if (lo > n - 1)
+        lo = n - 1;
+    double frac = rank - (double)lo, a, b;
+    double *h = xmalloc((n / 2 + 2) * sizeof *h);
+    if (lo < n / 2) {
+        size_t m = lo + 2 <= n ? lo + 2 : n;
+        heap_smallest(v, n, 1, h, m);
+        if (m == lo + 2) {
+            b = h[0];
+            a = heap_second(h, m);
+        } else {
+            a = b = h[0];
+        }
+    } else {
+        /* Negated, ascending: s[lo] is the (n - lo)-th smallest. */
+        size_t k = n - 1 - lo;
+        heap_smallest(v, n, -1, h, k + 1);
+        a = -h[0];
+        b = k >= 1 ? -heap_second(h, k + 1) : a;
+    }
+    free(h);
+    return a + (b - a) * frac;
 }
 
 static double mean_of(const double *v, size_t n)

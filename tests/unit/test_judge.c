@@ -267,6 +267,44 @@ static void free_text(void)
     CHECK(fabs(j.value + 1.5) < 1e-9);
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The quantile (taken from a heap of the smaller side, not a sort) against a
+ * full sort, for every length up to 40 and many q, ties included. */
+static void quantile_against_sort(void)
+{
+    struct judge_settings s;
+    judge_settings_default(&s);
+    unsigned seed = 7;
+    int bad = 0;
+    for (size_t n = 1; n <= 40; n++) {
+        struct answer a = {0};
+        double v[MAXT];
+        for (size_t i = 0; i < n; i++) {
+            seed = seed * 1103515245u + 12345u;
+            v[i] = -(double)(seed >> 16 & 7) / 2; /* few distinct values: ties */
+            plain(&a, "x", v[i]);
+        }
+        qsort(v, n, sizeof *v, cmp_double);
+        for (int k = 0; k <= 20; k++) {
+            s.quantile = k / 20.0;
+            double rank = s.quantile * (double)(n - 1);
+            size_t lo = (size_t)rank;
+            double want = lo + 1 < n ? v[lo] + (v[lo + 1] - v[lo]) * (rank - (double)lo) : v[lo];
+            struct judgement j = judge(&s, a.t, a.n, NULL, 0);
+            if (fabs(j.value - want) > 1e-12) {
+                if (!bad++)
+                    fprintf(stderr, "quantile n=%zu q=%.2f: %.6f, sorted says %.6f\n", n, s.quantile, j.value, want);
+            }
+        }
+    }
+    CHECK(bad == 0);
+}
+
 static void no_logprobs_and_bad_numbers(void)
 {
     struct judge_settings s;
@@ -348,6 +386,7 @@ int main(void)
     multiple_choice();
     letter_edges();
     free_text();
+    quantile_against_sort();
     no_logprobs_and_bad_numbers();
     names();
     TEST_MAIN_END();
