@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "cache/redis.h"
+#include "policies/judge.h"
 #include "policies/stats.h"
 #include "tests/unit/redis_server.h"
 #include "tests/unit/test.h"
@@ -185,6 +186,12 @@ static void test_memory(void)
                                  .saved_routing_nano = i >= 4 && i < 8 ? 5000 : 0,
                                  .routing_loss_nano = i == 9 ? 30000 : 0, /* the escalation */
                                  .latency_us = i % 2 ? 30000 : 120000};
+        /* The cascade judged two of them: one kept, the escalation; a
+         * pair that cannot happen (keep, cheap_failed) is not counted. */
+        if (i >= 7)
+            x.judged = 1;
+        x.judge_verdict = i == 9 ? JUDGE_ESCALATE : JUDGE_KEEP;
+        x.judge_reason = i == 9 ? JUDGE_QUANTILE : i == 8 ? JUDGE_OPTION_PROB : JUDGE_CHEAP_FAILED;
         stats_record(s, base, &x);
     }
     /* Minute m0+3: another tenant and a 5xx; m0+4: beta, bypass. */
@@ -242,6 +249,18 @@ static void test_memory(void)
         CHECK(near(num(tot, "routing_gain_usd"), 4 * 5000e-9) && near(num(tot, "routing_loss_usd"), 30000e-9));
         CHECK(near(num(tot, "hit_rate"), 4.0 / 11));
         CHECK(json_integer_value(json_object_get(json_object_get(tot, "tiers"), "small")) == 5);
+        /* Judgements by verdict and reason, in the series and the totals;
+         * every possible pair is listed, and only those. */
+        json_t *sj = json_object_get(se, "judgements"), *tj = json_object_get(tot, "judgements");
+        json_t *keep_prob = json_object_get(json_object_get(sj, "keep"), "option_prob");
+        CHECK(json_array_size(keep_prob) == 5 && json_integer_value(json_array_get(keep_prob, 0)) == 1 &&
+              json_integer_value(json_array_get(keep_prob, 1)) == 0);
+        CHECK(json_integer_value(json_array_get(json_object_get(json_object_get(sj, "escalate"), "quantile"), 0)) == 1);
+        CHECK(json_integer_value(json_object_get(json_object_get(tj, "keep"), "option_prob")) == 1);
+        CHECK(json_integer_value(json_object_get(json_object_get(tj, "escalate"), "quantile")) == 1);
+        CHECK(json_integer_value(json_object_get(json_object_get(tj, "escalate"), "option_margin")) == 0);
+        CHECK(json_object_get(json_object_get(tj, "keep"), "cheap_failed") == NULL);
+        CHECK(json_object_size(json_object_get(tj, "keep")) == 6 && json_object_size(json_object_get(tj, "escalate")) == 7);
         json_decref(r);
     }
 
