@@ -411,6 +411,8 @@ static void record(struct chat *c, int status)
         .saved_routing_nano = c->saved_routing_nano, .routing_loss_nano = c->routing_loss_nano,
         .latency_us = total,
         .judged = c->judged, .judge_verdict = (int)c->judgement.verdict, .judge_reason = (int)c->judgement.reason,
+        /* The realised shares, counted as cascade_routes_total is below. */
+        .routed = c->route_kind >= 0 && !hit && c->engine_t0, .route_kind = c->route_kind,
     };
     stats_record(svc->stats, c->svc->base, &x);
     if (c->judged)
@@ -420,7 +422,7 @@ static void record(struct chat *c, int status)
                     total > c->engine_us ? total - c->engine_us : 0, c->scored ? c->classifier_us : 0, c->routing_loss_nano);
     /* The realised shares: what "auto" sent to an engine (not hits, not
      * requests refused before any engine call). */
-    if (c->route_kind >= 0 && !hit && c->engine_t0)
+    if (x.routed)
         metrics_route(svc->metrics, c->tenant->metrics_index, c->route_kind);
 }
 

@@ -30,6 +30,7 @@
 #include "cache/redis.h"
 #include "policies/judge.h"
 #include "policies/price.h"
+#include "policies/routing.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/mem.h"
@@ -63,6 +64,9 @@ static const uint32_t lat_bounds_ms[] = {1, 2, 5, 10, 25, 50, 75, 100, 150, 200,
 /* The cascade's judgements, one field per verdict and reason, after the
  * latency buckets: judge_<verdict>:<reason>. */
 #define N_JUDGE (JUDGE_N_VERDICTS * JUDGE_N_REASONS)
+/* Where "auto" sent requests, one field per route kind, after those:
+ * route:<kind>. */
+#define N_ROUTE ((size_t)ROUTE_N_KINDS)
 
 /* KEYS[1] the ack key, KEYS[2..] minute hashes; ARGV: seq, ttl, then per
  * minute: expire-at, field count, field/increment pairs. Applied at most
@@ -194,7 +198,7 @@ struct stats *stats_new(struct redis_shared *rs, const char *const *tier_names, 
     s->tiers = xcalloc(n_tiers ? n_tiers : 1, sizeof *s->tiers);
     for (size_t i = 0; i < n_tiers; i++)
         s->tiers[i] = xstrdup(tier_names[i]);
-    s->nf = F_FIXED + n_tiers + N_LAT + N_JUDGE;
+    s->nf = F_FIXED + n_tiers + N_LAT + N_JUDGE + N_ROUTE;
     s->fname = xcalloc(s->nf, sizeof *s->fname);
     s->by_name = xcalloc(s->nf, sizeof *s->by_name);
     char buf[256];
@@ -207,10 +211,13 @@ struct stats *stats_new(struct redis_shared *rs, const char *const *tier_names, 
             snprintf(buf, sizeof buf, "lat_le_%u", lat_bounds_ms[i - F_FIXED - n_tiers]);
         else if (i - F_FIXED - n_tiers == N_LAT_FINITE)
             snprintf(buf, sizeof buf, "lat_le_inf");
-        else {
+        else if (i - F_FIXED - n_tiers - N_LAT < N_JUDGE) {
             size_t k = i - F_FIXED - n_tiers - N_LAT;
             snprintf(buf, sizeof buf, "judge_%s:%s", judge_verdict_name((enum judge_verdict)(k / JUDGE_N_REASONS)),
                      judge_reason_name((enum judge_reason)(k % JUDGE_N_REASONS)));
+        } else {
+            snprintf(buf, sizeof buf, "route:%s",
+                     routing_kind_name((enum route_kind)(i - F_FIXED - n_tiers - N_LAT - N_JUDGE)));
         }
         s->fname[i] = xstrdup(buf);
         s->by_name[i] = (struct field_ix){s->fname[i], (int)i};
@@ -450,6 +457,11 @@ static size_t judge_field(const struct stats *s, int verdict, int reason)
     return F_FIXED + s->n_tiers + N_LAT + (size_t)verdict * JUDGE_N_REASONS + (size_t)reason;
 }
 
+static size_t route_field(const struct stats *s, int kind)
+{
+    return F_FIXED + s->n_tiers + N_LAT + N_JUDGE + (size_t)kind;
+}
+
 static size_t lat_bucket(uint64_t us)
 {
     size_t b = 0;
@@ -494,6 +506,8 @@ void stats_record(struct stats *s, struct event_base *base, const struct stats_s
     f[F_FIXED + s->n_tiers + lat_bucket(x->latency_us)]++;
     if (x->judged && judge_reason_possible((enum judge_verdict)x->judge_verdict, (enum judge_reason)x->judge_reason))
         f[judge_field(s, x->judge_verdict, x->judge_reason)]++;
+    if (x->routed && x->route_kind >= 0 && x->route_kind < ROUTE_N_KINDS)
+        f[route_field(s, x->route_kind)]++;
 }
 
 /* ---- flushing -------------------------------------------------------------- */
@@ -874,6 +888,20 @@ static void judgements_add(const struct stats *s, json_t *o, const int64_t *f, i
     }
 }
 
+/* The route counts of f into o (every kind, 0 when none): appended to the
+ * series' arrays (series 1), or set as the totals' integers. */
+static void routes_add(const struct stats *s, json_t *o, const int64_t *f, int series)
+{
+    for (int k = 0; k < ROUTE_N_KINDS; k++) {
+        const char *kn = routing_kind_name((enum route_kind)k);
+        json_t *n = json_integer(f[route_field(s, k)]);
+        if (series)
+            json_array_append_new(json_object_get(o, kn), n);
+        else
+            json_object_set_new(o, kn, n);
+    }
+}
+
 /* The JSON of stats.h from the summed counters. Rates and percentiles of a
  * point without requests are null, not 0, so charts show a gap rather than
  * a fall to zero. */
@@ -913,6 +941,10 @@ static json_t *build_result(struct query *q)
             if (judge_reason_possible((enum judge_verdict)v, (enum judge_reason)r))
                 json_object_set_new(byr, judge_reason_name((enum judge_reason)r), json_array());
     }
+    json_t *routes = json_object();
+    json_object_set_new(series, "routes", routes);
+    for (int k = 0; k < ROUTE_N_KINDS; k++)
+        json_object_set_new(routes, routing_kind_name((enum route_kind)k), json_array());
     int64_t *tot = xcalloc(s->nf, sizeof *tot);
     for (size_t p = 0; p < q->n_points; p++) {
         const int64_t *f = q->acc + p * s->nf;
@@ -922,6 +954,7 @@ static json_t *build_result(struct query *q)
         for (size_t k = 0; k < s->n_tiers; k++)
             json_array_append_new(json_object_get(tiers, s->tiers[k]), json_integer(f[F_FIXED + k]));
         judgements_add(s, judged, f, 1);
+        routes_add(s, routes, f, 1);
         for (size_t j = 0; j < s->nf; j++)
             tot[j] = money_add(tot[j], f[j]);
     }
@@ -936,6 +969,9 @@ static json_t *build_result(struct query *q)
     json_t *tjudged = json_object();
     judgements_add(s, tjudged, tot, 0);
     json_object_set_new(totals, "judgements", tjudged);
+    json_t *troutes = json_object();
+    routes_add(s, troutes, tot, 0);
+    json_object_set_new(totals, "routes", troutes);
     json_object_set_new(o, "totals", totals);
     free(tot);
     return o;

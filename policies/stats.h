@@ -15,6 +15,11 @@
  *   judge_<verdict>:<reason>                          the cascade's judgements
  *     (policies/judge.h): verdict keep|escalate, reason one of
  *     judge_reason_name(); a request the cascade judged counts once
+ *   route:<kind>                                      where "auto" sent a request
+ *     that reached an engine (policies/routing.h: small|medium|cascade|large,
+ *     the band its score fell in; a cascade that escalated still counts as
+ *     cascade, and once in escalations); hits and requests refused before
+ *     any engine call are not counted, as in cascade_routes_total
  *   lat_le_<ms> ... lat_le_inf                        latency histogram; each field
  *     counts the requests in (previous bound, ms], NOT cumulative. Bounds in ms:
  *     1 2 5 10 25 50 75 100 150 200 300 500 750 1000 1500 2000 3000 5000 7500
@@ -49,9 +54,14 @@
  *               "p50_ms", "p95_ms": [numbers or null when no requests],
  *               "tiers": {"<tier>": [integers...], ...},
  *               "judgements": {"keep": {"<reason>": [integers...], ...},
- *                              "escalate": {"<reason>": [integers...], ...}}},
- *    "totals": {the same scalars over the whole range, plus "tiers": {"<tier>": n}
- *               and "judgements": {"keep": {"<reason>": n}, "escalate": {...}}}}
+ *                              "escalate": {"<reason>": [integers...], ...}},
+ *               "routes": {"small", "medium", "cascade", "large": [integers...]}},
+ *    "totals": {the same scalars over the whole range, plus "tiers": {"<tier>": n},
+ *               "judgements": {"keep": {"<reason>": n}, "escalate": {...}}
+ *               and "routes": {"small": n, "medium": n, "cascade": n, "large": n}}}
+ * routes are the realised shares of "auto" traffic: every kind is listed,
+ * at 0 when none went there, so routes.large / (sum of routes) is the share
+ * to compare with the tenant's routing.large_share.
  * judgements count the cascade's verdicts by reason, so an operator sees the
  * escalation rate of each rule and tunes its threshold: every reason that
  * can occur with a verdict is listed (judge_reason_possible), at 0 when none
@@ -104,6 +114,10 @@ struct stats_sample {
      * judge_verdict and enum judge_reason. */
     int judged;
     int judge_verdict, judge_reason;
+    /* Where "auto" sent it (enum route_kind, policies/routing.h), when
+     * routed is set: a request routed by score that reached an engine. */
+    int routed;
+    int route_kind;
 };
 
 /* rs (borrowed) may be NULL: keep stats in this process's memory only. The

@@ -26,6 +26,7 @@
 
 #include "cache/redis.h"
 #include "policies/judge.h"
+#include "policies/routing.h"
 #include "policies/stats.h"
 #include "tests/unit/redis_server.h"
 #include "tests/unit/test.h"
@@ -87,11 +88,15 @@ static void gen_sample(uint32_t seed, int i, struct stats_sample *x, int *minute
     x->routing_loss_nano = x->tier == 1 && x->escalated ? (h >> 16) % 9000 : 0;
     x->latency_us = 300 + (uint64_t)((h >> 4) % 2000000);
     *minute_back = (int)((h >> 17) % 3);
+    /* About half were routed by score; the rest name a kind that must not
+     * count (a hit, a named tier). */
+    x->routed = (h >> 19) % 2;
+    x->route_kind = (int)((h >> 20) % ROUTE_N_KINDS);
 }
 
 struct expect {
     long long requests, hits, misses, bypass, errors, escalations, tokens_in, tokens_out, cost, saved_cache,
-        saved_routing, routing_loss, tier[2], lat_count, lat_sum;
+        saved_routing, routing_loss, tier[2], lat_count, lat_sum, route[ROUTE_N_KINDS];
 };
 
 static void expect_add(struct expect *e, const struct stats_sample *x)
@@ -112,6 +117,8 @@ static void expect_add(struct expect *e, const struct stats_sample *x)
         e->tier[x->tier]++;
     e->lat_count++;
     e->lat_sum += (long long)x->latency_us;
+    if (x->routed)
+        e->route[x->route_kind]++;
 }
 
 /* ---- running queries ----------------------------------------------------- */
@@ -192,16 +199,22 @@ static void test_memory(void)
             x.judged = 1;
         x.judge_verdict = i == 9 ? JUDGE_ESCALATE : JUDGE_KEEP;
         x.judge_reason = i == 9 ? JUDGE_QUANTILE : i == 8 ? JUDGE_OPTION_PROB : JUDGE_CHEAP_FAILED;
+        /* "auto" routed the six misses: two small, one large, three cascade
+         * (the escalation among them). The hits name a kind, not routed:
+         * they must not count. */
+        x.routed = i >= 4;
+        x.route_kind = i < 4 ? ROUTE_LARGE : i < 6 ? ROUTE_SMALL : i == 6 ? ROUTE_LARGE : ROUTE_CASCADE;
         stats_record(s, base, &x);
     }
     /* Minute m0+3: another tenant and a 5xx; m0+4: beta, bypass. */
     tl_now = m0 * 60 + 3 * 60 + 59;
     struct stats_sample e = {.tenant = "acme", .tier = 0, .status = 503, .cache = STATS_CACHE_BYPASS,
-                             .latency_us = 200000000};
+                             .latency_us = 200000000, .routed = 1, .route_kind = ROUTE_MEDIUM};
     stats_record(s, base, &e);
     tl_now = m0 * 60 + 4 * 60;
     struct stats_sample b = {.tenant = "beta", .tier = 1, .status = 200, .cache = STATS_CACHE_BYPASS,
-                             .tokens_in = 7, .tokens_out = 3, .cost_nano = 1234567891, .latency_us = 500};
+                             .tokens_in = 7, .tokens_out = 3, .cost_nano = 1234567891, .latency_us = 500,
+                             .routed = 1, .route_kind = ROUTE_N_KINDS}; /* no such kind: not counted */
     stats_record(s, base, &b);
     stats_flush(s, base);
 
@@ -261,6 +274,19 @@ static void test_memory(void)
         CHECK(json_integer_value(json_object_get(json_object_get(tj, "escalate"), "option_margin")) == 0);
         CHECK(json_object_get(json_object_get(tj, "keep"), "cheap_failed") == NULL);
         CHECK(json_object_size(json_object_get(tj, "keep")) == 6 && json_object_size(json_object_get(tj, "escalate")) == 7);
+        /* Routes: every kind listed, in the series and the totals. */
+        json_t *sr = json_object_get(se, "routes"), *tr = json_object_get(tot, "routes");
+        CHECK(json_object_size(sr) == ROUTE_N_KINDS && json_object_size(tr) == ROUTE_N_KINDS);
+        static const long long want_m0[ROUTE_N_KINDS] = {[ROUTE_SMALL] = 2, [ROUTE_LARGE] = 1, [ROUTE_CASCADE] = 3};
+        for (int k = 0; k < ROUTE_N_KINDS; k++) {
+            json_t *a = json_object_get(sr, routing_kind_name((enum route_kind)k));
+            CHECK(json_array_size(a) == 5);
+            CHECK(json_integer_value(json_array_get(a, 0)) == want_m0[k]);
+            CHECK(json_integer_value(json_array_get(a, 3)) == (k == ROUTE_MEDIUM));
+            CHECK(json_integer_value(json_array_get(a, 1)) == 0);
+            CHECK(json_integer_value(json_object_get(tr, routing_kind_name((enum route_kind)k))) ==
+                  want_m0[k] + (k == ROUTE_MEDIUM));
+        }
         json_decref(r);
     }
 
@@ -285,6 +311,9 @@ static void test_memory(void)
         json_t *tot = json_object_get(r, "totals");
         CHECK(num(tot, "requests") == 12 && num(tot, "bypass") == 2);
         CHECK(near(num(tot, "cost_usd"), 6 * 28000e-9 + 1.234567891));
+        json_t *tr = json_object_get(tot, "routes");
+        CHECK(json_integer_value(json_object_get(tr, "small")) == 2 && json_integer_value(json_object_get(tr, "large")) == 1 &&
+              json_integer_value(json_object_get(tr, "cascade")) == 3 && json_integer_value(json_object_get(tr, "medium")) == 1);
         CHECK(json_array_size(json_object_get(json_object_get(r, "series"), "t")) == 1);
         json_decref(r);
     }
@@ -421,6 +450,11 @@ static void test_fleet(int port)
         CHECK(hget(key, "tier:large") == want[b].tier[1]);
         CHECK(hget(key, "lat_count") == want[b].lat_count);
         CHECK(hget(key, "lat_sum_us") == want[b].lat_sum);
+        for (int k = 0; k < ROUTE_N_KINDS; k++) {
+            char field[32];
+            snprintf(field, sizeof field, "route:%s", routing_kind_name((enum route_kind)k));
+            CHECK(hget(key, field) == want[b].route[k]); /* nil (never incremented) reads 0 */
+        }
         /* It expires 48 h after its minute ends. */
         long long ttl = ttl_of(key), expect_ttl = (m + 1) * 60 + STATS_RETENTION_S - (long long)time(NULL);
         CHECK(ttl > 0 && llabs(ttl - expect_ttl) <= 2);
@@ -458,6 +492,10 @@ static void test_fleet(int port)
             CHECK(near(at(se, "hit_rate", p), (double)want[b].hits / (double)want[b].requests));
             CHECK(json_integer_value(json_array_get(json_object_get(json_object_get(se, "tiers"), "large"), p)) ==
                   want[b].tier[1]);
+            for (int k = 0; k < ROUTE_N_KINDS; k++)
+                CHECK(json_integer_value(json_array_get(
+                          json_object_get(json_object_get(se, "routes"), routing_kind_name((enum route_kind)k)), p)) ==
+                      want[b].route[k]);
             double p50 = at(se, "p50_ms", p), p95 = at(se, "p95_ms", p);
             CHECK(p50 > 0 && p50 <= p95 && p95 <= 2000.3 + 1000); /* samples are < 2.0003 s */
             treq += want[b].requests;
