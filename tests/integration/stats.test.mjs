@@ -8,11 +8,17 @@
 // sees only its own tenant (another tenant is 403); anything else is 401.
 // The stored form is checked too: cascade:{tenant}:stats:<minute> hashes
 // that expire 48 h after their minute.
+// The realised routing shares: with the classifier loaded, tenants whose
+// thresholds force each band show in `routes` where "auto" sent what reached
+// an engine (a cascade that escalated still counts once, as cascade; hits and
+// named tiers not at all), equal to cascade_routes_total.
 import assert from 'node:assert/strict';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import {
-  ADMIN_TOKEN, TEST_KEY, authHeaders, chatBody, cleanupAfterAll, makeConfig, sha256hex, startGateway, startPeer, tier,
+  ADMIN_TOKEN, SOURCE_DIR, TEST_KEY, authHeaders, chatBody, cleanupAfterAll, makeConfig, sha256hex, startGateway,
+  startPeer, tier,
 } from '../support/harness.mjs';
 import { startRedis } from '../support/redis.mjs';
 
@@ -153,6 +159,9 @@ describe('fleet stats over two gateways and one Redis', () => {
       assert.equal(t.escalation_rate, 0);
       assert.equal(t.tiers.small, want.small);
       assert.equal(t.tiers.large, 0);
+      // "auto" without a classifier takes the default tier: nothing is
+      // routed by score, so every band reads 0 (and is listed).
+      assert.deepEqual(t.routes, { small: 0, medium: 0, cascade: 0, large: 0 });
       assert.equal(t.tokens_in, want.tokens_in);
       assert.equal(t.tokens_out, want.tokens_out);
       near(t.cost_usd, want.cost_usd, 'cost');
@@ -281,5 +290,111 @@ describe('fleet stats over two gateways and one Redis', () => {
       requests += Number(redis.cli('HGET', k, 'requests'));
     }
     assert.equal(requests, 10);
+  });
+});
+
+describe('routes: where "auto" sent the traffic, in the fleet stats', () => {
+  const MODEL = path.join(SOURCE_DIR, 'classifier', 'models', 'difficulty.cdm');
+  // The cheap tier's answers carry falling logprobs (0, -0.1, -0.2, ...; see
+  // tests/support/peer.mjs), so under this rule "echo: hi" is kept and a
+  // long echo escalates (routing.test.mjs uses the same).
+  const CASCADE = { min_mean_logprob: -0.12, min_window_logprob: -5, window: 4 };
+  // t_low/t_high at the ends force a band whatever the score: all small,
+  // all large, all in the cascade zone.
+  const ROUTING = { small: { t_low: 1, t_high: 1 }, large: { t_low: 0, t_high: 0 },
+    zone: { t_low: 0, t_high: 1, cascade: CASCADE } };
+  const key = (id) => `sk-stats-route-${id}`;
+  let redis;
+  let peer;
+  let gw;
+  const got = {};
+  const now = Math.floor(Date.now() / 1000);
+  const range = { from: now - 600, to: now + 120, step: 60 };
+
+  async function send(id, text, model = 'auto') {
+    const res = await fetch(`${gw.url}/v1/chat/completions`, {
+      method: 'POST', headers: authHeaders(key(id)), body: JSON.stringify(chatBody(text, { model, temperature: 0 })),
+    });
+    await res.text();
+    return { status: res.status, cache: res.headers.get('x-cascade-cache'), tier: res.headers.get('x-cascade-tier'),
+      escalated: res.headers.get('x-cascade-escalated') };
+  }
+
+  before(async () => {
+    redis = await startRedis();
+    peer = await startPeer({ name: 'stats-routes' });
+    const config = makeConfig({
+      tiers: [
+        tier({ name: 'small', urls: peer.url, price: PRICES.small }),
+        tier({ name: 'large', model: 'big-model', urls: peer.url, price: PRICES.large }),
+      ],
+      tenants: Object.entries(ROUTING).map(([id, routing]) => (
+        { id: `r-${id}`, keys: [sha256hex(key(id))], allowed_tiers: ['small', 'large'], routing })),
+      classifier: { model: MODEL },
+      redis: { url: redis.url, timeout_ms: 500 },
+    });
+    gw = await startGateway({ config });
+    // r-small: three routed, then a hit and a named tier (neither routed).
+    got.small = [await send('small', 'route a'), await send('small', 'route b'), await send('small', 'route c')];
+    await sleep(100); // let the cache write land
+    got.small.push(await send('small', 'route a'), await send('small', 'route d', 'small'));
+    got.large = [await send('large', 'route e'), await send('large', 'route f')];
+    // r-zone: one kept by the judge, one escalated: both are cascades.
+    got.zone = [await send('zone', 'hi'), await send('zone', 'one two three four five six seven')];
+  });
+  after(async () => redis?.stop());
+
+  async function stats(params, want) {
+    let body;
+    for (let i = 0; i < 60; i++) {
+      const res = await getStats(gw, ADMIN_TOKEN, { ...range, ...params });
+      assert.equal(res.status, 200);
+      body = await res.json();
+      if (body.totals.requests >= want) break;
+      await sleep(100);
+    }
+    return body;
+  }
+
+  test('the traffic went where the thresholds say', () => {
+    assert.deepEqual(got.small.map((r) => [r.status, r.cache, r.tier]),
+      [[200, 'miss', 'small'], [200, 'miss', 'small'], [200, 'miss', 'small'], [200, 'hit', 'small'], [200, 'miss', 'small']]);
+    assert.deepEqual(got.large.map((r) => [r.status, r.tier]), [[200, 'large'], [200, 'large']]);
+    assert.deepEqual(got.zone.map((r) => [r.status, r.tier, r.escalated]), [[200, 'small', 'false'], [200, 'large', 'true']]);
+  });
+
+  test('routes per tenant, in the series and the totals, equal cascade_routes_total', async () => {
+    const metrics = await (await fetch(`${gw.url}/metrics`)).text();
+    const counter = (tenant, route) => Number(metrics.match(new RegExp(
+      `^cascade_routes_total\\{tenant="${tenant}",route="${route}"\\} (\\d+)$`, 'm'))?.[1]);
+    const want = {
+      'r-small': { small: 3, medium: 0, cascade: 0, large: 0 },
+      'r-large': { small: 0, medium: 0, cascade: 0, large: 2 },
+      'r-zone': { small: 0, medium: 0, cascade: 2, large: 0 },
+    };
+    for (const [tenant, routes] of Object.entries(want)) {
+      const r = await stats({ tenant }, tenant === 'r-small' ? 5 : 2);
+      assert.deepEqual(r.totals.routes, routes, tenant);
+      for (const [route, n] of Object.entries(routes)) {
+        const series = r.series.routes[route];
+        assert.equal(series.length, r.series.t.length, `${tenant} ${route}`);
+        assert.equal(series.reduce((a, v) => a + v, 0), n, `${tenant} ${route}: the series add up`);
+        assert.equal(counter(tenant, route), n, `cascade_routes_total{tenant="${tenant}",route="${route}"}`);
+      }
+    }
+    const zone = await stats({ tenant: 'r-zone' }, 2);
+    assert.equal(zone.totals.escalations, 1); // the escalation counted apart, the cascade once
+    const all = await stats({}, 9);
+    assert.equal(all.totals.requests, 9);
+    assert.deepEqual(all.totals.routes, { small: 3, medium: 0, cascade: 2, large: 2 });
+  });
+
+  test('stored as route:<kind> fields of the minute hashes', () => {
+    let small = 0;
+    for (const k of redis.cli('--scan', '--pattern', 'cascade:{r-small}:stats:*').split('\n').filter(Boolean)) {
+      small += Number(redis.cli('HGET', k, 'route:small') || 0);
+      assert.equal(redis.cli('HGET', k, 'route:large'), ''); // only non-zero fields travel
+    }
+    assert.equal(small, 3);
   });
 });
