@@ -46,6 +46,31 @@
     return v >= 1000 ? (v / 1000).toFixed(2) + ' s' : v.toFixed(v < 10 ? 1 : 0) + ' ms';
   }
 
+  // "auto"'s realised shares (routes in the stats JSON): the bands that got
+  // traffic, the most expensive first, as shares of what "auto" sent to an
+  // engine, so an operator compares them with routing.large_share.
+  const ROUTE_ORDER = ['large', 'cascade', 'medium', 'small'];
+  function fmtRoutes(routes) {
+    const total = ROUTE_ORDER.reduce((a, k) => a + ((routes && routes[k]) || 0), 0);
+    if (!total) return '–';
+    return ROUTE_ORDER.filter((k) => routes[k] > 0)
+      .map((k) => `${k} ${((100 * routes[k]) / total).toFixed(0)}%`).join(' · ');
+  }
+
+  // The cascade judge's verdicts: how many were judged, the share kept, and
+  // the escalations by the reason that decided, most frequent first: what an
+  // operator reads to tune a rule's floor.
+  function fmtJudgements(j) {
+    const sum = (o) => Object.values(o || {}).reduce((a, v) => a + v, 0);
+    const kept = sum(j && j.keep);
+    const judged = kept + sum(j && j.escalate);
+    if (!judged) return '–';
+    let out = `${fmtInt(judged)} judged · kept ${fmtPct(kept / judged)}`;
+    const why = Object.entries(j.escalate || {}).filter(([, n]) => n > 0).sort((a, b) => b[1] - a[1]);
+    if (why.length) out += ' · escalated: ' + why.map(([r, n]) => `${r} ${fmtInt(n)}`).join(', ');
+    return out;
+  }
+
   function setStatus(text, isError) {
     const el = $('status');
     el.textContent = text;
@@ -211,6 +236,8 @@
     $('h-tiers').textContent = served
       ? tiers.map((k) => `${k} ${((100 * (t.tiers[k] || 0)) / served).toFixed(0)}%`).join(' · ')
       : '–';
+    $('h-routes').textContent = fmtRoutes(t.routes);
+    $('h-judge').textContent = fmtJudgements(t.judgements);
 
     buildCharts(tiers);
     const c = state.charts;

@@ -1,9 +1,11 @@
 // dashboard.test.mjs: GET /dashboard in a real browser.
 //
 // A live gateway (with Redis) serves test traffic: acme 10 requests with 4
-// cache hits, beta 5 with 2. Headless Chromium (Debian's, driven by
-// playwright-core) then loads the page and we check what a person would
-// see: the headline numbers (40.0% hit rate), charts that hold data points,
+// cache hits, naming its tier; beta 5 with 2, through "auto" into the
+// cascade zone, where the judge keeps the cheap answers. Headless Chromium
+// (Debian's, driven by playwright-core) then loads the page and we check what
+// a person would see: the headline numbers (40.0% hit rate, "auto"'s routes
+// and the judge's verdicts), charts that hold data points,
 // the tenant menu (every tenant for the admin token, its own for a tenant
 // key), the sign-in form, and that it refreshes itself. Any console error,
 // page error or failed request fails the test. Screenshots go to
@@ -26,19 +28,19 @@ const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const ARTIFACTS = path.join(SOURCE_DIR, 'tests', 'artifacts');
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-async function ask(gw, key, text) {
+async function ask(gw, key, text, model) {
   const res = await fetch(`${gw.url}/v1/chat/completions`, {
-    method: 'POST', headers: authHeaders(key), body: JSON.stringify(chatBody(text, { model: 'small', temperature: 0 })),
+    method: 'POST', headers: authHeaders(key), body: JSON.stringify(chatBody(text, { model, temperature: 0 })),
   });
   await res.text();
   return res.headers.get('x-cascade-cache');
 }
 
-async function traffic(gw, key, prefix, distinct, repeats) {
+async function traffic(gw, key, prefix, distinct, repeats, model = 'small') {
   const seen = [];
-  for (let i = 0; i < distinct; i++) seen.push(await ask(gw, key, `${prefix} ${i}`));
+  for (let i = 0; i < distinct; i++) seen.push(await ask(gw, key, `${prefix} ${i}`, model));
   await sleep(100); // let the cache writes land
-  for (let i = 0; i < repeats; i++) seen.push(await ask(gw, key, `${prefix} ${i}`));
+  for (let i = 0; i < repeats; i++) seen.push(await ask(gw, key, `${prefix} ${i}`, model));
   return seen;
 }
 
@@ -79,13 +81,17 @@ describe('the dashboard', () => {
       ],
       tenants: [
         { id: 'acme', keys: [sha256hex(TEST_KEY)], allowed_tiers: ['small', 'large'], default_tier: 'small' },
-        { id: 'beta', keys: [sha256hex(BETA_KEY)], allowed_tiers: ['small'] },
+        // Every "auto" request in the cascade zone; the peer's logprobs
+        // (0, -0.1, -0.2, ...) keep a short echo under the mean rule.
+        { id: 'beta', keys: [sha256hex(BETA_KEY)], allowed_tiers: ['small', 'large'],
+          routing: { t_low: 0, t_high: 1, cascade: { rule: 'mean', threshold: -1 } } },
       ],
+      classifier: { model: path.join(SOURCE_DIR, 'classifier', 'models', 'difficulty.cdm') },
       redis: { url: redis.url, timeout_ms: 500 },
     });
     gw = await startGateway({ config });
     const a = await traffic(gw, TEST_KEY, 'dashboard acme', 6, 4);
-    const b = await traffic(gw, BETA_KEY, 'dashboard beta', 3, 2);
+    const b = await traffic(gw, BETA_KEY, 'dashboard beta', 3, 2, 'auto');
     assert.equal(a.filter((c) => c === 'hit').length, 4);
     assert.equal(b.filter((c) => c === 'hit').length, 2);
     // Stats reach Redis about once a second.
@@ -145,10 +151,17 @@ describe('the dashboard', () => {
     assert.equal(await text(page, 'h-escalation-rate'), '0.0%');
     assert.match(await text(page, 'h-spend'), /^\$\d/);
     assert.match(await text(page, 'h-saved-cache'), /^\$\d/);
-    // The traffic names its tier (model small): no routing savings, no loss
+    // acme names its tier (model small): no routing savings; beta's kept
+    // cascades answered below the baseline tier: a gain, and no loss
     // (README "Savings"); the cards show net routing savings and the loss.
-    assert.equal(await text(page, 'h-saved-routing'), '$0');
+    const savedRouting = await text(page, 'h-saved-routing');
+    assert.match(savedRouting, /^\$\d/); // positive: no minus sign
+    assert.notEqual(savedRouting, '$0');
     assert.equal(await text(page, 'h-routing-loss'), '$0');
+    // "auto" sent beta's three misses into the cascade zone (hits are not
+    // routed), and the judge kept all three.
+    assert.equal(await text(page, 'h-routes'), 'cascade 100%');
+    assert.equal(await text(page, 'h-judge'), '3 judged · kept 100.0%');
     assert.match(await text(page, 'h-p50'), /\d+(\.\d+)? m?s$/);
     assert.match(await text(page, 'h-p95'), /\d+(\.\d+)? m?s$/);
     assert.match(await text(page, 'h-tiers'), /^small 100%/);
@@ -199,6 +212,9 @@ describe('the dashboard', () => {
     await page.selectOption('#tenant', 'acme');
     await page.waitForFunction(() => document.getElementById('h-requests').textContent === '10', null, { timeout: 10000 });
     assert.equal(await text(page, 'h-hit-rate'), '40.0%');
+    assert.equal(await text(page, 'h-saved-routing'), '$0'); // acme names its tier: nothing routed
+    assert.equal(await text(page, 'h-routes'), '–');
+    assert.equal(await text(page, 'h-judge'), '–');
     assert.match(page.url(), /tenant=acme/);
     await page.selectOption('#range', '86400');
     await page.waitForFunction(() => /24 h/.test(document.getElementById('status').textContent), null, { timeout: 10000 });
@@ -224,6 +240,8 @@ describe('the dashboard', () => {
     assert.deepEqual(await page.$$eval('#tenant option', (os) => os.map((o) => o.value)), ['beta']);
     assert.equal(await page.isDisabled('#tenant'), true);
     assert.match(await text(page, 'status'), /^beta ·/);
+    assert.equal(await text(page, 'h-routes'), 'cascade 100%');
+    assert.equal(await text(page, 'h-judge'), '3 judged · kept 100.0%');
     await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-tenant.png'), fullPage: true });
     assert.deepEqual(problems, []);
   });
