@@ -89,8 +89,9 @@ static void bench_record(long n)
 
     struct stats *s = stats_new(NULL, tiers, 2);
     struct event_base *base = event_base_new();
+    /* Routed by "auto" (route 0: small), so the route count is timed too. */
     struct stats_sample x = {.tenant = "t0", .tier = 0, .status = 200, .cache = STATS_CACHE_MISS, .tokens_in = 100,
-                             .tokens_out = 50, .cost_nano = 28000, .latency_us = 1000};
+                             .tokens_out = 50, .cost_nano = 28000, .latency_us = 1000, .routed = 1, .route_kind = 0};
     char names[16][16];
     for (int i = 0; i < 16; i++)
         snprintf(names[i], sizeof names[i], "t%d", i);
