@@ -43,9 +43,7 @@ void classifier_scores(const struct classifier *c, const struct classifier_input
 
 double classifier_threshold_for_share(const struct classifier *c, double share)
 {
-    (void)c;
-    (void)share;
-    return -1; /* a format-1 model carries no distribution */
+    return cmodel_threshold_for_share(c->m, share);
 }
 
 float classifier_score(const struct classifier *c, const struct classifier_input *in)

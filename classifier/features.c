@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "classifier/options.h"
+
 /* ---- text windows ------------------------------------------------------ */
 
 /* The bytes we read: all of a short text, head and tail of a long one. */
@@ -190,6 +192,61 @@ float features_sparse_dot(const struct classifier_input *in, unsigned hash_bits,
     float chars = (d.sum[LANE_CHAR3] + d.sum[LANE_CHAR4]) + d.sum[LANE_CHAR5];
     return chars * group_scale(count[FEATURES_G_CHAR]) + d.sum[LANE_WORD] * group_scale(count[FEATURES_G_WORD]) +
            d.sum[LANE_BIGRAM] * group_scale(count[FEATURES_G_BIGRAM]);
+}
+
+/* The multi-vector scorer: K sums per lane, K fixed per copy so each
+ * emit is K loads from one cache line. */
+#define DOTS_CTX(K)                                                                                     \
+    struct dots##K##_ctx {                                                                            \
+        const float *w;                                                                               \
+        float sum[N_LANES][K];                                                                        \
+    };                                                                                                \
+    static inline __attribute__((always_inline)) void dots##K##_emit(void *ctx, unsigned lane, uint32_t bucket) \
+    {                                                                                                 \
+        struct dots##K##_ctx *d = ctx;                                                                \
+        const float *w = d->w + (size_t)bucket * K;                                                   \
+        for (int j = 0; j < K; j++)                                                                   \
+            d->sum[lane][j] += w[j];                                                                  \
+    }                                                                                                 \
+    static void dots##K(const struct windows *win, unsigned hash_bits, const float *w, float *out)    \
+    {                                                                                                 \
+        struct dots##K##_ctx d;                                                                       \
+        memset(&d, 0, sizeof d);                                                                      \
+        d.w = w;                                                                                      \
+        uint32_t count[FEATURES_N_GROUPS] = {0};                                                      \
+        for (int k = 0; k < win->count; k++)                                                          \
+            walk_window(win->p[k], win->n[k], 64 - hash_bits, count, dots##K##_emit, &d);             \
+        float gc = group_scale(count[FEATURES_G_CHAR]), gw = group_scale(count[FEATURES_G_WORD]);     \
+        float gb = group_scale(count[FEATURES_G_BIGRAM]);                                             \
+        for (int j = 0; j < K; j++) {                                                                 \
+            float chars = (d.sum[LANE_CHAR3][j] + d.sum[LANE_CHAR4][j]) + d.sum[LANE_CHAR5][j];       \
+            out[j] = chars * gc + d.sum[LANE_WORD][j] * gw + d.sum[LANE_BIGRAM][j] * gb;              \
+        }                                                                                             \
+    }
+DOTS_CTX(2)
+DOTS_CTX(3)
+DOTS_CTX(4)
+
+void features_sparse_dots(const struct classifier_input *in, unsigned hash_bits, const float *w, int k, float *out)
+{
+    struct windows win;
+    windows_of(in->user, in->user_len, &win);
+    switch (k) {
+    case 1:
+        out[0] = features_sparse_dot(in, hash_bits, w);
+        break;
+    case 2:
+        dots2(&win, hash_bits, w, out);
+        break;
+    case 3:
+        dots3(&win, hash_bits, w, out);
+        break;
+    case 4:
+        dots4(&win, hash_bits, w, out);
+        break;
+    default:
+        break;
+    }
 }
 
 /* The trainer's consumer: every (group, bucket) in order, as group << 28 |
@@ -525,6 +582,147 @@ static inline float lgc(uint64_t n)
     return lg((double)n);
 }
 
+/* ---- option structure ---------------------------------------------------- */
+
+/* Function words that every option and stem share; counting them would make
+ * every pair of options overlap. */
+static int stop_word(const char *w, size_t n)
+{
+    static const char *const stop[] = {"a", "an", "the", "of", "to", "in", "on", "at", "by", "for", "and",
+                                       "or", "is", "are", "be", "it", "as", "with", "that", "this", NULL};
+    for (int i = 0; stop[i]; i++)
+        if (strlen(stop[i]) == n && memcmp(stop[i], w, n) == 0)
+            return 1;
+    return 0;
+}
+
+/* Hashes of the words of p[0..n) into out (at most cap, in text order;
+ * repeated words kept). Returns how many. */
+static size_t word_hashes(const unsigned char *p, size_t n, uint64_t *out, size_t cap)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n && k < cap;) {
+        if (!(cls[p[i]] & (C_ALPHA | C_DIGIT))) {
+            i++;
+            continue;
+        }
+        char low[16];
+        size_t s = i, wl = 0;
+        uint64_t h = FNV_OFFSET;
+        for (; i < n && (cls[p[i]] & (C_ALPHA | C_DIGIT)); i++) {
+            unsigned c = p[i] | ((cls[p[i]] & C_UPPER) ? 0x20u : 0u);
+            h = (h ^ c) * FNV_PRIME;
+            if (wl < sizeof low)
+                low[wl++] = (char)c;
+        }
+        if (!(i - s <= sizeof low && stop_word(low, i - s)))
+            out[k++] = h;
+    }
+    return k;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Sort and deduplicate h[0..n) in place (insertion sort: n is at most
+ * FEATURES_OPT_WORDS). Returns the distinct count. */
+static size_t uniq_small(uint64_t *h, size_t n)
+{
+    for (size_t i = 1; i < n; i++) {
+        uint64_t v = h[i];
+        size_t j = i;
+        for (; j > 0 && h[j - 1] > v; j--)
+            h[j] = h[j - 1];
+        h[j] = v;
+    }
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (m == 0 || h[m - 1] != h[i])
+            h[m++] = h[i];
+    return m;
+}
+
+/* |a & b| of two sorted distinct arrays. */
+static size_t n_common(const uint64_t *a, size_t na, const uint64_t *b, size_t nb)
+{
+    size_t i = 0, j = 0, c = 0;
+    while (i < na && j < nb) {
+        if (a[i] == b[j])
+            c++, i++, j++;
+        else if (a[i] < b[j])
+            i++;
+        else
+            j++;
+    }
+    return c;
+}
+
+/* 1 when h is among the sorted distinct stem[0..n). */
+static int in_sorted(const uint64_t *stem, size_t n, uint64_t h)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (stem[mid] == h)
+            return 1;
+        if (stem[mid] < h)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
+}
+
+/* The three option-structure signals of text (out[0..3)); zeros when the
+ * text has no options. The stem is read over its last 8 KB only: where a
+ * long stem holds a document, the question sits at its end. */
+static void option_signals(const char *text, size_t len, const struct options *o, float *out)
+{
+    out[0] = out[1] = out[2] = 0.0f;
+    if (o->n < 2)
+        return;
+    const unsigned char *p = (const unsigned char *)text;
+    uint64_t ow[OPTIONS_MAX][FEATURES_OPT_WORDS];
+    size_t on[OPTIONS_MAX];
+    size_t min_len = SIZE_MAX, max_len = 0;
+    for (int i = 0; i < o->n; i++) {
+        on[i] = uniq_small(ow[i], word_hashes(p + o->text[i].off, o->text[i].len, ow[i], FEATURES_OPT_WORDS));
+        min_len = o->text[i].len < min_len ? o->text[i].len : min_len;
+        max_len = o->text[i].len > max_len ? o->text[i].len : max_len;
+    }
+    double jac = 0;
+    int pairs = 0;
+    for (int i = 0; i < o->n; i++)
+        for (int j = i + 1; j < o->n; j++) {
+            size_t c = n_common(ow[i], on[i], ow[j], on[j]), u = on[i] + on[j] - c;
+            jac += u ? (double)c / (double)u : 0.0;
+            pairs++;
+        }
+    out[0] = (float)(jac / pairs);
+
+    uint64_t stem[FEATURES_STEM_WORDS];
+    size_t s0 = o->stem_len > 8192 ? o->stem_len - 8192 : 0;
+    size_t sn = word_hashes(p + s0, (o->stem_len < len ? o->stem_len : len) - s0, stem, FEATURES_STEM_WORDS);
+    if (sn)
+        qsort(stem, sn, sizeof *stem, cmp_u64);
+    double share = 0;
+    int counted = 0;
+    for (int i = 0; i < o->n; i++) {
+        if (!on[i])
+            continue;
+        size_t hit = 0;
+        for (size_t k = 0; k < on[i]; k++)
+            hit += (size_t)in_sorted(stem, sn, ow[i][k]);
+        share += (double)hit / (double)on[i];
+        counted++;
+    }
+    out[1] = counted ? (float)(share / counted) : 0.0f;
+    out[2] = log1pf((float)max_len) - log1pf((float)min_len);
+}
+
 /* Counts are turned into log(1 + count) or shares: the model standardizes
  * each signal, and logs keep one 5 KB outlier from setting the scale. */
 void features_dense(const struct classifier_input *in, float *out)
@@ -577,6 +775,16 @@ void features_dense(const struct classifier_input *in, float *out)
     out[FD_LOG_QUOTES_PARENS] = lgc(a.quotes_parens);
     out[FD_LOG_SYSTEM_BYTES] = lg(in->system ? (double)in->system_len : 0.0);
     out[FD_LOG_TURNS] = in->n_messages > 1 ? (float)log((double)in->n_messages) : 0.0f;
+
+    /* Version 2. Length reaches a v2 model through FD_MC_* for prompts
+     * with options and FD_WP_LOG_WORDS for the rest, so a word problem's
+     * length can enter with a constrained sign (trainer.h). */
+    struct options o;
+    options_parse(in->user, len, &o);
+    option_signals(in->user, len, &o, out + FD_OPT_OVERLAP);
+    out[FD_MC_LOG_WORDS] = o.n ? out[FD_LOG_WORDS] : 0.0f;
+    out[FD_MC_LOG_STEM] = o.n ? lg((double)o.stem_len) : 0.0f;
+    out[FD_WP_LOG_WORDS] = o.n ? 0.0f : out[FD_LOG_WORDS];
 }
 
 const char *features_dense_name(int i)
@@ -588,7 +796,8 @@ const char *features_dense_name(int i)
         "log_math",       "log_code_punct",  "log_code_words", "log_options",    "has_4_options",
         "log_option_len", "log_stem_len",    "ends_answer",    "log_qmarks",     "log_qwords",
         "log_negations",  "log_caps_words",  "upper_frac",     "nonascii_frac",  "log_quotes_parens",
-        "log_system_bytes", "log_turns",
+        "log_system_bytes", "log_turns",  "opt_overlap",   "opt_stem_overlap", "opt_len_spread",
+        "mc_log_words",   "mc_log_stem",     "wp_log_words",
     };
     return i >= 0 && i < FEATURES_N_DENSE ? names[i] : "?";
 }

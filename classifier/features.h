@@ -30,7 +30,7 @@
 
 #include "classifier/classifier.h"
 
-#define FEATURES_VERSION 1
+#define FEATURES_VERSION 2
 #define FEATURES_HEAD 6144
 #define FEATURES_TAIL 2048
 #define FEATURES_MIN_BITS 10
@@ -72,11 +72,23 @@ enum features_dense {
     FD_LOG_QUOTES_PARENS,/* quotes and parentheses */
     FD_LOG_SYSTEM_BYTES, /* system prompt length in bytes */
     FD_LOG_TURNS,        /* log(n_messages), 0 for one message */
+    /* Version 2: the option structure, from options_parse() (options.h).
+     * Words here are runs of ASCII letters and digits, lowercased, less a
+     * few function words ("the", "of", ...); each option counts at most
+     * FEATURES_OPT_WORDS distinct words, the stem at most FEATURES_STEM_WORDS. */
+    FD_OPT_OVERLAP,      /* mean Jaccard overlap of the word sets of every pair of options */
+    FD_OPT_STEM_OVERLAP, /* mean over options of the share of its words found in the stem */
+    FD_OPT_LEN_SPREAD,   /* log(1 + longest option) - log(1 + shortest), bytes */
+    FD_MC_LOG_WORDS,     /* log_words when the prompt has options, else 0 */
+    FD_MC_LOG_STEM,      /* log_stem_len when the prompt has options, else 0 */
+    FD_WP_LOG_WORDS,     /* log_words when it has none (a word problem), else 0 */
     FEATURES_N_DENSE
 };
 
 /* The signals of FEATURES_VERSION 1: the v1 recipe sees these only. */
 #define FEATURES_N_DENSE_V1 32
+#define FEATURES_OPT_WORDS 32
+#define FEATURES_STEM_WORDS 1024
 
 /* One hashed feature: bucket index and its value. */
 struct features_entry {
@@ -91,6 +103,13 @@ void features_dense(const struct classifier_input *in, float *out);
  * (1/sqrt(N_g)) * sum over the group's n-gram occurrences of w[bucket].
  * w has 2^hash_bits entries. Allocates nothing. */
 float features_sparse_dot(const struct classifier_input *in, unsigned hash_bits, const float *w);
+
+/* The same sum against k weight vectors at once, k <= FEATURES_MAX_DOTS,
+ * stored bucket-major (w[bucket * k + j] is vector j's weight): one pass over
+ * the text, one cache line per n-gram. out[j] gets vector j's sum, equal to
+ * features_sparse_dot() over that vector. Allocates nothing. */
+#define FEATURES_MAX_DOTS 4
+void features_sparse_dots(const struct classifier_input *in, unsigned hash_bits, const float *w, int k, float *out);
 
 /* The same features as (bucket, value) pairs, duplicates merged, sorted by
  * bucket, for the trainer: *out is malloc'd (free it), *n its length.

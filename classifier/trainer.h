@@ -23,6 +23,8 @@
 #include "classifier/classifier.h"
 #include "classifier/cmodel.h"
 
+#define TRAINER_ZERO 2
+
 struct trainer_opts {
     unsigned hash_bits;
     int n_hidden;       /* in all: n_ensemble fits of n_hidden / n_ensemble units */
@@ -31,8 +33,10 @@ struct trainer_opts {
     int max_iter;
     uint64_t seed;
     int verbose; /* L-BFGS progress every this many iterations, 0 for none */
-    int n_dense_used; /* the first this many dense signals are seen; the rest get scale 0
-                         (0: all). The v1 recipe sees the v1 signals only. */
+    uint64_t dense_off;  /* bit i set: dense signal i gets scale 0 (unseen). The v1 recipe
+                            sees the v1 signals only. */
+    const signed char *dense_sign; /* NULL, or per dense weight: 0 free, +1 kept >= 0, -1 kept <= 0,
+                                      TRAINER_ZERO held at 0 */
 };
 
 /* The features of every row, computed once. */
@@ -61,7 +65,20 @@ struct trainer_recipe {
     double gbt_lr;             /* shrinkage */
     double gbt_l2;             /* leaf value ridge */
     int gbt_min_leaf;          /* rows a leaf must keep */
-    double wp_len_l2;          /* v2: ridge of the word-problem length term (weight kept >= 0) */
+    int n_heads;               /* v2: 3 (small_right, large_right, needs_large) or 2 (no needs_large) */
+    int gbt_bins;              /* quantile bins per signal */
+    int large_from_small;      /* v2: 1: the large_right head is the small_right head's logit plus a
+                                  difference fitted on top (its weights the sum), so the gain is
+                                  that difference, not two independent errors; 0: heads apart */
+    double delta_l2;           /* v2 with large_from_small: the difference's ridge, as a multiple
+                                  of the linear part's */
+    const int *group;          /* v2, optional: a group id per featurized row (an MMLU subject;
+                                  -1: none). Of the rows it is given, v2 leaves out every group of
+                                  30+ rows whose strong-model accuracy is more than 0.15 below the
+                                  weak model's: labels that cannot be right (the large model does
+                                  not lose a whole subject to the small one). NULL: keep all. */
+    int gbt_base_folds;        /* 0: trees boost from the linear logit as fitted; K >= 2: from each
+                                  row's logit under a linear fit without it (K inner folds) */
 };
 
 /* The shipped options of a recipe version (1 or 2) into r. */
@@ -75,6 +92,11 @@ struct cmodel *trainer_fit_recipe(const struct trainer_features *f, const size_t
                                   const int *weak, const int *strong, const struct trainer_recipe *r, char *err,
                                   size_t errlen);
 
+/* Quantiles q[0..n_q) of score[0..n) at probabilities i/(n_q-1), linear
+ * between order statistics, clamped to [0,1]: the route-score distribution
+ * a model file carries. 0, or -1 when n is 0 or n_q < 2. */
+int trainer_quantiles(const float *score, size_t n, float *q, int n_q);
+
 /* A design matrix: n rows, CSR over n_sparse columns, n_dense dense columns
  * (already scaled) and labels. */
 struct trainer_design {
@@ -85,6 +107,7 @@ struct trainer_design {
     const float *val;       /* [row_ptr[n]] */
     const float *dense;     /* [n * n_dense], row-major */
     const int *y;           /* [n] */
+    const double *offset;   /* [n], a fixed logit each row starts from; NULL for none */
 };
 
 /* Parameters in the order bias, dense_w, sparse_w, hidden_w, hidden_b,

@@ -1,11 +1,13 @@
 #!/bin/sh
 # Regenerate the shipped difficulty model and its routing-quality report:
 #   classifier/models/regenerate.sh [BUILD_DIR]     (default: build)
-# Trains difficulty.cdm on the train split of ../shared/data/routing with the
-# options chosen by cross-validation (README.md), then evaluates it on the
-# held-out split: eval.md, metrics.json, curve.tsv, curve.gp, curve.png (needs
+# Trains difficulty.cdm (format 2: the v2 recipe with its shipped options,
+# trainer_recipe_default(2), chosen by grouped cross-validation, README.md) on
+# every row of ../shared/data/routing except the held-out subjects, with the
+# route-score distribution of 5 subject-grouped out-of-fold fits, then
+# evaluates: eval.md, metrics.json, curve.tsv, curve.gp, curve.png (needs
 # gnuplot) and the numbers block of README.md. Deterministic: the same data
-# and build give the same model bytes. About a minute on 2 cores.
+# and build give the same model bytes.
 set -eu
 cd "$(dirname "$0")/../.."
 BUILD=${1:-build}
@@ -13,6 +15,6 @@ DATA=${CASCADE_SHARED_DIR:-../shared}/data/routing/routellm_mmlu_gsm8k.train.jso
 MODELS=classifier/models
 
 "$BUILD/classifier/classifier-train" --data "$DATA" --out "$MODELS/difficulty.cdm" \
-    --bits 18 --hidden 16 --ensemble 4 --l2-sparse 1e-3 --l2-dense 1e-3 --l2-hidden 3e-3 --iters 300 --seed 1
-"$BUILD/classifier/classifier-eval" --data "$DATA" --model "$MODELS/difficulty.cdm" \
+    --recipe 2 --oof-folds 5 --quantiles 1001
+"$BUILD/classifier/classifier-eval" --data "$DATA" --repeats 3 --folds 5 --jobs "${JOBS:-1}" \
     --out "$MODELS" --readme "$MODELS/README.md"
