@@ -246,6 +246,32 @@ describe('the dashboard', () => {
     assert.deepEqual(problems, []);
   });
 
+  test('the routing and judge cards: shares by band, escalations by reason', async (t) => {
+    if (!browser) return t.skip(`no Chromium at ${CHROMIUM}`);
+    const { context, page, problems } = await watchedPage(browser);
+    t.after(() => context.close());
+    // The gateway's real answer, with mixed routes and escalations put in
+    // its totals: what a busier tenant would show.
+    await page.route('**/admin/v1/stats?*', async (route) => {
+      const res = await route.fetch();
+      const body = await res.json();
+      body.totals.routes = { small: 7, medium: 0, cascade: 1, large: 2 };
+      body.totals.judgements.keep.mean = 3;
+      body.totals.judgements.keep.option_prob = 2;
+      body.totals.judgements.escalate.option_margin = 1;
+      body.totals.judgements.escalate.quantile = 3;
+      await route.fulfill({ response: res, json: body });
+    });
+    await page.goto(`${gw.url}/dashboard?token=${encodeURIComponent(ADMIN_TOKEN)}`);
+    await page.waitForFunction(() => document.getElementById('h-requests').textContent === '15', null, { timeout: 10000 });
+    // The most expensive band first; medium, with nothing, left out.
+    assert.equal(await text(page, 'h-routes'), 'large 20% · cascade 10% · small 70%');
+    // 5 kept (mean 3, option_prob 2) and 4 escalated: 9 judged; the
+    // escalations by reason, the most frequent first.
+    assert.equal(await text(page, 'h-judge'), '9 judged · kept 55.6% · escalated: quantile 3, option_margin 1');
+    assert.deepEqual(problems, []);
+  });
+
   test('without a token: the sign-in form, and a refused token says so', async (t) => {
     if (!browser) return t.skip(`no Chromium at ${CHROMIUM}`);
     const { context, page, problems } = await watchedPage(browser);
