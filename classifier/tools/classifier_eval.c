@@ -94,7 +94,8 @@ static const char *metric_name[N_METRICS] = {"AUC", "APGR", "APGR w/o suspect", 
                                              "GSM8K APGR"};
 static const char *metric_key[N_METRICS] = {"auc", "apgr", "apgr_clean", "cpt50", "gsm8k_auc", "gsm8k_apgr"};
 
-static const int pairs[][2] = {{R_V2, R_V1}, {R_V2, R_TFIDF}, {R_V2, R_RANDOM}, {R_V1, R_TFIDF}, {R_V2, R_LENGTH}};
+static const int pairs[][2] = {{R_V2, R_V1},    {R_V2, R_TFIDF},    {R_V2, R_RANDOM},   {R_V1, R_TFIDF},
+                               {R_V2, R_LENGTH}, {R_V2_NL, R_V1}, {R_V2_NL, R_TFIDF}};
 #define N_PAIRS ((int)(sizeof pairs / sizeof pairs[0]))
 
 static const double c_grid[] = {0.1, 0.3, 1, 3, 10};
@@ -1004,6 +1005,9 @@ int main(int argc, char **argv)
         dataset_group_folds(d, NULL, folds, seed + (uint64_t)r, e.fold + (size_t)r * n);
     fill_reference_scores(&e);
 
+    for (int v = 0; v < 2; v++)
+        if (e.use_recipe[v])
+            trainer_recipe_default(&e.recipe[v], v + 1);
     double fit_sec[3] = {0, 0, 0}, reuse_diff[3] = {-1, -1, -1};
     int n_fits[3] = {0, 0, 0}, reused[3] = {0, 0, 0};
     float *saved = NULL;
@@ -1027,7 +1031,6 @@ int main(int argc, char **argv)
         for (int v = 0; v < 2; v++) {
             if (!e.use_recipe[v])
                 continue;
-            trainer_recipe_default(&e.recipe[v], v + 1);
             unsigned bits = e.recipe[v].lin.hash_bits;
             if (v == 1 && e.feat[0] && e.recipe[0].lin.hash_bits == bits)
                 continue; /* shares v1's features */
