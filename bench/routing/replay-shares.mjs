@@ -24,7 +24,6 @@ const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) =>
   return acc;
 }, []));
 const build = path.resolve(args.build || path.join(SOURCE_DIR, 'build'));
-process.env.CASCADE_BUILD_DIR = build;
 const shares = (args.shares || '0.2,0.3,0.5').split(',').map(Number);
 const every = Number(args.every || 1);
 const concurrency = Number(args.concurrency || 12);
@@ -44,6 +43,7 @@ try {
   const small = await startPeer({ name: 'small' });
   const large = await startPeer({ name: 'large' });
   const gw = await startGateway({
+    binary: path.join(build, 'gateway', 'cascaded'),
     config: makeConfig({
       tiers: [tier({ name: 'small', model: 'small-model', urls: small.url, price: PRICES.small }),
         tier({ name: 'large', model: 'large-model', urls: large.url, price: PRICES.large })],
