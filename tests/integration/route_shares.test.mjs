@@ -275,7 +275,8 @@ describe('large_share: the realised share of auto traffic on unseen subjects', (
       const large = rep.tiers.find((t) => t.tier === 'large');
       const got = large.answered_share;
       assert.ok(Math.abs(got - s) <= TOLERANCE,
-        `large_share ${s}: ${large.answered} of ${rep.answered} held-out prompts (${got.toFixed(3)}) went to the large tier`);
+        `large_share ${s}: ${large.answered} of ${rep.answered} held-out prompts (${got.toFixed(3)}) went to the large ` +
+        `tier, want ${s} +- ${TOLERANCE}`);
       assert.equal(large.first_choice_share, got);
       // The gateway's own count of where auto sent them says the same.
       const metrics = await (await fetch(`${gw.url}/metrics`)).text();
