@@ -17,7 +17,8 @@
 //    classifier, and the prompts of the MMLU subjects the shipped model was
 //    trained without (named in its metadata) replayed through model "auto"
 //    with the tool: the realised share answered by the large tier must be
-//    within +-0.05 of the setting.
+//    within +-0.05 of the setting, and cascade_routes_total must count the
+//    same requests as the tool saw.
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
