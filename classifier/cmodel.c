@@ -67,7 +67,10 @@ struct cmodel *cmodel_new(unsigned hash_bits, int n_heads, const int *kinds, con
     m->n_dense = d;
     m->n_heads = n_heads;
     m->dense_mean = calloc(2 * (size_t)d, sizeof *m->dense_mean);
-    m->sparse_w = calloc((size_t)n_heads << hash_bits, sizeof *m->sparse_w);
+    size_t sparse_bytes = ((size_t)CMODEL_SPARSE_STRIDE << hash_bits) * sizeof *m->sparse_w;
+    m->sparse_w = aligned_alloc(64, sparse_bytes);
+    if (m->sparse_w)
+        memset(m->sparse_w, 0, sparse_bytes);
     m->meta = calloc(1, 1);
     if (!m->dense_mean || !m->sparse_w || !m->meta)
         goto fail;
@@ -171,7 +174,10 @@ void cmodel_logits(const struct cmodel *m, const struct classifier_input *in, fl
 {
     float x[FEATURES_N_DENSE], sparse[CMODEL_MAX_HEADS];
     features_dense(in, x);
-    features_sparse_dots(in, m->hash_bits, m->sparse_w, m->n_heads, sparse);
+    float dots[FEATURES_MAX_DOTS];
+    features_sparse_dots(in, m->hash_bits, m->sparse_w, dots);
+    for (int k = 0; k < m->n_heads; k++)
+        sparse[k] = dots[k];
     cmodel_logits_from(m, x, sparse, logit);
 }
 
@@ -335,7 +341,8 @@ int cmodel_write(const struct cmodel *m, const char *path, char *err, size_t err
         p = put_floats(p, hd->trees.thr, t * dep);
         p = put_floats(p, hd->trees.leaf, t << dep);
     }
-    p = put_floats(p, m->sparse_w, (size_t)m->n_heads << m->hash_bits);
+    for (size_t b = 0; b < ((size_t)1 << m->hash_bits); b++)
+        p = put_floats(p, m->sparse_w + b * CMODEL_SPARSE_STRIDE, (size_t)m->n_heads);
     p = put_floats(p, m->quantiles, (size_t)m->n_quantiles);
     memcpy(p, m->meta, meta_len);
     p += meta_len;
@@ -551,7 +558,8 @@ struct cmodel *cmodel_parse(const unsigned char *buf, size_t len, char *err, siz
         if (parse_head(&c, &m->head[k], (int)d, trees[k], depth[k], err, errlen) < 0)
             goto fail;
     }
-    take_floats(&c, m->sparse_w, (size_t)heads << bits);
+    for (size_t b = 0; b < ((size_t)1 << bits); b++)
+        take_floats(&c, m->sparse_w + b * CMODEL_SPARSE_STRIDE, heads);
     if (nq) {
         m->quantiles = malloc((size_t)nq * sizeof *m->quantiles);
         if (!m->quantiles) {

@@ -59,6 +59,10 @@
 #define CMODEL_HEADER_BYTES 64
 #define CMODEL_MAX_HIDDEN 256
 #define CMODEL_MAX_HEADS 3
+/* In memory each bucket holds 4 floats (one per head, padded), so the
+ * scorer reads every head's weight with one aligned load; the file holds
+ * n_heads per bucket. */
+#define CMODEL_SPARSE_STRIDE 4
 #define CMODEL_MAX_QUANTILES 100001
 #define CMODEL_MAX_META (1u << 20)
 
@@ -78,7 +82,8 @@ struct cmodel {
     unsigned hash_bits;
     int n_dense, n_heads;
     float *dense_mean, *dense_scale; /* [n_dense] */
-    float *sparse_w;                 /* [(1 << hash_bits) * n_heads], bucket-major */
+    float *sparse_w;                 /* [(1 << hash_bits) * CMODEL_SPARSE_STRIDE], bucket-major:
+                                        [bucket * 4 + head], unused slots 0, 64-byte aligned */
     struct cmodel_head head[CMODEL_MAX_HEADS];
     int n_quantiles;
     float *quantiles;                /* [n_quantiles], ascending, or NULL */

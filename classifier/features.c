@@ -194,58 +194,36 @@ float features_sparse_dot(const struct classifier_input *in, unsigned hash_bits,
            d.sum[LANE_BIGRAM] * group_scale(count[FEATURES_G_BIGRAM]);
 }
 
-/* The multi-vector scorer: K sums per lane, K fixed per copy so each
- * emit is K loads from one cache line. */
-#define DOTS_CTX(K)                                                                                     \
-    struct dots##K##_ctx {                                                                            \
-        const float *w;                                                                               \
-        float sum[N_LANES][K];                                                                        \
-    };                                                                                                \
-    static inline __attribute__((always_inline)) void dots##K##_emit(void *ctx, unsigned lane, uint32_t bucket) \
-    {                                                                                                 \
-        struct dots##K##_ctx *d = ctx;                                                                \
-        const float *w = d->w + (size_t)bucket * K;                                                   \
-        for (int j = 0; j < K; j++)                                                                   \
-            d->sum[lane][j] += w[j];                                                                  \
-    }                                                                                                 \
-    static void dots##K(const struct windows *win, unsigned hash_bits, const float *w, float *out)    \
-    {                                                                                                 \
-        struct dots##K##_ctx d;                                                                       \
-        memset(&d, 0, sizeof d);                                                                      \
-        d.w = w;                                                                                      \
-        uint32_t count[FEATURES_N_GROUPS] = {0};                                                      \
-        for (int k = 0; k < win->count; k++)                                                          \
-            walk_window(win->p[k], win->n[k], 64 - hash_bits, count, dots##K##_emit, &d);             \
-        float gc = group_scale(count[FEATURES_G_CHAR]), gw = group_scale(count[FEATURES_G_WORD]);     \
-        float gb = group_scale(count[FEATURES_G_BIGRAM]);                                             \
-        for (int j = 0; j < K; j++) {                                                                 \
-            float chars = (d.sum[LANE_CHAR3][j] + d.sum[LANE_CHAR4][j]) + d.sum[LANE_CHAR5][j];       \
-            out[j] = chars * gc + d.sum[LANE_WORD][j] * gw + d.sum[LANE_BIGRAM][j] * gb;              \
-        }                                                                                             \
-    }
-DOTS_CTX(2)
-DOTS_CTX(3)
-DOTS_CTX(4)
+/* The four-vector scorer: per lane, one 4-wide sum (GCC/clang vector
+ * extension; SSE on x86-64, NEON on arm64, plain code elsewhere). */
+typedef float v4f __attribute__((vector_size(16)));
 
-void features_sparse_dots(const struct classifier_input *in, unsigned hash_bits, const float *w, int k, float *out)
+struct dots_ctx {
+    const v4f *w;
+    v4f sum[N_LANES];
+};
+
+static inline __attribute__((always_inline)) void dots_emit(void *ctx, unsigned lane, uint32_t bucket)
 {
+    struct dots_ctx *d = ctx;
+    d->sum[lane] += d->w[bucket];
+}
+
+void features_sparse_dots(const struct classifier_input *in, unsigned hash_bits, const float *w, float *out)
+{
+    struct dots_ctx d;
+    memset(&d, 0, sizeof d);
+    d.w = (const v4f *)(const void *)w;
+    uint32_t count[FEATURES_N_GROUPS] = {0};
     struct windows win;
     windows_of(in->user, in->user_len, &win);
-    switch (k) {
-    case 1:
-        out[0] = features_sparse_dot(in, hash_bits, w);
-        break;
-    case 2:
-        dots2(&win, hash_bits, w, out);
-        break;
-    case 3:
-        dots3(&win, hash_bits, w, out);
-        break;
-    case 4:
-        dots4(&win, hash_bits, w, out);
-        break;
-    default:
-        break;
+    for (int k = 0; k < win.count; k++)
+        walk_window(win.p[k], win.n[k], 64 - hash_bits, count, dots_emit, &d);
+    float gc = group_scale(count[FEATURES_G_CHAR]), gw = group_scale(count[FEATURES_G_WORD]);
+    float gb = group_scale(count[FEATURES_G_BIGRAM]);
+    for (int j = 0; j < FEATURES_MAX_DOTS; j++) {
+        float chars = (d.sum[LANE_CHAR3][j] + d.sum[LANE_CHAR4][j]) + d.sum[LANE_CHAR5][j];
+        out[j] = chars * gc + d.sum[LANE_WORD][j] * gw + d.sum[LANE_BIGRAM][j] * gb;
     }
 }
 
@@ -588,11 +566,21 @@ static inline float lgc(uint64_t n)
  * every pair of options overlap. */
 static int stop_word(const char *w, size_t n)
 {
-    static const char *const stop[] = {"a", "an", "the", "of", "to", "in", "on", "at", "by", "for", "and",
-                                       "or", "is", "are", "be", "it", "as", "with", "that", "this", NULL};
-    for (int i = 0; stop[i]; i++)
-        if (strlen(stop[i]) == n && memcmp(stop[i], w, n) == 0)
+    /* The word's bytes as one little-endian integer, compared with the
+     * lists' (by length): no call per word. */
+    static const char *const by_len[5] = {"", "a", "anoftoinonatbyorisbeitas", "theforandare", "withthatthis"};
+    if (n == 0 || n > 4)
+        return 0;
+    uint32_t v = 0;
+    for (size_t i = 0; i < n; i++)
+        v |= (uint32_t)(unsigned char)w[i] << (8 * i);
+    for (const char *c = by_len[n]; *c; c += n) {
+        uint32_t u = 0;
+        for (size_t i = 0; i < n; i++)
+            u |= (uint32_t)(unsigned char)c[i] << (8 * i);
+        if (u == v)
             return 1;
+    }
     return 0;
 }
 
@@ -619,12 +607,6 @@ static size_t word_hashes(const unsigned char *p, size_t n, uint64_t *out, size_
             out[k++] = h;
     }
     return k;
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
 }
 
 /* Sort and deduplicate h[0..n) in place (insertion sort: n is at most
@@ -660,25 +642,29 @@ static size_t n_common(const uint64_t *a, size_t na, const uint64_t *b, size_t n
     return c;
 }
 
-/* 1 when h is among the sorted distinct stem[0..n). */
-static int in_sorted(const uint64_t *stem, size_t n, uint64_t h)
+/* The stem's words as a Bloom filter of STEM_BITS bits, two probes per
+ * word from its 64-bit hash: building it costs one pass and no sort (a sort
+ * of a long stem's words cost more than the rest of the score), and with
+ * FEATURES_STEM_WORDS words at most about 5% of lookups are false hits. */
+#define STEM_BITS 8192
+
+static inline void bloom_add(uint64_t *bits, uint64_t h)
 {
-    size_t lo = 0, hi = n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (stem[mid] == h)
-            return 1;
-        if (stem[mid] < h)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return 0;
+    unsigned a = (unsigned)(h & (STEM_BITS - 1)), b = (unsigned)(h >> 40) & (STEM_BITS - 1);
+    bits[a / 64] |= 1ull << (a % 64);
+    bits[b / 64] |= 1ull << (b % 64);
+}
+
+static inline int bloom_has(const uint64_t *bits, uint64_t h)
+{
+    unsigned a = (unsigned)(h & (STEM_BITS - 1)), b = (unsigned)(h >> 40) & (STEM_BITS - 1);
+    return (bits[a / 64] >> (a % 64) & 1) && (bits[b / 64] >> (b % 64) & 1);
 }
 
 /* The three option-structure signals of text (out[0..3)); zeros when the
- * text has no options. The stem is read over its last 8 KB only: where a
- * long stem holds a document, the question sits at its end. */
+ * text has no options. The stem is read over its last 512 bytes only: where a
+ * long stem holds a document, the question sits at its end, and the cost
+ * stays bounded. */
 static void option_signals(const char *text, size_t len, const struct options *o, float *out)
 {
     out[0] = out[1] = out[2] = 0.0f;
@@ -703,11 +689,12 @@ static void option_signals(const char *text, size_t len, const struct options *o
         }
     out[0] = (float)(jac / pairs);
 
-    uint64_t stem[FEATURES_STEM_WORDS];
-    size_t s0 = o->stem_len > 8192 ? o->stem_len - 8192 : 0;
+    uint64_t stem[FEATURES_STEM_WORDS], bloom[STEM_BITS / 64];
+    memset(bloom, 0, sizeof bloom);
+    size_t s0 = o->stem_len > 512 ? o->stem_len - 512 : 0;
     size_t sn = word_hashes(p + s0, (o->stem_len < len ? o->stem_len : len) - s0, stem, FEATURES_STEM_WORDS);
-    if (sn)
-        qsort(stem, sn, sizeof *stem, cmp_u64);
+    for (size_t k = 0; k < sn; k++)
+        bloom_add(bloom, stem[k]);
     double share = 0;
     int counted = 0;
     for (int i = 0; i < o->n; i++) {
@@ -715,7 +702,7 @@ static void option_signals(const char *text, size_t len, const struct options *o
             continue;
         size_t hit = 0;
         for (size_t k = 0; k < on[i]; k++)
-            hit += (size_t)in_sorted(stem, sn, ow[i][k]);
+            hit += (size_t)bloom_has(bloom, ow[i][k]);
         share += (double)hit / (double)on[i];
         counted++;
     }
@@ -780,7 +767,11 @@ void features_dense(const struct classifier_input *in, float *out)
      * with options and FD_WP_LOG_WORDS for the rest, so a word problem's
      * length can enter with a constrained sign (trainer.h). */
     struct options o;
-    options_parse(in->user, len, &o);
+    o.n = 0;
+    /* Only a text whose windows show two option-shaped lines can parse as
+     * multiple-choice: word problems skip the parser. */
+    if (a.options >= 2)
+        options_parse(in->user, len, &o);
     option_signals(in->user, len, &o, out + FD_OPT_OVERLAP);
     out[FD_MC_LOG_WORDS] = o.n ? out[FD_LOG_WORDS] : 0.0f;
     out[FD_MC_LOG_STEM] = o.n ? lg((double)o.stem_len) : 0.0f;

@@ -75,7 +75,8 @@ enum features_dense {
     /* Version 2: the option structure, from options_parse() (options.h).
      * Words here are runs of ASCII letters and digits, lowercased, less a
      * few function words ("the", "of", ...); each option counts at most
-     * FEATURES_OPT_WORDS distinct words, the stem at most FEATURES_STEM_WORDS. */
+     * FEATURES_OPT_WORDS distinct words, the stem (its last 512 bytes) at most
+     * FEATURES_STEM_WORDS. */
     FD_OPT_OVERLAP,      /* mean Jaccard overlap of the word sets of every pair of options */
     FD_OPT_STEM_OVERLAP, /* mean over options of the share of its words found in the stem */
     FD_OPT_LEN_SPREAD,   /* log(1 + longest option) - log(1 + shortest), bytes */
@@ -88,7 +89,7 @@ enum features_dense {
 /* The signals of FEATURES_VERSION 1: the v1 recipe sees these only. */
 #define FEATURES_N_DENSE_V1 32
 #define FEATURES_OPT_WORDS 32
-#define FEATURES_STEM_WORDS 1024
+#define FEATURES_STEM_WORDS 256
 
 /* One hashed feature: bucket index and its value. */
 struct features_entry {
@@ -104,12 +105,14 @@ void features_dense(const struct classifier_input *in, float *out);
  * w has 2^hash_bits entries. Allocates nothing. */
 float features_sparse_dot(const struct classifier_input *in, unsigned hash_bits, const float *w);
 
-/* The same sum against k weight vectors at once, k <= FEATURES_MAX_DOTS,
- * stored bucket-major (w[bucket * k + j] is vector j's weight): one pass over
- * the text, one cache line per n-gram. out[j] gets vector j's sum, equal to
- * features_sparse_dot() over that vector. Allocates nothing. */
+/* The same sum against FEATURES_MAX_DOTS weight vectors at once, stored
+ * bucket-major (w[bucket * 4 + j] is vector j's weight; w 16-byte aligned):
+ * one pass over the text, one 16-byte load and one vector add per n-gram,
+ * so up to four heads cost what one does. out[j] gets vector j's sum, equal
+ * to features_sparse_dot() over that vector up to float rounding.
+ * Allocates nothing. */
 #define FEATURES_MAX_DOTS 4
-void features_sparse_dots(const struct classifier_input *in, unsigned hash_bits, const float *w, int k, float *out);
+void features_sparse_dots(const struct classifier_input *in, unsigned hash_bits, const float *w, float *out);
 
 /* The same features as (bucket, value) pairs, duplicates merged, sorted by
  * bucket, for the trainer: *out is malloc'd (free it), *n its length.

@@ -305,7 +305,7 @@ static int fit_head(const struct trainer_design *d, const struct trainer_opts *o
 {
     const int D = d->n_dense;
     int E = o->n_ensemble > 0 ? o->n_ensemble : 1;
-    size_t H = (size_t)o->n_hidden / (size_t)E, S = d->n_sparse, K = (size_t)m->n_heads;
+    size_t H = (size_t)o->n_hidden / (size_t)E, S = d->n_sparse;
     struct cmodel_head *hd = &m->head[k];
     struct trainer_opts one = *o;
     one.n_hidden = (int)H;
@@ -332,7 +332,7 @@ static int fit_head(const struct trainer_design *d, const struct trainer_opts *o
         for (int i = 0; i < D; i++)
             hd->dense_w[i] += (float)dense_weight(o->dense_sign, (size_t)i, *p++) * inv;
         for (size_t i = 0; i < S; i++)
-            m->sparse_w[i * K + (size_t)k] += (float)*p++ * inv;
+            m->sparse_w[i * CMODEL_SPARSE_STRIDE + (size_t)k] += (float)*p++ * inv;
         size_t u0 = (size_t)e * H, HT = (size_t)o->n_hidden; /* this fit's first unit; all units */
         for (size_t j = 0; j < H; j++) /* theta is unit-major, the model input-major */
             for (int i = 0; i < D; i++)
@@ -351,7 +351,7 @@ static int fit_head(const struct trainer_design *d, const struct trainer_opts *o
 static void design_logits(const struct trainer_design *d, const struct cmodel *m, int k, double *out)
 {
     const struct cmodel_head *hd = &m->head[k];
-    size_t D = (size_t)d->n_dense, K = (size_t)m->n_heads;
+    size_t D = (size_t)d->n_dense;
     int H = hd->n_hidden;
     for (size_t r = 0; r < d->n; r++) {
         const float *z = d->dense + r * D;
@@ -359,7 +359,7 @@ static void design_logits(const struct trainer_design *d, const struct cmodel *m
         for (size_t i = 0; i < D; i++)
             t += hd->dense_w[i] * z[i];
         for (size_t p = d->row_ptr[r]; p < d->row_ptr[r + 1]; p++)
-            t += m->sparse_w[(size_t)d->idx[p] * K + (size_t)k] * d->val[p];
+            t += m->sparse_w[(size_t)d->idx[p] * CMODEL_SPARSE_STRIDE + (size_t)k] * d->val[p];
         for (int j = 0; j < H; j++) {
             double a = hd->hidden_b[j];
             for (size_t i = 0; i < D; i++)
@@ -378,7 +378,7 @@ static double row_logit(const struct trainer_features *f, size_t i, const struct
     float x[FEATURES_N_DENSE], sparse = 0, logit;
     memcpy(x, f->x + i * D, sizeof x);
     for (size_t p = f->row_ptr[i]; p < f->row_ptr[i + 1]; p++)
-        sparse += m->sparse_w[f->idx[p]] * f->val[p];
+        sparse += m->sparse_w[(size_t)f->idx[p] * CMODEL_SPARSE_STRIDE] * f->val[p];
     cmodel_logits_from(m, x, &sparse, &logit);
     return logit;
 }
@@ -458,7 +458,7 @@ void trainer_recipe_default(struct trainer_recipe *r, int version)
     /* v2: chosen by grouped cross-validation inside the training rows
      * (classifier/models/README.md). */
     r->lin = (struct trainer_opts){
-        .hash_bits = 18, .n_hidden = 0, .n_ensemble = 1, .l2_sparse = 1e-3, .l2_dense = 1e-3, .l2_hidden = 3e-3,
+        .hash_bits = 14, .n_hidden = 0, .n_ensemble = 1, .l2_sparse = 1e-3, .l2_dense = 1e-3, .l2_hidden = 3e-3,
         .max_iter = 100, .seed = 1, .dense_off = v2_linear_off(),
     };
     r->n_heads = 3;
@@ -511,7 +511,7 @@ static int fit_difference(struct built *b, const float *x, const struct trainer_
                           size_t errlen)
 {
     const int D = FEATURES_N_DENSE;
-    size_t n = b->d.n, K = (size_t)m->n_heads, S = b->d.n_sparse;
+    size_t n = b->d.n, S = b->d.n_sparse;
     struct cmodel_head *small = &m->head[0], *hd = &m->head[k];
     double *off = xmalloc(n * sizeof *off);
     design_logits(&b->d, m, 0, off);
@@ -530,7 +530,7 @@ static int fit_difference(struct built *b, const float *x, const struct trainer_
     for (int i = 0; i < D; i++)
         hd->dense_w[i] += small->dense_w[i];
     for (size_t i = 0; i < S; i++)
-        m->sparse_w[i * K + (size_t)k] += m->sparse_w[i * K];
+        m->sparse_w[i * CMODEL_SPARSE_STRIDE + (size_t)k] += m->sparse_w[i * CMODEL_SPARSE_STRIDE];
     if (forest_append(&hd->trees, &small->trees) < 0) {
         snprintf(err, errlen, "out of memory");
         return -1;

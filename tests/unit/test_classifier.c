@@ -207,7 +207,7 @@ static struct cmodel *small_model(int n_heads)
     if (!m)
         return NULL;
     m->head[0].bias = 1.5f;
-    m->sparse_w[3 * n_heads] = -0.25f; /* bucket 3, head 0 */
+    m->sparse_w[3 * CMODEL_SPARSE_STRIDE] = -0.25f; /* bucket 3, head 0 */
     m->head[0].out_w[1] = 2.0f;
     m->head[0].hidden_b[1] = 0.5f;
     return m;
@@ -236,7 +236,7 @@ static void test_format(void)
     struct cmodel *r = cmodel_read(tmp_path, err, sizeof err);
     CHECK(r != NULL);
     if (r) {
-        CHECK(r->head[0].bias == 1.5f && r->sparse_w[3] == -0.25f && r->head[0].out_w[1] == 2.0f &&
+        CHECK(r->head[0].bias == 1.5f && r->sparse_w[3 * CMODEL_SPARSE_STRIDE] == -0.25f && r->head[0].out_w[1] == 2.0f &&
               r->head[0].hidden_b[1] == 0.5f);
         CHECK(r->n_heads == 1 && r->head[0].n_hidden == 2 && r->hash_bits == FEATURES_MIN_BITS);
         CHECK_STR(r->meta, "{\"k\":1}");
@@ -288,7 +288,7 @@ static void test_format(void)
     free(buf);
 
     /* A NaN weight behind a valid checksum is still refused. */
-    m->sparse_w[7] = NAN;
+    m->sparse_w[7 * CMODEL_SPARSE_STRIDE] = NAN;
     CHECK(cmodel_write(m, tmp_path, err, sizeof err) == 0);
     char lerr[256] = "";
     struct classifier *c = classifier_load(tmp_path, lerr, sizeof lerr);
@@ -404,21 +404,21 @@ static void test_option_signals(void)
 
     unsigned bits = 12;
     size_t nb = (size_t)1 << bits;
-    float *w3 = malloc(3 * nb * sizeof *w3), *w1 = malloc(nb * sizeof *w1);
-    for (size_t i = 0; i < 3 * nb; i++)
-        w3[i] = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
+    float *w4 = aligned_alloc(64, 4 * nb * sizeof *w4), *w1 = malloc(nb * sizeof *w1);
+    for (size_t i = 0; i < 4 * nb; i++)
+        w4[i] = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
     const char *texts[] = {gsm8k_hard, mmlu_easy, "", "x"};
     for (size_t tt = 0; tt < 4; tt++) {
         in = (struct classifier_input){.user = texts[tt], .user_len = strlen(texts[tt]), .n_messages = 1};
-        float out[3];
-        features_sparse_dots(&in, bits, w3, 3, out);
-        for (int j = 0; j < 3; j++) {
+        float out[4];
+        features_sparse_dots(&in, bits, w4, out);
+        for (int j = 0; j < 4; j++) {
             for (size_t i = 0; i < nb; i++)
-                w1[i] = w3[i * 3 + (size_t)j];
+                w1[i] = w4[i * 4 + (size_t)j];
             CHECK(fabsf(out[j] - features_sparse_dot(&in, bits, w1)) < 1e-5);
         }
     }
-    free(w3);
+    free(w4);
     free(w1);
 }
 
@@ -434,7 +434,9 @@ static int route_monotone_in_length(const struct cmodel *m, const char *text)
     struct classifier_input in = {.user = text, .user_len = strlen(text), .n_messages = 1};
     float x[FEATURES_N_DENSE], x2[FEATURES_N_DENSE], sparse[CMODEL_MAX_HEADS], logit[CMODEL_MAX_HEADS];
     features_dense(&in, x);
-    features_sparse_dots(&in, m->hash_bits, m->sparse_w, m->n_heads, sparse);
+    float dots[FEATURES_MAX_DOTS];
+    features_sparse_dots(&in, m->hash_bits, m->sparse_w, dots);
+    memcpy(sparse, dots, sizeof sparse);
     float prev = -1.0f;
     for (int step = -40; step <= 40; step++) {
         memcpy(x2, x, sizeof x2);
