@@ -74,6 +74,7 @@
 #include "policies/price.h"
 #include "policies/judge.h"
 #include "policies/routing.h"
+#include "policies/share.h"
 
 /* Bodies larger than this are parsed, classified and counted on the work
  * pool: a tokenizer pass over 1 MB takes about 190 ms, the JSON parse of
@@ -1368,7 +1369,15 @@ static void route_auto(struct chat *c)
         if (tier_eligible(c, tc->by_price[i]))
             cand[n++] = tc->by_price[i];
     if (n) {
-        struct route_plan plan = routing_route(&tc->routing, cand, n, c->score, c->req.stream,
+        /* Shares hold on the tenant's own traffic: its tracker's thresholds
+         * (policies/share.h), else those of the shipped distribution that
+         * config_resolve_routing set. */
+        struct routing_settings rs = tc->routing;
+        struct share_tracker *st =
+            rs.by_share ? share_table_get(c->svc->shares, tc->metrics_index, rs.share_window) : NULL;
+        if (st)
+            share_tracker_route(st, &rs, c->score);
+        struct route_plan plan = routing_route(&rs, cand, n, c->score, c->req.stream,
                                                c->cfg->tiers[cand[0]].logprobs);
         c->tier = plan.tier;
         c->escalate_to = plan.escalate_to;

@@ -29,6 +29,7 @@ struct metrics;
 struct workpool;
 struct tokenizer;
 struct classifier;
+struct share_table;
 struct engine;
 
 /* What a chat request uses of the gateway, one per worker. None of it is
@@ -43,6 +44,7 @@ struct chat_services {
     struct workpool *pool;              /* work too long for the loop */
     const struct tokenizer *tokenizer;  /* may be NULL: counts are then estimated */
     const struct classifier *classifier; /* may be NULL: "auto" takes the default tier */
+    struct share_table *shares;         /* tenants' own score distributions; may be NULL */
     struct engine *const *engines;      /* one per tier of the boot config */
 };
 

@@ -550,8 +550,15 @@ static void set_routing_version(struct tenant_config *tc)
     uint32_t h = 2166136261u; /* FNV-1a */
     for (const char *q = js; *q; q++)
         h = (h ^ (uint8_t)*q) * 16777619u;
-    snprintf(tc->routing_version, sizeof tc->routing_version, "auto:%.4f:%.4f:%.4f:%d:%d:j%08x", r->t_medium,
-             r->t_low, r->t_high, r->cascade, (int)r->stream, (unsigned)h);
+    /* Shares that follow the tenant's traffic move their thresholds all
+     * the time; the settings are what a cached answer was routed by. */
+    if (r->by_share && r->share_window)
+        snprintf(tc->routing_version, sizeof tc->routing_version, "auto:share:%.4f:%.4f:%.4f:%u:%d:%d:j%08x",
+                 r->large_share, r->cascade_share, r->medium_share, r->share_window, r->cascade, (int)r->stream,
+                 (unsigned)h);
+    else
+        snprintf(tc->routing_version, sizeof tc->routing_version, "auto:%.4f:%.4f:%.4f:%d:%d:j%08x", r->t_medium,
+                 r->t_low, r->t_high, r->cascade, (int)r->stream, (unsigned)h);
 }
 
 /* routing.large_share, cascade_share, medium_share: the operator's knob.
@@ -571,8 +578,18 @@ static int parse_shares(json_t *o, const char *p, struct routing_settings *r, ch
             return -1;
         r->by_share = 1;
     }
-    if (!r->by_share)
+    r->share_window = ROUTING_SHARE_WINDOW;
+    if (!r->by_share) {
+        if (json_object_get(o, "share_window")) {
+            cfgj_path(sp, sizeof sp, p, "share_window");
+            return cfgj_fail(err, n, sp, "only applies with large_share, cascade_share or medium_share");
+        }
         return 0;
+    }
+    unsigned long long w = r->share_window;
+    if (cfgj_uint(o, p, "share_window", 0, 1000000, &w, err, n) < 0)
+        return -1;
+    r->share_window = (unsigned)w;
     for (size_t i = 0; i < 4; i++)
         if (json_object_get(o, knobs[i])) {
             cfgj_path(sp, sizeof sp, p, knobs[i]);
@@ -676,9 +693,9 @@ static int parse_cascade(json_t *c, const char *cp, struct routing_settings *r, 
 
 static int parse_tenant_routing(json_t *t, const char *path, struct tenant_config *tc, char *err, size_t n)
 {
-    static const char *const keys[] = {"quality",     "band",          "t_low",        "t_high",
-                                       "large_share", "cascade_share", "medium_share", "cascade",
-                                       "baseline_tier", NULL};
+    static const char *const keys[] = {"quality",      "band",         "t_low",         "t_high",
+                                       "large_share",  "cascade_share", "medium_share", "share_window",
+                                       "cascade",      "baseline_tier", NULL};
     char p[256], cp[280];
     struct routing_settings *r = &tc->routing;
     double quality = 0.5, band = 0.2;

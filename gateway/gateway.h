@@ -21,6 +21,7 @@
 
 struct cache;
 struct classifier;
+struct share_table;
 struct stats;
 struct metrics;
 struct engine;
@@ -55,6 +56,7 @@ struct gateway {
     struct snapshot_store *snaps;   /* the current policies (gateway/snapshot.h) */
     struct tokenizer *tokenizer;    /* DeepSeek's, for prompt token counts; may be NULL */
     struct classifier *classifier;  /* scores "auto" requests; may be NULL */
+    struct share_table *shares;     /* each tenant's own score distribution (routing shares); may be NULL */
     struct policy *policy;
     struct engine **engines;    /* one per tier, shared by all workers */
     struct redis_shared *redis; /* NULL without redis.url */

@@ -31,6 +31,7 @@
 #include "policies/stats.h"
 #include "gateway/engines.h"
 #include "classifier/classifier.h"
+#include "policies/share.h"
 #include "tokenizer/tokenizer_bpe.h"
 #include "policies/policy.h"
 
@@ -118,6 +119,11 @@ static void count_upstream_ejected(void *ctx, size_t replica, int ejected)
     metrics_upstream_ejected(((struct gateway *)ctx)->metrics, (int)replica, ejected);
 }
 
+static double share_threshold(const void *classifier, double share)
+{
+    return classifier_threshold_for_share(classifier, share);
+}
+
 int gateway_init(struct gateway *gw, char *err, size_t errlen)
 {
     struct config *cfg = &gw->cfg;
@@ -140,6 +146,10 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
     } else {
         log_warn("no \"classifier\" in the config: model \"auto\" goes to each tenant's default tier");
     }
+    /* Routing shares follow each tenant's own traffic, starting from the
+     * model's distribution; one slot per tenant of the boot config. */
+    if (gw->classifier && classifier_threshold_for_share(gw->classifier, 0.5) >= 0)
+        gw->shares = share_table_new(cfg->n_tenants, share_threshold, gw->classifier);
     /* After the classifier: tenants' routing shares become thresholds
      * through its score distribution, on this load and every reload. */
     gw->snaps = snapshot_store_new(gw->config_path, gw->listen_override, cfg, gw->classifier, err, errlen);
@@ -275,6 +285,7 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
                 .pool = gw->pool,
                 .tokenizer = gw->tokenizer,
                 .classifier = gw->classifier,
+                .shares = gw->shares,
                 .engines = gw->engines,
             },
             .snaps = gw->snaps,
@@ -355,6 +366,7 @@ void gateway_free(struct gateway *gw)
     policy_free(gw->policy);
     cache_free(gw->cache);
     tokenizer_free(gw->tokenizer);
+    share_table_free(gw->shares); /* before the classifier: its trackers were seeded from it */
     classifier_free(gw->classifier);
     snapshot_store_free(gw->snaps);
     for (int i = 0; gw->workers && i < gw->n_workers; i++)

@@ -21,10 +21,11 @@
  *   - in the operator's terms, shares of traffic: large_share goes straight
  *     to the top tier, cascade_share below it cascades, medium_share below
  *     that goes to the middle tier, the rest to the cheapest. The thresholds
- *     follow from the route-score distribution the model file carries
- *     (routing_from_shares() with the classifier's quantile function), so
- *     the realised shares match on traffic like the model's validation
- *     folds;
+ *     follow from a quantile function (routing_from_shares()): the
+ *     route-score distribution the model file carries, and, unless
+ *     share_window is 0, the tenant's own recent traffic starting from it
+ *     (policies/share.h says why: the shipped distribution alone misses on
+ *     traffic unlike the model's validation folds);
  *   - on the score itself: `quality` in [0,1] puts a cascade band of width
  *     `band` around 1 - quality (q = 0 sends everything cheap, q = 1
  *     everything to the top tier), or t_low and t_high directly. These have
@@ -49,10 +50,17 @@ struct routing_settings {
      * thresholds above are then derived from them. */
     int by_share;
     double large_share, cascade_share, medium_share;
+    unsigned share_window;          /* requests the tenant's own score distribution
+                                     * follows (policies/share.h); 0: the shipped
+                                     * distribution's thresholds, fixed */
     int cascade;                    /* use the cascade zone */
     enum cascade_stream stream;     /* streams in the zone: buffer the cheap answer, or skip */
     struct judge_settings judge;    /* how the cheap answer is judged (policies/judge.h) */
 };
+
+/* routing.share_window's default: requests a tenant's own score
+ * distribution follows (policies/share.h). */
+#define ROUTING_SHARE_WINDOW 4096
 
 /* Thresholds from the quality knob (t_medium = t_low). */
 void routing_from_quality(double quality, double band, double *t_low, double *t_high);
