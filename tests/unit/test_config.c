@@ -213,6 +213,8 @@ int main(void)
     EXPECT("tenants[0].routing", "{\"large_share\":0.3}",
            "tenants[0].routing: large_share, cascade_share and medium_share need \"classifier\": the shares are "
            "read from its model's score distribution");
+    EXPECT("tenants[0].routing", "{\"share_window\":100}",
+           "tenants[0].routing.share_window: only applies with large_share, cascade_share or medium_share");
     EXPECT("classifier", "{\"model\":\"m.cdm\"}", NULL);
     /* The cascade's judge (policies/judge.h): a rule and its keys, the old
      * keys selecting the old rule, and nothing that belongs to another rule. */
@@ -288,11 +290,21 @@ int main(void)
         CHECK(config_parse(text, &sc, serr, sizeof serr) == 0);
         const struct routing_settings *r = &sc.tenants[0].routing;
         CHECK(r->by_share && r->large_share == 0.25 && r->cascade_share == 0.25 && r->medium_share == 0);
+        CHECK(r->share_window == ROUTING_SHARE_WINDOW);
+        /* The shares name the route (the cache key), not the thresholds the
+         * tenant's traffic moves. */
+        CHECK(strstr(sc.tenants[0].routing_version, "auto:share:0.2500:0.2500:0.0000:4096:") ==
+              sc.tenants[0].routing_version);
         char before[sizeof sc.tenants[0].routing_version];
         memcpy(before, sc.tenants[0].routing_version, sizeof before);
         CHECK(config_resolve_routing(&sc, uniform_threshold, NULL, serr, sizeof serr) == 0);
         CHECK(fabs(r->t_high - 0.75) < 1e-12 && fabs(r->t_low - 0.5) < 1e-12 && fabs(r->t_medium - 0.5) < 1e-12);
-        CHECK(strcmp(before, sc.tenants[0].routing_version) != 0);
+        CHECK(strcmp(before, sc.tenants[0].routing_version) == 0);
+        /* share_window 0: the shipped thresholds, fixed, are the route. */
+        r = &sc.tenants[0].routing;
+        sc.tenants[0].routing.share_window = 0;
+        CHECK(config_resolve_routing(&sc, uniform_threshold, NULL, serr, sizeof serr) == 0);
+        CHECK(strstr(sc.tenants[0].routing_version, "auto:0.5000:0.5000:0.7500:") == sc.tenants[0].routing_version);
         CHECK(config_resolve_routing(&sc, no_distribution, NULL, serr, sizeof serr) == -1);
         CHECK(strstr(serr, "tenants[0].routing: the classifier model carries no score distribution") == serr);
         config_free(&sc);
