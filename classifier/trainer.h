@@ -1,19 +1,31 @@
 /* trainer.h: fit the classifier's model (cmodel.h) to labeled prompts.
  *
- * The objective, over the n rows chosen for training, is
- *     (1/n) sum_i logloss(y_i, logit_i)
+ * One linear head is fitted by minimizing, over the n rows chosen,
+ *     (1/n) sum_i logloss(y_i, offset_i + logit_i)
  *       + l2_sparse/2 |sparse_w|^2 + l2_dense/2 |dense_w|^2
  *       + l2_hidden/2 (|hidden_w|^2 + |out_w|^2)
- * with logit_i the forward pass of cmodel.h, minimized by full-batch L-BFGS
- * from a seeded start. With n_ensemble = E, E such fits from seeds seed,
- * seed+1, ... are averaged (their mean logit) into one model, which evens
- * out how much the small MLP depends on its random start. One thread, a fixed order of every sum: the same data,
- * options and seed give the same model, bit for bit, on every run.
+ * with logit_i the linear (and MLP) part of cmodel.h's forward pass,
+ * by full-batch L-BFGS from a seeded start. A dense weight may be held to
+ * a sign (w = +-softplus(u)) or to 0. With n_ensemble = E, E fits from seeds
+ * seed, seed+1, ... are averaged (their mean logit) into one head.
  *
- * Usage: featurize every row once (trainer_featurize), then fit on any
- * subset of them (trainer_fit), e.g. one per cross-validation fold.
+ * A recipe (trainer_recipe) fits a whole model from both correctness labels:
+ * version 1 is the v1 model (one needs_large head with a small MLP), version
+ * 2 the v2 model: heads small_right, large_right (stacked on small_right: its
+ * logit is small_right's plus a heavily ridged difference, so the expected
+ * gain is that difference rather than the gap between two independent
+ * errors) and needs_large, each with gradient-boosted trees (gbt.h) boosted
+ * from its linear logit. The trees never see a length signal and a word
+ * problem's length enters only through sign-held weights, so the route score
+ * never falls as a word problem grows.
+ *
+ * One thread per fit and a fixed order of every sum: the same data, options
+ * and seed give the same model, bit for bit, on every run. Featurize every
+ * row once (trainer_featurize), then fit on any subset of rows, e.g. one per
+ * cross-validation fold; trainer_fit and trainer_fit_recipe only read the
+ * features, so several threads may fit on one trainer_features at once.
  * trainer_fit_design() is the bare optimizer over a sparse design matrix,
- * which the TF-IDF baseline reuses. Not thread-safe; use one per thread. */
+ * which the TF-IDF baseline reuses. */
 #ifndef CASCADE_TRAINER_H
 #define CASCADE_TRAINER_H
 

@@ -4,8 +4,9 @@
  *
  * Reads JSON Lines on stdin, one object per line with a "prompt" string (the
  * routing data's format; optional "system" string and "n_messages" integer),
- * and writes each line back with a "score" field, P(needs_large), added as
- * its last member. The line's other bytes are left as they were. A line that
+ * and writes each line back with a "score" field, the routing score
+ * (classifier_score(): for a v2 model (1 + P(large right) - P(small right)) / 2),
+ * added as its last member. The line's other bytes are left as they were. A line that
  * is not such an object is reported on stderr with its number and skipped;
  * the exit status is then 1. A bad model file fails at start-up. */
 #include <jansson.h>
