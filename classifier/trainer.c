@@ -458,7 +458,7 @@ void trainer_recipe_default(struct trainer_recipe *r, int version)
     /* v2: chosen by grouped cross-validation inside the training rows
      * (classifier/models/README.md). */
     r->lin = (struct trainer_opts){
-        .hash_bits = 14, .n_hidden = 0, .n_ensemble = 1, .l2_sparse = 1e-3, .l2_dense = 1e-3, .l2_hidden = 3e-3,
+        .hash_bits = 14, .n_hidden = 0, .n_ensemble = 1, .l2_sparse = 1e-3, .l2_dense = 1e-2, .l2_hidden = 3e-3,
         .max_iter = 100, .seed = 1, .dense_off = v2_linear_off(),
     };
     r->n_heads = 3;
@@ -466,7 +466,7 @@ void trainer_recipe_default(struct trainer_recipe *r, int version)
     r->gbt_depth = 3;
     r->gbt_lr = 0.05;
     r->gbt_l2 = 10;
-    r->gbt_min_leaf = 100;
+    r->gbt_min_leaf = 300;
     r->gbt_bins = 32;
     r->large_from_small = 1;
     r->delta_l2 = 1000;
