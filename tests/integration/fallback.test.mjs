@@ -153,9 +153,10 @@ describe('fallback tiers', () => {
       { id: 'fb', keys: [sha256hex(KEYS.fb)], allowed_tiers: ['a', 'b', 'c', 'dead', 'slow'], default_tier: 'a',
         cache: { mode: 'off' } },
       { id: 'fbcache', keys: [sha256hex(KEYS.fbcache)], allowed_tiers: ['a', 'b', 'c'], default_tier: 'a' },
-      // "auto" is its default tier a (no routing thresholds): a routed request
+      // "auto" routes every request to the cheapest tier, a (quality 0,
+      // whatever the prompt scores): a routed request
       { id: 'fbauto', keys: [sha256hex(KEYS.fbauto)], allowed_tiers: ['a', 'b', 'c'], default_tier: 'a',
-        cache: { mode: 'off' } },
+        routing: { quality: 0 }, cache: { mode: 'off' } },
       // no x-cascade-* headers for this one, fallback or not
       { id: 'quiet', keys: [sha256hex(KEYS.quiet)], allowed_tiers: ['a', 'b', 'c'], default_tier: 'a',
         cache: { mode: 'off' }, expose_headers: false },
