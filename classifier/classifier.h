@@ -1,14 +1,18 @@
-/* classifier.h: the difficulty classifier, which scores how likely a prompt
- * is to need the large model.
+/* classifier.h: the difficulty classifier, which scores how much a prompt
+ * stands to gain from the large model.
  *
- * The score is P(needs_large), where a prompt "needs the large model" when
- * the strong model answers it correctly and the weak model does not. The
- * policy layer turns the score into a tier; this module only scores.
+ * A format-2 model has three heads, each a linear logit over hashed n-grams
+ * and structural signals plus boosted trees over the signals: P(the small
+ * tier answers right), P(the large tier answers right), and P(needs_large),
+ * where a prompt "needs the large model" when the strong model answers it
+ * correctly and the weak model does not. Routing ranks by the expected gain,
+ * large_right - small_right, as the route score (1 + gain) / 2; the policy
+ * layer turns it into a tier (policies/routing.h), this module only scores.
  *
- * A model is a file written by classifier-train (format in model_file.h):
- * hashed word and character n-gram weights, a few dozen structural signals
- * (length, numbers and arithmetic, code, math notation, multiple-choice
- * shape, questions) and an optional small MLP over those signals.
+ * A model is a file written by classifier-train (format in cmodel.h): the
+ * heads, and the distribution of route scores the trainer measured on its
+ * out-of-fold rows, which classifier_threshold_for_share() reads. A file of
+ * an older format is refused at load with the command that regenerates it.
  *
  *   char err[256];
  *   struct classifier *c = classifier_load("classifier/models/difficulty.cdm", err, sizeof err);
