@@ -132,6 +132,7 @@ struct eval {
     int *weak, *strong, *label;      /* [n] */
     unsigned char *suspect, *gsm;    /* [n] */
     int *group;                      /* [n]: subject index, GSM8K etc. one group each */
+    int *mmlu_group;                 /* [n]: group for MMLU rows, -1 for the rest (trainer_recipe.group) */
     size_t n_groups;
     const char **texts;
     size_t *lens;
@@ -582,6 +583,9 @@ static void describe_recipe(FILE *f, const struct trainer_recipe *r)
     if (r->gbt_rounds > 0)
         fprintf(f, "; trees: %d rounds of depth %d, learning rate %g, leaf l2 %g, min leaf %d", r->gbt_rounds,
                 r->gbt_depth, r->gbt_lr, r->gbt_l2, r->gbt_min_leaf);
+    if (r->group)
+        fprintf(f, "; label check on (subjects of 30+ training rows whose strong model trails the weak one by "
+                   "more than 0.15 are left out of the fit)");
 }
 
 static void cell(FILE *f, const struct routeval_summary *s, int pct)
@@ -1010,9 +1014,17 @@ int main(int argc, char **argv)
         dataset_group_folds(d, NULL, folds, seed + (uint64_t)r, e.fold + (size_t)r * n);
     fill_reference_scores(&e);
 
+    /* v2's shipped recipe checks labels by subject (trainer.h: it leaves out
+     * of its training rows any subject whose strong model trails the weak
+     * one by more than 0.15); it sees only the fold's training rows. */
+    e.mmlu_group = xmalloc(n * sizeof *e.mmlu_group);
+    for (size_t i = 0; i < n; i++)
+        e.mmlu_group[i] = e.gsm[i] ? -1 : e.group[i];
     for (int v = 0; v < 2; v++)
         if (e.use_recipe[v])
             trainer_recipe_default(&e.recipe[v], v + 1);
+    if (e.use_recipe[1])
+        e.recipe[1].group = e.mmlu_group;
     double fit_sec[3] = {0, 0, 0}, reuse_diff[3] = {-1, -1, -1};
     int n_fits[3] = {0, 0, 0}, reused[3] = {0, 0, 0};
     float *saved = NULL;
@@ -1154,6 +1166,7 @@ done:
     free(e.suspect);
     free(e.gsm);
     free(e.group);
+    free(e.mmlu_group);
     free(e.texts);
     free(e.lens);
     free(e.in);
