@@ -647,7 +647,8 @@ static void write_report(FILE *f, const struct eval *e, const struct results *re
         fprintf(f, ". Next closest: `%s`, weak %.1f%%, strong %.1f%%, z = %.1f", g[next].name,
                 100.0 * (double)g[next].weak_ok / (double)g[next].rows,
                 100.0 * (double)g[next].strong_ok / (double)g[next].rows, g[next].z);
-    fprintf(f, ". \"w/o suspect\" scores each fold without those rows; the models still train on them.\n\n");
+    fprintf(f, ". \"w/o suspect\" scores each fold without those rows. What a router trains on is its recipe's: "
+               "v1 and TF-IDF + LR train on every training row, v2 runs its own label check (below).\n\n");
 
     fprintf(f, "Routers: TF-IDF + LR's C is chosen per fold by a grouped %d-fold CV on that fold's training rows "
                "(grid 0.1, 0.3, 1, 3, 10)%s.",
