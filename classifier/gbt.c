@@ -89,7 +89,7 @@ int gbt_fit(const float *x, size_t n, int n_feat, size_t stride, const unsigned 
     if (n == 0 || n_feat <= 0 || o->depth < 1 || o->depth > GBT_MAX_DEPTH || o->rounds < 0 ||
         o->rounds > GBT_MAX_TREES || o->n_bins < 2 || o->n_bins > GBT_MAX_BINS)
         return -1;
-    int d = o->depth, T = o->rounds;
+    int d = o->depth, T = o->rounds, rc = -1;
     size_t leaves = (size_t)1 << d;
     struct binned *bf = calloc((size_t)n_feat, sizeof *bf);
     float *tmp = malloc(n * sizeof *tmp);
@@ -193,23 +193,11 @@ int gbt_fit(const float *x, size_t n, int n_feat, size_t stride, const unsigned 
             F[r] += leaf[node[r]];
         out->n_trees = t + 1;
     }
-
-    for (int j = 0; j < n_feat; j++)
-        free(bf[j].bin);
-    free(bf);
-    free(tmp);
-    free(F);
-    free(g);
-    free(h);
-    free(node);
-    free(hg);
-    free(hh);
-    free(hc);
-    free(lg);
-    free(lh);
-    return 0;
+    rc = 0;
 
 fail:
+    /* Success and failure free the same scratch; only a failure drops the
+     * trees. */
     if (bf)
         for (int j = 0; j < n_feat; j++)
             free(bf[j].bin);
@@ -224,6 +212,7 @@ fail:
     free(hc);
     free(lg);
     free(lh);
-    gbt_release(out);
-    return -1;
+    if (rc < 0)
+        gbt_release(out);
+    return rc;
 }

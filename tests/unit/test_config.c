@@ -5,6 +5,7 @@
 
 #include "common/openai.h"
 #include "gateway/config.h"
+#include "tests/unit/quantile_fns.h"
 #include "tests/unit/test.h"
 
 #define KEY_A "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae" /* sha256("foo") */
@@ -89,19 +90,6 @@ static void expect(const char *path, const char *value_json, const char *want, i
     json_decref(root);
 }
 #define EXPECT(path, value, want) expect(path, value, want, __LINE__)
-
-static double uniform_threshold(const void *ctx, double share)
-{
-    (void)ctx;
-    return 1.0 - share;
-}
-
-static double no_distribution(const void *ctx, double share)
-{
-    (void)ctx;
-    (void)share;
-    return -1;
-}
 
 int main(void)
 {

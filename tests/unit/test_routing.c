@@ -4,20 +4,8 @@
 #include <string.h>
 
 #include "policies/routing.h"
+#include "tests/unit/quantile_fns.h"
 #include "tests/unit/test.h"
-
-static double uniform_threshold(const void *ctx, double share)
-{
-    (void)ctx;
-    return 1.0 - share;
-}
-
-static double no_distribution(const void *ctx, double share)
-{
-    (void)ctx;
-    (void)share;
-    return -1;
-}
 
 int main(void)
 {

@@ -7,20 +7,8 @@
 
 #include "policies/routing.h"
 #include "policies/share.h"
+#include "tests/unit/quantile_fns.h"
 #include "tests/unit/test.h"
-
-static double uniform01(const void *ctx, double share)
-{
-    (void)ctx;
-    return 1.0 - share;
-}
-
-static double no_distribution(const void *ctx, double share)
-{
-    (void)ctx;
-    (void)share;
-    return -1;
-}
 
 /* A seeded uniform draw in [lo, hi). */
 static double draw(uint64_t *s, double lo, double hi)
@@ -57,7 +45,7 @@ int main(void)
 {
     /* Before any traffic: the shipped distribution's thresholds, to the
      * prior's resolution (SHARE_PRIOR points). */
-    struct share_tracker *t = share_tracker_new(uniform01, NULL, 1024, SHARE_PRIOR);
+    struct share_tracker *t = share_tracker_new(uniform_threshold, NULL, 1024, SHARE_PRIOR);
     CHECK(t != NULL);
     CHECK(fabs(share_tracker_threshold(t, 0.2) - 0.8) < 1.0 / SHARE_PRIOR);
     CHECK(fabs(share_tracker_threshold(t, 0.5) - 0.5) < 1.0 / SHARE_PRIOR);
@@ -95,7 +83,7 @@ int main(void)
     /* Routing through a tracker: the realised large share over a stream,
      * warm-up included, is the setting. */
     struct routing_settings rs = {.by_share = 1, .large_share = 0.3, .share_window = 1024, .cascade = 0};
-    t = share_tracker_new(uniform01, NULL, rs.share_window, SHARE_PRIOR);
+    t = share_tracker_new(uniform_threshold, NULL, rs.share_window, SHARE_PRIOR);
     int tiers[] = {0, 1}, large = 0, n = 3000;
     s = 11;
     for (int i = 0; i < n; i++) {
@@ -115,7 +103,7 @@ int main(void)
      * the realised shares of all three levels hold over the stream. */
     struct routing_settings bs = {.by_share = 1, .large_share = 0.2, .cascade_share = 0.1, .medium_share = 0.2,
                                   .share_window = 4096, .cascade = 1};
-    t = share_tracker_new(uniform01, NULL, bs.share_window, SHARE_PRIOR);
+    t = share_tracker_new(uniform_threshold, NULL, bs.share_window, SHARE_PRIOR);
     int three[] = {0, 1, 2}, kinds[ROUTE_N_KINDS] = {0};
     static const double band[][2] = {{0.60, 0.65}, {0.55, 0.60}, {0.50, 0.56}, {0.45, 0.52}};
     s = 3;
@@ -140,7 +128,7 @@ int main(void)
     share_tracker_free(t);
     /* Without the feedback (the histogram alone) the same stream misses:
      * the case the feedback is for. */
-    t = share_tracker_new(uniform01, NULL, bs.share_window, SHARE_PRIOR);
+    t = share_tracker_new(uniform_threshold, NULL, bs.share_window, SHARE_PRIOR);
     s = 3;
     int large_alone = 0;
     for (int b = 0; b < 4; b++)
@@ -155,7 +143,7 @@ int main(void)
 
     /* Concurrent observers and readers: thresholds stay in range, nothing
      * is lost beyond the halvings (ASan/TSan-friendly, no lock). */
-    t = share_tracker_new(uniform01, NULL, 512, SHARE_PRIOR);
+    t = share_tracker_new(uniform_threshold, NULL, 512, SHARE_PRIOR);
     pthread_t th[2];
     void *rc[2];
     for (int i = 0; i < 2; i++)
@@ -169,7 +157,7 @@ int main(void)
 
     /* The table: one tracker per slot, made once; none for a slot outside
      * the boot config, a window of 0, or a model without a distribution. */
-    struct share_table *tb = share_table_new(3, uniform01, NULL);
+    struct share_table *tb = share_table_new(3, uniform_threshold, NULL);
     struct share_tracker *a = share_table_get(tb, 1, 64);
     CHECK(a != NULL && share_table_get(tb, 1, 64) == a);
     CHECK(share_table_get(tb, -1, 64) == NULL && share_table_get(tb, 3, 64) == NULL);
