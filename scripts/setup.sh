@@ -14,10 +14,11 @@ SUDO=""
 # for the test clients, the openssl tool (the TLS tests make their
 # certificates with it), Chromium for the dashboard test, prometheus for
 # promtool, clang with its runtime for the libFuzzer targets (tests/fuzz),
-# and numpy for the independent DeepSeek-V3 reference (tests/reference, run
-# by /usr/bin/python3).
+# numpy for the independent DeepSeek-V3 reference (tests/reference, run by
+# /usr/bin/python3), and systemd for systemd-analyze (deploy/systemd's units
+# are verified with it; nothing is started).
 pkgs=(build-essential cmake pkg-config libevent-dev libjansson-dev libhiredis-dev libpcre2-dev libssl-dev
-      redis-server redis-tools curl openssl chromium prometheus clang libclang-rt-14-dev python3-numpy)
+      redis-server redis-tools curl openssl chromium prometheus clang libclang-rt-14-dev python3-numpy systemd)
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 missing=()
