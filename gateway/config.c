@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "cache/redis.h"
+#include "classifier/classifier.h"
 #include "common/cfgjson.h"
 #include "common/mem.h"
 #include "common/openai.h"
@@ -1032,6 +1033,11 @@ static int parse_root(json_t *root, struct config *cfg, char *err, size_t n)
                                          cfg->tenants[a].id);
                     }
     return 0;
+}
+
+double config_classifier_threshold(const void *classifier, double share)
+{
+    return classifier_threshold_for_share(classifier, share);
 }
 
 int config_resolve_routing(struct config *cfg, double (*threshold)(const void *ctx, double share), const void *ctx,

@@ -142,6 +142,9 @@ int config_load(const char *path, struct config *cfg, char *err, size_t errlen);
  * distribution to read. */
 int config_resolve_routing(struct config *cfg, double (*threshold)(const void *ctx, double share), const void *ctx,
                            char *err, size_t errlen);
+/* classifier_threshold_for_share() with the callback signature the share
+ * code takes (ctx: a const struct classifier *). */
+double config_classifier_threshold(const void *classifier, double share);
 /* The same from a JSON text (for tests). */
 int config_parse(const char *text, struct config *cfg, char *err, size_t errlen);
 void config_free(struct config *cfg);

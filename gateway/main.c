@@ -18,11 +18,6 @@ static void usage(FILE *f)
                "      --check-config    validate the config and exit\n");
 }
 
-static double share_threshold(const void *classifier, double share)
-{
-    return classifier_threshold_for_share(classifier, share);
-}
-
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -93,7 +88,7 @@ int main(int argc, char **argv)
             int bad = !cl;
             if (bad)
                 fprintf(stderr, "cascaded: %s: classifier.model: %s\n", config_path, err);
-            else if (config_resolve_routing(&gw.cfg, share_threshold, cl, err, sizeof err) < 0) {
+            else if (config_resolve_routing(&gw.cfg, config_classifier_threshold, cl, err, sizeof err) < 0) {
                 fprintf(stderr, "cascaded: %s: %s\n", config_path, err);
                 bad = 1;
             }

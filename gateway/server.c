@@ -119,11 +119,6 @@ static void count_upstream_ejected(void *ctx, size_t replica, int ejected)
     metrics_upstream_ejected(((struct gateway *)ctx)->metrics, (int)replica, ejected);
 }
 
-static double share_threshold(const void *classifier, double share)
-{
-    return classifier_threshold_for_share(classifier, share);
-}
-
 int gateway_init(struct gateway *gw, char *err, size_t errlen)
 {
     struct config *cfg = &gw->cfg;
@@ -149,7 +144,7 @@ int gateway_init(struct gateway *gw, char *err, size_t errlen)
     /* Routing shares follow each tenant's own traffic, starting from the
      * model's distribution; one slot per tenant of the boot config. */
     if (gw->classifier && classifier_threshold_for_share(gw->classifier, 0.5) >= 0)
-        gw->shares = share_table_new(cfg->n_tenants, share_threshold, gw->classifier);
+        gw->shares = share_table_new(cfg->n_tenants, config_classifier_threshold, gw->classifier);
     /* After the classifier: tenants' routing shares become thresholds
      * through its score distribution, on this load and every reload. */
     gw->snaps = snapshot_store_new(gw->config_path, gw->listen_override, cfg, gw->classifier, err, errlen);

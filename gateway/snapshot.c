@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "classifier/classifier.h"
 #include "common/log.h"
 #include "common/mem.h"
 
@@ -19,11 +18,6 @@ struct snapshot_store {
     struct config_snap *cur;     /* one reference held by the store */
 };
 
-static double share_threshold(const void *classifier, double share)
-{
-    return classifier_threshold_for_share(classifier, share);
-}
-
 static struct config_snap *snap_load(struct snapshot_store *st, char *err, size_t errlen)
 {
     struct config_snap *s = xcalloc(1, sizeof *s);
@@ -31,7 +25,8 @@ static struct config_snap *snap_load(struct snapshot_store *st, char *err, size_
         free(s);
         return NULL;
     }
-    if (st->classifier && config_resolve_routing(&s->cfg, share_threshold, st->classifier, err, errlen) < 0) {
+    if (st->classifier &&
+        config_resolve_routing(&s->cfg, config_classifier_threshold, st->classifier, err, errlen) < 0) {
         config_free(&s->cfg);
         free(s);
         return NULL;

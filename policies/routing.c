@@ -20,20 +20,31 @@ void routing_from_quality(double quality, double band, double *t_low, double *t_
 int routing_from_shares(struct routing_settings *s, double (*threshold)(const void *ctx, double share),
                         const void *ctx)
 {
+    double level[ROUTING_SHARE_LEVELS], th[ROUTING_SHARE_LEVELS];
+    routing_share_levels(s, level);
+    for (int k = 0; k < ROUTING_SHARE_LEVELS; k++)
+        if ((th[k] = threshold(ctx, level[k])) < 0)
+            return -1;
+    routing_set_thresholds(s, th);
+    return 0;
+}
+
+void routing_share_levels(const struct routing_settings *s, double level[ROUTING_SHARE_LEVELS])
+{
     /* Cumulative from the top: the large band first, then the cascade band
      * below it, then the medium band. */
-    double large = clamp01(s->large_share);
-    double cascade = clamp01(large + s->cascade_share);
-    double medium = clamp01(cascade + s->medium_share);
-    double hi = threshold(ctx, large), lo = threshold(ctx, cascade), me = threshold(ctx, medium);
-    if (hi < 0 || lo < 0 || me < 0)
-        return -1;
+    level[0] = clamp01(s->large_share);
+    level[1] = clamp01(level[0] + s->cascade_share);
+    level[2] = clamp01(level[1] + s->medium_share);
+}
+
+void routing_set_thresholds(struct routing_settings *s, const double th[ROUTING_SHARE_LEVELS])
+{
     /* A quantile function never rises with the share, but keep the order
      * the bands rely on whatever it answers. */
-    s->t_high = hi;
-    s->t_low = lo < hi ? lo : hi;
-    s->t_medium = me < s->t_low ? me : s->t_low;
-    return 0;
+    s->t_high = th[0];
+    s->t_low = th[1] < s->t_high ? th[1] : s->t_high;
+    s->t_medium = th[2] < s->t_low ? th[2] : s->t_low;
 }
 
 const char *routing_kind_name(enum route_kind k)

@@ -72,6 +72,14 @@ void routing_from_quality(double quality, double band, double *t_low, double *t_
 int routing_from_shares(struct routing_settings *s, double (*threshold)(const void *ctx, double share),
                         const void *ctx);
 
+/* The cumulative share levels the thresholds sit at, from the top: large;
+ * large + cascade; large + cascade + medium (each clamped to [0,1]). */
+#define ROUTING_SHARE_LEVELS 3
+void routing_share_levels(const struct routing_settings *s, double level[ROUTING_SHARE_LEVELS]);
+/* t_high, t_low, t_medium from the levels' thresholds, kept in order
+ * (t_medium <= t_low <= t_high) whatever the quantile function answered. */
+void routing_set_thresholds(struct routing_settings *s, const double th[ROUTING_SHARE_LEVELS]);
+
 /* Which band a request fell in, for the realised-share metrics. */
 enum route_kind { ROUTE_SMALL, ROUTE_MEDIUM, ROUTE_CASCADE, ROUTE_LARGE, ROUTE_N_KINDS };
 const char *routing_kind_name(enum route_kind k);

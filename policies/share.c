@@ -164,23 +164,17 @@ static void correct(struct share_tracker *t, int k, double share, int decided, u
 void share_tracker_route(struct share_tracker *t, struct routing_settings *rs, double score)
 {
     share_tracker_observe(t, score, rs->share_window);
-    /* The levels, from the top: large; large + cascade; large + cascade +
-     * medium. A level at 0 or 1 is an end: nothing to correct. */
-    double level[SHARE_LEVELS];
-    level[0] = rs->large_share;
-    level[1] = level[0] + rs->cascade_share;
-    level[2] = level[1] + rs->medium_share;
-    double th[SHARE_LEVELS];
+    /* A level at 0 or 1 is an end: nothing to correct. */
+    double level[SHARE_LEVELS], th[SHARE_LEVELS];
+    routing_share_levels(rs, level);
     for (int k = 0; k < SHARE_LEVELS; k++) {
-        double c = level[k] < 0 ? 0 : level[k] > 1 ? 1 : level[k];
+        double c = level[k];
         int end = !(c > 0 && c < 1);
         th[k] = share_tracker_threshold(t, end ? c : corrected(t, k, c));
         if (!end)
             correct(t, k, c, score >= th[k], share_feedback(rs->share_window));
     }
-    rs->t_high = th[0];
-    rs->t_low = th[1] < rs->t_high ? th[1] : rs->t_high;
-    rs->t_medium = th[2] < rs->t_low ? th[2] : rs->t_low;
+    routing_set_thresholds(rs, th);
 }
 
 unsigned share_feedback(unsigned window)

@@ -52,7 +52,7 @@
 #define SHARE_QUANTILES 1001
 #define SHARE_REFRESH 32
 #define SHARE_PRIOR 32
-#define SHARE_LEVELS 3
+#define SHARE_LEVELS 3 /* = ROUTING_SHARE_LEVELS */
 
 struct routing_settings;
 
