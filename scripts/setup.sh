@@ -15,10 +15,13 @@ SUDO=""
 # certificates with it), Chromium for the dashboard test, prometheus for
 # promtool, clang with its runtime for the libFuzzer targets (tests/fuzz),
 # numpy for the independent DeepSeek-V3 reference (tests/reference, run by
-# /usr/bin/python3), and systemd for systemd-analyze (deploy/systemd's units
-# are verified with it; nothing is started).
+# /usr/bin/python3), systemd for systemd-analyze (deploy/systemd's units
+# are verified with it; nothing is started), and yamllint with
+# python3-kubernetes for deploy/k8s (its manifests are linted and each object
+# is read back through the Kubernetes client's models).
 pkgs=(build-essential cmake pkg-config libevent-dev libjansson-dev libhiredis-dev libpcre2-dev libssl-dev
-      redis-server redis-tools curl openssl chromium prometheus clang libclang-rt-14-dev python3-numpy systemd)
+      redis-server redis-tools curl openssl chromium prometheus clang libclang-rt-14-dev python3-numpy systemd
+      yamllint python3-kubernetes)
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 missing=()
