@@ -19,6 +19,12 @@
  *   window (after --warmup, for --duration seconds); percentiles cover ok
  *   (2xx) responses; ttfb is the time to the first byte of the body.
  *
+ * --unique makes every request's body differ, so that a gateway's response
+ * cache misses on each one and the whole path (lookup, upstream, store) runs:
+ * the body must hold the 16-byte marker LG_UNIQUE_MARK once, and each send
+ * writes 16 hex digits over it (a per-run nonce, the worker, a sequence
+ * number), so the length and Content-Length never change.
+ *
  * Responses are parsed with Content-Length, chunked transfer encoding, or
  * read-until-close. Pipelining is never used: one request per connection at a
  * time, as real clients of an LLM gateway do.
@@ -49,6 +55,8 @@
 #define LG_MAX_HEAD 65536           /* a response head larger than this is an error */
 #define LG_SWEEP_US 20000           /* how often timeouts and the drain are checked */
 #define LG_RECONNECT_US 50000       /* back-off after a failed connect */
+#define LG_UNIQUE_MARK "@@UNIQUE@@@@@@@@" /* --unique: rewritten per request */
+#define LG_UNIQUE_LEN 16
 
 struct lg_opts {
     const char *url;
@@ -65,6 +73,9 @@ struct lg_opts {
     const char *method;
     char *request;          /* the whole request, built once */
     size_t request_len;
+    int unique;             /* --unique: rewrite the marker per request */
+    size_t unique_off;      /* where the marker sits in `request` */
+    uint64_t unique_nonce;  /* differs between runs, so no run hits an old entry */
     struct sockaddr_storage addr;
     socklen_t addr_len;
 };
@@ -95,6 +106,9 @@ struct lg_conn {
     struct event *rev, *wev, *retry;
     struct evbuffer *in;
     size_t wpos;            /* bytes of the request already written */
+    char *req;              /* the bytes sent: o->request, or (--unique) this
+                             * connection's own copy, since a partial send
+                             * must finish with the same bytes */
     /* the request in flight */
     uint64_t due_ns;        /* when it was due (open loop) or sent (closed) */
     uint64_t first_body_ns;
@@ -130,6 +144,7 @@ struct lg_worker {
     int in_flight;
     /* results */
     uint64_t sent, ok, errors, non2xx, connect_errors;
+    uint64_t unique_seq;            /* --unique: requests this worker has sent */
     struct lg_samples lat, ttfb;
     struct lg_samples lag;          /* open loop: how late each send was dispatched */
 };
@@ -273,7 +288,7 @@ static int lg_write_some(struct lg_conn *c)
     const struct lg_opts *o = c->w->o;
 
     while (c->wpos < o->request_len) {
-        ssize_t n = send(c->fd, o->request + c->wpos, o->request_len - c->wpos, MSG_NOSIGNAL);
+        ssize_t n = send(c->fd, c->req + c->wpos, o->request_len - c->wpos, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -351,6 +366,13 @@ static void lg_conn_send(struct lg_conn *c, uint64_t due)
     c->last_io_ns = lg_now();
     c->state = LG_HEAD;
     c->wpos = 0;
+    if (w->o->unique) {
+        /* nonce (16 bits) | worker (8 bits) | sequence (40 bits), as hex */
+        uint64_t v = (w->o->unique_nonce << 48) | ((uint64_t)(w->idx & 0xff) << 40) |
+                     (w->unique_seq++ & 0xffffffffffu);
+        for (int i = LG_UNIQUE_LEN - 1; i >= 0; i--, v >>= 4)
+            c->req[w->o->unique_off + (size_t)i] = "0123456789abcdef"[v & 0xf];
+    }
     if (lg_write_some(c) < 0)
         lg_conn_drop(c, 0);
 }
@@ -731,8 +753,11 @@ static void lg_worker_init(struct lg_worker *w, int idx, const struct lg_opts *o
         c->rev = event_new(w->base, -1, 0, lg_read_cb, c);
         c->wev = event_new(w->base, -1, 0, lg_write_cb, c);
         c->retry = evtimer_new(w->base, lg_retry_cb, c);
-        if (!c->in || !c->rev || !c->wev || !c->retry)
+        c->req = o->unique ? malloc(o->request_len) : o->request;
+        if (!c->in || !c->rev || !c->wev || !c->retry || !c->req)
             lg_die("out of memory");
+        if (o->unique)
+            memcpy(c->req, o->request, o->request_len);
     }
     w->t0 = t0;
     w->measure_from = t0 + (uint64_t)(o->warmup * 1e9);
@@ -761,6 +786,8 @@ static void lg_worker_free(struct lg_worker *w)
         event_free(c->wev);
         event_free(c->retry);
         evbuffer_free(c->in);
+        if (c->req != w->o->request)
+            free(c->req);
     }
     free(w->conns);
     free(w->queue);
@@ -879,12 +906,14 @@ static void lg_usage(void)
     fprintf(stderr,
             "usage: loadgen --url http://HOST:PORT/PATH [--rate R] [--duration S] [--warmup S]\n"
             "               [--connections C] [--threads T] [--body FILE] [--header 'N: v']...\n"
-            "               [--method M] [--stream] [--timeout S]\n"
+            "               [--method M] [--stream] [--timeout S] [--unique]\n"
             "  --rate R        requests/s, open loop (0 = closed loop, as fast as possible); default 1000\n"
             "  --duration S    measured seconds (default 10); --warmup S before it (default 1)\n"
             "  --connections C keep-alive connections (default 64); --threads T loops (default 1)\n"
             "  --timeout S     a request idle this long fails; also the final drain (default 10)\n"
-            "  --stream        ask for text/event-stream (ttfb is reported either way)\n");
+            "  --stream        ask for text/event-stream (ttfb is reported either way)\n"
+            "  --unique        the body holds " LG_UNIQUE_MARK " once; each request gets its\n"
+            "                  own 16 hex digits there (no two requests alike, so no cache hits)\n");
     exit(2);
 }
 
@@ -902,6 +931,7 @@ int main(int argc, char **argv)
         { "method", required_argument, NULL, 'm' },
         { "stream", no_argument, NULL, 's' },
         { "timeout", required_argument, NULL, 'T' },
+        { "unique", no_argument, NULL, 'U' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -915,7 +945,7 @@ int main(int argc, char **argv)
     struct lg_samples lat = { 0 }, ttfb = { 0 }, lag = { 0 };
     uint64_t sent = 0, ok = 0, errors = 0, non2xx = 0, conn_err = 0;
 
-    while ((opt = getopt_long(argc, argv, "u:r:d:w:c:t:b:H:m:sT:h", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "u:r:d:w:c:t:b:H:m:sT:Uh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'u': o.url = optarg; break;
         case 'r': o.rate = atof(optarg); break;
@@ -934,6 +964,7 @@ int main(int argc, char **argv)
         case 'm': o.method = optarg; break;
         case 's': o.stream = 1; break;
         case 'T': o.timeout = atof(optarg); break;
+        case 'U': o.unique = 1; break;
         default: lg_usage();
         }
     }
@@ -945,6 +976,14 @@ int main(int argc, char **argv)
     evbuffer_add(hdrs, "", 1);
     headers = (char *)evbuffer_pullup(hdrs, -1);
     lg_build_request(&o, body, body_len, headers, has_ctype);
+    if (o.unique) {
+        /* the marker must be in the body, exactly once */
+        const char *m = body ? memmem(body, body_len, LG_UNIQUE_MARK, LG_UNIQUE_LEN) : NULL;
+        if (!m || memmem(m + 1, body_len - (size_t)(m + 1 - body), LG_UNIQUE_MARK, LG_UNIQUE_LEN))
+            lg_die("--unique wants the body to hold " LG_UNIQUE_MARK " exactly once");
+        o.unique_off = o.request_len - body_len + (size_t)(m - body);
+        o.unique_nonce = (lg_now() ^ ((uint64_t)getpid() << 16)) & 0xffff;
+    }
     free(body);
     evbuffer_free(hdrs);
 
