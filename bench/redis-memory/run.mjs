@@ -19,8 +19,10 @@
 //             growth / N minus the per-request figure of the same repeat.
 //   tenants   M tenants not seen before, each with RPM/TPM/concurrency
 //             limits and day/month budgets, one non-cached request each:
-//             the state a tenant holds once it is active, broken down by
-//             key class with each class's TTL as Redis reports it.
+//             the state a tenant holds once it is active; then, for 100 of
+//             them, a miss and a hit (the savings hashes a hit writes), and
+//             the breakdown by key class of those 100 tenants, with each
+//             class's TTL as Redis reports it.
 // A step waits until Redis holds every key it expects (cache writes and
 // settlements are fire-and-forget after the answer) and the stats flush
 // (once a second) has run, then reads used_memory.
@@ -91,7 +93,9 @@ const config = makeConfig({
     })),
   ],
   redis: { url: `redis://127.0.0.1:${rport}/0`, timeout_ms: 500 },
-  limits: { max_body_bytes: 1 << 20 },
+  // Keep-alive connections sit idle while a step reads Redis; a longer idle
+  // time than the default 10 s keeps the client from racing their close.
+  limits: { max_body_bytes: 1 << 20, header_timeout_ms: 600000 },
 });
 gw = await startGateway({ config });
 
@@ -193,26 +197,36 @@ for (let rep = 0; rep < REPEATS; rep++) {
   await settle();
   m1 = usedMemory();
   const perTenant = (m1 - m0) / ids.length;
+  // A cache hit records savings: the saved:<day|month> hashes. For a
+  // sample of these tenants (after the figure above), a miss then a hit.
+  for (const id of ids.slice(0, 100)) {
+    const q = uniq() + 'cached question';
+    await send(id, q);
+    if ((await send(id, q)) !== 'hit') throw new Error(`${id}: the second request was not a hit`);
+  }
+  await settle();
   // Key classes of these tenants: count per tenant, MEMORY USAGE, TTL.
   const classes = {};
   for (const id of ids.slice(0, 100)) {
     for (const k of scan(`cascade:{${id}}:*`)) {
       const cls = k.slice(`cascade:{${id}}:`.length).replace(/^settled:.*/, 'settled:<request id>')
         .replace(/^(spend|saved):(\d{8})$/, '$1:<yyyymmdd>').replace(/^(spend|saved):(\d{6})$/, '$1:<yyyymm>')
-        .replace(/^stats:\d+$/, 'stats:<minute>').replace(/^statsack:.*/, 'statsack:<instance>:<worker>');
+        .replace(/^stats:\d+$/, 'stats:<minute>').replace(/^resp:[0-9a-f]{64}$/, 'resp:<sha256>').replace(/^statsack:.*/, 'statsack:<instance>:<worker>');
       (classes[cls] ||= []).push(k);
     }
   }
   const breakdown = {};
   for (const [cls, keys] of Object.entries(classes)) {
     breakdown[cls] = { keys_per_tenant: keys.length / Math.min(100, ids.length),
-      memory_usage: median(perKey('MEMORY USAGE', keys)), ttl_s: Number(cli(['TTL', keys[0]])) };
+      memory_usage: median(perKey('MEMORY USAGE', keys)), ttl_s: Number(cli(['TTL', keys[0]])),
+      fields: cli(['TYPE', keys[0]]) === 'hash' ? median(perKey('HLEN', keys)) : undefined };
   }
   results.tenants.push({ used_memory_per_tenant: perTenant, per_request: perReq, breakdown });
   console.log(`repeat ${rep + 1}: ${perTenant.toFixed(1)} B per active tenant (used_memory, one request each, ` +
     `its settled marker included)`);
   for (const [cls, b] of Object.entries(breakdown))
-    console.log(`    ${cls.padEnd(32)} ${b.keys_per_tenant} key(s)/tenant, MEMORY USAGE ${b.memory_usage} B, TTL ${b.ttl_s} s`);
+    console.log(`    ${cls.padEnd(32)} ${b.keys_per_tenant} key(s)/tenant, MEMORY USAGE ${b.memory_usage} B, TTL ${b.ttl_s} s` +
+      (b.fields !== undefined ? `, ${b.fields} fields` : ''));
 }
 
 // ---- summary ------------------------------------------------------------------
