@@ -47,13 +47,15 @@ build_pkgs() {
 
 # runtime: one package per shared library in `ldd cascaded` (checked by
 # tests/deploy/check_deps.sh), and CA certificates for HTTPS upstreams.
+# libevent-2.1-7 (libevent proper) is loaded by the sanitizer build of the
+# same code (`ldd build-asan/gateway/cascaded`), which CI checks too.
 runtime_pkgs() {
   case "$distro" in
     ubuntu:noble)
-      echo libevent-core-2.1-7t64 libevent-extra-2.1-7t64 libevent-pthreads-2.1-7t64 libevent-openssl-2.1-7t64 \
+      echo libevent-2.1-7t64 libevent-core-2.1-7t64 libevent-extra-2.1-7t64 libevent-pthreads-2.1-7t64 libevent-openssl-2.1-7t64 \
            libjansson4 libhiredis1.1.0 libpcre2-8-0 libssl3t64 ca-certificates ;;
     *)
-      echo libevent-core-2.1-7 libevent-extra-2.1-7 libevent-pthreads-2.1-7 libevent-openssl-2.1-7 \
+      echo libevent-2.1-7 libevent-core-2.1-7 libevent-extra-2.1-7 libevent-pthreads-2.1-7 libevent-openssl-2.1-7 \
            libjansson4 libhiredis0.14 libpcre2-8-0 libssl3 ca-certificates ;;
   esac
 }
