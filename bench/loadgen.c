@@ -19,6 +19,10 @@
  *   window (after --warmup, for --duration seconds); percentiles cover ok
  *   (2xx) responses; ttfb is the time to the first byte of the body.
  *
+ * --requests N (closed loop only) stops after N requests in all, whatever the
+ * time: a fixed amount of work, for counting instructions per request under
+ * callgrind (bench/gateway/callgrind.sh). Every request is then measured.
+ *
  * --unique makes every request's body differ, so that a gateway's response
  * cache misses on each one and the whole path (lookup, upstream, store) runs:
  * the body must hold the 16-byte marker LG_UNIQUE_MARK once, and each send
@@ -73,6 +77,7 @@ struct lg_opts {
     const char *method;
     char *request;          /* the whole request, built once */
     size_t request_len;
+    uint64_t requests;      /* --requests: stop after this many (0: by time) */
     int unique;             /* --unique: rewrite the marker per request */
     size_t unique_off;      /* where the marker sits in `request` */
     uint64_t unique_nonce;  /* differs between runs, so no run hits an old entry */
@@ -145,6 +150,7 @@ struct lg_worker {
     /* results */
     uint64_t sent, ok, errors, non2xx, connect_errors;
     uint64_t unique_seq;            /* --unique: requests this worker has sent */
+    uint64_t budget, issued;        /* --requests: this worker's share; sent so far */
     struct lg_samples lat, ttfb;
     struct lg_samples lag;          /* open loop: how late each send was dispatched */
 };
@@ -214,6 +220,7 @@ static int lg_is_measured(const struct lg_worker *w, uint64_t due)
 
 static void lg_conn_connect(struct lg_conn *c);
 static void lg_conn_send(struct lg_conn *c, uint64_t due);
+static void lg_start_drain(struct lg_worker *w);
 static void lg_read_cb(evutil_socket_t fd, short what, void *arg);
 
 /* lg_conn_ready: the connection can take a request; give it the oldest
@@ -230,7 +237,7 @@ static void lg_conn_ready(struct lg_conn *c)
     if (w->o->rate == 0 && !w->draining) {
         /* before t0 the tick has not started the run: park */
         now = lg_now();
-        if (now >= w->t0 && now < w->measure_to) {
+        if (now >= w->t0 && now < w->measure_to && (!w->budget || w->issued < w->budget)) {
             lg_conn_send(c, now);
             return;
         }
@@ -357,6 +364,9 @@ static void lg_conn_send(struct lg_conn *c, uint64_t due)
     c->busy = 1;
     w->in_flight++;
     c->due_ns = due;
+    /* --requests: the last one is out; the drain ends the run when it is back */
+    if (w->budget && ++w->issued >= w->budget && !w->draining)
+        lg_start_drain(w);
     c->measured = lg_is_measured(w, due);
     /* open loop counts a request when it falls due (lg_dispatch), so one
      * that never found a connection still counts, as an error */
@@ -421,7 +431,7 @@ static void lg_tick_cb(evutil_socket_t fd, short what, void *arg)
     if (w->o->rate == 0) {
         if (now < w->measure_to) {
             /* closed loop starts: every connected connection gets work */
-            while (w->idle) {
+            while (w->idle && !w->draining) {
                 struct lg_conn *c = w->idle;
                 w->idle = c->next_idle;
                 lg_conn_send(c, lg_now());
@@ -761,6 +771,8 @@ static void lg_worker_init(struct lg_worker *w, int idx, const struct lg_opts *o
     }
     w->t0 = t0;
     w->measure_from = t0 + (uint64_t)(o->warmup * 1e9);
+    if (o->requests)
+        w->budget = o->requests / (uint64_t)o->threads + ((uint64_t)idx < o->requests % (uint64_t)o->threads);
     w->measure_to = w->measure_from + (uint64_t)(o->duration * 1e9);
     if (o->rate > 0) {
         /* worker k sends requests k, k+T, k+2T, ... of one global schedule */
@@ -906,12 +918,13 @@ static void lg_usage(void)
     fprintf(stderr,
             "usage: loadgen --url http://HOST:PORT/PATH [--rate R] [--duration S] [--warmup S]\n"
             "               [--connections C] [--threads T] [--body FILE] [--header 'N: v']...\n"
-            "               [--method M] [--stream] [--timeout S] [--unique]\n"
+            "               [--method M] [--stream] [--timeout S] [--unique] [--requests N]\n"
             "  --rate R        requests/s, open loop (0 = closed loop, as fast as possible); default 1000\n"
             "  --duration S    measured seconds (default 10); --warmup S before it (default 1)\n"
             "  --connections C keep-alive connections (default 64); --threads T loops (default 1)\n"
             "  --timeout S     a request idle this long fails; also the final drain (default 10)\n"
             "  --stream        ask for text/event-stream (ttfb is reported either way)\n"
+            "  --requests N    closed loop only: stop after N requests (--duration bounds the time)\n"
             "  --unique        the body holds " LG_UNIQUE_MARK " once; each request gets its\n"
             "                  own 16 hex digits there (no two requests alike, so no cache hits)\n");
     exit(2);
@@ -932,6 +945,7 @@ int main(int argc, char **argv)
         { "stream", no_argument, NULL, 's' },
         { "timeout", required_argument, NULL, 'T' },
         { "unique", no_argument, NULL, 'U' },
+        { "requests", required_argument, NULL, 'n' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -945,7 +959,7 @@ int main(int argc, char **argv)
     struct lg_samples lat = { 0 }, ttfb = { 0 }, lag = { 0 };
     uint64_t sent = 0, ok = 0, errors = 0, non2xx = 0, conn_err = 0;
 
-    while ((opt = getopt_long(argc, argv, "u:r:d:w:c:t:b:H:m:sT:Uh", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "u:r:d:w:c:t:b:H:m:sT:Un:h", longopts, NULL)) != -1) {
         switch (opt) {
         case 'u': o.url = optarg; break;
         case 'r': o.rate = atof(optarg); break;
@@ -965,11 +979,13 @@ int main(int argc, char **argv)
         case 's': o.stream = 1; break;
         case 'T': o.timeout = atof(optarg); break;
         case 'U': o.unique = 1; break;
+        case 'n': o.requests = strtoull(optarg, NULL, 10); break;
         default: lg_usage();
         }
     }
     if (!o.url || o.rate < 0 || o.duration <= 0 || o.warmup < 0 || o.timeout <= 0 ||
-        o.connections < 1 || o.threads < 1 || o.threads > o.connections)
+        o.connections < 1 || o.threads < 1 || o.threads > o.connections ||
+        (o.requests && (o.rate > 0 || o.requests < (uint64_t)o.threads)))
         lg_usage();
     signal(SIGPIPE, SIG_IGN);
     lg_parse_url(&o);
