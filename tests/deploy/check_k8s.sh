@@ -36,19 +36,25 @@ command -v promtool >/dev/null 2>&1 || fail "promtool not found (Debian's promet
 tmp=$(mktemp -d) || fail "mktemp"
 trap 'rm -rf "$tmp"' EXIT
 
-# 1. Build the base and every overlay (components are built through them).
+# 1. Build the base and every overlay (components are built through them),
+# side by side: each build is mostly kubectl starting up.
 builds=""
 n=0
 for dir in "$k8s/base" "$k8s"/overlays/*/; do
     dir=${dir%/}
     [ -f "$dir/kustomization.yaml" ] || continue
     name=$(basename "$dir")
-    if ! kubectl kustomize "$dir" >"$tmp/$name.yaml" 2>"$tmp/$name.err"; then
-        cat "$tmp/$name.err" >&2
-        fail "kubectl kustomize $dir"
-    fi
+    (kubectl kustomize "$dir" >"$tmp/$name.yaml" 2>"$tmp/$name.err"; echo $? >"$tmp/$name.rc") &
     builds="$builds $name=$tmp/$name.yaml"
     n=$((n + 1))
+done
+wait
+for b in $builds; do
+    name=${b%%=*}
+    if [ "$(cat "$tmp/$name.rc")" != 0 ]; then
+        cat "$tmp/$name.err" >&2
+        fail "kubectl kustomize $name"
+    fi
 done
 # The base and the four shapes README.md documents.
 [ "$n" -ge 5 ] || fail "only $n kustomizations built under $k8s (expected the base and 4 overlays)"

@@ -920,18 +920,20 @@ def main():
             objs = [o for o in yaml.load_all(open(path), Loader=loader) if o is not None]
             builds.append((name, objs))
             check_build(name, objs, ctx, probs)
-        # Mutations on the first build that has every kind they touch.
+        # Mutations on every build that has every kind they touch (the SGLang
+        # shapes): one node and two.
         kinds = {"LeaderWorkerSet", "ServiceMonitor", "PrometheusRule", "HorizontalPodAutoscaler"}
-        target = next(((n, o) for n, o in builds if kinds <= {x.get("kind") for x in o}), None)
-        if target is None:
+        targets = [(n, o) for n, o in builds if kinds <= {x.get("kind") for x in o}]
+        if not targets:
             probs.add("self-test", "no build has a LeaderWorkerSet, ServiceMonitor, PrometheusRule and HPA to mutate")
-        else:
-            probs.items += self_test(target[0], target[1], ctx)
+        for n, o in targets:
+            probs.items += self_test(n, o, ctx)
     for p in probs.items:
         print("FAIL:", p)
     n_objs = sum(len(o) for _, o in builds)
     print(f"k8s_check: {len(builds)} builds, {n_objs} objects, {n_json} config files, "
-          f"{len(MUTATIONS)} mutations on {target[0] if target else '-'}: {len(probs.items)} problems")
+          f"{len(MUTATIONS)} mutations each on {', '.join(n for n, _ in targets) or '-'}: "
+          f"{len(probs.items)} problems")
     return 1 if probs.items else 0
 
 
