@@ -6,6 +6,7 @@
 #   start_redis               redis-server without persistence; sets REDIS_PORT
 #   start_upstream ARGS...    bench/upstream on a free port; sets UPORT
 #   need_bins FILE...         exit 2 unless every binary is built
+#   build_commit DIR          the commit a build tree's sources were at
 # and installs an EXIT trap that stops what bench_start started.
 BENCH_PIDS=()
 bench_cleanup() {
@@ -46,4 +47,14 @@ start_upstream() {
     bench_start upstream "$UPSTREAM" --port 0 "$@"
     wait_for "$OUT/upstream.log" 'UPSTREAM_PORT=[0-9]+'
     UPORT=$(sed -n 's/^UPSTREAM_PORT=\([0-9]*\).*/\1/p' "$OUT/upstream.log")
+}
+
+# build_commit DIR: the commit of the source tree DIR was configured from, and
+# whether that tree had uncommitted changes in the gateway's code
+build_commit() {
+    local src
+    src=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$1/CMakeCache.txt" 2>/dev/null)
+    [ -n "$src" ] || { echo "unknown ($1)"; return; }
+    echo "$1 from $src at $(git -C "$src" rev-parse --short HEAD)$([ -z "$(git -C "$src" status --porcelain -- \
+        gateway common engines/remote cache policies)" ] || echo ' + uncommitted changes')"
 }

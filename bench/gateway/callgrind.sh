@@ -269,5 +269,8 @@ for t in targets:
             print(f"| {ir / n:,.0f} | {100 * ir / total:.1f}% | `{short(name)}` |")
         print()
 PY
+{
+    echo "cascaded: $(build_commit "$BUILD"); nginx: $(command -v nginx >/dev/null && nginx -v 2>&1 | sed 's/.*nginx\///'); valgrind: $(valgrind --version)"
+} >>"$OUT/summary.md"
 cat "$OUT/summary.md"
 echo "callgrind.sh: dumps and annotations in $OUT (callgrind_annotate $OUT/cascaded.1/nonstream.cg)" >&2

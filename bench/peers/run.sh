@@ -303,8 +303,8 @@ NT=${#TLIST[@]}
 : >"$OUT/runs.jsonl"
 {
     echo "date: $(date -u +%FT%TZ)"
-    echo "commit: $(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet HEAD -- gateway common engines cache policies || echo ' (+ uncommitted changes)')"
-    [ -n "$OLD_BUILD" ] && echo "old build: $OLD_BUILD"
+    echo "cascaded: $(build_commit "$BUILD")"
+    [ -n "$OLD_BUILD" ] && echo "cascaded (old): $(build_commit "$OLD_BUILD")"
     echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
     echo "targets: $TARGETS; rates: $RATES; modes: $MODES; rounds: $ROUNDS; duration: ${DURATION}s + ${WARMUP}s warmup; connections: $CONNS; chunks: $CHUNKS"
     [ -n "${NGINX_VERSION:-}" ] && echo "nginx: $NGINX_VERSION (Debian package $NGINX_DEB)"
