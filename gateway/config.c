@@ -1137,6 +1137,64 @@ void config_free(struct config *cfg)
     memset(cfg, 0, sizeof *cfg);
 }
 
+static int str_differs(const char *a, const char *b)
+{
+    return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
+}
+
+/* Appends name to the comma-separated list in buf (bounded by n). */
+static void deferred_add(char *buf, size_t n, size_t *count, const char *name)
+{
+    size_t used = strlen(buf);
+    if (used < n)
+        snprintf(buf + used, n - used, "%s%s", *count ? ", " : "", name);
+    (*count)++;
+}
+
+size_t config_reload_deferred(const struct config *boot, const struct config *next, char *buf, size_t n)
+{
+    size_t count = 0;
+    if (n)
+        buf[0] = '\0';
+    const struct limits_config *a = &boot->limits, *b = &next->limits;
+    if (a->max_body_bytes != b->max_body_bytes)
+        deferred_add(buf, n, &count, "limits.max_body_bytes");
+    if (a->max_header_bytes != b->max_header_bytes)
+        deferred_add(buf, n, &count, "limits.max_header_bytes");
+    if (a->header_timeout_ms != b->header_timeout_ms)
+        deferred_add(buf, n, &count, "limits.header_timeout_ms");
+    if (a->read_timeout_ms != b->read_timeout_ms)
+        deferred_add(buf, n, &count, "limits.read_timeout_ms");
+    if (a->write_timeout_ms != b->write_timeout_ms)
+        deferred_add(buf, n, &count, "limits.write_timeout_ms");
+    if (a->upstream_timeout_ms != b->upstream_timeout_ms)
+        deferred_add(buf, n, &count, "limits.upstream_timeout_ms");
+    if (a->drain_timeout_ms != b->drain_timeout_ms)
+        deferred_add(buf, n, &count, "limits.drain_timeout_ms");
+    if (a->max_connections_per_worker != b->max_connections_per_worker)
+        deferred_add(buf, n, &count, "limits.max_connections_per_worker");
+    if (a->max_pipelined != b->max_pipelined)
+        deferred_add(buf, n, &count, "limits.max_pipelined");
+    if (boot->redis.timeout_ms != next->redis.timeout_ms)
+        deferred_add(buf, n, &count, "redis.timeout_ms");
+    if (str_differs(boot->redis.password_env, next->redis.password_env) ||
+        str_differs(boot->redis.password_file, next->redis.password_file))
+        deferred_add(buf, n, &count, "redis.password_env/password_file");
+    if (boot->policy.local_share != next->policy.local_share)
+        deferred_add(buf, n, &count, "policy.local_share");
+    if (boot->policy.reservation_ttl_ms != next->policy.reservation_ttl_ms)
+        deferred_add(buf, n, &count, "policy.reservation_ttl_ms");
+    if (boot->policy.journal_max != next->policy.journal_max)
+        deferred_add(buf, n, &count, "policy.journal_max");
+    if (boot->cache.memory_max_bytes != next->cache.memory_max_bytes)
+        deferred_add(buf, n, &count, "cache.memory_max_bytes");
+    /* A lowered bound applies at once (each store checks the snapshot's
+     * value too); a raised one meets the cache's start-up bound. */
+    if (next->cache.max_entry_bytes > boot->cache.max_entry_bytes)
+        deferred_add(buf, n, &count, "cache.max_entry_bytes (raised)");
+    return count;
+}
+
 const char *config_reload_conflict(const struct config *cur, const struct config *next)
 {
     if (strcmp(cur->listen_host, next->listen_host) != 0 || cur->listen_port != next->listen_port)

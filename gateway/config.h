@@ -156,6 +156,14 @@ int config_tier_index(const struct config *cfg, const char *name_or_model);
 /* NULL when next may replace cur by a reload (SIGHUP): same listen address,
  * workers, tiers and engines; otherwise what differs. */
 const char *config_reload_conflict(const struct config *cur, const struct config *next);
+/* The fields a reload accepts but that stay as they were until the next
+ * start, because what uses them was built from the boot config: limits.*
+ * (the listener and its timers), redis.timeout_ms and the password source
+ * (the connection), policy.* (the journal and local limits), the memory
+ * cache's bound and a raised cache.max_entry_bytes (the cache). Writes their
+ * names, comma separated, into buf (truncated to n) and returns how many
+ * changed, so a reload can say that it did not apply them. */
+size_t config_reload_deferred(const struct config *boot, const struct config *next, char *buf, size_t n);
 int config_tenant_allows(const struct tenant_config *t, int tier);
 /* The next tier along tier's fallback chain (tiers[].fallback) for which
  * ok(ctx, tier) holds: the caller's test (the tenant may use it, it serves

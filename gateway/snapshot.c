@@ -125,5 +125,11 @@ int snapshot_reload(struct snapshot_store *st, const char *why)
     pthread_mutex_unlock(&st->mu);
     snapshot_release(old); /* freed when its last request ends */
     log_info("%s: configuration reloaded (%zu tenants)", why, next->cfg.n_tenants);
+    /* Compared with the boot config, not the previous snapshot: what these
+     * fields feed was built once, so the warning repeats on every reload
+     * until a restart brings the two back together. */
+    char deferred[512];
+    if (config_reload_deferred(st->boot, &next->cfg, deferred, sizeof deferred) > 0)
+        log_warn("%s: %s changed, which takes effect only after a restart", why, deferred);
     return 0;
 }

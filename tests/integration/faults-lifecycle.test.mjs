@@ -99,6 +99,32 @@ describe('signals under load', () => {
     await gw.stop();
   });
 
+  test('SIGHUP that changes a start-up-only field says so; one that changes a tenant says nothing more', async () => {
+    const peer = await startPeer({ name: 'hup-deferred' });
+    const cfg = (rpm, maxBody) => makeConfig({
+      tiers: [tier({ name: 'small', urls: peer.url })],
+      tenants: [{ id: 'hupd', keys: [sha256hex(TEST_KEY)], allowed_tiers: ['small'], limits: { rpm } }],
+      limits: { max_body_bytes: maxBody },
+    });
+    const gw = await startGateway({ config: cfg(1000, 1 << 20) });
+    const reloaded = () => gw.logLines().filter((l) => /configuration reloaded/.test(l.msg ?? '')).length;
+    const deferred = () => gw.logLines().filter((l) => /takes effect only after a restart/.test(l.msg ?? ''));
+    gw.reload(cfg(2000, 1 << 20));
+    await until(() => reloaded() >= 1);
+    await sleep(100);
+    assert.deepEqual(deferred(), [], 'a tenant-only change applies in full');
+    gw.reload(cfg(2000, 1024));
+    await until(() => reloaded() >= 2);
+    await until(() => deferred().length >= 1);
+    assert.match(deferred()[0].msg, /limits\.max_body_bytes/);
+    assert.equal(deferred()[0].level, 'warn');
+    // What the warning says is true: the running limit is still the boot one.
+    const res = await post(gw, chatBody(`big ${'x'.repeat(4096)}`));
+    assert.equal(res.status, 200);
+    await res.text();
+    await gw.stop();
+  });
+
   test('SIGTERM under load: in-flight requests finish, new connections are refused, exit 0 within the drain', async () => {
     const peer = await startPeer({ name: 'term' });
     const DRAIN = 5000;
