@@ -561,7 +561,7 @@ def promql_metrics(expr):
     return names
 
 
-def check_rules(rule_objs, metrics, promtool, where, probs, tmpdir):
+def check_rules(rule_objs, metrics, promtool, where, probs, tmpdir, alert_tests=True):
     groups = []
     for name, obj in rule_objs:
         for gi, g in enumerate(obj.get("spec", {}).get("groups", []) or []):
@@ -582,6 +582,25 @@ def check_rules(rule_objs, metrics, promtool, where, probs, tmpdir):
                        yaml.safe_dump({"groups": groups}))
     if rc != 0:
         probs.add(f"{where}: promtool check rules", out)
+        return
+    if not alert_tests:
+        return
+    # The alerts fire on the series their failures make, and not on healthy
+    # traffic (tests/deploy/k8s_alerts_test.yaml). Annotations are left out:
+    # promtool compares them whole, and their wording is not under test.
+    bare = copy.deepcopy(groups)
+    for g in bare:
+        for r in g.get("rules", []):
+            r.pop("annotations", None)
+    rules_path = os.path.join(tmpdir, "rules-bare.yaml")
+    with open(rules_path, "w") as f:
+        yaml.safe_dump({"groups": bare}, f)
+    tests = yaml.safe_load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "k8s_alerts_test.yaml")))
+    tests["rule_files"] = [rules_path]
+    rc, out = run_once([promtool, "test", "rules"], os.path.join(tmpdir, "alerts-test.yaml"),
+                       yaml.safe_dump(tests) + "# " + yaml.safe_dump({"groups": bare}).replace("\n", "\n# "))
+    if rc != 0:
+        probs.add(f"{where}: promtool test rules (tests/deploy/k8s_alerts_test.yaml)", out)
 
 
 # ---- the gateway's config and its wiring ---------------------------------------------
@@ -761,7 +780,7 @@ def check_build(name, objs, ctx, probs):
                 probs.add(lw, f"tier {t.get('name')} asks for model {t.get('model')!r}, SGLang serves {served!r}")
 
     check_rules([(r["metadata"]["name"], r) for r in by_kind.get("PrometheusRule", [])], ctx.metrics,
-                ctx.promtool, where, probs, ctx.tmp)
+                ctx.promtool, where, probs, ctx.tmp, ctx.alert_tests)
 
 
 # ---- mutations: each must be caught ---------------------------------------------------
@@ -822,6 +841,11 @@ def m_bad_promql(objs):
     rule(objs, "CascadeRedisDown")["expr"] = "sum(rate(cascade_redis_errors_total[5m]) > 0.2"
 
 
+def m_deaf_alert(objs):
+    r = rule(objs, "CascadeRedisDown")
+    r["expr"] = r["expr"].replace("> 0.2", "> 200")
+
+
 def m_sm_selector(objs):
     del find(objs, "ServiceMonitor")["spec"]["selector"]
 
@@ -856,7 +880,8 @@ MUTATIONS = [
     ("LWS startupPolicy misspelt", m_lws_typo, "unknown field (not in the CRD)"),
     ("ServiceMonitor without selector", m_sm_selector, "missing required field selector"),
     ("an alert on an unknown metric", m_unknown_metric, "does not export"),
-    ("an alert that does not parse", m_bad_promql, "promtool"),
+    ("an alert that does not parse", m_bad_promql, "promtool check rules"),
+    ("an alert that never fires", m_deaf_alert, "promtool test rules"),
     ("a config key cascaded does not know", m_config_key, "cascaded --check-config"),
     ("the Redis password env removed", m_secret_env, "does not set it"),
 ]
@@ -872,7 +897,10 @@ def self_test(name, objs, ctx):
             failures.append(f"self-test: cannot apply '{label}' to {name}: {e}")
             continue
         p = Problems()
+        # promtool's alert tests take a second: only where they are the catch.
+        ctx.alert_tests = "promtool test" in expect
         check_build(name, m, ctx, p)
+        ctx.alert_tests = True
         if not any(expect in s for s in p.items):
             failures.append(f"self-test: '{label}' was not caught (wanted a problem containing {expect!r}; "
                             f"got {p.items[:3]})")
@@ -897,6 +925,7 @@ def main():
         sys.exit("FAIL: promtool not found (Debian's prometheus package; scripts/setup.sh)")
     ctx = Ctx()
     ctx.src, ctx.cascaded, ctx.promtool, ctx.abstract = a.src, a.cascaded, a.promtool, set(a.abstract)
+    ctx.alert_tests = True
     ctx.metrics = exported_metrics(os.path.join(a.src, "gateway/metrics.c"))
     if len(ctx.metrics) < 20:
         sys.exit(f"FAIL: found only {len(ctx.metrics)} metric names in gateway/metrics.c; has its family() changed?")
