@@ -1,6 +1,7 @@
 /* completions.c: /v1/completions parsing and writing; see completions.h. */
 #include "common/completions.h"
 
+#include "common/jsonr.h"
 #include "common/mem.h"
 #include "common/utf8.h"
 
@@ -45,7 +46,7 @@ int completion_request_parse(const char *body, size_t len, struct completion_req
     if (!utf8_valid(body, len))
         return bad(err, NULL, "request body is not valid UTF-8");
     json_error_t jerr;
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = jr_load(body, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
         openai_error_set(err, 400, "invalid_request_error", NULL, NULL,
                          "malformed JSON in request body: %s (line %d, column %d)", jerr.text,

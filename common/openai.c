@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/jsonr.h"
 #include "common/jsonw.h"
 #include "common/mem.h"
 #include "common/utf8.h"
@@ -424,7 +425,7 @@ int chat_request_parse(const char *body, size_t len, struct chat_request *req, s
     if (!utf8_valid(body, len))
         return BAD(err, NULL, "request body is not valid UTF-8");
     json_error_t jerr;
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = jr_load(body, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
         return BAD(err, NULL, "malformed JSON in request body: %s (line %d, column %d)", jerr.text,
                    jerr.line, jerr.column);

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/jsonr.h"
 #include "common/openai.h"
 
 #define MAX_TOP 20      /* OpenAI's top_logprobs maximum; more are ignored */
@@ -245,15 +246,263 @@ static int emit_output(struct answer *a, const char *text, size_t len, const str
 
 /* ---- streams ------------------------------------------------------------ */
 
+/* The chunk nearly every chat stream is made of, read without a tree:
+ *   {"id":..,"object":..,"created":..,"model":..,
+ *    "choices":[{"index":..,"delta":{"role":..,"content":".."},
+ *                "logprobs":null,"finish_reason":null|".."}],
+ *    "usage":null|{"prompt_tokens":N,"completion_tokens":N,..}}
+ * Fields the tree reader would drop (null, "" or [] in the object and the
+ * delta, anything else in a choice or in usage, choices after the first)
+ * are checked and skipped. Anything that would reach the caller as an extra
+ * or a meta (a tool call, reasoning, system_fingerprint), logprobs, an
+ * error, a key read twice, or bytes whose meaning jansson must decide:
+ * returns 0 and the tree reader takes the event from the start. Nothing is
+ * delivered before the whole event has been read, so that never repeats a
+ * token. Returns 1 with *rc set when it read the event. */
+enum { K_CHOICES = 1, K_USAGE = 2, K_ERROR = 4, K_DELTA = 8, K_LOGPROBS = 16, K_FINISH = 32, K_CONTENT = 64,
+       K_PROMPT = 128, K_COMPLETION = 256 };
+
+static int key_is(const char *k, size_t n, const char *name)
+{
+    return strlen(name) == n && memcmp(k, name, n) == 0;
+}
+
+/* A token count as count_value reads it: an integer in [0, 2^53), else 0. */
+static int fast_count(struct jr_cursor *c, int64_t *out)
+{
+    *out = 0;
+    int ch = jr_peek(c);
+    if (ch != '-' && (ch < '0' || ch > '9'))
+        return jr_skip(c, NULL);
+    int real;
+    int64_t iv;
+    double dv;
+    if (jr_read_number(c, &real, &iv, &dv) < 0)
+        return -1;
+    if (!real && iv >= 0 && iv < ((int64_t)1 << 53))
+        *out = iv;
+    return 0;
+}
+
+static int fast_usage(struct jr_cursor *c, unsigned *seen, int *have, int64_t *prompt, int64_t *completion)
+{
+    if (jr_peek(c) != '{')
+        return jr_skip(c, NULL); /* null, or not an object: read_usage ignores it */
+    c->p++;
+    *have = 1;
+    int first = 1, rc;
+    const char *k;
+    size_t kn;
+    while ((rc = jr_next_key(c, &first, &k, &kn)) == 1) {
+        unsigned bit = key_is(k, kn, "prompt_tokens") ? K_PROMPT : key_is(k, kn, "completion_tokens") ? K_COMPLETION : 0;
+        if (bit & *seen)
+            return -1;
+        *seen |= bit;
+        if (bit && fast_count(c, bit == K_PROMPT ? prompt : completion) < 0)
+            return -1;
+        if (!bit && jr_skip(c, NULL) < 0)
+            return -1;
+    }
+    return rc;
+}
+
+struct fast_event {
+    const char *text;
+    size_t tlen;
+    char *text_own;                 /* text decoded from escapes, copied off the cursor */
+    char finish[sizeof ((struct answer *)0)->finish_reason];
+    int have_choice, have_usage;
+    int64_t prompt, completion;
+};
+
+static int fast_delta(struct jr_cursor *c, unsigned *seen, struct fast_event *ev)
+{
+    if (jr_expect(c, '{') < 0)
+        return -1; /* a delta that is not an object: the tree reader's case */
+    int first = 1, rc;
+    const char *k;
+    size_t kn;
+    while ((rc = jr_next_key(c, &first, &k, &kn)) == 1) {
+        if (key_is(k, kn, "content")) {
+            if (*seen & K_CONTENT)
+                return -1;
+            *seen |= K_CONTENT;
+            if (jr_peek(c) != '"') {
+                if (jr_skip(c, NULL) < 0)
+                    return -1;
+                continue;
+            }
+            const char *s;
+            size_t n;
+            if (jr_read_string(c, &s, &n) < 0)
+                return -1;
+            if (s == c->buf) {
+                /* decoded from escapes: the next key would overwrite it */
+                ev->text_own = malloc(n + 1);
+                if (!ev->text_own)
+                    return -1;
+                memcpy(ev->text_own, s, n);
+                s = ev->text_own;
+            }
+            ev->text = s;
+            ev->tlen = n;
+        } else {
+            int empty;
+            if (jr_skip(c, &empty) < 0 || (!empty && !key_is(k, kn, "role")))
+                return -1; /* an extra to deliver (tool call, reasoning) */
+        }
+    }
+    return rc;
+}
+
+static int fast_choice(struct jr_cursor *c, unsigned *seen, struct fast_event *ev)
+{
+    if (jr_peek(c) != '{')
+        return jr_skip(c, NULL); /* not an object: nothing to deliver */
+    c->p++;
+    ev->have_choice = 1;
+    int first = 1, rc;
+    const char *k;
+    size_t kn;
+    while ((rc = jr_next_key(c, &first, &k, &kn)) == 1) {
+        unsigned bit = key_is(k, kn, "delta") ? K_DELTA : key_is(k, kn, "logprobs") ? K_LOGPROBS
+                                                         : key_is(k, kn, "finish_reason") ? K_FINISH : 0;
+        if (bit & *seen)
+            return -1;
+        *seen |= bit;
+        if (bit == K_DELTA) {
+            if (fast_delta(c, seen, ev) < 0)
+                return -1;
+        } else if (bit == K_LOGPROBS) {
+            if (jr_peek(c) != 'n' || jr_skip(c, NULL) < 0)
+                return -1; /* logprobs to read, or not null: the tree reader's */
+        } else if (bit == K_FINISH && jr_peek(c) == '"') {
+            const char *s;
+            size_t n;
+            if (jr_read_string(c, &s, &n) < 0)
+                return -1;
+            if (n > 0 && n < sizeof ev->finish) {
+                memcpy(ev->finish, s, n);
+                ev->finish[n] = '\0';
+            }
+        } else if (jr_skip(c, NULL) < 0) {
+            return -1;
+        }
+    }
+    return rc;
+}
+
+static int fast_choices(struct jr_cursor *c, unsigned *seen, struct fast_event *ev)
+{
+    if (jr_peek(c) != '[')
+        return jr_skip(c, NULL); /* not an array: no choice */
+    c->p++;
+    if (jr_peek(c) == ']') {
+        c->p++;
+        return 0;
+    }
+    if (fast_choice(c, seen, ev) < 0)
+        return -1;
+    for (;;) {
+        int ch = jr_peek(c);
+        if (ch == ']') {
+            c->p++;
+            return 0;
+        }
+        if (ch != ',')
+            return -1;
+        c->p++;
+        if (jr_skip(c, NULL) < 0) /* later choices: only the first is read */
+            return -1;
+    }
+}
+
+static int fast_event_read(struct jr_cursor *c, struct fast_event *ev)
+{
+    unsigned seen = 0;
+    if (jr_expect(c, '{') < 0)
+        return -1;
+    int first = 1, rc;
+    const char *k;
+    size_t kn;
+    while ((rc = jr_next_key(c, &first, &k, &kn)) == 1) {
+        unsigned bit = key_is(k, kn, "choices") ? K_CHOICES : key_is(k, kn, "usage") ? K_USAGE
+                                                           : key_is(k, kn, "error") ? K_ERROR : 0;
+        if (bit & seen)
+            return -1;
+        seen |= bit;
+        if (bit == K_CHOICES) {
+            if (fast_choices(c, &seen, ev) < 0)
+                return -1;
+        } else if (bit == K_USAGE) {
+            if (fast_usage(c, &seen, &ev->have_usage, &ev->prompt, &ev->completion) < 0)
+                return -1;
+        } else if (bit == K_ERROR) {
+            if (jr_peek(c) != 'n' || jr_skip(c, NULL) < 0)
+                return -1; /* an error event: the tree reader reports it */
+        } else {
+            int empty;
+            if (jr_skip(c, &empty) < 0)
+                return -1;
+            if (!empty && !key_is(k, kn, "id") && !key_is(k, kn, "object") && !key_is(k, kn, "created") &&
+                !key_is(k, kn, "model"))
+                return -1; /* a meta to deliver (system_fingerprint) */
+        }
+    }
+    return rc < 0 ? -1 : jr_at_end(c);
+}
+
+static int stream_event_fast(struct answer *a, const char *data, size_t len, enum answer_status *rc)
+{
+    if (a->tree_only || a->endpoint != ENGINE_EP_CHAT)
+        return 0;
+    struct jr_cursor c;
+    struct fast_event ev = {0};
+    jr_cursor_init(&c, data, len);
+    int ok = fast_event_read(&c, &ev) == 0;
+    jr_cursor_free(&c);
+    if (!ok) {
+        free(ev.text_own);
+        return 0;
+    }
+    /* What the tree reader does with the same event, in its order. */
+    *rc = ANSWER_OK;
+    if (ev.have_usage) {
+        a->usage.prompt_tokens = ev.prompt;
+        a->usage.completion_tokens = ev.completion;
+    }
+    if (ev.have_choice) {
+        int ended = 0;
+        if (ev.tlen > 0) {
+            if (a->max_tokens > 0 && a->output_events >= a->max_tokens) {
+                *rc = ANSWER_CUT;
+                ended = 1;
+            } else {
+                a->output_events++;
+                struct engine_token tok = {.text = ev.text, .len = ev.tlen};
+                a->delivered++;
+                ended = a->emit(a->ctx, &tok);
+            }
+        }
+        if (!ended && ev.finish[0])
+            memcpy(a->finish_reason, ev.finish, sizeof a->finish_reason);
+    }
+    free(ev.text_own);
+    return 1;
+}
+
 enum answer_status answer_stream_event(struct answer *a, const char *data, size_t len)
 {
+    enum answer_status fast_rc;
     if (a->saw_done)
         return ANSWER_OK; /* nothing after [DONE] counts */
     if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
         a->saw_done = 1;
         return ANSWER_OK;
     }
-    json_t *root = json_loadb(data, len, 0, NULL);
+    if (stream_event_fast(a, data, len, &fast_rc))
+        return fast_rc;
+    json_t *root = jr_load(data, len, 0, NULL);
     if (!json_is_object(root)) {
         json_decref(root);
         return bad(a, "upstream sent a malformed stream event");
@@ -331,7 +580,7 @@ enum answer_status answer_full(struct answer *a, const char *body, size_t len)
         a->emit(a->ctx, &tok);
         return ANSWER_OK;
     }
-    json_t *root = json_loadb(body, len, 0, NULL);
+    json_t *root = jr_load(body, len, 0, NULL);
     if (!json_is_object(root)) {
         json_decref(root);
         return bad(a, "upstream returned a malformed completion");
@@ -386,7 +635,7 @@ out:
 void answer_error_parse(const char *body, size_t len, struct answer_error *out)
 {
     memset(out, 0, sizeof *out);
-    json_t *root = json_loadb(body, len, 0, NULL);
+    json_t *root = jr_load(body, len, 0, NULL);
     /* OpenAI's {"error":{...}}; older vLLM put the same fields at the top
      * ({"object":"error","message",...}), FastAPI a bare {"detail":...}. */
     json_t *e = json_object_get(root, "error");

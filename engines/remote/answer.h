@@ -56,6 +56,10 @@ struct answer {
     char finish_reason[32];         /* "" until the upstream gave one */
     int saw_done;                   /* a stream's [DONE] arrived */
     char error[256];                /* why the last call failed */
+    /* Tests only: read every stream event through a JSON tree, the
+     * reference the tree-less reader of the common chunk shapes is checked
+     * against (tests/fuzz/fuzz_answer_fast.c). 0 after answer_init. */
+    int tree_only;
 };
 
 void answer_init(struct answer *a, enum engine_endpoint ep, int64_t max_tokens, answer_emit_fn emit,
