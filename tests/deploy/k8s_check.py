@@ -508,13 +508,16 @@ def check_sglang(lws, where, opts, probs):
             probs.add(w, f"--dp-size {dp} (DP attention) does not divide --tp-size {tp}")
         if "--dp-size" in f and "--enable-dp-attention" not in f and size > 1:
             probs.add(w, "--dp-size across nodes needs --enable-dp-attention (SGLang refuses it otherwise)")
+        if f.get("--host") != "0.0.0.0":
+            probs.add(w, "--host must be 0.0.0.0: the Service and the probes reach the pod from outside")
+        http = [pt.get("containerPort") for pt in c.get("ports") or [] if pt.get("name") == "http"]
+        if http and str(f.get("--port", "30000")) != str(http[0]):
+            probs.add(w, f"--port {f.get('--port', '30000 (the default)')} but the container's http port is {http[0]}")
         if size > 1:
             if f.get("--node-rank") != "$(LWS_WORKER_INDEX)":
                 probs.add(w, "--node-rank must be $(LWS_WORKER_INDEX) in a multi-node group")
             if not str(f.get("--dist-init-addr", "")).startswith("$(LWS_LEADER_ADDRESS):"):
                 probs.add(w, "--dist-init-addr must be $(LWS_LEADER_ADDRESS):PORT in a multi-node group")
-            if f.get("--host") != "0.0.0.0":
-                probs.add(w, "--host must be 0.0.0.0: the Service and the probes reach the pod from outside")
     if size > 1 and len(parsed) == 2 and parsed["leaderTemplate"] != parsed["workerTemplate"]:
         probs.add(where, "the leader's and the workers' SGLang flags differ")
     return parsed.get("leaderTemplate", {})
