@@ -305,7 +305,7 @@ int main(int argc, char **argv)
 {
     if (argc < 2) {
         fprintf(stderr, "usage: bench_native copy|single|streams|big [--model M] [--n K] "
-                        "[--runs N] [--threads T] [--tokens N] [--mib N] [--portable] [--no-avx512]\n");
+                        "[--runs N] [--threads T] [--tokens N] [--mib N] [--portable] [--no-avx512] [--no-bf16]\n");
         return 2;
     }
     const char *mode = argv[1], *model = NULL;
@@ -320,6 +320,10 @@ int main(int argc, char **argv)
         }
         if (!strcmp(a, "--no-avx512")) {
             flags |= OPS_CPU_NO_AVX512;
+            continue;
+        }
+        if (!strcmp(a, "--no-bf16")) {
+            flags |= OPS_CPU_NO_BF16;   /* the float AVX-512 tiles for BF16 weights */
             continue;
         }
         i++;

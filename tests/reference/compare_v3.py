@@ -38,6 +38,7 @@ import tempfile
 
 TOL = 1e-3          # |delta logprob| against the reference (the bound)
 MLA_TOL = 1e-4      # absorbed vs naive MLA inside the engine
+BF16_TOL = 5e-2     # the CPU's AVX-512 BF16 kernels against the BF16-rounding reference
 LAYOUT_MIN = 0.1    # the wrong rope layout must differ by at least this
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -169,6 +170,13 @@ def main():
 
         with open(os.path.join(models["bf16"], "config.json")) as f:
             vocab = json.load(f)["vocab_size"]
+        # The acceptance runs below pin the float kernels (--no-bf16): they
+        # check the architecture's arithmetic at TOL. Where the CPU has the
+        # AVX-512 BF16 kernels (the default there), they round each BF16
+        # matmul's input to BF16, and are checked after the loop.
+        dev = json.loads(run([a.score, "--model", models["bf16"], "--tokens", "0",
+                              "--threads", "1"]).stdout).get("device", "")
+        print(f"engine device by default: {dev}")
         rng = np.random.default_rng(13)
         # BOS, then ids across the whole vocabulary (special tokens included).
         tokens = [0] + [int(t) for t in rng.integers(0, vocab, size=13)]
@@ -187,7 +195,7 @@ def main():
             }
             got = {}
             for what, extra in runs.items():
-                got[what] = engine(a.score, model, tokens, extra)
+                got[what] = engine(a.score, model, tokens, ["--no-bf16", *extra])
                 compare(ref, got[what], f"{name}, {what}")
             delta = float(np.abs(got["prefill 4 + decode (absorb)"] -
                                  got["prefill 4 + decode (naive)"]).max())
@@ -197,6 +205,23 @@ def main():
             batched = got["prefill 4 + decode in a batch of 4 (absorb)"]
             check(np.array_equal(alone, batched),
                   f"{name}: the same log-probs alone and inside a batch (bit for bit)")
+            if "avx512bf16" in dev:
+                # The BF16 kernels: the promise (bit for bit in any batch)
+                # holds as it does for the float ones; against a reference
+                # that rounds the same inputs to BF16 they agree within
+                # BF16_TOL, since a last-bit difference that crosses a BF16
+                # rounding boundary moves that term by 2^-8 and can tip a
+                # near tie in the router.
+                b_ref = reference(model, tokens, ["--bf16-activations"])
+                b_alone = engine(a.score, model, tokens, ["--prefill", "4"])
+                b_batch = engine(a.score, model, tokens,
+                                 ["--prefill", "4", "--batch-with", "3", "--seed", "3"])
+                check(np.array_equal(b_alone, b_batch),
+                      f"{name}, BF16 kernels: the same log-probs alone and inside a batch (bit for bit)")
+                worst = float(np.abs(b_alone - b_ref).max())
+                check(worst <= BF16_TOL,
+                      f"{name}, BF16 kernels: max |delta logprob| {worst:.2e} against the reference "
+                      f"rounding the same inputs (<= {BF16_TOL:g})")
 
         # The rope layout: interleaved pairs (ours) vs rotate_half. If the
         # engine rotated the wrong pairs, it would agree with this instead.

@@ -338,7 +338,8 @@ def route(scores, bias, n_group, topk_group, top_k, norm_topk, route_scale, marg
 
 
 class Model:
-    def __init__(self, model_dir, rope_layout="adjacent", attn="naive"):
+    def __init__(self, model_dir, rope_layout="adjacent", attn="naive", bf16_act=False):
+        self.bf16_act = bf16_act
         self.cfg = Config(model_dir)
         self.ck = Checkpoint(model_dir)
         self.rope_layout = rope_layout
@@ -349,7 +350,17 @@ class Model:
         return self.ck.get(name)
 
     def linear(self, x, name):
-        return x @ self.w(name + ".weight").T
+        return self.bf16_in(x, name + ".weight") @ self.w(name + ".weight").T
+
+    def bf16_in(self, x, name):
+        """x as a matmul over weight `name` sees it: rounded to BF16 (via
+        float32, nearest even) when --bf16-activations and the weight is BF16,
+        as the CPU engine's AVX-512 BF16 kernels do (ops_cpu_bf16.c)."""
+        if not self.bf16_act or self.ck.entries[name][0] != "BF16":
+            return x
+        u = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+        u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+        return u.astype(np.uint32).view(np.float32).astype(np.float64)
 
     def mlp(self, x, p):
         return self.linear(silu(self.linear(x, p + "gate_proj")) * self.linear(x, p + "up_proj"),
@@ -417,7 +428,7 @@ class Model:
             x = rmsnorm(h, self.w(p + "post_attention_layernorm.weight"), c.eps)
             h = h + (self.moe(x, l) if c.is_moe(l) else self.mlp(x, p + "mlp."))
         h = rmsnorm(h, self.w("model.norm.weight"), c.eps)
-        logits = h @ self.w("lm_head.weight").T
+        logits = self.bf16_in(h, "lm_head.weight") @ self.w("lm_head.weight").T
         m = logits.max(axis=-1, keepdims=True)
         return logits - (m + np.log(np.exp(logits - m).sum(axis=-1, keepdims=True)))
 
@@ -430,6 +441,9 @@ def main(argv):
     ap.add_argument("--out", help="write the JSON here instead of stdout")
     ap.add_argument("--rope-layout", choices=["adjacent", "half"], default="adjacent")
     ap.add_argument("--attn", choices=["naive", "absorbed"], default="naive")
+    ap.add_argument("--bf16-activations", action="store_true",
+                    help="round the input of every matmul over BF16 weights to BF16, "
+                         "as the CPU engine does where it runs its AVX-512 BF16 kernels")
     ap.add_argument("--report-margins", action="store_true",
                     help="add min_gate_margin: over all MoE calls, the smallest gap "
                          "between a kept and a dropped group score or a chosen and an "
@@ -442,7 +456,7 @@ def main(argv):
     except ValueError:
         ap.error("--tokens must be comma-separated integers")
     try:
-        model = Model(args.model_dir, args.rope_layout, args.attn)
+        model = Model(args.model_dir, args.rope_layout, args.attn, args.bf16_activations)
         lp = model.logprobs(tokens)
     except (OSError, KeyError, ValueError) as e:
         sys.stderr.write("deepseek_v3_ref: %s\n" % e)

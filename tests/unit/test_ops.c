@@ -1,8 +1,14 @@
 /* test_ops.c: every CPU op against a plain reference loop (in double), for
- * every kernel build the CPU runs (AVX-512, AVX2, portable), with one and
- * two threads, on shapes with ragged edges; plus the invariances the
- * scheduler relies on: a token's result is bit-identical alone or in a batch,
- * and whatever the thread count. */
+ * every kernel build the CPU runs (AVX-512 BF16, AVX-512, AVX2, portable),
+ * with one and two threads, on shapes with ragged edges; plus the
+ * invariances the scheduler relies on: a token's result is bit-identical
+ * alone or in a batch, and whatever the thread count.
+ *
+ * The AVX-512 BF16 kernels round x to BF16 before the product (ops_cpu_bf16.c).
+ * Against a reference that rounds x the same way they keep the float
+ * kernels' tolerance (1e-5 of sum |w x|: float accumulation only); against
+ * the float reference they stay within 2^-8 of sum |w x| (the rounding of
+ * each x is at most 2^-9 relative, plus accumulation). */
 #include "engines/native/backend/dtype.h"
 #include "engines/native/backend/cpu/ops_cpu.h"
 #include "tests/unit/test.h"
@@ -76,12 +82,21 @@ struct shape {
     int rows, cols, n;
 };
 
+/* x as the BF16 kernels see it: rounded to BF16, nearest even. */
+static double xval(const float *x, size_t i, int bf16x)
+{
+    return bf16x ? dtype_bf16_to_f32(dtype_f32_to_bf16(x[i])) : x[i];
+}
+
 static void test_matmul(struct native_backend *b, const char *what)
 {
     static const struct shape shapes[] = {
         {1, 1, 1}, {5, 7, 1}, {13, 64, 3}, {172, 64, 7}, {64, 172, 16}, {37, 100, 50},
         {300, 33, 2}, {512, 256, 9}, {9, 16, 4}, {21, 300, 13}, {16, 517, 1}, {10, 1024, 7},
+        /* Every BF16 tile (8x1, 4 x 1..6, 1 x 1..6), K a multiple of 32 and not. */
+        {67, 2048, 16}, {11, 96, 5}, {13, 33, 11}, {8, 64, 2},
     };
+    const int bf16k = strcmp(what, "avx512bf16") == 0;
     static const enum native_dtype dts[] = {NATIVE_F32, NATIVE_F16, NATIVE_BF16};
     int fails = 0;
 
@@ -100,16 +115,22 @@ static void test_matmul(struct native_backend *b, const char *what)
                 for (size_t i = 0; i < (size_t)s.n * s.rows; i++)
                     y[i] = 0.5f;
                 b->ops->matmul(b, s.n, x, 1, &w, &y, acc);
+                const int bf16x = bf16k && dt == NATIVE_BF16;
                 for (int t = 0; t < s.n; t++) {
                     for (int r = 0; r < s.rows; r++) {
-                        double ref = acc ? 0.5 : 0.0, mag = 0.0;
+                        double ref = acc ? 0.5 : 0.0, mag = 0.0, ref_f = ref;
                         for (int c = 0; c < s.cols; c++) {
-                            double p = wval(wd, dt, (size_t)r * s.cols + c) * x[(size_t)t * s.cols + c];
+                            const size_t xi = (size_t)t * s.cols + c;
+                            const double wv = wval(wd, dt, (size_t)r * s.cols + c);
+                            double p = wv * xval(x, xi, bf16x);
                             ref += p;
+                            ref_f += wv * x[xi];
                             mag += fabs(p);
                         }
                         double got = y[(size_t)t * s.rows + r];
                         if (fabs(got - ref) > 1e-5 * mag + 1e-6)
+                            fails++;
+                        if (fabs(got - ref_f) > ldexp(1.0, -8) * mag + 1e-6)
                             fails++;
                     }
                 }
@@ -127,9 +148,9 @@ static void test_matmul(struct native_backend *b, const char *what)
 
 /* Batch invariance, strictly: y for token t computed in a batch of n equals
  * y computed alone, bit for bit (no accumulate). */
-static void test_matmul_invariance(struct native_backend *b, struct native_backend *b1)
+static void test_matmul_invariance_shape(struct native_backend *b, struct native_backend *b1,
+                                         const int rows, const int cols, const int n)
 {
-    const int rows = 200, cols = 172, n = 16;
     float *src = malloc(rows * cols * 4), *x = malloc(n * cols * 4);
     float *y = malloc(n * rows * 4), *y1 = malloc(rows * 4), *yt = malloc(n * rows * 4);
     fill(src, rows * cols, 1.0);
@@ -158,6 +179,14 @@ static void test_matmul_invariance(struct native_backend *b, struct native_backe
     free(y);
     free(y1);
     free(yt);
+}
+
+static void test_matmul_invariance(struct native_backend *b, struct native_backend *b1)
+{
+    test_matmul_invariance_shape(b, b1, 200, 172, 16);
+    /* Big enough to split over the pool, K not a multiple of 32, and a batch
+     * that crosses a 48-token block with a ragged last tile. */
+    test_matmul_invariance_shape(b, b1, 203, 2050, 53);
 }
 
 static void test_rmsnorm(struct native_backend *b)
@@ -370,9 +399,9 @@ int main(void)
 {
     test_dtype();
     /* Every kernel set this CPU can run: AVX-512 matmul, AVX2, portable. */
-    static const unsigned sets[3] = {0, OPS_CPU_NO_AVX512, OPS_CPU_PORTABLE};
-    static const char *const want[3] = {"avx512", "avx2", "portable"};
-    for (int k = 0; k < 3; k++) {
+    static const unsigned sets[4] = {0, OPS_CPU_NO_BF16, OPS_CPU_NO_AVX512, OPS_CPU_PORTABLE};
+    static const char *const want[4] = {"avx512bf16", "avx512", "avx2", "portable"};
+    for (int k = 0; k < 4; k++) {
         struct native_backend *probe = ops_cpu_new(1, sets[k]);
         int have = strcmp(ops_cpu_kernels(probe), want[k]) == 0;
         native_backend_free(probe);

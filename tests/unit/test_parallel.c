@@ -225,17 +225,24 @@ static void test_comm(void)
 
 /* A backend for m: one CPU backend (world 1), or a group of world CPU
  * backends with one thread each. */
+/* The ranks run the float kernels (OPS_CPU_NO_BF16): a tp cut reorders float
+ * sums, and where a BF16 matmul rounds its input to BF16 (ops_cpu_bf16.c) a
+ * last-bit change in x can cross a BF16 rounding boundary and move that term
+ * by 2^-8, which would hide what tp itself changes behind the rounding of
+ * the kernels; those kernels are tested against the float ones in test_ops. */
+#define TP_CPU_FLAGS OPS_CPU_NO_BF16
+
 static struct native_backend *make_backend(const struct native_model *m, int tp, int ep)
 {
     const int world = tp > ep ? tp : ep;
     if (world == 1)
-        return ops_cpu_new(1, 0);
+        return ops_cpu_new(1, TP_CPU_FLAGS);
     struct native_backend *be[NATIVE_MAX_WORLD];
     struct native_comm *comms[NATIVE_MAX_WORLD];
     if (native_comm_cpu_new_all(world, comms) != 0)
         return NULL;
     for (int r = 0; r < world; r++)
-        be[r] = ops_cpu_new(1, 0);
+        be[r] = ops_cpu_new(1, TP_CPU_FLAGS);
     char err[512];
     struct native_parallel_config cfg = {tp, ep, be, comms};
     struct native_backend *g = native_parallel_new(m, &cfg, err, sizeof(err));

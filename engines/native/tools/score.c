@@ -5,7 +5,7 @@
  *   cascade-score --model DIR --tokens 0,5,17,... [--prefill P]
  *                 [--mla absorb|naive] [--batch-with N] [--seed S]
  *                 [--device cpu|cuda:N[,M...]] [--tp N] [--ep N] [--threads T]
- *                 [--portable]
+ *                 [--portable] [--no-bf16]
  *
  * --device runs the same steps on a GPU (default cpu), so the CUDA backend's
  * log-probs can be compared with the CPU's and the reference's; a CUDA op
@@ -21,8 +21,10 @@
  * are taken at every position; each later token runs as its own decode
  * step, teacher-forced, so every position 0..n-1 gets a row. Row i is the
  * distribution of the token after position i. stdout gets
- *   {"logprobs": [[vocab floats], ...]}      (n rows)
- * the log-softmax of the engine's logits, computed in double.
+ *   {"device": "cpu (avx512bf16, 1 threads)", "logprobs": [[vocab floats], ...]}
+ * (n rows): the backend that ran (its kernels decide the rounding: the
+ * AVX-512 BF16 ones round a BF16 matmul's input to BF16) and the
+ * log-softmax of the engine's logits, computed in double.
  *
  * --batch-with N runs N more sequences of random tokens (seeded by --seed)
  * in the same forward steps: each has its own prompt, prefilled in chunks
@@ -56,7 +58,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: cascade-score --model DIR --tokens ID,ID,... [--prefill P] "
                     "[--mla absorb|naive] [--batch-with N] [--seed S] [--device cpu|cuda:N] "
-                    "[--tp N] [--ep N] [--threads T] [--portable]\n");
+                    "[--tp N] [--ep N] [--threads T] [--portable] [--no-bf16]\n");
     exit(2);
 }
 
@@ -137,6 +139,10 @@ int main(int argc, char **argv)
         const char *a = argv[i];
         if (!strcmp(a, "--portable")) {
             flags |= OPS_CPU_PORTABLE;
+            continue;
+        }
+        if (!strcmp(a, "--no-bf16")) {
+            flags |= OPS_CPU_NO_BF16;   /* the float kernels for BF16 weights */
             continue;
         }
         if (i + 1 >= argc)
@@ -265,7 +271,9 @@ int main(int argc, char **argv)
      * go in two halves around it, so its tokens sit between other
      * sequences' rows; every token's logits are asked for, so the out-row
      * bookkeeping is exercised too. */
-    fputs("{\"logprobs\": [", stdout);
+    char dev_name[256];
+    native_parallel_describe(be, dev_name, sizeof(dev_name));
+    printf("{\"device\": \"%s\", \"logprobs\": [", dev_name);
     int printed = 0;
     while (seqs[0].done < n) {
         int nt = 0, n_out = 0, target_first = 0, target_count = 0;

@@ -2,6 +2,7 @@
  * engines/native/backend/cpu/.
  *
  * ops_cpu.c holds the table, memory, the KV cache and the dense kernels;
+ * ops_cpu_bf16.c the BF16-weight matmul rows with AVX-512 BF16 (vdpbf16ps);
  * ops_cpu_fp8.c the FP8 block-scaled matmul rows; ops_cpu_mla.c MLA
  * attention over the latent cache; ops_cpu_moe.c MoE routing and the grouped
  * experts.
@@ -43,6 +44,13 @@ struct cpu_backend {
     int threads;
     int avx2;           /* AVX2+FMA+F16C kernels (attention, swiglu, and matmul unless avx512) */
     int avx512;         /* AVX-512 matmul tiles */
+    int bf16;           /* AVX-512 BF16 matmul for BF16 weights (ops_cpu_bf16.c) */
+    /* The activations of one matmul rounded to BF16 for the bf16 kernels,
+     * written by the driving thread before the pool runs: a lazily committed
+     * mapping of xb_cap elements, made once in ops_cpu_new (the forward pass
+     * allocates nothing). */
+    uint16_t *xb;
+    size_t xb_cap;
 };
 
 /* The CPU KV cache: one anonymous mapping of n_blocks blocks of block_size
@@ -69,6 +77,16 @@ static inline float *cpu_kv_block(const struct native_kv *kv, const struct nativ
     return kv->data + (size_t)sv->blocks[p / kv->block_size] * kv->block_stride +
            (size_t)layer * kv->layer_stride;
 }
+
+/* ops_cpu_bf16.c: y[t * w->rows + r] (+)= W[r] . xb[t] for rows r0..r1 and
+ * t < n, W in BF16, xb the activations rounded by cpu_bf16_round_x() into
+ * rows of ldx (a multiple of 32, >= w->cols, zero past cols). Any thread. */
+void cpu_bf16_rows(const struct native_mat *w, int64_t r0, int64_t r1, const uint16_t *xb,
+                   int64_t ldx, int n, float *y, int accumulate);
+/* xb[t][c] = bf16(x[t][c]) (nearest even) for c < K, 0 for K <= c < ldx. */
+void cpu_bf16_round_x(const float *x, int n, int64_t K, uint16_t *xb, int64_t ldx);
+/* AVX-512F/BW/VL and AVX512_BF16 on this CPU. */
+int cpu_has_avx512_bf16(void);
 
 /* ops_cpu_fp8.c: y[t * w->rows + r] (+)= x[t] . w[r] for rows r0..r1 and
  * t < n, w in F8_E4M3 with block scales. */

@@ -45,6 +45,11 @@
  * largest dims we serve (2048-5504 floats) stay in L2 while the weight rows
  * stream past them. A multiple of the 3-token tile. */
 #define MM_TOKEN_BLOCK 48
+/* The BF16 kernels' activation scratch: 8 Mi elements (16 MiB, committed
+ * only as far as used), enough for 256 tokens of V3's widest rows (18432);
+ * a row of x takes K rounded up to 32 elements. */
+#define MM_BF16_SCRATCH ((size_t)8 << 20)
+#define MM_BF16_LDX(K) (((int64_t)(K) + 31) & ~(int64_t)31)
 /* Query heads handled together by one attention task (they share K and V). */
 #define ATTN_MAX_REP 8
 
@@ -1109,6 +1114,15 @@ static void mm_rows(const struct cpu_backend *cb, const struct native_mat *w, in
     mm_rows_portable(w, r0, r1, x, n, y, accumulate);
 }
 
+/* The BF16 kernels (ops_cpu_bf16.c) take BF16 weights whose rows fit the
+ * activation scratch at least one token at a time. The choice depends on the
+ * matrix alone (and the backend), so a token's row never changes kernel with
+ * the batch around it: that is what keeps ops.h's promise. */
+static int mm_uses_bf16(const struct cpu_backend *cb, const struct native_mat *w)
+{
+    return cb->bf16 && w->dtype == NATIVE_BF16 && (size_t)MM_BF16_LDX(w->cols) <= cb->xb_cap;
+}
+
 struct mm_job {
     const struct cpu_backend *cb;
     int n;
@@ -1117,9 +1131,22 @@ struct mm_job {
     float *const *y;
     int accumulate;
     int n_w;
+    const uint16_t *xb;     /* x rounded to BF16 (rows of ldx), or NULL */
+    int64_t ldx;
     int64_t chunk;          /* rows per task */
     int first_task[5];      /* first task of weight j; first_task[n_w] = total */
 };
+
+/* Rows r0..r1 of weight w for every token of the job: the BF16 kernels where
+ * the matrix takes them (job->xb is then ready), else mm_rows. */
+static void mm_job_rows(const struct mm_job *job, const struct native_mat *w, int64_t r0,
+                        int64_t r1, float *y)
+{
+    if (job->xb && mm_uses_bf16(job->cb, w))
+        cpu_bf16_rows(w, r0, r1, job->xb, job->ldx, job->n, y, job->accumulate);
+    else
+        mm_rows(job->cb, w, r0, r1, job->x, job->n, y, job->accumulate);
+}
 
 static void mm_task(void *arg, int task, int thread)
 {
@@ -1131,24 +1158,24 @@ static void mm_task(void *arg, int task, int thread)
     const struct native_mat *w = &job->w[j];
     int64_t r0 = (int64_t)(task - job->first_task[j]) * job->chunk;
     int64_t r1 = r0 + job->chunk < w->rows ? r0 + job->chunk : w->rows;
-    mm_rows(job->cb, w, r0, r1, job->x, job->n, job->y[j], job->accumulate);
+    mm_job_rows(job, w, r0, r1, job->y[j]);
 }
 
-static void cpu_matmul(struct native_backend *b, int n, const float *x, int n_w,
-                       const struct native_mat *w, float *const *y, int accumulate)
+/* One matmul over tokens [0, n) with x rounded to BF16 in xb (or xb NULL). */
+static void mm_run(struct cpu_backend *cb, int n, const float *x, const uint16_t *xb,
+                   int64_t ldx, int n_w, const struct native_mat *w, float *const *y,
+                   int accumulate)
 {
-    struct cpu_backend *cb = (struct cpu_backend *)b;
     int64_t macs = 0, rows = 0;
 
-    assert(n_w >= 1 && n_w <= 4);
     for (int j = 0; j < n_w; j++) {
-        assert(w[j].cols == w[0].cols);
         macs += (int64_t)n * w[j].rows * w[j].cols;
         rows += w[j].rows;
     }
+    struct mm_job job = {cb, n, x, w, y, accumulate, n_w, xb, ldx, 0, {0}};
     if (cb->threads == 1 || macs < MM_PARALLEL_MIN_MACS) {
         for (int j = 0; j < n_w; j++)
-            mm_rows(cb, &w[j], 0, w[j].rows, x, n, y[j], accumulate);
+            mm_job_rows(&job, &w[j], 0, w[j].rows, y[j]);
         return;
     }
 
@@ -1157,7 +1184,6 @@ static void cpu_matmul(struct native_backend *b, int n, const float *x, int n_w,
      * thread the OS preempts mid-task (the machine is shared) holds up only
      * a small piece; but each task costs a hand-off between cores, which a
      * small matmul cannot pay for. */
-    struct mm_job job = {cb, n, x, w, y, accumulate, n_w, 0, {0}};
     int64_t tasks = macs / MM_TASK_MACS;
     if (tasks > 16 * cb->threads)
         tasks = 16 * cb->threads;
@@ -1168,6 +1194,36 @@ static void cpu_matmul(struct native_backend *b, int n, const float *x, int n_w,
     for (int j = 0; j < n_w; j++)
         job.first_task[j + 1] = job.first_task[j] + (int)((w[j].rows + job.chunk - 1) / job.chunk);
     threadpool_run(cb->pool, mm_task, &job, job.first_task[n_w]);
+}
+
+static void cpu_matmul(struct native_backend *b, int n, const float *x, int n_w,
+                       const struct native_mat *w, float *const *y, int accumulate)
+{
+    struct cpu_backend *cb = (struct cpu_backend *)b;
+    int bf16 = 0;
+
+    assert(n_w >= 1 && n_w <= 4);
+    for (int j = 0; j < n_w; j++) {
+        assert(w[j].cols == w[0].cols);
+        bf16 |= mm_uses_bf16(cb, &w[j]);
+    }
+    if (!bf16) {
+        mm_run(cb, n, x, NULL, 0, n_w, w, y, accumulate);
+        return;
+    }
+    /* Round x to BF16 once for every weight of the call, as many tokens at a
+     * time as the scratch holds (all of them at the sizes we serve; a token's
+     * row does not depend on which pass it came in). */
+    const int64_t K = w[0].cols, ldx = MM_BF16_LDX(K);
+    const int per = (size_t)n * (size_t)ldx <= cb->xb_cap ? n : (int)(cb->xb_cap / (size_t)ldx);
+    for (int t0 = 0; t0 < n; t0 += per) {
+        const int m = n - t0 < per ? n - t0 : per;
+        float *yt[4];
+        for (int j = 0; j < n_w; j++)
+            yt[j] = y[j] + (int64_t)t0 * w[j].rows;
+        cpu_bf16_round_x(x + (int64_t)t0 * K, m, K, cb->xb, ldx);
+        mm_run(cb, m, x + (int64_t)t0 * K, cb->xb, ldx, n_w, w, yt, accumulate);
+    }
 }
 
 static void cpu_rmsnorm(struct native_backend *b, float *y, const float *x, const float *w, int n,
@@ -1475,6 +1531,8 @@ static void cpu_kv_free(struct native_backend *b, struct native_kv *kv)
 static void cpu_free(struct native_backend *b)
 {
     struct cpu_backend *cb = (struct cpu_backend *)b;
+    if (cb->xb)
+        munmap(cb->xb, cb->xb_cap * sizeof(uint16_t));
     threadpool_free(cb->pool);
     free(cb);
 }
@@ -1523,13 +1581,23 @@ struct native_backend *ops_cpu_new(int threads, unsigned flags)
     cb->threads = threadpool_threads(cb->pool);
     cb->avx2 = !(flags & OPS_CPU_PORTABLE) && cpu_has_avx2();
     cb->avx512 = cb->avx2 && !(flags & OPS_CPU_NO_AVX512) && cpu_has_avx512();
+    if (cb->avx512 && !(flags & OPS_CPU_NO_BF16) && cpu_has_avx512_bf16()) {
+        /* Without the scratch the backend still works, on the float tiles. */
+        void *p = mmap(NULL, MM_BF16_SCRATCH * sizeof(uint16_t), PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p != MAP_FAILED) {
+            cb->xb = p;
+            cb->xb_cap = MM_BF16_SCRATCH;
+            cb->bf16 = 1;
+        }
+    }
     return &cb->base;
 }
 
 const char *ops_cpu_kernels(const struct native_backend *b)
 {
     const struct cpu_backend *cb = (const struct cpu_backend *)b;
-    return cb->avx512 ? "avx512" : cb->avx2 ? "avx2" : "portable";
+    return cb->bf16 ? "avx512bf16" : cb->avx512 ? "avx512" : cb->avx2 ? "avx2" : "portable";
 }
 
 int ops_cpu_threads(const struct native_backend *b)
