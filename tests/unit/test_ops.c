@@ -418,6 +418,8 @@ int main(void)
             test_attention(b, 8, 4, 8, want[k]);      /* stories260K's shape */
             test_attention(b, 4, 4, 128, want[k]);    /* DeepSeek-Coder's head_dim */
             test_attention(b, 6, 2, 16, want[k]);
+            /* kv_dim 2048 (the 1.3B's): the store splits over the pool. */
+            test_attention(b, 16, 16, 128, want[k]);
             test_swiglu(b);
             test_embed_gather(b);
         }
