@@ -26,6 +26,8 @@
 #                      running the script once with each
 #   TARGETS="cascaded nginx"  MODES="nonstream stream"  RUNS=3
 #   N=500  N0=100  CONNS=1  CHUNKS=8  IDLE_S=1  TOP=25
+#   SYSCALLS=1         also count system calls per request (strace -f -c,
+#                      natively, one run per target); 0 skips it
 #   OUT=DIR            dumps, logs, results.jsonl, summary.md (default: a temp dir)
 # Prints summary.md: instructions/request per target and mode (median, min..max
 # over RUNS), the cascaded/nginx ratio, and the top functions (exclusive Ir per
@@ -42,6 +44,7 @@ N0=${N0:-100}
 CONNS=${CONNS:-1}
 CHUNKS=${CHUNKS:-8}
 IDLE_S=${IDLE_S:-1}
+SYSCALLS=${SYSCALLS:-1}
 TOP=${TOP:-25}
 OUT=${OUT:-$(mktemp -d /tmp/cascade-callgrind.XXXXXX)}
 MODEL=deepseek-coder-1.3b
@@ -118,6 +121,29 @@ drive() {
     case $line in *"\"ok\":$3,"*) ;; *) echo "callgrind.sh: not all $3 requests answered: $line" >&2; return 1 ;; esac
 }
 
+# start_target TARGET NAME DIR [PREFIX...]: start the proxy (under PREFIX, e.g.
+# valgrind), log to $OUT/NAME.log; sets pid and port once it answers
+start_target() {
+    local t=$1 name=$2 d=$3
+    shift 3
+    if [ "$t" = cascaded ]; then
+        bench_start "$name" "$@" "$CASCADED" -c "$OUT/cascaded.json" --listen 127.0.0.1:0
+        pid=${BENCH_PIDS[-1]}
+        # valgrind's own lines go to the same log as the gateway's JSON lines
+        wait_for "$OUT/$name.log" '"msg":"listening"' || exit 1
+        port=$(grep -m1 '"msg":"listening"' "$OUT/$name.log" | sed -n 's/.*"addr":"127\.0\.0\.1:\([0-9]*\)".*/\1/p')
+    else
+        port=$(free_port)
+        nginx_conf "$d" "$port"
+        bench_start "$name" "$@" nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf"
+        pid=${BENCH_PIDS[-1]}
+        for _ in $(seq 1 300); do
+            curl -s -o /dev/null "http://127.0.0.1:$port/" && break
+            sleep 0.1
+        done
+    fi
+}
+
 # dump_to PID FILE: dump the counts since the last dump and move that part to
 # FILE; callgrind numbers the parts .1, .2, ... in dump order (PART counts them)
 dump_to() {
@@ -140,22 +166,7 @@ for run in $(seq 1 "$RUNS"); do
         CGBASE=$d/callgrind.out
         PART=0
         VG=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$CGBASE")
-        if [ "$t" = cascaded ]; then
-            bench_start "$t.$run" "${VG[@]}" "$CASCADED" -c "$OUT/cascaded.json" --listen 127.0.0.1:0
-            pid=${BENCH_PIDS[-1]}
-            # valgrind's own lines go to the same log; the gateway's JSON lines too
-            wait_for "$OUT/$t.$run.log" '"msg":"listening"' || exit 1
-            port=$(grep -m1 '"msg":"listening"' "$OUT/$t.$run.log" | sed -n 's/.*"addr":"127\.0\.0\.1:\([0-9]*\)".*/\1/p')
-        else
-            port=$(free_port)
-            nginx_conf "$d" "$port"
-            bench_start "$t.$run" "${VG[@]}" nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf"
-            pid=${BENCH_PIDS[-1]}
-            for _ in $(seq 1 300); do
-                curl -s -o /dev/null "http://127.0.0.1:$port/" && break
-                sleep 0.1
-            done
-        fi
+        start_target "$t" "$t.$run" "$d" "${VG[@]}"
         # Instrumentation goes on once and stays on: turning it off and on
         # again between phases left callgrind 3.19's per-part summary short
         # of the functions' costs (seen: nginx's stream part read 9,271 per
@@ -194,6 +205,32 @@ for run in $(seq 1 "$RUNS"); do
 done
 elapsed=$(($(date +%s) - t_start))
 
+# System calls per request: the same N requests with the proxy running
+# natively under `strace -f -c` (attached after the warm-up, detached after
+# the N requests). User-space instructions are only part of the CPU: the
+# kernel's side of each read, write and epoll call is the rest.
+if [ "$SYSCALLS" = 1 ]; then
+    command -v strace >/dev/null || { echo "callgrind.sh: strace missing (SYSCALLS=0 to skip)" >&2; exit 2; }
+    for t in $TARGETS; do
+        d=$OUT/$t.strace
+        mkdir -p "$d"
+        start_target "$t" "$t.strace" "$d"
+        for mode in $MODES; do
+            drive "$port" "$mode" "$N0"
+            strace -f -c -o "$d/$mode.txt" -p "$pid" 2>"$d/$mode.err" &
+            spid=$!
+            # every thread attached before the first request
+            for _ in $(seq 1 100); do grep -q attached "$d/$mode.err" 2>/dev/null && break; sleep 0.05; done
+            sleep 0.3
+            drive "$port" "$mode" "$N"
+            kill -INT "$spid"
+            wait "$spid" || true
+        done
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+fi
+
 # top functions of the first run, exclusive Ir, for each target and mode
 for t in $TARGETS; do
     for mode in $MODES; do
@@ -209,12 +246,13 @@ targets, modes = sys.argv[5].split(), sys.argv[6].split()
 rows = [json.loads(l) for l in open(os.path.join(out, "results.jsonl"))]
 def per(t, m):
     return [r["ir"] / r["count"] for r in rows if r["target"] == t and r["mode"] == m]
-print(f"instructions (user space, all threads) per request, {n} requests per run after warm-up; "
-      f"median [min..max] over {max(r['run'] for r in rows)} runs (separate processes)\n")
-print("| target | " + " | ".join(modes) + " | idle, per second |")
-print("|---|" + "---|" * (len(modes) + 1))
+if rows:
+    print(f"instructions (user space, all threads) per request, {n} requests per run after warm-up; "
+          f"median [min..max] over {max(r['run'] for r in rows)} runs (separate processes)\n")
+    print("| target | " + " | ".join(modes) + " | idle, per second |")
+    print("|---|" + "---|" * (len(modes) + 1))
 med = {}
-for t in targets:
+for t in (targets if rows else []):
     cells = []
     for m in modes:
         v = per(t, m)
@@ -224,11 +262,33 @@ for t in targets:
     idle = per(t, "idle")
     cells.append(f"{statistics.median(idle):,.0f}")
     print(f"| {t} | " + " | ".join(cells) + " |")
-if "cascaded" in targets and "nginx" in targets:
+if rows and "cascaded" in targets and "nginx" in targets:
     print("| cascaded / nginx | " + " | ".join(f"{med[('cascaded', m)] / med[('nginx', m)]:.2f}x" for m in modes) + " | |")
 print(f"\nwall time {elapsed} s; load average at the end {open('/proc/loadavg').read().split()[0]}\n")
-line_re = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*?)\s*$")
+# strace -c: "% time seconds usecs/call calls [errors] syscall" per line
+sc = {}
 for t in targets:
+    for m in modes:
+        p = os.path.join(out, f"{t}.strace", f"{m}.txt")
+        if not os.path.exists(p):
+            continue
+        calls = {}
+        for l in open(p):
+            f = l.split()
+            if len(f) >= 5 and re.match(r"^[\d.]+$", f[0]) and f[-1] != "total":
+                calls[f[-1]] = int(f[3])
+        sc[(t, m)] = calls
+if sc:
+    print("system calls per request (strace -f -c over the same N requests, natively; failed calls "
+          "such as EAGAIN reads included)\n")
+    print("| target | mode | all | by call |")
+    print("|---|---|---|---|")
+    for (t, m), calls in sc.items():
+        by = ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v / n >= 0.05)
+        print(f"| {t} | {m} | {sum(calls.values()) / n:.2f} | {by} |")
+    print()
+line_re = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*?)\s*$")
+for t in (targets if rows else []):
     for m in modes:
         p = os.path.join(out, f"{t}.{m}.annotate.txt")
         funcs = []
