@@ -10,7 +10,8 @@ it is needed. This check fails, naming the line, when docs/deploy.md names:
   - a metric `cascade_*` that gateway/metrics.c does not export;
   - an alert `Cascade*` that deploy/k8s/base/gateway/prometheusrule.yaml lacks;
   - a test by its quoted name, after its file (`x.test.mjs`, "name", "name"),
-    that the file does not contain.
+    that the file does not contain;
+  - a link to a heading of the page (`](#6-...)`) that no heading matches.
 
 Usage: check_docs.py REPO_ROOT
 """
@@ -85,6 +86,15 @@ def main():
                 errors.append(f"line {line_of(m.end() + q.start())}: {name} has no test named like \"{text}\"")
     if cited == 0:
         errors.append("found no cited test names: the check's own parsing is broken")
+
+    # Links inside the page: each #anchor is a heading's GitHub slug.
+    slugs = set()
+    for h in re.finditer(r"^#+ (.+)$", doc, re.M):
+        slug = re.sub(r"[^\w\- ]", "", h.group(1).strip().lower()).replace(" ", "-")
+        slugs.add(slug)
+    for m in re.finditer(r"\]\(#([^)]+)\)", doc):
+        if m.group(1) not in slugs:
+            errors.append(f"line {line_of(m.start())}: no heading for the link #{m.group(1)}")
 
     for e in errors:
         print(f"docs/deploy.md: {e}", file=sys.stderr)
