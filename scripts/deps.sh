@@ -89,8 +89,8 @@ install_missing() {
   local want=() missing=() installed
   read -r -a want <<<"$(pkgs_of "$1" | tr '\n' ' ')"
   # One dpkg-query for the whole set; a package dpkg never heard of is
-  # simply absent from its answer.
-  installed=" $(dpkg-query -W -f='${Package} ${Status}\n' "${want[@]}" 2>/dev/null |
+  # absent from its answer (and makes it exit 1, hence the || true).
+  installed=" $({ dpkg-query -W -f='${Package} ${Status}\n' "${want[@]}" 2>/dev/null || true; } |
                 awk '/ install ok installed$/ { printf "%s ", $1 }')"
   for p in "${want[@]}"; do
     [[ "$installed" == *" $p "* ]] || missing+=("$p")

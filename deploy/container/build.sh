@@ -15,6 +15,10 @@
 #                  (default: docker.io/library/debian:bookworm-slim when it is
 #                  in local storage, else localhost/debian:bookworm, made here)
 #   DEBIAN_MIRROR  debootstrap's mirror (default: http://deb.debian.org/debian)
+#   CA_BUNDLE      CA certificates the build's npm step trusts besides its
+#                  own (default: /etc/ssl/certs/ca-certificates.crt when it
+#                  exists): a proxy that intercepts TLS is trusted in the
+#                  build as on this machine. A build secret: no layer keeps it.
 #
 # No registry needed: when no Debian base image is stored locally, one is made
 # with `debootstrap --variant=minbase bookworm` (needs root and debootstrap)
@@ -91,10 +95,12 @@ pick_base() {
 
 start=$(date +%s)
 args=()
+CA_BUNDLE=${CA_BUNDLE-/etc/ssl/certs/ca-certificates.crt}
+[ -z "$CA_BUNDLE" ] || [ ! -s "$CA_BUNDLE" ] || args+=(--secret "id=ca-bundle,src=$CA_BUNDLE")
 if [ "$what" = gateway ]; then
   base=$(pick_base)
   # One base for both stages: the build stage installs its toolchain itself.
-  args=(--build-arg "BUILD_BASE=$base" --build-arg "RUNTIME_BASE=$base")
+  args+=(--build-arg "BUILD_BASE=$base" --build-arg "RUNTIME_BASE=$base")
   echo "build.sh: cascade/gateway:$TAG from $base"
 fi
 # shellcheck disable=SC2086
