@@ -141,3 +141,86 @@ void jw_real(struct jsonw *w, double v)
     /* Keep it a JSON number that reads as a real: "1" is fine either way. */
     jw_raw(w, b, (size_t)n);
 }
+
+/* jansson's own form for a real: "%.17g", with ".0" added when that reads
+ * as an integer, so the type survives the round trip, and the exponent
+ * trimmed as jansson trims it. */
+static void tree_real(struct jsonw *w, double v)
+{
+    char b[40];
+    int n = snprintf(b, sizeof b, "%.17g", v);
+    if (n <= 0 || (size_t)n >= sizeof b - 2 || !isfinite(v)) {
+        jw_raw(w, "null", 4);
+        return;
+    }
+    char *e = strchr(b, 'e');
+    if (!e && !strchr(b, '.')) {
+        memcpy(b + n, ".0", 2);
+        n += 2;
+    } else if (e) {
+        /* the exponent as jansson writes it: no '+', no leading zeros */
+        char *d = e + 1, *src = d;
+        if (*src == '+')
+            src++;
+        else if (*src == '-')
+            *d++ = *src++;
+        while (*src == '0' && src[1])
+            src++;
+        while (*src)
+            *d++ = *src++;
+        *d = '\0';
+        n = (int)(d - b);
+    }
+    jw_raw(w, b, (size_t)n);
+}
+
+void jw_json(struct jsonw *w, json_t *v)
+{
+    switch (v ? json_typeof(v) : JSON_NULL) {
+    case JSON_OBJECT: {
+        const char *k;
+        size_t kn;
+        json_t *x;
+        int first = 1;
+        jw_raw(w, "{", 1);
+        json_object_keylen_foreach(v, k, kn, x) {
+            if (!first)
+                jw_raw(w, ",", 1);
+            first = 0;
+            jw_str(w, k, kn);
+            jw_raw(w, ":", 1);
+            jw_json(w, x);
+        }
+        jw_raw(w, "}", 1);
+        break;
+    }
+    case JSON_ARRAY: {
+        jw_raw(w, "[", 1);
+        for (size_t i = 0, n = json_array_size(v); i < n; i++) {
+            if (i)
+                jw_raw(w, ",", 1);
+            jw_json(w, json_array_get(v, i));
+        }
+        jw_raw(w, "]", 1);
+        break;
+    }
+    case JSON_STRING:
+        jw_str(w, json_string_value(v), json_string_length(v));
+        break;
+    case JSON_INTEGER:
+        jw_int(w, (int64_t)json_integer_value(v));
+        break;
+    case JSON_REAL:
+        tree_real(w, json_real_value(v));
+        break;
+    case JSON_TRUE:
+        jw_raw(w, "true", 4);
+        break;
+    case JSON_FALSE:
+        jw_raw(w, "false", 5);
+        break;
+    case JSON_NULL:
+        jw_raw(w, "null", 4);
+        break;
+    }
+}

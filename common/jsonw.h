@@ -9,6 +9,7 @@
 #ifndef CASCADE_JSONW_H
 #define CASCADE_JSONW_H
 
+#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -29,6 +30,10 @@ void jw_cstr(struct jsonw *w, const char *s);   /* NULL writes null */
 void jw_int(struct jsonw *w, int64_t v);
 /* A finite double with up to 17 significant digits; non-finite writes null. */
 void jw_real(struct jsonw *w, double v);
+/* A jansson tree (borrowed), compact, keys in their order: the same JSON as
+ * json_dumps(v, JSON_COMPACT), which reads it back equal (a real stays a
+ * real: "1.0", not "1"), at a fraction of the cost. NULL writes null. */
+void jw_json(struct jsonw *w, json_t *v);
 
 #include <string.h>
 static inline void jw_lit(struct jsonw *w, const char *s)

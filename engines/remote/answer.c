@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "common/jsonr.h"
+#include "common/jsonw.h"
 #include "common/openai.h"
 
 #define MAX_TOP 20      /* OpenAI's top_logprobs maximum; more are ignored */
@@ -739,12 +740,20 @@ char *answer_request_body(const struct answer_body *b, size_t *len)
         if (b->top_logprobs > 0)
             json_object_set_new(o, "top_logprobs", json_integer(b->top_logprobs));
     }
-dump:
-    s = json_dumps(o, JSON_COMPACT);
+dump: {
+    /* jw_json, not json_dumps: the same JSON at a fraction of the cost
+     * (30k of a stream's 307k instructions went to json_dumps; issue 18) */
+    struct jsonw w;
+    jw_init(&w, 512);
+    jw_json(&w, o);
+    s = jw_take(&w, len);
+    json_decref(o);
+    return s;
+}
 out:
     json_decref(o);
-    *len = s ? strlen(s) : 0;
-    return s;
+    *len = 0;
+    return NULL;
 }
 
 int64_t answer_retry_after_s(const char *v, int64_t now)

@@ -5,13 +5,15 @@
  * So when jr_parse returns a tree, json_loadb must accept the same bytes,
  * with and without JSON_REJECT_DUPLICATES, and print the same compact text
  * (values, and keys in the same order). When it declines, jr_load must
- * return what json_loadb returns. */
+ * return what json_loadb returns. A decided tree written back by jw_json
+ * (common/jsonw.h) must read back equal. */
 #include <jansson.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/jsonr.h"
+#include "common/jsonw.h"
 
 static char *dump(const json_t *j)
 {
@@ -32,6 +34,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         free(a);
         free(b);
+        /* and the hot path's writer (common/jsonw) writes it back equal */
+        struct jsonw w;
+        jw_init(&w, 64);
+        jw_json(&w, ours);
+        size_t n;
+        char *out = jw_take(&w, &n);
+        json_t *back = json_loadb(out, n, 0, NULL);
+        if (!back || !json_equal(back, ours))
+            abort();
+        json_decref(back);
+        free(out);
     } else {
         json_t *loaded = jr_load(s, size, 0, NULL);
         if (!loaded != !theirs || (loaded && !json_equal(loaded, theirs)))

@@ -56,5 +56,41 @@ int main(void)
     j = parse(&w);
     CHECK(json_is_array(j) && json_is_null(json_array_get(j, 0)));
     json_decref(j);
+
+    /* jw_json: a tree written reads back equal (reals stay reals, keys keep
+     * their order), and without control characters in its strings it is
+     * byte for byte what json_dumps(JSON_COMPACT) writes. */
+    static const char *const trees[] = {
+        "{\"model\":\"m\",\"stream\":true,\"max_tokens\":16,\"temperature\":0.7,\"top_p\":1.0,"
+        "\"messages\":[{\"role\":\"user\",\"content\":\"Say \\\"hello\\\" \\u00e9\\ud83d\\ude00 /\"}],"
+        "\"stop\":null,\"n\":-1,\"e\":1e300,\"f\":-0.0,\"z\":{},\"a\":[],\"k\\u00e9\":false}",
+        "[1,2.5,-3e-7,\"x\",[[[]]],{\"b\":1,\"a\":2}]",
+    };
+    for (size_t i = 0; i < sizeof trees / sizeof trees[0]; i++) {
+        json_t *t = json_loads(trees[i], 0, NULL);
+        CHECK(t != NULL);
+        jw_init(&w, 4);
+        jw_json(&w, t);
+        size_t n;
+        char *out = jw_take(&w, &n);
+        json_t *back = json_loadb(out, n, 0, NULL);
+        CHECK(back && json_equal(back, t));
+        char *ref = json_dumps(t, JSON_COMPACT);
+        CHECK(ref && strcmp(out, ref) == 0);
+        if (ref && strcmp(out, ref) != 0)
+            fprintf(stderr, "jw_json: %s\njson_dumps: %s\n", out, ref);
+        free(ref);
+        free(out);
+        json_decref(back);
+        json_decref(t);
+    }
+    /* control characters: escaped, read back the same */
+    json_t *t = json_pack("{s:s}", "c", "a\x01\x1f\n\tb");
+    jw_init(&w, 4);
+    jw_json(&w, t);
+    j = parse(&w);
+    CHECK(j && json_equal(j, t));
+    json_decref(j);
+    json_decref(t);
     TEST_MAIN_END();
 }
