@@ -393,9 +393,16 @@ static int64_t least_cost(const struct admit_request *q)
     return q->alt_cost_nano >= 0 && q->alt_cost_nano < q->est_cost_nano ? q->alt_cost_nano : q->est_cost_nano;
 }
 
+/* This instance's share of a count limit while Redis is down. A set limit
+ * keeps at least 1: 0 would read as "no limit" below, so rpm 3 at a share
+ * of 0.25 would admit everything; 1 per instance over-admits by at most
+ * one request per instance, which an operator can see coming. */
 static int64_t share(const struct policy *p, int64_t limit)
 {
-    return limit <= 0 ? limit : (int64_t)floor((double)limit * p->s.local_share);
+    if (limit <= 0)
+        return limit;
+    int64_t s = (int64_t)floor((double)limit * p->s.local_share);
+    return s > 0 ? s : 1;
 }
 
 /* Admission with this instance's share of every limit. */

@@ -158,6 +158,29 @@ static void run_for(struct event_base *base, int ms)
     event_base_loop(base, 0);
 }
 
+static enum admit_status admit_as(struct policy *p, struct event_base *base, const char *tenant,
+                                  const struct tenant_limits *lim, const char *id, int64_t cost, int64_t alt);
+
+/* A limit whose share rounds down to 0 is still a limit: rpm 3 at a share
+ * of 0.25 (four instances) admits 1 request per instance, not every one. */
+static void test_local_small_share(void)
+{
+    struct event_base *base = event_base_new();
+    struct policy_settings s = {.redis = NULL, .local_share = 0.25, .reservation_ttl_ms = 60000};
+    struct policy *p = policy_new(&s);
+    struct tenant_limits rpm = {.rpm = 3, .budget_day_nano = -1, .budget_month_nano = -1};
+    CHECK(admit_as(p, base, "small-rpm", &rpm, "r1", 0, -1) == ADMIT_OK);
+    CHECK(last.limit_requests == 1);
+    CHECK(admit_as(p, base, "small-rpm", &rpm, "r2", 0, -1) == ADMIT_LIMIT_REQUESTS);
+    struct tenant_limits conc = {.max_concurrent = 2, .budget_day_nano = -1, .budget_month_nano = -1};
+    CHECK(admit_as(p, base, "small-conc", &conc, "c1", 0, -1) == ADMIT_OK);
+    CHECK(admit_as(p, base, "small-conc", &conc, "c2", 0, -1) == ADMIT_LIMIT_CONCURRENCY);
+    struct tenant_limits tpm = {.tpm = 2, .budget_day_nano = -1, .budget_month_nano = -1};
+    CHECK(admit_as(p, base, "small-tpm", &tpm, "t1", 0, -1) == ADMIT_LIMIT_TOKENS); /* 10 tokens > 1 */
+    policy_free(p);
+    event_base_free(base);
+}
+
 /* One admission of tenant, run to its callback (Redis or local). */
 static enum admit_status admit_as(struct policy *p, struct event_base *base, const char *tenant,
                                   const struct tenant_limits *lim, const char *id, int64_t cost, int64_t alt)
@@ -447,6 +470,7 @@ int main(void)
     evthread_use_pthreads();
     signal(SIGPIPE, SIG_IGN);
     test_local();
+    test_local_small_share();
     test_window_reset();
     test_local_retry();
     int port = free_port();
