@@ -63,6 +63,7 @@ struct redis {
     unsigned backoff_ms;
     int consecutive_timeouts;
     int dropping;                   /* we are dropping it for timeouts: an outage */
+    int refused;                    /* Redis refused AUTH or SELECT on this connection */
     int closing;
 };
 
@@ -211,32 +212,58 @@ static void connect_cb(const redisAsyncContext *ac, int status)
         went_down(r, ac->errstr[0] ? ac->errstr : "connect failed", 1); /* hiredis frees ac */
         return;
     }
+    /* Commands may flow (they queue behind AUTH and SELECT), but Redis is
+     * not back until it has accepted them: see setup_done_cb. */
     r->state = R_UP;
-    r->backoff_ms = BACKOFF_MIN_MS;
     r->consecutive_timeouts = 0;
     evtimer_del(r->connect_timer);
-    if (atomic_exchange(&r->rs->outage_logged, 0) == 1)
-        log_info("redis %s is available again", r->rs->display);
 }
 
 static void disconnect_cb(const redisAsyncContext *ac, int status)
 {
     (void)status;
     struct redis *r = ac->data;
-    /* Closed by the other side (only this connection), or dropped by us
-     * for timeouts (an outage). hiredis frees ac. */
-    went_down(r, r->dropping ? "timed out" : ac->errstr[0] ? ac->errstr : "connection closed", r->dropping);
+    /* Closed by the other side (only this connection), dropped by us for
+     * timeouts, or by us because Redis refused our setup (both an outage).
+     * hiredis frees ac. */
+    if (r->refused)
+        went_down(r, "it refused AUTH or SELECT", 1);
+    else
+        went_down(r, r->dropping ? "timed out" : ac->errstr[0] ? ac->errstr : "connection closed", r->dropping);
 }
 
-/* Replies to AUTH and SELECT: a refusal leaves us as good as down. */
+/* Replies to AUTH and SELECT: a refusal leaves us as good as down. A wrong
+ * password is refused on every reconnect, so the refusal is logged through
+ * a limiter and the reconnects back off as for any outage (the backoff is
+ * reset only by setup_done_cb), instead of a line every 100 ms per worker. */
 static void setup_reply_cb(redisAsyncContext *ac, void *reply, void *priv)
 {
     (void)priv;
     redisReply *rep = reply;
-    if (rep && rep->type == REDIS_REPLY_ERROR) {
-        log_error("redis %s refused setup: %s", ((struct redis *)ac->data)->rs->display, rep->str);
+    struct redis *r = ac->data;
+    if (rep && rep->type == REDIS_REPLY_ERROR && !r->refused) {
+        static struct log_limit refusals;
+        log_limited(&refusals, 60000, LOG_ERROR, "redis %s refused setup: %s", r->rs->display, rep->str);
+        r->refused = 1;
         redisAsyncDisconnect(ac);
     }
+}
+
+/* The reply to the PING queued after AUTH and SELECT: a PONG means Redis
+ * took them (after a refusal the connection is closing, and this reply is
+ * NULL or an error), so it is really back. PING rather than a command with
+ * a result we use, because managed Redis services rename or disable some
+ * (INFO, CONFIG) and none of those would tell a refusal from a rename. */
+static void setup_done_cb(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)priv;
+    redisReply *rep = reply;
+    struct redis *r = ac->data;
+    if (!rep || rep->type == REDIS_REPLY_ERROR || r->refused)
+        return;
+    r->backoff_ms = BACKOFF_MIN_MS;
+    if (atomic_exchange(&r->rs->outage_logged, 0) == 1)
+        log_info("redis %s is available again", r->rs->display);
 }
 
 /* The reply to INFO persistence, asked on every connect. Spend lives only in
@@ -306,6 +333,7 @@ static void start_connect(struct redis *r)
     ac->data = r;
     r->ac = ac;
     r->state = R_CONNECTING;
+    r->refused = 0;
     redisLibeventAttach(ac, r->base);
     redisAsyncSetConnectCallback(ac, connect_cb);
     redisAsyncSetDisconnectCallback(ac, disconnect_cb);
@@ -316,6 +344,7 @@ static void start_connect(struct redis *r)
         redisAsyncCommand(ac, setup_reply_cb, NULL, "SELECT %d", rs->db);
     for (int i = 0; i < rs->n_scripts; i++)
         redisAsyncCommand(ac, setup_reply_cb, NULL, "SCRIPT LOAD %s", rs->scripts[i]);
+    redisAsyncCommand(ac, setup_done_cb, NULL, "PING");
     /* Asked of every connection, answered by whichever comes first; nothing
      * waits for it, so start-up never blocks on Redis. */
     redisAsyncCommand(ac, persistence_reply_cb, NULL, "INFO persistence");

@@ -242,6 +242,46 @@ describe('Redis faults', () => {
     await redis.stop();
   });
 
+  test('a password: the right one is used (hits from Redis); a wrong one is one outage, backed off, not a flood', async () => {
+    const redis = await redisServer();
+    redis.cli('CONFIG', 'SET', 'requirepass', 'right-pass');
+    const peer = await startPeer({ name: 'auth' });
+    const authConfig = (id) => makeConfig({
+      tiers: [tier({ name: 'small', urls: peer.url, price: PRICE })],
+      tenants: [{ id, keys: [sha256hex(TEST_KEY)], allowed_tiers: ['small'] }],
+      redis: { url: redis.url, timeout_ms: 200, password_env: 'CASCADE_TEST_REDIS_PASSWORD' },
+    });
+    // The right password: an answer is cached in this Redis and replayed.
+    const good = await startGateway({ config: authConfig('authok'), env: { CASCADE_TEST_REDIS_PASSWORD: 'right-pass' } });
+    const ask = async (gw) => {
+      const res = await post(gw, chatBody('cache me behind a password', { model: 'small', temperature: 0 }));
+      assert.equal(res.status, 200);
+      await res.text();
+      return res.headers.get('x-cascade-cache');
+    };
+    await until(async () => (await ask(good)) === 'hit', 8000);
+    assert.ok(Number(redis.cli('-a', 'right-pass', '--no-auth-warning', 'DBSIZE')) > 0);
+    await good.stop();
+
+    // A wrong one: served without Redis; one "unavailable" line and refusals
+    // that back off (100 ms doubling to 2 s, per worker), where each worker
+    // used to reconnect and log every 100 ms (about 60 lines in 3 s).
+    const bad = await startGateway({ config: authConfig('authbad'), env: { CASCADE_TEST_REDIS_PASSWORD: 'wrong-pass' } });
+    const res = await post(bad, chatBody('served without Redis', { model: 'small' }));
+    assert.equal(res.status, 200);
+    await res.text();
+    await sleep(3000);
+    const lines = bad.logLines();
+    const refused = lines.filter((l) => /refused setup/.test(l.msg ?? ''));
+    const down = lines.filter((l) => /unavailable/.test(l.msg ?? ''));
+    assert.ok(refused.length >= 1 && refused.length <= 2, `${refused.length} refusal lines`);
+    assert.match(refused[0].msg, /WRONGPASS|NOAUTH|invalid/);
+    assert.equal(down.length, 1, JSON.stringify(down));
+    assert.equal(lines.filter((l) => /available again/.test(l.msg ?? '')).length, 0);
+    await bad.stop();
+    await redis.stop();
+  });
+
   test('start-up does not wait for Redis; the check runs once Redis appears', async () => {
     const redis = await redisServer(); // AOF off
     await redis.stop();
