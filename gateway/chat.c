@@ -1320,6 +1320,7 @@ static void on_admit(void *ctx, const struct admit_result *res, struct reservati
     /* x-ratelimit-*, and for a refusal the real Retry-After (and for a
      * budget x-should-retry: false): gateway/reply.h. */
     reply_admit_headers(c->r, res);
+    metrics_admission(c->svc->metrics, c->tenant->metrics_index, (int)res->status);
     if (res->status != ADMIT_OK && res->status != ADMIT_DOWNGRADED) {
         const char *type, *code, *msg;
         reply_admit_error(res, &type, &code, &msg);

@@ -372,6 +372,7 @@ static void on_admit(void *ctx, const struct admit_result *res, struct reservati
         return;
     }
     reply_admit_headers(e->r, res);
+    metrics_admission(e->svc->metrics, e->tenant->metrics_index, (int)res->status);
     if (res->status != ADMIT_OK) {
         /* No downgrade was asked for (alt_cost -1): any other status is a
          * refusal. */

@@ -24,6 +24,7 @@
 #include "common/mem.h"
 #include "engines/remote/remote.h" /* enum remote_outcome and its names */
 #include "policies/judge.h"         /* the cascade's verdicts and reasons */
+#include "policies/policy.h"        /* enum admit_status */
 #include "policies/routing.h"         /* enum route_kind and its names */
 
 typedef atomic_uint_fast64_t ctr;
@@ -36,6 +37,11 @@ static const int known_codes[] = {200, 400, 401, 402, 403, 404, 405, 408, 409, 4
 #define N_CODES (N_KNOWN + 6) /* + 1xx..5xx + "other" */
 
 enum { DIR_IN, DIR_OUT };
+/* cascade_admissions_total's result label, indexed by enum admit_status. */
+static const char *const admit_names[] = {"admitted",     "downgraded",        "requests_limit",
+                                          "tokens_limit", "concurrency_limit", "budget"};
+#define N_ADMIT ((int)(sizeof admit_names / sizeof *admit_names))
+_Static_assert(sizeof admit_names / sizeof *admit_names == ADMIT_BUDGET + 1, "a name for every enum admit_status");
 enum { SRC_CACHE, SRC_ROUTING };
 
 /* Histogram bucket bounds: microseconds, and how `le` prints them (kept as
@@ -94,6 +100,7 @@ struct metrics {
         ctr n[JUDGE_N_VERDICTS][JUDGE_N_REASONS];
     } *judged;
     ctr (*routes)[ROUTE_N_KINDS];   /* per tenant slot: where "auto" sent requests */
+    ctr (*admissions)[N_ADMIT];     /* per tenant slot: by enum admit_status */
     ctr redis_errors;
     ctr *upstream_errors;           /* per replica slot */
     /* Per replica slot too, but a replica's series carry its tier, so two
@@ -188,6 +195,7 @@ struct metrics *metrics_new(const char *const *tenants, size_t n_tenants, const 
     m->classifier = xcalloc(m->tenant.n, sizeof *m->classifier);
     m->judged = xcalloc(m->tenant.n, sizeof *m->judged);
     m->routes = xcalloc(m->tenant.n, sizeof *m->routes);
+    m->admissions = xcalloc(m->tenant.n, sizeof *m->admissions);
     m->upstream_errors = xcalloc(m->replica.n, sizeof *m->upstream_errors);
     m->up = xcalloc(m->replica.n, sizeof *m->up);
     /* A URL listed twice is one replica until metrics_replica_tier says
@@ -209,6 +217,7 @@ void metrics_free(struct metrics *m)
     free(m->classifier);
     free(m->judged);
     free(m->routes);
+    free(m->admissions);
     free(m->upstream_errors);
     free(m->up);
     free(m->queue_depth);
@@ -273,6 +282,12 @@ void metrics_request(struct metrics *m, int tenant, int tier, int status, enum s
     observe(&c->overhead, overhead_bounds, COUNT(overhead_bounds), overhead_us);
     if (classifier_us)
         observe(&m->classifier[ts], classifier_bounds, COUNT(classifier_bounds), classifier_us);
+}
+
+void metrics_admission(struct metrics *m, int tenant, int status)
+{
+    if (m && status >= 0 && status < N_ADMIT)
+        add(&m->admissions[axis_slot(&m->tenant, tenant)][status], 1);
 }
 
 void metrics_route(struct metrics *m, int tenant, int kind)
@@ -571,6 +586,20 @@ char *metrics_render(struct metrics *m, size_t *len)
             if (v || ts)
                 bprintf(&b, "cascade_routes_total{tenant=\"%s\",route=\"%s\"} %llu\n", m->tenant.label[ts],
                         routing_kind_name((enum route_kind)k), (unsigned long long)v);
+        }
+    }
+
+    family(&b, "cascade_admissions_total", "counter",
+           "The cost policy's decision per request: admitted, downgraded (to the cheapest tier by the budget), "
+           "or refused by requests_limit, tokens_limit, concurrency_limit or budget.");
+    for (size_t ts = 0; ts < m->tenant.n; ts++) {
+        if (m->tenant.canon[ts] != ts)
+            continue;
+        for (int k = 0; k < N_ADMIT; k++) {
+            uint64_t v = get(&m->admissions[ts][k]);
+            if (v || ts)
+                bprintf(&b, "cascade_admissions_total{tenant=\"%s\",result=\"%s\"} %llu\n", m->tenant.label[ts],
+                        admit_names[k], (unsigned long long)v);
         }
     }
 

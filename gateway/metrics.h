@@ -27,6 +27,12 @@
  *       escalate, reason option_prob, option_margin, no_option_letter, mean,
  *       quantile, window, no_logprobs (keep only), cheap_failed (escalate
  *       only); every possible pair of a configured tenant from the start
+ *   cascade_admissions_total{tenant,result}          counter; the cost
+ *       policy's decision on each request it admitted or refused (enum
+ *       admit_status, policies/policy.h): admitted, downgraded,
+ *       requests_limit, tokens_limit, concurrency_limit, budget. The 429s of
+ *       requests_total do not tell a budget from a rate limit; this does.
+ *       Every result of a configured tenant from the start
  *   cascade_redis_errors_total                       counter
  *   cascade_upstream_errors_total{replica}           counter; failed attempts
  *       (connect_error, http_5xx, timeout, bad_response below)
@@ -90,6 +96,8 @@ void metrics_route(struct metrics *m, int tenant, int kind);
 /* One judgement of the cascade: enum judge_verdict, enum judge_reason (a
  * pair judge_reason_possible() refuses is not counted). */
 void metrics_judgement(struct metrics *m, int tenant, int verdict, int reason);
+/* The cost policy's answer for one request; status: enum admit_status. */
+void metrics_admission(struct metrics *m, int tenant, int status);
 void metrics_redis_error(struct metrics *m);
 void metrics_upstream_error(struct metrics *m, int replica);
 /* Which tier replica (an index into metrics_new's list) belongs to, for the

@@ -23,7 +23,7 @@ fail() {
 }
 
 # kubectl 1.32 (Kustomize 5.5) is not Debian's kubernetes-client (1.20).
-command -v kubectl >/dev/null 2>&1 || fail "kubectl not found (scripts/setup.sh installs kubectl 1.32)"
+command -v kubectl >/dev/null 2>&1 || fail "kubectl not found: this needs kubectl >= 1.27 (Kustomize 5), which these machines carry as /usr/bin/kubectl 1.32; Debian's kubernetes-client (1.20) is too old"
 kubectl kustomize --help >/dev/null 2>&1 || fail "this kubectl has no 'kustomize' command"
 command -v yamllint >/dev/null 2>&1 || fail "yamllint not found (Debian's yamllint; scripts/setup.sh)"
 command -v promtool >/dev/null 2>&1 || fail "promtool not found (Debian's prometheus; scripts/setup.sh)"

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "gateway/metrics.h"
+#include "policies/policy.h"
 #include "tests/unit/test.h"
 
 /* The value of the series whose line starts with `series` + " ", or -1. */
@@ -149,6 +150,13 @@ int main(void)
     metrics_inflight_add(m, 3);
     metrics_inflight_add(m, -1);
     metrics_set_queue_depth(m, 1, 17);
+    /* The policy's decisions: a budget refusal and a rate limit are both
+     * 429s above, and apart here. */
+    metrics_admission(m, 0, ADMIT_OK);
+    metrics_admission(m, 0, ADMIT_OK);
+    metrics_admission(m, 1, ADMIT_BUDGET);
+    metrics_admission(m, 2, ADMIT_LIMIT_REQUESTS); /* acme again */
+    metrics_admission(m, 0, 99);                   /* not a status: not counted */
 
     size_t len = 0;
     char *t = metrics_render(m, &len);
@@ -163,6 +171,11 @@ int main(void)
     CHECK(value_of(t, "cascade_requests_total{tenant=\"acme\",tier=\"small\",code=\"other\"}") == 1);
     /* 200 for each configured tenant x tier (2 x 3), 6 more that occurred. */
     CHECK(count_lines(t, "cascade_requests_total{") == 12);
+    CHECK(value_of(t, "cascade_admissions_total{tenant=\"acme\",result=\"admitted\"}") == 2);
+    CHECK(value_of(t, "cascade_admissions_total{tenant=\"acme\",result=\"requests_limit\"}") == 1);
+    CHECK(value_of(t, "cascade_admissions_total{tenant=\"be\\\"ta\\\\x\",result=\"budget\"}") == 1);
+    CHECK(value_of(t, "cascade_admissions_total{tenant=\"be\\\"ta\\\\x\",result=\"downgraded\"}") == 0);
+    CHECK(count_lines(t, "cascade_admissions_total{") == 12); /* 2 tenants x 6 results, from the start */
     CHECK(value_of(t, "cascade_requests_total{tenant=\"be\\\"ta\\\\x\",tier=\"large\",code=\"200\"}") == 0);
     CHECK(value_of(t, "cascade_cache_total{tenant=\"be\\\"ta\\\\x\",tier=\"small\",result=\"hit\"}") == 0);
     CHECK(value_of(t, "cascade_cost_usd_total{tenant=\"acme\",tier=\"none\"}") == 0);
