@@ -103,6 +103,12 @@ describe('policies', () => {
     assert.equal(spent, expected, 'recorded spend is the sum of real costs');
     console.log('budget test:', ok.length, 'admitted', rejected.length, 'rejected, spent', spent, 'of', budget * NANO);
     assert.ok(spent <= budget * NANO, `spent ${spent} > budget ${budget * NANO}`);
+    // /metrics tells the budget's refusals apart from other 429s.
+    const m = await (await fetch(`${gw.url}/metrics`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).text();
+    const admissions = (result) => Number(m.match(new RegExp(`^cascade_admissions_total\\{tenant="thrifty",result="${result}"\\} (\\d+)$`, 'm'))?.[1]);
+    assert.equal(admissions('budget'), rejected.length);
+    assert.equal(admissions('admitted'), ok.length);
+    assert.equal(admissions('requests_limit'), 0);
     await gw.stop();
     await redis.stop();
   });
