@@ -355,6 +355,9 @@ describe('GET /metrics', () => {
     assert.ok(one('timeseries:Spend and savings (USD per hour)/B') > 0); // saved by cache
     assert.ok(one('timeseries:Spend and savings (USD per hour)/C') > 0); // routing, net
     assert.equal(one('timeseries:Spend and savings (USD per hour)/D'), 0); // routing loss: nothing escalated
+    // Every request was admitted (no limits, no budget): one series, admitted.
+    const admissions = values['timeseries:Admission decisions (budget, limits)/A'].filter((s) => s.v > 0);
+    assert.deepEqual(admissions.map((s) => s.labels.result), ['admitted']);
   });
 
   test('the exposition is well-formed text (checked without promtool too)', async () => {
