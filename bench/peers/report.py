@@ -25,12 +25,24 @@ modes = [m for m in ("nonstream", "stream") if any(r["mode"] == m for r in runs)
 rates = sorted({r["rate"] for r in runs}, key=lambda x: (x == 0, x))
 
 
-def ticks(s):
-    return {p: int(v) for p, v in (kv.split(":") for kv in s.split(",") if kv)}
+def ticks(s, part):
+    """pid -> ticks from "pid:utime:stime,..." (part: 'all', 'user', 'sys');
+    older runs wrote "pid:utime+stime", which only 'all' can read"""
+    out = {}
+    for kv in (x for x in s.split(",") if x):
+        f = kv.split(":")
+        if len(f) == 2:
+            out[f[0]] = int(f[1]) if part == "all" else None
+        else:
+            u, st = int(f[1]), int(f[2])
+            out[f[0]] = {"all": u + st, "user": u, "sys": st}[part]
+    return out
 
 
-def cpu_s(r, before, after):
-    a, b = ticks(r[before]), ticks(r[after])
+def cpu_s(r, before, after, part="all"):
+    a, b = ticks(r[before], part), ticks(r[after], part)
+    if any(v is None for v in b.values()):
+        return None
     return sum(b[p] - a.get(p, 0) for p in b) / r["clk_tck"]
 
 
@@ -38,6 +50,8 @@ for r in runs:
     res = r["result"]
     n = r["upstream_requests"]
     r["cpu_per_1k"] = 1000 * cpu_s(r, "cpu_before", "cpu_after") / n if n > 0 else None
+    sys_s = cpu_s(r, "cpu_before", "cpu_after", "sys")
+    r["sys_per_1k"] = 1000 * sys_s / n if n > 0 and sys_s is not None else None
     r["upstream_per_1k"] = 1000 * cpu_s(r, "upstream_cpu_before", "upstream_cpu_after") / n if n > 0 else None
     r["redis_per_1k"] = 1000 * cpu_s(r, "redis_cpu_before", "redis_cpu_after") / n if n > 0 else None
     sent = max(res["sent"], 1)
@@ -64,11 +78,17 @@ def med(xs):
 
 
 def spread(xs, fmt, sign=False):
-    """median [min..max] of xs, or '-'"""
+    """median [min..max] of xs, or '-'; fmt "lat": microseconds, shown in ms
+    from 10 ms up (queues of seconds stay readable)"""
     xs = [x for x in xs if x is not None]
     if not xs:
         return "-"
-    f = (lambda v: format(v, "+" + fmt)) if sign else (lambda v: format(v, fmt))
+    if fmt == "lat":
+        def f(v):
+            s = "+" if sign else ""
+            return format(v, s + ".0f") if abs(v) < 10000 else format(v / 1000, s + ",.0f") + " ms"
+    else:
+        f = (lambda v: format(v, "+" + fmt)) if sign else (lambda v: format(v, fmt))
     if len(xs) == 1:
         return f(xs[0])
     return f"{f(statistics.median(xs))} [{f(min(xs))}..{f(max(xs))}]"
@@ -126,11 +146,11 @@ def sat_cell(mode):
 def add_cell(mode, rate, key):
     def f(t):
         if t == "direct":
-            return spread([r["result"].get(key) for r in sel(t, mode, rate)], ".0f") + " (absolute)"
+            return spread([r["result"].get(key) for r in sel(t, mode, rate)], "lat") + " (absolute)"
         rs = sel(t, mode, rate)
         if not rs:
             return "-"
-        s = spread(added(t, mode, rate, key), ".0f", sign=True)
+        s = spread(added(t, mode, rate, key), "lat", sign=True)
         if any(r["overloaded"] for r in rs):
             s = "overloaded: " + s
         return s
@@ -145,6 +165,9 @@ for mode in modes:
     if 0 in rates:
         row(f"saturation, {mode}", sat_cell(mode))
         row(f"CPU s per 1,000 req at saturation, {mode}", cpu_cell(mode, 0))
+        if any(r["sys_per_1k"] is not None for r in runs):
+            row(f"of which in the kernel (stime), {mode}",
+                lambda t, mode=mode: spread([r["sys_per_1k"] for r in sel(t, mode, 0)], ".3f"))
 for mode in modes:
     key = "ttfb_p50_us" if mode == "stream" else "p50_us"
     for rate in rates:
@@ -173,14 +196,14 @@ for mode in modes:
             e = med([r["err_frac"] for r in rs])
             ach = spread([r["result"]["rate_achieved"] for r in rs], ",.0f")
             if t == "direct":
-                cells = [spread([r["result"].get(k) for r in rs], ".0f") + " abs"
+                cells = [spread([r["result"].get(k) for r in rs], "lat") + " abs"
                          for k in ("p50_us", "p99_us", "p999_us")]
-                cells += [spread([r["result"].get(k) for r in rs], ".0f") + " abs" if mode == "stream" else "-"
+                cells += [spread([r["result"].get(k) for r in rs], "lat") + " abs" if mode == "stream" else "-"
                           for k in ("ttfb_p50_us", "ttfb_p99_us")]
             else:
-                cells = [spread(added(t, mode, rate, k), ".0f", sign=True)
+                cells = [spread(added(t, mode, rate, k), "lat", sign=True)
                          for k in ("p50_us", "p99_us", "p999_us")]
-                cells += [spread(added(t, mode, rate, k), ".0f", sign=True) if mode == "stream" else "-"
+                cells += [spread(added(t, mode, rate, k), "lat", sign=True) if mode == "stream" else "-"
                           for k in ("ttfb_p50_us", "ttfb_p99_us")]
             name = t + (" (overloaded)" if any(r["overloaded"] for r in rs) else "")
             print(f"| {mode} | {rl} | {name} | {ach} | {100 * e:.2f}% | " + " | ".join(cells) +

@@ -265,11 +265,11 @@ done
 
 # ---- the runs -----------------------------------------------------------------
 CLK_TCK=$(getconf CLK_TCK)
-# cpu_of PIDS...: "pid:ticks,..." utime+stime of each (fields 14, 15; the
+# cpu_of PIDS...: "pid:utime:stime,..." in clock ticks (fields 14, 15; the
 # command names here have no spaces, so awk's fields line up)
 cpu_of() {
     local p out=""
-    for p in "$@"; do out+="$p:$(awk '{ print $14 + $15 }' "/proc/$p/stat"),"; done
+    for p in "$@"; do out+="$p:$(awk '{ print $14 ":" $15 }' "/proc/$p/stat"),"; done
     echo "${out%,}"
 }
 # run_one TARGET MODE RATE ROUND: one loadgen run, one JSON line in runs.jsonl
