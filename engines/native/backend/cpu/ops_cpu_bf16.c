@@ -90,11 +90,11 @@ INLINE BF16_FN __m512bh bf_x(const uint16_t *x, int64_t k)
 }
 
 /* y[t * ldy + r + i] (+)= W[r + i] . xb[t], i < R, t < T: R x T accumulators
- * in registers (R and T are constants after inlining). pf: prefetch the
- * next R rows while these stream (the first token tile of a row group). */
+ * in registers (R and T are constants after inlining). pf_every / pf_j: how
+ * this tile prefetches the next R rows (0: not at all; see the loop). */
 INLINE BF16_FN void bf_tile(const int R, const int T, const uint16_t *w, int64_t K, int64_t r,
                             const uint16_t *xb, int64_t ldx, float *y, int64_t ldy,
-                            int accumulate, int pf)
+                            int accumulate, int pf_every, int pf_j)
 {
     const uint16_t *wr[8];
     const uint16_t *xt[BF_T];
@@ -109,9 +109,19 @@ INLINE BF16_FN void bf_tile(const int R, const int T, const uint16_t *w, int64_t
     const int64_t Kf = K & ~(int64_t)31;
     int64_t k = 0;
     for (; k < Kf; k += 32) {
-        if (pf)
+        /* Prefetch the next R rows while these compute. Decode (pf_every
+         * 1): every line, into L1, a tile ahead. A batch: the row group's J
+         * token tiles share the next group's lines, tile pf_j taking every
+         * J-th (pf_every = J), so the DRAM reads spread over the whole group
+         * instead of piling onto its first tile; into L2, since the x rows
+         * streaming through L1 would evict them before use. */
+        if (pf_every == 1) {
             for (int i = 0; i < R; i++)
                 _mm_prefetch((const char *)(wr[i] + R * K + k), _MM_HINT_T0);
+        } else if (pf_every > 1 && (k / 32) % pf_every == 0) {
+            for (int i = 0; i < R; i++)
+                _mm_prefetch((const char *)(wr[i] + R * K + k + 32 * pf_j), _MM_HINT_T1);
+        }
         __m512bh wv[8];
         for (int i = 0; i < R; i++)
             wv[i] = bf_w(wr[i], k, 0, 1);
@@ -150,15 +160,15 @@ INLINE BF16_FN void bf_tile(const int R, const int T, const uint16_t *w, int64_t
 /* The tile of R rows and T = 1..6 tokens, with T a constant in each call. */
 INLINE BF16_FN void bf_tile_t(const int R, int T, const uint16_t *w, int64_t K, int64_t r,
                               const uint16_t *xb, int64_t ldx, float *y, int64_t ldy,
-                              int accumulate, int pf)
+                              int accumulate, int pf_every, int pf_j)
 {
     switch (T) {
-    case 6: bf_tile(R, 6, w, K, r, xb, ldx, y, ldy, accumulate, pf); break;
-    case 5: bf_tile(R, 5, w, K, r, xb, ldx, y, ldy, accumulate, pf); break;
-    case 4: bf_tile(R, 4, w, K, r, xb, ldx, y, ldy, accumulate, pf); break;
-    case 3: bf_tile(R, 3, w, K, r, xb, ldx, y, ldy, accumulate, pf); break;
-    case 2: bf_tile(R, 2, w, K, r, xb, ldx, y, ldy, accumulate, pf); break;
-    default: bf_tile(R, 1, w, K, r, xb, ldx, y, ldy, accumulate, pf); break;
+    case 6: bf_tile(R, 6, w, K, r, xb, ldx, y, ldy, accumulate, pf_every, pf_j); break;
+    case 5: bf_tile(R, 5, w, K, r, xb, ldx, y, ldy, accumulate, pf_every, pf_j); break;
+    case 4: bf_tile(R, 4, w, K, r, xb, ldx, y, ldy, accumulate, pf_every, pf_j); break;
+    case 3: bf_tile(R, 3, w, K, r, xb, ldx, y, ldy, accumulate, pf_every, pf_j); break;
+    case 2: bf_tile(R, 2, w, K, r, xb, ldx, y, ldy, accumulate, pf_every, pf_j); break;
+    default: bf_tile(R, 1, w, K, r, xb, ldx, y, ldy, accumulate, pf_every, pf_j); break;
     }
 }
 
@@ -176,23 +186,24 @@ BF16_FN void cpu_bf16_rows(const struct native_mat *w, int64_t r0, int64_t r1,
         if (t1 - t0 == 1) {
             /* Decode: memory-bound, eight rows streaming at once. */
             for (; r + 8 <= r1; r += 8)
-                bf_tile(8, 1, W, K, r, xb0, ldx, y0, ldy, accumulate, 1);
+                bf_tile(8, 1, W, K, r, xb0, ldx, y0, ldy, accumulate, 1, 0);
             for (; r < r1; r++)
-                bf_tile(1, 1, W, K, r, xb0, ldx, y0, ldy, accumulate, 0);
+                bf_tile(1, 1, W, K, r, xb0, ldx, y0, ldy, accumulate, 0, 0);
             continue;
         }
         /* Each group of BF_R rows meets every token of the block before the
          * next group, so its rows come from memory once per block. */
+        const int J = (t1 - t0 + BF_T - 1) / BF_T;     /* token tiles per row group */
         for (; r + BF_R <= r1; r += BF_R)
             for (int t = t0; t < t1; t += BF_T) {
                 const int T = t1 - t < BF_T ? t1 - t : BF_T;
                 bf_tile_t(BF_R, T, W, K, r, xb + t * ldx, ldx, y + t * ldy, ldy, accumulate,
-                          t == t0);
+                          J, (t - t0) / BF_T);
             }
         for (; r < r1; r++)
             for (int t = t0; t < t1; t += BF_T) {
                 const int T = t1 - t < BF_T ? t1 - t : BF_T;
-                bf_tile_t(1, T, W, K, r, xb + t * ldx, ldx, y + t * ldy, ldy, accumulate, 0);
+                bf_tile_t(1, T, W, K, r, xb + t * ldx, ldx, y + t * ldy, ldy, accumulate, 0, 0);
             }
     }
 }
