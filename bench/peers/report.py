@@ -171,7 +171,7 @@ for mode in modes:
 for mode in modes:
     key = "ttfb_p50_us" if mode == "stream" else "p50_us"
     for rate in rates:
-        if rate == 5000:
+        if rate in (1000, 5000):
             row(f"added p50 µs at {rate:,}/s, {mode}" + (" (TTFB)" if mode == "stream" else ""),
                 add_cell(mode, rate, key))
             k99 = "ttfb_p99_us" if mode == "stream" else "p99_us"

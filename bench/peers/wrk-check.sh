@@ -9,6 +9,8 @@
 # throughputs (medians, min..max) and their ratio, and p50/p99 latency.
 # wrk's latency is from the send of each request (closed loop), as loadgen's
 # is at rate 0. wrk is single-threaded here (-t1) as loadgen is by default.
+# The client's own CPU per request (user + system, /usr/bin/time) is given too:
+# on a 2-core machine what the load generator burns is lost to the server.
 #
 # Usage: bench/peers/wrk-check.sh   env: CASCADE_BUILD_DIR (default <repo>/build)
 #        CONNS=64 DURATION=5 ROUNDS=3 INSTALL=1 (apt-get wrk when missing) OUT=DIR
@@ -65,12 +67,17 @@ for round in $(seq 1 "$ROUNDS"); do
         [ "$target" = cascaded ] && port=$GPORT
         url="http://127.0.0.1:$port/v1/chat/completions"
         load=$(cut -d' ' -f1 /proc/loadavg)
-        line=$("$LOADGEN" --url "$url" --body "$OUT/body.json" --header "Authorization: Bearer $KEY" \
-            --rate 0 --connections "$CONNS" --duration "$DURATION" --warmup 1)
-        echo "{\"tool\":\"loadgen\",\"target\":\"$target\",\"round\":$round,\"load1\":$load,\"result\":$line}" >>"$OUT/runs.jsonl"
+        # the client's own CPU (user + system seconds) as well: on 2 shared
+        # cores, what the load generator spends per request the server lacks
+        line=$(/usr/bin/time -f '%U %S' -o "$OUT/time.txt" "$LOADGEN" --url "$url" --body "$OUT/body.json" \
+            --header "Authorization: Bearer $KEY" --rate 0 --connections "$CONNS" --duration "$DURATION" --warmup 1)
+        cpu=$(awk '{ print $1 + $2 }' "$OUT/time.txt")
+        echo "{\"tool\":\"loadgen\",\"target\":\"$target\",\"round\":$round,\"load1\":$load,\"client_cpu_s\":$cpu,\"seconds\":$((DURATION + 1)),\"result\":$line}" >>"$OUT/runs.jsonl"
         load=$(cut -d' ' -f1 /proc/loadavg)
-        wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$OUT/post.lua" "$url" >"$OUT/wrk-$target-$round.txt"
-        python3 - "$OUT/wrk-$target-$round.txt" "$target" "$round" "$load" >>"$OUT/runs.jsonl" <<'PY'
+        /usr/bin/time -f '%U %S' -o "$OUT/time.txt" \
+            wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$OUT/post.lua" "$url" >"$OUT/wrk-$target-$round.txt"
+        cpu=$(awk '{ print $1 + $2 }' "$OUT/time.txt")
+        python3 - "$OUT/wrk-$target-$round.txt" "$target" "$round" "$load" "$cpu" "$DURATION" >>"$OUT/runs.jsonl" <<'PY'
 import json, re, sys
 text = open(sys.argv[1]).read()
 def us(s):
@@ -81,6 +88,7 @@ rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
 errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
 print(json.dumps({"tool": "wrk", "target": sys.argv[2], "round": int(sys.argv[3]), "load1": float(sys.argv[4]),
+                  "client_cpu_s": float(sys.argv[5]), "seconds": int(sys.argv[6]),
                   "result": {"rate_achieved": rps, "p50_us": pct.get("50"), "p99_us": pct.get("99"),
                              "non2xx": int(non2xx.group(1)) if non2xx else 0,
                              "errors": sum(map(int, errs.groups())) if errs else 0}}))
@@ -97,16 +105,20 @@ def vals(tool, target, key):
 def fmt(v):
     return f"{statistics.median(v):,.0f} [{min(v):,.0f}..{max(v):,.0f}]" if v else "-"
 print(f"closed loop, {sys.argv[2]} connections, one thread each; median [min..max] of {sys.argv[3]} alternating rounds\n")
-print("| target | tool | req/s | p50 µs | p99 µs | errors + non-2xx | loadgen / wrk req/s |")
-print("|---|---|---|---|---|---|---|")
+print("| target | tool | req/s | p50 µs | p99 µs | errors + non-2xx | client CPU µs / request | loadgen / wrk req/s |")
+print("|---|---|---|---|---|---|---|---|")
 for target in ("direct", "cascaded"):
     for tool in ("loadgen", "wrk"):
         e = sum(vals(tool, target, "errors")) + sum(vals(tool, target, "non2xx"))
         ratio = ""
         if tool == "wrk":
             ratio = f"{statistics.median(vals('loadgen', target, 'rate_achieved')) / statistics.median(vals('wrk', target, 'rate_achieved')):.2f}"
+        # loadgen runs 1 s of warm-up beyond --duration; wrk none: CPU over
+        # the requests of the whole run (rate x seconds run)
+        cpu = [1e6 * r["client_cpu_s"] / (r["result"]["rate_achieved"] * r["seconds"]) for r in rows
+               if r["tool"] == tool and r["target"] == target and r["result"]["rate_achieved"]]
         print(f"| {target} | {tool} | {fmt(vals(tool, target, 'rate_achieved'))} | {fmt(vals(tool, target, 'p50_us'))} | "
-              f"{fmt(vals(tool, target, 'p99_us'))} | {e} | {ratio} |")
+              f"{fmt(vals(tool, target, 'p99_us'))} | {e} | {fmt(cpu)} | {ratio} |")
 loads = [r["load1"] for r in rows]
 print(f"\nload average before the runs: {min(loads):.2f}..{max(loads):.2f}")
 PY
