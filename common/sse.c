@@ -105,9 +105,13 @@ int sse_parser_feed(struct sse_parser *p, const char *buf, size_t len)
                 continue;
             }
         }
-        size_t j = i;
-        while (j < len && buf[j] != '\n' && buf[j] != '\r')
-            j++;
+        /* The line ends at the first CR or LF: memchr for each (upstreams
+         * send LF alone, so the CR search covers one line), not a loop over
+         * the bytes, which was 6% of a stream's instructions (issue 18). */
+        const char *lf = memchr(buf + i, '\n', len - i);
+        size_t end = lf ? (size_t)(lf - buf) : len;
+        const char *cr = memchr(buf + i, '\r', end - i);
+        size_t j = cr ? (size_t)(cr - buf) : end;
         if (j == len) /* an incomplete line: keep it for the next feed */
             return gb_append(&p->line, buf + i, j - i, p->max);
         int rc;

@@ -80,6 +80,18 @@ int main(void)
     /* strings: escapes, surrogate pairs, raw UTF-8, DEL, keys with escapes */
     CHECK(same("[\"a\\\"b\\\\c\\/d\\b\\f\\n\\r\\t\",\"\\u00e9\\u4e2d\\ud83d\\ude00\",\"\xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80\x7f\"]"));
     CHECK(same("{\"k\\u00e9y\":\"v\\n\",\"k2\":{\"\\\"\":[\"x\\ty\"]},\"z\":1}"));
+    /* long strings (read eight bytes at a time) with the byte that needs a
+     * look at every offset of a word */
+    CHECK(same("[\"0123456789abcdef0123456789\",\"abcdefghijklmnop\\\"qrstuvwxyz\",\"abcdefghij\xc3\xa9klmnopq\"]"));
+    for (int at = 0; at < 16; at++) {
+        char doc[64], bad1[64], bad2[64];
+        snprintf(doc, sizeof doc, "[\"%.*s\\n%s\"]", at, "0123456789abcdef", "tail-of-it");
+        CHECK(same(doc));
+        snprintf(bad1, sizeof bad1, "[\"%.*s\x01%s\"]", at, "0123456789abcdef", "tail-of-it");
+        CHECK(declined(bad1, 0));
+        snprintf(bad2, sizeof bad2, "[\"%.*s\xff%s\"]", at, "0123456789abcdef", "tail-of-it");
+        CHECK(declined(bad2, 0));
+    }
     /* key order is kept, as jansson keeps it */
     CHECK(same("{\"z\":1,\"a\":2,\"m\":3,\"b\":{\"y\":1,\"c\":2}}"));
 
@@ -88,7 +100,7 @@ int main(void)
         "", " ", "{", "[", "{\"a\"}", "{\"a\":}", "{\"a\":1,}", "[1,]", "[1 2]", "{,}", "[01]", "[-]", "[1.]",
         "[.5]", "[1e]", "[1e+]", "[+1]", "[tru]", "[truex]", "[nul]", "[\"a]", "[\"\\x\"]", "[\"\\u12\"]",
         "[\"\\u12g4\"]", "[\"a\x01\"]", "[\"\xff\"]", "[\"\xc0\xaf\"]", "[\"\xed\xa0\x80\"]", "[\"\xf4\x90\x80\x80\"]",
-        "[\"\\ud800\"]", "[\"\\udc00\"]", "[\"\\ud800\\u0041\"]", "[] x", "{}{}", "[\"\xc3\"]",
+        "[\"\\ud800\"]", "[\"\\udc00\"]", "[\"\\ud800\\u0041\"]", "[] x", "{}{}", "[\"\xc3\"]", "[\"abcdefghijklmnopqrstuvwxyz",
         /* valid, but jansson's to decide: the top level, NUL, big integers, infinities */
         "\"str\"", "1", "null", "[\"a\\u0000b\"]", "{\"\\u0000\":1}", "[9223372036854775807]",
         "[-9223372036854775808]", "[1234567890123456789]", "[99999999999999999999]", "[1e400]", "[-1e999]",
