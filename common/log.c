@@ -131,14 +131,41 @@ void log_write_line(const char *line, size_t n)
 
 size_t log_ts_field(char *out, size_t cap)
 {
+    /* Called for every access-log line. The date and time to the second
+     * change once a second, so each thread formats them then, not per line:
+     * gmtime_r (which takes glibc's time-zone lock), strftime and snprintf
+     * were ~4k instructions a request (callgrind, issue 18). */
+    static _Thread_local time_t last_sec = (time_t)-1;
+    static _Thread_local char day[32];
+    static _Thread_local size_t day_len;
     struct timespec ts;
-    struct tm tm;
     clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    char day[32];
-    strftime(day, sizeof day, "%Y-%m-%dT%H:%M:%S", &tm);
-    int n = snprintf(out, cap, "\"ts\":\"%s.%03ldZ\",", day, ts.tv_nsec / 1000000);
-    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+    if (ts.tv_sec != last_sec) {
+        struct tm tm;
+        gmtime_r(&ts.tv_sec, &tm);
+        day_len = strftime(day, sizeof day, "%Y-%m-%dT%H:%M:%S", &tm);
+        last_sec = ts.tv_sec;
+    }
+    char line[64];
+    size_t n = 0;
+    memcpy(line, "\"ts\":\"", 6);
+    n = 6;
+    memcpy(line + n, day, day_len);
+    n += day_len;
+    long ms = ts.tv_nsec / 1000000;
+    line[n++] = '.';
+    line[n++] = (char)('0' + ms / 100 % 10);
+    line[n++] = (char)('0' + ms / 10 % 10);
+    line[n++] = (char)('0' + ms % 10);
+    memcpy(line + n, "Z\",", 3);
+    n += 3;
+    if (cap == 0)
+        return 0;
+    if (n >= cap)
+        n = cap - 1; /* cut, as snprintf would */
+    memcpy(out, line, n);
+    out[n] = '\0';
+    return n;
 }
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 

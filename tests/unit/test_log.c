@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include "common/log.h"
+
+#include <time.h>
 #include "tests/unit/test.h"
 
 static struct log_limit lim;
@@ -76,5 +78,25 @@ int main(void)
     CHECK(strstr(last2, "after the interval") && strstr(last2, "\"suppressed\":7"));
     CHECK(n3 == 4);
     CHECK(strstr(last3, "\"suppressed\":19999") != NULL);
+    /* log_ts_field: "ts":"YYYY-MM-DDTHH:MM:SS.mmmZ", the same second as the
+     * clock (formatted once a second per thread), and cut as snprintf cuts */
+    for (int i = 0; i < 3; i++) {
+        char f[64], want[32];
+        time_t before = time(NULL);
+        size_t n = log_ts_field(f, sizeof f);
+        time_t after = time(NULL);
+        struct tm tm;
+        CHECK(n == 32 && strlen(f) == 32);
+        CHECK(strncmp(f, "\"ts\":\"", 6) == 0 && f[25] == '.' && strcmp(f + 29, "Z\",") == 0);
+        int ok = 0;
+        for (time_t t = before; t <= after; t++) {
+            gmtime_r(&t, &tm);
+            strftime(want, sizeof want, "%Y-%m-%dT%H:%M:%S", &tm);
+            ok |= strncmp(f + 6, want, 19) == 0;
+        }
+        CHECK(ok);
+        char small[10];
+        CHECK(log_ts_field(small, sizeof small) == 9 && strlen(small) == 9 && strncmp(small, "\"ts\":\"20", 8) == 0);
+    }
     TEST_MAIN_END();
 }
