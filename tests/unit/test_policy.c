@@ -171,10 +171,14 @@ static void test_local_small_share(void)
     struct tenant_limits rpm = {.rpm = 3, .budget_day_nano = -1, .budget_month_nano = -1};
     CHECK(admit_as(p, base, "small-rpm", &rpm, "r1", 0, -1) == ADMIT_OK);
     CHECK(last.limit_requests == 1);
+    settle(p, base, 0, 10);
     CHECK(admit_as(p, base, "small-rpm", &rpm, "r2", 0, -1) == ADMIT_LIMIT_REQUESTS);
     struct tenant_limits conc = {.max_concurrent = 2, .budget_day_nano = -1, .budget_month_nano = -1};
     CHECK(admit_as(p, base, "small-conc", &conc, "c1", 0, -1) == ADMIT_OK);
+    struct reservation *held = last_resv;
     CHECK(admit_as(p, base, "small-conc", &conc, "c2", 0, -1) == ADMIT_LIMIT_CONCURRENCY);
+    last_resv = held;
+    settle(p, base, 0, 10);
     struct tenant_limits tpm = {.tpm = 2, .budget_day_nano = -1, .budget_month_nano = -1};
     CHECK(admit_as(p, base, "small-tpm", &tpm, "t1", 0, -1) == ADMIT_LIMIT_TOKENS); /* 10 tokens > 1 */
     policy_free(p);
