@@ -1201,8 +1201,7 @@ const char *config_reload_conflict(const struct config *cur, const struct config
         return "listen changed";
     if (cur->workers != next->workers)
         return "workers changed";
-    if ((cur->redis.url == NULL) != (next->redis.url == NULL) ||
-        (cur->redis.url && strcmp(cur->redis.url, next->redis.url) != 0))
+    if (str_differs(cur->redis.url, next->redis.url))
         return "redis.url changed";
     if ((cur->tls.cert_file == NULL) != (next->tls.cert_file == NULL) ||
         (cur->tls.cert_file && (strcmp(cur->tls.cert_file, next->tls.cert_file) != 0 ||
@@ -1210,11 +1209,9 @@ const char *config_reload_conflict(const struct config *cur, const struct config
         return "tls changed";
     if (cur->cache.backend != next->cache.backend)
         return "cache.backend changed";
-    if ((cur->classifier == NULL) != (next->classifier == NULL) ||
-        (cur->classifier && strcmp(cur->classifier, next->classifier) != 0))
+    if (str_differs(cur->classifier, next->classifier))
         return "classifier changed";
-    if ((cur->tokenizer == NULL) != (next->tokenizer == NULL) ||
-        (cur->tokenizer && strcmp(cur->tokenizer, next->tokenizer) != 0))
+    if (str_differs(cur->tokenizer, next->tokenizer))
         return "tokenizer changed";
     if (cur->n_tiers != next->n_tiers)
         return "the number of tiers changed";
