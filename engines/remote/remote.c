@@ -39,6 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/bevwrite.h"
 #include "common/cfgjson.h"
 #include "common/clock.h"
 #include "common/log.h"
@@ -729,6 +730,22 @@ static void set_nodelay(struct evhttp_connection *c)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
+/* Send the request evhttp has just queued on c now (bevwrite.h), rather
+ * than in the next loop turn. Only a connected plain connection has the
+ * request in its output right after evhttp_make_request(): a connecting one
+ * writes it once connected, and TLS writes through OpenSSL's bufferevent.
+ * Once all is written, the write callback tells evhttp, which turns to
+ * reading the response. 1: the connection was connected (its socket has
+ * had TCP_NODELAY since it was made). */
+static int write_now(struct evhttp_connection *c, int tls)
+{
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(c);
+    if (tls || evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        return 0;
+    bev_write_now(bev);
+    return 1;
+}
+
 static int header_cb(struct evhttp_request *req, void *arg)
 {
     struct rreq *q = arg;
@@ -1095,7 +1112,8 @@ static int start_attempt(struct rreq *q)
         char path[sizeof rep->chat_path];
         endpoint_path(rep, q->endpoint, path, sizeof path);
         if (evhttp_make_request(c, req, EVHTTP_REQ_POST, path) == 0) {
-            set_nodelay(c); /* a pooled one, or a new one whose socket exists already */
+            if (!write_now(c, rep->tls) && !(reused && rep->tls))
+                set_nodelay(c); /* a new socket (connecting now): a new connection, or a pooled one reconnecting */
             q->attempts++;
             q->attempt_open = 1;
             q->trial = trial;
