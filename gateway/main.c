@@ -4,6 +4,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef CASCADE_HAVE_MIMALLOC
+#include <mimalloc.h>
+#endif
 
 #include "classifier/classifier.h"
 #include "common/log.h"
@@ -112,6 +115,13 @@ int main(int argc, char **argv)
         gateway_free(&gw);
         return 1;
     }
+#ifdef CASCADE_HAVE_MIMALLOC
+    /* Also what keeps the library linked where the linker drops libraries
+     * no symbol is taken from (--as-needed, Ubuntu's default). */
+    log_info("allocator: mimalloc %d", mi_version());
+#else
+    log_info("allocator: glibc malloc");
+#endif
     /* From here on workers log through the background writer. */
     log_async_start();
     int rc = gateway_run(&gw);

@@ -35,9 +35,10 @@ if [ -r /etc/os-release ]; then
 fi
 
 # build: the C toolchain and the libraries we link (libevent-dev brings
-# libevent_openssl, for TLS); CA certificates so npm can reach its registry.
+# libevent_openssl, for TLS; mimalloc is cascaded's allocator, see
+# gateway/CMakeLists.txt); CA certificates so npm can reach its registry.
 build_pkgs() {
-  echo build-essential cmake pkg-config libevent-dev libjansson-dev libhiredis-dev libpcre2-dev libssl-dev \
+  echo build-essential cmake pkg-config libevent-dev libjansson-dev libhiredis-dev libpcre2-dev libssl-dev libmimalloc-dev \
        ca-certificates
   # Node runs the build's npm step (uPlot is embedded in the dashboard) and
   # the tests; a machine with its own node (nvm, NodeSource) keeps it.
@@ -53,10 +54,10 @@ runtime_pkgs() {
   case "$distro" in
     ubuntu:noble)
       echo libevent-2.1-7t64 libevent-core-2.1-7t64 libevent-extra-2.1-7t64 libevent-pthreads-2.1-7t64 libevent-openssl-2.1-7t64 \
-           libjansson4 libhiredis1.1.0 libpcre2-8-0 libssl3t64 ca-certificates ;;
+           libjansson4 libhiredis1.1.0 libpcre2-8-0 libssl3t64 libmimalloc2.0 ca-certificates ;;
     *)
       echo libevent-2.1-7 libevent-core-2.1-7 libevent-extra-2.1-7 libevent-pthreads-2.1-7 libevent-openssl-2.1-7 \
-           libjansson4 libhiredis0.14 libpcre2-8-0 libssl3 ca-certificates ;;
+           libjansson4 libhiredis0.14 libpcre2-8-0 libssl3 libmimalloc2.0 ca-certificates ;;
   esac
 }
 
