@@ -7,6 +7,8 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "common/fmt.h"
+
 static int lower_hex(const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -89,5 +91,5 @@ void trace_begin(struct trace_context *t, const char *traceparent, const char *t
         memcpy(t->flags, "01", 3);
     }
     random_hex(t->span_id, 16);
-    snprintf(t->traceparent, sizeof t->traceparent, "00-%s-%s-%s", t->trace_id, t->span_id, t->flags);
+    fmt_join(t->traceparent, sizeof t->traceparent, "00-", t->trace_id, "-", t->span_id, "-", t->flags, (char *)NULL);
 }

@@ -6,6 +6,7 @@
 #include <sys/random.h>
 
 #include "common/clock.h"
+#include "common/fmt.h"
 #include "common/jsonw.h"
 #include "common/log.h"
 
@@ -107,5 +108,5 @@ void access_new_id(char out[17])
     s ^= s >> 12;
     s ^= s << 25;
     s ^= s >> 27;
-    snprintf(out, 17, "%016llx", (unsigned long long)(s * 0x2545F4914F6CDD1Dull));
+    fmt_hex64(out, s * 0x2545F4914F6CDD1Dull);
 }

@@ -53,6 +53,7 @@
 #include "cache/key.h"
 #include "cache/singleflight.h"
 #include "common/clock.h"
+#include "common/fmt.h"
 #include "common/httpd.h"
 #include "common/log.h"
 #include "common/mem.h"
@@ -484,7 +485,7 @@ static void set_headers(struct chat *c)
      * about the client's own parameter (clamped to the tier's ceiling). */
     if (c->tier >= 0 && c->max_tokens > 0) {
         char v[24];
-        snprintf(v, sizeof v, "%" PRId64, output_bound(c, c->hit_tier >= 0 ? c->hit_tier : c->tier));
+        fmt_i64(v, sizeof v, output_bound(c, c->hit_tier >= 0 ? c->hit_tier : c->tier));
         httpd_resp_header(c->r, "x-cascade-max-tokens", v);
     }
     if (!c->tenant->expose_headers)
@@ -666,7 +667,7 @@ static void send_final(struct chat *c, const char *finish_reason)
             int64_t prompt, completion;
             compute_cost(c, &prompt, &completion);
             char usd[32];
-            snprintf(usd, sizeof usd, "%.9f", price_nano_to_usd(c->cost_nano));
+            fmt_nano(usd, sizeof usd, c->cost_nano); /* "%.9f" of the dollars, exactly */
             httpd_resp_header(c->r, "x-cascade-cost-usd", usd);
         }
         httpd_reply(c->r, 200, "application/json", body, strlen(body));
@@ -1277,9 +1278,9 @@ static void serve(struct chat *c)
      * but means something else (no chat template): its own key space. */
     const char *ep = c->completion ? "completions|" : "";
     if (c->is_auto && c->scored)
-        snprintf(c->route, sizeof c->route, "%s%s", ep, c->tenant->routing_version);
+        fmt_join(c->route, sizeof c->route, ep, c->tenant->routing_version, (char *)NULL);
     else
-        snprintf(c->route, sizeof c->route, "%s%s:%s", ep, c->is_auto ? "auto" : "tier", tier_name(c));
+        fmt_join(c->route, sizeof c->route, ep, c->is_auto ? "auto" : "tier", ":", tier_name(c), (char *)NULL);
     /* The key hashes the messages: for a large body, on the work pool. */
     c->state = CHAT_KEYING;
     offload(c, key_work, keyed);
@@ -1646,7 +1647,7 @@ static void prepared(struct chat *c)
     }
     char rid[17];
     access_new_id(rid);
-    snprintf(c->id, sizeof c->id, "%s-%s", c->completion ? "cmpl" : "chatcmpl", rid);
+    fmt_join(c->id, sizeof c->id, c->completion ? "cmpl-" : "chatcmpl-", rid, (char *)NULL);
     c->created = clock_wall_s();
     c->content = evbuffer_new();
     httpd_req_on_close(c->r, on_client_close, c);
@@ -1715,7 +1716,7 @@ void chat_handle(const struct chat_services *svc, struct httpd_req *r, struct co
     c->asked_tier = -1;
     c->first_failed = -1;
     c->key_id = key_id;
-    snprintf(c->request_id, sizeof c->request_id, "%s", request_id);
+    fmt_copy(c->request_id, sizeof c->request_id, request_id);
     /* This request is one hop of the client's trace, or starts one. */
     trace_begin(&c->trace, httpd_req_header(r, "traceparent"), httpd_req_header(r, "tracestate"));
 

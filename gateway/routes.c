@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/clock.h"
+#include "common/fmt.h"
 #include "common/hash.h"
 #include "common/httpd.h"
 #include "engines/engine.h"
@@ -223,7 +224,7 @@ void routes_handle(struct httpd_req *r, void *arg)
     char rid[80];
     const char *given = httpd_req_header(r, "x-request-id");
     if (valid_request_id(given))
-        snprintf(rid, sizeof rid, "%s", given);
+        fmt_copy(rid, sizeof rid, given);
     else
         access_new_id(rid);
     httpd_resp_header(r, "x-request-id", rid);
@@ -242,8 +243,8 @@ void routes_handle(struct httpd_req *r, void *arg)
     }
     /* Replying frees the request, and its strings with it: keep copies. */
     char method_copy[16], path_copy[128];
-    snprintf(method_copy, sizeof method_copy, "%s", method);
-    snprintf(path_copy, sizeof path_copy, "%s", path);
+    fmt_copy(method_copy, sizeof method_copy, method);
+    fmt_copy(path_copy, sizeof path_copy, path);
     struct access_entry e = {.request_id = rid, .method = method_copy, .path = path_copy};
     const char *key = auth_bearer(httpd_req_header(r, "Authorization"));
     int completion = strcmp(path, "/v1/completions") == 0;

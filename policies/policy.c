@@ -15,6 +15,7 @@
 
 #include "cache/redis.h"
 #include "common/clock.h"
+#include "common/fmt.h"
 #include "common/log.h"
 #include "common/mem.h"
 #include "policies/price.h"
@@ -275,7 +276,7 @@ struct reservation {
 
 static void key(char *buf, size_t n, const char *tenant, const char *suffix)
 {
-    snprintf(buf, n, "cascade:{%s}:%s", tenant, suffix);
+    fmt_join(buf, n, "cascade:{", tenant, "}:", suffix, (char *)NULL);
 }
 
 static void today(char day[16], char month[16])
@@ -637,8 +638,8 @@ void policy_settle(struct policy *p, struct event_base *base, struct reservation
     int64_t cost = money_clamp(info->cost_nano), tokens = money_clamp(info->tokens);
     struct journal_entry e = {0};
     e.tenant = xstrdup(resv->tenant);
-    snprintf(e.request_id, sizeof e.request_id, "%s", resv->request_id);
-    snprintf(e.member, sizeof e.member, "%s", resv->member);
+    fmt_copy(e.request_id, sizeof e.request_id, resv->request_id);
+    fmt_copy(e.member, sizeof e.member, resv->member);
     memcpy(e.day, resv->day, sizeof e.day);
     memcpy(e.month, resv->month, sizeof e.month);
     e.cost = cost;
@@ -691,9 +692,11 @@ static struct reservation *make_resv(struct admit_call *ac, int64_t cost, int64_
 {
     struct reservation *r = xcalloc(1, sizeof *r);
     r->p = ac->p;
-    snprintf(r->tenant, sizeof r->tenant, "%s", ac->tenant);
-    snprintf(r->request_id, sizeof r->request_id, "%s", ac->request_id);
-    snprintf(r->member, sizeof r->member, "%s:%lld", ac->request_id, (long long)cost);
+    fmt_copy(r->tenant, sizeof r->tenant, ac->tenant);
+    fmt_copy(r->request_id, sizeof r->request_id, ac->request_id);
+    char num[24];
+    fmt_i64(num, sizeof num, cost);
+    fmt_join(r->member, sizeof r->member, ac->request_id, ":", num, (char *)NULL);
     memcpy(r->day, ac->day, sizeof r->day);
     memcpy(r->month, ac->month, sizeof r->month);
     r->est_cost = cost;
@@ -812,8 +815,8 @@ void policy_admit(struct policy *p, struct event_base *base, const struct admit_
     ac->q.alt_cost_nano = q->alt_cost_nano < 0 ? -1 : money_clamp(q->alt_cost_nano);
     ac->limits = *q->limits;
     ac->q.limits = &ac->limits;
-    snprintf(ac->tenant, sizeof ac->tenant, "%s", q->tenant);
-    snprintf(ac->request_id, sizeof ac->request_id, "%s", q->request_id);
+    fmt_copy(ac->tenant, sizeof ac->tenant, q->tenant);
+    fmt_copy(ac->request_id, sizeof ac->request_id, q->request_id);
     ac->q.tenant = ac->tenant;
     ac->q.request_id = ac->request_id;
     today(ac->day, ac->month);

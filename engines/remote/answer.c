@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/fmt.h"
 #include "common/jsonr.h"
 #include "common/jsonw.h"
 #include "common/openai.h"
@@ -67,7 +68,7 @@ static void read_finish(struct answer *a, json_t *choice)
 {
     json_t *fr = json_object_get(choice, "finish_reason");
     if (json_is_string(fr) && json_string_length(fr) > 0 && json_string_length(fr) < sizeof a->finish_reason)
-        snprintf(a->finish_reason, sizeof a->finish_reason, "%s", json_string_value(fr));
+        fmt_copy(a->finish_reason, sizeof a->finish_reason, json_string_value(fr));
 }
 
 /* Whether a value says nothing in a stream: null, "" or []. A delta's

@@ -42,6 +42,7 @@
 #include "common/bevwrite.h"
 #include "common/cfgjson.h"
 #include "common/clock.h"
+#include "common/fmt.h"
 #include "common/log.h"
 #include "common/mem.h"
 #include "common/openai.h"
@@ -633,7 +634,10 @@ static void endpoint_path(const struct replica *rep, enum engine_endpoint ep, ch
     size_t n = strlen(rep->chat_path), k = sizeof chat - 1;
     if (n >= k && strcmp(rep->chat_path + n - k, chat) == 0)
         n -= k;
-    snprintf(out, size, "%.*s%s", (int)n, rep->chat_path, answer_path(ep));
+    if (n >= size)
+        n = size - 1;
+    memcpy(out, rep->chat_path, n);
+    fmt_copy(out + n, size - n, answer_path(ep));
 }
 
 static void cancel_deferred_cb(evutil_socket_t fd, short what, void *arg);
@@ -1087,9 +1091,12 @@ static int start_attempt(struct rreq *q)
         struct evkeyvalq *h = evhttp_request_get_output_headers(req);
         char hostport[300];
         if (rep->default_port) /* as browsers and curl send it; some hosted APIs route on it */
-            snprintf(hostport, sizeof hostport, "%s", rep->host);
-        else
-            snprintf(hostport, sizeof hostport, "%s:%d", rep->host, rep->port);
+            fmt_copy(hostport, sizeof hostport, rep->host);
+        else {
+            char port[24];
+            fmt_i64(port, sizeof port, rep->port);
+            fmt_join(hostport, sizeof hostport, rep->host, ":", port, (char *)NULL);
+        }
         evhttp_add_header(h, "Host", hostport);
         evhttp_add_header(h, "Content-Type", "application/json");
         evhttp_add_header(h, "Accept", q->stream ? "text/event-stream" : "application/json");
@@ -1100,7 +1107,7 @@ static int start_attempt(struct rreq *q)
             evhttp_add_header(h, "tracestate", q->tracestate);
         if (r->cfg.api_key) {
             char auth[512];
-            snprintf(auth, sizeof auth, "Bearer %s", r->cfg.api_key);
+            fmt_join(auth, sizeof auth, "Bearer ", r->cfg.api_key, (char *)NULL);
             evhttp_add_header(h, "Authorization", auth);
         }
         evbuffer_add(evhttp_request_get_output_buffer(req), q->body, q->body_len);
@@ -1225,14 +1232,14 @@ static int remote_submit(struct engine *e, const struct engine_request *er, cons
     /* Trace context goes upstream as it came; a tracestate longer than the
      * W3C maximum may be dropped, and is. */
     if (er->traceparent && strlen(er->traceparent) < sizeof q->traceparent) {
-        snprintf(q->traceparent, sizeof q->traceparent, "%s", er->traceparent);
+        fmt_copy(q->traceparent, sizeof q->traceparent, er->traceparent);
         if (er->tracestate && strlen(er->tracestate) < sizeof q->tracestate)
-            snprintf(q->tracestate, sizeof q->tracestate, "%s", er->tracestate);
+            fmt_copy(q->tracestate, sizeof q->tracestate, er->tracestate);
     }
     answer_init(&q->ans, q->endpoint, q->max_tokens, remote_emit, q);
     q->replica = -1;
     q->last_replica = -1;
-    snprintf(q->request_id, sizeof q->request_id, "%s", er->request_id ? er->request_id : "");
+    fmt_copy(q->request_id, sizeof q->request_id, er->request_id ? er->request_id : "");
     q->id = ((uint64_t)L->index << 48) | (atomic_fetch_add(&r->next_seq, 1) & 0xFFFFFFFFFFFFull);
     q->next = L->active;
     if (L->active)
