@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/jsonscan.h"
 #include "common/utf8.h"
 
 static json_t *jr_value(struct jr_cursor *r);
@@ -78,20 +79,7 @@ static int jr_string(struct jr_cursor *r, const char **s, size_t *n, int *scratc
 {
     const char *start = r->p, *q = start;
     int ascii = 1;
-    /* Eight bytes at a time while none needs a look: no quote, backslash,
-     * control character or non-ASCII byte (each test below is exact for
-     * "some byte is ..."; a word that fails one goes to the byte loop). */
-    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-    while (r->end - q >= 8) {
-        uint64_t x, qt, bs;
-        memcpy(&x, q, 8);
-        qt = x ^ (ones * '"');
-        bs = x ^ (ones * '\\');
-        if ((x & highs) | ((x - ones * 0x20) & ~x & highs) | ((qt - ones) & ~qt & highs) |
-            ((bs - ones) & ~bs & highs))
-            break;
-        q += 8;
-    }
+    q += json_plain_run(q, (size_t)(r->end - q));
     /* The common case: no escapes, so the bytes are the value. */
     while (q < r->end) {
         unsigned char c = (unsigned char)*q;

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "common/jsonscan.h"
 #include "common/mem.h"
 #include "common/utf8.h"
 
@@ -57,9 +58,7 @@ void jw_str(struct jsonw *w, const char *s, size_t n)
     size_t i = 0;
     while (i < n) {
         /* Runs of plain ASCII are copied at once. */
-        size_t j = i;
-        while (j < n && (unsigned char)s[j] >= 0x20 && (unsigned char)s[j] < 0x80 && s[j] != '"' && s[j] != '\\')
-            j++;
+        size_t j = i + json_plain_run(s + i, n - i);
         if (j > i) {
             jw_raw(w, s + i, j - i);
             i = j;
