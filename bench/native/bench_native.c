@@ -320,7 +320,8 @@ int main(int argc, char **argv)
 {
     if (argc < 2) {
         fprintf(stderr, "usage: bench_native copy|single|streams|big [--model M] [--n K] "
-                        "[--runs N] [--threads T] [--tokens N] [--mib N] [--portable] [--no-avx512] [--no-bf16]\n");
+                        "[--runs N] [--threads T] [--tokens N] [--mib N] [--portable] [--no-avx512] [--no-bf16]\n"
+                        "       [--bf16-dp|--bf16-fma]\n");
         return 2;
     }
     const char *mode = argv[1], *model = NULL;
@@ -339,6 +340,11 @@ int main(int argc, char **argv)
         }
         if (!strcmp(a, "--no-bf16")) {
             flags |= OPS_CPU_NO_BF16;   /* the float AVX-512 tiles for BF16 weights */
+            continue;
+        }
+        /* One of the two BF16 kernel sets (same bits), instead of the faster. */
+        if (!strcmp(a, "--bf16-dp") || !strcmp(a, "--bf16-fma")) {
+            flags |= !strcmp(a, "--bf16-dp") ? OPS_CPU_BF16_DP : OPS_CPU_BF16_FMA;
             continue;
         }
         i++;
@@ -391,9 +397,11 @@ int main(int argc, char **argv)
             double dt = now_s() - t0;
             best = dt < best ? dt : best;
         }
-        printf("{\"scenario\":\"matmul\",\"kernels\":\"%s\",\"threads\":%d,\"rows\":%lld,"
+        printf("{\"scenario\":\"matmul\",\"kernels\":\"%s\",\"bf16\":\"%s\","
+               "\"threads\":%d,\"rows\":%lld,"
                "\"cols\":%lld,\"tokens\":%d,\"gmac_s\":%.1f,\"weight_gb_s\":%.1f}\n",
-               ops_cpu_kernels(be), threads, (long long)rows, (long long)cols, n,
+               ops_cpu_kernels(be), ops_cpu_bf16_kernels(be), threads,
+               (long long)rows, (long long)cols, n,
                (double)rows * cols * n / best / 1e9, (double)rows * cols * 2 / best / 1e9);
         native_backend_free(be);
         free(w);
@@ -420,10 +428,12 @@ int main(int argc, char **argv)
         for (int i = 0; i < runs; i++)
             r[i] = run_stream(&l, be, "", 256, &gen);
         qsort(r, (size_t)runs, sizeof(double), cmp_double);
-        printf("{\"scenario\":\"single\",\"model\":\"%s\",\"kernels\":\"%s\",\"threads\":%d,"
+        printf("{\"scenario\":\"single\",\"model\":\"%s\",\"kernels\":\"%s\","
+               "\"bf16\":\"%s\",\"threads\":%d,"
                "\"runs\":%d,\"tokens\":%d,\"tok_s_median\":%.0f,\"tok_s_best\":%.0f,"
                "\"peak_rss_mib\":%.1f}\n",
-               model, ops_cpu_kernels(be), threads, runs, gen, r[runs / 2], r[runs - 1],
+               model, ops_cpu_kernels(be), ops_cpu_bf16_kernels(be), threads,
+               runs, gen, r[runs / 2], r[runs - 1],
                peak_rss_kib() / 1024.0);
         free(r);
         native_backend_free(be);
@@ -441,11 +451,13 @@ int main(int argc, char **argv)
             r[i] = run_streams(&l, s, n, tokens_set ? tokens : 0, &d[i]);
         qsort(r, (size_t)runs, sizeof(double), cmp_double);
         qsort(d, (size_t)runs, sizeof(double), cmp_double);
-        printf("{\"scenario\":\"streams\",\"model\":\"%s\",\"kernels\":\"%s\",\"threads\":%d,"
+        printf("{\"scenario\":\"streams\",\"model\":\"%s\",\"kernels\":\"%s\","
+               "\"bf16\":\"%s\",\"threads\":%d,"
                "\"streams\":%d,\"runs\":%d,\"tokens_per_run\":%ld,\"agg_tok_s_median\":%.1f,"
                "\"agg_tok_s_best\":%.1f,\"decode_tok_s_median\":%.1f,"
                "\"decode_tok_per_cpu_s\":%.2f,\"peak_rss_mib\":%.1f}\n",
-               model, ops_cpu_kernels(be), threads, n, runs, total_tokens, r[runs / 2], r[runs - 1],
+               model, ops_cpu_kernels(be), ops_cpu_bf16_kernels(be), threads,
+               n, runs, total_tokens, r[runs / 2], r[runs - 1],
                d[runs / 2], cpu_per_decode_token > 0 ? 1.0 / cpu_per_decode_token : 0.0,
                peak_rss_kib() / 1024.0);
         free(r);
@@ -468,11 +480,13 @@ int main(int argc, char **argv)
             best = ts > best ? ts : best;
         }
         double bound = bw / (double)step_bytes;
-        printf("{\"scenario\":\"big\",\"model\":\"%s\",\"kernels\":\"%s\",\"threads\":%d,"
+        printf("{\"scenario\":\"big\",\"model\":\"%s\",\"kernels\":\"%s\","
+               "\"bf16\":\"%s\",\"threads\":%d,"
                "\"load_s\":%.2f,\"weight_bytes\":%zu,\"bytes_per_token\":%zu,\"copy_gb_s\":%.2f,"
                "\"bound_tok_s\":%.2f,\"tok_s_best\":%.2f,\"fraction_of_bound\":%.3f,"
                "\"generated\":%d,\"peak_rss_mib\":%.1f}\n",
-               model, ops_cpu_kernels(be), threads, t_load, m->weight_bytes, step_bytes, bw / 1e9,
+               model, ops_cpu_kernels(be), ops_cpu_bf16_kernels(be), threads,
+               t_load, m->weight_bytes, step_bytes, bw / 1e9,
                bound, best, best / bound, gen, peak_rss_kib() / 1024.0);
         native_backend_free(be);
     } else {

@@ -5,7 +5,7 @@
  *   cascade-score --model DIR --tokens 0,5,17,... [--prefill P]
  *                 [--mla absorb|naive] [--batch-with N] [--seed S]
  *                 [--device cpu|cuda:N[,M...]] [--tp N] [--ep N] [--threads T]
- *                 [--portable] [--no-bf16]
+ *                 [--portable] [--no-bf16] [--bf16-dp|--bf16-fma]
  *
  * --device runs the same steps on a GPU (default cpu), so the CUDA backend's
  * log-probs can be compared with the CPU's and the reference's; a CUDA op
@@ -58,7 +58,8 @@ static void usage(void)
 {
     fprintf(stderr, "usage: cascade-score --model DIR --tokens ID,ID,... [--prefill P] "
                     "[--mla absorb|naive] [--batch-with N] [--seed S] [--device cpu|cuda:N] "
-                    "[--tp N] [--ep N] [--threads T] [--portable] [--no-bf16]\n");
+                    "[--tp N] [--ep N] [--threads T] [--portable] [--no-bf16]\n"
+                    "       [--bf16-dp|--bf16-fma]\n");
     exit(2);
 }
 
@@ -143,6 +144,11 @@ int main(int argc, char **argv)
         }
         if (!strcmp(a, "--no-bf16")) {
             flags |= OPS_CPU_NO_BF16;   /* the float kernels for BF16 weights */
+            continue;
+        }
+        /* One BF16 kernel set, not the faster: the two must print the same. */
+        if (!strcmp(a, "--bf16-dp") || !strcmp(a, "--bf16-fma")) {
+            flags |= !strcmp(a, "--bf16-dp") ? OPS_CPU_BF16_DP : OPS_CPU_BF16_FMA;
             continue;
         }
         if (i + 1 >= argc)

@@ -44,7 +44,7 @@ struct cpu_backend {
     int threads;
     int avx2;           /* AVX2+FMA+F16C kernels (attention, swiglu, and matmul unless avx512) */
     int avx512;         /* AVX-512 matmul tiles */
-    int bf16;           /* AVX-512 BF16 matmul for BF16 weights (ops_cpu_bf16.c) */
+    int bf16;           /* enum cpu_bf16: the BF16-weight matmul (ops_cpu_bf16.c), or 0 */
     /* The activations of one matmul rounded to BF16 for the bf16 kernels,
      * written by the driving thread before the pool runs: a lazily committed
      * mapping of xb_cap elements, made once in ops_cpu_new (the forward pass
@@ -78,15 +78,36 @@ static inline float *cpu_kv_block(const struct native_kv *kv, const struct nativ
            (size_t)layer * kv->layer_stride;
 }
 
+/* The two BF16-weight kernel sets of ops_cpu_bf16.c. They give the same
+ * bits (x rounded to BF16, vdpbf16ps's arithmetic) and differ in speed by
+ * CPU, which is all the choice between them depends on. */
+enum cpu_bf16 {
+    CPU_BF16_DP = 1,    /* vdpbf16ps; xb rows of ldx BF16s */
+    CPU_BF16_FMA = 2,   /* pairs of vfmadd231ps; xb rows of ldx floats */
+};
+
+/* The scratch (uint16_t elements) one token's row of x takes for kernel
+ * set kind at K columns. */
+static inline int64_t cpu_bf16_row_elems(int kind, int64_t K)
+{
+    const int64_t ldx = (K + 31) & ~(int64_t)31;
+    return kind == CPU_BF16_FMA ? 2 * ldx : ldx;
+}
+
 /* ops_cpu_bf16.c: y[t * w->rows + r] (+)= W[r] . xb[t] for rows r0..r1 and
- * t < n, W in BF16, xb the activations rounded by cpu_bf16_round_x() into
- * rows of ldx (a multiple of 32, >= w->cols, zero past cols). Any thread. */
-void cpu_bf16_rows(const struct native_mat *w, int64_t r0, int64_t r1, const uint16_t *xb,
-                   int64_t ldx, int n, float *y, int accumulate);
-/* xb[t][c] = bf16(x[t][c]) (nearest even) for c < K, 0 for K <= c < ldx. */
-void cpu_bf16_round_x(const float *x, int n, int64_t K, uint16_t *xb, int64_t ldx);
+ * t < n, W in BF16, xb the activations prepared by cpu_bf16_round_x() for
+ * the same kind, in rows of ldx columns (a multiple of 32, >= w->cols, zero
+ * past cols; cpu_bf16_row_elems apart). Any thread. */
+void cpu_bf16_rows(int kind, const struct native_mat *w, int64_t r0, int64_t r1,
+                   const uint16_t *xb, int64_t ldx, int n, float *y, int accumulate);
+/* xb[t][c] = bf16(x[t][c]) (nearest even) for c < K, 0 for K <= c < ldx,
+ * laid out for kernel set kind. */
+void cpu_bf16_round_x(int kind, const float *x, int n, int64_t K, uint16_t *xb, int64_t ldx);
 /* AVX-512F/BW/VL and AVX512_BF16 on this CPU. */
 int cpu_has_avx512_bf16(void);
+/* The faster kernel set on this CPU (a few microseconds of timing), given
+ * AVX512_BF16: CPU_BF16_FMA only where it also gives CPU_BF16_DP's bits. */
+int cpu_bf16_pick(void);
 
 /* ops_cpu_fp8.c: y[t * w->rows + r] (+)= x[t] . w[r] for rows r0..r1 and
  * t < n, w in F8_E4M3 with block scales. */

@@ -46,8 +46,9 @@
  * stream past them. A multiple of the 3-token tile. */
 #define MM_TOKEN_BLOCK 48
 /* The BF16 kernels' activation scratch: 8 Mi elements (16 MiB, committed
- * only as far as used), enough for 256 tokens of V3's widest rows (18432);
- * a row of x takes K rounded up to 32 elements. */
+ * only as far as used), enough for 256 tokens of V3's widest rows (18432)
+ * with vdpbf16ps, 128 with the FMA kernels (cpu_bf16_row_elems); more tokens
+ * run in several passes. */
 #define MM_BF16_SCRATCH ((size_t)8 << 20)
 #define MM_BF16_LDX(K) (((int64_t)(K) + 31) & ~(int64_t)31)
 /* Query heads handled together by one attention task (they share K and V). */
@@ -1120,7 +1121,8 @@ static void mm_rows(const struct cpu_backend *cb, const struct native_mat *w, in
  * the batch around it: that is what keeps ops.h's promise. */
 static int mm_uses_bf16(const struct cpu_backend *cb, const struct native_mat *w)
 {
-    return cb->bf16 && w->dtype == NATIVE_BF16 && (size_t)MM_BF16_LDX(w->cols) <= cb->xb_cap;
+    return cb->bf16 && w->dtype == NATIVE_BF16 &&
+           (size_t)cpu_bf16_row_elems(cb->bf16, w->cols) <= cb->xb_cap;
 }
 
 struct mm_job {
@@ -1143,7 +1145,7 @@ static void mm_job_rows(const struct mm_job *job, const struct native_mat *w, in
                         int64_t r1, float *y)
 {
     if (job->xb && mm_uses_bf16(job->cb, w))
-        cpu_bf16_rows(w, r0, r1, job->xb, job->ldx, job->n, y, job->accumulate);
+        cpu_bf16_rows(job->cb->bf16, w, r0, r1, job->xb, job->ldx, job->n, y, job->accumulate);
     else
         mm_rows(job->cb, w, r0, r1, job->x, job->n, y, job->accumulate);
 }
@@ -1215,13 +1217,14 @@ static void cpu_matmul(struct native_backend *b, int n, const float *x, int n_w,
      * time as the scratch holds (all of them at the sizes we serve; a token's
      * row does not depend on which pass it came in). */
     const int64_t K = w[0].cols, ldx = MM_BF16_LDX(K);
-    const int per = (size_t)n * (size_t)ldx <= cb->xb_cap ? n : (int)(cb->xb_cap / (size_t)ldx);
+    const size_t row = (size_t)cpu_bf16_row_elems(cb->bf16, K);
+    const int per = (size_t)n * row <= cb->xb_cap ? n : (int)(cb->xb_cap / row);
     for (int t0 = 0; t0 < n; t0 += per) {
         const int m = n - t0 < per ? n - t0 : per;
         float *yt[4];
         for (int j = 0; j < n_w; j++)
             yt[j] = y[j] + (int64_t)t0 * w[j].rows;
-        cpu_bf16_round_x(x + (int64_t)t0 * K, m, K, cb->xb, ldx);
+        cpu_bf16_round_x(cb->bf16, x + (int64_t)t0 * K, m, K, cb->xb, ldx);
         mm_run(cb, m, x + (int64_t)t0 * K, cb->xb, ldx, n_w, w, yt, accumulate);
     }
 }
@@ -1632,7 +1635,9 @@ struct native_backend *ops_cpu_new(int threads, unsigned flags)
         if (p != MAP_FAILED) {
             cb->xb = p;
             cb->xb_cap = MM_BF16_SCRATCH;
-            cb->bf16 = 1;
+            cb->bf16 = flags & OPS_CPU_BF16_DP    ? CPU_BF16_DP
+                       : flags & OPS_CPU_BF16_FMA ? CPU_BF16_FMA
+                                                  : cpu_bf16_pick();
         }
     }
     return &cb->base;
@@ -1642,6 +1647,12 @@ const char *ops_cpu_kernels(const struct native_backend *b)
 {
     const struct cpu_backend *cb = (const struct cpu_backend *)b;
     return cb->bf16 ? "avx512bf16" : cb->avx512 ? "avx512" : cb->avx2 ? "avx2" : "portable";
+}
+
+const char *ops_cpu_bf16_kernels(const struct native_backend *b)
+{
+    const struct cpu_backend *cb = (const struct cpu_backend *)b;
+    return cb->bf16 == CPU_BF16_FMA ? "fma" : cb->bf16 == CPU_BF16_DP ? "vdpbf16ps" : "";
 }
 
 int ops_cpu_threads(const struct native_backend *b)
