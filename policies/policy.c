@@ -283,11 +283,21 @@ static void key(char *buf, size_t n, const char *tenant, const char *suffix)
 
 static void today(char day[16], char month[16])
 {
+    /* Every request asks; the answer changes once a day. Each thread
+     * formats it at most once a second (gmtime_r and strftime were 2% of a
+     * proxied request's instructions, bench/gateway/callgrind.sh). */
+    static _Thread_local time_t at = -1;
+    static _Thread_local char d[16], m[16];
     time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(day, 16, "%Y%m%d", &tm);
-    strftime(month, 16, "%Y%m", &tm);
+    if (now != at) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(d, sizeof d, "%Y%m%d", &tm);
+        strftime(m, sizeof m, "%Y%m", &tm);
+        at = now;
+    }
+    memcpy(day, d, sizeof d);
+    memcpy(month, m, sizeof m);
 }
 
 /* ---- local fallback ----------------------------------------------------- */
