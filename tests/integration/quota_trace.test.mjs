@@ -234,6 +234,9 @@ describe('budget rejections and trace context', () => {
     assert.equal(s.status, 200);
     const sm = TRACEPARENT_RE.exec((await small.stats()).last_headers.traceparent || '');
     assert.ok(sm && sm[1] === TRACE_ID, `streamed request's upstream traceparent: ${sm}`);
+    // Its access line is written after the last byte of the stream, through
+    // the asynchronous log writer: wait for it, or the next test counts it.
+    await gw.waitForLog(() => accessLines(gw, 'trace').filter((l) => l.trace_id === TRACE_ID).length === 2, 5000);
   });
 
   test('without a traceparent (or with an invalid one) the upstream gets a fresh valid one', async () => {
