@@ -79,8 +79,9 @@ static inline float *cpu_kv_block(const struct native_kv *kv, const struct nativ
 }
 
 /* The two BF16-weight kernel sets of ops_cpu_bf16.c. They give the same
- * bits (x rounded to BF16, vdpbf16ps's arithmetic) and differ in speed by
- * CPU, which is all the choice between them depends on. */
+ * bits (x rounded to BF16, vdpbf16ps's arithmetic; only a NaN's payload may
+ * differ) and differ in speed by CPU, which is all the choice between them
+ * depends on. */
 enum cpu_bf16 {
     CPU_BF16_DP = 1,    /* vdpbf16ps; xb rows of ldx BF16s */
     CPU_BF16_FMA = 2,   /* pairs of vfmadd231ps; xb rows of ldx floats */

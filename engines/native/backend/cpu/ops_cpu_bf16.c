@@ -42,7 +42,8 @@
  * (w & 0xffff0000), then the even one (w << 16), and run under MXCSR
  * DAZ|FTZ: bit for bit vdpbf16ps's results (checked at start-up by
  * cpu_bf16_pick, and on 64M random lanes by bench/native/bf16_fma_equiv.c,
- * denormals included; without DAZ|FTZ the tiny ones differ). x is
+ * denormals included; without DAZ|FTZ the tiny ones differ; a NaN result,
+ * from Inf or NaN weights, may carry another payload). x is
  * prepared once per call the same way, as floats: each 32-column step is
  * its 16 odd columns then its 16 even ones, so no x conversion sits in the
  * inner loop.
