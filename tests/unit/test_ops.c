@@ -427,5 +427,23 @@ int main(void)
         native_backend_free(b1);
         native_backend_free(b2);
     }
+    /* The two BF16 kernel sets give the same bits (ops_cpu.h): vdpbf16ps, and
+     * its arithmetic in pairs of FMAs, which the backend picks at start where
+     * vdpbf16ps issues slowly. Each against the other, on 1 and 2 threads,
+     * alone and batched, so a token's logits do not depend on that pick. */
+    struct native_backend *dp1 = ops_cpu_new(1, OPS_CPU_BF16_DP), *dp2 = ops_cpu_new(2, OPS_CPU_BF16_DP);
+    struct native_backend *fma1 = ops_cpu_new(1, OPS_CPU_BF16_FMA), *fma2 = ops_cpu_new(2, OPS_CPU_BF16_FMA);
+    CHECK(dp1 && dp2 && fma1 && fma2);
+    if (strcmp(ops_cpu_bf16_kernels(dp1), "vdpbf16ps") == 0 && strcmp(ops_cpu_bf16_kernels(fma1), "fma") == 0) {
+        printf("BF16 kernel sets vdpbf16ps and fma: compared\n");
+        test_matmul_invariance(dp2, fma1);
+        test_matmul_invariance(fma2, dp1);
+    } else {
+        printf("BF16 kernel sets vdpbf16ps and fma: not on this CPU (no AVX512_BF16)\n");
+    }
+    native_backend_free(dp1);
+    native_backend_free(dp2);
+    native_backend_free(fma1);
+    native_backend_free(fma2);
     TEST_MAIN_END();
 }
