@@ -109,6 +109,25 @@ INLINE BF16_FN __m512bh bf_x(const uint16_t *x, int64_t k)
     return (__m512bh)_mm512_loadu_si512(x + k);
 }
 
+/* Prefetch the next R rows (after wr[0..R)) while these compute, at column
+ * step k of a tile (step pf of every pf_every). Decode (pf_every 1): every
+ * line, into L1, a tile ahead. A batch: the row group's J token tiles share
+ * the next group's lines, tile pf_j taking every J-th (pf_every = J), so the
+ * DRAM reads spread over the whole group instead of piling onto its first
+ * tile; into L2, since the x rows streaming through L1 would evict them
+ * before use. 0: no prefetch. Both kernel sets' tiles use it. */
+INLINE void next_rows_prefetch(const int R, const uint16_t *const *wr, int64_t K, int64_t k, int pf, int pf_every,
+                               int pf_j)
+{
+    if (pf_every == 1) {
+        for (int i = 0; i < R; i++)
+            _mm_prefetch((const char *)(wr[i] + R * K + k), _MM_HINT_T0);
+    } else if (pf_every > 1 && pf == 0) {
+        for (int i = 0; i < R; i++)
+            _mm_prefetch((const char *)(wr[i] + R * K + k + 32 * pf_j), _MM_HINT_T1);
+    }
+}
+
 /* y[t * ldy + r + i] (+)= W[r + i] . xb[t], i < R, t < T: R x T accumulators
  * in registers (R and T are constants after inlining). pf_every / pf_j: how
  * this tile prefetches the next R rows (0: not at all; see the loop). */
@@ -129,19 +148,7 @@ INLINE BF16_FN void bf_tile(const int R, const int T, const uint16_t *w, int64_t
     const int64_t Kf = K & ~(int64_t)31;
     int64_t k = 0;
     for (int pf = 0; k < Kf; k += 32, pf = pf + 1 == pf_every ? 0 : pf + 1) {
-        /* Prefetch the next R rows while these compute. Decode (pf_every
-         * 1): every line, into L1, a tile ahead. A batch: the row group's J
-         * token tiles share the next group's lines, tile pf_j taking every
-         * J-th (pf_every = J), so the DRAM reads spread over the whole group
-         * instead of piling onto its first tile; into L2, since the x rows
-         * streaming through L1 would evict them before use. */
-        if (pf_every == 1) {
-            for (int i = 0; i < R; i++)
-                _mm_prefetch((const char *)(wr[i] + R * K + k), _MM_HINT_T0);
-        } else if (pf_every > 1 && pf == 0) {
-            for (int i = 0; i < R; i++)
-                _mm_prefetch((const char *)(wr[i] + R * K + k + 32 * pf_j), _MM_HINT_T1);
-        }
+        next_rows_prefetch(R, wr, K, k, pf, pf_every, pf_j);
         __m512bh wv[8];
         for (int i = 0; i < R; i++)
             wv[i] = bf_w(wr[i], k, 0, 1);
@@ -287,13 +294,7 @@ INLINE BF16_FN void pf_tile(const int R, const int T, const uint16_t *w, int64_t
     const int64_t Kf = K & ~(int64_t)31;
     int64_t k = 0;
     for (int pf = 0; k < Kf; k += 32, pf = pf + 1 == pf_every ? 0 : pf + 1) {
-        if (pf_every == 1) {
-            for (int i = 0; i < R; i++)
-                _mm_prefetch((const char *)(wr[i] + R * K + k), _MM_HINT_T0);
-        } else if (pf_every > 1 && pf == 0) {
-            for (int i = 0; i < R; i++)
-                _mm_prefetch((const char *)(wr[i] + R * K + k + 32 * pf_j), _MM_HINT_T1);
-        }
+        next_rows_prefetch(R, wr, K, k, pf, pf_every, pf_j);
         pf_step(R, T, wr, k, ~(__mmask32)0, xt, acc);
     }
     if (k < K)
