@@ -36,11 +36,13 @@ static void write_all(const char *p, size_t n)
 }
 
 /* The writer sleeps while there is nothing to write. The first line into an
- * empty buffer wakes it; it then waits FLUSH_MS more, so that the lines of
- * the next 10 ms go out in one write, or less once a quarter of the buffer
- * is full: a wake-up per line would cost a context switch per request. An
- * idle gateway does not wake at all (it woke 100 times a second, 0.8% of a
- * core on a VM, before; bench/README.md, issue 18). */
+ * empty buffer wakes it and goes out at once; after each write the writer
+ * waits FLUSH_MS, so that while lines keep coming they go out at most 100
+ * times a second, each write carrying all that came meanwhile (less once a
+ * quarter of the buffer is full): a wake-up per line would cost a context
+ * switch per request. An idle gateway does not wake at all (it woke 100
+ * times a second, 0.8% of a core on a VM, before; bench/README.md, issue 18),
+ * and a lone line is not held back. */
 #define FLUSH_MS 10
 #define EARLY_BYTES (ASYNC_CAP / 4)
 
@@ -51,24 +53,8 @@ static void *writer_main(void *arg)
     for (;;) {
         while (lg.len == 0 && !lg.stopping)
             pthread_cond_wait(&lg.more, &lg.mu);
-        if (lg.len < EARLY_BYTES && !lg.stopping) {
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += FLUSH_MS * 1000000L;
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-            }
-            /* Woken early only by the quarter mark, or by stopping. */
-            while (lg.len < EARLY_BYTES && !lg.stopping &&
-                   pthread_cond_timedwait(&lg.more, &lg.mu, &until) == 0)
-                ;
-        }
-        if (lg.len == 0) {
-            if (lg.stopping)
-                break;
-            continue;
-        }
+        if (lg.len == 0)
+            break; /* stopping, and all is written */
         char *full = lg.active;
         size_t n = lg.len;
         lg.active = lg.spare;
@@ -80,6 +66,17 @@ static void *writer_main(void *arg)
         write_all(full, n);
         pthread_mutex_lock(&lg.mu);
         lg.writing = 0;
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += FLUSH_MS * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        /* The pause between writes ends early only at the quarter mark, or
+         * when stopping: a first line's signal does not cut it short. */
+        while (lg.len < EARLY_BYTES && !lg.stopping && pthread_cond_timedwait(&lg.more, &lg.mu, &until) == 0)
+            ;
     }
     pthread_mutex_unlock(&lg.mu);
     return NULL;

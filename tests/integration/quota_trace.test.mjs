@@ -146,6 +146,7 @@ describe('budget rejections and trace context', () => {
       import OpenAI from 'openai';
       let fetches = 0;
       const client = new OpenAI({ baseURL: process.env.GW + '/v1', apiKey: process.env.KEY, timeout: 20000,
+        defaultHeaders: { 'x-request-id': process.env.RID },
         fetch: (url, init) => { fetches++; return fetch(url, init); } });
       const t0 = Date.now();
       const out = { maxRetries: client.maxRetries };
@@ -160,9 +161,12 @@ describe('budget rejections and trace context', () => {
       out.fetches = fetches;
       console.log(JSON.stringify(out));
     `;
-    const before = accessLines(gw, 'daily').length;
+    // Counted by its own request id: the earlier tests' access lines for this
+    // tenant come through the asynchronous log writer and may land later.
+    const rid = `sdk-once-${process.pid}-${Date.now()}`;
+    const mine = () => accessLines(gw, 'daily').filter((l) => l.request_id === rid).length;
     const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
-      cwd: SOURCE_DIR, env: { ...process.env, GW: gw.url, KEY: KEYS.daily }, stdio: ['ignore', 'pipe', 'pipe'],
+      cwd: SOURCE_DIR, env: { ...process.env, GW: gw.url, KEY: KEYS.daily, RID: rid }, stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
     child.stdout.setEncoding('utf8').on('data', (d) => (out += d));
@@ -172,9 +176,9 @@ describe('budget rejections and trace context', () => {
       sleep(5000).then(() => false),
     ]);
     if (!exited) child.kill('SIGKILL');
-    await newAccess(gw, 'daily', before);
+    await gw.waitForLog(() => mine() >= 1, 5000);
     await sleep(300);
-    const seenAtGateway = accessLines(gw, 'daily').length - before;
+    const seenAtGateway = mine();
     assert.ok(exited, `the SDK had not given up after 5 s (it is waiting to retry); the gateway saw ${seenAtGateway} ` +
       `request(s); child output: ${out}`);
     const r = JSON.parse(out.trim().split('\n').at(-1));
