@@ -4,11 +4,11 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
-int bev_write_now(struct bufferevent *bev)
+void bev_write_now(struct bufferevent *bev)
 {
     struct evbuffer *out = bufferevent_get_output(bev);
     if (evbuffer_get_length(out) == 0)
-        return 0;
+        return;
     /* A socket bufferevent keeps the front of its output frozen, so that
      * only its own write drains it; it thaws the front around that write,
      * and so do we. */
@@ -25,5 +25,4 @@ int bev_write_now(struct bufferevent *bev)
         bufferevent_disable(bev, EV_WRITE);
     if (n > 0)
         bufferevent_trigger(bev, EV_WRITE, 0);
-    return n > 0 ? n : -1;
 }

@@ -21,15 +21,14 @@
  *   write callback as the bufferevent's own write would: when the output
  *   is at or under the write low watermark. That callback may free bev:
  *   touch bev no more after the call.
- * - Returns the bytes written, 0 when there was nothing to write, -1 when
- *   the socket took nothing (would block, or an error the bufferevent will
- *   meet and report when it tries).
+ * - A socket that takes nothing (it would block, or it failed) leaves the
+ *   bytes to the bufferevent, which meets and reports the error itself.
  */
 #ifndef CASCADE_BEVWRITE_H
 #define CASCADE_BEVWRITE_H
 
 #include <event2/bufferevent.h>
 
-int bev_write_now(struct bufferevent *bev);
+void bev_write_now(struct bufferevent *bev);
 
 #endif

@@ -20,9 +20,9 @@ static struct {
     pthread_cond_t more, room;
     char *active, *spare;
     size_t len;
-    int on, stopping, writing;
+    int on, stopping;
     pthread_t thread;
-} lg = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0, 0, 0, 0};
+} lg = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0, 0, 0};
 
 static void write_all(const char *p, size_t n)
 {
@@ -60,12 +60,10 @@ static void *writer_main(void *arg)
         lg.active = lg.spare;
         lg.spare = full;
         lg.len = 0;
-        lg.writing = 1;
         pthread_cond_broadcast(&lg.room);
         pthread_mutex_unlock(&lg.mu);
         write_all(full, n);
         pthread_mutex_lock(&lg.mu);
-        lg.writing = 0;
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_nsec += FLUSH_MS * 1000000L;

@@ -735,19 +735,21 @@ static void set_nodelay(struct evhttp_connection *c)
 }
 
 /* Send the request evhttp has just queued on c now (bevwrite.h), rather
- * than in the next loop turn. Only a connected plain connection has the
- * request in its output right after evhttp_make_request(): a connecting one
- * writes it once connected, and TLS writes through OpenSSL's bufferevent.
- * Once all is written, the write callback tells evhttp, which turns to
- * reading the response. 1: the connection was connected (its socket has
- * had TCP_NODELAY since it was made). */
-static int write_now(struct evhttp_connection *c, int tls)
+ * than in the next loop turn, when c is a connected plain connection: only
+ * then is the request in its output right after evhttp_make_request() (a
+ * connecting one writes it once connected; TLS writes through OpenSSL's
+ * bufferevent). Once all is written, the write callback tells evhttp,
+ * which turns to reading the response. Else, when c's socket is new (a new
+ * connection, or a pooled plain one reconnecting), it gets TCP_NODELAY; a
+ * connected socket has had it since it was made, and a pooled TLS
+ * connection never reconnects (tls.h). */
+static void send_now(struct evhttp_connection *c, int tls, int reused)
 {
     struct bufferevent *bev = evhttp_connection_get_bufferevent(c);
-    if (tls || evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-        return 0;
-    bev_write_now(bev);
-    return 1;
+    if (!tls && evbuffer_get_length(bufferevent_get_output(bev)) > 0)
+        bev_write_now(bev);
+    else if (!(tls && reused))
+        set_nodelay(c);
 }
 
 static int header_cb(struct evhttp_request *req, void *arg)
@@ -1119,8 +1121,7 @@ static int start_attempt(struct rreq *q)
         char path[sizeof rep->chat_path];
         endpoint_path(rep, q->endpoint, path, sizeof path);
         if (evhttp_make_request(c, req, EVHTTP_REQ_POST, path) == 0) {
-            if (!write_now(c, rep->tls) && !(reused && rep->tls))
-                set_nodelay(c); /* a new socket (connecting now): a new connection, or a pooled one reconnecting */
+            send_now(c, rep->tls, reused);
             q->attempts++;
             q->attempt_open = 1;
             q->trial = trial;
