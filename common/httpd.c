@@ -162,6 +162,12 @@ struct httpd {
     int draining;
     uint64_t log_at_us;             /* accept trouble is logged once a second at most */
     unsigned long log_skipped;
+    /* "Keep-Alive: timeout=N\r\n", made once in httpd_new(). It tells a
+     * client that pools connections (undici, the openai SDK) how long an
+     * idle one lives here, so it drops the connection before we close it,
+     * instead of sending its next request into a socket we are closing. */
+    char keep_alive_hdr[40];
+    size_t keep_alive_hdr_len;
 };
 
 struct httpd_tls {
@@ -370,11 +376,14 @@ static void write_head(struct httpd_req *r, struct gather *g, int status, const 
         gather_put(g, "Transfer-Encoding: chunked\r\n", 28);
     gather_put(g, r->resp_hdrs, r->resp_hdrs_len);
     r->resp_hdrs_len = 0;
-    if (!r->keep_alive)
+    if (!r->keep_alive) {
         gather_put(g, "Connection: close\r\n", 19);
-    else if (r->head.minor == 0)
-        /* An HTTP/1.0 client keeps the connection only when told so. */
-        gather_put(g, "Connection: keep-alive\r\n", 24);
+    } else {
+        if (r->head.minor == 0)
+            /* An HTTP/1.0 client keeps the connection only when told so. */
+            gather_put(g, "Connection: keep-alive\r\n", 24);
+        gather_put(g, c->h->keep_alive_hdr, c->h->keep_alive_hdr_len);
+    }
     gather_put(g, "\r\n", 2);
 }
 
@@ -1076,6 +1085,11 @@ struct httpd *httpd_new(struct event_base *base, int listen_fd, const struct htt
         h->lim.max_connections = DEFAULT_MAX_CONNECTIONS;
     if (!h->lim.max_pipelined)
         h->lim.max_pipelined = DEFAULT_MAX_PIPELINED;
+    /* Whole seconds, rounded down: the client's idle clock starts after ours
+     * (when the answer reaches it), so it must not be told more. Under a
+     * second says timeout=0, which clients take as "do not reuse". */
+    h->keep_alive_hdr_len = (size_t)snprintf(h->keep_alive_hdr, sizeof h->keep_alive_hdr,
+                                             "Keep-Alive: timeout=%u\r\n", h->lim.header_timeout_ms / 1000);
     h->handler = handler;
     h->reject = reject;
     h->arg = arg;

@@ -14,7 +14,10 @@
  *   - header bytes: over the limit -> 431 and close;
  *   - header time: headers not complete within header_timeout_ms of the
  *     connection going idle -> close, without a reply (a slow-loris client
- *     holds one socket and nothing else);
+ *     holds one socket and nothing else). The same time is the keep-alive
+ *     idle time, and each keep-alive answer says so in whole seconds
+ *     ("Keep-Alive: timeout=N"), so pooling clients drop an idle connection
+ *     before we close it;
  *   - body bytes: over the limit -> 413 and close;
  *   - body time: no body bytes for read_timeout_ms -> 408 and close;
  *   - write time: a response that makes no progress for write_timeout_ms ->

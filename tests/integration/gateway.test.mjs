@@ -177,6 +177,23 @@ describe('gateway with one upstream', () => {
     assert.equal(data.match(/HTTP\/1\.1 200 OK/g).length, 3);
   });
 
+  test('keep-alive answers say the idle time, so a pooling client never reuses a connection we are closing', async () => {
+    // The idle time is header_timeout_ms (700 ms here): under a second says
+    // timeout=0, which fetch (undici) takes as "do not reuse". Without the
+    // header it reused a connection idle for ~700 ms and, now and then, sent
+    // its request into our close ('other side closed'; seen once in CI).
+    const res = await post(gw, chatBody('ka', { model: 'small' }));
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get('keep-alive'), 'timeout=0');
+    await res.text();
+    await sleep(700);
+    assert.equal((await post(gw, chatBody('after the idle time', { model: 'small' }))).status, 200);
+    // A close answer says nothing about keeping alive.
+    const { data } = await rawHttp(gw.port, 'GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    assert.match(data, /\r\nConnection: close\r\n/);
+    assert.doesNotMatch(data, /Keep-Alive:/i);
+  });
+
   test('bad input gets OpenAI errors with the right status', async () => {
     await expectError(await post(gw, '{"model": "small", "messages": [', {}), 400,
       { type: 'invalid_request_error', message: /malformed JSON/ });

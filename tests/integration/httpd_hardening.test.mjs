@@ -263,6 +263,8 @@ test('HEAD gets headers without a body, and HTTP/1.0 keep-alive is acknowledged'
   old.sock.write('GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n');
   await old.until(() => old.data().includes('"status":"ok"'), 3000, 'the 1.0 answer');
   assert.match(old.data(), /\r\nConnection: keep-alive\r\n/i);
+  // The idle time, header_timeout_ms (10000 here), in whole seconds.
+  assert.match(old.data(), /\r\nKeep-Alive: timeout=10\r\n/);
   old.sock.write('GET /healthz HTTP/1.0\r\n\r\n');
   await old.until(() => old.closed(), 3000, 'closed after a plain 1.0 request');
   assert.equal(count(old.data(), /HTTP\/1\.1 200 /g), 2);
