@@ -5,7 +5,9 @@
  * right on their own:
  *   - the connection: hiredis async on the worker's event_base, AUTH and
  *     SELECT from a redis:// or unix:// URL, pipelining (commands are written
- *     back to back; replies come in order);
+ *     back to back; replies come in order). On a connection that is up, a
+ *     command is written to the socket inside redis_call(), so commands and
+ *     the answers written after them leave in the order they were made;
  *   - a timeout per command: past it the caller gets REDIS_CALL_TIMEOUT and a
  *     late reply is dropped;
  *   - failure: when the connection drops or times out repeatedly, commands
