@@ -124,6 +124,8 @@ struct httpd_req {
     httpd_drain_cb on_drain;        /* a paused producer waiting for the client */
     void *on_drain_arg;
     char peer[64];
+    unsigned char note[HTTPD_NOTE_MAX]; /* httpd_req_set_note */
+    size_t note_len;
 };
 
 struct conn {
@@ -242,6 +244,18 @@ const char *httpd_req_method(const struct httpd_req *r) { return r->head.method;
 const char *httpd_req_path(const struct httpd_req *r) { return r->head.path; }
 const char *httpd_req_query(const struct httpd_req *r) { return r->head.query; }
 const char *httpd_req_peer(const struct httpd_req *r) { return r->peer; }
+
+void httpd_req_set_note(struct httpd_req *r, const void *p, size_t n)
+{
+    r->note_len = n < HTTPD_NOTE_MAX ? n : HTTPD_NOTE_MAX;
+    memcpy(r->note, p, r->note_len);
+}
+
+const void *httpd_req_note(const struct httpd_req *r, size_t *n)
+{
+    *n = r->note_len;
+    return r->note_len ? r->note : NULL;
+}
 struct event_base *httpd_req_base(const struct httpd_req *r) { return r->base; }
 int httpd_req_client_gone(const struct httpd_req *r) { return r->conn == NULL; }
 

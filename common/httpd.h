@@ -128,6 +128,12 @@ const char *httpd_req_query(const struct httpd_req *r);     /* after '?', or NUL
 const char *httpd_req_header(const struct httpd_req *r, const char *name);
 const char *httpd_req_body(const struct httpd_req *r, size_t *len);   /* NUL-terminated */
 const char *httpd_req_peer(const struct httpd_req *r);
+/* A few bytes the head hook leaves for the handler of the same request (a
+ * digest it computed), so the handler need not compute them again. Set
+ * copies up to HTTPD_NOTE_MAX bytes; get returns NULL when none was set. */
+#define HTTPD_NOTE_MAX 32
+void httpd_req_set_note(struct httpd_req *r, const void *p, size_t n);
+const void *httpd_req_note(const struct httpd_req *r, size_t *n);
 struct event_base *httpd_req_base(const struct httpd_req *r);
 int httpd_req_client_gone(const struct httpd_req *r);
 void httpd_req_on_close(struct httpd_req *r, httpd_close_cb cb, void *arg);

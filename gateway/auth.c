@@ -13,12 +13,14 @@ const char *auth_bearer(const char *h)
     return *h ? h : NULL;
 }
 
-const struct tenant_config *auth_tenant_key(const struct config *cfg, const char *key, const char **key_id)
+void auth_key_digest(const char *key, uint8_t digest[SHA256_LEN])
 {
-    if (!key)
-        return NULL;
-    uint8_t digest[SHA256_LEN];
     hash_sha256(key, strlen(key), digest);
+}
+
+const struct tenant_config *auth_tenant_digest(const struct config *cfg, const uint8_t digest[SHA256_LEN],
+                                               const char **key_id)
+{
     /* Visit every key, with no early exit, so timing reveals nothing. */
     const struct tenant_config *found = NULL;
     const char *id = NULL;
@@ -31,6 +33,15 @@ const struct tenant_config *auth_tenant_key(const struct config *cfg, const char
     if (found && key_id)
         *key_id = id;
     return found;
+}
+
+const struct tenant_config *auth_tenant_key(const struct config *cfg, const char *key, const char **key_id)
+{
+    if (!key)
+        return NULL;
+    uint8_t digest[SHA256_LEN];
+    auth_key_digest(key, digest);
+    return auth_tenant_digest(cfg, digest, key_id);
 }
 
 const struct tenant_config *auth_tenant(const struct config *cfg, const char *key)

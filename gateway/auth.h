@@ -17,6 +17,12 @@ const struct tenant_config *auth_tenant(const struct config *cfg, const char *ke
 /* The same, and the key's id from the config in *key_id (valid as long as
  * cfg) when found. */
 const struct tenant_config *auth_tenant_key(const struct config *cfg, const char *key, const char **key_id);
+/* The two halves of auth_tenant_key, for a caller that checks one request
+ * twice (the head hook, then the handler, gateway/routes.c): hash the key
+ * once, look the digest up each time. */
+void auth_key_digest(const char *key, uint8_t digest[SHA256_LEN]);
+const struct tenant_config *auth_tenant_digest(const struct config *cfg, const uint8_t digest[SHA256_LEN],
+                                               const char **key_id);
 /* 1 when key is the admin token. */
 int auth_is_admin(const struct config *cfg, const char *key);
 
