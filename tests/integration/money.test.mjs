@@ -29,6 +29,27 @@ import { startRedis } from '../support/redis.mjs';
 cleanupAfterAll();
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// The gateway's own admit and settle calls, caught with MONITOR while one
+// request of the tenant of `key` goes through, to replay with other values.
+// A MONITOR line: <time> [db addr] "EVALSHA" "<sha>" "<numkeys>" keys... args...
+// so in a parsed call c: c[2] numkeys, KEYS[j] = c[2 + j], ARGV[i] = c[2 + n + i].
+async function captureScripts(gw, redis, key) {
+  const mon = spawn('redis-cli', ['-p', String(redis.port), 'monitor'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  let seen = '';
+  mon.stdout.setEncoding('utf8').on('data', (d) => (seen += d));
+  await sleep(200);
+  const ok = await call(gw, chatBody('lua probe', { model: 'small' }), key);
+  assert.equal(ok.status, 200);
+  await sleep(300);
+  mon.kill();
+  const calls = seen.split('\n').filter((l) => l.includes('"EVALSHA"'))
+    .map((l) => [...l.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1]));
+  const admit = calls.find((c) => c[2] === '6'); // KEYS 6: resv:sum
+  const settle = calls.find((c) => c[2] === '8' && c.length === 3 + 8 + 7); // KEYS 8: resv:sum; ARGV 7: routing loss
+  assert.ok(admit && settle, `EVALSHA calls seen:\n${seen}`);
+  return { admit, settle };
+}
 const day = () => new Date().toISOString().slice(0, 10).replace(/-/g, '');
 const PRICES = { small: { input_per_1m: 10, output_per_1m: 100 }, large: { input_per_1m: 30, output_per_1m: 300 } };
 const SMALL_MAX = 50;       // tiers[small].max_output_tokens
@@ -281,23 +302,7 @@ describe('the money path', () => {
   });
 
   test('the Lua scripts refuse negative, fractional and exponent-form amounts before writing', async () => {
-    // Catch the gateway's own EVALSHA calls to learn the scripts' SHAs and
-    // argument layout, then replay them with bad amounts.
-    const mon = spawn('redis-cli', ['-p', String(redis.port), 'monitor'], { stdio: ['ignore', 'pipe', 'ignore'] });
-    let seen = '';
-    mon.stdout.setEncoding('utf8').on('data', (d) => (seen += d));
-    await sleep(200);
-    const ok = await call(gw, chatBody('lua probe', { model: 'small' }), KEYS.lua);
-    assert.equal(ok.status, 200);
-    await sleep(300);
-    mon.kill();
-    // A MONITOR line: <time> [db addr] "EVALSHA" "<sha>" "<numkeys>" keys... args...
-    // so in the parsed list c: c[2] numkeys, KEYS[j] = c[2 + j], ARGV[i] = c[2 + n + i].
-    const calls = seen.split('\n').filter((l) => l.includes('"EVALSHA"') && l.includes('{lua}'))
-      .map((l) => [...l.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1]));
-    const admit = calls.find((c) => c[2] === '5');
-    const settle = calls.find((c) => c[2] === '7' && c.length === 3 + 7 + 7); // ARGV 7: routing loss
-    assert.ok(admit && settle, `EVALSHA calls seen:\n${seen}`);
+    const { admit, settle } = await captureScripts(gw, redis, KEYS.lua);
     const KEY = (c, j) => 2 + j;
     const ARG = (c, i) => 2 + Number(c[2]) + i;
     const run = (c) => {
@@ -344,6 +349,63 @@ describe('the money path', () => {
     }
     assert.equal(redis.cli('ZCARD', 'cascade:{lua}:resv'), '0');
     assertSpendIntegers(redis);
+  });
+  test('reservations in flight: their sum is kept with the set, expired ones leave it, a missing one is counted again', async () => {
+    // The admit and settle scripts replayed on a tenant of their own, with a
+    // budget, so that the sum decides: ARGV of admit: 5 cost, 6 day budget,
+    // 8 request id, 9 ttl ms; returned [12] the sum reserved before this one.
+    const { admit, settle } = await captureScripts(gw, redis, KEYS.lua);
+    const T = (c) => c.map((x) => x.replaceAll('{lua}', '{sum}'));
+    const argAt = (c, i) => 2 + Number(c[2]) + i;
+    const admitOne = (id, cost, { ttl = '600000', budget = '1000000' } = {}) => {
+      const c = T(admit);
+      Object.assign(c, { [argAt(c, 5)]: String(cost), [argAt(c, 6)]: budget, [argAt(c, 8)]: id, [argAt(c, 9)]: ttl });
+      const r = redis.cli(...c).split('\n');
+      return { status: Number(r[0]), reserved: Number(r[11]) };
+    };
+    const settleOne = (id, cost) => {
+      const c = T(settle);
+      c[2 + 7] = c[2 + 7].replace(/[^:]+$/, id); // settled:<id>
+      Object.assign(c, { [argAt(c, 1)]: `${id}:${cost}`, [argAt(c, 2)]: '0', [argAt(c, 3)]: '0' });
+      return redis.cli(...c);
+    };
+    const sum = () => redis.cli('GET', 'cascade:{sum}:resv:sum');
+    const open = () => Number(redis.cli('ZCARD', 'cascade:{sum}:resv'));
+    assert.deepEqual(admitOne('a', 100), { status: 0, reserved: 0 });
+    assert.deepEqual(admitOne('b', 200), { status: 0, reserved: 100 });
+    assert.equal(sum(), '300');
+    assert.equal(settleOne('a', 100), '1');
+    assert.equal(sum(), '200');
+    assert.equal(settleOne('a', 100), '0', 'settled twice: no change');
+    assert.equal(sum(), '200');
+    // A set without its sum (an older gateway wrote it): counted once.
+    redis.cli('DEL', 'cascade:{sum}:resv:sum');
+    assert.deepEqual(admitOne('c', 50), { status: 0, reserved: 200 });
+    assert.equal(sum(), '250');
+    // A sum that is not ours to trust: counted again.
+    redis.cli('SET', 'cascade:{sum}:resv:sum', 'abc');
+    assert.deepEqual(admitOne('d', 1), { status: 0, reserved: 250 });
+    assert.equal(sum(), '251');
+    // One that expires leaves the sum at the next admission; settling it later changes nothing.
+    assert.deepEqual(admitOne('e', 1000, { ttl: '1' }), { status: 0, reserved: 251 });
+    assert.equal(sum(), '1251');
+    await sleep(20);
+    assert.deepEqual(admitOne('f', 2), { status: 0, reserved: 251 });
+    assert.equal(sum(), '253');
+    assert.equal(settleOne('e', 1000), '1', 'settled (its spend counts), though its reservation expired');
+    assert.equal(sum(), '253');
+    assert.equal(open(), 4); // b c d f
+    // The budget sees the sum: 1,000,000 less 253 reserved leaves room for 999,747 and no more.
+    assert.equal(admitOne('g', 999748).status, 5);
+    assert.equal(admitOne('h', 999747).status, 0);
+    assert.equal(sum(), '1000000');
+    // All settled: an empty set is a sum of 0, and the next admission starts from there.
+    for (const [id, cost] of [['b', 200], ['c', 50], ['d', 1], ['f', 2], ['h', 999747]]) settleOne(id, cost);
+    assert.equal(open(), 0);
+    assert.equal(sum(), '0');
+    assert.deepEqual(admitOne('i', 7), { status: 0, reserved: 0 });
+    assert.equal(sum(), '7');
+    assert.ok(Number(redis.cli('PTTL', 'cascade:{sum}:resv:sum')) > 0, 'the sum expires with its set');
   });
 });
 
