@@ -7,7 +7,7 @@ each mode, rate and round this prints cascade1's and nginx's CPU per request
 (utime + stime from /proc over the run / upstream requests, in µs) and their
 ratio; at saturation (rate 0) also both throughputs and their ratio; at a fixed
 rate each one's p99 (time to first byte for streams), in µs. With cascade1_old
-in the runs (OLD_BUILD) its CPU per request is added.
+in the runs (OLD_BUILD) its CPU per request is added, and at a fixed rate its p99.
 """
 import json
 import sys
@@ -52,6 +52,8 @@ def main(path):
                 o = by.get(("cascade1_old", mode, rate, rnd))
                 if o:
                     line += f" cascade1_old cpu/req={cpu_us_per_request(o):6.1f}"
+                    if rate != 0:
+                        line += f" p99={p99(o, mode):8.0f}"
                 print(line)
 
 

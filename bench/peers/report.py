@@ -19,7 +19,7 @@ import sys
 OUT = sys.argv[1]
 runs = [json.loads(l) for l in open(os.path.join(OUT, "runs.jsonl")) if l.strip()]
 ORDER = ["direct", "cascade1", "cascade1_old", "cascade2", "cascade2_old", "cascade_full",
-         "nginx", "nginx2", "portkey"]
+         "cascade_full_old", "nginx", "nginx2", "portkey"]
 targets = sorted({r["target"] for r in runs}, key=lambda t: ORDER.index(t) if t in ORDER else 99)
 modes = [m for m in ("nonstream", "stream") if any(r["mode"] == m for r in runs)]
 rates = sorted({r["rate"] for r in runs}, key=lambda x: (x == 0, x))
@@ -125,7 +125,7 @@ def cpu_cell(mode, rate):
     def f(t):
         rs = sel(t, mode, rate)
         s = spread([r["cpu_per_1k"] for r in rs], ".3f")
-        if t == "cascade_full" and rs:
+        if t.startswith("cascade_full") and rs:
             s += f" (+ Redis {spread([r['redis_per_1k'] for r in rs], '.3f')})"
         if any(r["overloaded"] for r in rs):
             s += " (overloaded)"

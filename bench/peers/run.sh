@@ -16,8 +16,10 @@
 #   portkey       Portkey's open-source gateway from npm (pinned), installed in a
 #                 scratch folder outside the project's lockfile, run as shipped
 #                 (--headless only turns its web console off) on the system Node
-#   cascade1_old  (and cascade2_old) when OLD_BUILD names an older build tree:
-#                 the same as cascade1 with that tree's cascaded, for before/after
+#   cascade1_old  (and cascade2_old, cascade_full_old) when OLD_BUILD names an
+#                 older build tree: the same as cascade1 (cascade2, cascade_full)
+#                 with that tree's cascaded, for before/after; cascade_full_old
+#                 uses the same redis-server, its own database (1)
 # All proxies log each request: cascaded its access line to a file, nginx its
 # access_log, Portkey whatever it logs by default.
 #
@@ -45,7 +47,8 @@
 #   TARGETS="direct cascade1 cascade2 cascade_full nginx portkey"
 #   RATES="1000 5000 10000 0"  MODES="nonstream stream"
 #   ROUNDS=3  DURATION=5  WARMUP=1  CONNS=64  CHUNKS=8
-#   OLD_BUILD=DIR      adds cascade1_old (and cascade2_old with cascade2) from DIR
+#   OLD_BUILD=DIR      adds cascade1_old (and cascade2_old with cascade2,
+#                      cascade_full_old with cascade_full) from DIR
 #   PORTKEY_VERSION=1.15.2   PEERS_DIR=/tmp/cascade-peers (npm scratch folder)
 #   INSTALL=1          apt-get nginx / npm install Portkey when missing (0: fail)
 #   OUT=DIR            runs.jsonl, table.md, logs, configs (default: a temp dir)
@@ -83,6 +86,7 @@ if [ -n "$OLD_BUILD" ]; then
     need_bins "$OLD_BUILD/gateway/cascaded"
     case " $TARGETS " in *" cascade1 "*) TARGETS="$TARGETS cascade1_old" ;; esac
     case " $TARGETS " in *" cascade2 "*) TARGETS="$TARGETS cascade2_old" ;; esac
+    case " $TARGETS " in *" cascade_full "*) TARGETS="$TARGETS cascade_full_old" ;; esac
 fi
 has_target() { case " $TARGETS " in *" $1 "*) return 0 ;; esac; return 1; }
 case " $TARGETS " in *" cascade"*) need_bins "$CASCADED" ;; esac
@@ -166,9 +170,13 @@ if has_target cascade_full; then
         --maxmemory 1gb --maxmemory-policy volatile-lru
     REDIS_PID=${BENCH_PIDS[-1]}
     wait_for "$OUT/redis.log" 'Ready to accept'
-    gw_config cascade_full 1 ",\"redis\":{\"url\":\"redis://127.0.0.1:$REDIS_PORT/0\",\"timeout_ms\":200}" \
-        ',"limits":{"rpm":1000000000,"tpm":1000000000000},"budget":{"usd_per_day":1000000},"cache":{"mode":"deterministic"}'
-    start_cascaded cascade_full "$CASCADED"
+    for t in cascade_full cascade_full_old; do
+        has_target $t || continue
+        case $t in *_old) bin=$OLD_BUILD/gateway/cascaded db=1 ;; *) bin=$CASCADED db=0 ;; esac
+        gw_config $t 1 ",\"redis\":{\"url\":\"redis://127.0.0.1:$REDIS_PORT/$db\",\"timeout_ms\":200}" \
+            ',"limits":{"rpm":1000000000,"tpm":1000000000000},"budget":{"usd_per_day":1000000},"cache":{"mode":"deterministic"}'
+        start_cascaded $t "$bin"
+    done
 fi
 for t in nginx nginx2; do
     has_target $t || continue
@@ -210,7 +218,9 @@ EOF
     bench_start $t nginx -p "$d" -c "$d/nginx.conf"
     master=${BENCH_PIDS[-1]}
     for _ in $(seq 1 100); do
-        workers=$(pgrep -P "$master" | tr '\n' ' ')
+        # pgrep fails while nginx has not forked its workers yet: not an error
+        # here (set -e and pipefail made it end the whole run, silently)
+        workers=$(pgrep -P "$master" | tr '\n' ' ' || true)
         [ "$(echo $workers | wc -w)" -ge $nw ] && break
         sleep 0.05
     done
@@ -281,7 +291,7 @@ run_one() {
     # the upstream's own CPU is kept for every run, and Redis's for
     # cascade_full: neither counts as the proxy's
     others=""
-    [ "$t" = cascade_full ] && others=$REDIS_PID
+    case $t in cascade_full*) others=$REDIS_PID ;; esac
     # shellcheck disable=SC2086
     up0=$(up_requests); cpu0=$(cpu_of ${PIDS[$t]}); upc0=$(cpu_of "$UP_PID"); rc0=$(cpu_of $others)
     t0=$(date +%s.%N)
@@ -333,7 +343,7 @@ for t in $TARGETS; do
         v=$(awk '/^VmHWM:/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)
         kb=$((kb + ${v:-0}))
     done
-    [ "$t" = cascade_full ] && kb="$kb $(awk '/^VmHWM:/ { print $2 }' "/proc/$REDIS_PID/status")"
+    case $t in cascade_full*) kb="$kb $(awk '/^VmHWM:/ { print $2 }' "/proc/$REDIS_PID/status")" ;; esac
     echo "$t $kb" >>"$OUT/rss.txt"
 done
 
