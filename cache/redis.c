@@ -60,6 +60,8 @@ struct redis {
     enum conn_state state;
     struct event *retry_timer;
     struct event *connect_timer;
+    struct event *flush_ev;         /* flush_cb, made active by redis_call */
+    int flush_armed;                /* flush_ev is active */
     unsigned backoff_ms;
     int consecutive_timeouts;
     int dropping;                   /* we are dropping it for timeouts: an outage */
@@ -422,20 +424,26 @@ static void deferred_down_cb(evutil_socket_t fd, short what, void *arg)
     free(d);
 }
 
-/* Write what hiredis has queued now, in the loop turn that queued it, instead
- * of from its write event in the next turn. Two reasons:
- *   - order: a cache fill (SET) reaches Redis before the answer it caches
- *     reaches the client, so the client's next, identical request finds it,
- *     even on another worker's connection (the answer is written at once too,
- *     common/bevwrite.h);
- *   - cost: a lookup saves a loop turn, and the write event hiredis armed is
- *     disarmed in the same turn, which libevent's changelist folds into no
- *     epoll_ctl at all.
+/* Write what hiredis has queued at the end of the loop turn that queued it,
+ * instead of from its write event after the next epoll_wait. Two reasons:
+ *   - order: a cache fill (SET) is queued before the answer it caches, and
+ *     answers are written at the end of their turn too (common/httpd.c), so
+ *     the SET reaches Redis first and a client that asks again at once finds
+ *     the entry, even through another worker's connection;
+ *   - cost: the commands of every request in a turn still go out in one
+ *     write, a turn sooner, and the write event hiredis armed is disarmed in
+ *     the same turn, which libevent's changelist folds into no epoll_ctl.
  * A write error is only recorded (c->err): hiredis's write event, still
- * armed, then reports it in its own turn, so callbacks never run inside
+ * armed, reports it in its own turn, so callbacks never run inside
  * redis_call(). */
-static void write_now(struct redis *r)
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
 {
+    (void)fd;
+    (void)what;
+    struct redis *r = arg;
+    r->flush_armed = 0;
+    if (r->state != R_UP || !r->ac)
+        return;
     int done = 0;
     if (redisBufferWrite(&r->ac->c, &done) == REDIS_OK && done && r->ac->ev.delWrite)
         r->ac->ev.delWrite(r->ac->ev.data);
@@ -468,8 +476,10 @@ void redis_call(struct redis *r, redis_reply_cb cb, void *ctx, int argc, const c
     }
     struct timeval tv = ms_tv(r->rs->timeout_ms);
     evtimer_add(op->timer, &tv);
-    if (r->state == R_UP)
-        write_now(r);
+    if (r->state == R_UP && !r->flush_armed && r->flush_ev) {
+        r->flush_armed = 1;
+        event_active(r->flush_ev, EV_WRITE, 0);
+    }
 }
 
 int redis_connected(const struct redis *r)
@@ -500,6 +510,7 @@ struct redis *redis_for_base(struct redis_shared *rs, struct event_base *base)
         r->backoff_ms = BACKOFF_MIN_MS;
         r->retry_timer = evtimer_new(base, retry_cb, r);
         r->connect_timer = evtimer_new(base, connect_timeout_cb, r);
+        r->flush_ev = event_new(base, -1, 0, flush_cb, r);
         rs->conns[n] = r;
         atomic_store(&rs->n_conns, n + 1);
     }
@@ -522,6 +533,8 @@ void redis_shared_close_all(struct redis_shared *rs)
         r->ac = NULL;
         event_free(r->retry_timer);
         event_free(r->connect_timer);
+        if (r->flush_ev)
+            event_free(r->flush_ev);
         free(r);
     }
     atomic_store(&rs->n_conns, 0);

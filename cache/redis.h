@@ -5,9 +5,11 @@
  * right on their own:
  *   - the connection: hiredis async on the worker's event_base, AUTH and
  *     SELECT from a redis:// or unix:// URL, pipelining (commands are written
- *     back to back; replies come in order). On a connection that is up, a
- *     command is written to the socket inside redis_call(), so commands and
- *     the answers written after them leave in the order they were made;
+ *     back to back; replies come in order). On a connection that is up, the
+ *     commands of a loop turn are written at the end of that turn, before
+ *     the answers queued after them (common/httpd.c writes those at the end
+ *     of the turn too), so a cache fill reaches Redis before its answer
+ *     reaches the client;
  *   - a timeout per command: past it the caller gets REDIS_CALL_TIMEOUT and a
  *     late reply is dropped;
  *   - failure: when the connection drops or times out repeatedly, commands
