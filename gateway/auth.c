@@ -35,18 +35,13 @@ const struct tenant_config *auth_tenant_digest(const struct config *cfg, const u
     return found;
 }
 
-const struct tenant_config *auth_tenant_key(const struct config *cfg, const char *key, const char **key_id)
+const struct tenant_config *auth_tenant(const struct config *cfg, const char *key)
 {
     if (!key)
         return NULL;
     uint8_t digest[SHA256_LEN];
     auth_key_digest(key, digest);
-    return auth_tenant_digest(cfg, digest, key_id);
-}
-
-const struct tenant_config *auth_tenant(const struct config *cfg, const char *key)
-{
-    return auth_tenant_key(cfg, key, NULL);
+    return auth_tenant_digest(cfg, digest, NULL);
 }
 
 int auth_is_admin(const struct config *cfg, const char *key)

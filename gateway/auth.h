@@ -14,12 +14,11 @@
 const char *auth_bearer(const char *authorization);
 /* The tenant owning this key, or NULL. */
 const struct tenant_config *auth_tenant(const struct config *cfg, const char *key);
-/* The same, and the key's id from the config in *key_id (valid as long as
- * cfg) when found. */
-const struct tenant_config *auth_tenant_key(const struct config *cfg, const char *key, const char **key_id);
-/* The two halves of auth_tenant_key, for a caller that checks one request
- * twice (the head hook, then the handler, gateway/routes.c): hash the key
- * once, look the digest up each time. */
+/* The two halves of auth_tenant, for a caller that checks one request twice
+ * (the head hook, then the handler, gateway/routes.c): hash the key once,
+ * look the digest up each time. auth_tenant_digest also gives the key's id
+ * from the config in *key_id (valid as long as cfg) when found and key_id
+ * is not NULL. */
 void auth_key_digest(const char *key, uint8_t digest[SHA256_LEN]);
 const struct tenant_config *auth_tenant_digest(const struct config *cfg, const uint8_t digest[SHA256_LEN],
                                                const char **key_id);

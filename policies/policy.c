@@ -93,30 +93,38 @@
 /* The reservations in flight: a sorted set of "<request_id>:<cost>" members
  * scored by their expiry (resv), and the sum of their costs (resv:sum), so
  * that an admission reads the sum instead of summing every member. That sum
- * was O(requests in flight): with 1,000 streams open a tenant's admission
- * took 0.4-0.8 ms of Redis CPU (issue 18), and one Redis served about 1,200
- * admissions a second. Now an admission costs O(reservations that expired
- * since the last one), usually none.
+ * was O(requests in flight): with 1,000 streams open, Redis spent 0.78-1.02
+ * ms of CPU per request (bench/policy/inflight.sh, issue 18), so one Redis
+ * served about 1,000-1,300 requests a second. Now an admission costs
+ * O(reservations that expired since the last one), usually none.
  * The sum is exact or absent: it is written as a decimal integer below 2^53
  * (where a double is exact), kept in step by every script that adds or
  * removes a member (admit adds and expires, settle removes), and deleted
  * when it cannot be kept; an absent or unreadable sum is counted again from
  * the set once (a set written by an older gateway, a sum that expired
  * apart from its set). An empty set means a sum of 0. */
+/* The sum as written (decimal digits, under 2^53), or nil: one rule for
+ * every script that reads it. */
+#define LUA_SUM_VALUE                                                                    \
+    "local function sum_value(s)\n"                                                      \
+    "  if s and string.match(s, '^%d+$') and #s < 17 then return tonumber(s) end\n"      \
+    "  return nil\n"                                                                     \
+    "end\n"
+
 #define LUA_RESV                                                                         \
+    LUA_SUM_VALUE                                                                        \
     "local SUM_MAX = 9007199254740992\n"                                                 \
     "local function resv_read(key, sumkey, now_ms)\n"                                    \
     "  local expired = redis.call('ZRANGEBYSCORE', key, '-inf', now_ms)\n"               \
     "  if #expired > 0 then redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms) end\n"   \
     "  local n = redis.call('ZCARD', key)\n"                                             \
     "  if n == 0 then return 0, 0, #expired > 0 end\n"                                   \
-    "  local s = redis.call('GET', sumkey)\n"                                            \
-    "  if s and string.match(s, '^%d+$') and #s < 17 then\n"                             \
-    "    local total = tonumber(s)\n"                                                    \
+    "  local total = sum_value(redis.call('GET', sumkey))\n"                             \
+    "  if total then\n"                                                                  \
     "    for _, m in ipairs(expired) do total = total - member_cost(m) end\n"            \
     "    if total >= 0 then return total, n, #expired > 0 end\n"                         \
     "  end\n"                                                                            \
-    "  local total = 0\n"                                                                \
+    "  total = 0\n"                                                                      \
     "  for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do\n"                        \
     "    total = total + member_cost(m)\n"                                               \
     "  end\n"                                                                            \
@@ -203,6 +211,7 @@ static const char ADMIT_LUA[] =
  * request marked settled with its spend unrecorded. */
 static const char SETTLE_LUA[] =
     LUA_ARGS
+    LUA_SUM_VALUE
     "local c, d = arg(2, 0, MAX), arg(3, -MAX, MAX)\n"
     "arg(4, 0, 1e12)\n"
     "local sc, sr, sl = arg(5, 0, MAX), arg(6, 0, MAX), arg(7, 0, MAX)\n"
@@ -223,8 +232,9 @@ static const char SETTLE_LUA[] =
      * absent, or less than the cost (not one we wrote), is dropped, to be
      * counted again. A member that expired was taken off by admit. */
     "if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then\n"
-    "  local s, c = redis.call('GET', KEYS[8]), string.match(ARGV[1], ':(%d+)$')\n"
-    "  if s and c and string.match(s, '^%d+$') and #s < 17 and #c < 17 and tonumber(s) >= tonumber(c) then\n"
+    "  local s = redis.call('GET', KEYS[8])\n"
+    "  local v, c = sum_value(s), string.match(ARGV[1], ':(%d+)$')\n"
+    "  if v and c and #c < 17 and v >= tonumber(c) then\n"
     "    redis.call('DECRBY', KEYS[8], c)\n"
     "  elseif s then\n"
     "    redis.call('DEL', KEYS[8])\n"
