@@ -23,7 +23,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import {
-  BUILD_DIR, SOURCE_DIR, authHeaders, cleanupAfterAll, makeConfig, sleep, spawnReady, startGateway,
+  BUILD_DIR, SOURCE_DIR, authHeaders, cleanupAfterAll, makeConfig, sleep, spawnReady, startGateway, until,
 } from '../support/harness.mjs';
 
 cleanupAfterAll();
@@ -123,9 +123,11 @@ describe('cascade-engine on a tiny DeepSeek-V3 checkpoint', () => {
     url = `http://127.0.0.1:${engine.match[1]}`;
   });
 
-  test('the start-up line names the architecture, the dtype and the KV bytes per token', () => {
-    const line = engine.output().split('\n').find((l) => l.includes('arch deepseek_v3'));
-    assert.ok(line, engine.output());
+  test('the start-up line names the architecture, the dtype and the KV bytes per token', async () => {
+    // stderr and stdout are separate pipes: the line is written before
+    // ENGINE_PORT, but its pipe may be read after it (CI saw that once).
+    const line = await until(() => engine.output().split('\n').find((l) => l.includes('arch deepseek_v3')),
+      5000, `the start-up line in:\n${engine.output()}`);
     assert.match(line, /F8_E4M3/);
     // (kv_lora_rank 64 + qk_rope_head_dim 16) x 3 layers x 4 bytes
     assert.match(line, /KV cache 960 bytes per token/);
